@@ -1,0 +1,44 @@
+/* One ELF file as the unwinder and symbolizer see it: its bytes (for unwind tables and code),
+ * its PT_LOAD layout, its .eh_frame_hdr, function symbols (.symtab, .dynsym) and DWARF lines,
+ * with separate debug files found by build-id or .gnu_debuglink. It knows nothing of where the
+ * file is mapped in a process: callers pass ELF virtual addresses (ip minus load bias). */
+#ifndef SYMBOLS_H
+#define SYMBOLS_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#define SYMBOLS_FILE_MAX (2ull << 30)     /* larger files are not opened */
+#define SYMBOLS_MAX_SYMS (4u << 20)       /* function symbols kept per file */
+
+struct symfile;
+
+/* Opens ROOT PATH (root: the target's "/proc/PID/root", or "") and checks it is the file dev/ino
+ * (unchecked when ino is 0). Debug files are looked for under root first, then in our own /.
+ * -ENOENT, -ESTALE (another file now has that name), -ENOEXEC (not 64-bit ELF), -EFBIG, -ENOMEM. */
+int symfile_open(const char *root, const char *path, dev_t dev, ino_t ino, struct symfile **ret);
+/* An ELF image already in memory (the vdso); takes ownership of the malloc'd image. */
+int symfile_from_image(unsigned char *image, size_t len, struct symfile **ret);
+void symfile_free(struct symfile *f);
+
+/* Load bias of a mapping that starts at map_start with file offset map_offset. -ENOENT when
+ * no PT_LOAD holds that offset. */
+int symfile_bias(const struct symfile *f, uint64_t map_start, uint64_t map_offset,
+                 uint64_t *ret_bias);
+/* Lowest and end virtual address of the PT_LOAD segments. */
+void symfile_span(const struct symfile *f, uint64_t *lo, uint64_t *hi);
+/* The file bytes backing [vaddr, vaddr + len), or NULL when not all of them come from the file. */
+const unsigned char *symfile_data(const struct symfile *f, uint64_t vaddr, size_t len);
+/* The .eh_frame_hdr binary search table: its own address and its entry count. -ENOENT if
+ * there is none or its encoding is not the usual one (datarel sdata4 pairs). */
+int symfile_eh_table(struct symfile *f, uint64_t *ret_hdr_vaddr, uint64_t *ret_table_vaddr,
+                     uint64_t *ret_count);
+/* Name of the function holding vaddr, NULL if none; valid while f lives. The first call loads
+ * the file's symbol table: the "symbols" cache statistics count lookups that found it loaded
+ * (hits) and loads (misses); currsize is the number of tables loaded in the process. */
+const char *symfile_func(struct symfile *f, uint64_t vaddr);
+/* Source file and line of vaddr from DWARF; -ENOENT when unknown. Strings live as long as f. */
+int symfile_line(struct symfile *f, uint64_t vaddr, const char **ret_file, int *ret_line);
+
+#endif

@@ -1,0 +1,486 @@
+/* Tests of the snapshot unwinder against real processes: build/workloads/parked (no frame
+ * pointers, threads parked in known functions), this test process itself, a process that is
+ * gone, and a process someone else already traces. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/ptrace.h>
+#include <sys/wait.h>
+#include <cmocka.h>
+#include "cachestat.h"
+#include "stacks.h"
+
+#define PARKED_SRC "tests/workloads/parked.c"
+
+struct child {
+    pid_t pid;
+    int in, out;        /* its stdin (we write), its stdout (we read) */
+};
+
+static void workload_path(char *buf, size_t len)
+{
+    const char *b = getenv("BUILD");
+    snprintf(buf, len, "%s/workloads/parked", b && *b ? b : "build");
+}
+
+/* Reads one line from fd within timeout_ms; 0 on success. */
+static int read_line(int fd, char *buf, size_t len, int timeout_ms)
+{
+    size_t n = 0;
+    while (n + 1 < len) {
+        struct pollfd p = { fd, POLLIN, 0 };
+        if (poll(&p, 1, timeout_ms) <= 0)
+            return -1;
+        if (read(fd, buf + n, 1) != 1)
+            return -1;
+        if (buf[n] == '\n') {
+            buf[n] = '\0';
+            return 0;
+        }
+        n++;
+    }
+    return -1;
+}
+
+static void spawn_parked(struct child *c, const char *extra)
+{
+    char path[256], line[64];
+    int in[2], out[2];
+    workload_path(path, sizeof(path));
+    assert_int_equal(access(path, X_OK), 0);
+    assert_int_equal(pipe2(in, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        execl(path, path, extra, (char *)NULL);
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    c->pid = pid;
+    c->in = in[1];
+    c->out = out[0];
+    assert_int_equal(read_line(c->out, line, sizeof(line), 10000), 0);
+    assert_string_equal(line, "ready");
+}
+
+static void stop_parked(struct child *c)
+{
+    int st;
+    close(c->in);
+    close(c->out);
+    kill(c->pid, SIGKILL);
+    waitpid(c->pid, &st, 0);
+}
+
+/* "sleeps=N reads=M" from the workload: both threads parked in syscalls answer for themselves. */
+static void query(struct child *c, long *sleeps, long *reads)
+{
+    char line[128];
+    assert_int_equal(write(c->in, "q", 1), 1);
+    assert_int_equal(read_line(c->out, line, sizeof(line), 5000), 0);
+    assert_int_equal(sscanf(line, "sleeps=%ld reads=%ld", sleeps, reads), 2);
+}
+
+/* First line of "NAME(" at the start of a line in the workload's source: where NAME is defined. */
+static int def_line(const char *name)
+{
+    FILE *f = fopen(PARKED_SRC, "r");
+    char buf[512];
+    int no = 0, found = 0;
+    size_t nl = strlen(name);
+    assert_non_null(f);
+    while (fgets(buf, sizeof(buf), f)) {
+        no++;
+        char *p = strstr(buf, name);
+        if (p && p[nl] == '(' && (p == buf || p[-1] == ' ' || p[-1] == '*') &&
+            (strncmp(buf, "static", 6) == 0 || strncmp(buf, "int ", 4) == 0)) {
+            found = no;
+            break;
+        }
+    }
+    fclose(f);
+    assert_true(found > 0);
+    return found;
+}
+
+static const struct stacks_thread *find_name(const struct stacks_dump *d, const char *name)
+{
+    for (size_t i = 0; i < d->nthreads; i++)
+        if (strcmp(d->threads[i]->name, name) == 0)
+            return d->threads[i];
+    return NULL;
+}
+
+static const struct stacks_thread *find_tid(const struct stacks_dump *d, pid_t tid)
+{
+    for (size_t i = 0; i < d->nthreads; i++)
+        if (d->threads[i]->tid == tid)
+            return d->threads[i];
+    return NULL;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* funcs (outermost first) appear in this order among t's frames. When src is set, each has that
+ * source file, a line within its function (from the definition to 40 lines on) and a module. */
+static void check_chain(const struct stacks_thread *t, const char *const *funcs, const char *src,
+                        const char *module_suffix)
+{
+    assert_non_null(t);
+    assert_int_equal(t->err, 0);
+    size_t k = 0;
+    /* frames are innermost first: walk them backwards. */
+    for (size_t i = t->nframes; i > 0 && funcs[k]; i--) {
+        const struct stacks_frame *f = &t->frames[i - 1];
+        if (!f->func || strcmp(f->func, funcs[k]) != 0)
+            continue;
+        if (src) {
+            assert_non_null(f->file);
+            assert_true(ends_with(f->file, src));
+            int def = def_line(funcs[k]);
+            if (f->line < def || f->line > def + 40)
+                fail_msg("%s at line %d, defined at %d", funcs[k], f->line, def);
+            assert_non_null(f->module);
+            assert_true(ends_with(f->module, module_suffix));
+            assert_true(f->offset > 0 && f->offset < f->ip);
+        }
+        k++;
+    }
+    if (funcs[k])
+        fail_msg("thread %s: %s not found in order", t->name, funcs[k]);
+}
+
+static void check_released(pid_t pid)
+{
+    char path[128], line[256];
+    pid_t *tids;
+    size_t n;
+    FILE *f;
+    snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+    assert_int_equal(procfs_list_tasks(PROCFS_ROOT, pid, &tids, &n), 0);
+    for (size_t i = 0; i < n; i++) {
+        char state = 0;
+        int tracer = -1;
+        snprintf(path, sizeof(path), "/proc/%d/task/%d/status", (int)pid, (int)tids[i]);
+        f = fopen(path, "r");
+        assert_non_null(f);
+        while (fgets(line, sizeof(line), f)) {
+            if (strncmp(line, "State:", 6) == 0)
+                sscanf(line + 6, " %c", &state);
+            else if (strncmp(line, "TracerPid:", 10) == 0)
+                sscanf(line + 10, "%d", &tracer);
+        }
+        fclose(f);
+        assert_int_equal(tracer, 0);
+        assert_true(state != 't' && state != 'T');
+    }
+    free(tids);
+}
+
+static void test_parked_threads(void **state)
+{
+    (void)state;
+    struct child c;
+    struct stacks *s;
+    struct stacks_dump *d;
+    long sleeps0, reads0, sleeps1, reads1;
+    spawn_parked(&c, "2");
+    query(&c, &sleeps0, &reads0);
+
+    assert_int_equal(stacks_new(c.pid, &s), 0);
+    assert_int_equal(stacks_dump_threads(s, &d), 0);
+    check_released(c.pid);
+    assert_int_equal(d->nthreads, 8);      /* main, 5 named, 2 idle */
+    assert_true(d->stopped_ns > 0 && d->stopped_ns <= d->total_ns);
+    assert_true(d->copied_bytes > 0);
+    for (size_t i = 1; i < d->nthreads; i++)
+        assert_true(d->threads[i - 1]->tid < d->threads[i]->tid);
+
+    static const char *const main_chain[] = { "main", "main_park_a", "main_park_b", NULL };
+    static const char *const reader[] = { "reader_main", "park_read_a", "park_read_b", NULL };
+    static const char *const sleeper[] = { "sleeper_main", "park_sleep_a", "park_sleep_b", NULL };
+    static const char *const waiter[] = { "waiter_main", "park_cond_a", NULL };
+    static const char *const spinner[] = { "spinner_main", "park_spin_a", "park_spin_b", NULL };
+    static const char *const sig[] = { "sigpark_main", "park_sig_a", "on_usr1", "park_sig_b",
+                                       NULL };
+    static const char *const idle[] = { "idle_main", "park_idle", NULL };
+    const struct stacks_thread *mt = find_tid(d, c.pid);
+    assert_non_null(mt);
+    assert_string_equal(mt->name, "parked");
+    check_chain(mt, main_chain, "parked.c", "/parked");
+    check_chain(find_name(d, "reader"), reader, "parked.c", "/parked");
+    check_chain(find_name(d, "sleeper"), sleeper, "parked.c", "/parked");
+    check_chain(find_name(d, "waiter"), waiter, "parked.c", "/parked");
+    check_chain(find_name(d, "spinner"), spinner, "parked.c", "/parked");
+    check_chain(find_name(d, "sigpark"), sig, "parked.c", "/parked");
+    check_chain(find_name(d, "idle-1"), idle, "parked.c", "/parked");
+    /* Blocked threads go on through libc into the syscall; the walk reaches thread start. */
+    static const char *const waiter_libc[] = { "start_thread", "park_cond_a",
+                                               "pthread_cond_wait", NULL };
+    check_chain(find_name(d, "waiter"), waiter_libc, NULL, NULL);
+    assert_false(find_name(d, "reader")->truncated);
+
+    char *text;
+    const struct stacks_thread *rt = find_name(d, "reader");
+    assert_int_equal(stacks_format_thread(rt, &text), 0);
+    char head[64];
+    snprintf(head, sizeof(head), "Thread [reader]: tid=%d\n", (int)rt->tid);
+    assert_int_equal(strncmp(text, head, strlen(head)), 0);
+    char *outer = strstr(text, ", in reader_main [");
+    char *inner = strstr(text, ", in park_read_b [");
+    assert_non_null(outer);
+    assert_non_null(inner);
+    assert_true(outer < inner);
+    assert_non_null(strstr(inner, "  File \""));
+    assert_non_null(strstr(text, "parked.c\", line "));
+    assert_true(text[strlen(text) - 1] != '\n');
+    free(text);
+    stacks_dump_free(d);
+
+    /* The threads that were stopped in read() and nanosleep() carry on. */
+    struct timespec ts = { 0, 100 * 1000 * 1000 };
+    nanosleep(&ts, NULL);
+    query(&c, &sleeps1, &reads1);
+    assert_int_equal(reads1, reads0 + 1);
+    assert_true(sleeps1 > sleeps0);
+    stacks_free(s);
+    stop_parked(&c);
+}
+
+struct stat_pick {
+    const char *name;
+    unsigned long hits, misses, size;
+    int found;
+};
+
+static void pick(const struct cachestat *c, void *userdata)
+{
+    struct stat_pick *p = userdata;
+    if (strcmp(c->name, p->name) == 0) {
+        p->hits = atomic_load(&c->hits);
+        p->misses = atomic_load(&c->misses);
+        p->size = atomic_load(&c->currsize);
+        p->found = 1;
+    }
+}
+
+static struct stat_pick stat_of(const char *name)
+{
+    struct stat_pick p = { .name = name };
+    cachestat_foreach(pick, &p);
+    return p;
+}
+
+static void test_caches_reused(void **state)
+{
+    (void)state;
+    struct child c;
+    struct stacks *s;
+    struct stacks_dump *d;
+    spawn_parked(&c, "0");
+    assert_int_equal(stacks_new(c.pid, &s), 0);
+    assert_int_equal(stacks_dump_threads(s, &d), 0);
+    stacks_dump_free(d);
+    struct stat_pick sym1 = stat_of("symbols"), unw1 = stat_of("unwind");
+    assert_true(sym1.found && unw1.found);
+    assert_true(sym1.misses > 0 && sym1.size > 0);
+    assert_true(unw1.misses > 0 && unw1.size > 0);
+
+    assert_int_equal(stacks_dump_threads(s, &d), 0);
+    struct stat_pick sym2 = stat_of("symbols"), unw2 = stat_of("unwind");
+    check_released(c.pid);
+    /* Same mappings: every module's symbols and tables were already there. */
+    assert_true(sym2.hits > sym1.hits);
+    assert_int_equal(sym2.misses, sym1.misses);
+    assert_true(unw2.hits >= unw1.hits);
+    assert_int_equal(unw2.misses, unw1.misses);
+    assert_non_null(find_name(d, "reader"));
+    stacks_dump_free(d);
+    stacks_free(s);
+    stop_parked(&c);
+}
+
+static int self_pipe[2];
+static pthread_barrier_t self_barrier;
+
+static __attribute__((noinline)) void self_park_b(void)
+{
+    char ch;
+    pthread_barrier_wait(&self_barrier);
+    while (read(self_pipe[0], &ch, 1) == 1 && ch != 'x')
+        ;
+    __asm__ volatile("" ::: "memory");
+}
+
+static __attribute__((noinline)) void *self_park_a(void *arg)
+{
+    (void)arg;
+    pthread_setname_np(pthread_self(), "selfpark");
+    self_park_b();
+    __asm__ volatile("" ::: "memory");
+    return NULL;
+}
+
+static __attribute__((noinline)) void test_self_dump(void **state)
+{
+    (void)state;
+    pthread_t t;
+    struct stacks *s;
+    struct stacks_dump *d;
+    assert_int_equal(pipe(self_pipe), 0);
+    pthread_barrier_init(&self_barrier, NULL, 2);
+    assert_int_equal(pthread_create(&t, NULL, self_park_a, NULL), 0);
+    pthread_barrier_wait(&self_barrier);
+    struct timespec ts = { 0, 20 * 1000 * 1000 };
+    nanosleep(&ts, NULL);   /* from the barrier into read() */
+
+    assert_int_equal(stacks_new(getpid(), &s), 0);
+    assert_int_equal(stacks_dump_threads(s, &d), 0);
+    check_released(getpid());
+    static const char *const parked[] = { "self_park_a", "self_park_b", NULL };
+    check_chain(find_name(d, "selfpark"), parked, NULL, NULL);
+    static const char *const me[] = { "test_self_dump", "stacks_dump_threads", NULL };
+    check_chain(find_tid(d, gettid()), me, NULL, NULL);
+    const struct stacks_thread *pt = find_name(d, "selfpark");
+    int has_line = 0;
+    for (size_t i = 0; i < pt->nframes; i++)
+        if (pt->frames[i].func && strcmp(pt->frames[i].func, "self_park_b") == 0)
+            has_line = pt->frames[i].file && ends_with(pt->frames[i].file, "test_stacks.c") &&
+                       pt->frames[i].line > 0;
+    assert_true(has_line);
+    stacks_dump_free(d);
+    stacks_free(s);
+
+    /* The thread stopped in read() carries on and ends when told. */
+    assert_int_equal(write(self_pipe[1], "x", 1), 1);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    close(self_pipe[0]);
+    close(self_pipe[1]);
+    pthread_barrier_destroy(&self_barrier);
+}
+
+static void test_exited_target(void **state)
+{
+    (void)state;
+    struct stacks *s;
+    struct stacks_dump *d = NULL;
+    int st;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(0);
+    /* Probably still a zombie here: listed in /proc, nothing to capture. */
+    int r = stacks_new(pid, &s);
+    if (r == 0) {
+        struct timespec ts = { 0, 10 * 1000 * 1000 };
+        nanosleep(&ts, NULL);
+        r = stacks_dump_threads(s, &d);
+        assert_true(r < 0 || d->nthreads == 0);
+        stacks_dump_free(d);
+        stacks_free(s);
+    } else {
+        assert_int_equal(r, -ESRCH);
+    }
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    /* Reaped: gone for good. */
+    assert_int_equal(stacks_new(pid, &s), -ESRCH);
+}
+
+static void test_already_traced(void **state)
+{
+    (void)state;
+    struct child c;
+    struct stacks *s;
+    struct stacks_dump *d;
+    int sync[2], st;
+    char ok = 0;
+    spawn_parked(&c, "0");
+    assert_int_equal(pipe(sync), 0);
+    pid_t tracer = fork();
+    assert_true(tracer >= 0);
+    if (tracer == 0) {
+        char r = ptrace(PTRACE_SEIZE, c.pid, 0, 0) == 0 ? 1 : 2;
+        if (write(sync[1], &r, 1) != 1)
+            _exit(1);
+        pause();
+        _exit(0);
+    }
+    assert_int_equal(read(sync[0], &ok, 1), 1);
+    assert_int_equal(ok, 1);
+
+    assert_int_equal(stacks_new(c.pid, &s), 0);
+    assert_int_equal(stacks_dump_threads(s, &d), 0);
+    const struct stacks_thread *mt = find_tid(d, c.pid);
+    assert_non_null(mt);
+    assert_int_equal(mt->err, -EPERM);
+    assert_int_equal(mt->nframes, 0);
+    char *text;
+    assert_int_equal(stacks_format_thread(mt, &text), 0);
+    assert_non_null(strstr(text, "\n  <unavailable: Operation not permitted>"));
+    free(text);
+    static const char *const reader[] = { "reader_main", "park_read_a", "park_read_b", NULL };
+    check_chain(find_name(d, "reader"), reader, "parked.c", "/parked");
+    stacks_dump_free(d);
+    stacks_free(s);
+
+    kill(tracer, SIGKILL);
+    waitpid(tracer, &st, 0);
+    close(sync[0]);
+    close(sync[1]);
+    check_released(c.pid);
+    stop_parked(&c);
+}
+
+static void test_format_marks(void **state)
+{
+    (void)state;
+    struct stacks_thread *t = calloc(1, sizeof(*t) + 2 * sizeof(t->frames[0]));
+    char *text;
+    assert_non_null(t);
+    t->tid = 42;
+    snprintf(t->name, sizeof(t->name), "w");
+    t->nframes = 2;
+    t->frames[0] = (struct stacks_frame){ .ip = 0x1234, .func = NULL };
+    t->frames[1] = (struct stacks_frame){ .ip = 0x5678, .module = "/lib/x.so", .offset = 0x78,
+                                          .func = "f", .file = NULL, .line = 0 };
+    t->truncated = 1;
+    assert_int_equal(stacks_format_thread(t, &text), 0);
+    assert_string_equal(text, "Thread [w]: tid=42\n"
+                              "  File \"/lib/x.so\", line 0, in f [/lib/x.so+0x78]\n"
+                              "  File \"??\", line 0, in ?? [0x1234]\n"
+                              "  <truncated: outer frames missing>");
+    free(text);
+    free(t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parked_threads),
+        cmocka_unit_test(test_caches_reused),
+        cmocka_unit_test(test_self_dump),
+        cmocka_unit_test(test_exited_target),
+        cmocka_unit_test(test_already_traced),
+        cmocka_unit_test(test_format_marks),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
