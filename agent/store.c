@@ -1,0 +1,271 @@
+/* SQLite run store (see store.h). All access goes through one connection under a mutex: runs are
+ * written a few times per command, far below what contention would cost. SQLite result codes
+ * are translated to negative errno here and nowhere else. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sqlite3.h>
+#include "clock.h"
+#include "store.h"
+
+struct store {
+    sqlite3 *db;
+    sqlite3_stmt *insert, *update;
+    pthread_mutex_t lock;
+    char errmsg[256];
+};
+
+static const char schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS runs ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " request_id TEXT,"
+    " action TEXT NOT NULL,"
+    " params TEXT,"
+    " target_spec TEXT,"
+    " target_pid INTEGER,"
+    " status TEXT NOT NULL CHECK (status IN ('running','ok','error','interrupted')),"
+    " error TEXT,"
+    " started TEXT NOT NULL,"
+    " finished TEXT,"
+    " files TEXT,"
+    " summary TEXT,"
+    " warnings TEXT);"
+    "CREATE INDEX IF NOT EXISTS runs_status ON runs(status);"
+    "CREATE INDEX IF NOT EXISTS runs_action ON runs(action);";
+
+static int errno_of(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+        return 0;
+    case SQLITE_NOMEM:
+        return -ENOMEM;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return -EBUSY;
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+        return -EACCES;
+    case SQLITE_FULL:
+        return -ENOSPC;
+    case SQLITE_CANTOPEN:
+        return -ENOENT;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+        return -EBADMSG;
+    default:
+        return -EIO;
+    }
+}
+
+static int fail(struct store *s, int rc)
+{
+    snprintf(s->errmsg, sizeof(s->errmsg), "%s", sqlite3_errmsg(s->db));
+    return errno_of(rc);
+}
+
+const char *store_errmsg(struct store *s)
+{
+    return s->errmsg;
+}
+
+static int exec_int(sqlite3 *db, const char *sql, int *ret)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *ret = sqlite3_column_int(st, 0);
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int migrate(struct store *s)
+{
+    int version = 0, rc;
+
+    rc = exec_int(s->db, "PRAGMA user_version", &version);
+    if (rc != SQLITE_OK)
+        return rc;
+    if (version > STORE_SCHEMA_VERSION) {
+        snprintf(s->errmsg, sizeof(s->errmsg),
+                 "its schema version %d is newer than this agent's (%d)", version,
+                 STORE_SCHEMA_VERSION);
+        return SQLITE_MISMATCH;
+    }
+    rc = sqlite3_exec(s->db, schema_sql, NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    return sqlite3_exec(s->db, "PRAGMA user_version = 1", NULL, NULL, NULL);
+}
+
+int store_interrupt_running(struct store *s, int64_t finished_us, unsigned *ret_count)
+{
+    char stamp[CLOCK_ISO_MAX];
+    sqlite3_stmt *st = NULL;
+    int rc;
+
+    clock_iso8601(finished_us, stamp, sizeof(stamp));
+    pthread_mutex_lock(&s->lock);
+    rc = sqlite3_prepare_v2(s->db,
+                            "UPDATE runs SET status = 'interrupted', finished = ?1, error = "
+                            "coalesce(error, 'the agent stopped before the run finished') "
+                            "WHERE status = 'running'",
+                            -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, stamp, -1, SQLITE_TRANSIENT);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE)
+            rc = SQLITE_OK;
+    }
+    if (rc == SQLITE_OK && ret_count)
+        *ret_count = (unsigned)sqlite3_changes(s->db);
+    sqlite3_finalize(st);
+    rc = rc == SQLITE_OK ? 0 : fail(s, rc);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int store_open(const char *path, struct store **ret, unsigned *ret_interrupted, char *err,
+               size_t errlen)
+{
+    struct store *s;
+    int rc, r;
+
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    pthread_mutex_init(&s->lock, NULL);
+    rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                         SQLITE_OPEN_FULLMUTEX, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    sqlite3_busy_timeout(s->db, 2000);
+    rc = sqlite3_exec(s->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL,
+                      NULL, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    rc = migrate(s);
+    if (rc != SQLITE_OK)
+        goto fail;
+    rc = sqlite3_prepare_v2(s->db,
+                            "INSERT INTO runs (request_id, action, params, target_spec, "
+                            "target_pid, status, error, started, finished, files, summary, "
+                            "warnings) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                            -1, &s->insert, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    rc = sqlite3_prepare_v2(s->db,
+                            "UPDATE runs SET request_id = ?1, action = ?2, params = ?3, "
+                            "target_spec = ?4, target_pid = ?5, status = ?6, error = ?7, "
+                            "started = ?8, finished = ?9, files = ?10, summary = ?11, "
+                            "warnings = ?12 WHERE id = ?13",
+                            -1, &s->update, NULL);
+    if (rc != SQLITE_OK)
+        goto fail;
+    r = store_interrupt_running(s, clock_realtime_us(), ret_interrupted);
+    if (r < 0) {
+        snprintf(err, errlen, "cannot use the run database %s: %s", path, s->errmsg);
+        store_close(s);
+        return r;
+    }
+    *ret = s;
+    return 0;
+fail:
+    if (!s->errmsg[0])
+        snprintf(s->errmsg, sizeof(s->errmsg), "%s",
+                 s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+    snprintf(err, errlen, "cannot use the run database %s: %s", path, s->errmsg);
+    r = errno_of(rc);
+    store_close(s);
+    return r ? r : -EIO;
+}
+
+void store_close(struct store *s)
+{
+    if (!s)
+        return;
+    sqlite3_finalize(s->insert);
+    sqlite3_finalize(s->update);
+    sqlite3_close(s->db);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+static void bind_text(sqlite3_stmt *st, int i, const char *v)
+{
+    if (v)
+        sqlite3_bind_text(st, i, v, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+static void bind_run(sqlite3_stmt *st, const struct store_run *run)
+{
+    char started[CLOCK_ISO_MAX], finished[CLOCK_ISO_MAX];
+
+    clock_iso8601(run->started_us, started, sizeof(started));
+    bind_text(st, 1, run->request_id);
+    bind_text(st, 2, run->action);
+    bind_text(st, 3, run->params);
+    bind_text(st, 4, run->target_spec);
+    if (run->target_spec && run->target_pid > 0)
+        sqlite3_bind_int64(st, 5, run->target_pid);
+    else
+        sqlite3_bind_null(st, 5);
+    bind_text(st, 6, run->status);
+    bind_text(st, 7, run->error);
+    bind_text(st, 8, started);
+    if (run->finished_us) {
+        clock_iso8601(run->finished_us, finished, sizeof(finished));
+        bind_text(st, 9, finished);
+    } else {
+        sqlite3_bind_null(st, 9);
+    }
+    bind_text(st, 10, run->files);
+    bind_text(st, 11, run->summary);
+    bind_text(st, 12, run->warnings);
+}
+
+int store_run_insert(struct store *s, const struct store_run *run, int64_t *ret_id)
+{
+    int rc, r = 0;
+
+    pthread_mutex_lock(&s->lock);
+    sqlite3_reset(s->insert);
+    sqlite3_clear_bindings(s->insert);
+    bind_run(s->insert, run);
+    rc = sqlite3_step(s->insert);
+    if (rc != SQLITE_DONE)
+        r = fail(s, rc);
+    else
+        *ret_id = sqlite3_last_insert_rowid(s->db);
+    sqlite3_reset(s->insert);
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
+int store_run_update(struct store *s, int64_t id, const struct store_run *run)
+{
+    int rc, r = 0;
+
+    pthread_mutex_lock(&s->lock);
+    sqlite3_reset(s->update);
+    sqlite3_clear_bindings(s->update);
+    bind_run(s->update, run);
+    sqlite3_bind_int64(s->update, 13, id);
+    rc = sqlite3_step(s->update);
+    if (rc != SQLITE_DONE)
+        r = fail(s, rc);
+    sqlite3_reset(s->update);
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
