@@ -1,0 +1,29 @@
+/* The thirteen actions of the contract: their names, which ones run off the network thread, and
+ * their implementations. An action reads run->params (validated against schemas/ACTION.json,
+ * defaults applied) and run->target, emits records with run_record and fails with run_fail. */
+#ifndef ACTION_H
+#define ACTION_H
+
+#include <stdbool.h>
+#include "agent.h"
+
+struct schema;
+
+struct action {
+    const char *name;
+    bool needs_target;          /* resolve the target before running */
+    bool long_running;          /* run in a job thread, not on the network thread */
+    int (*run)(struct run *run);
+    struct schema *schema;      /* compiled at start by action_load_schemas */
+};
+
+/* Compiles schemas/NAME.json for every action. Fails, naming the file, on any schema that is
+ * missing or that the validator cannot enforce. */
+int action_load_schemas(const char *dir, char *err, size_t errlen);
+void action_free_schemas(void);
+/* The action named name, or NULL. Counts a schema-cache hit or miss. */
+const struct action *action_find(const char *name);
+/* For --help and tests: NULL-terminated list of names. */
+const char *action_name(unsigned i);
+
+#endif

@@ -1,0 +1,541 @@
+/* The command pipeline (see agent.h): size check, JSON parse, action lookup, schema validation,
+ * target check and resolution, run row, then the action inline or in a job thread, and exactly
+ * one result. Errors are decided and worded here, once; the engine only returns codes. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include "action.h"
+#include "agent.h"
+#include "clock.h"
+#include "log.h"
+#include "schema.h"
+#include "store.h"
+
+/* json-c's own limit is 32; the schemas are flat, so anything deeper is rejected at parse time
+ * with a clear error rather than validated. */
+#define PAYLOAD_MAX_DEPTH 32
+
+int agent_init(struct agent *a, struct config *c, bool use_store, const struct agent_output *out,
+               char *err, size_t errlen)
+{
+    unsigned interrupted = 0;
+    int r;
+
+    memset(a, 0, sizeof(*a));
+    a->config = c;
+    a->out = *out;
+    a->started_mono_us = clock_monotonic_us();
+    pthread_mutex_init(&a->lock, NULL);
+    pthread_cond_init(&a->jobs_done, NULL);
+    r = action_load_schemas(c->schema_dir, err, errlen);
+    if (r < 0)
+        return r;
+    if (use_store) {
+        r = store_open(c->database, &a->store, &interrupted, err, errlen);
+        if (r < 0) {
+            action_free_schemas();
+            return r;
+        }
+        if (interrupted)
+            log_warning("%u run(s) left running by an earlier agent were marked interrupted",
+                        interrupted);
+    }
+    return 0;
+}
+
+void agent_destroy(struct agent *a)
+{
+    store_close(a->store);
+    action_free_schemas();
+    json_object_put(a->last_result);
+    pthread_cond_destroy(&a->jobs_done);
+    pthread_mutex_destroy(&a->lock);
+}
+
+void run_record(struct run *run, const char *fmt, ...)
+{
+    char stack_buf[1024], *text = stack_buf;
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(stack_buf, sizeof(stack_buf), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof(stack_buf)) {
+        text = malloc((size_t)n + 1);
+        if (!text)
+            return;
+        va_start(ap, fmt);
+        vsnprintf(text, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    }
+    run->agent->out.record(run, text, run->agent->out.userdata);
+    if (text != stack_buf)
+        free(text);
+}
+
+int run_fail(struct run *run, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(run->error, sizeof(run->error), fmt, ap);
+    va_end(ap);
+    run->ok = false;
+    return -EINVAL;
+}
+
+void run_warn(struct run *run, const char *fmt, ...)
+{
+    char text[AGENT_ERROR_MAX];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    if (!run->warnings)
+        run->warnings = json_object_new_array();
+    json_object_array_add(run->warnings, json_object_new_string(text));
+}
+
+/* Finds a top-level "request_id" string in a payload json-c could not parse (too deep, broken
+ * later on), so that even a rejected command can be matched to its result. Only a well-formed
+ * string of at most AGENT_REQUEST_ID_MAX characters is taken. */
+static bool scan_request_id(const char *p, size_t len, char *out, size_t outlen)
+{
+    int depth = 0;
+    bool expect_key = false;
+
+    for (size_t i = 0; i < len; i++) {
+        char ch = p[i];
+        size_t start, j;
+
+        if (ch == '{') {
+            depth++;
+            expect_key = depth == 1;
+        } else if (ch == '[') {
+            depth++;
+        } else if (ch == '}' || ch == ']') {
+            depth--;
+        } else if (ch == ',') {
+            expect_key = depth == 1;
+        } else if (ch == '"') {
+            start = i;
+            for (j = i + 1; j < len && p[j] != '"'; j++)
+                if (p[j] == '\\')
+                    j++;
+            if (j >= len)
+                return false;
+            i = j;
+            if (!(expect_key && depth == 1 && j - start - 1 == 10 &&
+                  memcmp(p + start + 1, "request_id", 10) == 0)) {
+                expect_key = false;
+                continue;
+            }
+            expect_key = false;
+            for (j = i + 1; j < len && strchr(" \t\r\n", p[j]); j++)
+                ;
+            if (j >= len || p[j] != ':')
+                return false;
+            for (j++; j < len && strchr(" \t\r\n", p[j]); j++)
+                ;
+            if (j >= len || p[j] != '"')
+                return false;
+            start = j;
+            for (j = start + 1; j < len && p[j] != '"' && j - start < 6 * AGENT_REQUEST_ID_MAX; j++)
+                if (p[j] == '\\')
+                    j++;
+            if (j >= len || p[j] != '"')
+                return false;
+            {
+                char *tok = strndup(p + start, j - start + 1);
+                struct json_object *s = tok ? json_tokener_parse(tok) : NULL;
+                bool ok = s && json_object_is_type(s, json_type_string) &&
+                          json_object_get_string_len(s) < (int)outlen;
+
+                if (ok)
+                    snprintf(out, outlen, "%s", json_object_get_string(s));
+                json_object_put(s);
+                free(tok);
+                return ok;
+            }
+        }
+    }
+    return false;
+}
+
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xc0) != 0x80;
+    return n;
+}
+
+static void take_request_id(struct run *run, struct json_object *obj)
+{
+    struct json_object *v;
+    const char *s;
+
+    if (!json_object_object_get_ex(obj, "request_id", &v) ||
+        !json_object_is_type(v, json_type_string))
+        return;
+    s = json_object_get_string(v);
+    if (utf8_chars(s) > AGENT_REQUEST_ID_MAX || strlen(s) >= sizeof(run->request_id))
+        return;
+    snprintf(run->request_id, sizeof(run->request_id), "%s", s);
+    run->has_request_id = true;
+}
+
+static struct json_object *run_result(struct run *run)
+{
+    struct json_object *o = json_object_new_object();
+    char stamp[CLOCK_ISO_MAX];
+
+    json_object_object_add(o, "run_id", run->id ? json_object_new_int64(run->id) : NULL);
+    if (run->has_request_id)
+        json_object_object_add(o, "request_id", json_object_new_string(run->request_id));
+    json_object_object_add(o, "action", json_object_new_string(run->action_name));
+    json_object_object_add(o, "status", json_object_new_string(run->ok ? "ok" : "error"));
+    if (!run->ok)
+        json_object_object_add(o, "error", json_object_new_string(run->error));
+    if (run->has_target) {
+        struct json_object *t = json_object_new_object();
+
+        json_object_object_add(t, "spec", json_object_new_string(run->target_spec));
+        json_object_object_add(t, "pid", json_object_new_int(run->target.pid));
+        json_object_object_add(t, "name", json_object_new_string(run->target.name));
+        json_object_object_add(o, "target", t);
+    }
+    clock_iso8601(run->started_us, stamp, sizeof(stamp));
+    json_object_object_add(o, "started", json_object_new_string(stamp));
+    clock_iso8601(run->finished_us, stamp, sizeof(stamp));
+    json_object_object_add(o, "finished", json_object_new_string(stamp));
+    json_object_object_add(o, "files", json_object_get(run->files));
+    json_object_object_add(o, "summary", json_object_get(run->summary));
+    if (run->warnings)
+        json_object_object_add(o, "warnings", json_object_get(run->warnings));
+    return o;
+}
+
+static void store_write(struct run *run, const char *status, bool insert)
+{
+    struct store *st = run->agent->store;
+    struct store_run row = {
+        .request_id = run->has_request_id ? run->request_id : NULL,
+        .action = run->action_name,
+        .params = run->params ? json_object_to_json_string_ext(run->params,
+                                                               JSON_C_TO_STRING_PLAIN)
+                              : NULL,
+        .target_spec = run->has_target ? run->target_spec : NULL,
+        .target_pid = run->has_target ? run->target.pid : 0,
+        .status = status,
+        .error = run->ok ? NULL : run->error,
+        .files = json_object_to_json_string_ext(run->files, JSON_C_TO_STRING_PLAIN),
+        .summary = json_object_to_json_string_ext(run->summary, JSON_C_TO_STRING_PLAIN),
+        .warnings = run->warnings ? json_object_to_json_string_ext(run->warnings,
+                                                                   JSON_C_TO_STRING_PLAIN)
+                                  : NULL,
+        .started_us = run->started_us,
+        .finished_us = run->finished_us,
+    };
+    int r;
+
+    if (!st)
+        return;
+    if (insert)
+        r = store_run_insert(st, &row, &run->id);
+    else if (run->id)
+        r = store_run_update(st, run->id, &row);
+    else
+        return;
+    if (r < 0)
+        log_error("cannot record run of %s in the database %s: %s", run->action_name,
+                  run->agent->config->database, store_errmsg(st));
+}
+
+static void run_free(struct run *run)
+{
+    json_object_put(run->params);
+    json_object_put(run->files);
+    json_object_put(run->summary);
+    json_object_put(run->warnings);
+    free(run->reply.topic);
+    free(run->reply.correlation);
+    free(run);
+}
+
+/* Records the outcome, publishes the one result and frees the run. */
+static void run_finish(struct run *run)
+{
+    struct agent *a = run->agent;
+    struct json_object *result;
+    bool interrupted = atomic_load(&run->cancel) && run->ok;
+
+    run->finished_us = clock_realtime_us();
+    if (!run->id)
+        store_write(run, run->ok ? "ok" : "error", true);
+    else
+        store_write(run, interrupted ? "interrupted" : run->ok ? "ok" : "error", false);
+    result = run_result(run);
+    a->out.result(run, json_object_to_json_string_ext(result, JSON_C_TO_STRING_PLAIN),
+                  a->out.userdata);
+    pthread_mutex_lock(&a->lock);
+    json_object_put(a->last_result);
+    a->last_result = result;
+    pthread_mutex_unlock(&a->lock);
+    if (a->out.state_changed)
+        a->out.state_changed(a, a->out.userdata);
+    run_free(run);
+}
+
+static int resolve_target(struct run *run)
+{
+    const char *spec = run->target_spec;
+    int r;
+
+    r = target_resolve(PROCFS_ROOT, spec, &run->target);
+    switch (r) {
+    case 0:
+        break;
+    case -ESRCH:
+        return run_fail(run, "target %s: no such process is running", spec);
+    case -EINVAL:
+        return run_fail(run, "target %s: not a valid target spec", spec);
+    case -ENOENT:
+    case -EACCES:
+        return run_fail(run, "target %s: cannot read the pid file: %s", spec, strerror(-r));
+    default:
+        return run_fail(run, "target %s: cannot be resolved: %s", spec, strerror(-r));
+    }
+    run->has_target = true;
+    if (run->target.matches > 1)
+        run_warn(run, "%s matched %u processes; chose the oldest, pid %d", spec,
+                 run->target.matches, (int)run->target.pid);
+    return 0;
+}
+
+static void *job_main(void *arg)
+{
+    struct run *run = arg;
+    struct agent *a = run->agent;
+    struct run **p;
+
+    if (run->action->run(run) == 0)
+        run->ok = true;
+    pthread_mutex_lock(&a->lock);
+    for (p = &a->jobs; *p; p = &(*p)->next)
+        if (*p == run) {
+            *p = run->next;
+            break;
+        }
+    a->njobs--;
+    pthread_cond_broadcast(&a->jobs_done);
+    pthread_mutex_unlock(&a->lock);
+    run_finish(run);
+    return NULL;
+}
+
+static int start_job(struct run *run)
+{
+    struct agent *a = run->agent;
+    pthread_attr_t attr;
+    int r;
+
+    pthread_mutex_lock(&a->lock);
+    if (a->njobs >= AGENT_MAX_JOBS) {
+        pthread_mutex_unlock(&a->lock);
+        return run_fail(run, "too many jobs running (at most %d); try again when one finishes",
+                         AGENT_MAX_JOBS);
+    }
+    run->next = a->jobs;
+    a->jobs = run;
+    a->njobs++;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    r = pthread_create(&run->thread, &attr, job_main, run);
+    pthread_attr_destroy(&attr);
+    if (r != 0) {
+        a->jobs = run->next;
+        a->njobs--;
+        pthread_mutex_unlock(&a->lock);
+        return run_fail(run, "cannot start a job thread: %s", strerror(r));
+    }
+    pthread_mutex_unlock(&a->lock);
+    return 0;
+}
+
+/* Everything before the action runs. Returns 0 when the action may run. */
+static int prepare(struct run *run, const void *payload, size_t len)
+{
+    struct agent *a = run->agent;
+    struct json_object *obj = NULL, *v;
+    struct json_tokener *tok;
+    char err[SCHEMA_ERR_MAX];
+    enum json_tokener_error jerr;
+    int r;
+
+    if (len > (size_t)a->config->max_payload_bytes) {
+        run->has_request_id = scan_request_id(payload, len, run->request_id,
+                                              sizeof(run->request_id));
+        return run_fail(run, "payload is %zu bytes, larger than max_payload_bytes (%ld)", len,
+                        a->config->max_payload_bytes);
+    }
+    if (len == 0) {
+        obj = json_object_new_object();
+    } else {
+        tok = json_tokener_new_ex(PAYLOAD_MAX_DEPTH);
+        if (!tok)
+            return run_fail(run, "out of memory");
+        json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+        obj = json_tokener_parse_ex(tok, payload, (int)len);
+        jerr = json_tokener_get_error(tok);
+        if (jerr == json_tokener_success && json_tokener_get_parse_end(tok) < len) {
+            const char *rest = (const char *)payload + json_tokener_get_parse_end(tok);
+            size_t n = len - json_tokener_get_parse_end(tok);
+
+            while (n && strchr(" \t\r\n", *rest)) {
+                rest++;
+                n--;
+            }
+            if (n)
+                jerr = json_tokener_error_parse_unexpected;
+        }
+        json_tokener_free(tok);
+        if (jerr != json_tokener_success || !obj) {
+            json_object_put(obj);
+            run->has_request_id = scan_request_id(payload, len, run->request_id,
+                                                  sizeof(run->request_id));
+            if (jerr == json_tokener_error_depth)
+                return run_fail(run, "payload is nested more than %d levels deep",
+                                PAYLOAD_MAX_DEPTH);
+            if (jerr == json_tokener_continue)
+                return run_fail(run, "payload is not valid JSON: it ends too early");
+            return run_fail(run, "payload is not valid JSON: %s", json_tokener_error_desc(jerr));
+        }
+    }
+    if (!json_object_is_type(obj, json_type_object)) {
+        json_object_put(obj);
+        return run_fail(run, "payload must be a JSON object");
+    }
+    run->params = obj;
+    take_request_id(run, obj);
+    run->action = action_find(run->action_name);
+    if (!run->action)
+        return run_fail(run, "unknown action '%s'", run->action_name);
+    if (schema_validate(run->action->schema, obj, err, sizeof(err)) < 0)
+        return run_fail(run, "%s", err);
+    r = schema_apply_defaults(run->action->schema, obj);
+    if (r < 0)
+        return run_fail(run, "cannot apply defaults: %s", strerror(-r));
+    if (json_object_object_get_ex(obj, "target", &v)) {
+        snprintf(run->target_spec, sizeof(run->target_spec), "%s", json_object_get_string(v));
+        if (!config_target_allowed(a->config, run->target_spec))
+            return run_fail(run, "target %s is not allowed", run->target_spec);
+    } else {
+        snprintf(run->target_spec, sizeof(run->target_spec), "%s", a->config->target);
+    }
+    if (run->action->needs_target)
+        return resolve_target(run);
+    return 0;
+}
+
+void agent_command(struct agent *a, const char *action, const void *payload, size_t len,
+                   const struct reply_to *reply)
+{
+    struct run *run = calloc(1, sizeof(*run));
+
+    if (!run) {
+        log_error("out of memory: dropped a command for %s", action);
+        return;
+    }
+    run->agent = a;
+    run->started_us = clock_realtime_us();
+    run->started_mono_us = clock_monotonic_us();
+    run->files = json_object_new_array();
+    run->summary = json_object_new_object();
+    snprintf(run->action_name, sizeof(run->action_name), "%s", action);
+    if (reply && reply->topic) {
+        run->reply.topic = strdup(reply->topic);
+        if (reply->correlation_len > 0) {
+            run->reply.correlation = malloc((size_t)reply->correlation_len);
+            if (run->reply.correlation) {
+                memcpy(run->reply.correlation, reply->correlation,
+                       (size_t)reply->correlation_len);
+                run->reply.correlation_len = reply->correlation_len;
+            }
+        }
+    }
+    if (prepare(run, payload, len) < 0)
+        goto finish;
+    store_write(run, "running", true);
+    if (run->action->long_running) {
+        if (start_job(run) == 0) {
+            if (a->out.state_changed)
+                a->out.state_changed(a, a->out.userdata);
+            return;
+        }
+        goto finish;
+    }
+    if (run->action->run(run) == 0)
+        run->ok = true;
+finish:
+    run_finish(run);
+}
+
+unsigned agent_wait_jobs(struct agent *a, bool cancel, int timeout_ms)
+{
+    struct timespec deadline;
+    unsigned left;
+
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+    if (deadline.tv_nsec >= 1000000000) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&a->lock);
+    for (struct run *r = a->jobs; cancel && r; r = r->next)
+        atomic_store(&r->cancel, 1);
+    while (a->njobs > 0)
+        if (pthread_cond_timedwait(&a->jobs_done, &a->lock, &deadline) != 0)
+            break;
+    left = a->njobs;
+    pthread_mutex_unlock(&a->lock);
+    return left;
+}
+
+char *agent_state_json(struct agent *a)
+{
+    struct json_object *o = json_object_new_object(), *jobs = json_object_new_array();
+    int64_t now = clock_monotonic_us();
+    char *text;
+
+    pthread_mutex_lock(&a->lock);
+    for (struct run *r = a->jobs; r; r = r->next) {
+        struct json_object *j = json_object_new_object();
+
+        json_object_object_add(j, "run_id", json_object_new_int64(r->id));
+        json_object_object_add(j, "action", json_object_new_string(r->action_name));
+        json_object_object_add(j, "target", json_object_new_string(r->target_spec));
+        json_object_object_add(j, "elapsed",
+                               json_object_new_double((double)(now - r->started_mono_us) / 1e6));
+        json_object_array_add(jobs, j);
+    }
+    json_object_object_add(o, "node", json_object_new_string(a->config->node_id));
+    json_object_object_add(o, "jobs", jobs);
+    json_object_object_add(o, "loggers", json_object_new_array());
+    json_object_object_add(o, "debug", json_object_new_boolean(atomic_load(&a->debug)));
+    json_object_object_add(o, "last_result", json_object_get(a->last_result));
+    pthread_mutex_unlock(&a->lock);
+    text = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    json_object_put(o);
+    return text;
+}

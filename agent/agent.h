@@ -1,0 +1,97 @@
+/* The agent: configuration, schemas, the run store, running jobs and where output goes. One
+ * struct agent per process; the MQTT session and the `run` command are two front ends that feed
+ * it commands (agent_command) and carry its output away (struct agent_output). */
+#ifndef AGENT_H
+#define AGENT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <json-c/json.h>
+#include "config.h"
+#include "target.h"
+
+#define AGENT_REQUEST_ID_MAX 128
+#define AGENT_ERROR_MAX 512
+#define AGENT_MAX_JOBS 8
+#define AGENT_SLOW_CALLBACK_US 100000   /* asyncio's slow_callback_duration */
+
+struct agent;
+struct action;
+struct store;
+
+/* Where a result must also go: an MQTT 5 response topic and its correlation data. */
+struct reply_to {
+    char *topic;
+    void *correlation;
+    int correlation_len;
+};
+
+/* One command, from arrival to result. */
+struct run {
+    struct agent *agent;
+    int64_t id;                         /* 0 when the store is not in use or failed */
+    char action_name[64];
+    const struct action *action;
+    bool has_request_id;
+    char request_id[AGENT_REQUEST_ID_MAX + 1];
+    struct json_object *params;         /* the validated payload, defaults applied */
+    char target_spec[TARGET_SPEC_MAX];
+    bool has_target;
+    struct target target;
+    int64_t started_us, finished_us, started_mono_us;
+    bool ok;
+    char error[AGENT_ERROR_MAX];
+    struct json_object *files, *summary, *warnings;
+    struct reply_to reply;
+    atomic_int cancel;                  /* set on a clean stop: long actions end early */
+    pthread_t thread;
+    struct run *next;                   /* in agent->jobs while a job thread runs it */
+};
+
+struct agent_output {
+    /* One log record of an action (may span lines). */
+    void (*record)(struct run *run, const char *text, void *userdata);
+    /* The run's result as JSON text. */
+    void (*result)(struct run *run, const char *json, void *userdata);
+    /* Something shown in P/N/state changed. May be NULL. */
+    void (*state_changed)(struct agent *a, void *userdata);
+    void *userdata;
+};
+
+struct agent {
+    struct config *config;
+    struct store *store;                /* NULL in `run` mode */
+    struct agent_output out;
+    atomic_bool debug;                  /* set_asyncio_debug */
+    int64_t started_mono_us;
+    pthread_mutex_t lock;               /* guards jobs, njobs, last_result */
+    pthread_cond_t jobs_done;
+    struct run *jobs;
+    unsigned njobs;
+    struct json_object *last_result;
+};
+
+/* Loads the schemas and opens the store (when use_store). err gets one sentence on failure. */
+int agent_init(struct agent *a, struct config *c, bool use_store, const struct agent_output *out,
+               char *err, size_t errlen);
+void agent_destroy(struct agent *a);
+/* Handles one command: always produces exactly one result through out.result, at once or, for
+ * long actions, from a job thread. reply may be NULL; its contents are copied. */
+void agent_command(struct agent *a, const char *action, const void *payload, size_t len,
+                   const struct reply_to *reply);
+/* Waits up to timeout_ms for running jobs, first asking them to stop early when cancel is set.
+ * Returns how many still run. */
+unsigned agent_wait_jobs(struct agent *a, bool cancel, int timeout_ms);
+/* JSON text for P/N/state. Caller frees. */
+char *agent_state_json(struct agent *a);
+
+/* For actions: emit one log record of the run. */
+void run_record(struct run *run, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* For actions: set the error sentence (the run's status becomes error). Returns -EINVAL so an
+ * action can `return run_fail(...)`. */
+int run_fail(struct run *run, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void run_warn(struct run *run, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,310 @@
+/* profiler-agent's command line: the daemon (`profiler-agent [--config FILE] [flags]`) and
+ * `profiler-agent run ACTION [JSON] [--target SPEC]`, which runs one action locally. */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "action.h"
+#include "agent.h"
+#include "config.h"
+#include "log.h"
+#include "mqtt.h"
+
+#define EXIT_USAGE 2
+
+static const char usage[] =
+    "Usage: profiler-agent [--config FILE] [OPTIONS]\n"
+    "       profiler-agent run ACTION [JSON] [--config FILE] [--target SPEC]\n"
+    "\n"
+    "A profiler for any Linux process, driven over MQTT. The daemon subscribes to\n"
+    "P/ACTION (every agent) and P/N/ACTION (this agent), where P is topic_prefix and N\n"
+    "node_id, runs the action against the target process, records the run in SQLite\n"
+    "and answers one JSON result on P/N/result, with log records on P/N/log.\n"
+    "\n"
+    "Options (each overrides the same key of the config file):\n"
+    "  --config FILE           read `key = value` settings from FILE\n"
+    "  --broker HOST[:PORT]    MQTT broker (broker_host, broker_port; 127.0.0.1:1883)\n"
+    "  --node-id ID            this agent's name in topics (node_id; the host name)\n"
+    "  --target SPEC           process to profile (target; self): self, pid:N,\n"
+    "                          comm:NAME, exe:PATH or pidfile:PATH\n"
+    "  --output-dir DIR        where result files go (output_dir; ./profiles)\n"
+    "  --database FILE         SQLite file of runs (database; ./profiler-agent.db)\n"
+    "  --log-level LEVEL       debug, info, warning or error (log_level; info)\n"
+    "  --version               print the version and exit\n"
+    "  --help                  print this help and exit\n"
+    "\n"
+    "Config keys (see config.example): broker_host, broker_port, username, password,\n"
+    "password_file, tls_ca_file, tls_cert_file, tls_key_file, client_id, keepalive,\n"
+    "mqtt_version (5 or 3.1.1), node_id, topic_prefix (profiler), discovery,\n"
+    "discovery_prefix, output_dir, database, target, allowed_targets (comma-separated\n"
+    "specs a command's \"target\" field may name), max_payload_bytes (65536),\n"
+    "schema_dir, log_level. An unknown key is an error naming the key and line.\n"
+    "\n"
+    "Actions (payload: a JSON object; every action also takes request_id and target):\n"
+    "  log_thread_frames       log every thread's stack (ptrace snapshot, offline unwind)\n"
+    "  dump_sockets            log the target's sockets in Python's socket repr\n"
+    "  lru_stats               log hit/miss statistics of the agent's caches\n"
+    "  log_current_tasks       log the agent's running jobs\n"
+    "  set_asyncio_debug       {\"enabled\": true|false}: time every dispatch, warn when\n"
+    "                          one holds the network loop longer than 100 ms\n"
+    "  start, memory, start_log_objects, stop_log_objects, start_log_object_sources,\n"
+    "  stop_log_object_sources, dump_log_objects, log_event_loop_scheduled:\n"
+    "                          accepted and validated; not available yet in this version\n"
+    "The payload schema of each action is schemas/ACTION.json.\n"
+    "\n"
+    "Topics: P/N/status (retained online/offline), P/N/result, P/N/log, P/N/state.\n"
+    "Example:\n"
+    "  mosquitto_pub -t profiler/log_thread_frames -m '{\"request_id\": \"a1\"}'\n"
+    "  mosquitto_sub -v -t 'profiler/+/result' -t 'profiler/+/log'\n"
+    "  profiler-agent run log_thread_frames --target comm:mosquitto\n"
+    "\n"
+    "Exit status: 0 after SIGTERM or SIGINT (or a run whose result is ok), 2 on a bad\n"
+    "command line or config, 1 otherwise. The agent needs CAP_SYS_PTRACE (or the\n"
+    "target's user) to read other processes; see the README's troubleshooting section.\n";
+
+struct cli {
+    const char *config_file;
+    const char *run_action;
+    const char *run_json;
+    char *flags[16][2];     /* key, value pairs from the flags, applied after the file */
+    int nflags;
+};
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "profiler-agent: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\nTry 'profiler-agent --help'.\n");
+    return -EINVAL;
+}
+
+static int add_flag(struct cli *cli, const char *key, const char *value)
+{
+    if (cli->nflags >= 16)
+        return usage_error("too many options%s", "");
+    cli->flags[cli->nflags][0] = (char *)key;
+    cli->flags[cli->nflags][1] = (char *)value;
+    cli->nflags++;
+    return 0;
+}
+
+/* Returns 1 when the program should exit 0 (help, version), 0 to go on, <0 on a usage error. */
+static int parse_args(int argc, char **argv, struct cli *cli)
+{
+    static const struct {
+        const char *flag, *key;
+    } map[] = {
+        {"--node-id", "node_id"},       {"--target", "target"},
+        {"--output-dir", "output_dir"}, {"--database", "database"},
+        {"--log-level", "log_level"},
+    };
+    int i = 1;
+
+    if (argc > 1 && strcmp(argv[1], "run") == 0) {
+        if (argc < 3 || argv[2][0] == '-')
+            return usage_error("run needs an ACTION%s", "");
+        cli->run_action = argv[2];
+        i = 3;
+        if (i < argc && argv[i][0] != '-')
+            cli->run_json = argv[i++];
+    }
+    for (; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        bool matched = false;
+
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage, stdout);
+            return 1;
+        }
+        if (!strcmp(a, "--version")) {
+            printf("profiler-agent %s\n", PROFILER_AGENT_VERSION);
+            return 1;
+        }
+        if (!v)
+            return usage_error("unknown option or missing value: %s", a);
+        if (!strcmp(a, "--config")) {
+            cli->config_file = v;
+            matched = true;
+        } else if (!strcmp(a, "--broker")) {
+            static char host[CONFIG_STR_MAX];
+            const char *colon = strrchr(v, ':');
+
+            if (colon && !strchr(colon, ']')) {
+                snprintf(host, sizeof(host), "%.*s", (int)(colon - v), v);
+                if (add_flag(cli, "broker_port", colon + 1) < 0)
+                    return -EINVAL;
+            } else {
+                snprintf(host, sizeof(host), "%s", v);
+            }
+            if (add_flag(cli, "broker_host", host) < 0)
+                return -EINVAL;
+            matched = true;
+        }
+        for (size_t k = 0; !matched && k < sizeof(map) / sizeof(map[0]); k++)
+            if (!strcmp(a, map[k].flag)) {
+                if (add_flag(cli, map[k].key, v) < 0)
+                    return -EINVAL;
+                matched = true;
+            }
+        if (!matched)
+            return usage_error("unknown option: %s", a);
+        i++;
+    }
+    return 0;
+}
+
+/* Schemas ship beside the binary in a source tree (build/../schemas) and in
+ * PREFIX/share/profiler-agent/schemas when installed. */
+static void default_schema_dir(struct config *c)
+{
+    static const char *const candidates[] = {"../schemas", "../share/profiler-agent/schemas"};
+    char exe[PATH_MAX], path[PATH_MAX + 64], real[PATH_MAX];
+    struct stat st;
+    ssize_t n;
+    char *slash;
+
+    if (c->schema_dir[0])
+        return;
+    snprintf(c->schema_dir, sizeof(c->schema_dir), "/usr/share/profiler-agent/schemas");
+    n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return;
+    exe[n] = '\0';
+    slash = strrchr(exe, '/');
+    if (!slash)
+        return;
+    *slash = '\0';
+    for (size_t i = 0; i < sizeof(candidates) / sizeof(candidates[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", exe, candidates[i]);
+        if (stat(path, &st) == 0 && S_ISDIR(st.st_mode) && realpath(path, real)) {
+            memcpy(c->schema_dir, real, strlen(real) + 1);
+            return;
+        }
+    }
+}
+
+static int load_config(struct cli *cli, struct config *c)
+{
+    char err[CONFIG_ERR_MAX];
+
+    config_defaults(c);
+    if (cli->config_file && config_load_file(c, cli->config_file, err, sizeof(err)) < 0)
+        goto fail;
+    for (int i = 0; i < cli->nflags; i++)
+        if (config_set(c, cli->flags[i][0], cli->flags[i][1], err, sizeof(err)) < 0)
+            goto fail;
+    if (config_finish(c, err, sizeof(err)) < 0)
+        goto fail;
+    default_schema_dir(c);
+    log_set_level(c->log_level);
+    return 0;
+fail:
+    fprintf(stderr, "profiler-agent: %s\n", err);
+    return -EINVAL;
+}
+
+static void print_record(struct run *run, const char *text, void *userdata)
+{
+    (void)run;
+    (void)userdata;
+    printf("%s\n", text);
+    fflush(stdout);
+}
+
+static void print_result(struct run *run, const char *json, void *userdata)
+{
+    int *status = userdata;
+
+    *status = run->ok ? EXIT_SUCCESS : EXIT_FAILURE;
+    printf("%s\n", json);
+    fflush(stdout);
+}
+
+static int run_local(struct config *c, const char *action, const char *json)
+{
+    int status = EXIT_FAILURE;
+    struct agent_output out = {.record = print_record, .result = print_result, .userdata = &status};
+    char err[CONFIG_ERR_MAX];
+    struct agent a;
+
+    if (agent_init(&a, c, false, &out, err, sizeof(err)) < 0) {
+        fprintf(stderr, "profiler-agent: %s\n", err);
+        return EXIT_FAILURE;
+    }
+    agent_command(&a, action, json ? json : "", json ? strlen(json) : 0, NULL);
+    agent_wait_jobs(&a, false, INT_MAX / 2);
+    agent_destroy(&a);
+    return status;
+}
+
+static int run_daemon(struct config *c)
+{
+    char err[CONFIG_ERR_MAX];
+    struct mqtt *session = NULL;
+    struct agent a;
+    sigset_t set;
+    int sig, r;
+
+    /* Block the stop signals in every thread; only this one waits for them. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (mkdir(c->output_dir, 0750) < 0 && errno != EEXIST) {
+        log_error("cannot create output_dir %s: %s", c->output_dir, strerror(errno));
+        return EXIT_FAILURE;
+    }
+    if (mqtt_new(c, &session, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        return EXIT_FAILURE;
+    }
+    struct agent_output out = mqtt_output;
+    out.userdata = session;
+    if (agent_init(&a, c, true, &out, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        mqtt_free(session);
+        return EXIT_FAILURE;
+    }
+    log_info("profiler-agent %s: node %s, target %s, broker %s:%d, %d schemas from %s",
+             PROFILER_AGENT_VERSION, c->node_id, c->target, c->broker_host, c->broker_port, 13,
+             c->schema_dir);
+    r = mqtt_start(session, &a, err, sizeof(err));
+    if (r < 0) {
+        log_error("%s", err);
+        agent_destroy(&a);
+        mqtt_free(session);
+        return EXIT_FAILURE;
+    }
+    do
+        sig = sigwaitinfo(&set, NULL);
+    while (sig < 0 && errno == EINTR);
+    log_info("stopping on %s", strsignal(sig));
+    if (agent_wait_jobs(&a, true, 5000) > 0)
+        log_warning("jobs still running at stop; their runs are marked interrupted");
+    mqtt_stop(session);
+    agent_destroy(&a);
+    mqtt_free(session);
+    return EXIT_SUCCESS;
+}
+
+int main(int argc, char **argv)
+{
+    struct config c;
+    struct cli cli = {0};
+    int r;
+
+    r = parse_args(argc, argv, &cli);
+    if (r != 0)
+        return r > 0 ? EXIT_SUCCESS : EXIT_USAGE;
+    if (load_config(&cli, &c) < 0)
+        return EXIT_USAGE;
+    if (cli.run_action)
+        return run_local(&c, cli.run_action, cli.run_json);
+    return run_daemon(&c);
+}
