@@ -1,0 +1,79 @@
+#!/usr/bin/python3
+"""log_thread_frames on a 200-thread process built without frame pointers: the whole MQTT round
+trip (publish -> every record and the result received) against `eu-stack -p` on the same process,
+and the time each dump keeps the target stopped, medians of RUNS (default 7) runs each."""
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
+from conftest import BUILD, Agent, Broker, Client, Session, wait_online  # noqa: E402
+
+RUNS = int(os.environ.get("RUNS", "7"))
+THREADS = int(os.environ.get("THREADS", "200"))
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="bench-frames-")
+    target = subprocess.Popen([os.path.join(BUILD, "workloads", "many_threads"), str(THREADS)],
+                              stdout=subprocess.PIPE, text=True)
+    assert target.stdout.readline().strip() == "ready"
+    broker = Broker(work)
+    broker.start()
+    client = Client(broker.port)
+    client.subscribe("profiler/bench/#")
+    agent = Agent(broker, work, "bench", f"pid:{target.pid}")
+    agent.start()
+    wait_online(client, "bench")
+    s = Session(broker, agent, client)
+    try:
+        ours, stopped, inside = [], [], []
+        first = None
+        for i in range(RUNS + 1):
+            t0 = time.perf_counter()
+            result, logs = s.command("log_thread_frames", timeout=60)
+            dt = (time.perf_counter() - t0) * 1000
+            assert result["status"] == "ok", result
+            threads = sum(1 for r in logs if r.startswith("Thread ["))
+            assert threads == THREADS + 1, threads
+            if i == 0:
+                first = dt
+                continue
+            ours.append(dt)
+            stopped.append(result["summary"]["stopped_ms"])
+            inside.append(result["summary"]["duration_ms"])
+            client.seen.clear()
+        eu = []
+        eu_stack = shutil.which("eu-stack")
+        for _ in range(RUNS if eu_stack else 0):
+            t0 = time.perf_counter()
+            p = subprocess.run([eu_stack, "-p", str(target.pid)], capture_output=True)
+            eu.append((time.perf_counter() - t0) * 1000)
+            assert p.returncode == 0, p.stderr
+        med = statistics.median
+        print(f"log_thread_frames on {THREADS + 1} threads, no frame pointers, medians of {RUNS}:")
+        print(f"  profiler-agent MQTT round trip   {med(ours):8.1f} ms  (first, cold caches: "
+              f"{first:.1f} ms)")
+        print(f"  profiler-agent dump inside agent {med(inside):8.1f} ms")
+        print(f"  target stopped per dump          {med(stopped):8.2f} ms  (max {max(stopped):.2f}; "
+              f"target <= 5 ms)")
+        if eu:
+            print(f"  eu-stack -p                      {med(eu):8.1f} ms")
+            print(f"  ratio round trip / eu-stack      {med(ours) / med(eu):8.2f}x  "
+                  f"(target <= 0.5x, aim 0.25x)")
+        else:
+            print("  eu-stack not installed (apt-get install elfutils)")
+    finally:
+        client.close()
+        agent.stop()
+        broker.stop()
+        target.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+#!/usr/bin/python3
+"""Round trip of a cheap action through a real broker: 1,000 `lru_stats` commands sent one after
+another, each timed from publish to its result; prints p50, p90, p99 and max. Also measures an
+idle agent: resident memory and CPU over 10 s, with the same figures for mosquitto beside it."""
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
+from conftest import Agent, Broker, Client, Session, wait_online  # noqa: E402
+
+N = int(os.environ.get("N", "1000"))
+IDLE_SECONDS = float(os.environ.get("IDLE_SECONDS", "10"))
+
+
+def proc_cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="bench-roundtrip-")
+    broker = Broker(work)
+    broker.start()
+    client = Client(broker.port)
+    client.subscribe("profiler/bench/#")
+    agent = Agent(broker, work, "bench", "self")
+    agent.start()
+    wait_online(client, "bench")
+    s = Session(broker, agent, client)
+    try:
+        for _ in range(20):
+            s.command("lru_stats")
+        times = []
+        for i in range(N):
+            t0 = time.perf_counter()
+            result, _ = s.command("lru_stats")
+            times.append((time.perf_counter() - t0) * 1000)
+            assert result["status"] == "ok"
+            if i % 100 == 0:
+                client.seen.clear()
+        times.sort()
+        q = statistics.quantiles(times, n=100)
+        print(f"cheap action round trip over {N} commands (ms): p50 {q[49]:.2f}  "
+              f"p90 {q[89]:.2f}  p99 {q[98]:.2f}  max {times[-1]:.2f}  (target: p50 <= 5, "
+              f"p99 <= 20)")
+
+        pid = agent.proc.pid
+        time.sleep(1)
+        c0, m0, t0 = proc_cpu_seconds(pid), proc_cpu_seconds(broker.proc.pid), time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        dt = time.monotonic() - t0
+        cpu = (proc_cpu_seconds(pid) - c0) / dt * 100
+        mcpu = (proc_cpu_seconds(broker.proc.pid) - m0) / dt * 100
+        print(f"idle over {dt:.0f} s: agent {proc_rss_kib(pid) / 1024:.1f} MiB resident, "
+              f"{cpu:.3f}% of a core (target: <= 8 MiB, <= 0.1%); mosquitto beside it "
+              f"{proc_rss_kib(broker.proc.pid) / 1024:.1f} MiB, {mcpu:.3f}%")
+    finally:
+        client.close()
+        agent.stop()
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Harness for the integration tests: a real mosquitto on a free loopback port, the real agent
+binary, the bundled demo workload, and a paho MQTT 5 client that sends commands and collects
+results and log records. Everything is started per test module and torn down after it."""
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD = os.environ.get("BUILD", os.path.join(ROOT, "build"))
+AGENT = os.path.join(BUILD, "profiler-agent")
+DEMO = os.path.join(BUILD, "workloads", "demo_service")
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+TIMEOUT = 10.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+class Broker:
+    def __init__(self, workdir):
+        self.port = free_port()
+        self.conf = os.path.join(workdir, "mosquitto.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+        self.proc = None
+
+
+class Agent:
+    """The agent under test, run as a user runs it: a config file plus flags."""
+
+    def __init__(self, broker, workdir, node, target, extra_config=""):
+        self.broker, self.node, self.workdir = broker, node, workdir
+        self.db = os.path.join(workdir, f"{node}.db")
+        self.config = os.path.join(workdir, f"{node}.conf")
+        with open(self.config, "w") as f:
+            f.write(f"node_id = {node}\ntarget = {target}\ndiscovery = off\n{extra_config}")
+        self.stderr_path = os.path.join(workdir, f"{node}.stderr")
+        self.proc = None
+
+    def start(self):
+        self.stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(
+            [AGENT, "--config", self.config, "--broker", f"127.0.0.1:{self.broker.port}",
+             "--database", self.db, "--output-dir", os.path.join(self.workdir, "profiles")],
+            stdout=self.stderr, stderr=self.stderr)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+        rc = self.proc.returncode if self.proc else None
+        self.proc = None
+        self.stderr.close()
+        return rc
+
+    def log_text(self):
+        with open(self.stderr_path, errors="replace") as f:
+            return f.read()
+
+
+class Client:
+    """A paho client that records every message it sees, by topic, in arrival order."""
+
+    def __init__(self, port, protocol=mqtt.MQTTv5):
+        self.protocol = protocol
+        self.client = mqtt.Client(client_id=f"test-{uuid.uuid4().hex[:8]}", protocol=protocol)
+        self.messages = queue.Queue()
+        self.client.on_message = lambda c, u, m: self.messages.put(m)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.seen = []
+
+    def subscribe(self, topic):
+        done = queue.Queue()
+        self.client.on_subscribe = lambda *a: done.put(True)
+        self.client.subscribe(topic, qos=1)
+        done.get(timeout=TIMEOUT)
+
+    def publish(self, topic, payload, retain=False, properties=None):
+        if isinstance(payload, (dict, list)):
+            payload = json.dumps(payload)
+        kwargs = {"properties": properties} if properties is not None else {}
+        info = self.client.publish(topic, payload, qos=1, retain=retain, **kwargs)
+        info.wait_for_publish(TIMEOUT)
+
+    def wait_for(self, pred, timeout=TIMEOUT):
+        """The first message (seen before or arriving later) for which pred is true."""
+        for m in self.seen:
+            if pred(m):
+                return m
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no matching message")
+            try:
+                m = self.messages.get(timeout=left)
+            except queue.Empty:
+                raise TimeoutError("no matching message")
+            self.seen.append(m)
+            if pred(m):
+                return m
+
+    def drain(self):
+        while True:
+            try:
+                self.seen.append(self.messages.get_nowait())
+            except queue.Empty:
+                return
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Session:
+    """A broker, an agent on it and a client subscribed to the agent's output topics."""
+
+    def __init__(self, broker, agent, client):
+        self.broker, self.agent, self.client = broker, agent, client
+        self.prefix = f"profiler/{agent.node}"
+
+    def command(self, action, payload=None, node=True, timeout=TIMEOUT, raw=None, rid=None):
+        """Publishes a command and returns (result, log records that arrived before it). A raw
+        payload is sent as it is; rid then names the request_id its result must carry."""
+        if raw is None:
+            rid = uuid.uuid4().hex[:12]
+            payload = dict(payload or {})
+            payload.setdefault("request_id", rid)
+            rid = payload["request_id"]
+            body = json.dumps(payload)
+        else:
+            body = raw
+        self.client.drain()
+        start = len(self.client.seen)
+        topic = f"{self.prefix}/{action}" if node else f"profiler/{action}"
+        self.client.publish(topic, body)
+        msg = self.client.wait_for(
+            lambda m: m.topic == f"{self.prefix}/result" and
+            json.loads(m.payload).get("request_id") == rid, timeout)
+        idx = self.client.seen.index(msg)
+        logs = [m.payload.decode() for m in self.client.seen[start:idx]
+                if m.topic == f"{self.prefix}/log"]
+        return json.loads(msg.payload), logs
+
+    def next_result(self, timeout=TIMEOUT):
+        start = len(self.client.seen)
+        msg = self.client.wait_for(lambda m: m.topic == f"{self.prefix}/result" and
+                                   m not in self.client.seen[:start], timeout)
+        return json.loads(msg.payload)
+
+
+@pytest.fixture(scope="module")
+def workdir():
+    d = tempfile.mkdtemp(prefix="profiler-agent-test-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """The bundled demo service: threads parked in known functions, and sockets."""
+    proc = subprocess.Popen([DEMO], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().split()
+    assert line and line[0] == "ready", "demo_service did not start"
+    proc.port = int(line[1])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def broker(workdir):
+    b = Broker(workdir)
+    b.start()
+    yield b
+    b.stop()
+
+
+def wait_online(client, node, timeout=TIMEOUT):
+    return client.wait_for(lambda m: m.topic == f"profiler/{node}/status" and
+                           m.payload == b"online", timeout)
+
+
+@pytest.fixture(scope="module")
+def session(broker, workdir, demo):
+    client = Client(broker.port)
+    client.subscribe("profiler/testnode/#")
+    agent = Agent(broker, workdir, "testnode", f"pid:{demo.pid}",
+                  "allowed_targets = self, comm:demo_service\n")
+    agent.start()
+    wait_online(client, "testnode")
+    yield Session(broker, agent, client)
+    client.close()
+    agent.stop()

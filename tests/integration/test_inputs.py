@@ -1,0 +1,93 @@
+"""Every bad command gets exactly one clear result, with its request_id whenever it can be read;
+retained commands are never run."""
+import json
+import time
+
+import pytest
+
+BAD = [
+    # (raw payload, action, expected error, request_id echoed)
+    ('{"request_id": "p1", "seconds": ', "start", "payload is not valid JSON", "p1"),
+    ("not json at all", "lru_stats", "payload is not valid JSON", None),
+    ('[1, 2, 3]', "lru_stats", "payload must be a JSON object", None),
+    ('"just a string"', "lru_stats", "payload must be a JSON object", None),
+    ('{"request_id": "p2"}', "no_such_action", "unknown action 'no_such_action'", "p2"),
+    ('{"request_id": "p3", "bogus": 1}', "lru_stats", "unknown field 'bogus'", "p3"),
+    ('{"request_id": "p4", "seconds": "ten"}', "start", "seconds: must be a number", "p4"),
+    ('{"request_id": "p5", "seconds": 0}', "start", "seconds: must be greater than 0", "p5"),
+    ('{"request_id": "p6", "seconds": 3601}', "start", "seconds: must be at most 3600", "p6"),
+    ('{"request_id": "p7", "frequency": 2.5}', "start", "frequency: must be an integer", "p7"),
+    ('{"request_id": "p8", "enabled": "yes"}', "set_asyncio_debug", "enabled: must be a boolean",
+     "p8"),
+    ('{"request_id": "p9"}', "dump_log_objects", "type: required field is missing", "p9"),
+    ('{"request_id": "p10", "target": "pid:1"}', "log_thread_frames",
+     "target pid:1 is not allowed", "p10"),
+    ('{"request_id": "p11", "target": "nonsense"}', "log_thread_frames", "target: ", "p11"),
+    ('{"request_id": "p12", "seconds": 1e400}', "start", "", "p12"),
+    ('{"request_id": "p13", "a": "\xff\xfe"}', "lru_stats", "", "p13"),
+]
+
+
+@pytest.mark.parametrize("raw,action,error,rid", BAD)
+def test_bad_command_gets_one_clear_error(session, raw, action, error, rid):
+    body = raw.encode("latin-1") if "\xff" in raw else raw
+    session.client.drain()
+    start = len(session.client.seen)
+    session.client.publish(f"{session.prefix}/{action}", body)
+    msg = session.client.wait_for(lambda m: m.topic == f"{session.prefix}/result" and
+                                  m not in session.client.seen[:start])
+    result = json.loads(msg.payload)
+    assert result["status"] == "error"
+    assert result["action"] == action
+    assert error in result["error"]
+    assert result["error"].strip() and "\n" not in result["error"]
+    assert result.get("request_id") == rid
+    # Exactly one result: a following command's result is the next one.
+    follow, _ = session.command("lru_stats")
+    later = [m for m in session.client.seen[start:] if m.topic == f"{session.prefix}/result"]
+    assert [json.loads(m.payload).get("request_id") for m in later][-2:] == \
+        [rid, follow["request_id"]]
+
+
+def test_empty_payload_means_empty_object(session):
+    session.client.drain()
+    session.client.publish(f"{session.prefix}/lru_stats", "")
+    assert session.next_result()["status"] == "ok"
+
+
+def test_oversized_payload_is_rejected_with_its_request_id(session):
+    body = json.dumps({"request_id": "big", "pad": "x" * 70000})
+    result, _ = session.command("lru_stats", raw=body, rid="big")
+    assert result["status"] == "error"
+    assert "max_payload_bytes" in result["error"]
+
+
+def test_200_levels_of_nesting_are_answered(session):
+    body = '{"request_id": "deep", "a": ' + '{"a": ' * 200 + '1' + '}' * 200 + '}'
+    result, _ = session.command("lru_stats", raw=body, rid="deep")
+    assert result["status"] == "error"
+    assert "nested" in result["error"]
+
+
+def test_unavailable_actions_validate_then_say_so(session):
+    for action in ["start", "memory", "start_log_objects", "stop_log_objects",
+                   "start_log_object_sources", "stop_log_object_sources",
+                   "log_event_loop_scheduled"]:
+        result, _ = session.command(action)
+        assert result["status"] == "error"
+        assert result["error"].startswith(f"action '{action}' is not available yet"), result
+    result, _ = session.command("dump_log_objects", {"type": "pipe"})
+    assert "not available yet" in result["error"]
+
+
+def test_retained_command_is_never_run(session):
+    topic = f"{session.prefix}/lru_stats"
+    session.client.publish(topic, {"request_id": "retained1"}, retain=True)
+    # A command sent after it is answered; by then the retained one would have been too.
+    session.command("lru_stats")
+    results = [json.loads(m.payload) for m in session.client.seen
+               if m.topic == f"{session.prefix}/result"]
+    assert "retained1" not in [r.get("request_id") for r in results]
+    session.client.wait_for(lambda m: m.topic == f"{session.prefix}/log" and
+                            b"retained command" in m.payload)
+    session.client.publish(topic, b"", retain=True)
