@@ -36,7 +36,7 @@ static struct action actions[] = {
 
 #define NACTIONS (sizeof(actions) / sizeof(actions[0]))
 
-static struct cachestat schema_stats = {.name = "schemas", .maxsize = NACTIONS};
+CACHESTAT_DEFINE(schema_stats, "schemas", NACTIONS)
 
 static int not_available(struct run *run)
 {
@@ -50,7 +50,6 @@ int action_load_schemas(const char *dir, char *err, size_t errlen)
     unsigned loaded = 0;
     int r;
 
-    cachestat_register(&schema_stats);
     for (size_t i = 0; i < NACTIONS; i++) {
         snprintf(path, sizeof(path), "%s/%s.json", dir, actions[i].name);
         r = schema_load_file(path, &actions[i].schema, why, sizeof(why));

@@ -27,7 +27,7 @@ static struct unwinder unwinders[UNWINDERS_MAX] = {
 };
 static pthread_mutex_t unwinders_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t use_clock;
-static struct cachestat unwinder_stats = {.name = "unwinders", .maxsize = UNWINDERS_MAX};
+CACHESTAT_DEFINE(unwinder_stats, "unwinders", UNWINDERS_MAX)
 
 /* Returns the slot for target, locked; a new or recycled slot gets fresh state. */
 static int unwinder_get(const struct target *t, struct unwinder **ret)
@@ -36,7 +36,6 @@ static int unwinder_get(const struct target *t, struct unwinder **ret)
     unsigned long used = 0;
     int r = 0;
 
-    cachestat_register(&unwinder_stats);
     pthread_mutex_lock(&unwinders_lock);
     for (int i = 0; i < UNWINDERS_MAX; i++) {
         struct unwinder *c = &unwinders[i];
@@ -94,6 +93,15 @@ static int engine_fail(struct run *run, const char *what, int r)
     }
 }
 
+/* Milliseconds with microsecond precision, printed as such rather than as a binary fraction. */
+static struct json_object *json_ms(uint64_t ns)
+{
+    char text[32];
+
+    snprintf(text, sizeof(text), "%.3f", (double)ns / 1e6);
+    return json_object_new_double_s((double)ns / 1e6, text);
+}
+
 int action_log_thread_frames(struct run *run)
 {
     struct stacks_dump *d = NULL;
@@ -121,10 +129,8 @@ int action_log_thread_frames(struct run *run)
     }
     json_object_object_add(run->summary, "threads", json_object_new_int64((int64_t)d->nthreads));
     json_object_object_add(run->summary, "frames", json_object_new_int64((int64_t)frames));
-    json_object_object_add(run->summary, "stopped_ms",
-                           json_object_new_double((double)d->stopped_ns / 1e6));
-    json_object_object_add(run->summary, "duration_ms",
-                           json_object_new_double((double)d->total_ns / 1e6));
+    json_object_object_add(run->summary, "stopped_ms", json_ms(d->stopped_ns));
+    json_object_object_add(run->summary, "duration_ms", json_ms(d->total_ns));
     if (failed)
         run_warn(run, "%zu of %zu threads could not be captured", failed, d->nthreads);
     stacks_dump_free(d);

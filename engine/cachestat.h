@@ -16,6 +16,15 @@ struct cachestat {
     struct cachestat *next;      /* registry link, owned by cachestat.c */
 };
 
+/* Defines a static struct cachestat `var` and registers it before main, so lru_stats lists every
+ * cache from the first call, used yet or not. */
+#define CACHESTAT_DEFINE(var, cache_name, cache_maxsize)                                          \
+    static struct cachestat var = {.name = cache_name, .maxsize = cache_maxsize};                 \
+    __attribute__((constructor)) static void var##_register(void)                                 \
+    {                                                                                             \
+        cachestat_register(&var);                                                                 \
+    }
+
 /* Adds c to the registry once; later calls with the same c do nothing. Thread-safe. */
 void cachestat_register(struct cachestat *c);
 static inline void cachestat_hit(struct cachestat *c) { atomic_fetch_add(&c->hits, 1); }

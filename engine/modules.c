@@ -23,7 +23,7 @@ struct modules {
     size_t siglen;
 };
 
-static struct cachestat unwind_stat = { .name = "unwind" };
+CACHESTAT_DEFINE(unwind_stat, "unwind", 0)
 static atomic_ulong eh_tables_count;
 
 static void module_clear(struct module *mod)
@@ -280,7 +280,6 @@ const struct snapshot_range *modules_ranges(const struct modules *m, size_t *ret
 
 int modules_eh_table(struct module *mod)
 {
-    cachestat_register(&unwind_stat);
     if (mod->eh_state != 0) {
         cachestat_hit(&unwind_stat);
         return mod->eh_state > 0 ? 0 : -ENOENT;

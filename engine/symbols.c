@@ -55,7 +55,7 @@ struct symfile {
     Dwarf *dw;
 };
 
-static struct cachestat symbols_stat = { .name = "symbols" };
+CACHESTAT_DEFINE(symbols_stat, "symbols", 0)
 static atomic_ulong symbols_loaded_count;
 
 static int parse_headers(struct symfile *f)
@@ -438,7 +438,6 @@ static void load_symbols(struct symfile *f)
 
 const char *symfile_func(struct symfile *f, uint64_t vaddr)
 {
-    cachestat_register(&symbols_stat);
     if (f->syms_loaded) {
         cachestat_hit(&symbols_stat);
     } else {

@@ -36,13 +36,7 @@ struct cache_entry {
 static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct cache_entry cache[CACHE_SIZE];
 static unsigned long cache_clock;
-static struct cachestat cache_stat = {.name = "targets", .maxsize = CACHE_SIZE};
-static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
-
-static void cache_register(void)
-{
-    cachestat_register(&cache_stat);
-}
+CACHESTAT_DEFINE(cache_stat, "targets", CACHE_SIZE)
 
 /* 1..INT_MAX in plain digits, no sign, no leading zero: one spelling per pid, so that allow-lists
  * compare specs as strings. */
@@ -344,7 +338,6 @@ int target_resolve(const char *root, const char *spec, struct target *ret)
     pid_t pid = 0;
     int r;
 
-    pthread_once(&cache_once, cache_register);
     r = spec_parse(spec, &s);
     if (r < 0)
         return r;
