@@ -27,7 +27,7 @@
 #include <sys/wait.h>
 #include "snapshot.h"
 
-#define TRACER_SOFT_MS 300      /* threads not stopped by then are given up (-ETIMEDOUT) */
+#define TRACER_SOFT_MS SNAPSHOT_STOP_TIMEOUT_MS
 #define TRACER_HARD_S 2         /* then the tracer is killed by its own alarm */
 
 enum rec_state { REC_NONE, REC_SEIZED, REC_STOPPED, REC_DONE };

@@ -12,6 +12,9 @@
 #define SNAPSHOT_ARENA_MAX (64u << 20)      /* bytes copied per dump, all threads together */
 #define SNAPSHOT_NREGS 17                   /* libunwind's x86-64 numbering: RAX..R15, RIP */
 #define SNAPSHOT_RED_ZONE 128
+/* Threads not stopped by then are given up (-ETIMEDOUT): a thread inside vfork() or in
+ * uninterruptible sleep cannot enter a ptrace stop. */
+#define SNAPSHOT_STOP_TIMEOUT_MS 300
 
 struct snapshot_range {
     uint64_t start, end;

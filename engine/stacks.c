@@ -207,7 +207,11 @@ int stacks_format_thread(const struct stacks_thread *t, char **ret)
     if (!f)
         return -ENOMEM;
     fprintf(f, "Thread [%s]: tid=%d", t->name, (int)t->tid);
-    if (t->err) {
+    if (t->err == -ETIMEDOUT) {
+        /* The usual cause, named so the user is not left with "Connection timed out". */
+        fprintf(f, "\n  <unavailable: the thread did not stop for ptrace within %d ms (inside "
+                "vfork, or in uninterruptible sleep)>", SNAPSHOT_STOP_TIMEOUT_MS);
+    } else if (t->err) {
         char eb[128];
         fprintf(f, "\n  <unavailable: %s>", strerror_r(-t->err, eb, sizeof(eb)));
     }
