@@ -1,18 +1,26 @@
-/* The sockets a process holds, as Python's socket repr shows them (see sockets.h). The socket
- * inodes come from the fd links; each of the target's network tables is then read once, keeping
- * only rows whose inode is one of them (binary search over the sorted inodes). Not a netstat:
- * sockets of other processes are never described. */
+/* The sockets a process holds, as Python's socket repr shows them (see sockets.h). Each socket
+ * fd is duplicated into this process through a pidfd and asked directly, as Python would ask it;
+ * where that is refused, the socket inodes from the fd links are looked up in the target's
+ * network tables instead, each table read once (binary search over the sorted inodes). Not a
+ * netstat: sockets of other processes are never described. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
+#include <linux/if_packet.h>
+#include <linux/netlink.h>
+#include <linux/vm_sockets.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <unistd.h>
 #include "procfs.h"
 #include "sockets.h"
 
@@ -20,6 +28,7 @@
 #define TABLE_ROWS_MAX (1 << 22)    /* rows read per table; later ones stay unknown */
 #define FIELDS_MAX 12
 #define SUN_PATH_MAX sizeof(((struct sockaddr_un *)0)->sun_path)
+#define HWADDR_MAX 32               /* the kernel's MAX_ADDR_LEN */
 #define DESC_MAX 1024               /* a unix path is at most 108 bytes, 4 each when escaped */
 
 enum table_kind { TABLE_INET, TABLE_UNIX, TABLE_NETLINK, TABLE_PACKET };
@@ -50,6 +59,7 @@ static const struct table tables[] = {
 struct fdsock {
     int fd;
     uint64_t inode;
+    char *desc;                     /* "family=..., ..." from the socket itself, or NULL */
 };
 
 struct found {
@@ -195,8 +205,10 @@ static int describe_inet(char *line, const struct table *t, const struct lookup 
     return 0;
 }
 
-/* Python's repr of bytes, for an abstract name: b'\x00name'. */
-static void fmt_bytes(char *buf, size_t len, const unsigned char *s, size_t n)
+/* Python's repr() of bytes (b'\x00name', an abstract unix name) or of a str (an interface
+ * name): quotes and escapes as Python picks them. A str's bytes from 0x80 up are passed on as
+ * they are, standing for the characters Python would decode from them. */
+static void fmt_repr(char *buf, size_t len, const unsigned char *s, size_t n, bool bytes)
 {
     bool squote = memchr(s, '\'', n) != NULL, dquote = memchr(s, '"', n) != NULL;
     char quote = squote && !dquote ? '"' : '\'';
@@ -205,7 +217,8 @@ static void fmt_bytes(char *buf, size_t len, const unsigned char *s, size_t n)
     /* Room for the longest escape, the closing quote and the NUL is checked per byte. */
     if (len < 8)
         return;
-    buf[o++] = 'b';
+    if (bytes)
+        buf[o++] = 'b';
     buf[o++] = quote;
     for (size_t i = 0; i < n && o + 6 < len; i++) {
         unsigned char c = s[i];
@@ -217,7 +230,7 @@ static void fmt_bytes(char *buf, size_t len, const unsigned char *s, size_t n)
             o += (size_t)snprintf(buf + o, len - o, "\\n");
         else if (c == '\r')
             o += (size_t)snprintf(buf + o, len - o, "\\r");
-        else if (c < 0x20 || c >= 0x7f)
+        else if (c < 0x20 || c == 0x7f || (bytes && c > 0x7f))
             o += (size_t)snprintf(buf + o, len - o, "\\x%02x", c);
         else
             buf[o++] = (char)c;
@@ -248,7 +261,7 @@ static int describe_unix(char *line, const struct lookup *lk, struct found **ret
         size_t n = strlen(path);
         raw[0] = '\0';
         memcpy(raw + 1, path + 1, n - 1);
-        fmt_bytes(laddr, sizeof(laddr), raw, n);
+        fmt_repr(laddr, sizeof(laddr), raw, n, true);
     } else {
         snprintf(laddr, sizeof(laddr), "%s", path);
     }
@@ -364,6 +377,131 @@ out:
     return r;
 }
 
+/* What getsockname/getpeername may write: the buffer is zeroed first, as Python's is, so fields
+ * past a short address read as 0, as they do for Python. */
+union sockaddr_any {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+    struct sockaddr_un un;
+    struct sockaddr_nl nl;
+    struct sockaddr_ll ll;
+    struct sockaddr_vm vm;
+    struct sockaddr_storage ss;
+};
+
+/* Python's str() of the address makesockaddr builds; "" where Python shows none: an empty unix
+ * name (falsy), a family whose addresses this does not decode. fd is the socket, for the name of
+ * a packet socket's interface in its own network namespace. */
+static void fmt_sockaddr(int fd, const union sockaddr_any *a, socklen_t n, char *buf, size_t len)
+{
+    char host[INET6_ADDRSTRLEN];
+    size_t pn;
+
+    buf[0] = '\0';
+    if (n == 0)                 /* Python's None */
+        return;
+    switch (a->sa.sa_family) {
+    case AF_INET:
+        if (inet_ntop(AF_INET, &a->in.sin_addr, host, sizeof(host)))
+            snprintf(buf, len, "('%s', %u)", host, ntohs(a->in.sin_port));
+        break;
+    case AF_INET6:
+        if (inet_ntop(AF_INET6, &a->in6.sin6_addr, host, sizeof(host)))
+            snprintf(buf, len, "('%s', %u, %u, %u)", host, ntohs(a->in6.sin6_port),
+                     (unsigned)ntohl(a->in6.sin6_flowinfo), (unsigned)a->in6.sin6_scope_id);
+        break;
+    case AF_UNIX:
+        /* Linux: a name starting with NUL is abstract, bytes of the returned length; any other
+         * is a NUL-terminated path, which Python shows as str() does, unquoted. */
+        pn = n > offsetof(struct sockaddr_un, sun_path) ? n - offsetof(struct sockaddr_un, sun_path)
+                                                        : 0;
+        if (pn > SUN_PATH_MAX)
+            pn = SUN_PATH_MAX;
+        if (pn > 0 && a->un.sun_path[0] == '\0')
+            fmt_repr(buf, len, (const unsigned char *)a->un.sun_path, pn, true);
+        else
+            snprintf(buf, len, "%.*s", (int)strnlen(a->un.sun_path, SUN_PATH_MAX),
+                     a->un.sun_path);
+        break;
+    case AF_NETLINK:
+        snprintf(buf, len, "(%u, %u)", (unsigned)a->nl.nl_pid, (unsigned)a->nl.nl_groups);
+        break;
+    case AF_VSOCK:
+        snprintf(buf, len, "(%u, %u)", (unsigned)a->vm.svm_cid, (unsigned)a->vm.svm_port);
+        break;
+    case AF_PACKET: {
+        /* (ifname, proto, pkttype, hatype, hwaddr); the hardware address is cut to what was
+         * returned, where Python trusts sll_halen. */
+        size_t room = 0, halen;
+        struct ifreq ifr = {.ifr_ifindex = a->ll.sll_ifindex};
+        char ifname[4 * IFNAMSIZ + 4], hw[4 * HWADDR_MAX + 4];
+
+        if (n > offsetof(struct sockaddr_ll, sll_addr))
+            room = n - offsetof(struct sockaddr_ll, sll_addr);
+        halen = a->ll.sll_halen < room ? a->ll.sll_halen : room;
+        if (halen > HWADDR_MAX)
+            halen = HWADDR_MAX;
+        if (a->ll.sll_ifindex == 0 || ioctl(fd, SIOCGIFNAME, &ifr) < 0)
+            ifr.ifr_name[0] = '\0';
+        fmt_repr(ifname, sizeof(ifname), (const unsigned char *)ifr.ifr_name,
+                 strnlen(ifr.ifr_name, IFNAMSIZ), false);
+        fmt_repr(hw, sizeof(hw), (const unsigned char *)a + offsetof(struct sockaddr_ll, sll_addr),
+                 halen, true);
+        snprintf(buf, len, "(%s, %u, %u, %u, %s)", ifname, (unsigned)ntohs(a->ll.sll_protocol),
+                 (unsigned)a->ll.sll_pkttype, (unsigned)a->ll.sll_hatype, hw);
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+/* The repr fields of a socket this process holds, as socket.socket(fileno=fd) shows them.
+ * -ENOTSOCK when fd is no socket. */
+static int describe_socket(int fd, char *desc, size_t len)
+{
+    char laddr[DESC_MAX / 2], raddr[DESC_MAX / 2];
+    union sockaddr_any a;
+    int family, type, proto;
+    socklen_t n = sizeof(int);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &n) < 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &n) < 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &n) < 0)
+        return -errno;
+    /* Python leaves an address out when asking fails (an unconnected peer) and when it is
+     * falsy. */
+    memset(&a, 0, sizeof(a));
+    n = sizeof(a);
+    laddr[0] = '\0';
+    if (getsockname(fd, &a.sa, &n) == 0)
+        fmt_sockaddr(fd, &a, n, laddr, sizeof(laddr));
+    memset(&a, 0, sizeof(a));
+    n = sizeof(a);
+    raddr[0] = '\0';
+    if (getpeername(fd, &a.sa, &n) == 0)
+        fmt_sockaddr(fd, &a, n, raddr, sizeof(raddr));
+    snprintf(desc, len, "family=%d, type=%d, proto=%d%s%s%s%s", family, type, proto,
+             laddr[0] ? ", laddr=" : "", laddr, raddr[0] ? ", raddr=" : "", raddr);
+    return 0;
+}
+
+/* Describes fd of the pidfd's process through a duplicate, closed before returning. -EBADF or
+ * -ENOTSOCK when the fd was closed or replaced meanwhile, -ESRCH when the process is gone,
+ * -EPERM when it may not be inspected so. */
+static int describe_remote(int pidfd, int fd, char *desc, size_t len)
+{
+    int dup, r;
+
+    dup = pidfd_getfd(pidfd, fd, 0);
+    if (dup < 0)
+        return -errno;
+    r = describe_socket(dup, desc, len);
+    close(dup);
+    return r;
+}
+
 /* "socket:[1234]" */
 static int parse_socket_link(const char *link, uint64_t *ret)
 {
@@ -382,14 +520,18 @@ int sockets_dump(const char *root, pid_t pid,
 {
     struct fdsock *socks = NULL;
     struct lookup lk = {0};
-    int *fds = NULL;
-    char *line = NULL;
-    size_t nfds, nsocks = 0;
+    int *fds = NULL, pidfd = -1;
+    char *line = NULL, desc[DESC_MAX];
+    size_t nfds, nsocks = 0, nwanted = 0;
     int r;
 
+    /* Opened before the fds are listed, so that both are of one process: should the pid be
+     * reused later, the pidfd reaches nothing (-ESRCH), never the newcomer's fds. */
+    if (strcmp(root, PROCFS_ROOT) == 0)
+        pidfd = pidfd_open(pid, 0);
     r = procfs_list_fds(root, pid, &fds, &nfds);
     if (r < 0)
-        return r;
+        goto out;
     socks = calloc(nfds ? nfds : 1, sizeof(*socks));
     lk.v = calloc(nfds ? nfds : 1, sizeof(*lk.v));
     line = malloc(LINE_MAX_BYTES);
@@ -398,24 +540,43 @@ int sockets_dump(const char *root, pid_t pid,
         goto out;
     }
     for (size_t i = 0; i < nfds; i++) {
+        struct fdsock *s = &socks[nsocks];
         char link[64];
-        uint64_t inode;
         r = procfs_read_fd_link(root, pid, fds[i], link, sizeof(link));
         if (r == -ENOENT || r == -ENAMETOOLONG)  /* closed meanwhile; a long path is no socket */
             continue;
         if (r < 0)
             goto out;
-        if (parse_socket_link(link, &inode) < 0)
+        if (parse_socket_link(link, &s->inode) < 0)
             continue;
-        socks[nsocks].fd = fds[i];
-        socks[nsocks].inode = inode;
-        lk.v[nsocks].inode = inode;
+        s->fd = fds[i];
+        if (pidfd >= 0) {
+            r = describe_remote(pidfd, fds[i], desc, sizeof(desc));
+            if (r == -EBADF || r == -ENOTSOCK)
+                continue;
+            if (r == -ESRCH)
+                goto out;
+            /* Refused for the process as a whole: the tables, for this fd and the rest. Any
+             * other failure (no fd free here) leaves just this one to the tables. */
+            if (r == -EPERM || r == -ENOSYS) {
+                close(pidfd);
+                pidfd = -1;
+            } else if (r == 0) {
+                s->desc = strdup(desc);
+                if (!s->desc) {
+                    r = -ENOMEM;
+                    goto out;
+                }
+            }
+        }
+        if (!s->desc)
+            lk.v[nwanted++].inode = s->inode;
         nsocks++;
     }
     r = 0;
     /* One entry per inode: dup'ed fds share theirs. */
-    qsort(lk.v, nsocks, sizeof(*lk.v), cmp_found);
-    for (size_t i = 0; i < nsocks; i++)
+    qsort(lk.v, nwanted, sizeof(*lk.v), cmp_found);
+    for (size_t i = 0; i < nwanted; i++)
         if (lk.n == 0 || lk.v[lk.n - 1].inode != lk.v[i].inode)
             lk.v[lk.n++] = lk.v[i];
     for (size_t i = 0; i < sizeof(tables) / sizeof(tables[0]) && lk.described < lk.n; i++) {
@@ -424,10 +585,14 @@ int sockets_dump(const char *root, pid_t pid,
             goto out;
     }
     for (size_t i = 0; i < nsocks; i++) {
-        struct found *f = bsearch(&(struct found){.inode = socks[i].inode}, lk.v, lk.n,
-                                  sizeof(*lk.v), cmp_found);
-        if (f && f->desc)
-            snprintf(line, LINE_MAX_BYTES, "<socket.socket fd=%d, %s>", socks[i].fd, f->desc);
+        const char *d = socks[i].desc;
+        if (!d) {
+            struct found *f = bsearch(&(struct found){.inode = socks[i].inode}, lk.v, lk.n,
+                                      sizeof(*lk.v), cmp_found);
+            d = f ? f->desc : NULL;
+        }
+        if (d)
+            snprintf(line, LINE_MAX_BYTES, "<socket.socket fd=%d, %s>", socks[i].fd, d);
         else
             snprintf(line, LINE_MAX_BYTES,
                      "<socket.socket fd=%d, family=?, type=?, proto=?, inode=%llu>", socks[i].fd,
@@ -438,8 +603,12 @@ int sockets_dump(const char *root, pid_t pid,
     }
     r = 0;
 out:
+    if (pidfd >= 0)
+        close(pidfd);
     for (size_t i = 0; i < lk.n; i++)
         free(lk.v[i].desc);
+    for (size_t i = 0; i < nsocks; i++)
+        free(socks[i].desc);
     free(lk.v);
     free(socks);
     free(fds);

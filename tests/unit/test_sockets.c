@@ -1,10 +1,15 @@
-/* Tests of sockets_dump: a fixture /proc tree with every table kind (garbage rows, an over-long
- * row, dup'ed fds, unknown sockets), this process's own live sockets checked against what
- * getsockname/getpeername/SO_* say of the real fds, and a Python process's own reprs. Run from
- * the top of the tree. */
+/* Tests of sockets_dump: the table path on a fixture /proc tree with every table kind (garbage
+ * rows, an over-long row, dup'ed fds, unknown sockets); the pidfd path on this process's own
+ * sockets, checked against what getsockname/getpeername/SO_* say of the real fds, and against a
+ * Python process's own reprs; the table path on live sockets, chosen by another root spelling
+ * and by a target that may not be attached to. Run from the top of the tree. */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <linux/capability.h>
+#include <linux/netlink.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -15,8 +20,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/pidfd.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,8 +32,12 @@
 #include "procfs.h"
 #include "sockets.h"
 
+#include <linux/in6.h>              /* after netinet/in.h, to which it defers */
+
 #define FIX "tests/unit/fixtures/proc"
 #define LINES_MAX 256
+#define LIVE_ROOT "/proc/."         /* the same procfs, but not PROCFS_ROOT: the table path */
+#define FDS_MAX 32
 
 struct lines {
     size_t n;
@@ -161,6 +173,9 @@ static void fmt_addr(char *buf, size_t len, const struct sockaddr_storage *ss, s
             o = (size_t)snprintf(buf, len, "b'\\x00");
             snprintf(buf + o, len - o, "%.*s'", (int)(n - 1), un->sun_path + 1);
         }
+    } else if (ss->ss_family == AF_NETLINK) {
+        const struct sockaddr_nl *nl = (const void *)ss;
+        snprintf(buf, len, "(%u, %u)", nl->nl_pid, nl->nl_groups);
     } else {
         fail_msg("family %d", ss->ss_family);
     }
@@ -186,16 +201,109 @@ static void expected_repr(int fd, char *buf, size_t len)
              type, proto, laddr[0] ? ", laddr=" : "", laddr, raddr[0] ? ", raddr=" : "", raddr);
 }
 
+/* The line of a socket in no table. */
+static void unlisted_repr(int fd, char *buf, size_t len)
+{
+    struct stat st;
+
+    assert_int_equal(fstat(fd, &st), 0);
+    snprintf(buf, len, "<socket.socket fd=%d, family=?, type=?, proto=?, inode=%llu>", fd,
+             (unsigned long long)st.st_ino);
+}
+
+/* Open fds of this process: duplicates left open would show here. */
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+
+    assert_non_null(d);
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n;
+}
+
+/* What the table path shows of a live socket, next to the fd itself. */
+enum tables_show { SAME, DIFFERENT, UNLISTED };
+
+struct live {
+    int n, fd[FDS_MAX];
+    enum tables_show show[FDS_MAX];
+};
+
+static void keep(struct live *lv, int fd, enum tables_show show)
+{
+    assert_true(fd >= 0 && lv->n < FDS_MAX);
+    lv->fd[lv->n] = fd;
+    lv->show[lv->n++] = show;
+}
+
+static int unix_bound(int type, const char *path)
+{
+    struct sockaddr_un un = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, type, 0);
+
+    assert_true(fd >= 0 && strlen(path) < sizeof(un.sun_path));
+    memcpy(un.sun_path, path, strlen(path) + 1);
+    unlink(path);
+    assert_int_equal(bind(fd, (struct sockaddr *)&un, sizeof(un)), 0);
+    return fd;
+}
+
+/* IPv6 sockets whose addresses /proc cannot tell: flow info (a flow label leased on a connected
+ * UDP socket) and scope id (bound to a link-local multicast group on lo). */
+static void live_ipv6(struct live *lv)
+{
+    struct sockaddr_in6 in6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    /* Shared with any socket, so that a rerun finds the label it leased still lingering. */
+    struct in6_flowlabel_req req = {.flr_label = htonl(0x12345), .flr_action = IPV6_FL_A_GET,
+                                    .flr_share = IPV6_FL_S_ANY, .flr_flags = IPV6_FL_F_CREATE};
+    int l6, c6, a6, fl, sc, on = 1;
+    socklen_t sl = sizeof(in6);
+
+    l6 = socket(AF_INET6, SOCK_STREAM, 0);
+    if (l6 < 0 || bind(l6, (struct sockaddr *)&in6, sizeof(in6)) < 0) {
+        print_message("no IPv6 on ::1: IPv6 part skipped\n");
+        if (l6 >= 0)
+            close(l6);
+        return;
+    }
+    assert_int_equal(listen(l6, 4), 0);
+    assert_int_equal(getsockname(l6, (struct sockaddr *)&in6, &sl), 0);
+    c6 = socket(AF_INET6, SOCK_STREAM, 0);
+    assert_int_equal(connect(c6, (struct sockaddr *)&in6, sizeof(in6)), 0);
+    a6 = accept(l6, NULL, NULL);
+    keep(lv, l6, SAME), keep(lv, c6, SAME), keep(lv, a6, SAME);
+    keep(lv, socket(AF_INET6, SOCK_DGRAM, 0), UNLISTED);
+
+    fl = socket(AF_INET6, SOCK_DGRAM, 0);
+    req.flr_dst = in6.sin6_addr;
+    in6.sin6_flowinfo = req.flr_label;
+    assert_int_equal(setsockopt(fl, IPPROTO_IPV6, IPV6_FLOWLABEL_MGR, &req, sizeof(req)), 0);
+    assert_int_equal(setsockopt(fl, IPPROTO_IPV6, IPV6_FLOWINFO_SEND, &on, sizeof(on)), 0);
+    assert_int_equal(connect(fl, (struct sockaddr *)&in6, sizeof(in6)), 0);
+    keep(lv, fl, DIFFERENT);
+
+    sc = socket(AF_INET6, SOCK_DGRAM, 0);
+    memset(&in6, 0, sizeof(in6));
+    in6.sin6_family = AF_INET6;
+    in6.sin6_scope_id = if_nametoindex("lo");
+    assert_int_equal(inet_pton(AF_INET6, "ff02::1", &in6.sin6_addr), 1);
+    assert_int_equal(bind(sc, (struct sockaddr *)&in6, sizeof(in6)), 0);
+    keep(lv, sc, DIFFERENT);
+}
+
 static void test_live(void **state)
 {
-    char path[sizeof(((struct sockaddr_un *)0)->sun_path)], expect[512];
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)], lpath[sizeof(path)], expect[512];
     struct sockaddr_in in = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    struct sockaddr_in6 in6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
     struct sockaddr_un un = {.sun_family = AF_UNIX}, abs = {.sun_family = AF_UNIX};
-    socklen_t sl = sizeof(in);
-    int fds[16], n = 0, lst, cli, srv, udp, udpc, l6 = -1, c6 = -1, a6 = -1, pair[2], ub, ua;
+    struct sockaddr_nl nl = {.nl_family = AF_NETLINK};
+    socklen_t sl = sizeof(in), abslen;
+    int lst, cli, udp, udpc, pair[2], ul, uc, ua, nlb, fds_before;
+    struct live lv = {0};
     struct lines l = {0};
-    socklen_t abslen;
 
     (void)state;
     lst = socket(AF_INET, SOCK_STREAM, 0);
@@ -204,8 +312,7 @@ static void test_live(void **state)
     assert_int_equal(getsockname(lst, (struct sockaddr *)&in, &sl), 0);
     cli = socket(AF_INET, SOCK_STREAM, 0);
     assert_int_equal(connect(cli, (struct sockaddr *)&in, sizeof(in)), 0);
-    srv = accept(lst, NULL, NULL);
-    assert_true(srv >= 0);
+    keep(&lv, lst, SAME), keep(&lv, cli, SAME), keep(&lv, accept(lst, NULL, NULL), SAME);
     udp = socket(AF_INET, SOCK_DGRAM, 0);
     in.sin_port = 0;
     assert_int_equal(bind(udp, (struct sockaddr *)&in, sizeof(in)), 0);
@@ -213,40 +320,42 @@ static void test_live(void **state)
     sl = sizeof(in);
     assert_int_equal(getsockname(udp, (struct sockaddr *)&in, &sl), 0);
     assert_int_equal(connect(udpc, (struct sockaddr *)&in, sizeof(in)), 0);
-    fds[n++] = lst, fds[n++] = cli, fds[n++] = srv, fds[n++] = udp, fds[n++] = udpc;
-
-    /* IPv6 on ::1, unless this host has none. */
-    l6 = socket(AF_INET6, SOCK_STREAM, 0);
-    if (l6 >= 0 && bind(l6, (struct sockaddr *)&in6, sizeof(in6)) == 0) {
-        sl = sizeof(in6);
-        assert_int_equal(listen(l6, 4), 0);
-        assert_int_equal(getsockname(l6, (struct sockaddr *)&in6, &sl), 0);
-        c6 = socket(AF_INET6, SOCK_STREAM, 0);
-        assert_int_equal(connect(c6, (struct sockaddr *)&in6, sizeof(in6)), 0);
-        a6 = accept(l6, NULL, NULL);
-        assert_true(a6 >= 0);
-        fds[n++] = l6, fds[n++] = c6, fds[n++] = a6;
-    } else {
-        print_message("no IPv6 on ::1: IPv6 part skipped\n");
-    }
+    keep(&lv, udp, SAME), keep(&lv, udpc, SAME);
+    /* Never bound: in no table, yet Python shows laddr=('0.0.0.0', 0). */
+    keep(&lv, socket(AF_INET, SOCK_DGRAM, 0), UNLISTED);
+    keep(&lv, socket(AF_INET, SOCK_STREAM, 0), UNLISTED);
+    live_ipv6(&lv);
 
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, pair), 0);
-    ub = socket(AF_UNIX, SOCK_DGRAM, 0);
+    keep(&lv, pair[0], SAME), keep(&lv, pair[1], SAME);
     snprintf(path, sizeof(path), "/tmp/test_sockets %d.sock", (int)getpid());
-    unlink(path);
-    memcpy(un.sun_path, path, strlen(path) + 1);
-    assert_int_equal(bind(ub, (struct sockaddr *)&un, sizeof(un)), 0);
+    keep(&lv, unix_bound(SOCK_DGRAM, path), SAME);
     ua = socket(AF_UNIX, SOCK_SEQPACKET, 0);
     abslen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 +
                          (size_t)snprintf(abs.sun_path + 1, sizeof(abs.sun_path) - 1,
                                           "test-sockets-%d", (int)getpid()));
     assert_int_equal(bind(ua, (struct sockaddr *)&abs, abslen), 0);
-    fds[n++] = pair[0], fds[n++] = pair[1], fds[n++] = ub, fds[n++] = ua;
+    keep(&lv, ua, SAME);
+    /* The client's peer is the listener's path, which only the socket itself can tell. */
+    snprintf(lpath, sizeof(lpath), "/tmp/test_sockets %d.listen", (int)getpid());
+    ul = unix_bound(SOCK_STREAM, lpath);
+    assert_int_equal(listen(ul, 4), 0);
+    uc = socket(AF_UNIX, SOCK_STREAM, 0);
+    memcpy(un.sun_path, lpath, strlen(lpath) + 1);
+    assert_int_equal(connect(uc, (struct sockaddr *)&un, sizeof(un)), 0);
+    keep(&lv, ul, SAME), keep(&lv, uc, DIFFERENT), keep(&lv, accept(ul, NULL, NULL), SAME);
+    /* Netlink: an unbound socket is in no table; the table has no socket type. */
+    keep(&lv, socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE), UNLISTED);
+    nlb = socket(AF_NETLINK, SOCK_DGRAM, NETLINK_ROUTE);
+    assert_int_equal(bind(nlb, (struct sockaddr *)&nl, sizeof(nl)), 0);
+    keep(&lv, nlb, DIFFERENT);
 
+    fds_before = count_fds();
     assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), collect, &l), 0);
-    for (int i = 0; i < n; i++) {
-        const char *got = line_of(&l, fds[i]);
-        expected_repr(fds[i], expect, sizeof(expect));
+    assert_int_equal(count_fds(), fds_before);
+    for (int i = 0; i < lv.n; i++) {
+        const char *got = line_of(&l, lv.fd[i]);
+        expected_repr(lv.fd[i], expect, sizeof(expect));
         assert_non_null(got);
         assert_string_equal(got, expect);
     }
@@ -255,48 +364,93 @@ static void test_live(void **state)
         assert_true(fd_of(l.v[i - 1]) < fd_of(l.v[i]));
     lines_free(&l);
 
-    for (int i = 0; i < n; i++)
-        close(fds[i]);
+    /* The tables, on the same sockets: what they can tell, they tell alike. */
+    assert_int_equal(sockets_dump(LIVE_ROOT, getpid(), collect, &l), 0);
+    for (int i = 0; i < lv.n; i++) {
+        const char *got = line_of(&l, lv.fd[i]);
+        assert_non_null(got);
+        expected_repr(lv.fd[i], expect, sizeof(expect));
+        if (lv.show[i] == SAME) {
+            assert_string_equal(got, expect);
+        } else if (lv.show[i] == DIFFERENT) {
+            assert_string_not_equal(got, expect);
+        } else {
+            unlisted_repr(lv.fd[i], expect, sizeof(expect));
+            assert_string_equal(got, expect);
+        }
+    }
+    lines_free(&l);
+
+    /* Stopped by emit: no duplicate stays open either. */
+    l.stop_after = 3;
+    assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), collect, &l), -ECANCELED);
+    assert_int_equal(l.n, 3);
+    assert_int_equal(count_fds(), fds_before);
+    lines_free(&l);
+    l.stop_after = 0;
+
+    for (int i = 0; i < lv.n; i++)
+        close(lv.fd[i]);
     unlink(path);
+    unlink(lpath);
     assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), collect, &l), 0);
-    for (int i = 0; i < n; i++)
-        assert_null(line_of(&l, fds[i]));
+    for (int i = 0; i < lv.n; i++)
+        assert_null(line_of(&l, lv.fd[i]));
     lines_free(&l);
 }
 
-/* Python describes its own sockets; the dump of that process must say the same. Protocols are
- * given explicitly, since Python's repr shows the argument of socket(), not the kernel's. */
+/* Python describes its own sockets; the dump of that process must say the same, line for line.
+ * Protocols are given explicitly, since Python's repr shows the argument of socket(), not the
+ * kernel's. Families this host refuses (IPv6, packet sockets without CAP_NET_RAW) drop out. */
 static const char py_script[] =
-    "import socket, sys\n"
+    "import os, socket, struct, sys\n"
+    "from socket import *\n"
     "ss = []\n"
     "def add(*a):\n"
-    "    s = socket.socket(*a); ss.append(s); return s\n"
-    "l = add(socket.AF_INET, socket.SOCK_STREAM, 6); l.bind(('127.0.0.1', 0)); l.listen()\n"
-    "c = add(socket.AF_INET, socket.SOCK_STREAM, 6); c.connect(l.getsockname())\n"
-    "a, _ = l.accept(); ss.append(socket.socket(fileno=a.detach()))\n"
-    "u = add(socket.AF_INET, socket.SOCK_DGRAM, 17); u.bind(('127.0.0.1', 0))\n"
-    "v = add(socket.AF_INET, socket.SOCK_DGRAM, 17); v.connect(u.getsockname())\n"
+    "    s = socket(*a); ss.append(s); return s\n"
+    "l = add(AF_INET, SOCK_STREAM, 6); l.bind(('127.0.0.1', 0)); l.listen()\n"
+    "c = add(AF_INET, SOCK_STREAM, 6); c.connect(l.getsockname())\n"
+    "a, _ = l.accept(); ss.append(socket(fileno=a.detach()))\n"
+    "u = add(AF_INET, SOCK_DGRAM, 17); u.bind(('127.0.0.1', 0))\n"
+    "v = add(AF_INET, SOCK_DGRAM, 17); v.connect(u.getsockname())\n"
+    "add(AF_INET, SOCK_DGRAM, 17); add(AF_INET, SOCK_STREAM, 6)\n"
+    "x = add(AF_UNIX, SOCK_DGRAM, 0); x.bind(b'\\0py-test-sockets-' + "
+    "str(os.getpid()).encode())\n"
+    "path = '/tmp/py test_sockets %d.sock' % os.getpid()\n"
+    "ul = add(AF_UNIX, SOCK_STREAM, 0); ul.bind(path); ul.listen()\n"
+    "uc = add(AF_UNIX, SOCK_STREAM, 0); uc.connect(path)\n"
+    "ua, _ = ul.accept(); ss.append(ua); os.unlink(path)\n"
+    "p, q = socketpair(); ss += [p, q]\n"
     "try:\n"
-    "    s6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM, 6); s6.bind(('::1', 0))\n"
-    "    s6.listen(); ss.append(s6)\n"
-    "    m = add(socket.AF_INET6, socket.SOCK_STREAM, 6); m.connect(('::ffff:127.0.0.1', "
+    "    s6 = socket(fileno=create_server(('::1', 0), family=AF_INET6).detach()); ss.append(s6)\n"
+    "except OSError:\n"
+    "    s6 = None\n"
+    "if s6:\n"
+    "    m = add(AF_INET6, SOCK_STREAM, 6); m.connect(('::ffff:127.0.0.1', "
     "l.getsockname()[1]))\n"
+    "    add(AF_INET6, SOCK_DGRAM, 17)\n"
+    "    sc = add(AF_INET6, SOCK_DGRAM, 17); sc.bind(('ff02::1', 0, 0, if_nametoindex('lo')))\n"
+    "    f = add(AF_INET6, SOCK_DGRAM, 17)\n"
+    "    f.setsockopt(IPPROTO_IPV6, 32, inet_pton(AF_INET6, '::1') + "
+    "struct.pack('!I', 0x12345) + struct.pack('=BBHHHI', 0, 255, 1, 0, 0, 0))\n"
+    "    f.setsockopt(IPPROTO_IPV6, 33, 1); f.connect(('::1', 9, 0x12345, 0))\n"
+    "add(AF_NETLINK, SOCK_RAW, 0); n = add(AF_NETLINK, SOCK_DGRAM, 0); n.bind((0, 0))\n"
+    "try:\n"
+    "    add(AF_PACKET, SOCK_RAW, 0).bind(('lo', 0))\n"
     "except OSError:\n"
     "    pass\n"
-    "x = add(socket.AF_UNIX, socket.SOCK_DGRAM, 0); x.bind(b'\\0py-test-sockets-' + "
-    "str(len(ss)).encode() + str(__import__('os').getpid()).encode())\n"
-    "p, q = socket.socketpair(); ss += [p, q]\n"
     "for s in ss: print(repr(s))\n"
     "print('end', flush=True)\n"
     "sys.stdin.read()\n";
 
 static void test_python(void **state)
 {
-    int in[2], out[2];
-    char buf[8192];
+    int in[2], out[2], fds_before;
+    char buf[16384];
     size_t len = 0;
     struct lines l = {0};
-    int checked = 0;
+    size_t checked = 0;
+    bool ended = false;
     pid_t pid;
     FILE *f;
 
@@ -321,12 +475,16 @@ static void test_python(void **state)
     f = fdopen(out[0], "r");
     assert_non_null(f);
     while (len < sizeof(buf) - 1 && fgets(buf + len, (int)(sizeof(buf) - len), f)) {
-        if (strcmp(buf + len, "end\n") == 0)
+        ended = strcmp(buf + len, "end\n") == 0;
+        if (ended)
             break;
         len += strlen(buf + len);
     }
     buf[len] = '\0';
+    assert_true(ended);
+    fds_before = count_fds();
     assert_int_equal(sockets_dump(PROCFS_ROOT, pid, collect, &l), 0);
+    assert_int_equal(count_fds(), fds_before);
     for (char *line = buf, *nl; *line; line = nl + 1) {
         const char *got;
         nl = strchr(line, '\n');
@@ -337,12 +495,124 @@ static void test_python(void **state)
         assert_string_equal(got, line);
         checked++;
     }
-    assert_true(checked >= 8);
+    /* Python's sockets, and no others: its stdin and stdout are pipes. */
+    assert_true(checked >= 14);
+    assert_int_equal(l.n, checked);
     lines_free(&l);
     close(in[1]);
     fclose(f);
     assert_int_equal(waitpid(pid, NULL, 0), pid);
     assert_int_equal(sockets_dump(PROCFS_ROOT, pid, collect, &l), -ESRCH);
+}
+
+/* Takes the capabilities in drop out of this process's effective and permitted sets. */
+static int drop_caps(uint64_t drop)
+{
+    struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+    struct __user_cap_data_struct d[2];
+
+    if (syscall(SYS_capget, &h, d) < 0)
+        return -1;
+    for (int i = 0; i < 2; i++) {
+        d[i].effective &= ~(uint32_t)(drop >> (32 * i));
+        d[i].permitted &= ~(uint32_t)(drop >> (32 * i));
+    }
+    return (int)syscall(SYS_capset, &h, d);
+}
+
+static int write_line(const char *line, void *userdata)
+{
+    return dprintf(*(int *)userdata, "%s\n", line) < 0 ? -EIO : 0;
+}
+
+/* A process that may read another's /proc files but not attach to it (another real uid, no
+ * CAP_SYS_PTRACE): pidfd_getfd is refused, and the tables describe the sockets instead. The
+ * dump runs in a child, which reports the probe's errno, the lines and the result. */
+static void test_refused(void **state)
+{
+    struct sockaddr_in in = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int hold[2], ready[2], out[2], udp, unbound, probe = -1, rc = 1;
+    char buf[4096], expect[512], c;
+    struct lines l = {0};
+    pid_t target, dumper;
+    size_t len = 0;
+    ssize_t n;
+
+    (void)state;
+    if (geteuid() != 0)
+        skip();
+    udp = socket(AF_INET, SOCK_DGRAM, 0);
+    assert_int_equal(bind(udp, (struct sockaddr *)&in, sizeof(in)), 0);
+    unbound = socket(AF_INET, SOCK_DGRAM, 0);
+    assert_true(unbound >= 0);
+    assert_int_equal(pipe(hold), 0);
+    assert_int_equal(pipe(ready), 0);
+    target = fork();
+    assert_true(target >= 0);
+    if (target == 0) {
+        /* Root still, but with nothing a tracer would need CAP_SYS_PTRACE to match. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(hold[1]);
+        c = drop_caps(~0ull) == 0 ? 'y' : 'n';
+        if (write(ready[1], &c, 1) != 1 || read(hold[0], &c, 1) < 0)
+            _exit(1);
+        _exit(0);
+    }
+    close(hold[0]);
+    close(ready[1]);
+    assert_int_equal(read(ready[0], &c, 1), 1);
+    close(ready[0]);
+    if (c != 'y') {
+        close(hold[1]);
+        waitpid(target, NULL, 0);
+        skip();
+    }
+    /* Made after the target is forked, which would otherwise hold it open. */
+    assert_int_equal(pipe(out), 0);
+    dumper = fork();
+    assert_true(dumper >= 0);
+    if (dumper == 0) {
+        int pidfd, dup;
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(out[0]);
+        close(hold[1]);
+        if (setresuid(65534, 0, 0) < 0 || drop_caps(1ull << CAP_SYS_PTRACE) < 0)
+            _exit(2);
+        pidfd = pidfd_open(target, 0);
+        dup = pidfd < 0 ? -1 : pidfd_getfd(pidfd, udp, 0);
+        dprintf(out[1], "probe=%d\n", dup < 0 ? errno : 0);
+        dprintf(out[1], "rc=%d\n", sockets_dump(PROCFS_ROOT, target, write_line, &out[1]));
+        _exit(0);
+    }
+    close(out[1]);
+    while (len < sizeof(buf) - 1 && (n = read(out[0], buf + len, sizeof(buf) - 1 - len)) > 0)
+        len += (size_t)n;
+    buf[len] = '\0';
+    close(out[0]);
+    close(hold[1]);
+    assert_int_equal(waitpid(dumper, NULL, 0), dumper);
+    assert_int_equal(waitpid(target, NULL, 0), target);
+    for (char *line = buf, *nl; *line; line = nl + 1) {
+        nl = strchr(line, '\n');
+        assert_non_null(nl);
+        *nl = '\0';
+        if (sscanf(line, "probe=%d", &probe) == 1 || sscanf(line, "rc=%d", &rc) == 1)
+            continue;
+        collect(line, &l);
+    }
+    if (probe < 0)
+        skip();             /* the dumper could not set itself up */
+    assert_int_equal(probe, EPERM);
+    assert_int_equal(rc, 0);
+    expected_repr(udp, expect, sizeof(expect));
+    assert_non_null(line_of(&l, udp));
+    assert_string_equal(line_of(&l, udp), expect);
+    unlisted_repr(unbound, expect, sizeof(expect));
+    assert_non_null(line_of(&l, unbound));
+    assert_string_equal(line_of(&l, unbound), expect);
+    lines_free(&l);
+    close(udp);
+    close(unbound);
 }
 
 int main(void)
@@ -351,6 +621,7 @@ int main(void)
         cmocka_unit_test(test_fixture),
         cmocka_unit_test(test_live),
         cmocka_unit_test(test_python),
+        cmocka_unit_test(test_refused),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
