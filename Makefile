@@ -57,8 +57,10 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libagent.a $(BUILD)/libengine.a $(WORK
 unit-check: $(TEST_BIN)
 	@set -e; for t in $(TEST_BIN); do echo "== $$t"; BUILD=$(BUILD) $$t; done
 
+# The unit tests and the integration tests again, against a daemon built with ASan and UBSan.
 sanitize-check:
-	$(MAKE) SANITIZER=address,undefined unit-check
+	$(MAKE) SANITIZER=address,undefined all unit-check
+	BUILD=build-san $(PYTHON) -m pytest -q tests/integration
 
 integration-check: all
 	$(PYTHON) -m pytest -q tests/integration

@@ -18,7 +18,7 @@ from paho.mqtt.properties import Properties
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BUILD = os.environ.get("BUILD", os.path.join(ROOT, "build"))
+BUILD = os.path.join(ROOT, os.environ.get("BUILD", "build"))
 AGENT = os.path.join(BUILD, "profiler-agent")
 DEMO = os.path.join(BUILD, "workloads", "demo_service")
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -43,11 +43,11 @@ def wait_port(port, timeout=TIMEOUT):
 
 
 class Broker:
-    def __init__(self, workdir):
+    def __init__(self, workdir, extra="allow_anonymous true\n"):
         self.port = free_port()
-        self.conf = os.path.join(workdir, "mosquitto.conf")
+        self.conf = os.path.join(workdir, f"mosquitto.{self.port}.conf")
         with open(self.conf, "w") as f:
-            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n" + os.environ.get("BROKER_EXTRA", ""))
+            f.write(f"listener {self.port} 127.0.0.1\npersistence false\n{extra}")
         self.proc = None
 
     def start(self):
@@ -98,9 +98,11 @@ class Agent:
 class Client:
     """A paho client that records every message it sees, by topic, in arrival order."""
 
-    def __init__(self, port, protocol=mqtt.MQTTv5):
+    def __init__(self, port, protocol=mqtt.MQTTv5, auth=None):
         self.protocol = protocol
         self.client = mqtt.Client(client_id=f"test-{uuid.uuid4().hex[:8]}", protocol=protocol)
+        if auth:
+            self.client.username_pw_set(*auth)
         self.messages = queue.Queue()
         self.client.on_message = lambda c, u, m: self.messages.put(m)
         self.client.connect("127.0.0.1", port)

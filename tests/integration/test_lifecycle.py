@@ -182,3 +182,61 @@ def test_config_example_lists_every_key():
                 "mqtt_version", "node_id", "topic_prefix", "discovery", "discovery_prefix",
                 "output_dir", "database", "target", "allowed_targets", "max_payload_bytes"]:
         assert f"{key} =" in text, key
+
+
+def test_broker_credentials_from_password_file(workdir, demo):
+    passwd = os.path.join(workdir, "broker.passwd")
+    subprocess.run(["mosquitto_passwd", "-c", "-b", passwd, "agent", "s3cret pass"], check=True)
+    subprocess.run(["mosquitto_passwd", "-b", passwd, "tester", "t"], check=True)
+    os.chmod(passwd, 0o600)
+    # As root mosquitto drops to its own user, who could not read our 0600 file.
+    broker = Broker(workdir, f"allow_anonymous false\npassword_file {passwd}\nuser root\n")
+    broker.start()
+    client = Client(broker.port, auth=("tester", "t"))
+    client.subscribe("profiler/authed/#")
+    secret = os.path.join(workdir, "agent.secret")
+    with open(secret, "w") as f:
+        f.write("s3cret pass\n")
+    agent = Agent(broker, workdir, "authed", f"pid:{demo.pid}",
+                  f"username = agent\npassword_file = {secret}\n")
+    wrong = Agent(broker, workdir, "wrongpw", f"pid:{demo.pid}",
+                  "username = agent\npassword = nope\n")
+    try:
+        agent.start()
+        wait_online(client, "authed")
+        result, _ = Session(broker, agent, client).command("lru_stats")
+        assert result["status"] == "ok"
+        wrong.start()
+        deadline = time.monotonic() + 10
+        while "refused the connection" not in wrong.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "broker 127.0.0.1:%d refused the connection: bad user name or password" \
+            % broker.port in wrong.log_text()
+        assert wrong.proc.poll() is None
+    finally:
+        client.close()
+        agent.stop()
+        wrong.stop()
+        broker.stop()
+
+
+def test_mqtt_311_agent_skips_retained_commands(workdir, demo):
+    broker = Broker(workdir)
+    broker.start()
+    client = Client(broker.port)
+    client.subscribe("profiler/old311/#")
+    client.publish("profiler/old311/lru_stats", {"request_id": "stale"}, retain=True)
+    agent = Agent(broker, workdir, "old311", f"pid:{demo.pid}", "mqtt_version = 3.1.1\n")
+    try:
+        agent.start()
+        wait_online(client, "old311")
+        result, _ = Session(broker, agent, client).command("lru_stats")
+        assert result["status"] == "ok"
+        assert "stale" not in [json.loads(m.payload).get("request_id") for m in client.seen
+                               if m.topic.endswith("/result")]
+        client.wait_for(lambda m: m.topic.endswith("/log") and b"retained command" in m.payload)
+        assert "(MQTT 3.1.1)" in agent.log_text()
+    finally:
+        client.close()
+        agent.stop()
+        broker.stop()
