@@ -97,8 +97,7 @@ static int read_pid_file(const char *root, pid_t pid, pid_t tid, const char *fil
     return 0;
 }
 
-/* Strict unsigned parsers: digits only, no sign, no spaces, no overflow. *p is advanced. */
-static int parse_u64(const char **p, int base, unsigned maxdigits, uint64_t *ret)
+int procfs_parse_u64(const char **p, int base, unsigned maxdigits, uint64_t *ret)
 {
     const char *s = *p;
     uint64_t v = 0;
@@ -131,7 +130,7 @@ static int parse_dirent_id(const char *name, int *ret)
     const char *p = name;
     uint64_t v;
 
-    if ((name[0] == '0' && name[1]) || parse_u64(&p, 10, 10, &v) < 0 || *p || v > INT_MAX)
+    if ((name[0] == '0' && name[1]) || procfs_parse_u64(&p, 10, 10, &v) < 0 || *p || v > INT_MAX)
         return -EINVAL;
     *ret = (int)v;
     return 0;
@@ -278,7 +277,7 @@ static int read_stat_fields(const char *root, pid_t pid, pid_t tid, char *state,
         p++;
         if (*p == '-')  /* some fields (priority, nice, ...) are signed */
             p++;
-        r = parse_u64(&p, 10, 20, &v);
+        r = procfs_parse_u64(&p, 10, 20, &v);
         if (r < 0)
             return r;
         if (field == 22)
@@ -349,7 +348,7 @@ int procfs_read_tgid(const char *root, pid_t pid, pid_t *ret)
     p += (*p == '\n') + 5;
     while (*p == '\t' || *p == ' ')
         p++;
-    if (parse_u64(&p, 10, 10, &v) < 0 || *p != '\n' || v == 0 || v > INT_MAX)
+    if (procfs_parse_u64(&p, 10, 10, &v) < 0 || *p != '\n' || v == 0 || v > INT_MAX)
         return -EBADMSG;
     *ret = (pid_t)v;
     return 0;
@@ -384,8 +383,8 @@ static int parse_map_line(const char *line, struct procfs_map *m)
     uint64_t v;
 
     memset(m, 0, sizeof(*m));
-    if (parse_u64(&p, 16, 16, &m->start) < 0 || *p++ != '-' ||
-        parse_u64(&p, 16, 16, &m->end) < 0 || *p++ != ' ' || m->end < m->start)
+    if (procfs_parse_u64(&p, 16, 16, &m->start) < 0 || *p++ != '-' ||
+        procfs_parse_u64(&p, 16, 16, &m->end) < 0 || *p++ != ' ' || m->end < m->start)
         return -EBADMSG;
     for (int i = 0; i < 4; i++) {
         if (!*p || !strchr("rwxps-", *p))
@@ -393,15 +392,15 @@ static int parse_map_line(const char *line, struct procfs_map *m)
         m->perms[i] = *p++;
     }
     m->perms[4] = '\0';
-    if (*p++ != ' ' || parse_u64(&p, 16, 16, &m->offset) < 0 || *p++ != ' ')
+    if (*p++ != ' ' || procfs_parse_u64(&p, 16, 16, &m->offset) < 0 || *p++ != ' ')
         return -EBADMSG;
-    if (parse_u64(&p, 16, 8, &v) < 0 || *p++ != ':')
+    if (procfs_parse_u64(&p, 16, 8, &v) < 0 || *p++ != ':')
         return -EBADMSG;
     m->dev_major = (unsigned)v;
-    if (parse_u64(&p, 16, 8, &v) < 0 || *p++ != ' ')
+    if (procfs_parse_u64(&p, 16, 8, &v) < 0 || *p++ != ' ')
         return -EBADMSG;
     m->dev_minor = (unsigned)v;
-    if (parse_u64(&p, 10, 20, &m->inode) < 0 || (*p != ' ' && *p != '\0'))
+    if (procfs_parse_u64(&p, 10, 20, &m->inode) < 0 || (*p != ' ' && *p != '\0'))
         return -EBADMSG;
     /* The kernel pads to a column before the path; the path keeps its own inner spaces. */
     while (*p == ' ')

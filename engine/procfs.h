@@ -28,6 +28,9 @@ struct procfs_map {
                                      * as the kernel prints it, " (deleted)" suffix included */
 };
 
+/* Strict unsigned parser for /proc text: digits of base (10 or 16) only, no sign or space, at
+ * most maxdigits, no overflow; -EBADMSG otherwise. *p is advanced past the digits. */
+int procfs_parse_u64(const char **p, int base, unsigned maxdigits, uint64_t *ret);
 /* Thread ids of pid, from ROOT/PID/task, ascending. *ret_tids is malloc'd. -ESRCH when gone. */
 int procfs_list_tasks(const char *root, pid_t pid, pid_t **ret_tids, size_t *ret_n);
 /* Name from ROOT/PID/task/TID/comm (or ROOT/PID/comm when tid is 0), newline stripped. */

@@ -75,24 +75,10 @@ struct lookup {
 /* A whole field as an unsigned number: digits of base only, at most max. */
 static int parse_num(const char *s, int base, uint64_t max, uint64_t *ret)
 {
-    uint64_t v = 0;
+    uint64_t v;
 
-    if (!*s)
+    if (procfs_parse_u64(&s, base, 64, &v) < 0 || *s || v > max)
         return -EBADMSG;
-    for (; *s; s++) {
-        unsigned d;
-        if (*s >= '0' && *s <= '9')
-            d = (unsigned)(*s - '0');
-        else if (base == 16 && *s >= 'a' && *s <= 'f')
-            d = (unsigned)(*s - 'a' + 10);
-        else if (base == 16 && *s >= 'A' && *s <= 'F')
-            d = (unsigned)(*s - 'A' + 10);
-        else
-            return -EBADMSG;
-        if (v > (max - d) / (unsigned)base)
-            return -EBADMSG;
-        v = v * (unsigned)base + d;
-    }
     *ret = v;
     return 0;
 }
