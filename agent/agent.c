@@ -169,6 +169,23 @@ static bool scan_request_id(const char *p, size_t len, char *out, size_t outlen)
     return false;
 }
 
+/* A topic level cut to fit action_name may end inside a UTF-8 sequence; the result must stay
+ * valid UTF-8, so the partial character goes. */
+static void utf8_trim_partial(char *s)
+{
+    size_t n = strlen(s), start = n;
+
+    while (start > 0 && ((unsigned char)s[start - 1] & 0xc0) == 0x80)
+        start--;
+    if (start > 0 && ((unsigned char)s[start - 1] & 0x80)) {
+        unsigned char lead = (unsigned char)s[start - 1];
+        size_t want = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2;
+
+        if (n - (start - 1) < want)
+            s[start - 1] = '\0';
+    }
+}
+
 static size_t utf8_chars(const char *s)
 {
     size_t n = 0;
@@ -461,6 +478,7 @@ void agent_command(struct agent *a, const char *action, const void *payload, siz
     run->files = json_object_new_array();
     run->summary = json_object_new_object();
     snprintf(run->action_name, sizeof(run->action_name), "%s", action);
+    utf8_trim_partial(run->action_name);
     if (reply && reply->topic) {
         run->reply.topic = strdup(reply->topic);
         if (reply->correlation_len > 0) {

@@ -10,9 +10,11 @@
 #include <unistd.h>
 #include "action.h"
 #include "agent.h"
+#include "clock.h"
 #include "config.h"
 #include "log.h"
 #include "mqtt.h"
+#include "store.h"
 
 #define EXIT_USAGE 2
 
@@ -92,6 +94,32 @@ static int add_flag(struct cli *cli, const char *key, const char *value)
     return 0;
 }
 
+/* HOST, HOST:PORT, [V6ADDR] or [V6ADDR]:PORT. */
+static int parse_broker(struct cli *cli, const char *v)
+{
+    static char host[CONFIG_STR_MAX];
+    const char *port = NULL, *end;
+
+    if (v[0] == '[') {
+        end = strchr(v, ']');
+        if (!end || (end[1] && end[1] != ':'))
+            return usage_error("--broker: expected [ADDRESS]:PORT, got %s", v);
+        snprintf(host, sizeof(host), "%.*s", (int)(end - v - 1), v + 1);
+        if (end[1] == ':')
+            port = end + 2;
+    } else {
+        end = strchr(v, ':');
+        if (end && strchr(end + 1, ':'))
+            return usage_error("--broker: write an IPv6 address as [ADDRESS]:PORT, got %s", v);
+        snprintf(host, sizeof(host), "%.*s", end ? (int)(end - v) : (int)strlen(v), v);
+        if (end)
+            port = end + 1;
+    }
+    if (port && add_flag(cli, "broker_port", port) < 0)
+        return -EINVAL;
+    return add_flag(cli, "broker_host", host);
+}
+
 /* Returns 1 when the program should exit 0 (help, version), 0 to go on, <0 on a usage error. */
 static int parse_args(int argc, char **argv, struct cli *cli)
 {
@@ -130,17 +158,7 @@ static int parse_args(int argc, char **argv, struct cli *cli)
             cli->config_file = v;
             matched = true;
         } else if (!strcmp(a, "--broker")) {
-            static char host[CONFIG_STR_MAX];
-            const char *colon = strrchr(v, ':');
-
-            if (colon && !strchr(colon, ']')) {
-                snprintf(host, sizeof(host), "%.*s", (int)(colon - v), v);
-                if (add_flag(cli, "broker_port", colon + 1) < 0)
-                    return -EINVAL;
-            } else {
-                snprintf(host, sizeof(host), "%s", v);
-            }
-            if (add_flag(cli, "broker_host", host) < 0)
+            if (parse_broker(cli, v) < 0)
                 return -EINVAL;
             matched = true;
         }
@@ -247,6 +265,7 @@ static int run_daemon(struct config *c)
     struct mqtt *session = NULL;
     struct agent a;
     sigset_t set;
+    unsigned left;
     int sig, r;
 
     /* Block the stop signals in every thread; only this one waits for them. */
@@ -285,9 +304,15 @@ static int run_daemon(struct config *c)
         sig = sigwaitinfo(&set, NULL);
     while (sig < 0 && errno == EINTR);
     log_info("stopping on %s", strsignal(sig));
-    if (agent_wait_jobs(&a, true, 5000) > 0)
-        log_warning("jobs still running at stop; their runs are marked interrupted");
+    left = agent_wait_jobs(&a, true, 5000);
+    if (left > 0) {
+        log_warning("%u job(s) still running at stop; their runs are marked interrupted", left);
+        store_interrupt_running(a.store, clock_realtime_us(), NULL);
+    }
     mqtt_stop(session);
+    /* Job threads still running use the agent and the session: leave both to the exit. */
+    if (left > 0)
+        return EXIT_SUCCESS;
     agent_destroy(&a);
     mqtt_free(session);
     return EXIT_SUCCESS;

@@ -91,3 +91,11 @@ def test_retained_command_is_never_run(session):
     session.client.wait_for(lambda m: m.topic == f"{session.prefix}/log" and
                             b"retained command" in m.payload)
     session.client.publish(topic, b"", retain=True)
+
+
+def test_long_unicode_action_name_gets_a_valid_utf8_result(session):
+    action = "é" * 70
+    result, _ = session.command(action)
+    assert result["status"] == "error"
+    assert result["error"].startswith("unknown action 'éé")
+    assert len(result["action"]) < 64 and set(result["action"]) == {"é"}
