@@ -375,22 +375,23 @@ int mqtt_start(struct mqtt *s, struct agent *a, char *err, size_t errlen)
 void mqtt_stop(struct mqtt *s)
 {
     struct timespec deadline;
+    int mid;
 
     atomic_store(&s->stopping, true);
     log_set_sink(NULL, NULL);
     if (atomic_load(&s->connected)) {
+        /* Held across the publish so on_publish, on the network thread, sees offline_mid. */
         pthread_mutex_lock(&s->lock);
         s->offline_done = false;
-        pthread_mutex_unlock(&s->lock);
-        if (publish(s, s->t_status, "offline", 7, true, NULL, &s->offline_mid) == 0) {
+        if (publish(s, s->t_status, "offline", 7, true, NULL, &mid) == 0) {
+            s->offline_mid = mid;
             clock_gettime(CLOCK_REALTIME, &deadline);
             deadline.tv_sec += OFFLINE_WAIT_MS / 1000;
-            pthread_mutex_lock(&s->lock);
             while (!s->offline_done)
                 if (pthread_cond_timedwait(&s->published, &s->lock, &deadline) != 0)
                     break;
-            pthread_mutex_unlock(&s->lock);
         }
+        pthread_mutex_unlock(&s->lock);
     }
     mosquitto_disconnect(s->m);
     mosquitto_loop_stop(s->m, false);
