@@ -79,6 +79,20 @@ void run_record(struct run *run, const char *fmt, ...)
         free(text);
 }
 
+struct json_object *json_decimal(double v, int decimals)
+{
+    char text[64];
+
+    snprintf(text, sizeof(text), "%.*f", decimals, v);
+    return json_object_new_double_s(v, text);
+}
+
+void run_progress(struct run *run, const char *json)
+{
+    if (run->agent->out.progress)
+        run->agent->out.progress(run, json, run->agent->out.userdata);
+}
+
 int run_fail(struct run *run, const char *fmt, ...)
 {
     va_list ap;
@@ -544,7 +558,7 @@ char *agent_state_json(struct agent *a)
         json_object_object_add(j, "action", json_object_new_string(r->action_name));
         json_object_object_add(j, "target", json_object_new_string(r->target_spec));
         json_object_object_add(j, "elapsed",
-                               json_object_new_double((double)(now - r->started_mono_us) / 1e6));
+                               json_decimal((double)(now - r->started_mono_us) / 1e6, 3));
         json_object_array_add(jobs, j);
     }
     json_object_object_add(o, "node", json_object_new_string(a->config->node_id));

@@ -55,6 +55,8 @@ struct agent_output {
     void (*record)(struct run *run, const char *text, void *userdata);
     /* The run's result as JSON text. */
     void (*result)(struct run *run, const char *json, void *userdata);
+    /* JSON progress of a long run. May be NULL. */
+    void (*progress)(struct run *run, const char *json, void *userdata);
     /* Something shown in P/N/state changed. May be NULL. */
     void (*state_changed)(struct agent *a, void *userdata);
     void *userdata;
@@ -91,6 +93,10 @@ char *agent_state_json(struct agent *a);
 void run_record(struct run *run, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* For actions: set the error sentence (the run's status becomes error). Returns -EINVAL so an
  * action can `return run_fail(...)`. */
+/* A JSON number printed with `decimals` digits after the point, not as a binary fraction. */
+struct json_object *json_decimal(double v, int decimals);
+/* For actions: publish progress (JSON text) of a long run. */
+void run_progress(struct run *run, const char *json);
 int run_fail(struct run *run, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void run_warn(struct run *run, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

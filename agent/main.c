@@ -242,19 +242,40 @@ static void print_result(struct run *run, const char *json, void *userdata)
     fflush(stdout);
 }
 
+/* Progress of a long local run goes to stderr, so stdout stays records then the result. */
+static void print_progress(struct run *run, const char *json, void *userdata)
+{
+    (void)run;
+    (void)userdata;
+    fprintf(stderr, "progress: %s\n", json);
+}
+
 static int run_local(struct config *c, const char *action, const char *json)
 {
     int status = EXIT_FAILURE;
-    struct agent_output out = {.record = print_record, .result = print_result, .userdata = &status};
+    struct agent_output out = {.record = print_record, .result = print_result,
+                               .progress = print_progress, .userdata = &status};
+    const struct timespec poll_interval = {0, 100 * 1000 * 1000};
     char err[CONFIG_ERR_MAX];
     struct agent a;
+    sigset_t set;
 
     if (agent_init(&a, c, false, &out, err, sizeof(err)) < 0) {
         fprintf(stderr, "profiler-agent: %s\n", err);
         return EXIT_FAILURE;
     }
+    /* Ctrl-C or SIGTERM ends a long run early with what it has, as a stop of the daemon does;
+     * the job threads inherit the blocked mask, so only this thread takes them. */
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
     agent_command(&a, action, json ? json : "", json ? strlen(json) : 0, NULL);
-    agent_wait_jobs(&a, false, INT_MAX / 2);
+    while (agent_wait_jobs(&a, false, 0) > 0)
+        if (sigtimedwait(&set, NULL, &poll_interval) > 0) {
+            agent_wait_jobs(&a, true, INT_MAX / 2);
+            break;
+        }
     agent_destroy(&a);
     return status;
 }

@@ -30,6 +30,7 @@ struct mqtt {
     bool was_connected;
     int last_refusal;
     char t_status[TOPIC_MAX], t_result[TOPIC_MAX], t_log[TOPIC_MAX], t_state[TOPIC_MAX];
+    char t_progress[TOPIC_MAX];
     char sub_all[TOPIC_MAX], sub_node[TOPIC_MAX];
     pthread_mutex_t lock;
     pthread_cond_t published;
@@ -99,6 +100,14 @@ static void out_result(struct run *run, const char *json, void *userdata)
         publish(s, run->reply.topic, json, strlen(json), false, &run->reply, NULL);
 }
 
+static void out_progress(struct run *run, const char *json, void *userdata)
+{
+    struct mqtt *s = userdata;
+
+    (void)run;
+    publish(s, s->t_progress, json, strlen(json), false, NULL, NULL);
+}
+
 static void out_state(struct agent *a, void *userdata)
 {
     struct mqtt *s = userdata;
@@ -112,6 +121,7 @@ static void out_state(struct agent *a, void *userdata)
 const struct agent_output mqtt_output = {
     .record = out_record,
     .result = out_result,
+    .progress = out_progress,
     .state_changed = out_state,
 };
 
@@ -322,6 +332,7 @@ int mqtt_new(struct config *c, struct mqtt **ret, char *err, size_t errlen)
     snprintf(s->t_result, TOPIC_MAX, "%s/%s/result", c->topic_prefix, c->node_id);
     snprintf(s->t_log, TOPIC_MAX, "%s/%s/log", c->topic_prefix, c->node_id);
     snprintf(s->t_state, TOPIC_MAX, "%s/%s/state", c->topic_prefix, c->node_id);
+    snprintf(s->t_progress, TOPIC_MAX, "%s/%s/progress", c->topic_prefix, c->node_id);
     snprintf(s->sub_all, TOPIC_MAX, "%s/+", c->topic_prefix);
     snprintf(s->sub_node, TOPIC_MAX, "%s/%s/+", c->topic_prefix, c->node_id);
     s->m = mosquitto_new(c->client_id, true, s);

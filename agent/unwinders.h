@@ -1,0 +1,22 @@
+/* The agent's cache of unwinder state (struct stacks), one per live target and use: thread dumps
+ * and CPU profiles each get their own, so a minute-long profile never holds up a dump of the
+ * same process. Entries are keyed by pid and start time (a reused pid is another process) and
+ * lent to one job at a time; the least recently used idle entry is recycled. */
+#ifndef UNWINDERS_H
+#define UNWINDERS_H
+
+#include "stacks.h"
+#include "target.h"
+
+enum unwinders_use { UNWINDERS_DUMP, UNWINDERS_PROFILE };
+
+struct unwinder;
+
+/* Lends the unwinder of (t, use), creating it when needed; waits while another job of the same
+ * target and use holds it. -EBUSY when every entry is lent out; stacks_new's errors. */
+int unwinders_get(const struct target *t, enum unwinders_use use, struct unwinder **ret);
+struct stacks *unwinders_stacks(struct unwinder *u);
+/* Gives it back for the next job. */
+void unwinders_put(struct unwinder *u);
+
+#endif
