@@ -1,0 +1,64 @@
+/* CPU sampling of every thread of a process, behind a small ops table (as perf's unwind ops):
+ * - perf_event: perf_event_open on each thread (software cpu-clock, frequency mode, user space
+ *   only, inherited by threads created during the run), each sample carrying the user registers
+ *   and a copy of the user stack, read from mmap'd ring buffers woken by poll, not busy polling;
+ * - ptrace: where perf_event_open is refused (no CAP_PERFMON/CAP_SYS_ADMIN, a high
+ *   perf_event_paranoid), snapshots of every thread at a lower rate, with the reason recorded.
+ * Samples are handed out raw (registers + stack bytes); unwinding is the caller's business. */
+#ifndef SAMPLER_H
+#define SAMPLER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define SAMPLER_NREGS 17                 /* libunwind's x86-64 numbering: RAX..R15, RIP */
+#define SAMPLER_STACK_BYTES 8192         /* user stack copied per sample, as perf record does */
+#define SAMPLER_MAX_FREQ 4999
+#define SAMPLER_PTRACE_MAX_FREQ 49       /* the fallback stops the target: keep it rare */
+
+struct sampler_sample {
+    pid_t tid;
+    uint64_t time_ns;                    /* CLOCK_MONOTONIC */
+    uint64_t period_ns;                  /* weight of this sample */
+    uint64_t regs[SAMPLER_NREGS];
+    uint64_t stack_addr;                 /* target address of stack[0] (the sampled sp) */
+    const unsigned char *stack;          /* valid during the callback only */
+    size_t stack_len;
+};
+
+struct sampler_callbacks {
+    /* One sample. A negative return stops sampler_poll and is returned by it. */
+    int (*sample)(const struct sampler_sample *s, void *userdata);
+    /* The target's executable mappings changed (PERF_RECORD_MMAP2 with PROT_EXEC, exec). */
+    void (*maps_changed)(void *userdata);
+    /* A thread was named or renamed (PERF_RECORD_COMM, or first seen). May be NULL. */
+    void (*thread_name)(pid_t tid, const char *name, void *userdata);
+};
+
+struct sampler_stats {
+    uint64_t samples;                    /* handed to the sample callback */
+    uint64_t lost;                       /* PERF_RECORD_LOST and bad records */
+    uint64_t threads;                    /* distinct threads seen */
+    bool target_exited;
+    const char *method;                  /* "perf_event" or "ptrace" */
+    unsigned frequency;                  /* the rate in use (lower under ptrace) */
+    char fallback_reason[256];           /* why perf_event was not used, or "" */
+};
+
+struct sampler;
+
+/* Starts sampling every thread of pid at freq_hz (1..SAMPLER_MAX_FREQ). Tries perf_event and
+ * falls back to ptrace (recording why) unless force_ptrace. -ESRCH if pid is gone; -EPERM when
+ * neither method is allowed. */
+int sampler_open(pid_t pid, unsigned freq_hz, bool force_ptrace, struct sampler **ret);
+/* Waits up to timeout_ms for samples and hands every pending one to the callbacks. Returns 0,
+ * -ESRCH once the target has exited and everything was handed out, or a callback's error. */
+int sampler_poll(struct sampler *s, int timeout_ms, const struct sampler_callbacks *cb,
+                 void *userdata);
+void sampler_get_stats(const struct sampler *s, struct sampler_stats *ret);
+/* Stops sampling and frees everything; the target is left untouched. Accepts NULL. */
+void sampler_close(struct sampler *s);
+
+#endif
