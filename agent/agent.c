@@ -1,18 +1,18 @@
 /* The command pipeline (see agent.h): size check, JSON parse, action lookup, schema validation,
  * target check and resolution, run row, then the action inline or in a job thread, and exactly
  * one result. Errors are decided and worded here, once; the engine only returns codes. */
+#include "agent.h"
+#include "action.h"
+#include "clock.h"
+#include "log.h"
+#include "schema.h"
+#include "store.h"
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include "action.h"
-#include "agent.h"
-#include "clock.h"
-#include "log.h"
-#include "schema.h"
-#include "store.h"
 
 /* json-c's own limit is 32; the schemas are flat, so anything deeper is rejected at parse time
  * with a clear error rather than validated. */
@@ -261,18 +261,16 @@ static void store_write(struct run *run, const char *status, bool insert)
     struct store_run row = {
         .request_id = run->has_request_id ? run->request_id : NULL,
         .action = run->action_name,
-        .params = run->params ? json_object_to_json_string_ext(run->params,
-                                                               JSON_C_TO_STRING_PLAIN)
-                              : NULL,
+        .params =
+            run->params ? json_object_to_json_string_ext(run->params, AGENT_JSON_FLAGS) : NULL,
         .target_spec = run->has_target ? run->target_spec : NULL,
         .target_pid = run->has_target ? run->target.pid : 0,
         .status = status,
         .error = run->ok ? NULL : run->error,
-        .files = json_object_to_json_string_ext(run->files, JSON_C_TO_STRING_PLAIN),
-        .summary = json_object_to_json_string_ext(run->summary, JSON_C_TO_STRING_PLAIN),
-        .warnings = run->warnings ? json_object_to_json_string_ext(run->warnings,
-                                                                   JSON_C_TO_STRING_PLAIN)
-                                  : NULL,
+        .files = json_object_to_json_string_ext(run->files, AGENT_JSON_FLAGS),
+        .summary = json_object_to_json_string_ext(run->summary, AGENT_JSON_FLAGS),
+        .warnings =
+            run->warnings ? json_object_to_json_string_ext(run->warnings, AGENT_JSON_FLAGS) : NULL,
         .started_us = run->started_us,
         .finished_us = run->finished_us,
     };
@@ -315,8 +313,7 @@ static void run_finish(struct run *run)
     else
         store_write(run, interrupted ? "interrupted" : run->ok ? "ok" : "error", false);
     result = run_result(run);
-    a->out.result(run, json_object_to_json_string_ext(result, JSON_C_TO_STRING_PLAIN),
-                  a->out.userdata);
+    a->out.result(run, json_object_to_json_string_ext(result, AGENT_JSON_FLAGS), a->out.userdata);
     pthread_mutex_lock(&a->lock);
     json_object_put(a->last_result);
     a->last_result = result;
@@ -366,10 +363,14 @@ static void *job_main(void *arg)
             *p = run->next;
             break;
         }
+    pthread_mutex_unlock(&a->lock);
+    /* Out of the list, so the state it publishes no longer shows it, but still counted: a stop
+     * waiting for jobs must not tear the agent down while this thread records and answers. */
+    run_finish(run);
+    pthread_mutex_lock(&a->lock);
     a->njobs--;
     pthread_cond_broadcast(&a->jobs_done);
     pthread_mutex_unlock(&a->lock);
-    run_finish(run);
     return NULL;
 }
 
@@ -383,7 +384,7 @@ static int start_job(struct run *run)
     if (a->njobs >= AGENT_MAX_JOBS) {
         pthread_mutex_unlock(&a->lock);
         return run_fail(run, "too many jobs running (at most %d); try again when one finishes",
-                         AGENT_MAX_JOBS);
+                        AGENT_MAX_JOBS);
     }
     run->next = a->jobs;
     a->jobs = run;
@@ -413,8 +414,8 @@ static int prepare(struct run *run, const void *payload, size_t len)
     int r;
 
     if (len > (size_t)a->config->max_payload_bytes) {
-        run->has_request_id = scan_request_id(payload, len, run->request_id,
-                                              sizeof(run->request_id));
+        run->has_request_id =
+            scan_request_id(payload, len, run->request_id, sizeof(run->request_id));
         return run_fail(run, "payload is %zu bytes, larger than max_payload_bytes (%ld)", len,
                         a->config->max_payload_bytes);
     }
@@ -441,8 +442,8 @@ static int prepare(struct run *run, const void *payload, size_t len)
         json_tokener_free(tok);
         if (jerr != json_tokener_success || !obj) {
             json_object_put(obj);
-            run->has_request_id = scan_request_id(payload, len, run->request_id,
-                                                  sizeof(run->request_id));
+            run->has_request_id =
+                scan_request_id(payload, len, run->request_id, sizeof(run->request_id));
             if (jerr == json_tokener_error_depth)
                 return run_fail(run, "payload is nested more than %d levels deep",
                                 PAYLOAD_MAX_DEPTH);
@@ -498,8 +499,7 @@ void agent_command(struct agent *a, const char *action, const void *payload, siz
         if (reply->correlation_len > 0) {
             run->reply.correlation = malloc((size_t)reply->correlation_len);
             if (run->reply.correlation) {
-                memcpy(run->reply.correlation, reply->correlation,
-                       (size_t)reply->correlation_len);
+                memcpy(run->reply.correlation, reply->correlation, (size_t)reply->correlation_len);
                 run->reply.correlation_len = reply->correlation_len;
             }
         }
@@ -567,7 +567,7 @@ char *agent_state_json(struct agent *a)
     json_object_object_add(o, "debug", json_object_new_boolean(atomic_load(&a->debug)));
     json_object_object_add(o, "last_result", json_object_get(a->last_result));
     pthread_mutex_unlock(&a->lock);
-    text = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    text = strdup(json_object_to_json_string_ext(o, AGENT_JSON_FLAGS));
     json_object_put(o);
     return text;
 }
