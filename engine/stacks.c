@@ -2,7 +2,9 @@
  * cache (modules.c), offline unwinding (unwind.c) and symbolization (symbols.c) together and
  * formats the log record. Only the capture touches the live target; everything after it works
  * on the copy while the target runs on. A dump covers the threads listed when it starts: threads
- * created during it are not in it, and threads that exit during it are left out. */
+ * created during it are not in it, and threads that exit during it are left out. Samples
+ * (stacks_unwind_regs) share the caches and re-read the maps only when told they changed or
+ * when an address falls outside every known module, and then at most every REFRESH_MIN_NS. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,11 +16,28 @@
 #include "unwind.h"
 #include "stacks.h"
 
+/* libunwind's x86-64 numbering, as snapshot.h and sampler.h keep registers. */
+#define REG_IP 16
+_Static_assert(SNAPSHOT_NREGS == 17 && REG_IP < SNAPSHOT_NREGS, "register numbering");
+#define REFRESH_MIN_NS (100 * 1000 * 1000ull)
+#define SYMCACHE_BITS 12        /* symbolized frames kept for samples, direct-mapped by ip */
+
+struct symcache_entry {
+    uint64_t ip;                /* 0: empty */
+    int exact;
+    struct stacks_frame f;
+};
+
 struct stacks {
     pid_t pid;
     struct modules *mods;
     struct unwind *uw;
     struct snapshot *snap;
+    int maps_stale;             /* re-read the maps before the next sample's unwind */
+    uint64_t refreshed_ns;      /* last attempt to re-read them */
+    /* Samples hit the same return addresses over and over: naming one from the symbol table
+     * and DWARF costs more than unwinding to it. Allocated by the first sample. */
+    struct symcache_entry *symcache;
 };
 
 static uint64_t now_ns(void)
@@ -41,6 +60,7 @@ int stacks_new(pid_t pid, struct stacks **ret)
     if (!s)
         return -ENOMEM;
     s->pid = pid;
+    s->maps_stale = 1;
     r = modules_new(pid, &s->mods);
     if (r < 0)
         goto out;
@@ -64,6 +84,7 @@ void stacks_free(struct stacks *s)
     unwind_free(s->uw);
     modules_free(s->mods);
     snapshot_free(s->snap);
+    free(s->symcache);
     free(s);
 }
 
@@ -91,7 +112,26 @@ static void symbolize(struct stacks *s, const struct unwind_frame *uf, struct st
     /* A return address may already belong to the next line or function: look up the call. */
     uint64_t vaddr = f->offset - (uf->exact ? 0 : 1);
     f->func = symfile_func(mod->file, vaddr);
+    f->func_line = symfile_func_line(mod->file, vaddr);
     symfile_line(mod->file, vaddr, &f->file, &f->line);
+}
+
+/* Re-reads the maps; 1 when the modules changed (earlier module pointers and frame strings are
+ * then invalid), 0 when not, or -errno, which leaves the previous modules in place. */
+static int refresh(struct stacks *s)
+{
+    int changed;
+    s->refreshed_ns = now_ns();
+    int r = modules_refresh(s->mods, &changed);
+    if (r < 0)
+        return r;
+    s->maps_stale = 0;
+    if (changed) {
+        unwind_flush(s->uw);
+        if (s->symcache)
+            memset(s->symcache, 0, sizeof(*s->symcache) << SYMCACHE_BITS);
+    }
+    return changed;
 }
 
 static int build_thread(struct stacks *s, const struct snapshot_thread *st,
@@ -119,17 +159,15 @@ static int build_thread(struct stacks *s, const struct snapshot_thread *st,
 
 int stacks_dump_threads(struct stacks *s, struct stacks_dump **ret)
 {
-    int r, changed;
+    int r;
     uint64_t t0 = now_ns();
     pid_t *tids = NULL;
     size_t ntids = 0;
     struct stacks_dump *d = NULL;
 
-    r = modules_refresh(s->mods, &changed);
+    r = refresh(s);
     if (r < 0)
         goto out;
-    if (changed)
-        unwind_flush(s->uw);
     r = procfs_list_tasks(PROCFS_ROOT, s->pid, &tids, &ntids);
     if (r < 0)
         goto out;
@@ -187,6 +225,79 @@ out:
     stacks_dump_free(d);
     free(tids);
     return r;
+}
+
+static int has_unknown(struct stacks *s, const struct unwind_frame *uf, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!modules_find(s->mods, uf[i].ip))
+            return 1;
+    return 0;
+}
+
+static void unwind_one(struct stacks *s, const struct snapshot_thread *t, struct unwind_frame *uf,
+                       size_t max, size_t *ret_n, int *ret_truncated)
+{
+    if (unwind_thread(s->uw, t, uf, max, ret_n, ret_truncated) == 0)
+        return;
+    /* Not even the first step: the sampled ip alone is still worth its sample. */
+    uf[0] = (struct unwind_frame){ t->regs[REG_IP], 1 };
+    *ret_n = 1;
+    *ret_truncated = 1;
+}
+
+static void symbolize_cached(struct stacks *s, const struct unwind_frame *uf,
+                             struct stacks_frame *f)
+{
+    if (!s->symcache) {
+        symbolize(s, uf, f);
+        return;
+    }
+    struct symcache_entry *e = &s->symcache[(uf->ip * 0x9e3779b97f4a7c15ull) >>
+                                            (64 - SYMCACHE_BITS)];
+    if (e->ip != uf->ip || e->exact != uf->exact) {
+        symbolize(s, uf, &e->f);
+        e->ip = uf->ip;
+        e->exact = uf->exact;
+    }
+    *f = e->f;
+}
+
+int stacks_unwind_regs(struct stacks *s, const uint64_t regs[17], uint64_t stack_addr,
+                       const unsigned char *stack, size_t stack_len, struct stacks_frame *out,
+                       size_t max, size_t *ret_n, int *ret_truncated)
+{
+    struct unwind_frame uf[STACKS_MAX_FRAMES];
+    struct snapshot_thread t = { .stack_addr = stack_addr, .stack_len = stack_len,
+                                 .stack = stack };
+    size_t n;
+    int truncated;
+    if (!regs || !out || max == 0 || (!stack && stack_len))
+        return -EINVAL;
+    if (max > STACKS_MAX_FRAMES)
+        max = STACKS_MAX_FRAMES;
+    if (!s->symcache)
+        s->symcache = calloc((size_t)1 << SYMCACHE_BITS, sizeof(*s->symcache));
+    memcpy(t.regs, regs, sizeof(t.regs));
+    /* A failed re-read keeps the old modules: samples still queued when the target exits were
+     * taken with those mappings. */
+    if (s->maps_stale)
+        refresh(s);
+    unwind_one(s, &t, uf, max, &n, &truncated);
+    /* Code mapped since the last read (dlopen, a JIT) whose mmap event was missed or not yet
+     * handled: look again, rate-limited, since addresses outside any file stay unknown. */
+    if (has_unknown(s, uf, n) && now_ns() - s->refreshed_ns >= REFRESH_MIN_NS && refresh(s) > 0)
+        unwind_one(s, &t, uf, max, &n, &truncated);
+    for (size_t i = 0; i < n; i++)
+        symbolize_cached(s, &uf[i], &out[i]);
+    *ret_n = n;
+    *ret_truncated = truncated;
+    return 0;
+}
+
+void stacks_maps_changed(struct stacks *s)
+{
+    s->maps_stale = 1;
 }
 
 static void print_frame(FILE *f, const struct stacks_frame *fr)

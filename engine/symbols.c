@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <gelf.h>
+#include <dwarf.h>
 #include <elfutils/libdw.h>
 #include "cachestat.h"
 #include "symbols.h"
@@ -27,6 +28,7 @@ struct load {
 struct sym {
     uint64_t addr, size;
     const char *name;
+    int func_line;              /* 0 not looked up yet, -1 unknown */
 };
 
 struct symfile {
@@ -399,7 +401,7 @@ static int add_syms(struct symfile *f, Elf *elf, Elf64_Word type, size_t *cap)
                 f->syms = ns;
                 *cap = nc;
             }
-            f->syms[f->nsyms++] = (struct sym){ s.st_value, s.st_size, name };
+            f->syms[f->nsyms++] = (struct sym){ s.st_value, s.st_size, name, 0 };
         }
     }
     return found;
@@ -436,14 +438,8 @@ static void load_symbols(struct symfile *f)
     qsort(f->syms, f->nsyms, sizeof(*f->syms), cmp_sym);
 }
 
-const char *symfile_func(struct symfile *f, uint64_t vaddr)
+static struct sym *find_sym(struct symfile *f, uint64_t vaddr)
 {
-    if (f->syms_loaded) {
-        cachestat_hit(&symbols_stat);
-    } else {
-        cachestat_miss(&symbols_stat);
-        load_symbols(f);
-    }
     size_t lo = 0, hi = f->nsyms;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
@@ -457,15 +453,27 @@ const char *symfile_func(struct symfile *f, uint64_t vaddr)
     /* The nearest symbols below may be unsized or end before vaddr while an enclosing one (a
      * function with a local alias inside) still holds it: look back a little. */
     for (size_t i = lo, k = 0; i > 0 && k < 8; i--, k++) {
-        const struct sym *s = &f->syms[i - 1];
+        struct sym *s = &f->syms[i - 1];
         if (s->size && vaddr - s->addr < s->size)
-            return s->name;
+            return s;
     }
-    const struct sym *s = &f->syms[lo - 1];
-    return s->size == 0 ? s->name : NULL;
+    struct sym *s = &f->syms[lo - 1];
+    return s->size == 0 ? s : NULL;
 }
 
-int symfile_line(struct symfile *f, uint64_t vaddr, const char **ret_file, int *ret_line)
+const char *symfile_func(struct symfile *f, uint64_t vaddr)
+{
+    if (f->syms_loaded) {
+        cachestat_hit(&symbols_stat);
+    } else {
+        cachestat_miss(&symbols_stat);
+        load_symbols(f);
+    }
+    struct sym *s = find_sym(f, vaddr);
+    return s ? s->name : NULL;
+}
+
+static Dwarf *get_dwarf(struct symfile *f)
 {
     if (!f->dwarf_tried) {
         f->dwarf_tried = 1;
@@ -476,10 +484,16 @@ int symfile_line(struct symfile *f, uint64_t vaddr, const char **ret_file, int *
         if (!f->dw)
             f->dw = dwarf_begin_elf(f->elf, DWARF_C_READ, NULL);
     }
-    if (!f->dw)
+    return f->dw;
+}
+
+int symfile_line(struct symfile *f, uint64_t vaddr, const char **ret_file, int *ret_line)
+{
+    Dwarf *dw = get_dwarf(f);
+    if (!dw)
         return -ENOENT;
     Dwarf_Die cu;
-    if (!dwarf_addrdie(f->dw, vaddr, &cu))
+    if (!dwarf_addrdie(dw, vaddr, &cu))
         return -ENOENT;
     Dwarf_Line *l = dwarf_getsrc_die(&cu, vaddr);
     int line;
@@ -489,4 +503,39 @@ int symfile_line(struct symfile *f, uint64_t vaddr, const char **ret_file, int *
     *ret_file = file;
     *ret_line = line;
     return 0;
+}
+
+/* The outermost DW_TAG_subprogram among the scopes holding vaddr: inlined code sits in
+ * DW_TAG_inlined_subroutine scopes inside it, and the function a profile names is the one the
+ * symbol names. dwarf_decl_line follows DW_AT_abstract_origin and DW_AT_specification. */
+static int dwarf_func_line(struct symfile *f, uint64_t vaddr)
+{
+    Dwarf *dw = get_dwarf(f);
+    Dwarf_Die cu, *scopes = NULL;
+    int line = 0;
+    if (!dw || !dwarf_addrdie(dw, vaddr, &cu))
+        return 0;
+    int n = dwarf_getscopes(&cu, vaddr, &scopes);
+    for (int i = n - 1; i >= 0; i--) {
+        if (dwarf_tag(&scopes[i]) != DW_TAG_subprogram)
+            continue;
+        if (dwarf_decl_line(&scopes[i], &line) != 0 || line < 0)
+            line = 0;
+        break;
+    }
+    free(scopes);
+    return line;
+}
+
+int symfile_func_line(struct symfile *f, uint64_t vaddr)
+{
+    if (!f->syms_loaded)
+        load_symbols(f);
+    struct sym *s = find_sym(f, vaddr);
+    if (s && s->func_line)
+        return s->func_line > 0 ? s->func_line : 0;
+    int line = dwarf_func_line(f, vaddr);
+    if (s)
+        s->func_line = line > 0 ? line : -1;
+    return line;
 }

@@ -40,5 +40,9 @@ int symfile_eh_table(struct symfile *f, uint64_t *ret_hdr_vaddr, uint64_t *ret_t
 const char *symfile_func(struct symfile *f, uint64_t vaddr);
 /* Source file and line of vaddr from DWARF; -ENOENT when unknown. Strings live as long as f. */
 int symfile_line(struct symfile *f, uint64_t vaddr, const char **ret_file, int *ret_line);
+/* First line of the function holding vaddr (DWARF decl_line of its DW_TAG_subprogram; for
+ * inlined code, the function it was inlined into), 0 when unknown. Cached per symbol, so only
+ * the first lookup in each function walks the DWARF scopes. */
+int symfile_func_line(struct symfile *f, uint64_t vaddr);
 
 #endif

@@ -1,6 +1,7 @@
 /* Tests of the snapshot unwinder against real processes: build/workloads/parked (no frame
  * pointers, threads parked in known functions), this test process itself, a process that is
- * gone, and a process someone else already traces. */
+ * gone, and a process someone else already traces; and of unwinding samples (registers and a
+ * stack copy, as perf_event gives them) with the same caches. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -17,11 +18,16 @@
 #include <unistd.h>
 #include <sys/ptrace.h>
 #include <sys/wait.h>
+#include <dlfcn.h>
 #include <cmocka.h>
 #include "cachestat.h"
+#include "snapshot.h"
 #include "stacks.h"
 
 #define PARKED_SRC "tests/workloads/parked.c"
+#define REG_SP 7                /* libunwind's x86-64 numbering */
+#define REG_IP 16
+#define SAMPLE_STACK 16384      /* what the perf_event sampler copies */
 
 struct child {
     pid_t pid;
@@ -96,10 +102,10 @@ static void query(struct child *c, long *sleeps, long *reads)
     assert_int_equal(sscanf(line, "sleeps=%ld reads=%ld", sleeps, reads), 2);
 }
 
-/* First line of "NAME(" at the start of a line in the workload's source: where NAME is defined. */
-static int def_line(const char *name)
+/* First line of "NAME(" at the start of a line in src: where NAME is defined. */
+static int def_line_in(const char *src, const char *name)
 {
-    FILE *f = fopen(PARKED_SRC, "r");
+    FILE *f = fopen(src, "r");
     char buf[512];
     int no = 0, found = 0;
     size_t nl = strlen(name);
@@ -116,6 +122,11 @@ static int def_line(const char *name)
     fclose(f);
     assert_true(found > 0);
     return found;
+}
+
+static int def_line(const char *name)
+{
+    return def_line_in(PARKED_SRC, name);
 }
 
 static const struct stacks_thread *find_name(const struct stacks_dump *d, const char *name)
@@ -455,6 +466,281 @@ static void test_already_traced(void **state)
     stop_parked(&c);
 }
 
+/* Every thread of pid captured the way the snapshot unwinder does it, for feeding samples. */
+static struct snapshot *capture(pid_t pid)
+{
+    struct snapshot *snap;
+    struct procfs_map *maps;
+    pid_t *tids;
+    size_t nmaps, ntids, nr = 0;
+    assert_int_equal(procfs_list_tasks(PROCFS_ROOT, pid, &tids, &ntids), 0);
+    assert_int_equal(procfs_read_maps(PROCFS_ROOT, pid, &maps, &nmaps), 0);
+    struct snapshot_range *ranges = calloc(nmaps, sizeof(*ranges));
+    assert_non_null(ranges);
+    for (size_t i = 0; i < nmaps; i++)
+        if (maps[i].end > maps[i].start && (nr == 0 || maps[i].start >= ranges[nr - 1].end))
+            ranges[nr++] = (struct snapshot_range){ maps[i].start, maps[i].end };
+    assert_int_equal(snapshot_new(&snap), 0);
+    assert_int_equal(snapshot_capture(snap, pid, tids, ntids, ranges, nr), 0);
+    for (size_t i = 0; i < snap->nthreads; i++)
+        assert_int_equal(snap->threads[i].err, 0);
+    free(ranges);
+    procfs_maps_free(maps, nmaps);
+    free(tids);
+    return snap;
+}
+
+struct sample_frames {
+    size_t n;
+    int truncated;
+    struct stacks_frame f[STACKS_MAX_FRAMES];
+};
+
+/* A sample of st as perf_event would give it: the stack from sp up, at most limit bytes. */
+static void unwind_sample(struct stacks *s, const struct snapshot_thread *st, size_t limit,
+                          struct sample_frames *out)
+{
+    uint64_t sp = st->regs[REG_SP];
+    assert_true(sp >= st->stack_addr && sp - st->stack_addr <= st->stack_len);
+    size_t skip = (size_t)(sp - st->stack_addr), len = st->stack_len - skip;
+    if (len > limit)
+        len = limit;
+    assert_int_equal(stacks_unwind_regs(s, st->regs, sp, st->stack + skip, len, out->f,
+                                        STACKS_MAX_FRAMES, &out->n, &out->truncated), 0);
+    assert_true(out->n > 0);
+}
+
+static int same_str(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static int same_frame(const struct stacks_frame *a, const struct stacks_frame *b)
+{
+    return a->ip == b->ip && a->offset == b->offset && a->line == b->line &&
+           a->func_line == b->func_line && same_str(a->module, b->module) &&
+           same_str(a->func, b->func) && same_str(a->file, b->file);
+}
+
+/* Frames compared outermost first. Threads that run between the two captures (the spinner
+ * always, the sleeper between its naps) agree only from their root down to stop_func. */
+static void check_same(const struct stacks_thread *t, const struct sample_frames *sf,
+                       const char *stop_func)
+{
+    if (!stop_func) {
+        assert_int_equal(sf->n, t->nframes);
+        assert_int_equal(sf->truncated, t->truncated);
+    }
+    for (size_t i = 1; i <= t->nframes && i <= sf->n; i++) {
+        const struct stacks_frame *a = &t->frames[t->nframes - i], *b = &sf->f[sf->n - i];
+        if (stop_func && a->func && strcmp(a->func, stop_func) == 0) {
+            assert_string_equal(b->func, stop_func);
+            return;
+        }
+        if (!same_frame(a, b))
+            fail_msg("thread %s frame %zu from the root: %s+0x%llx (%s) vs %s+0x%llx (%s)",
+                     t->name, i, a->module, (unsigned long long)a->offset, a->func, b->module,
+                     (unsigned long long)b->offset, b->func);
+    }
+    if (stop_func)
+        fail_msg("thread %s: %s not reached", t->name, stop_func);
+}
+
+/* Each frame in parked.c names its function's definition line. */
+static int check_func_lines(const struct stacks_frame *f, size_t n)
+{
+    int checked = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!f[i].file || !ends_with(f[i].file, "parked.c"))
+            continue;
+        assert_non_null(f[i].func);
+        if (f[i].func_line != def_line(f[i].func))
+            fail_msg("%s: func_line %d, defined at %d", f[i].func, f[i].func_line,
+                     def_line(f[i].func));
+        checked++;
+    }
+    return checked;
+}
+
+static const char *moving_thread(const char *name)
+{
+    if (strcmp(name, "spinner") == 0)
+        return "park_spin_b";
+    if (strcmp(name, "sleeper") == 0)
+        return "park_sleep_b";
+    return NULL;
+}
+
+static double elapsed_us(const struct timespec *a, const struct timespec *b)
+{
+    return (double)(b->tv_sec - a->tv_sec) * 1e6 + (double)(b->tv_nsec - a->tv_nsec) / 1e3;
+}
+
+static void test_unwind_regs(void **state)
+{
+    (void)state;
+    struct child c;
+    struct stacks *s;
+    struct stacks_dump *d;
+    struct sample_frames *full = malloc(sizeof(*full)), *cut = malloc(sizeof(*cut));
+    struct timespec t0, t1;
+    assert_non_null(full);
+    assert_non_null(cut);
+    spawn_parked(&c, "2");
+
+    /* Cold: a new unwinder whose first sample reads the maps, opens the files, loads the
+     * unwind tables, symbols and DWARF. */
+    struct snapshot *snap = capture(c.pid);
+    check_released(c.pid);
+    assert_int_equal(stacks_new(c.pid, &s), 0);
+    const struct snapshot_thread *reader = NULL;
+    for (size_t i = 0; i < snap->nthreads; i++)
+        if (snap->threads[i].tid != c.pid && !reader)
+            reader = &snap->threads[i];
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    unwind_sample(s, reader, SAMPLE_STACK, cut);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double cold_us = elapsed_us(&t0, &t1);
+
+    assert_int_equal(stacks_dump_threads(s, &d), 0);
+    assert_int_equal(d->nthreads, snap->nthreads);
+    int lines = 0;
+    for (size_t i = 0; i < snap->nthreads; i++) {
+        const struct snapshot_thread *st = &snap->threads[i];
+        const struct stacks_thread *t = find_tid(d, st->tid);
+        assert_non_null(t);
+        const char *stop = moving_thread(t->name);
+        /* The whole copy, as the dump had it; then 16 KiB from sp, as perf_event gives it:
+         * the parked chains are shallow enough for that to reach their roots too. */
+        unwind_sample(s, st, SIZE_MAX, full);
+        check_same(t, full, stop);
+        unwind_sample(s, st, SAMPLE_STACK, cut);
+        assert_int_equal(cut->n, full->n);
+        assert_int_equal(cut->truncated, full->truncated);
+        for (size_t k = 0; k < cut->n; k++)
+            assert_true(same_frame(&cut->f[k], &full->f[k]));
+        lines += check_func_lines(t->frames, t->nframes);
+        lines += check_func_lines(cut->f, cut->n);
+    }
+    /* Every named thread's chain: 3 functions each at least, twice. */
+    assert_true(lines >= 2 * 3 * 6);
+    static const char *const reader_chain[] = { "reader_main", "park_read_a", "park_read_b",
+                                                NULL };
+    check_chain(find_name(d, "reader"), reader_chain, "parked.c", "/parked");
+    assert_false(find_name(d, "reader")->truncated);
+    stacks_dump_free(d);
+
+    /* Too small a copy: the walk stops early and says so, with the innermost frames intact. */
+    const struct snapshot_thread *mt = &snap->threads[0];
+    assert_int_equal(mt->tid, c.pid);
+    unwind_sample(s, mt, SIZE_MAX, full);
+    unwind_sample(s, mt, 16, cut);
+    assert_true(cut->truncated);
+    assert_true(cut->n >= 1 && cut->n < full->n);
+    assert_true(same_frame(&cut->f[0], &full->f[0]));
+
+    /* Warm: every thread's sample again and again, tables and symbols already loaded. */
+    struct stat_pick sym0 = stat_of("symbols"), unw0 = stat_of("unwind");
+    size_t rounds = 300, samples = 0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (size_t r = 0; r < rounds; r++) {
+        for (size_t i = 0; i < snap->nthreads; i++, samples++)
+            unwind_sample(s, &snap->threads[i], SAMPLE_STACK, cut);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double warm_us = elapsed_us(&t0, &t1) / (double)samples;
+    struct stat_pick sym1 = stat_of("symbols"), unw1 = stat_of("unwind");
+    assert_int_equal(sym1.misses, sym0.misses);
+    assert_int_equal(unw1.misses, unw0.misses);
+
+    /* Told the maps changed when they did not: re-read once, nothing reloaded or flushed, the
+     * strings of earlier frames still valid (same module string). */
+    unwind_sample(s, reader, SAMPLE_STACK, full);
+    stacks_maps_changed(s);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    unwind_sample(s, reader, SAMPLE_STACK, cut);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double reread_us = elapsed_us(&t0, &t1);
+    assert_true(cut->f[0].module == full->f[0].module);
+    assert_int_equal(stat_of("symbols").misses, sym1.misses);
+    print_message("unwind per sample: cold %.0f us, warm %.1f us (%zu samples, %zu threads), "
+                  "after maps_changed %.0f us\n", cold_us, warm_us, samples, snap->nthreads,
+                  reread_us);
+    assert_true(warm_us < cold_us);
+
+    stacks_free(s);
+    snapshot_free(snap);
+    free(full);
+    free(cut);
+    stop_parked(&c);
+}
+
+/* A frame-0-only sample at ip, with an empty stack. */
+static void unwind_ip(struct stacks *s, uint64_t ip, struct sample_frames *out)
+{
+    uint64_t regs[17] = { 0 };
+    unsigned char stack[64] = { 0 };
+    regs[REG_IP] = ip;
+    regs[REG_SP] = (uint64_t)(uintptr_t)stack;
+    assert_int_equal(stacks_unwind_regs(s, regs, regs[REG_SP], stack, sizeof(stack), out->f,
+                                        STACKS_MAX_FRAMES, &out->n, &out->truncated), 0);
+    assert_true(out->n >= 1);
+}
+
+/* Code mapped after the first unwind is found when told (stacks_maps_changed) and, rate-limited,
+ * when an address falls outside every known module; files still mapped keep their symbols. */
+static void test_maps_changed(void **state)
+{
+    (void)state;
+    struct stacks *s;
+    struct sample_frames *f = malloc(sizeof(*f));
+    assert_non_null(f);
+    assert_null(dlopen("libanl.so.1", RTLD_NOW | RTLD_NOLOAD));
+    assert_null(dlopen("libresolv.so.2", RTLD_NOW | RTLD_NOLOAD));
+    assert_int_equal(stacks_new(getpid(), &s), 0);
+    unwind_ip(s, (uint64_t)(uintptr_t)&test_maps_changed, f);
+    assert_string_equal(f->f[0].func, "test_maps_changed");
+    assert_int_equal(f->f[0].func_line, def_line_in(__FILE__, "test_maps_changed"));
+
+    void *h1 = dlopen("libanl.so.1", RTLD_NOW);
+    assert_non_null(h1);
+    void *anl_fn = dlvsym(h1, "__libanl_version_placeholder", "GLIBC_2.2.5");
+    assert_non_null(anl_fn);
+    unsigned long misses = stat_of("symbols").misses;
+    stacks_maps_changed(s);
+    unwind_ip(s, (uint64_t)(uintptr_t)anl_fn, f);
+    assert_non_null(f->f[0].module);
+    assert_true(ends_with(f->f[0].module, "/libanl.so.1"));
+    assert_string_equal(f->f[0].func, "__libanl_version_placeholder");
+    unwind_ip(s, (uint64_t)(uintptr_t)&test_maps_changed, f);
+    assert_string_equal(f->f[0].func, "test_maps_changed");
+    /* Only the new library's symbols were loaded; this binary's were kept. */
+    assert_int_equal(stat_of("symbols").misses, misses + 1);
+
+    void *h2 = dlopen("libresolv.so.2", RTLD_NOW);
+    assert_non_null(h2);
+    void *b64 = dlsym(h2, "__b64_ntop");
+    assert_non_null(b64);
+    struct timespec ts = { 0, 120 * 1000 * 1000 };
+    nanosleep(&ts, NULL);
+    unwind_ip(s, (uint64_t)(uintptr_t)b64, f);
+    assert_non_null(f->f[0].module);
+    assert_true(ends_with(f->f[0].module, "/libresolv.so.2"));
+    assert_string_equal(f->f[0].func, "__b64_ntop");
+
+    /* An address in no file at all: unknown, and at once (no second re-read within 100 ms). */
+    unwind_ip(s, 0x10, f);
+    assert_null(f->f[0].module);
+    assert_null(f->f[0].func);
+    assert_true(f->truncated || f->n == 1);
+    assert_int_equal(stacks_unwind_regs(s, NULL, 0, NULL, 0, f->f, 1, &f->n, &f->truncated),
+                     -EINVAL);
+    stacks_free(s);
+    dlclose(h2);
+    dlclose(h1);
+    free(f);
+}
+
 static void test_format_marks(void **state)
 {
     (void)state;
@@ -486,6 +772,8 @@ int main(void)
         cmocka_unit_test(test_exited_target),
         cmocka_unit_test(test_already_traced),
         cmocka_unit_test(test_format_marks),
+        cmocka_unit_test(test_unwind_regs),
+        cmocka_unit_test(test_maps_changed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

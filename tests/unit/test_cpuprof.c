@@ -1,0 +1,301 @@
+/* Tests of the CPU profile run against build/workloads/cpu_split (work_a 75% and work_b 25% of
+ * self time, both reached through dispatch): with perf_event where this host allows it, with
+ * the forced ptrace fallback, a target that exits mid-run, a cancelled run, a gone target. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+#include <cmocka.h>
+#include "cpuprof.h"
+
+#define TOP_MAX 32
+#define IDS_MAX 65536
+
+struct child {
+    pid_t pid;
+    int out;
+};
+
+static void spawn_split(struct child *c, const char *arg1, const char *arg2)
+{
+    char path[256], line[64];
+    size_t n = 0;
+    int out[2];
+    const char *b = getenv("BUILD");
+    snprintf(path, sizeof(path), "%s/workloads/cpu_split", b && *b ? b : "build");
+    assert_int_equal(access(path, X_OK), 0);
+    assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(out[1], 1);
+        execl(path, path, arg1, arg2, (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    c->pid = pid;
+    c->out = out[0];
+    while (n + 1 < sizeof(line)) {
+        struct pollfd p = { c->out, POLLIN, 0 };
+        assert_int_equal(poll(&p, 1, 10000), 1);
+        assert_int_equal(read(c->out, line + n, 1), 1);
+        if (line[n] == '\n')
+            break;
+        n++;
+    }
+    line[n] = '\0';
+    assert_string_equal(line, "ready");
+}
+
+static void stop_split(struct child *c)
+{
+    int st;
+    close(c->out);
+    kill(c->pid, SIGKILL);
+    waitpid(c->pid, &st, 0);
+}
+
+struct progress_log {
+    int calls;
+    int backwards;              /* elapsed or samples went down within a run */
+    double last_elapsed;
+    uint64_t last_samples;
+    int cancel_at;              /* set cancel at this call (0: never) */
+    atomic_int cancel;
+};
+
+static void on_progress(const struct cpuprof_progress *p, void *userdata)
+{
+    struct progress_log *l = userdata;
+    /* No cmocka assertion here: a failure must not jump out of the sampler's loop. */
+    l->calls++;
+    if (p->elapsed < l->last_elapsed || p->samples < l->last_samples)
+        l->backwards = 1;
+    l->last_elapsed = p->elapsed;
+    l->last_samples = p->samples;
+    if (l->calls == l->cancel_at)
+        atomic_store(&l->cancel, 1);
+}
+
+static double self_share(const struct profile *p, const char *func)
+{
+    struct profile_top top[TOP_MAX];
+    size_t n;
+    uint64_t total = profile_samples(p);
+    assert_int_equal(profile_top(p, TOP_MAX, top, &n), 0);
+    assert_true(total > 0);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(top[i].func, func) == 0)
+            return (double)top[i].self_samples / (double)total;
+    return 0;
+}
+
+/* A callgrind name: "(id) name" defines id, "(id)" refers to it, a bare name is itself. */
+static const char *cg_name(char *v, char **ids)
+{
+    v[strcspn(v, "\n")] = '\0';
+    if (v[0] != '(')
+        return v;
+    char *end;
+    long id = strtol(v + 1, &end, 10);
+    assert_true(id >= 0 && id < IDS_MAX && *end == ')');
+    if (end[1] == ' ') {
+        free(ids[id]);
+        ids[id] = strdup(end + 2);
+    }
+    return ids[id] ? ids[id] : "";
+}
+
+/* The profile, written as Callgrind, has a call from caller to callee. */
+static int has_edge(const struct profile *p, const char *caller, const char *callee)
+{
+    char path[] = "/tmp/test_cpuprof.XXXXXX", line[4096], cur[1024] = "";
+    int fd = mkstemp(path), found = 0;
+    char **ids = calloc(IDS_MAX, sizeof(*ids));
+    assert_true(fd >= 0);
+    assert_non_null(ids);
+    close(fd);
+    assert_int_equal(profile_write_callgrind(p, path, "cpu_split", 1), 0);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    while (fgets(line, sizeof(line), f)) {
+        if (strncmp(line, "fn=", 3) == 0)
+            snprintf(cur, sizeof(cur), "%s", cg_name(line + 3, ids));
+        else if (strncmp(line, "cfn=", 4) == 0 && strcmp(cg_name(line + 4, ids), callee) == 0 &&
+                 strcmp(cur, caller) == 0)
+            found = 1;
+    }
+    fclose(f);
+    unlink(path);
+    for (size_t i = 0; i < IDS_MAX; i++)
+        free(ids[i]);
+    free(ids);
+    return found;
+}
+
+/* Runs cpuprof_run on a new cpu_split with arg1 arg2 once per entry of res (the same unwinder
+ * state for all: later runs find its caches warm). */
+static void run_split(bool force_ptrace, struct cpuprof_result *res, size_t nruns,
+                      struct progress_log *log, double seconds, const char *arg1,
+                      const char *arg2)
+{
+    struct child c;
+    struct stacks *s;
+    spawn_split(&c, arg1, arg2);
+    assert_int_equal(stacks_new(c.pid, &s), 0);
+    for (size_t i = 0; i < nruns; i++) {
+        struct cpuprof_options o = { .seconds = seconds, .frequency = 999,
+                                     .force_ptrace = force_ptrace, .cancel = &log->cancel,
+                                     .progress = on_progress, .userdata = log };
+        log->last_elapsed = 0;
+        log->last_samples = 0;
+        int r = cpuprof_run(c.pid, s, &o, &res[i]);
+        if (r < 0)
+            stop_split(&c);
+        assert_int_equal(r, 0);
+        assert_false(log->backwards);
+        assert_non_null(res[i].profile);
+        assert_int_equal(profile_samples(res[i].profile), res[i].stats.samples);
+        assert_true(res[i].truncated <= res[i].stats.samples);
+        assert_true(res[i].stats.samples == 0 || res[i].unwind_us_per_sample > 0);
+    }
+    stacks_free(s);
+    stop_split(&c);
+    assert_true(log->calls >= 1);
+}
+
+static void test_split(void **state)
+{
+    (void)state;
+    struct cpuprof_result runs[2], res;
+    struct progress_log log = { 0 }, log2 = { 0 };
+    run_split(false, runs, 1, &log, 2.0, "--threads", "0");
+    res = runs[0];
+    const struct profile *p = res.profile;
+    uint64_t n = profile_samples(p);
+    double a = self_share(p, "work_a"), b = self_share(p, "work_b");
+    print_message("%s at %u Hz: %llu samples in %.2f s, work_a %.1f%%, work_b %.1f%%, "
+                  "truncated %llu, unwind %.1f us/sample%s%s\n", res.stats.method,
+                  res.stats.frequency, (unsigned long long)n, res.elapsed, 100 * a, 100 * b,
+                  (unsigned long long)res.truncated, res.unwind_us_per_sample,
+                  res.stats.fallback_reason[0] ? ", fallback: " : "", res.stats.fallback_reason);
+    assert_true(res.elapsed >= 2.0 && res.elapsed < 2.5);
+    assert_false(res.cancelled);
+    assert_false(res.stats.target_exited);
+    /* Progress about once a second, and once at the end. */
+    assert_true(log.calls >= 2 && log.calls <= 4);
+    assert_true(log.last_elapsed >= 2.0);
+    assert_int_equal(log.last_samples, n);
+    /* One busy thread for 2 s: most of the expected samples, whichever sampler ran. */
+    assert_true(n >= (uint64_t)(0.7 * 2.0 * res.stats.frequency));
+    double tol = strcmp(res.stats.method, "perf_event") == 0 ? 0.04 : 0.12;
+    if (a < 0.75 - tol || a > 0.75 + tol || b < 0.25 - tol || b > 0.25 + tol)
+        fail_msg("work_a %.3f, work_b %.3f: expected 0.75 and 0.25 within %.2f", a, b, tol);
+    assert_true(has_edge(p, "dispatch", "work_a"));
+    assert_true(has_edge(p, "dispatch", "work_b"));
+    assert_true(has_edge(p, "second_caller", "work_b"));
+    assert_false(has_edge(p, "second_caller", "work_a"));
+    assert_true((double)res.truncated < 0.02 * (double)n);
+    profile_free(res.profile);
+
+    /* The unwinder state kept from one run to the next: the first run's mean includes loading
+     * every module's tables, symbols and DWARF, the second's does not. */
+    run_split(false, runs, 2, &log2, 1.0, "--threads", "0");
+    print_message("same target twice: unwind %.1f then %.1f us/sample\n",
+                  runs[0].unwind_us_per_sample, runs[1].unwind_us_per_sample);
+    assert_true(runs[1].unwind_us_per_sample < runs[0].unwind_us_per_sample);
+    assert_true(runs[1].stats.samples > 0);
+    profile_free(runs[0].profile);
+    profile_free(runs[1].profile);
+}
+
+static void test_split_ptrace(void **state)
+{
+    (void)state;
+    struct cpuprof_result res;
+    struct progress_log log = { 0 };
+    run_split(true, &res, 1, &log, 2.0, "--threads", "1");
+    const struct profile *p = res.profile;
+    uint64_t n = profile_samples(p);
+    double a = self_share(p, "work_a"), b = self_share(p, "work_b");
+    print_message("forced %s at %u Hz: %llu samples, work_a %.1f%%, work_b %.1f%%, "
+                  "truncated %llu, unwind %.1f us/sample\n", res.stats.method,
+                  res.stats.frequency, (unsigned long long)n, 100 * a, 100 * b,
+                  (unsigned long long)res.truncated, res.unwind_us_per_sample);
+    assert_string_equal(res.stats.method, "ptrace");
+    assert_true(res.stats.frequency <= SAMPLER_PTRACE_MAX_FREQ);
+    assert_true(n >= 20);
+    assert_true(a + b >= 0.8);
+    assert_true(a > b);
+    assert_true(has_edge(p, "dispatch", "work_a"));
+    assert_true((double)res.truncated < 0.05 * (double)n);
+    profile_free(res.profile);
+}
+
+/* The target exits after 0.5 s of a 5 s run: the run ends then and keeps its samples. */
+static void test_target_exits(void **state)
+{
+    (void)state;
+    struct cpuprof_result res;
+    struct progress_log log = { 0 };
+    run_split(false, &res, 1, &log, 5.0, "--exit-after", "0.5");
+    assert_true(res.stats.target_exited);
+    assert_true(res.elapsed < 2.0);
+    assert_false(res.cancelled);
+    assert_true(profile_samples(res.profile) > 0);
+    assert_true(self_share(res.profile, "work_a") > 0.5);
+    profile_free(res.profile);
+}
+
+static void test_cancel(void **state)
+{
+    (void)state;
+    struct cpuprof_result res;
+    struct progress_log log = { .cancel_at = 1 };
+    run_split(false, &res, 1, &log, 30.0, "--threads", "0");
+    assert_true(res.cancelled);
+    assert_true(res.elapsed >= 1.0 && res.elapsed < 1.5);
+    assert_true(profile_samples(res.profile) > 0);
+    profile_free(res.profile);
+}
+
+static void test_bad_runs(void **state)
+{
+    (void)state;
+    struct child c;
+    struct stacks *s;
+    struct cpuprof_result res;
+    struct cpuprof_options o = { .seconds = 1, .frequency = 99 };
+    spawn_split(&c, "--threads", "0");
+    assert_int_equal(stacks_new(c.pid, &s), 0);
+    o.seconds = 0;
+    assert_int_equal(cpuprof_run(c.pid, s, &o, &res), -EINVAL);
+    o.seconds = -1;
+    assert_int_equal(cpuprof_run(c.pid, s, &o, &res), -EINVAL);
+    o.seconds = 1;
+    stop_split(&c);
+    /* Reaped: the sampler finds nothing to open. */
+    assert_int_equal(cpuprof_run(c.pid, s, &o, &res), -ESRCH);
+    stacks_free(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_split),
+        cmocka_unit_test(test_split_ptrace),
+        cmocka_unit_test(test_target_exits),
+        cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_bad_runs),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
