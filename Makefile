@@ -70,6 +70,7 @@ check: all unit-check sanitize-check integration-check
 bench: all
 	$(PYTHON) bench/frames.py
 	$(PYTHON) bench/roundtrip.py
+	$(PYTHON) bench/cpu_profile.py
 
 clean:
 	rm -rf build build-san

@@ -11,6 +11,7 @@
 #include "clock.h"
 #include "schema.h"
 
+int action_start(struct run *run);
 int action_log_thread_frames(struct run *run);
 int action_dump_sockets(struct run *run);
 int action_lru_stats(struct run *run);
@@ -19,7 +20,7 @@ int action_set_asyncio_debug(struct run *run);
 static int not_available(struct run *run);
 
 static struct action actions[] = {
-    {"start", false, true, not_available, NULL},
+    {"start", true, true, action_start, NULL},
     {"memory", false, true, not_available, NULL},
     {"start_log_objects", false, false, not_available, NULL},
     {"stop_log_objects", false, false, not_available, NULL},

@@ -23,6 +23,8 @@ int action_load_schemas(const char *dir, char *err, size_t errlen);
 void action_free_schemas(void);
 /* The action named name, or NULL. Counts a schema-cache hit or miss. */
 const struct action *action_find(const char *name);
+/* Fails run with the sentence for an engine error r (-ESRCH, -EPERM, ...) of the step `what`. */
+int action_engine_fail(struct run *run, const char *what, int r);
 /* For --help and tests: NULL-terminated list of names. */
 const char *action_name(unsigned i);
 

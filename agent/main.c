@@ -53,20 +53,27 @@ static const char usage[] =
     "  log_current_tasks       log the agent's running jobs\n"
     "  set_asyncio_debug       {\"enabled\": true|false}: time every dispatch, warn when\n"
     "                          one holds the network loop longer than 100 ms\n"
-    "  start, memory, start_log_objects, stop_log_objects, start_log_object_sources,\n"
+    "  start                   {\"seconds\": 60, \"frequency\": 199}: CPU profile of the\n"
+    "                          target; writes profile.T.cprof (pstats), callgrind.out.T\n"
+    "                          and flamegraph.T.svg in output_dir, progress on P/N/progress\n"
+    "  memory, start_log_objects, stop_log_objects, start_log_object_sources,\n"
     "  stop_log_object_sources, dump_log_objects, log_event_loop_scheduled:\n"
     "                          accepted and validated; not available yet in this version\n"
     "The payload schema of each action is schemas/ACTION.json.\n"
     "\n"
-    "Topics: P/N/status (retained online/offline), P/N/result, P/N/log, P/N/state.\n"
+    "Topics: P/N/status (retained online/offline), P/N/result, P/N/log, P/N/progress,\n"
+    "P/N/state.\n"
     "Example:\n"
     "  mosquitto_pub -t profiler/log_thread_frames -m '{\"request_id\": \"a1\"}'\n"
     "  mosquitto_sub -v -t 'profiler/+/result' -t 'profiler/+/log'\n"
     "  profiler-agent run log_thread_frames --target comm:mosquitto\n"
+    "  profiler-agent run start '{\"seconds\": 10}' --target pid:1234\n"
     "\n"
     "Exit status: 0 after SIGTERM or SIGINT (or a run whose result is ok), 2 on a bad\n"
     "command line or config, 1 otherwise. The agent needs CAP_SYS_PTRACE (or the\n"
-    "target's user) to read other processes; see the README's troubleshooting section.\n";
+    "target's user) to read other processes, and CAP_PERFMON (or a permissive\n"
+    "kernel.perf_event_paranoid) to profile with perf_event; without it, `start` samples\n"
+    "with ptrace at up to 49 Hz. See the README's troubleshooting section.\n";
 
 struct cli {
     const char *config_file;

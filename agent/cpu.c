@@ -1,0 +1,207 @@
+/* The `start` action: a CPU profile of the target for `seconds` at `frequency` Hz, written as
+ * profile.T.cprof, callgrind.out.T and flamegraph.T.svg in output_dir. One profile per target at
+ * a time (two samplers on one process would double its cost and split nothing useful); progress
+ * goes out about once a second; a clean stop of the agent ends the run early with what it has. */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include "action.h"
+#include "clock.h"
+#include "cpuprof.h"
+#include "profile.h"
+#include "unwinders.h"
+
+#define TOP_FUNCTIONS 5
+
+struct active {
+    pid_t pid;
+    uint64_t starttime;
+    int64_t run_id;
+};
+
+static struct active active[AGENT_MAX_JOBS];
+static pthread_mutex_t active_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Claims the target for this run, or names the run that has it. */
+static int claim(struct run *run)
+{
+    struct active *free_slot = NULL;
+    int r = 0;
+
+    pthread_mutex_lock(&active_lock);
+    for (int i = 0; i < AGENT_MAX_JOBS; i++) {
+        struct active *a = &active[i];
+
+        if (a->pid == run->target.pid && a->starttime == run->target.starttime) {
+            r = run_fail(run, "a CPU profile of process %d is already running (run %lld); wait "
+                         "for its result", (int)a->pid, (long long)a->run_id);
+            goto out;
+        }
+        if (!a->pid && !free_slot)
+            free_slot = a;
+    }
+    if (!free_slot) {
+        r = run_fail(run, "too many CPU profiles running at once");
+        goto out;
+    }
+    free_slot->pid = run->target.pid;
+    free_slot->starttime = run->target.starttime;
+    free_slot->run_id = run->id;
+out:
+    pthread_mutex_unlock(&active_lock);
+    return r;
+}
+
+static void release(struct run *run)
+{
+    pthread_mutex_lock(&active_lock);
+    for (int i = 0; i < AGENT_MAX_JOBS; i++)
+        if (active[i].pid == run->target.pid && active[i].starttime == run->target.starttime)
+            active[i].pid = 0;
+    pthread_mutex_unlock(&active_lock);
+}
+
+static void progress(const struct cpuprof_progress *p, void *userdata)
+{
+    struct run *run = userdata;
+    struct json_object *o = json_object_new_object();
+
+    json_object_object_add(o, "run_id", json_object_new_int64(run->id));
+    if (run->has_request_id)
+        json_object_object_add(o, "request_id", json_object_new_string(run->request_id));
+    json_object_object_add(o, "action", json_object_new_string(run->action_name));
+    json_object_object_add(o, "elapsed", json_decimal(p->elapsed, 3));
+    json_object_object_add(o, "seconds", json_decimal(p->seconds, 3));
+    json_object_object_add(o, "samples", json_object_new_int64((int64_t)p->samples));
+    run_progress(run, json_object_to_json_string_ext(o, AGENT_JSON_FLAGS));
+    json_object_put(o);
+}
+
+static void add_top(struct run *run, const struct profile *prof)
+{
+    struct profile_top top[TOP_FUNCTIONS];
+    struct json_object *list = json_object_new_array();
+    uint64_t total = profile_samples(prof);
+    size_t n = 0;
+
+    if (profile_top(prof, TOP_FUNCTIONS, top, &n) < 0)
+        n = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct json_object *f = json_object_new_object();
+
+        json_object_object_add(f, "function", json_object_new_string(top[i].func));
+        json_object_object_add(f, "module", top[i].module ? json_object_new_string(top[i].module)
+                                                          : NULL);
+        json_object_object_add(f, "file", top[i].file ? json_object_new_string(top[i].file) : NULL);
+        json_object_object_add(f, "line", json_object_new_int(top[i].func_line));
+        json_object_object_add(f, "self_samples", json_object_new_int64((int64_t)top[i].self_samples));
+        json_object_object_add(f, "self_percent",
+                               json_decimal(total ? 100.0 * (double)top[i].self_samples /
+                                                        (double)total
+                                                  : 0,
+                                            2));
+        json_object_array_add(list, f);
+    }
+    json_object_object_add(run->summary, "top", list);
+}
+
+static void add_summary(struct run *run, const struct cpuprof_result *res)
+{
+    struct json_object *s = run->summary;
+    uint64_t samples = profile_samples(res->profile);
+
+    json_object_object_add(s, "samples", json_object_new_int64((int64_t)samples));
+    json_object_object_add(s, "threads", json_object_new_int64((int64_t)res->stats.threads));
+    json_object_object_add(s, "lost", json_object_new_int64((int64_t)res->stats.lost));
+    json_object_object_add(s, "truncated", json_object_new_int64((int64_t)res->truncated));
+    json_object_object_add(s, "truncated_fraction",
+                           json_decimal(samples ? (double)res->truncated / (double)samples : 0, 4));
+    json_object_object_add(s, "seconds", json_decimal(res->elapsed, 3));
+    json_object_object_add(s, "frequency", json_object_new_int((int)res->stats.frequency));
+    json_object_object_add(s, "method", json_object_new_string(res->stats.method));
+    json_object_object_add(s, "unwind_us_per_sample",
+                           json_decimal(res->unwind_us_per_sample, 2));
+    add_top(run, res->profile);
+}
+
+/* Writes the three files; a failure of one is an error naming it, files already written stay
+ * listed. */
+static int write_files(struct run *run, const struct profile *prof)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 64];
+    long long t = (long long)run->started_us;
+    int r;
+
+    if (mkdir(run->agent->config->output_dir, 0750) < 0 && errno != EEXIST)
+        return run_fail(run, "cannot create output_dir %s: %s", run->agent->config->output_dir,
+                        strerror(errno));
+    if (!realpath(run->agent->config->output_dir, dir))
+        return run_fail(run, "cannot use output_dir %s: %s", run->agent->config->output_dir,
+                        strerror(errno));
+    snprintf(path, sizeof(path), "%s/profile.%lld.cprof", dir, t);
+    r = profile_write_pstats(prof, path);
+    if (r < 0)
+        goto fail;
+    json_object_array_add(run->files, json_object_new_string(path));
+    snprintf(path, sizeof(path), "%s/callgrind.out.%lld", dir, t);
+    r = profile_write_callgrind(prof, path, run->target.name, run->target.pid);
+    if (r < 0)
+        goto fail;
+    json_object_array_add(run->files, json_object_new_string(path));
+    snprintf(path, sizeof(path), "%s/flamegraph.%lld.svg", dir, t);
+    r = profile_write_flamegraph(prof, path, run->target.name);
+    if (r < 0)
+        goto fail;
+    json_object_array_add(run->files, json_object_new_string(path));
+    return 0;
+fail:
+    return run_fail(run, "cannot write %s: %s", path, strerror(-r));
+}
+
+int action_start(struct run *run)
+{
+    struct cpuprof_options o = {.progress = progress, .userdata = run, .cancel = &run->cancel};
+    struct cpuprof_result res = {0};
+    struct json_object *v;
+    struct unwinder *u;
+    int r;
+
+    json_object_object_get_ex(run->params, "seconds", &v);
+    o.seconds = json_object_get_double(v);
+    json_object_object_get_ex(run->params, "frequency", &v);
+    o.frequency = (unsigned)json_object_get_int(v);
+    r = claim(run);
+    if (r < 0)
+        return r;
+    r = unwinders_get(&run->target, UNWINDERS_PROFILE, &u);
+    if (r < 0) {
+        release(run);
+        return action_engine_fail(run, "CPU profile", r);
+    }
+    r = cpuprof_run(run->target.pid, unwinders_stacks(u), &o, &res);
+    unwinders_put(u);
+    release(run);
+    if (r < 0)
+        return action_engine_fail(run, "CPU profile", r);
+    if (res.stats.fallback_reason[0])
+        run_warn(run, "%s", res.stats.fallback_reason);
+    if (res.stats.target_exited)
+        run_warn(run, "the target exited after %.1f s; the profile covers that time", res.elapsed);
+    if (res.cancelled)
+        run_warn(run, "the agent was stopped after %.1f s; the profile covers that time",
+                 res.elapsed);
+    if (res.stats.lost)
+        run_warn(run, "%llu samples were lost (the agent could not keep up)",
+                 (unsigned long long)res.stats.lost);
+    add_summary(run, &res);
+    if (profile_samples(res.profile) == 0)
+        r = run_fail(run, "no samples: the target used no CPU time in user space during the run");
+    else
+        r = write_files(run, res.profile);
+    profile_free(res.profile);
+    return r;
+}

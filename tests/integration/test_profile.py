@@ -1,0 +1,208 @@
+"""profiler.start end to end: a CPU profile of a workload built without frame pointers with a
+known time split, through a real broker, written as files the real readers open."""
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import BUILD, Agent, Broker, Client, Session, wait_online
+
+SPLIT = os.path.join(BUILD, "workloads", "cpu_split")
+NO_PERF = os.path.join(BUILD, "workloads", "no_perf")
+
+
+def start_split(*args):
+    proc = subprocess.Popen([SPLIT, *args], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def split():
+    proc = start_split("--threads", "1")
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def prof(workdir, split):
+    broker = Broker(workdir)
+    broker.start()
+    client = Client(broker.port)
+    client.subscribe("profiler/prof/#")
+    agent = Agent(broker, workdir, "prof", f"pid:{split.pid}",
+                  "allowed_targets = comm:cpu_split\n")
+    agent.start()
+    wait_online(client, "prof")
+    yield Session(broker, agent, client)
+    client.close()
+    agent.stop()
+    broker.stop()
+
+
+def pstats_shares(path):
+    """Self-time shares and callers, as Python's own pstats reads the file."""
+    script = r"""
+import json, pstats, sys
+st = pstats.Stats(sys.argv[1])
+total = sum(v[2] for v in st.stats.values())
+out = {"total": total, "funcs": {}, "callers": {}}
+for (f, line, name), (cc, nc, tt, ct, callers) in st.stats.items():
+    out["funcs"][name] = out["funcs"].get(name, 0) + tt / total
+    out["callers"].setdefault(name, []).extend(c[2] for c in callers)
+print(json.dumps(out))
+"""
+    p = subprocess.run(["/usr/bin/python3", "-c", script, path], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_start_writes_three_files_the_readers_open(prof, split):
+    progress_before = len([m for m in prof.client.seen if m.topic.endswith("/progress")])
+    result, _ = prof.command("start", {"seconds": 3, "frequency": 999}, timeout=30)
+    assert result["status"] == "ok", result
+    files = result["files"]
+    assert len(files) == 3
+    out_dir = os.path.realpath(os.path.join(prof.agent.workdir, "profiles"))
+    names = [os.path.basename(f) for f in files]
+    t = re.fullmatch(r"profile\.(\d+)\.cprof", names[0]).group(1)
+    assert names == [f"profile.{t}.cprof", f"callgrind.out.{t}", f"flamegraph.{t}.svg"]
+    for f in files:
+        assert os.path.isabs(f) and os.path.dirname(f) == out_dir and os.path.getsize(f) > 0
+        assert oct(os.stat(f).st_mode & 0o777) == "0o640"
+    assert not [n for n in os.listdir(out_dir) if ".tmp" in n]
+
+    s = result["summary"]
+    assert s["samples"] > 1000 and s["method"] == "perf_event" and s["frequency"] == 999
+    assert s["threads"] >= 2 and s["lost"] >= 0
+    assert 0 <= s["truncated_fraction"] < 0.05
+    top = [f["function"] for f in s["top"]]
+    assert top[:2] == ["work_a", "work_b"], s["top"]
+
+    shares = pstats_shares(files[0])
+    assert abs(shares["funcs"]["work_a"] - 0.75) < 0.05, shares["funcs"]
+    assert abs(shares["funcs"]["work_b"] - 0.25) < 0.05, shares["funcs"]
+    assert "dispatch" in shares["callers"]["work_a"]
+
+    p = subprocess.run(["/usr/bin/python3", "-m", "pstats", files[0]],
+                       input="sort cumtime\nstats 5\ncallers work_a\nquit\n",
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and "work_a" in p.stdout and "dispatch" in p.stdout
+
+    p = subprocess.run(["callgrind_annotate", "--inclusive=yes", files[1]],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "work_a" in p.stdout and "Samples" in p.stdout
+
+    svg = ET.parse(files[2]).getroot()
+    text = open(files[2]).read()
+    assert svg.tag.endswith("svg")
+    assert "work_a" in text and "cpu_split" in text
+    assert not re.search(r"(src|href)=\"https?:", text)
+
+    progress = [json.loads(m.payload) for m in prof.client.seen if m.topic.endswith("/progress")]
+    progress = progress[progress_before:]
+    assert len(progress) >= 2
+    assert all(p["run_id"] == result["run_id"] and p["seconds"] == 3 for p in progress)
+    assert progress[-1]["samples"] >= progress[0]["samples"]
+
+
+def test_one_profile_per_target_and_cheap_actions_still_answered(prof):
+    prof.client.drain()
+    prof.client.publish(f"{prof.prefix}/start", {"request_id": "long", "seconds": 2})
+    prof.client.wait_for(lambda m: m.topic.endswith("/progress"))
+    second, _ = prof.command("start", {"seconds": 1})
+    assert second["status"] == "error"
+    assert "already running" in second["error"] and "run " in second["error"]
+    cheap, _ = prof.command("lru_stats")
+    assert cheap["status"] == "ok"
+    dump, logs = prof.command("log_thread_frames")
+    assert dump["status"] == "ok"
+    done = prof.client.wait_for(lambda m: m.topic.endswith("/result") and
+                                json.loads(m.payload).get("request_id") == "long", 20)
+    assert json.loads(done.payload)["status"] == "ok"
+
+
+def run_start(workdir, payload, target, wrapper=()):
+    p = subprocess.run([*wrapper, os.path.join(BUILD, "profiler-agent"), "run", "start",
+                        json.dumps(payload), "--target", target,
+                        "--output-dir", os.path.join(workdir, "cli-profiles")],
+                       capture_output=True, text=True, timeout=60)
+    return p, json.loads(p.stdout.strip().split("\n")[-1])
+
+
+def test_target_exiting_mid_run_gives_a_partial_profile(workdir):
+    short = start_split("--exit-after", "1")
+    try:
+        p, result = run_start(workdir, {"seconds": 5, "frequency": 499}, f"pid:{short.pid}")
+    finally:
+        short.kill()
+        short.wait()
+    assert p.returncode == 0 and result["status"] == "ok", result
+    assert any("exited" in w for w in result["warnings"])
+    assert 0.5 < result["summary"]["seconds"] < 4
+    assert result["summary"]["samples"] > 100 and len(result["files"]) == 3
+    assert "progress: " in p.stderr
+
+
+def test_threads_started_during_the_run_are_sampled(workdir):
+    churn = start_split("--churn")
+    try:
+        before = set(os.listdir(f"/proc/{churn.pid}/task"))
+        p, result = run_start(workdir, {"seconds": 2, "frequency": 999}, f"pid:{churn.pid}")
+    finally:
+        churn.kill()
+        churn.wait()
+    assert p.returncode == 0 and result["status"] == "ok", result
+    # Short-lived "churnling" threads, none of which existed when the profile began.
+    assert result["summary"]["threads"] > len(before) + 10
+    svg = open(result["files"][2]).read()
+    assert "churnling" in svg
+
+
+def test_fallback_when_perf_event_open_is_refused(workdir, split):
+    p, result = run_start(workdir, {"seconds": 2, "frequency": 999}, f"pid:{split.pid}",
+                          wrapper=(NO_PERF,))
+    assert p.returncode == 0 and result["status"] == "ok", result
+    s = result["summary"]
+    assert s["method"] == "ptrace" and s["frequency"] < 999 and s["samples"] > 20
+    assert any("perf_event_open" in w and "ptrace" in w for w in result["warnings"])
+    shares = pstats_shares(result["files"][0])
+    assert shares["funcs"].get("work_a", 0) + shares["funcs"].get("work_b", 0) > 0.8
+    status = open(f"/proc/{split.pid}/status").read()
+    assert re.search(r"TracerPid:\s+0\n", status)
+
+
+def test_stop_mid_profile_writes_files_and_marks_interrupted(workdir, split):
+    broker = Broker(workdir)
+    broker.start()
+    client = Client(broker.port)
+    client.subscribe("profiler/stopper/#")
+    agent = Agent(broker, workdir, "stopper", f"pid:{split.pid}")
+    try:
+        agent.start()
+        wait_online(client, "stopper")
+        s = Session(broker, agent, client)
+        client.publish("profiler/stopper/start", {"request_id": "cut", "seconds": 60})
+        client.wait_for(lambda m: m.topic.endswith("/progress"))
+        assert agent.stop(signal.SIGTERM) == 0
+        m = client.wait_for(lambda m: m.topic.endswith("/result") and
+                            json.loads(m.payload).get("request_id") == "cut")
+        result = json.loads(m.payload)
+        assert result["status"] == "ok" and len(result["files"]) == 3
+        assert any("stopped" in w for w in result["warnings"])
+        db = sqlite3.connect(agent.db)
+        assert db.execute("SELECT status FROM runs WHERE id = ?",
+                          (result["run_id"],)).fetchone()[0] == "interrupted"
+        db.close()
+    finally:
+        client.close()
+        if agent.proc:
+            agent.stop()
+        broker.stop()
