@@ -16,6 +16,8 @@
 #define AGENT_ERROR_MAX 512
 #define AGENT_MAX_JOBS 8
 #define AGENT_SLOW_CALLBACK_US 100000   /* asyncio's slow_callback_duration */
+/* Compact JSON, with '/' left alone: results carry paths. */
+#define AGENT_JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
 
 struct agent;
 struct action;
