@@ -20,7 +20,7 @@ from conftest import BUILD, Agent, Broker, Client, Session, wait_online  # noqa:
 
 SECONDS = float(os.environ.get("SECONDS_PER_RUN", "5"))
 RATES = [int(r) for r in os.environ.get("RATES", "99,999,4999").split(",")]
-REPEAT = int(os.environ.get("REPEAT", "2"))
+REPEAT = int(os.environ.get("REPEAT", "3"))
 
 
 class RateReader:
@@ -64,15 +64,13 @@ def main():
                               stdout=subprocess.PIPE, text=True)
     assert target.stdout.readline().strip() == "ready"
     reader = RateReader(target)
-    split = subprocess.Popen([os.path.join(BUILD, "workloads", "cpu_split"), "--threads", "3"],
-                             stdout=subprocess.PIPE, text=True)
-    assert split.stdout.readline().strip() == "ready"
     broker = Broker(work)
     broker.start()
     client = Client(broker.port)
     client.subscribe("profiler/bench/#")
-    agent = Agent(broker, work, "bench", f"pid:{target.pid}",
-                  f"allowed_targets = pid:{split.pid}\n")
+    # The split workload runs only after the slowdown runs: it would take both cores.
+    agent = Agent(broker, work, "bench", f"pid:{target.pid}", "allowed_targets = comm:cpu_split\n")
+    split = None
     agent.start()
     wait_online(client, "bench")
     s = Session(broker, agent, client)
@@ -107,8 +105,12 @@ def main():
                 line += f"    {statistics.median(theirs) * 100:5.2f}%"
             print(line)
 
+        target.kill()
+        split = subprocess.Popen([os.path.join(BUILD, "workloads", "cpu_split"), "--threads", "3"],
+                                 stdout=subprocess.PIPE, text=True)
+        assert split.stdout.readline().strip() == "ready"
         result, _ = s.command("start", {"seconds": SECONDS, "frequency": 999,
-                                        "target": f"pid:{split.pid}"}, timeout=SECONDS + 60)
+                                        "target": "comm:cpu_split"}, timeout=SECONDS + 60)
         assert result["status"] == "ok", result
         script = ("import pstats,sys; st=pstats.Stats(sys.argv[1]); "
                   "tot=sum(v[2] for v in st.stats.values()); "
@@ -124,7 +126,7 @@ def main():
         peak, c0 = 0.0, cpu_seconds(agent.proc.pid)
         done = []
         t = threading.Thread(target=lambda: done.append(s.command(
-            "start", {"seconds": SECONDS, "frequency": 199, "target": f"pid:{split.pid}"},
+            "start", {"seconds": SECONDS, "frequency": 199, "target": "comm:cpu_split"},
             timeout=SECONDS + 60)))
         t0 = mono()
         t.start()
@@ -142,7 +144,8 @@ def main():
         agent.stop()
         broker.stop()
         target.kill()
-        split.kill()
+        if split:
+            split.kill()
         shutil.rmtree(work, ignore_errors=True)
 
 
