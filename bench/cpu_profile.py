@@ -5,7 +5,6 @@
 - attribution error against cpu_split's known 75/25 split at 999 Hz for 5 s;
 - the agent's own CPU and peak resident memory while profiling a 4-thread target at 199 Hz;
 - unwind cost per sample, cold (first run on a target) and warm (second)."""
-import json
 import os
 import shutil
 import statistics

@@ -1,6 +1,7 @@
 """Harness for the integration tests: a real mosquitto on a free loopback port, the real agent
 binary, the bundled demo workload, and a paho MQTT 5 client that sends commands and collects
 results and log records. Everything is started per test module and torn down after it."""
+import contextlib
 import json
 import os
 import queue
@@ -13,8 +14,6 @@ import time
 import uuid
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 import pytest
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -198,13 +197,44 @@ def workdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
+def spawn_workload(name, *args):
+    """Starts build/workloads/NAME and waits for its "ready" line; returns the process and the
+    words after "ready"."""
+    proc = subprocess.Popen([os.path.join(BUILD, "workloads", name), *args],
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().split()
+    assert line and line[0] == "ready", f"{name} did not start"
+    return proc, line[1:]
+
+
+@contextlib.contextmanager
+def agent_session(workdir, node, target, extra_config="", broker=None):
+    """An agent on broker (a private one when None), online, with a client subscribed to its
+    topics; everything started here is stopped on the way out."""
+    own = broker is None
+    if own:
+        broker = Broker(workdir)
+        broker.start()
+    client = Client(broker.port)
+    client.subscribe(f"profiler/{node}/#")
+    agent = Agent(broker, workdir, node, target, extra_config)
+    try:
+        agent.start()
+        wait_online(client, node)
+        yield Session(broker, agent, client)
+    finally:
+        client.close()
+        if agent.proc:
+            agent.stop()
+        if own:
+            broker.stop()
+
+
 @pytest.fixture(scope="module")
 def demo():
     """The bundled demo service: threads parked in known functions, and sockets."""
-    proc = subprocess.Popen([DEMO], stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().split()
-    assert line and line[0] == "ready", "demo_service did not start"
-    proc.port = int(line[1])
+    proc, words = spawn_workload("demo_service")
+    proc.port = int(words[0])
     yield proc
     proc.kill()
     proc.wait()
@@ -225,12 +255,6 @@ def wait_online(client, node, timeout=TIMEOUT):
 
 @pytest.fixture(scope="module")
 def session(broker, workdir, demo):
-    client = Client(broker.port)
-    client.subscribe("profiler/testnode/#")
-    agent = Agent(broker, workdir, "testnode", f"pid:{demo.pid}",
-                  "allowed_targets = self, comm:demo_service\n")
-    agent.start()
-    wait_online(client, "testnode")
-    yield Session(broker, agent, client)
-    client.close()
-    agent.stop()
+    with agent_session(workdir, "testnode", f"pid:{demo.pid}",
+                       "allowed_targets = self, comm:demo_service\n", broker) as s:
+        yield s

@@ -3,7 +3,6 @@ on the demo service, the result and log records come back, and the run is in SQL
 import json
 import re
 import sqlite3
-import time
 
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties

@@ -1,20 +1,16 @@
 """Long actions run off the network thread: while a slow thread dump runs, cheap commands are
 answered; and in debug mode a dispatch that holds the network loop is named in a warning."""
 import json
-import os
-import subprocess
 
 import pytest
 
-from conftest import BUILD, Agent, Broker, Client, Session, wait_online
+from conftest import agent_session, spawn_workload
 
 
 @pytest.fixture(scope="module")
 def stuck():
     """A target one of whose threads cannot be stopped: every dump of it waits for a timeout."""
-    proc = subprocess.Popen([os.path.join(BUILD, "workloads", "stuck_vfork")],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
+    proc, _ = spawn_workload("stuck_vfork")
     yield proc
     proc.kill()
     proc.wait()
@@ -22,17 +18,9 @@ def stuck():
 
 @pytest.fixture(scope="module")
 def slow_session(workdir, stuck):
-    broker = Broker(workdir)
-    broker.start()
-    client = Client(broker.port)
-    client.subscribe("profiler/slow/#")
-    agent = Agent(broker, workdir, "slow", f"pid:{stuck.pid}", "max_payload_bytes = 16777216\n")
-    agent.start()
-    wait_online(client, "slow")
-    yield Session(broker, agent, client)
-    client.close()
-    agent.stop()
-    broker.stop()
+    with agent_session(workdir, "slow", f"pid:{stuck.pid}",
+                       "max_payload_bytes = 16777216\n") as s:
+        yield s
 
 
 def results(session):

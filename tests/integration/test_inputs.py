@@ -1,7 +1,6 @@
 """Every bad command gets exactly one clear result, with its request_id whenever it can be read;
 retained commands are never run."""
 import json
-import time
 
 import pytest
 

@@ -10,16 +10,14 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import BUILD, Agent, Broker, Client, Session, wait_online
+from conftest import BUILD, agent_session, spawn_workload
 
 SPLIT = os.path.join(BUILD, "workloads", "cpu_split")
 NO_PERF = os.path.join(BUILD, "workloads", "no_perf")
 
 
 def start_split(*args):
-    proc = subprocess.Popen([SPLIT, *args], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
+    return spawn_workload("cpu_split", *args)[0]
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +30,9 @@ def split():
 
 @pytest.fixture(scope="module")
 def prof(workdir, split):
-    broker = Broker(workdir)
-    broker.start()
-    client = Client(broker.port)
-    client.subscribe("profiler/prof/#")
-    agent = Agent(broker, workdir, "prof", f"pid:{split.pid}",
-                  "allowed_targets = comm:cpu_split\n")
-    agent.start()
-    wait_online(client, "prof")
-    yield Session(broker, agent, client)
-    client.close()
-    agent.stop()
-    broker.stop()
+    with agent_session(workdir, "prof", f"pid:{split.pid}",
+                       "allowed_targets = comm:cpu_split\n") as s:
+        yield s
 
 
 def pstats_shares(path):
@@ -180,29 +169,16 @@ def test_fallback_when_perf_event_open_is_refused(workdir, split):
 
 
 def test_stop_mid_profile_writes_files_and_marks_interrupted(workdir, split):
-    broker = Broker(workdir)
-    broker.start()
-    client = Client(broker.port)
-    client.subscribe("profiler/stopper/#")
-    agent = Agent(broker, workdir, "stopper", f"pid:{split.pid}")
-    try:
-        agent.start()
-        wait_online(client, "stopper")
-        s = Session(broker, agent, client)
-        client.publish("profiler/stopper/start", {"request_id": "cut", "seconds": 60})
-        client.wait_for(lambda m: m.topic.endswith("/progress"))
-        assert agent.stop(signal.SIGTERM) == 0
-        m = client.wait_for(lambda m: m.topic.endswith("/result") and
-                            json.loads(m.payload).get("request_id") == "cut")
+    with agent_session(workdir, "stopper", f"pid:{split.pid}") as s:
+        s.client.publish("profiler/stopper/start", {"request_id": "cut", "seconds": 60})
+        s.client.wait_for(lambda m: m.topic.endswith("/progress"))
+        assert s.agent.stop(signal.SIGTERM) == 0
+        m = s.client.wait_for(lambda m: m.topic.endswith("/result") and
+                              json.loads(m.payload).get("request_id") == "cut")
         result = json.loads(m.payload)
         assert result["status"] == "ok" and len(result["files"]) == 3
         assert any("stopped" in w for w in result["warnings"])
-        db = sqlite3.connect(agent.db)
+        db = sqlite3.connect(s.agent.db)
         assert db.execute("SELECT status FROM runs WHERE id = ?",
                           (result["run_id"],)).fetchone()[0] == "interrupted"
         db.close()
-    finally:
-        client.close()
-        if agent.proc:
-            agent.stop()
-        broker.stop()
