@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: installs what is missing (Debian 12), builds, starts a private mosquitto on a free
 # loopback port, the bundled demo service and the agent, sends commands with mosquitto_pub,
-# prints the results and log records, and tears everything down. Run as root or with sudo.
+# prints the results and log records, a CPU profile read back by pstats, and tears everything
+# down. Run as root or with sudo.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -54,12 +55,12 @@ send() {
     local action=$1 payload=$2
     echo
     echo "\$ mosquitto_pub -t profiler/$action -m '$payload'"
-    mosquitto_sub -p "$port" -v -t profiler/demo/log -t profiler/demo/result -W 10 \
+    mosquitto_sub -p "$port" -v -t profiler/demo/log -t profiler/demo/result -W 20 \
         --remove-retained -C 1000 >"$work/out" 2>/dev/null &
     local sub=$!
     sleep 0.2
     mosquitto_pub -p "$port" -q 1 -t "profiler/$action" -m "$payload"
-    for _ in $(seq 100); do
+    for _ in $(seq 150); do
         grep -q '^profiler/demo/result ' "$work/out" && break
         sleep 0.1
     done
@@ -72,7 +73,13 @@ send log_thread_frames '{"request_id": "demo-1"}'
 send dump_sockets '{"request_id": "demo-2"}'
 send lru_stats '{"request_id": "demo-3"}'
 send log_current_tasks '{"request_id": "demo-4"}'
-send start '{"request_id": "demo-5", "seconds": 0}'
+send start '{"request_id": "demo-5", "seconds": 3, "frequency": 499}'
+send start '{"request_id": "demo-6", "seconds": 0}'
+
+cprof=$(ls "$work"/profiles/profile.*.cprof)
+echo
+echo "== the CPU profile as Python's pstats reads it (also: $(ls "$work"/profiles | tr '\n' ' '))"
+printf 'sort tottime\nstats 6\nquit\n' | /usr/bin/python3 -m pstats "$cprof" | sed -n '/function calls/,/^$/p;/ncalls/,/^$/p' | grep -v Goodbye
 
 echo
 echo "== runs recorded in SQLite"
