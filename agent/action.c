@@ -12,6 +12,8 @@
 #include "schema.h"
 
 int action_start(struct run *run);
+int action_start_admit(struct run *run);
+void action_start_release(struct run *run);
 int action_log_thread_frames(struct run *run);
 int action_dump_sockets(struct run *run);
 int action_lru_stats(struct run *run);
@@ -20,19 +22,22 @@ int action_set_asyncio_debug(struct run *run);
 static int not_available(struct run *run);
 
 static struct action actions[] = {
-    {"start", true, true, action_start, NULL},
-    {"memory", false, true, not_available, NULL},
-    {"start_log_objects", false, false, not_available, NULL},
-    {"stop_log_objects", false, false, not_available, NULL},
-    {"start_log_object_sources", false, false, not_available, NULL},
-    {"stop_log_object_sources", false, false, not_available, NULL},
-    {"dump_log_objects", false, false, not_available, NULL},
-    {"log_thread_frames", true, true, action_log_thread_frames, NULL},
-    {"log_event_loop_scheduled", false, false, not_available, NULL},
-    {"lru_stats", false, false, action_lru_stats, NULL},
-    {"set_asyncio_debug", false, false, action_set_asyncio_debug, NULL},
-    {"log_current_tasks", false, false, action_log_current_tasks, NULL},
-    {"dump_sockets", true, true, action_dump_sockets, NULL},
+    {.name = "start", .needs_target = true, .long_running = true, .run = action_start,
+     .admit = action_start_admit, .release = action_start_release},
+    {.name = "memory", .long_running = true, .run = not_available},
+    {.name = "start_log_objects", .run = not_available},
+    {.name = "stop_log_objects", .run = not_available},
+    {.name = "start_log_object_sources", .run = not_available},
+    {.name = "stop_log_object_sources", .run = not_available},
+    {.name = "dump_log_objects", .run = not_available},
+    {.name = "log_thread_frames", .needs_target = true, .long_running = true,
+     .run = action_log_thread_frames},
+    {.name = "log_event_loop_scheduled", .run = not_available},
+    {.name = "lru_stats", .run = action_lru_stats},
+    {.name = "set_asyncio_debug", .run = action_set_asyncio_debug},
+    {.name = "log_current_tasks", .run = action_log_current_tasks},
+    {.name = "dump_sockets", .needs_target = true, .long_running = true,
+     .run = action_dump_sockets},
 };
 
 #define NACTIONS (sizeof(actions) / sizeof(actions[0]))

@@ -15,6 +15,11 @@ struct action {
     bool long_running;          /* run in a job thread, not on the network thread */
     int (*run)(struct run *run);
     struct schema *schema;      /* compiled at start by action_load_schemas */
+    /* Optional: called on the network thread, in arrival order, before a long action's job
+     * starts; a failure (run_fail) answers the command at once. release undoes it after the job,
+     * or when the job could not start. */
+    int (*admit)(struct run *run);
+    void (*release)(struct run *run);
 };
 
 /* Compiles schemas/NAME.json for every action. Fails, naming the file, on any schema that is

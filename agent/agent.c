@@ -357,6 +357,8 @@ static void *job_main(void *arg)
 
     if (run->action->run(run) == 0)
         run->ok = true;
+    if (run->action->release)
+        run->action->release(run);
     pthread_mutex_lock(&a->lock);
     for (p = &a->jobs; *p; p = &(*p)->next)
         if (*p == run) {
@@ -508,11 +510,15 @@ void agent_command(struct agent *a, const char *action, const void *payload, siz
         goto finish;
     store_write(run, "running", true);
     if (run->action->long_running) {
+        if (run->action->admit && run->action->admit(run) < 0)
+            goto finish;
         if (start_job(run) == 0) {
             if (a->out.state_changed)
                 a->out.state_changed(a, a->out.userdata);
             return;
         }
+        if (run->action->release)
+            run->action->release(run);
         goto finish;
     }
     if (run->action->run(run) == 0)

@@ -26,8 +26,9 @@ struct active {
 static struct active active[AGENT_MAX_JOBS];
 static pthread_mutex_t active_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* Claims the target for this run, or names the run that has it. */
-static int claim(struct run *run)
+/* Claims the target for this run, or names the run that has it. Called on the network thread
+ * in arrival order, so of two commands the first one wins. */
+int action_start_admit(struct run *run)
 {
     struct active *free_slot = NULL;
     int r = 0;
@@ -56,7 +57,7 @@ out:
     return r;
 }
 
-static void release(struct run *run)
+void action_start_release(struct run *run)
 {
     pthread_mutex_lock(&active_lock);
     for (int i = 0; i < AGENT_MAX_JOBS; i++)
@@ -174,17 +175,11 @@ int action_start(struct run *run)
     o.seconds = json_object_get_double(v);
     json_object_object_get_ex(run->params, "frequency", &v);
     o.frequency = (unsigned)json_object_get_int(v);
-    r = claim(run);
-    if (r < 0)
-        return r;
     r = unwinders_get(&run->target, UNWINDERS_PROFILE, &u);
-    if (r < 0) {
-        release(run);
+    if (r < 0)
         return action_engine_fail(run, "CPU profile", r);
-    }
     r = cpuprof_run(run->target.pid, unwinders_stacks(u), &o, &res);
     unwinders_put(u);
-    release(run);
     if (r < 0)
         return action_engine_fail(run, "CPU profile", r);
     if (res.stats.fallback_reason[0])

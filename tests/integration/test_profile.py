@@ -105,10 +105,12 @@ def test_start_writes_three_files_the_readers_open(prof, split):
 def test_one_profile_per_target_and_cheap_actions_still_answered(prof):
     prof.client.drain()
     prof.client.publish(f"{prof.prefix}/start", {"request_id": "long", "seconds": 2})
-    prof.client.wait_for(lambda m: m.topic.endswith("/progress"))
+    # Sent right behind it, so it arrives while the first is being admitted or running.
     second, _ = prof.command("start", {"seconds": 1})
     assert second["status"] == "error"
     assert "already running" in second["error"] and "run " in second["error"]
+    prof.client.wait_for(lambda m: m.topic.endswith("/progress") and
+                         json.loads(m.payload).get("request_id") == "long")
     cheap, _ = prof.command("lru_stats")
     assert cheap["status"] == "ok"
     dump, logs = prof.command("log_thread_frames")
