@@ -1,0 +1,411 @@
+/* Tests of the object census against real processes: build/workloads/leaky (pipes leaked at 10 a
+ * second, a timerfd and an eventfd in an epoll set, an unlinked log file), whose fds are read
+ * back independently with readlink; objects of this process itself (a pipe, a file, an eventfd,
+ * a signalfd, an inotify, a POSIX timer); and the cost of a count over 10,000 fds. Run from the
+ * top of the tree. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <regex.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include "objects.h"
+#include "procfs.h"
+
+#define LINES_MAX 16384
+
+struct lines {
+    size_t n;
+    char *v[LINES_MAX];
+    int stop_after;                 /* emit returns -ECANCELED after that many; 0: never */
+};
+
+struct leaky {
+    pid_t pid;
+    int timerfd, eventfd, epoll, file;
+};
+
+static int collect(const char *line, void *userdata)
+{
+    struct lines *l = userdata;
+
+    assert_true(l->n < LINES_MAX);
+    l->v[l->n] = strdup(line);
+    assert_non_null(l->v[l->n]);
+    l->n++;
+    return l->stop_after && (int)l->n == l->stop_after ? -ECANCELED : 0;
+}
+
+static struct lines *lines_new(void)
+{
+    struct lines *l = calloc(1, sizeof(*l));
+
+    assert_non_null(l);
+    return l;
+}
+
+static void lines_free(struct lines *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l);
+}
+
+static const char *find_prefix(const struct lines *l, const char *prefix)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (strncmp(l->v[i], prefix, strlen(prefix)) == 0)
+            return l->v[i];
+    return NULL;
+}
+
+static void leaky_start(struct leaky *lk)
+{
+    const char *b = getenv("BUILD");
+    char path[PATH_MAX], line[256];
+    int out[2];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/workloads/leaky", b && *b ? b : "build");
+    assert_int_equal(pipe(out), 0);
+    lk->pid = fork();
+    assert_true(lk->pid >= 0);
+    if (lk->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(out[1], 1);
+        close(out[0]);
+        close(out[1]);
+        execl(path, path, (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    f = fdopen(out[0], "r");
+    assert_non_null(f);
+    assert_non_null(fgets(line, sizeof(line), f));
+    fclose(f);
+    assert_int_equal(sscanf(line, "ready timerfd=%d eventfd=%d epoll=%d file=%d", &lk->timerfd,
+                            &lk->eventfd, &lk->epoll, &lk->file), 4);
+}
+
+static void leaky_stop(struct leaky *lk)
+{
+    kill(lk->pid, SIGKILL);
+    assert_int_equal(waitpid(lk->pid, NULL, 0), lk->pid);
+}
+
+/* The kind of pid's fd, read here with readlink, not through objects.c. */
+static void fd_link(pid_t pid, int fd, char *buf, size_t len)
+{
+    char path[64];
+    ssize_t n;
+
+    snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)pid, fd);
+    n = readlink(path, buf, len - 1);
+    assert_true(n > 0);
+    buf[n] = '\0';
+}
+
+static void test_type_names(void **state)
+{
+    enum objects_type t;
+
+    (void)state;
+    for (int i = 0; i < OBJECTS_NTYPES; i++) {
+        const char *name = objects_type_name((enum objects_type)i);
+        assert_non_null(name);
+        assert_int_equal(objects_type_parse(name, &t), 0);
+        assert_int_equal(t, i);
+    }
+    assert_string_equal(objects_type_name(OBJECTS_OTHER_FD), "other");
+    t = OBJECTS_PIPE;
+    assert_int_equal(objects_type_parse("widget", &t), -EINVAL);
+    assert_int_equal(objects_type_parse("", &t), -EINVAL);
+    assert_int_equal(objects_type_parse("Pipe", &t), -EINVAL);
+    assert_int_equal(t, OBJECTS_PIPE);
+    assert_null(objects_type_name(OBJECTS_NTYPES));
+}
+
+/* Pipes are counted by fd: 10 pipes a second are 20 fds. */
+static void test_count_growth(void **state)
+{
+    struct objects_count a, b;
+    struct leaky lk;
+    uint64_t grew;
+
+    (void)state;
+    leaky_start(&lk);
+    assert_int_equal(objects_count(PROCFS_ROOT, lk.pid, &a), 0);
+    sleep(1);
+    assert_int_equal(objects_count(PROCFS_ROOT, lk.pid, &b), 0);
+    grew = b.n[OBJECTS_PIPE] - a.n[OBJECTS_PIPE];
+    printf("pipe fds %llu -> %llu in 1 s\n", (unsigned long long)a.n[OBJECTS_PIPE],
+           (unsigned long long)b.n[OBJECTS_PIPE]);
+    assert_true(grew >= 14 && grew <= 26);
+    assert_int_equal(b.n[OBJECTS_PIPE] % 2, a.n[OBJECTS_PIPE] % 2);
+    assert_int_equal(b.n[OBJECTS_THREAD], 3);
+    assert_int_equal(b.n[OBJECTS_TIMERFD], 1);
+    assert_int_equal(b.n[OBJECTS_EVENTFD], 1);
+    assert_int_equal(b.n[OBJECTS_EPOLL], 1);
+    assert_int_equal(b.n[OBJECTS_SIGNALFD], 0);
+    assert_true(b.n[OBJECTS_FILE] >= 1);
+    assert_true(b.n[OBJECTS_MAPPING] > 5);
+    leaky_stop(&lk);
+    assert_int_equal(objects_count(PROCFS_ROOT, lk.pid, &a), -ESRCH);
+    assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_PIPE, collect, NULL), -ESRCH);
+    assert_int_equal(objects_scheduled(PROCFS_ROOT, lk.pid, collect, NULL), -ESRCH);
+}
+
+static void test_leaky_reprs(void **state)
+{
+    struct lines *l = lines_new();
+    char want[512], link[PATH_MAX];
+    struct leaky lk;
+    regex_t re;
+    regmatch_t m[2];
+    double next;
+    size_t pairs = 0;
+
+    (void)state;
+    leaky_start(&lk);
+    usleep(300 * 1000);
+
+    fd_link(lk.pid, lk.timerfd, link, sizeof(link));
+    assert_string_equal(link, "anon_inode:[timerfd]");
+    assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_TIMERFD, collect, l), 0);
+    assert_int_equal(l->n, 1);
+    snprintf(want, sizeof(want), "^<timerfd fd=%d clock=monotonic next=([0-9]+\\.[0-9]{3})s "
+             "interval=7s>$", lk.timerfd);
+    assert_int_equal(regcomp(&re, want, REG_EXTENDED), 0);
+    assert_int_equal(regexec(&re, l->v[0], 2, m, 0), 0);
+    regfree(&re);
+    next = strtod(l->v[0] + m[1].rm_so, NULL);
+    assert_true(next > 0 && next <= 7.0);
+    lines_free(l);
+
+    l = lines_new();
+    assert_int_equal(objects_scheduled(PROCFS_ROOT, lk.pid, collect, l), 0);
+    snprintf(want, sizeof(want), "<timerfd fd=%d clock=monotonic next=", lk.timerfd);
+    assert_non_null(find_prefix(l, want));
+    snprintf(want, sizeof(want), "<epoll fd=%d watches fd=%d (timerfd) events=EPOLLIN, fd=%d "
+             "(eventfd) events=EPOLLIN|EPOLLET>", lk.epoll, lk.timerfd, lk.eventfd);
+    assert_non_null(find_prefix(l, want));
+    lines_free(l);
+
+    l = lines_new();
+    assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_FILE, collect, l), 0);
+    snprintf(want, sizeof(want), "<file fd=%d path=/tmp/leaky.%d.log (deleted) pos=4096 "
+             "flags=O_WRONLY|", lk.file, (int)lk.pid);
+    assert_non_null(find_prefix(l, want));
+    lines_free(l);
+
+    /* Each leaked pipe: read end fd R, write end R+1, each naming the other. */
+    l = lines_new();
+    assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_PIPE, collect, l), 0);
+    assert_true(l->n >= 2);
+    for (size_t i = 0; i < l->n; i++) {
+        int fd, other;
+        unsigned long ino;
+        char peer[256];
+        if (sscanf(l->v[i], "<pipe fd=%d inode=%lu read end, other end: pid %*d fd %d>", &fd,
+                   &ino, &other) != 3)
+            continue;
+        fd_link(lk.pid, fd, link, sizeof(link));
+        snprintf(want, sizeof(want), "pipe:[%lu]", ino);
+        assert_string_equal(link, want);
+        snprintf(peer, sizeof(peer), "<pipe fd=%d inode=%lu write end, other end: pid %d fd %d>",
+                 other, ino, (int)lk.pid, fd);
+        assert_non_null(find_prefix(l, peer));
+        pairs++;
+    }
+    assert_true(pairs >= 2 && pairs * 2 <= l->n);
+    lines_free(l);
+
+    l = lines_new();
+    assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_THREAD, collect, l), 0);
+    assert_int_equal(l->n, 3);
+    snprintf(want, sizeof(want), "<thread tid=%d name=leaky state=", (int)lk.pid);
+    assert_non_null(find_prefix(l, want));
+    lines_free(l);
+    leaky_stop(&lk);
+}
+
+static void test_own_objects(void **state)
+{
+    struct lines *l;
+    char want[512], path[] = "/tmp/test_objects.XXXXXX";
+    struct sigevent sev = { .sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGUSR2 };
+    struct stat st;
+    sigset_t mask;
+    timer_t timer;
+    int p[2], q[2], fd, efd, sfd, ifd;
+
+    (void)state;
+    assert_int_equal(pipe(p), 0);
+    assert_int_equal(pipe(q), 0);
+    close(q[1]);
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    fd = open(path, O_RDWR | O_APPEND);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "0123456789", 10), 10);
+    efd = eventfd(5, 0);
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGUSR1);
+    sigaddset(&mask, SIGTERM);
+    sfd = signalfd(-1, &mask, 0);
+    ifd = inotify_init();
+    assert_true(efd >= 0 && sfd >= 0 && ifd >= 0);
+    assert_true(inotify_add_watch(ifd, "/tmp", IN_CREATE) >= 0);
+    assert_true(inotify_add_watch(ifd, "/", IN_CREATE) >= 0);
+    assert_int_equal(timer_create(CLOCK_MONOTONIC, &sev, &timer), 0);
+
+    l = lines_new();
+    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_PIPE, collect, l), 0);
+    assert_int_equal(fstat(p[0], &st), 0);
+    snprintf(want, sizeof(want), "<pipe fd=%d inode=%lu read end, other end: pid %d fd %d>",
+             p[0], (unsigned long)st.st_ino, (int)getpid(), p[1]);
+    assert_non_null(find_prefix(l, want));
+    assert_int_equal(fstat(q[0], &st), 0);
+    snprintf(want, sizeof(want), "<pipe fd=%d inode=%lu read end, other end: not in this "
+             "process>", q[0], (unsigned long)st.st_ino);
+    assert_non_null(find_prefix(l, want));
+    lines_free(l);
+
+    l = lines_new();
+    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_FILE, collect, l), 0);
+    snprintf(want, sizeof(want), "<file fd=%d path=%s pos=10 flags=O_RDWR|O_APPEND", fd, path);
+    assert_non_null(find_prefix(l, want));
+    lines_free(l);
+
+    l = lines_new();
+    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_EVENTFD, collect, l), 0);
+    snprintf(want, sizeof(want), "<eventfd fd=%d count=5>", efd);
+    assert_non_null(find_prefix(l, want));
+    lines_free(l);
+
+    l = lines_new();
+    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_SIGNALFD, collect, l), 0);
+    snprintf(want, sizeof(want), "<signalfd fd=%d sigmask=SIGUSR1|SIGTERM>", sfd);
+    assert_non_null(find_prefix(l, want));
+    lines_free(l);
+
+    l = lines_new();
+    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_INOTIFY, collect, l), 0);
+    snprintf(want, sizeof(want), "<inotify fd=%d watches=2>", ifd);
+    assert_non_null(find_prefix(l, want));
+    lines_free(l);
+
+    l = lines_new();
+    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_MAPPING, collect, l), 0);
+    assert_true(l->n > 5);
+    assert_non_null(find_prefix(l, "<mapping "));
+    lines_free(l);
+
+    l = lines_new();
+    assert_int_equal(objects_scheduled(PROCFS_ROOT, getpid(), collect, l), 0);
+    snprintf(want, sizeof(want), "<posix timer id=%ld clock=monotonic notify=signal/%d "
+             "target=pid.%d>", (long)(intptr_t)timer, SIGUSR2, (int)getpid());
+    assert_non_null(find_prefix(l, want));
+    lines_free(l);
+
+    /* emit's negative value stops the dump and is returned. */
+    l = lines_new();
+    l->stop_after = 1;
+    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_MAPPING, collect, l),
+                     -ECANCELED);
+    assert_int_equal(l->n, 1);
+    lines_free(l);
+
+    timer_delete(timer);
+    unlink(path);
+    close(p[0]);
+    close(p[1]);
+    close(q[0]);
+    close(fd);
+    close(efd);
+    close(sfd);
+    close(ifd);
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* A child holding 5000 pipes (10,000 fds): the count is meant to run every second. */
+static void test_count_cost(void **state)
+{
+    struct objects_count c;
+    int ready[2];
+    double best = 1e9, total = 0;
+    char ch;
+    pid_t pid;
+
+    (void)state;
+    assert_int_equal(pipe(ready), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct rlimit rl = { 11000, 11000 };
+        int p[2];
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            _exit(1);
+        for (int i = 0; i < 5000; i++)
+            if (pipe(p) < 0)
+                _exit(1);
+        if (write(ready[1], "r", 1) != 1)
+            _exit(1);
+        pause();
+        _exit(0);
+    }
+    close(ready[1]);
+    assert_int_equal(read(ready[0], &ch, 1), 1);
+    close(ready[0]);
+    for (int i = 0; i < 5; i++) {
+        double t0 = now_ms(), t;
+        assert_int_equal(objects_count(PROCFS_ROOT, pid, &c), 0);
+        t = now_ms() - t0;
+        total += t;
+        if (t < best)
+            best = t;
+    }
+    printf("objects_count over %llu pipe fds: best %.1f ms, mean %.1f ms\n",
+           (unsigned long long)c.n[OBJECTS_PIPE], best, total / 5);
+    assert_true(c.n[OBJECTS_PIPE] >= 10000);
+    assert_true(best < 1000);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_type_names),
+        cmocka_unit_test(test_count_growth),
+        cmocka_unit_test(test_leaky_reprs),
+        cmocka_unit_test(test_own_objects),
+        cmocka_unit_test(test_count_cost),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
