@@ -9,12 +9,17 @@
 #include "action.h"
 #include "cachestat.h"
 #include "clock.h"
+#include "loggers.h"
 #include "schema.h"
 
 int action_start(struct run *run);
 int action_start_admit(struct run *run);
 void action_start_release(struct run *run);
 int action_log_thread_frames(struct run *run);
+int action_start_log_objects(struct run *run);
+int action_stop_log_objects(struct run *run);
+int action_dump_log_objects(struct run *run);
+int action_log_event_loop_scheduled(struct run *run);
 int action_dump_sockets(struct run *run);
 int action_lru_stats(struct run *run);
 int action_log_current_tasks(struct run *run);
@@ -25,14 +30,16 @@ static struct action actions[] = {
     {.name = "start", .needs_target = true, .long_running = true, .run = action_start,
      .admit = action_start_admit, .release = action_start_release},
     {.name = "memory", .long_running = true, .run = not_available},
-    {.name = "start_log_objects", .run = not_available},
-    {.name = "stop_log_objects", .run = not_available},
+    {.name = "start_log_objects", .needs_target = true, .run = action_start_log_objects},
+    {.name = "stop_log_objects", .run = action_stop_log_objects},
     {.name = "start_log_object_sources", .run = not_available},
     {.name = "stop_log_object_sources", .run = not_available},
-    {.name = "dump_log_objects", .run = not_available},
+    {.name = "dump_log_objects", .needs_target = true, .long_running = true,
+     .run = action_dump_log_objects},
     {.name = "log_thread_frames", .needs_target = true, .long_running = true,
      .run = action_log_thread_frames},
-    {.name = "log_event_loop_scheduled", .run = not_available},
+    {.name = "log_event_loop_scheduled", .needs_target = true, .long_running = true,
+     .run = action_log_event_loop_scheduled},
     {.name = "lru_stats", .run = action_lru_stats},
     {.name = "set_asyncio_debug", .run = action_set_asyncio_debug},
     {.name = "log_current_tasks", .run = action_log_current_tasks},
@@ -115,6 +122,11 @@ int action_lru_stats(struct run *run)
     return 0;
 }
 
+static void record_task(const char *line, void *userdata)
+{
+    run_record(userdata, "%s", line);
+}
+
 int action_log_current_tasks(struct run *run)
 {
     struct agent *a = run->agent;
@@ -134,6 +146,7 @@ int action_log_current_tasks(struct run *run)
                    j->action_name, j->target_spec, pid, (double)(now - j->started_mono_us) / 1e6);
     }
     pthread_mutex_unlock(&a->lock);
+    loggers_tasks(record_task, run);
     json_object_object_add(run->summary, "tasks", json_object_new_int((int)n));
     return 0;
 }

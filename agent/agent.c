@@ -5,6 +5,7 @@
 #include "action.h"
 #include "clock.h"
 #include "log.h"
+#include "loggers.h"
 #include "schema.h"
 #include "store.h"
 #include <errno.h>
@@ -553,9 +554,11 @@ unsigned agent_wait_jobs(struct agent *a, bool cancel, int timeout_ms)
 char *agent_state_json(struct agent *a)
 {
     struct json_object *o = json_object_new_object(), *jobs = json_object_new_array();
+    struct json_object *loggers = json_object_new_array();
     int64_t now = clock_monotonic_us();
     char *text;
 
+    loggers_describe(loggers);
     pthread_mutex_lock(&a->lock);
     for (struct run *r = a->jobs; r; r = r->next) {
         struct json_object *j = json_object_new_object();
@@ -569,7 +572,7 @@ char *agent_state_json(struct agent *a)
     }
     json_object_object_add(o, "node", json_object_new_string(a->config->node_id));
     json_object_object_add(o, "jobs", jobs);
-    json_object_object_add(o, "loggers", json_object_new_array());
+    json_object_object_add(o, "loggers", loggers);
     json_object_object_add(o, "debug", json_object_new_boolean(atomic_load(&a->debug)));
     json_object_object_add(o, "last_result", json_object_get(a->last_result));
     pthread_mutex_unlock(&a->lock);

@@ -1,11 +1,14 @@
 /* The actions that look into the target from outside: log_thread_frames (the engine's snapshot
- * unwinder, with state kept per target by unwinders.c) and dump_sockets. */
+ * unwinder, with state kept per target by unwinders.c), dump_sockets, and the object actions
+ * (dump_log_objects, log_event_loop_scheduled, and starting and stopping object logging). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "action.h"
+#include "loggers.h"
+#include "objects.h"
 #include "sockets.h"
 #include "stacks.h"
 #include "unwinders.h"
@@ -108,5 +111,79 @@ int action_dump_sockets(struct run *run)
                lines.text ? lines.text : "");
     json_object_object_add(run->summary, "sockets", json_object_new_int((int)lines.count));
     free(lines.text);
+    return 0;
+}
+
+int action_start_log_objects(struct run *run)
+{
+    char err[AGENT_ERROR_MAX];
+    struct json_object *v;
+    double interval = 30.0;
+
+    if (json_object_object_get_ex(run->params, "scan_interval", &v))
+        interval = json_object_get_double(v);
+    if (loggers_start_objects(run->agent, &run->target, run->target_spec, interval, err,
+                              sizeof(err)) < 0)
+        return run_fail(run, "%s", err);
+    json_object_object_add(run->summary, "scan_interval", json_decimal(interval, 3));
+    return 0;
+}
+
+int action_stop_log_objects(struct run *run)
+{
+    if (loggers_stop_objects() < 0)
+        return run_fail(run, "Object logging not running");
+    return 0;
+}
+
+struct object_records {
+    struct run *run;
+    const char *prefix;
+    unsigned count;
+};
+
+static int record_object(const char *repr, void *userdata)
+{
+    struct object_records *o = userdata;
+
+    run_record(o->run, "%s%s", o->prefix, repr);
+    o->count++;
+    return 0;
+}
+
+int action_dump_log_objects(struct run *run)
+{
+    char prefix[64], known[256] = "";
+    struct object_records o = {.run = run, .prefix = prefix};
+    enum objects_type type;
+    struct json_object *v;
+    const char *name;
+    int r;
+
+    json_object_object_get_ex(run->params, "type", &v);
+    name = json_object_get_string(v);
+    if (objects_type_parse(name, &type) < 0) {
+        for (int t = 0; t < OBJECTS_NTYPES; t++)
+            snprintf(known + strlen(known), sizeof(known) - strlen(known), "%s%s", t ? ", " : "",
+                     objects_type_name(t));
+        return run_fail(run, "type: unknown type '%s'; known types: %s", name, known);
+    }
+    snprintf(prefix, sizeof(prefix), "%s object in memory: ", objects_type_name(type));
+    r = objects_dump(PROCFS_ROOT, run->target.pid, type, record_object, &o);
+    if (r < 0)
+        return action_engine_fail(run, "object listing", r);
+    json_object_object_add(run->summary, "objects", json_object_new_int((int)o.count));
+    return 0;
+}
+
+int action_log_event_loop_scheduled(struct run *run)
+{
+    struct object_records o = {.run = run, .prefix = "Scheduled: "};
+    int r;
+
+    r = objects_scheduled(PROCFS_ROOT, run->target.pid, record_object, &o);
+    if (r < 0)
+        return action_engine_fail(run, "listing what is scheduled", r);
+    json_object_object_add(run->summary, "scheduled", json_object_new_int((int)o.count));
     return 0;
 }

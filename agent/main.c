@@ -13,6 +13,7 @@
 #include "clock.h"
 #include "config.h"
 #include "log.h"
+#include "loggers.h"
 #include "mqtt.h"
 #include "store.h"
 
@@ -56,8 +57,12 @@ static const char usage[] =
     "  start                   {\"seconds\": 60, \"frequency\": 199}: CPU profile of the\n"
     "                          target; writes profile.T.cprof (pstats), callgrind.out.T\n"
     "                          and flamegraph.T.svg in output_dir, progress on P/N/progress\n"
-    "  memory, start_log_objects, stop_log_objects, start_log_object_sources,\n"
-    "  stop_log_object_sources, dump_log_objects, log_event_loop_scheduled:\n"
+    "  start_log_objects       {\"scan_interval\": 30}: every interval, log the growth of\n"
+    "                          the target's objects (fds by kind, threads, mappings)\n"
+    "  stop_log_objects        stop it\n"
+    "  dump_log_objects        {\"type\": \"pipe\"}: log every object of that type\n"
+    "  log_event_loop_scheduled  log the target's timerfds, POSIX timers and epoll sets\n"
+    "  memory, start_log_object_sources, stop_log_object_sources:\n"
     "                          accepted and validated; not available yet in this version\n"
     "The payload schema of each action is schemas/ACTION.json.\n"
     "\n"
@@ -332,6 +337,7 @@ static int run_daemon(struct config *c)
         sig = sigwaitinfo(&set, NULL);
     while (sig < 0 && errno == EINTR);
     log_info("stopping on %s", strsignal(sig));
+    loggers_stop_all();
     left = agent_wait_jobs(&a, true, 5000);
     if (left > 0) {
         log_warning("%u job(s) still running at stop; their runs are marked interrupted", left);

@@ -1,0 +1,22 @@
+/* Background loggers started by a command and stopped by another: object-growth logging
+ * (start_log_objects / stop_log_objects). A logger scans the target every scan_interval seconds
+ * on its own thread and logs objgraph's growth form; it ends by itself, saying so, when the
+ * target exits. One of each kind per agent, as the Profiler has. */
+#ifndef LOGGERS_H
+#define LOGGERS_H
+
+#include <json-c/json.h>
+#include "agent.h"
+
+/* Starts object logging of target. -EEXIST when already started (err says so). */
+int loggers_start_objects(struct agent *a, const struct target *t, const char *spec,
+                          double interval, char *err, size_t errlen);
+/* -ENOENT when not running. */
+int loggers_stop_objects(void);
+/* Adds a JSON object per active logger to array (for P/N/state), or calls fn with a task line. */
+void loggers_describe(struct json_object *array);
+void loggers_tasks(void (*fn)(const char *line, void *userdata), void *userdata);
+/* Stops every logger (agent stop). */
+void loggers_stop_all(void);
+
+#endif
