@@ -718,6 +718,29 @@ out:
     return r;
 }
 
+/* Emits the repr of every fd of type t among ents, using r as the buffer; an fd closed or
+ * reused since the scan (-ENOENT) is skipped. */
+static int emit_fds(const char *root, pid_t pid, const struct fdent *ents, size_t n,
+                    enum objects_type t, struct repr *r,
+                    int (*emit)(const char *repr, void *userdata), void *userdata)
+{
+    int ret;
+
+    for (size_t i = 0; i < n; i++) {
+        if (ents[i].type != t)
+            continue;
+        ret = fd_repr(root, pid, &ents[i], r);
+        if (ret == -ENOENT)
+            continue;
+        if (ret < 0)
+            return ret;
+        ret = emit(r->buf, userdata);
+        if (ret < 0)
+            return ret;
+    }
+    return 0;
+}
+
 int objects_dump(const char *root, pid_t pid, enum objects_type t,
                  int (*emit)(const char *repr, void *userdata), void *userdata)
 {
@@ -746,19 +769,7 @@ int objects_dump(const char *root, pid_t pid, enum objects_type t,
         ret = -ENOMEM;
         goto out;
     }
-    for (size_t i = 0; i < n; i++) {
-        if (ents[i].type != t)
-            continue;
-        ret = fd_repr(root, pid, &ents[i], r);
-        if (ret == -ENOENT)
-            continue;
-        if (ret < 0)
-            goto out;
-        ret = emit(r->buf, userdata);
-        if (ret < 0)
-            goto out;
-    }
-    ret = 0;
+    ret = emit_fds(root, pid, ents, n, t, r, emit, userdata);
 out:
     free(r);
     free(ents);
@@ -935,15 +946,9 @@ int objects_scheduled(const char *root, pid_t pid,
         ret = -ENOMEM;
         goto out;
     }
-    for (size_t i = 0; i < n; i++) {
-        if (ents[i].type != OBJECTS_TIMERFD)
-            continue;
-        ret = fd_repr(root, pid, &ents[i], r);
-        if (ret == -ENOENT)
-            continue;
-        if (ret < 0 || (ret = emit(r->buf, userdata)) < 0)
-            goto out;
-    }
+    ret = emit_fds(root, pid, ents, n, OBJECTS_TIMERFD, r, emit, userdata);
+    if (ret < 0)
+        goto out;
     ret = posix_timers(root, pid, r, emit, userdata);
     if (ret < 0)
         goto out;
