@@ -190,8 +190,8 @@ int action_start(struct run *run)
         run_warn(run, "the agent was stopped after %.1f s; the profile covers that time",
                  res.elapsed);
     if (res.stats.lost)
-        run_warn(run, "%llu samples were lost (the agent could not keep up)",
-                 (unsigned long long)res.stats.lost);
+        run_warn(run, "%llu samples were lost (ring buffer overrun, or taken where the thread "
+                 "had no user registers, e.g. while exiting)", (unsigned long long)res.stats.lost);
     add_summary(run, &res);
     if (profile_samples(res.profile) == 0)
         r = run_fail(run, "no samples: the target used no CPU time in user space during the run");
