@@ -50,7 +50,7 @@ $(BUILD)/workloads/%: tests/workloads/%.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -O2 -g -fomit-frame-pointer -Wall -Wextra -Werror -o $@ $< -lpthread
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libagent.a $(BUILD)/libengine.a $(WORKLOADS)
+$(BUILD)/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(BUILD)/libagent.a $(BUILD)/libengine.a $(WORKLOADS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libagent.a $(BUILD)/libengine.a $(LDLIBS) -lcmocka
 

@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <cmocka.h>
 #include "cpuprof.h"
+#include "testutil.h"
 
 #define TOP_MAX 32
 #define IDS_MAX 65536
@@ -28,10 +29,8 @@ struct child {
 static void spawn_split(struct child *c, const char *arg1, const char *arg2)
 {
     char path[256], line[64];
-    size_t n = 0;
     int out[2];
-    const char *b = getenv("BUILD");
-    snprintf(path, sizeof(path), "%s/workloads/cpu_split", b && *b ? b : "build");
+    testutil_workload_path("cpu_split", path, sizeof(path));
     assert_int_equal(access(path, X_OK), 0);
     assert_int_equal(pipe2(out, O_CLOEXEC), 0);
     pid_t pid = fork();
@@ -44,15 +43,7 @@ static void spawn_split(struct child *c, const char *arg1, const char *arg2)
     close(out[1]);
     c->pid = pid;
     c->out = out[0];
-    while (n + 1 < sizeof(line)) {
-        struct pollfd p = { c->out, POLLIN, 0 };
-        assert_int_equal(poll(&p, 1, 10000), 1);
-        assert_int_equal(read(c->out, line + n, 1), 1);
-        if (line[n] == '\n')
-            break;
-        n++;
-    }
-    line[n] = '\0';
+    assert_int_equal(testutil_read_line(c->out, line, sizeof(line), 10000), 0);
     assert_string_equal(line, "ready");
 }
 

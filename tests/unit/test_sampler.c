@@ -22,6 +22,7 @@
 #include <cmocka.h>
 #include "procfs.h"
 #include "sampler.h"
+#include "testutil.h"
 
 #define MAX_TIDS 4096
 
@@ -57,34 +58,14 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static void workload_path(char *buf, size_t len)
-{
-    const char *b = getenv("BUILD");
-    snprintf(buf, len, "%s/workloads/cpu_split", b && *b ? b : "build");
-}
 
-static int read_line(int fd, char *buf, size_t len, int timeout_ms)
-{
-    size_t n = 0;
-    while (n + 1 < len) {
-        struct pollfd p = { fd, POLLIN, 0 };
-        if (poll(&p, 1, timeout_ms) <= 0 || read(fd, buf + n, 1) != 1)
-            return -1;
-        if (buf[n] == '\n') {
-            buf[n] = '\0';
-            return 0;
-        }
-        n++;
-    }
-    return -1;
-}
 
 /* Starts cpu_split with up to three arguments and waits for its "ready". */
 static void spawn(struct child *c, const char *a1, const char *a2, const char *a3)
 {
     char path[256], line[64];
     int out[2];
-    workload_path(path, sizeof(path));
+    testutil_workload_path("cpu_split", path, sizeof(path));
     assert_int_equal(access(path, X_OK), 0);
     assert_int_equal(pipe2(out, O_CLOEXEC), 0);
     pid_t pid = fork();
@@ -97,7 +78,7 @@ static void spawn(struct child *c, const char *a1, const char *a2, const char *a
     close(out[1]);
     c->pid = pid;
     c->out = out[0];
-    assert_int_equal(read_line(c->out, line, sizeof(line), 10000), 0);
+    assert_int_equal(testutil_read_line(c->out, line, sizeof(line), 10000), 0);
     assert_string_equal(line, "ready");
 }
 

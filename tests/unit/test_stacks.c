@@ -23,6 +23,7 @@
 #include "cachestat.h"
 #include "snapshot.h"
 #include "stacks.h"
+#include "testutil.h"
 
 #define PARKED_SRC "tests/workloads/parked.c"
 #define REG_SP 7                /* libunwind's x86-64 numbering */
@@ -34,36 +35,11 @@ struct child {
     int in, out;        /* its stdin (we write), its stdout (we read) */
 };
 
-static void workload_path(char *buf, size_t len)
-{
-    const char *b = getenv("BUILD");
-    snprintf(buf, len, "%s/workloads/parked", b && *b ? b : "build");
-}
-
-/* Reads one line from fd within timeout_ms; 0 on success. */
-static int read_line(int fd, char *buf, size_t len, int timeout_ms)
-{
-    size_t n = 0;
-    while (n + 1 < len) {
-        struct pollfd p = { fd, POLLIN, 0 };
-        if (poll(&p, 1, timeout_ms) <= 0)
-            return -1;
-        if (read(fd, buf + n, 1) != 1)
-            return -1;
-        if (buf[n] == '\n') {
-            buf[n] = '\0';
-            return 0;
-        }
-        n++;
-    }
-    return -1;
-}
-
 static void spawn_parked(struct child *c, const char *extra)
 {
     char path[256], line[64];
     int in[2], out[2];
-    workload_path(path, sizeof(path));
+    testutil_workload_path("parked", path, sizeof(path));
     assert_int_equal(access(path, X_OK), 0);
     assert_int_equal(pipe2(in, O_CLOEXEC), 0);
     assert_int_equal(pipe2(out, O_CLOEXEC), 0);
@@ -80,7 +56,7 @@ static void spawn_parked(struct child *c, const char *extra)
     c->pid = pid;
     c->in = in[1];
     c->out = out[0];
-    assert_int_equal(read_line(c->out, line, sizeof(line), 10000), 0);
+    assert_int_equal(testutil_read_line(c->out, line, sizeof(line), 10000), 0);
     assert_string_equal(line, "ready");
 }
 
@@ -98,7 +74,7 @@ static void query(struct child *c, long *sleeps, long *reads)
 {
     char line[128];
     assert_int_equal(write(c->in, "q", 1), 1);
-    assert_int_equal(read_line(c->out, line, sizeof(line), 5000), 0);
+    assert_int_equal(testutil_read_line(c->out, line, sizeof(line), 5000), 0);
     assert_int_equal(sscanf(line, "sleeps=%ld reads=%ld", sleeps, reads), 2);
 }
 
