@@ -23,12 +23,13 @@
 #include "cachestat.h"
 #include "snapshot.h"
 #include "stacks.h"
+#include "sampler.h"
 #include "testutil.h"
 
 #define PARKED_SRC "tests/workloads/parked.c"
 #define REG_SP 7                /* libunwind's x86-64 numbering */
 #define REG_IP 16
-#define SAMPLE_STACK 16384      /* what the perf_event sampler copies */
+#define SAMPLE_STACK SAMPLER_STACK_BYTES  /* what the perf_event sampler copies */
 
 struct child {
     pid_t pid;
