@@ -58,8 +58,6 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-
-
 /* Starts cpu_split with up to three arguments and waits for its "ready". */
 static void spawn(struct child *c, const char *a1, const char *a2, const char *a3)
 {
