@@ -197,14 +197,20 @@ def workdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def spawn_workload(name, *args):
-    """Starts build/workloads/NAME and waits for its "ready" line; returns the process and the
-    words after "ready"."""
+@contextlib.contextmanager
+def running_workload(name, *args):
+    """Runs build/workloads/NAME until the block ends, once it has printed its "ready" line;
+    yields the process, with the words after "ready" as proc.ready."""
     proc = subprocess.Popen([os.path.join(BUILD, "workloads", name), *args],
                             stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline().split()
-    assert line and line[0] == "ready", f"{name} did not start"
-    return proc, line[1:]
+    try:
+        line = proc.stdout.readline().split()
+        assert line and line[0] == "ready", f"{name} did not start"
+        proc.ready = line[1:]
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 @contextlib.contextmanager
@@ -233,11 +239,9 @@ def agent_session(workdir, node, target, extra_config="", broker=None):
 @pytest.fixture(scope="module")
 def demo():
     """The bundled demo service: threads parked in known functions, and sockets."""
-    proc, words = spawn_workload("demo_service")
-    proc.port = int(words[0])
-    yield proc
-    proc.kill()
-    proc.wait()
+    with running_workload("demo_service") as proc:
+        proc.port = int(proc.ready[0])
+        yield proc
 
 
 @pytest.fixture(scope="module")

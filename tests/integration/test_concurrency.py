@@ -4,16 +4,14 @@ import json
 
 import pytest
 
-from conftest import agent_session, spawn_workload
+from conftest import agent_session, running_workload
 
 
 @pytest.fixture(scope="module")
 def stuck():
     """A target one of whose threads cannot be stopped: every dump of it waits for a timeout."""
-    proc, _ = spawn_workload("stuck_vfork")
-    yield proc
-    proc.kill()
-    proc.wait()
+    with running_workload("stuck_vfork") as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,13 @@ import subprocess
 
 import pytest
 
-from conftest import agent_session, spawn_workload
+from conftest import agent_session, running_workload
 
 
 @pytest.fixture(scope="module")
 def leaky():
-    proc, _ = spawn_workload("leaky")
-    yield proc
-    proc.kill()
-    proc.wait()
+    with running_workload("leaky") as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

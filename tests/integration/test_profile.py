@@ -10,22 +10,16 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import BUILD, agent_session, spawn_workload
+from conftest import BUILD, agent_session, running_workload
 
 SPLIT = os.path.join(BUILD, "workloads", "cpu_split")
 NO_PERF = os.path.join(BUILD, "workloads", "no_perf")
 
 
-def start_split(*args):
-    return spawn_workload("cpu_split", *args)[0]
-
-
 @pytest.fixture(scope="module")
 def split():
-    proc = start_split("--threads", "1")
-    yield proc
-    proc.kill()
-    proc.wait()
+    with running_workload("cpu_split", "--threads", "1") as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +123,8 @@ def run_start(workdir, payload, target, wrapper=()):
 
 
 def test_target_exiting_mid_run_gives_a_partial_profile(workdir):
-    short = start_split("--exit-after", "1")
-    try:
+    with running_workload("cpu_split", "--exit-after", "1") as short:
         p, result = run_start(workdir, {"seconds": 5, "frequency": 499}, f"pid:{short.pid}")
-    finally:
-        short.kill()
-        short.wait()
     assert p.returncode == 0 and result["status"] == "ok", result
     assert any("exited" in w for w in result["warnings"])
     assert 0.5 < result["summary"]["seconds"] < 4
@@ -143,13 +133,9 @@ def test_target_exiting_mid_run_gives_a_partial_profile(workdir):
 
 
 def test_threads_started_during_the_run_are_sampled(workdir):
-    churn = start_split("--churn")
-    try:
+    with running_workload("cpu_split", "--churn") as churn:
         before = set(os.listdir(f"/proc/{churn.pid}/task"))
         p, result = run_start(workdir, {"seconds": 2, "frequency": 999}, f"pid:{churn.pid}")
-    finally:
-        churn.kill()
-        churn.wait()
     assert p.returncode == 0 and result["status"] == "ok", result
     # Short-lived "churnling" threads, none of which existed when the profile began.
     assert result["summary"]["threads"] > len(before) + 10
