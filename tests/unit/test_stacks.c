@@ -31,52 +31,17 @@
 #define REG_IP 16
 #define SAMPLE_STACK SAMPLER_STACK_BYTES  /* what the perf_event sampler copies */
 
-struct child {
-    pid_t pid;
-    int in, out;        /* its stdin (we write), its stdout (we read) */
-};
-
-static void spawn_parked(struct child *c, const char *extra)
+static void spawn_parked(struct testutil_child *c, const char *extra)
 {
-    char path[256], line[64];
-    int in[2], out[2];
-    testutil_workload_path("parked", path, sizeof(path));
-    assert_int_equal(access(path, X_OK), 0);
-    assert_int_equal(pipe2(in, O_CLOEXEC), 0);
-    assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        execl(path, path, extra, (char *)NULL);
-        _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    c->pid = pid;
-    c->in = in[1];
-    c->out = out[0];
-    assert_int_equal(testutil_read_line(c->out, line, sizeof(line), 10000), 0);
+    char line[64];
+
+    assert_int_equal(testutil_spawn(c, "parked", extra, line, sizeof(line)), 0);
     assert_string_equal(line, "ready");
 }
 
-static void stop_parked(struct child *c)
+static void query(struct testutil_child *c, long *sleeps, long *reads)
 {
-    int st;
-    close(c->in);
-    close(c->out);
-    kill(c->pid, SIGKILL);
-    waitpid(c->pid, &st, 0);
-}
-
-/* "sleeps=N reads=M" from the workload: both threads parked in syscalls answer for themselves. */
-static void query(struct child *c, long *sleeps, long *reads)
-{
-    char line[128];
-    assert_int_equal(write(c->in, "q", 1), 1);
-    assert_int_equal(testutil_read_line(c->out, line, sizeof(line), 5000), 0);
-    assert_int_equal(sscanf(line, "sleeps=%ld reads=%ld", sleeps, reads), 2);
+    assert_int_equal(testutil_parked_query(c, sleeps, reads), 0);
 }
 
 /* First line of "NAME(" at the start of a line in src: where NAME is defined. */
@@ -187,7 +152,7 @@ static void check_released(pid_t pid)
 static void test_parked_threads(void **state)
 {
     (void)state;
-    struct child c;
+    struct testutil_child c;
     struct stacks *s;
     struct stacks_dump *d;
     long sleeps0, reads0, sleeps1, reads1;
@@ -256,7 +221,7 @@ static void test_parked_threads(void **state)
     assert_int_equal(reads1, reads0 + 1);
     assert_true(sleeps1 > sleeps0);
     stacks_free(s);
-    stop_parked(&c);
+    testutil_reap(&c);
 }
 
 struct stat_pick {
@@ -286,7 +251,7 @@ static struct stat_pick stat_of(const char *name)
 static void test_caches_reused(void **state)
 {
     (void)state;
-    struct child c;
+    struct testutil_child c;
     struct stacks *s;
     struct stacks_dump *d;
     spawn_parked(&c, "0");
@@ -309,7 +274,7 @@ static void test_caches_reused(void **state)
     assert_non_null(find_name(d, "reader"));
     stacks_dump_free(d);
     stacks_free(s);
-    stop_parked(&c);
+    testutil_reap(&c);
 }
 
 static int self_pipe[2];
@@ -401,7 +366,7 @@ static void test_exited_target(void **state)
 static void test_already_traced(void **state)
 {
     (void)state;
-    struct child c;
+    struct testutil_child c;
     struct stacks *s;
     struct stacks_dump *d;
     int sync[2], st;
@@ -440,7 +405,7 @@ static void test_already_traced(void **state)
     close(sync[0]);
     close(sync[1]);
     check_released(c.pid);
-    stop_parked(&c);
+    testutil_reap(&c);
 }
 
 /* Every thread of pid captured the way the snapshot unwinder does it, for feeding samples. */
@@ -556,7 +521,7 @@ static double elapsed_us(const struct timespec *a, const struct timespec *b)
 static void test_unwind_regs(void **state)
 {
     (void)state;
-    struct child c;
+    struct testutil_child c;
     struct stacks *s;
     struct stacks_dump *d;
     struct sample_frames *full = malloc(sizeof(*full)), *cut = malloc(sizeof(*cut));
@@ -649,7 +614,7 @@ static void test_unwind_regs(void **state)
     snapshot_free(snap);
     free(full);
     free(cut);
-    stop_parked(&c);
+    testutil_reap(&c);
 }
 
 /* A frame-0-only sample at ip, with an empty stack. */

@@ -3,10 +3,13 @@
 #ifndef TESTUTIL_H
 #define TESTUTIL_H
 
+#include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 /* BUILD/workloads/NAME, BUILD from the environment as `make unit-check` sets it. */
 static inline void testutil_workload_path(const char *name, char *buf, size_t len)
@@ -33,6 +36,69 @@ static inline int testutil_read_line(int fd, char *buf, size_t len, int timeout_
         n++;
     }
     return -1;
+}
+
+/* A workload started with its stdin and stdout piped to the test. */
+struct testutil_child {
+    pid_t pid;
+    int in, out;        /* its stdin (we write), its stdout (we read) */
+};
+
+/* Starts BUILD/workloads/NAME with one optional argument and reads its first line into line.
+ * 0 on success; -1 (with everything started cleaned up) otherwise. */
+static inline int testutil_spawn(struct testutil_child *c, const char *name, const char *arg,
+                                 char *line, size_t len)
+{
+    char path[256];
+    int in[2], out[2];
+
+    testutil_workload_path(name, path, sizeof(path));
+    if (access(path, X_OK) || pipe2(in, O_CLOEXEC))
+        return -1;
+    if (pipe2(out, O_CLOEXEC)) {
+        close(in[0]);
+        close(in[1]);
+        return -1;
+    }
+    c->pid = fork();
+    if (c->pid == 0) {
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        execl(path, path, arg, (char *)NULL);
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    c->in = in[1];
+    c->out = out[0];
+    if (c->pid < 0 || testutil_read_line(c->out, line, len, 10000)) {
+        close(c->in);
+        close(c->out);
+        if (c->pid > 0) {
+            kill(c->pid, SIGKILL);
+            waitpid(c->pid, NULL, 0);
+        }
+        return -1;
+    }
+    return 0;
+}
+
+static inline void testutil_reap(struct testutil_child *c)
+{
+    close(c->in);
+    close(c->out);
+    kill(c->pid, SIGKILL);
+    waitpid(c->pid, NULL, 0);
+}
+
+/* parked's "q" query: "sleeps=N reads=M" grow only while those parked threads still work. */
+static inline int testutil_parked_query(struct testutil_child *c, long *sleeps, long *reads)
+{
+    char line[128];
+
+    if (write(c->in, "q", 1) != 1 || testutil_read_line(c->out, line, sizeof(line), 5000))
+        return -1;
+    return sscanf(line, "sleeps=%ld reads=%ld", sleeps, reads) == 2 ? 0 : -1;
 }
 
 #endif
