@@ -4,12 +4,12 @@
  * goes out about once a second; a clean stop of the agent ends the run early with what it has. */
 #include <errno.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include "action.h"
+#include "claims.h"
 #include "clock.h"
 #include "cpuprof.h"
 #include "profile.h"
@@ -17,53 +17,16 @@
 
 #define TOP_FUNCTIONS 5
 
-struct active {
-    pid_t pid;
-    uint64_t starttime;
-    int64_t run_id;
-};
+static struct claims claims = CLAIMS_INIT("a CPU profile");
 
-static struct active active[AGENT_MAX_JOBS];
-static pthread_mutex_t active_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* Claims the target for this run, or names the run that has it. Called on the network thread
- * in arrival order, so of two commands the first one wins. */
 int action_start_admit(struct run *run)
 {
-    struct active *free_slot = NULL;
-    int r = 0;
-
-    pthread_mutex_lock(&active_lock);
-    for (int i = 0; i < AGENT_MAX_JOBS; i++) {
-        struct active *a = &active[i];
-
-        if (a->pid == run->target.pid && a->starttime == run->target.starttime) {
-            r = run_fail(run, "a CPU profile of process %d is already running (run %lld); wait "
-                         "for its result", (int)a->pid, (long long)a->run_id);
-            goto out;
-        }
-        if (!a->pid && !free_slot)
-            free_slot = a;
-    }
-    if (!free_slot) {
-        r = run_fail(run, "too many CPU profiles running at once");
-        goto out;
-    }
-    free_slot->pid = run->target.pid;
-    free_slot->starttime = run->target.starttime;
-    free_slot->run_id = run->id;
-out:
-    pthread_mutex_unlock(&active_lock);
-    return r;
+    return claims_take(&claims, run);
 }
 
 void action_start_release(struct run *run)
 {
-    pthread_mutex_lock(&active_lock);
-    for (int i = 0; i < AGENT_MAX_JOBS; i++)
-        if (active[i].pid == run->target.pid && active[i].starttime == run->target.starttime)
-            active[i].pid = 0;
-    pthread_mutex_unlock(&active_lock);
+    claims_drop(&claims, run);
 }
 
 static void progress(const struct cpuprof_progress *p, void *userdata)
