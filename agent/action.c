@@ -1,7 +1,5 @@
 /* The action table and the actions that need no engine of their own: the schemas are compiled
- * here at start and looked up per command (the "schemas" cache of lru_stats). Actions that later
- * issues implement validate their payloads like every other and answer that they are not
- * available yet. */
+ * here at start and looked up per command (the "schemas" cache of lru_stats). */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -18,6 +16,8 @@ void action_start_release(struct run *run);
 int action_log_thread_frames(struct run *run);
 int action_start_log_objects(struct run *run);
 int action_stop_log_objects(struct run *run);
+int action_start_log_object_sources(struct run *run);
+int action_stop_log_object_sources(struct run *run);
 int action_dump_log_objects(struct run *run);
 int action_log_event_loop_scheduled(struct run *run);
 int action_dump_sockets(struct run *run);
@@ -32,8 +32,9 @@ static struct action actions[] = {
     {.name = "memory", .long_running = true, .run = not_available},
     {.name = "start_log_objects", .needs_target = true, .run = action_start_log_objects},
     {.name = "stop_log_objects", .run = action_stop_log_objects},
-    {.name = "start_log_object_sources", .run = not_available},
-    {.name = "stop_log_object_sources", .run = not_available},
+    {.name = "start_log_object_sources", .needs_target = true,
+     .run = action_start_log_object_sources},
+    {.name = "stop_log_object_sources", .run = action_stop_log_object_sources},
     {.name = "dump_log_objects", .needs_target = true, .long_running = true,
      .run = action_dump_log_objects},
     {.name = "log_thread_frames", .needs_target = true, .long_running = true,

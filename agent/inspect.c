@@ -136,6 +136,32 @@ int action_stop_log_objects(struct run *run)
     return 0;
 }
 
+int action_start_log_object_sources(struct run *run)
+{
+    char err[AGENT_ERROR_MAX];
+    struct json_object *v;
+    double interval = 30.0;
+    int max_objects = 5;
+
+    if (json_object_object_get_ex(run->params, "scan_interval", &v))
+        interval = json_object_get_double(v);
+    if (json_object_object_get_ex(run->params, "max_objects", &v))
+        max_objects = json_object_get_int(v);
+    if (loggers_start_sources(run->agent, &run->target, run->target_spec, interval,
+                              (unsigned)max_objects, err, sizeof(err)) < 0)
+        return run_fail(run, "%s", err);
+    json_object_object_add(run->summary, "scan_interval", json_decimal(interval, 3));
+    json_object_object_add(run->summary, "max_objects", json_object_new_int(max_objects));
+    return 0;
+}
+
+int action_stop_log_object_sources(struct run *run)
+{
+    if (loggers_stop_sources() < 0)
+        return run_fail(run, "Object source logging not running");
+    return 0;
+}
+
 struct object_records {
     struct run *run;
     const char *prefix;

@@ -1,22 +1,55 @@
-/* Object-growth logging (see loggers.h). The logger thread sleeps on a condition variable with a
- * deadline, so a stop wakes it at once and nothing polls. */
+/* Object-growth and object-source logging (see loggers.h). The growth logger's thread sleeps on
+ * a condition variable with a deadline, so a stop wakes it at once and nothing polls. The source
+ * logger's thread sleeps in poll on the tracer's descriptor and an eventfd that a stop writes;
+ * between scans it queues the traced creations (with their stack copies, a bounded number) and
+ * at each scan matches them with what the census finds still there, live objects first. */
 #include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
 #include "clock.h"
 #include "loggers.h"
 #include "objects.h"
+#include "objsrc.h"
+#include "stacks.h"
+#include "unwinders.h"
 
 #define GROWTH_TEXT_MAX 2048
+#define QUEUE_MIN 64                    /* creations kept per scan interval: 4 x max_objects, */
+#define QUEUE_MAX 1024                  /* within these (a stack copy is up to 8 KiB each) */
+#define RESCAN_WAIT_MS 1000             /* the tracer picks up uncovered threads this often */
 
-struct objlog {
-    bool running;           /* the thread exists (joined by stop) */
+/* One traced creation waiting for the next scan. */
+struct queued {
+    pid_t tid;
+    char thread[PROCFS_COMM_MAX];
+    uint64_t time_ns;
+    enum objects_type type;
+    bool any_fd_type;
+    bool reused;                        /* a later call returned the same fd */
+    int fds[2];
+    pid_t new_tid;
+    uint64_t addr, len;
+    uint64_t regs[OBJSRC_NREGS];
+    uint64_t stack_addr;
+    unsigned char *stack;
+    size_t stack_len;
+};
+
+struct logger {
+    const char *kind;                   /* "objects", "object_sources" */
+    const char *what;                   /* how messages name it */
+    bool running;                       /* the thread exists (joined by stop) */
     bool stop;
-    bool ended;             /* the thread ended by itself (target gone) */
+    bool ended;                         /* the thread ended by itself (target gone) */
     struct agent *agent;
     struct target target;
     char spec[TARGET_SPEC_MAX];
@@ -26,9 +59,18 @@ struct objlog {
     struct objects_count last;
     bool have_last;
     pthread_t thread;
+    /* The source logger's: owned by its thread while it runs. */
+    unsigned max_objects;
+    struct objsrc *src;
+    int wakefd;
+    struct queued *queue;
+    size_t nqueue, qcap;
+    uint64_t traced, logged;            /* read under lock for the state */
 };
 
-static struct objlog objlog;
+static struct logger objlog = { .kind = "objects", .what = "Object logging", .wakefd = -1 };
+static struct logger srclog = { .kind = "object_sources", .what = "Object source logging",
+                                .wakefd = -1 };
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 
@@ -53,7 +95,7 @@ static int by_increase(const void *x, const void *y)
 }
 
 /* objgraph.growth()'s form: types that grew since the last scan, largest increase first. */
-static void log_growth(struct objlog *l, const struct objects_count *now)
+static void log_growth(struct logger *l, const struct objects_count *now)
 {
     struct growth g[OBJECTS_NTYPES];
     char text[GROWTH_TEXT_MAX];
@@ -79,37 +121,58 @@ static void log_growth(struct objlog *l, const struct objects_count *now)
     emit(l->agent, text);
 }
 
+/* Logs the end of a logger that stops by itself. Called unlocked. */
+static void end_logger(struct logger *l, int r)
+{
+    char text[TARGET_SPEC_MAX + 160];
+
+    if (r == -ESRCH)
+        snprintf(text, sizeof(text), "%s stopped: target %s (pid %d) has exited", l->what,
+                 l->spec, (int)l->target.pid);
+    else
+        snprintf(text, sizeof(text), "%s stopped: target %s (pid %d): %s", l->what, l->spec,
+                 (int)l->target.pid, strerror(-r));
+    pthread_mutex_lock(&lock);
+    l->ended = true;
+    pthread_mutex_unlock(&lock);
+    emit(l->agent, text);
+    if (l->agent->out.state_changed)
+        l->agent->out.state_changed(l->agent, l->agent->out.userdata);
+}
+
+/* One census and its growth record. */
+static int scan_growth(struct logger *l)
+{
+    struct objects_count now;
+    int r;
+
+    r = objects_count(PROCFS_ROOT, l->target.pid, &now);
+    if (r < 0)
+        return r;
+    log_growth(l, &now);
+    pthread_mutex_lock(&lock);
+    l->last = now;
+    l->have_last = true;
+    l->scans++;
+    pthread_mutex_unlock(&lock);
+    return 0;
+}
+
 static void *objlog_main(void *arg)
 {
-    struct objlog *l = arg;
-    struct objects_count now;
+    struct logger *l = arg;
     struct timespec deadline;
     int r;
 
     pthread_mutex_lock(&lock);
     while (!l->stop) {
         pthread_mutex_unlock(&lock);
-        r = objects_count(PROCFS_ROOT, l->target.pid, &now);
-        pthread_mutex_lock(&lock);
+        r = scan_growth(l);
         if (r < 0) {
-            char text[TARGET_SPEC_MAX + 128];
-
-            snprintf(text, sizeof(text), "Object logging stopped: target %s (pid %d) %s",
-                     l->spec, (int)l->target.pid,
-                     r == -ESRCH ? "has exited" : strerror(-r));
-            l->ended = true;
-            pthread_mutex_unlock(&lock);
-            emit(l->agent, text);
-            if (l->agent->out.state_changed)
-                l->agent->out.state_changed(l->agent, l->agent->out.userdata);
+            end_logger(l, r);
             return NULL;
         }
-        pthread_mutex_unlock(&lock);
-        log_growth(l, &now);
         pthread_mutex_lock(&lock);
-        l->last = now;
-        l->have_last = true;
-        l->scans++;
         clock_gettime(CLOCK_REALTIME, &deadline);
         deadline.tv_sec += (time_t)l->interval;
         deadline.tv_nsec += (long)((l->interval - (double)(time_t)l->interval) * 1e9);
@@ -124,15 +187,360 @@ static void *objlog_main(void *arg)
     return NULL;
 }
 
-/* Joins a thread that ended by itself, so a new start finds the slot free. Called locked. */
-static void reap_locked(void)
+/* The census's reprs of one type, keyed by fd, tid or mapping start, for matching creations. */
+struct entry {
+    uint64_t key, end;
+    char *repr;
+};
+
+struct table {
+    bool loaded;
+    struct entry *v;
+    size_t n, cap;
+};
+
+static bool parse_key(enum objects_type t, const char *repr, uint64_t *key, uint64_t *end)
 {
-    if (objlog.running && objlog.ended) {
-        pthread_mutex_unlock(&lock);
-        pthread_join(objlog.thread, NULL);
-        pthread_mutex_lock(&lock);
-        objlog.running = false;
+    const char *p;
+    char *e;
+
+    if (t == OBJECTS_MAPPING) {
+        /* "<mapping START-END perms path>" */
+        p = strchr(repr, ' ');
+        if (!p)
+            return false;
+        errno = 0;
+        *key = strtoull(p + 1, &e, 16);
+        if (errno || *e != '-')
+            return false;
+        *end = strtoull(e + 1, &e, 16);
+        return !errno && *e == ' ' && *end > *key;
     }
+    p = strstr(repr, t == OBJECTS_THREAD ? "tid=" : "fd=");
+    if (!p)
+        return false;
+    p += t == OBJECTS_THREAD ? 4 : 3;
+    if (*p < '0' || *p > '9')
+        return false;
+    errno = 0;
+    *key = strtoull(p, &e, 10);
+    *end = *key + 1;
+    return !errno && (*e < '0' || *e > '9');
+}
+
+struct collect {
+    enum objects_type type;
+    struct table *t;
+};
+
+static int collect_repr(const char *repr, void *userdata)
+{
+    struct collect *c = userdata;
+    struct table *t = c->t;
+    uint64_t key, end;
+
+    if (!parse_key(c->type, repr, &key, &end))
+        return 0;
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 64;
+        struct entry *v = realloc(t->v, cap * sizeof(*v));
+
+        if (!v)
+            return -ENOMEM;
+        t->v = v;
+        t->cap = cap;
+    }
+    t->v[t->n].repr = strdup(repr);
+    if (!t->v[t->n].repr)
+        return -ENOMEM;
+    t->v[t->n].key = key;
+    t->v[t->n].end = end;
+    t->n++;
+    return 0;
+}
+
+static int by_key(const void *x, const void *y)
+{
+    const struct entry *a = x, *b = y;
+
+    return a->key < b->key ? -1 : a->key > b->key;
+}
+
+static void tables_free(struct table *tables)
+{
+    for (int t = 0; t < OBJECTS_NTYPES; t++) {
+        for (size_t i = 0; i < tables[t].n; i++)
+            free(tables[t].v[i].repr);
+        free(tables[t].v);
+    }
+}
+
+/* The repr of the object of type t whose range holds key, loading that type's census on first
+ * use; NULL when there is none (closed, exited, unmapped) or it cannot be read. */
+static const char *lookup(struct logger *l, struct table *tables, enum objects_type t,
+                          uint64_t key)
+{
+    struct table *tb = &tables[t];
+    size_t lo = 0, hi;
+
+    if (!tb->loaded) {
+        struct collect c = { t, tb };
+
+        tb->loaded = true;
+        if (objects_dump(PROCFS_ROOT, l->target.pid, t, collect_repr, &c) < 0)
+            return NULL;
+        qsort(tb->v, tb->n, sizeof(*tb->v), by_key);
+    }
+    hi = tb->n;
+    /* The last entry that starts at or before key. */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (tb->v[mid].key <= key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0 || key >= tb->v[lo - 1].end)
+        return NULL;
+    return tb->v[lo - 1].repr;
+}
+
+/* What a creation is now: its type and repr (in buf when it has gone), and whether it lives. */
+static bool resolve(struct logger *l, struct table *tables, const struct queued *q,
+                    enum objects_type *ret_type, const char **ret_repr, char *buf, size_t len)
+{
+    const char *repr = NULL;
+    enum objects_type t = q->type;
+
+    if (t == OBJECTS_THREAD) {
+        repr = lookup(l, tables, t, (uint64_t)q->new_tid);
+        snprintf(buf, len, "<thread tid=%d (exited)>", (int)q->new_tid);
+    } else if (t == OBJECTS_MAPPING) {
+        repr = lookup(l, tables, t, q->addr);
+        snprintf(buf, len, "<mapping %" PRIx64 "-%" PRIx64 " (unmapped)>", q->addr,
+                 q->addr + q->len);
+    } else if (q->fds[0] < 0) {
+        snprintf(buf, len, "<%s fd=? (not readable at the call)>", objects_type_name(t));
+    } else {
+        for (int k = q->any_fd_type ? 0 : (int)t; !repr && k <= OBJECTS_OTHER_FD; k++) {
+            if (!q->reused)
+                repr = lookup(l, tables, k, (uint64_t)q->fds[0]);
+            if (repr)
+                t = k;
+            if (!q->any_fd_type)
+                break;
+        }
+        if (q->fds[1] >= 0)
+            snprintf(buf, len, "<%s fd=%d (closed), other end fd=%d>", objects_type_name(t),
+                     q->fds[0], q->fds[1]);
+        else
+            snprintf(buf, len, "<%s fd=%d (closed)>", objects_type_name(t), q->fds[0]);
+    }
+    *ret_type = t;
+    *ret_repr = repr ? repr : buf;
+    return repr != NULL;
+}
+
+static void log_source(struct logger *l, struct stacks *stacks, struct stacks_thread *th,
+                       const struct queued *q, enum objects_type t, const char *repr)
+{
+    char *frames = NULL, *text;
+    size_t len;
+    int r;
+
+    th->tid = q->tid;
+    snprintf(th->name, sizeof(th->name), "%s", q->thread);
+    th->err = 0;
+    th->truncated = 0;
+    th->nframes = 0;
+    r = stacks ? stacks_unwind_regs(stacks, q->regs, q->stack_addr, q->stack, q->stack_len,
+                                    th->frames, STACKS_MAX_FRAMES, &th->nframes, &th->truncated)
+               : -EBUSY;
+    if (r < 0) {
+        th->err = r;
+        th->nframes = 0;
+        th->truncated = 0;
+    }
+    if (stacks_format_thread(th, &frames) < 0)
+        return;
+    len = strlen(objects_type_name(t)) + strlen(repr) + strlen(frames) + 32;
+    text = malloc(len);
+    if (text) {
+        snprintf(text, len, "New object: %s %s from:\n%s", objects_type_name(t), repr, frames);
+        emit(l->agent, text);
+        free(text);
+    }
+    free(frames);
+}
+
+static void queue_clear(struct logger *l)
+{
+    for (size_t i = 0; i < l->nqueue; i++)
+        free(l->queue[i].stack);
+    l->nqueue = 0;
+}
+
+/* The sources of up to max_objects creations since the last scan, live objects first. */
+static void log_sources(struct logger *l)
+{
+    struct table tables[OBJECTS_NTYPES] = { { 0 } };
+    struct stacks_thread *th = NULL;
+    struct unwinder *u = NULL;
+    char gone[128];
+    unsigned logged = 0;
+
+    if (l->nqueue == 0)
+        return;
+    th = malloc(sizeof(*th) + STACKS_MAX_FRAMES * sizeof(struct stacks_frame));
+    if (!th)
+        goto out;
+    if (unwinders_get(&l->target, UNWINDERS_DUMP, &u) < 0)
+        u = NULL;
+    for (int pass = 0; pass < 2 && logged < l->max_objects; pass++) {
+        for (size_t i = 0; i < l->nqueue && logged < l->max_objects; i++) {
+            enum objects_type t;
+            const char *repr;
+            bool live = resolve(l, tables, &l->queue[i], &t, &repr, gone, sizeof(gone));
+
+            if (live != (pass == 0))
+                continue;
+            log_source(l, u ? unwinders_stacks(u) : NULL, th, &l->queue[i], t, repr);
+            logged++;
+        }
+    }
+    if (u)
+        unwinders_put(u);
+out:
+    pthread_mutex_lock(&lock);
+    l->logged += logged;
+    pthread_mutex_unlock(&lock);
+    free(th);
+    tables_free(tables);
+    queue_clear(l);
+}
+
+static int enqueue(const struct objsrc_event *ev, void *userdata)
+{
+    struct logger *l = userdata;
+    struct queued *q;
+
+    pthread_mutex_lock(&lock);
+    l->traced++;
+    pthread_mutex_unlock(&lock);
+    if (ev->type <= OBJECTS_OTHER_FD && ev->fds[0] >= 0)
+        for (size_t i = 0; i < l->nqueue; i++) {
+            q = &l->queue[i];
+            if (q->type <= OBJECTS_OTHER_FD && q->fds[0] >= 0 &&
+                (q->fds[0] == ev->fds[0] || q->fds[0] == ev->fds[1]))
+                q->reused = true;
+        }
+    if (l->nqueue == l->qcap)
+        return 0;
+    q = &l->queue[l->nqueue];
+    *q = (struct queued){
+        .tid = ev->tid, .time_ns = ev->time_ns, .type = ev->type,
+        .any_fd_type = ev->any_fd_type, .fds = { ev->fds[0], ev->fds[1] },
+        .new_tid = ev->new_tid, .addr = ev->addr, .len = ev->len,
+        .stack_addr = ev->stack_addr,
+    };
+    memcpy(q->regs, ev->regs, sizeof(q->regs));
+    if (ev->stack_len > 0) {
+        q->stack = malloc(ev->stack_len);
+        if (!q->stack)
+            return 0;                   /* dropped, like one the queue has no room for */
+        memcpy(q->stack, ev->stack, ev->stack_len);
+        q->stack_len = ev->stack_len;
+    }
+    if (procfs_read_comm(PROCFS_ROOT, l->target.pid, ev->tid, q->thread) < 0)
+        snprintf(q->thread, sizeof(q->thread), "?");
+    l->nqueue++;
+    return 0;
+}
+
+static bool stopping(struct logger *l)
+{
+    bool stop;
+
+    pthread_mutex_lock(&lock);
+    stop = l->stop;
+    pthread_mutex_unlock(&lock);
+    return stop;
+}
+
+/* Collects traced creations until the next scan is due or a stop. 0 at the deadline, 1 on a
+ * stop, or objsrc_poll's error (-ESRCH: the target exited). */
+static int collect_until(struct logger *l, int64_t deadline_us)
+{
+    for (;;) {
+        struct pollfd p[2] = { { objsrc_fd(l->src), POLLIN, 0 }, { l->wakefd, POLLIN, 0 } };
+        int64_t left = deadline_us - clock_monotonic_us();
+        int r;
+
+        if (stopping(l))
+            return 1;
+        if (left <= 0)
+            return objsrc_poll(l->src, 0, enqueue, l);
+        poll(p, 2, left / 1000 + 1 < RESCAN_WAIT_MS ? (int)(left / 1000 + 1) : RESCAN_WAIT_MS);
+        r = objsrc_poll(l->src, 0, enqueue, l);
+        if (r < 0)
+            return r;
+    }
+}
+
+static void *srclog_main(void *arg)
+{
+    struct logger *l = arg;
+    int r = 0;
+
+    while (r == 0) {
+        r = scan_growth(l);
+        if (r < 0)
+            break;
+        log_sources(l);
+        r = collect_until(l, clock_monotonic_us() + (int64_t)(l->interval * 1e6));
+    }
+    queue_clear(l);
+    objsrc_close(l->src);
+    l->src = NULL;
+    if (r < 0)
+        end_logger(l, r);
+    return NULL;
+}
+
+/* Joins a thread that ended by itself, so a new start finds the slot free. Called locked. */
+static void reap_locked(struct logger *l)
+{
+    if (l->running && l->ended) {
+        pthread_mutex_unlock(&lock);
+        pthread_join(l->thread, NULL);
+        pthread_mutex_lock(&lock);
+        l->running = false;
+    }
+    if (!l->running) {
+        free(l->queue);
+        l->queue = NULL;
+        if (l->wakefd >= 0)
+            close(l->wakefd);
+        l->wakefd = -1;
+    }
+}
+
+/* Resets l for a new run. Called locked, with l not running. */
+static void prepare(struct logger *l, struct agent *a, const struct target *t, const char *spec,
+                    double interval)
+{
+    const char *kind = l->kind, *what = l->what;
+
+    memset(l, 0, sizeof(*l));
+    l->kind = kind;
+    l->what = what;
+    l->wakefd = -1;
+    l->agent = a;
+    l->target = *t;
+    snprintf(l->spec, sizeof(l->spec), "%s", spec);
+    l->interval = interval;
+    l->started_mono_us = clock_monotonic_us();
 }
 
 int loggers_start_objects(struct agent *a, const struct target *t, const char *spec,
@@ -141,18 +549,13 @@ int loggers_start_objects(struct agent *a, const struct target *t, const char *s
     int r = 0;
 
     pthread_mutex_lock(&lock);
-    reap_locked();
+    reap_locked(&objlog);
     if (objlog.running) {
         snprintf(err, errlen, "Object logging already started");
         r = -EEXIST;
         goto out;
     }
-    memset(&objlog, 0, sizeof(objlog));
-    objlog.agent = a;
-    objlog.target = *t;
-    snprintf(objlog.spec, sizeof(objlog.spec), "%s", spec);
-    objlog.interval = interval;
-    objlog.started_mono_us = clock_monotonic_us();
+    prepare(&objlog, a, t, spec, interval);
     r = -pthread_create(&objlog.thread, NULL, objlog_main, &objlog);
     if (r < 0) {
         snprintf(err, errlen, "cannot start the object logger: %s", strerror(-r));
@@ -164,58 +567,176 @@ out:
     return r;
 }
 
-int loggers_stop_objects(void)
+static void tracing_error(const struct target *t, int r, char *err, size_t errlen)
 {
+    switch (r) {
+    case -ENOENT:
+        snprintf(err, errlen, "Object source logging needs the kernel's system call tracepoints "
+                 "(raw_syscalls:sys_exit in tracefs) and found none: they need a kernel built with "
+                 "CONFIG_FTRACE_SYSCALLS and tracefs mounted on /sys/kernel/tracing (the agent "
+                 "mounts it when it may)");
+        break;
+    case -EPERM:
+    case -EACCES:
+        snprintf(err, errlen, "Object source logging is not permitted: tracing the system calls "
+                 "of process %d with perf_event needs root, or CAP_PERFMON (CAP_SYS_ADMIN before "
+                 "Linux 5.8) and read access to /sys/kernel/tracing", (int)t->pid);
+        break;
+    case -ESRCH:
+        snprintf(err, errlen, "Object source logging: target process %d has exited",
+                 (int)t->pid);
+        break;
+    case -EMFILE:
+    case -ENFILE:
+        snprintf(err, errlen, "Object source logging: process %d has too many threads to trace "
+                 "(one perf_event descriptor per thread and CPU); raise the agent's open file "
+                 "limit (LimitNOFILE)", (int)t->pid);
+        break;
+    default:
+        snprintf(err, errlen, "Object source logging: cannot trace process %d: %s", (int)t->pid,
+                 strerror(-r));
+        break;
+    }
+}
+
+int loggers_start_sources(struct agent *a, const struct target *t, const char *spec,
+                          double interval, unsigned max_objects, char *err, size_t errlen)
+{
+    struct objsrc *src = NULL;
+    int r = 0;
+
     pthread_mutex_lock(&lock);
-    reap_locked();
-    if (!objlog.running) {
+    reap_locked(&srclog);
+    if (srclog.running) {
+        snprintf(err, errlen, "Object source logging already started");
+        r = -EEXIST;
+        goto out;
+    }
+    r = objsrc_open(t->pid, &src);
+    if (r < 0) {
+        tracing_error(t, r, err, errlen);
+        goto out;
+    }
+    prepare(&srclog, a, t, spec, interval);
+    srclog.max_objects = max_objects;
+    srclog.qcap = 4 * (size_t)max_objects < QUEUE_MIN ? QUEUE_MIN
+                : 4 * (size_t)max_objects > QUEUE_MAX ? QUEUE_MAX : 4 * (size_t)max_objects;
+    srclog.queue = calloc(srclog.qcap, sizeof(*srclog.queue));
+    srclog.wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (!srclog.queue || srclog.wakefd < 0) {
+        r = srclog.queue ? -errno : -ENOMEM;
+        snprintf(err, errlen, "cannot start the object source logger: %s", strerror(-r));
+        goto out;
+    }
+    srclog.src = src;
+    r = -pthread_create(&srclog.thread, NULL, srclog_main, &srclog);
+    if (r < 0) {
+        srclog.src = NULL;
+        snprintf(err, errlen, "cannot start the object source logger: %s", strerror(-r));
+        goto out;
+    }
+    src = NULL;
+    srclog.running = true;
+out:
+    if (r < 0 && r != -EEXIST)
+        reap_locked(&srclog);
+    pthread_mutex_unlock(&lock);
+    objsrc_close(src);
+    return r;
+}
+
+static int stop_logger(struct logger *l)
+{
+    uint64_t one = 1;
+
+    pthread_mutex_lock(&lock);
+    reap_locked(l);
+    if (!l->running) {
         pthread_mutex_unlock(&lock);
         return -ENOENT;
     }
-    objlog.stop = true;
+    l->stop = true;
     pthread_cond_broadcast(&wake);
+    if (l->wakefd >= 0 && write(l->wakefd, &one, sizeof(one)) < 0)
+        one = 0;                        /* the counter is full: it is readable anyway */
     pthread_mutex_unlock(&lock);
-    pthread_join(objlog.thread, NULL);
+    pthread_join(l->thread, NULL);
     pthread_mutex_lock(&lock);
-    objlog.running = false;
+    l->running = false;
+    reap_locked(l);
     pthread_mutex_unlock(&lock);
     return 0;
 }
 
+int loggers_stop_objects(void)
+{
+    return stop_logger(&objlog);
+}
+
+int loggers_stop_sources(void)
+{
+    return stop_logger(&srclog);
+}
+
 void loggers_stop_all(void)
 {
-    loggers_stop_objects();
+    stop_logger(&objlog);
+    stop_logger(&srclog);
+}
+
+static void describe_one(const struct logger *l, struct json_object *array)
+{
+    struct json_object *o;
+
+    if (!l->running || l->ended)
+        return;
+    o = json_object_new_object();
+    json_object_object_add(o, "logger", json_object_new_string(l->kind));
+    json_object_object_add(o, "target", json_object_new_string(l->spec));
+    json_object_object_add(o, "pid", json_object_new_int(l->target.pid));
+    json_object_object_add(o, "scan_interval", json_decimal(l->interval, 3));
+    json_object_object_add(o, "scans", json_object_new_int64((int64_t)l->scans));
+    if (l == &srclog) {
+        json_object_object_add(o, "max_objects", json_object_new_int((int)l->max_objects));
+        json_object_object_add(o, "traced", json_object_new_int64((int64_t)l->traced));
+        json_object_object_add(o, "logged", json_object_new_int64((int64_t)l->logged));
+    }
+    json_object_array_add(array, o);
 }
 
 void loggers_describe(struct json_object *array)
 {
     pthread_mutex_lock(&lock);
-    if (objlog.running && !objlog.ended) {
-        struct json_object *o = json_object_new_object();
-
-        json_object_object_add(o, "logger", json_object_new_string("objects"));
-        json_object_object_add(o, "target", json_object_new_string(objlog.spec));
-        json_object_object_add(o, "pid", json_object_new_int(objlog.target.pid));
-        json_object_object_add(o, "scan_interval", json_decimal(objlog.interval, 3));
-        json_object_object_add(o, "scans", json_object_new_int64((int64_t)objlog.scans));
-        json_object_array_add(array, o);
-    }
+    describe_one(&objlog, array);
+    describe_one(&srclog, array);
     pthread_mutex_unlock(&lock);
+}
+
+static void task_line(const struct logger *l, char *line, size_t len)
+{
+    char extra[96] = "";
+
+    line[0] = '\0';
+    if (!l->running || l->ended)
+        return;
+    if (l == &srclog)
+        snprintf(extra, sizeof(extra), " max_objects=%u traced=%llu", l->max_objects,
+                 (unsigned long long)l->traced);
+    snprintf(line, len, "Task: <logger %s target=%s pid=%d scan_interval=%.3fs%s scans=%llu "
+             "elapsed=%.3fs>", l->kind, l->spec, (int)l->target.pid, l->interval, extra,
+             (unsigned long long)l->scans,
+             (double)(clock_monotonic_us() - l->started_mono_us) / 1e6);
 }
 
 void loggers_tasks(void (*fn)(const char *line, void *userdata), void *userdata)
 {
-    char line[512] = "";
+    char lines[2][512];
 
     pthread_mutex_lock(&lock);
-    if (objlog.running && !objlog.ended)
-        snprintf(line, sizeof(line),
-                 "Task: <logger objects target=%s pid=%d scan_interval=%.3fs scans=%llu "
-                 "elapsed=%.3fs>",
-                 objlog.spec, (int)objlog.target.pid, objlog.interval,
-                 (unsigned long long)objlog.scans,
-                 (double)(clock_monotonic_us() - objlog.started_mono_us) / 1e6);
+    task_line(&objlog, lines[0], sizeof(lines[0]));
+    task_line(&srclog, lines[1], sizeof(lines[1]));
     pthread_mutex_unlock(&lock);
-    if (line[0])
-        fn(line, userdata);
+    for (int i = 0; i < 2; i++)
+        if (lines[i][0])
+            fn(lines[i], userdata);
 }

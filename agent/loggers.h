@@ -1,7 +1,9 @@
 /* Background loggers started by a command and stopped by another: object-growth logging
- * (start_log_objects / stop_log_objects). A logger scans the target every scan_interval seconds
- * on its own thread and logs objgraph's growth form; it ends by itself, saying so, when the
- * target exits. One of each kind per agent, as the Profiler has. */
+ * (start_log_objects / stop_log_objects) and object-source logging (start_log_object_sources /
+ * stop_log_object_sources). A logger scans the target every scan_interval seconds on its own
+ * thread and logs objgraph's growth form; the source logger also traces the system calls that
+ * create objects and logs where up to max_objects of the new ones came from. A logger ends by
+ * itself, saying so, when the target exits. One of each kind per agent, as the Profiler has. */
 #ifndef LOGGERS_H
 #define LOGGERS_H
 
@@ -13,6 +15,14 @@ int loggers_start_objects(struct agent *a, const struct target *t, const char *s
                           double interval, char *err, size_t errlen);
 /* -ENOENT when not running. */
 int loggers_stop_objects(void);
+/* Starts object-source logging of target: growth as loggers_start_objects, then for up to
+ * max_objects new objects per scan a `New object: TYPE <repr> from:` record with the creating
+ * thread's stack. -EEXIST when already started; the tracing errors of objsrc_open (err says
+ * why, and what the agent needs). */
+int loggers_start_sources(struct agent *a, const struct target *t, const char *spec,
+                          double interval, unsigned max_objects, char *err, size_t errlen);
+/* -ENOENT when not running. */
+int loggers_stop_sources(void);
 /* Adds a JSON object per active logger to array (for P/N/state), or calls fn with a task line. */
 void loggers_describe(struct json_object *array);
 void loggers_tasks(void (*fn)(const char *line, void *userdata), void *userdata);

@@ -121,6 +121,8 @@ int main(int argc, char **argv)
         return die("epoll_ctl");
     if (pthread_create(&t, NULL, loop_main, NULL) || pthread_create(&t, NULL, piper_main, NULL))
         return die("pthread_create");
+    /* Named here too, so "ready" means a reader of /proc finds it by name. */
+    pthread_setname_np(t, "piper");
     printf("ready timerfd=%d eventfd=%d epoll=%d file=%d\n", tfd, efd, epfd, fd);
     fflush(stdout);
     for (;;)
