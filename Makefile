@@ -8,7 +8,7 @@ PKGS     := libmosquitto json-c libunwind-generic libdw libelf sqlite3
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -fno-omit-frame-pointer \
             $(shell pkg-config --cflags $(PKGS)) -Iengine -Iagent
-LDLIBS   += $(shell pkg-config --libs $(PKGS)) -lpthread
+LDLIBS   += $(shell pkg-config --libs $(PKGS)) -lpthread -lm
 
 ifdef SANITIZER
 BUILD    ?= build-san
@@ -29,8 +29,10 @@ WORKLOADS  := $(patsubst tests/workloads/%.c,$(BUILD)/workloads/%,$(wildcard tes
 VERSION  := $(shell cat VERSION 2>/dev/null || echo 0.1.0)
 CFLAGS   += -DPROFILER_AGENT_VERSION='"$(VERSION)"'
 
+HOOKLIB  := $(BUILD)/libprofiler-agent-memhook.so
+
 .PHONY: all check unit-check sanitize-check integration-check bench clean
-all: $(BUILD)/profiler-agent $(WORKLOADS)
+all: $(BUILD)/profiler-agent $(HOOKLIB) $(WORKLOADS)
 
 $(BUILD)/%.o: %.c $(wildcard engine/*.h agent/*.h)
 	@mkdir -p $(dir $@)
@@ -45,12 +47,25 @@ $(BUILD)/libagent.a: $(AGENT_OBJ)
 $(BUILD)/profiler-agent: $(BUILD)/agent/main.o $(BUILD)/libagent.a $(BUILD)/libengine.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# The library `memory` loads into targets: never sanitized (a target has no sanitizer runtime),
+# libc its only dependency, nothing exported but its two entry points.
+$(HOOKLIB): $(wildcard engine/memhook/*.c engine/memhook/*.S engine/memhook/*.h) engine/memring.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O2 -g -fPIC -shared -fvisibility=hidden -Wall -Wextra -Werror \
+	    -D_GNU_SOURCE -Wl,-z,defs -Iengine -o $@ $(filter %.c %.S,$^)
+
 # Test workloads stand for the binaries users profile: Debian builds without frame pointers.
 $(BUILD)/workloads/%: tests/workloads/%.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -O2 -g -fomit-frame-pointer -Wall -Wextra -Werror -o $@ $< -lpthread
 
-$(BUILD)/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(BUILD)/libagent.a $(BUILD)/libengine.a $(WORKLOADS)
+# A static binary: the memory action cannot inject into it and must fall back to uprobes.
+$(BUILD)/workloads/allocs_static: tests/workloads/allocs_static.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -O2 -g -fomit-frame-pointer -static -Wl,--eh-frame-hdr -Wall -Wextra -Werror \
+	    -o $@ $< -lpthread
+
+$(BUILD)/tests/%: tests/unit/%.c $(wildcard tests/unit/*.h) $(BUILD)/libagent.a $(BUILD)/libengine.a $(WORKLOADS) $(HOOKLIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libagent.a $(BUILD)/libengine.a $(LDLIBS) -lcmocka
 
@@ -71,6 +86,8 @@ bench: all
 	$(PYTHON) bench/frames.py
 	$(PYTHON) bench/roundtrip.py
 	$(PYTHON) bench/cpu_profile.py
+	$(PYTHON) bench/memory.py
+	$(PYTHON) bench/object_sources.py
 
 clean:
 	rm -rf build build-san

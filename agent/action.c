@@ -13,6 +13,9 @@
 int action_start(struct run *run);
 int action_start_admit(struct run *run);
 void action_start_release(struct run *run);
+int action_memory(struct run *run);
+int action_memory_admit(struct run *run);
+void action_memory_release(struct run *run);
 int action_log_thread_frames(struct run *run);
 int action_start_log_objects(struct run *run);
 int action_stop_log_objects(struct run *run);
@@ -24,12 +27,12 @@ int action_dump_sockets(struct run *run);
 int action_lru_stats(struct run *run);
 int action_log_current_tasks(struct run *run);
 int action_set_asyncio_debug(struct run *run);
-static int not_available(struct run *run);
 
 static struct action actions[] = {
     {.name = "start", .needs_target = true, .long_running = true, .run = action_start,
      .admit = action_start_admit, .release = action_start_release},
-    {.name = "memory", .long_running = true, .run = not_available},
+    {.name = "memory", .needs_target = true, .long_running = true, .run = action_memory,
+     .admit = action_memory_admit, .release = action_memory_release},
     {.name = "start_log_objects", .needs_target = true, .run = action_start_log_objects},
     {.name = "stop_log_objects", .run = action_stop_log_objects},
     {.name = "start_log_object_sources", .needs_target = true,
@@ -51,12 +54,6 @@ static struct action actions[] = {
 #define NACTIONS (sizeof(actions) / sizeof(actions[0]))
 
 CACHESTAT_DEFINE(schema_stats, "schemas", NACTIONS)
-
-static int not_available(struct run *run)
-{
-    return run_fail(run, "action '%s' is not available yet in profiler-agent %s",
-                    run->action_name, PROFILER_AGENT_VERSION);
-}
 
 int action_load_schemas(const char *dir, char *err, size_t errlen)
 {

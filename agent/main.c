@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include "action.h"
@@ -62,8 +63,11 @@ static const char usage[] =
     "  stop_log_objects        stop it\n"
     "  dump_log_objects        {\"type\": \"pipe\"}: log every object of that type\n"
     "  log_event_loop_scheduled  log the target's timerfds, POSIX timers and epoll sets\n"
-    "  memory, start_log_object_sources, stop_log_object_sources:\n"
-    "                          accepted and validated; not available yet in this version\n"
+    "  start_log_object_sources {\"scan_interval\": 30, \"max_objects\": 5}: growth, and\n"
+    "                          where up to max_objects new objects per scan came from\n"
+    "  stop_log_object_sources stop it\n"
+    "  memory                  {\"seconds\": 60, \"sample_bytes\": 0}: allocation profile;\n"
+    "                          writes heap_profile.T.hpy and massif.out.T in output_dir\n"
     "The payload schema of each action is schemas/ACTION.json.\n"
     "\n"
     "Topics: P/N/status (retained online/offline), P/N/result, P/N/log, P/N/progress,\n"
@@ -352,6 +356,18 @@ static int run_daemon(struct config *c)
     return EXIT_SUCCESS;
 }
 
+/* perf_event needs one fd per thread, CPU and probe: a busy target uses thousands. The hard
+ * limit is the administrator's word; the soft one is only a default. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int main(int argc, char **argv)
 {
     struct config c;
@@ -363,6 +379,7 @@ int main(int argc, char **argv)
         return r > 0 ? EXIT_SUCCESS : EXIT_USAGE;
     if (load_config(&cli, &c) < 0)
         return EXIT_USAGE;
+    raise_fd_limit();
     if (cli.run_action)
         return run_local(&c, cli.run_action, cli.run_json);
     return run_daemon(&c);

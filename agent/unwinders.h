@@ -8,7 +8,7 @@
 #include "stacks.h"
 #include "target.h"
 
-enum unwinders_use { UNWINDERS_DUMP, UNWINDERS_PROFILE };
+enum unwinders_use { UNWINDERS_DUMP, UNWINDERS_PROFILE, UNWINDERS_MEMORY };
 
 struct unwinder;
 

@@ -198,11 +198,12 @@ def workdir():
 
 
 @contextlib.contextmanager
-def running_workload(name, *args):
+def running_workload(name, *args, stdin=None):
     """Runs build/workloads/NAME until the block ends, once it has printed its "ready" line;
-    yields the process, with the words after "ready" as proc.ready."""
+    yields the process, with the words after "ready" as proc.ready. stdin=subprocess.PIPE keeps
+    workloads that stop at end of input running."""
     proc = subprocess.Popen([os.path.join(BUILD, "workloads", name), *args],
-                            stdout=subprocess.PIPE, text=True)
+                            stdin=stdin, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline().split()
         assert line and line[0] == "ready", f"{name} did not start"

@@ -68,13 +68,11 @@ def test_200_levels_of_nesting_are_answered(session):
     assert "nested" in result["error"]
 
 
-def test_unavailable_actions_validate_then_say_so(session):
-    for action in ["memory", "start_log_object_sources", "stop_log_object_sources"]:
-        result, _ = session.command(action)
-        assert result["status"] == "error"
-        assert result["error"].startswith(f"action '{action}' is not available yet"), result
+def test_memory_payload_is_validated_before_anything_runs(session):
     result, _ = session.command("memory", {"seconds": 0})
     assert result["error"] == "seconds: must be greater than 0"
+    result, _ = session.command("memory", {"sample_bytes": 1073741825})
+    assert result["status"] == "error" and result["error"].startswith("sample_bytes:"), result
 
 
 def test_retained_command_is_never_run(session):

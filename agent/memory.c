@@ -1,0 +1,253 @@
+/* The `memory` action: an allocation profile of the target for `seconds`, written as
+ * heap_profile.T.hpy (guppy's stat dump) and massif.out.T in output_dir, with a summary of what
+ * was allocated and what is still live, by site. One allocation profile per target at a time;
+ * progress about once a second; a clean stop of the agent ends the run early with what it has,
+ * and the hooks are taken out of the target on every path. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "action.h"
+#include "claims.h"
+#include "clock.h"
+#include "heapfile.h"
+#include "memprof.h"
+#include "unwinders.h"
+
+#define TOP_SITES 5
+#define POLL_MS 100
+#define CMDLINE_MAX 1024
+
+#ifndef PROFILER_AGENT_LIBDIR
+#define PROFILER_AGENT_LIBDIR "/usr/lib/profiler-agent"
+#endif
+
+static struct claims claims = CLAIMS_INIT("an allocation profile");
+
+int action_memory_admit(struct run *run)
+{
+    return claims_take(&claims, run);
+}
+
+void action_memory_release(struct run *run)
+{
+    claims_drop(&claims, run);
+}
+
+/* The hook library: beside the agent's executable (a build tree), else where it is installed. */
+static int hook_library(char *buf, size_t len)
+{
+    char exe[PATH_MAX - sizeof(MEMPROF_HOOK_LIB) - 1];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            snprintf(buf, len, "%s/%s", exe, MEMPROF_HOOK_LIB);
+            if (access(buf, R_OK) == 0)
+                return 0;
+        }
+    }
+    snprintf(buf, len, "%s/%s", PROFILER_AGENT_LIBDIR, MEMPROF_HOOK_LIB);
+    return access(buf, R_OK) == 0 ? 0 : -ENOENT;
+}
+
+/* The target's command line with spaces between arguments, for massif's `cmd:` line. */
+static void read_cmdline(pid_t pid, char *buf, size_t len)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+    FILE *f = fopen(path, "re");
+    size_t n = 0;
+
+    buf[0] = '\0';
+    if (!f)
+        return;
+    n = fread(buf, 1, len - 1, f);
+    fclose(f);
+    for (size_t i = 0; i < n; i++)
+        if (buf[i] == '\0' || buf[i] == '\n')
+            buf[i] = ' ';
+    while (n > 0 && buf[n - 1] == ' ')
+        n--;
+    buf[n] = '\0';
+}
+
+static void progress(struct run *run, const struct memprof_stats *st, double seconds)
+{
+    struct json_object *o = json_object_new_object();
+
+    json_object_object_add(o, "run_id", json_object_new_int64(run->id));
+    if (run->has_request_id)
+        json_object_object_add(o, "request_id", json_object_new_string(run->request_id));
+    json_object_object_add(o, "action", json_object_new_string(run->action_name));
+    json_object_object_add(o, "elapsed", json_decimal((double)st->elapsed_ms / 1000.0, 3));
+    json_object_object_add(o, "seconds", json_decimal(seconds, 3));
+    json_object_object_add(o, "allocations", json_object_new_int64((int64_t)st->allocs));
+    json_object_object_add(o, "live_bytes", json_object_new_int64((int64_t)st->live_bytes));
+    run_progress(run, json_object_to_json_string_ext(o, AGENT_JSON_FLAGS));
+    json_object_put(o);
+}
+
+static void add_summary(struct run *run, struct memprof *m, const struct memprof_stats *st,
+                        uint64_t sample_bytes)
+{
+    struct json_object *s = run->summary, *top = json_object_new_array();
+    const struct memprof_site *sites;
+    size_t n = 0;
+
+    json_object_object_add(s, "method", json_object_new_string(st->method));
+    json_object_object_add(s, "seconds", json_decimal((double)st->elapsed_ms / 1000.0, 3));
+    json_object_object_add(s, "sample_bytes", json_object_new_int64((int64_t)sample_bytes));
+    json_object_object_add(s, "allocations", json_object_new_int64((int64_t)st->allocs));
+    json_object_object_add(s, "frees", json_object_new_int64((int64_t)st->frees));
+    json_object_object_add(s, "allocated_bytes", json_object_new_int64((int64_t)st->alloc_bytes));
+    json_object_object_add(s, "live_bytes", json_object_new_int64((int64_t)st->live_bytes));
+    json_object_object_add(s, "live_blocks", json_object_new_int64((int64_t)st->live_blocks));
+    json_object_object_add(s, "peak_bytes", json_object_new_int64((int64_t)st->peak_bytes));
+    json_object_object_add(s, "peak_seconds", json_decimal((double)st->peak_ms / 1000.0, 3));
+    json_object_object_add(s, "lost", json_object_new_int64((int64_t)st->lost));
+    json_object_object_add(s, "sites", json_object_new_int64((int64_t)st->sites));
+    if (memprof_sites(m, &sites, &n) < 0)
+        n = 0;
+    for (size_t i = 0; i < n && i < TOP_SITES; i++) {
+        struct json_object *o = json_object_new_object();
+        char *kind = heapfile_kind(sites[i].frames, sites[i].nframes);
+
+        json_object_object_add(o, "site", kind ? json_object_new_string(kind) : NULL);
+        free(kind);
+        json_object_object_add(o, "live_bytes", json_object_new_int64((int64_t)sites[i].live_bytes));
+        json_object_object_add(o, "live_blocks",
+                               json_object_new_int64((int64_t)sites[i].live_blocks));
+        json_object_array_add(top, o);
+    }
+    json_object_object_add(s, "top", top);
+}
+
+static void add_warnings(struct run *run, const struct memprof_stats *st, bool cancelled,
+                         uint64_t sample_bytes)
+{
+    if (st->fallback_reason[0])
+        run_warn(run, "allocation hooks could not be injected (%s); uprobes were used instead, "
+                 "which cost the target about 3-4 us per allocation and free during the run",
+                 st->fallback_reason);
+    if (st->target_exited)
+        run_warn(run, "the target exited after %.1f s; the profile covers that time",
+                 (double)st->elapsed_ms / 1000.0);
+    if (cancelled)
+        run_warn(run, "the agent was stopped after %.1f s; the profile covers that time",
+                 (double)st->elapsed_ms / 1000.0);
+    if (st->hooks_abandoned)
+        run_warn(run, "the hooks removed themselves early because the agent did not drain "
+                 "them in time; later allocations are missing");
+    if (st->lost)
+        run_warn(run, "%llu allocations were not recorded (no room in the shared ring or no "
+                 "stack slot left)", (unsigned long long)st->lost);
+    if (st->untracked)
+        run_warn(run, "%llu blocks were not tracked: more than %u were live at once",
+                 (unsigned long long)st->untracked, MEMPROF_MAX_BLOCKS);
+    if (sample_bytes)
+        run_warn(run, "sampled one allocation per %llu bytes on average: sizes and counts are "
+                 "estimates", (unsigned long long)sample_bytes);
+}
+
+static int write_files(struct run *run, struct memprof *m)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 64], cmd[CMDLINE_MAX];
+    long long t = (long long)run->started_us;
+    int r;
+
+    if (mkdir(run->agent->config->output_dir, 0750) < 0 && errno != EEXIST)
+        return run_fail(run, "cannot create output_dir %s: %s", run->agent->config->output_dir,
+                        strerror(errno));
+    if (!realpath(run->agent->config->output_dir, dir))
+        return run_fail(run, "cannot use output_dir %s: %s", run->agent->config->output_dir,
+                        strerror(errno));
+    snprintf(path, sizeof(path), "%s/heap_profile.%lld.hpy", dir, t);
+    r = memprof_write_hpy(m, path, (double)run->started_us / 1e6);
+    if (r < 0)
+        goto fail;
+    json_object_array_add(run->files, json_object_new_string(path));
+    read_cmdline(run->target.pid, cmd, sizeof(cmd));
+    if (!cmd[0])
+        snprintf(cmd, sizeof(cmd), "%s (pid %d)", run->target.name, (int)run->target.pid);
+    snprintf(path, sizeof(path), "%s/massif.out.%lld", dir, t);
+    r = memprof_write_massif(m, path, cmd);
+    if (r < 0)
+        goto fail;
+    json_object_array_add(run->files, json_object_new_string(path));
+    return 0;
+fail:
+    return run_fail(run, "cannot write %s: %s", path, strerror(-r));
+}
+
+int action_memory(struct run *run)
+{
+    struct memprof_options o = {0};
+    struct memprof_stats st;
+    struct memprof *m = NULL;
+    struct json_object *v;
+    struct unwinder *u;
+    char lib[PATH_MAX], why[512];
+    int r;
+
+    json_object_object_get_ex(run->params, "seconds", &v);
+    o.seconds = json_object_get_double(v);
+    json_object_object_get_ex(run->params, "sample_bytes", &v);
+    o.sample_bytes = (uint64_t)json_object_get_int64(v);
+    if (hook_library(lib, sizeof(lib)) < 0)
+        return run_fail(run, "the allocation hook library %s is not installed (looked beside "
+                        "the agent and in %s)", MEMPROF_HOOK_LIB, PROFILER_AGENT_LIBDIR);
+    o.hook_path = lib;
+    r = unwinders_get(&run->target, UNWINDERS_MEMORY, &u);
+    if (r < 0)
+        return action_engine_fail(run, "allocation profile", r);
+    r = memprof_open(run->target.pid, unwinders_stacks(u), &o, &m, why, sizeof(why));
+    if (r < 0) {
+        unwinders_put(u);
+        if (r == -ESRCH)
+            return action_engine_fail(run, "allocation profile", r);
+        return run_fail(run, "allocation profile of process %d failed: %s",
+                        (int)run->target.pid, why[0] ? why : strerror(-r));
+    }
+    int64_t next_progress = clock_monotonic_us() + 1000000;
+    bool cancelled = false;
+    for (;;) {
+        memprof_get_stats(m, &st);
+        if ((double)st.elapsed_ms >= o.seconds * 1000.0)
+            break;
+        if (atomic_load(&run->cancel)) {
+            cancelled = true;
+            break;
+        }
+        double left_ms = o.seconds * 1000.0 - (double)st.elapsed_ms;
+        r = memprof_poll(m, left_ms < POLL_MS ? (int)left_ms + 1 : POLL_MS);
+        if (r < 0)
+            break;
+        if (clock_monotonic_us() >= next_progress) {
+            memprof_get_stats(m, &st);
+            progress(run, &st, o.seconds);
+            next_progress += 1000000;
+        }
+    }
+    int fr = memprof_finish(m);
+    memprof_get_stats(m, &st);
+    if (fr < 0)
+        run_warn(run, "the hooks could not be removed by a call into the target (%s); they "
+                 "remove themselves at the target's next allocation", strerror(-fr));
+    add_warnings(run, &st, cancelled, o.sample_bytes);
+    add_summary(run, m, &st, o.sample_bytes);
+    if (r < 0 && r != -ESRCH)
+        r = run_fail(run, "allocation profile of process %d failed: %s", (int)run->target.pid,
+                     strerror(-r));
+    else
+        r = write_files(run, m);
+    memprof_free(m);
+    unwinders_put(u);
+    return r;
+}

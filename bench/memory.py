@@ -1,0 +1,135 @@
+#!/usr/bin/python3
+"""profiler.memory, measured beside valgrind's massif and heaptrack in one run, on the same
+allocation-heavy workload (build/workloads/allocs: malloc/free of 16..4096 bytes in a loop, plus a
+slow leak), which prints its own rate every second:
+- slowdown while our hooks record every allocation (sample_bytes 0), and with sample_bytes
+  524288, against its rate before;
+- slowdown of the same program run under `valgrind --tool=massif` and under `heaptrack`;
+- the agent's CPU and peak resident memory during the unsampled run."""
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
+from conftest import BUILD, Agent, Broker, Client, Session, wait_online  # noqa: E402
+
+SECONDS = float(os.environ.get("SECONDS_PER_RUN", "6"))
+ALLOCS = os.path.join(BUILD, "workloads", "allocs")
+
+
+class RateReader:
+    """Collects "ops_per_sec N" lines of an allocs process, with the time they arrived."""
+
+    def __init__(self, proc):
+        self.points = []
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc):
+        for line in proc.stdout:
+            f = line.split()
+            if len(f) == 2 and f[0] == "ops_per_sec":
+                self.points.append((time.monotonic(), int(f[1])))
+
+    def median(self, t0, t1):
+        pts = [r for t, r in self.points if t0 <= t <= t1]
+        return statistics.median(pts) if pts else float("nan")
+
+
+def cpu_seconds(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def under_tool(argv, work):
+    """ops/s of allocs run under a tool for SECONDS (first second skipped), or None."""
+    if not shutil.which(argv[0]):
+        return None
+    proc = subprocess.Popen(argv + [ALLOCS, "--ops-rate"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=work)
+    reader = RateReader(proc)
+    t0 = time.monotonic()
+    time.sleep(SECONDS + 1)
+    rate = reader.median(t0 + 1.5, time.monotonic())
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    return rate
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="bench-mem-")
+    target = subprocess.Popen([ALLOCS, "--ops-rate"], stdout=subprocess.PIPE, text=True)
+    assert target.stdout.readline().startswith("ready")
+    reader = RateReader(target)
+    broker = Broker(work)
+    broker.start()
+    client = Client(broker.port)
+    client.subscribe("profiler/bench/#")
+    agent = Agent(broker, work, "bench", f"pid:{target.pid}")
+    agent.start()
+    wait_online(client, "bench")
+    s = Session(broker, agent, client)
+    try:
+        t0 = time.monotonic()
+        time.sleep(SECONDS)
+        base = reader.median(t0 + 1, time.monotonic())
+        print(f"allocs alone: {base / 1e6:.2f} M malloc/free pairs per second "
+              f"({1e9 / base:.0f} ns per pair)")
+        rows = []
+        for sample in (0, 524288):
+            peak, c0 = 0.0, cpu_seconds(agent.proc.pid)
+            done = []
+            th = threading.Thread(target=lambda: done.append(s.command(
+                "memory", {"seconds": SECONDS, "sample_bytes": sample},
+                timeout=SECONDS + 120)))
+            t0 = time.monotonic()
+            th.start()
+            while th.is_alive():
+                peak = max(peak, rss_mib(agent.proc.pid))
+                time.sleep(0.1)
+            used = cpu_seconds(agent.proc.pid) - c0
+            result = done[0][0]
+            assert result["status"] == "ok", result
+            rate = reader.median(t0 + 1.5, t0 + SECONDS)
+            sm = result["summary"]
+            rows.append((f"profiler-agent memory, sample_bytes {sample}", rate))
+            print(f"  sample_bytes {sample}: {sm['allocations']} allocations recorded, "
+                  f"{sm['lost']} lost, method {sm['method']}; agent {used / (time.monotonic() - t0) * 100:.0f}% "
+                  f"of a core, peak {peak:.1f} MiB resident")
+            client.seen.clear()
+            time.sleep(1)
+        target.kill()
+        rows.append(("valgrind --tool=massif", under_tool(
+            ["valgrind", "--tool=massif", f"--massif-out-file={work}/massif.out"], work)))
+        rows.append(("heaptrack", under_tool(["heaptrack", "-o", f"{work}/heaptrack"], work)))
+        print(f"slowdown of an allocation-heavy loop ({SECONDS:.0f} s runs; "
+              "aim: every allocation no slower than heaptrack, sampled <= 1.3x):")
+        for name, rate in rows:
+            if rate is None:
+                print(f"  {name:42s} not installed")
+            else:
+                print(f"  {name:42s} {base / rate:6.2f}x  ({1e9 / rate:.0f} ns per pair)")
+    finally:
+        client.close()
+        agent.stop()
+        broker.stop()
+        target.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
