@@ -616,9 +616,20 @@ out:
     return r;
 }
 
-/* The path under which the hook library is already loaded in pid (from an earlier run), with
- * " (deleted)" cut off. */
-static int hooks_loaded(pid_t pid, char *buf, size_t len)
+static bool is_hooks(const char *path)
+{
+    return strstr(path, HOOK_NAME_TAG) != NULL;
+}
+
+static bool is_libc(const char *path)
+{
+    const char *base = strrchr(path, '/');
+    return base && (!strncmp(base + 1, "libc.so", 7) || !strncmp(base + 1, "libc-2.", 7));
+}
+
+/* The path of pid's first mapping that match accepts, " (deleted)" cut off (an earlier run's
+ * hook library was unlinked once loaded). */
+static int mapped_path(pid_t pid, bool (*match)(const char *path), char *buf, size_t len)
 {
     struct procfs_map *maps;
     size_t n;
@@ -627,7 +638,7 @@ static int hooks_loaded(pid_t pid, char *buf, size_t len)
         return r;
     r = -ENOENT;
     for (size_t i = 0; i < n && r < 0; i++) {
-        if (!strstr(maps[i].path, HOOK_NAME_TAG))
+        if (!match(maps[i].path))
             continue;
         snprintf(buf, len, "%s", maps[i].path);
         char *del = strstr(buf, " (deleted)");
@@ -639,30 +650,11 @@ static int hooks_loaded(pid_t pid, char *buf, size_t len)
     return r;
 }
 
-static int libc_path(pid_t pid, char *buf, size_t len)
-{
-    struct procfs_map *maps;
-    size_t n;
-    int r = procfs_read_maps(PROCFS_ROOT, pid, &maps, &n);
-    if (r < 0)
-        return r;
-    r = -ENOENT;
-    for (size_t i = 0; i < n && r < 0; i++) {
-        const char *base = strrchr(maps[i].path, '/');
-        if (base && (!strncmp(base + 1, "libc.so", 7) || !strncmp(base + 1, "libc-2.", 7))) {
-            snprintf(buf, len, "%s", maps[i].path);
-            r = 0;
-        }
-    }
-    procfs_maps_free(maps, n);
-    return r;
-}
-
 /* dlopen and dlsym in the target: public in glibc 2.34 and later, private names before. */
 static int loader_symbols(pid_t pid, uint64_t *dlopen_fn, uint64_t *dlsym_fn, uint64_t *dlerr)
 {
     char libc[PATH_MAX];
-    int r = libc_path(pid, libc, sizeof(libc));
+    int r = mapped_path(pid, is_libc, libc, sizeof(libc));
     if (r < 0)
         return r;
     if (inject_symbol(pid, libc, "dlopen", dlopen_fn) < 0 &&
@@ -695,7 +687,7 @@ static int hooks_install(struct memprof *m, char *why, size_t whylen)
     uint64_t dlopen_fn, dlsym_fn, dlerror_fn, handle = 0, start_fn = 0, rc = 0;
     struct inject *in = NULL;
     bool same_ns = same_mount_ns(m->pid);
-    bool loaded = hooks_loaded(m->pid, lib_t, sizeof(lib_t)) == 0;
+    bool loaded = mapped_path(m->pid, is_hooks, lib_t, sizeof(lib_t)) == 0;
     int r;
 
     r = loader_symbols(m->pid, &dlopen_fn, &dlsym_fn, &dlerror_fn);
@@ -809,10 +801,14 @@ static int hooks_remove(struct memprof *m)
 
 /* ---- public ---- */
 
+/* Gone, or a zombie its parent has not reaped yet: either way nothing will allocate again. */
 static bool target_alive(struct memprof *m)
 {
     uint64_t st;
-    return procfs_read_starttime(PROCFS_ROOT, m->pid, &st) == 0 && st == m->starttime;
+    char state;
+    return procfs_read_starttime(PROCFS_ROOT, m->pid, &st) == 0 && st == m->starttime &&
+           procfs_read_state(PROCFS_ROOT, m->pid, 0, &state) == 0 && state != 'Z' &&
+           state != 'X';
 }
 
 int memprof_open(pid_t pid, struct stacks *stacks, const struct memprof_options *o,

@@ -169,3 +169,29 @@ def test_refusals(workdir, allocs):
         bad, _ = s.command("memory", {"seconds": 1, "sample_bytes": -1})
         assert bad["status"] == "error", bad
     assert stop_and_check(allocs) > 0
+
+
+def test_clean_stop_mid_run_restores_at_once_and_answers(workdir, allocs):
+    before = malloc_binding(allocs.pid)
+    with agent_session(workdir, "memc", f"pid:{allocs.pid}") as s:
+        s.client.drain()
+        s.client.publish("profiler/memc/memory", '{"seconds": 60, "request_id": "long"}')
+        assert s.client.wait_for(lambda m: m.topic.endswith("/progress"), timeout=20)
+        assert malloc_binding(allocs.pid) != before
+        s.agent.stop()
+        assert malloc_binding(allocs.pid) == before
+        result = s.client.wait_for(lambda m: m.topic == "profiler/memc/result")
+        body = result.payload.decode()
+        assert '"request_id":"long"' in body and '"status":"ok"' in body, body
+        assert "the agent was stopped" in body and "heap_profile." in body, body
+    assert stop_and_check(allocs) > 0
+
+
+def test_target_exit_mid_run_keeps_what_was_recorded(workdir):
+    with running_workload("allocs", "--ops", "30000000") as proc, \
+            agent_session(workdir, "meme", f"pid:{proc.pid}") as s:
+        result, _ = s.command("memory", {"seconds": 30}, timeout=60)
+        assert result["status"] == "ok", result
+        assert any("exited" in w for w in result["warnings"]), result
+        assert result["summary"]["allocations"] > 0
+        assert all(os.path.getsize(f) > 0 for f in result["files"])
