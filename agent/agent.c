@@ -9,6 +9,7 @@
 #include "schema.h"
 #include "store.h"
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +104,17 @@ int run_fail(struct run *run, const char *fmt, ...)
     va_end(ap);
     run->ok = false;
     return -EINVAL;
+}
+
+int run_output_dir(struct run *run, char *dir)
+{
+    const char *want = run->agent->config->output_dir;
+
+    if (mkdir(want, 0750) < 0 && errno != EEXIST)
+        return run_fail(run, "cannot create output_dir %s: %s", want, strerror(errno));
+    if (!realpath(want, dir))
+        return run_fail(run, "cannot use output_dir %s: %s", want, strerror(errno));
+    return 0;
 }
 
 void run_warn(struct run *run, const char *fmt, ...)

@@ -93,13 +93,16 @@ char *agent_state_json(struct agent *a);
 
 /* For actions: emit one log record of the run. */
 void run_record(struct run *run, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* For actions: set the error sentence (the run's status becomes error). Returns -EINVAL so an
- * action can `return run_fail(...)`. */
 /* A JSON number printed with `decimals` digits after the point, not as a binary fraction. */
 struct json_object *json_decimal(double v, int decimals);
 /* For actions: publish progress (JSON text) of a long run. */
 void run_progress(struct run *run, const char *json);
+/* For actions: set the error sentence (the run's status becomes error). Returns -EINVAL so an
+ * action can `return run_fail(...)`. */
 int run_fail(struct run *run, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* For actions that write files: output_dir, created when missing, as an absolute path in dir
+ * (PATH_MAX bytes); fails the run with the reason otherwise. */
+int run_output_dir(struct run *run, char *dir);
 void run_warn(struct run *run, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

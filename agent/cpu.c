@@ -100,12 +100,9 @@ static int write_files(struct run *run, const struct profile *prof)
     long long t = (long long)run->started_us;
     int r;
 
-    if (mkdir(run->agent->config->output_dir, 0750) < 0 && errno != EEXIST)
-        return run_fail(run, "cannot create output_dir %s: %s", run->agent->config->output_dir,
-                        strerror(errno));
-    if (!realpath(run->agent->config->output_dir, dir))
-        return run_fail(run, "cannot use output_dir %s: %s", run->agent->config->output_dir,
-                        strerror(errno));
+    r = run_output_dir(run, dir);
+    if (r < 0)
+        return r;
     snprintf(path, sizeof(path), "%s/profile.%lld.cprof", dir, t);
     r = profile_write_pstats(prof, path);
     if (r < 0)

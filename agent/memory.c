@@ -162,12 +162,9 @@ static int write_files(struct run *run, struct memprof *m)
     long long t = (long long)run->started_us;
     int r;
 
-    if (mkdir(run->agent->config->output_dir, 0750) < 0 && errno != EEXIST)
-        return run_fail(run, "cannot create output_dir %s: %s", run->agent->config->output_dir,
-                        strerror(errno));
-    if (!realpath(run->agent->config->output_dir, dir))
-        return run_fail(run, "cannot use output_dir %s: %s", run->agent->config->output_dir,
-                        strerror(errno));
+    r = run_output_dir(run, dir);
+    if (r < 0)
+        return r;
     snprintf(path, sizeof(path), "%s/heap_profile.%lld.hpy", dir, t);
     r = memprof_write_hpy(m, path, (double)run->started_us / 1e6);
     if (r < 0)
