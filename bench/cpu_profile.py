@@ -16,6 +16,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
 from conftest import BUILD, Agent, Broker, Client, Session, wait_online  # noqa: E402
+from procstat import cpu_seconds, rss_mib  # noqa: E402
 
 SECONDS = float(os.environ.get("SECONDS_PER_RUN", "5"))
 RATES = [int(r) for r in os.environ.get("RATES", "99,999,4999").split(",")]
@@ -43,18 +44,6 @@ class RateReader:
 
 def mono():
     return time.clock_gettime(time.CLOCK_MONOTONIC)
-
-
-def cpu_seconds(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def main():

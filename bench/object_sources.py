@@ -18,6 +18,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
 from conftest import BUILD, agent_session  # noqa: E402
+from procstat import cpu_seconds  # noqa: E402
 
 N = int(os.environ.get("N", "30"))
 FDS = int(os.environ.get("FDS", "10000"))
@@ -51,11 +52,6 @@ class Maker:
     def close(self):
         self.proc.kill()
         self.proc.wait()
-
-
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def scans_done(s):

@@ -12,21 +12,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
 from conftest import Agent, Broker, Client, wait_online  # noqa: E402
+from procstat import cpu_seconds, rss_mib  # noqa: E402
 
 N = int(os.environ.get("N", "1000"))
 IDLE_SECONDS = float(os.environ.get("IDLE_SECONDS", "10"))
-
-
-def proc_cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_rss_kib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def main():
@@ -65,14 +54,14 @@ def main():
 
         pid = agent.proc.pid
         time.sleep(1)
-        c0, m0, t0 = proc_cpu_seconds(pid), proc_cpu_seconds(broker.proc.pid), time.monotonic()
+        c0, m0, t0 = cpu_seconds(pid), cpu_seconds(broker.proc.pid), time.monotonic()
         time.sleep(IDLE_SECONDS)
         dt = time.monotonic() - t0
-        cpu = (proc_cpu_seconds(pid) - c0) / dt * 100
-        mcpu = (proc_cpu_seconds(broker.proc.pid) - m0) / dt * 100
-        print(f"idle over {dt:.0f} s: agent {proc_rss_kib(pid) / 1024:.1f} MiB resident, "
+        cpu = (cpu_seconds(pid) - c0) / dt * 100
+        mcpu = (cpu_seconds(broker.proc.pid) - m0) / dt * 100
+        print(f"idle over {dt:.0f} s: agent {rss_mib(pid):.1f} MiB resident, "
               f"{cpu:.3f}% of a core (target: <= 8 MiB, <= 0.1%); mosquitto beside it "
-              f"{proc_rss_kib(broker.proc.pid) / 1024:.1f} MiB, {mcpu:.3f}%")
+              f"{rss_mib(broker.proc.pid):.1f} MiB, {mcpu:.3f}%")
     finally:
         sub.kill()
         client.close()
