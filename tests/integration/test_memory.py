@@ -5,6 +5,7 @@ points at libc's malloc again), the uprobe fallback on a static binary, and an a
 -9 in the middle of a run."""
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -195,3 +196,30 @@ def test_target_exit_mid_run_keeps_what_was_recorded(workdir):
         assert any("exited" in w for w in result["warnings"]), result
         assert result["summary"]["allocations"] > 0
         assert all(os.path.getsize(f) > 0 for f in result["files"])
+
+
+def test_target_in_another_mount_namespace(workdir):
+    """A container-like target: its /tmp, /dev/shm and the agent's build directory are its own,
+    so the agent must place the library and the ring where the target sees them, and leave
+    nothing there."""
+    exe = os.path.join("/var/tmp", f"allocs-ns-{os.getpid()}")
+    shutil.copy(os.path.join(BUILD, "workloads", "allocs"), exe)
+    build = os.path.realpath(BUILD)
+    script = (f"mount -t tmpfs none {build} && mount -t tmpfs none /dev/shm && "
+              f"mount -t tmpfs none /tmp && exec {exe}")
+    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("ready")
+        root = f"/proc/{proc.pid}/root"
+        assert not os.listdir(f"{root}{build}")
+        with agent_session(workdir, "memn", f"pid:{proc.pid}") as s:
+            result, _ = s.command("memory", {"seconds": 2}, timeout=60)
+        assert result["status"] == "ok" and result["summary"]["method"] == "inject", result
+        assert result["summary"]["top"][0]["site"].startswith("leak_slowly")
+        assert os.listdir(f"{root}/tmp") == [] and os.listdir(f"{root}/dev/shm") == []
+        assert stop_and_check(proc) > 0
+    finally:
+        proc.kill()
+        proc.wait()
+        os.unlink(exe)
