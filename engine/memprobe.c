@@ -37,17 +37,15 @@
 #include <libunwind.h>
 #include <linux/perf_event.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include "memring.h"
+#include "perfring.h"
 #include "procfs.h"
 #include "memprobe.h"
 
 #define PMU_DIR "/sys/bus/event_source/devices/uprobe"
-#define CPUS_MAX 4096
 #define EVENTS_MAX 65536                /* event fds: probes x CPUs x threads at open */
 #define OPEN_SCANS_MAX 8                /* re-scans of /proc/PID/task while opening */
 #define ELF_FILE_MAX (2ull << 30)
@@ -58,7 +56,6 @@
 #define RING_PAGES 2048
 #define RING_PAGES_FLOOR 8
 #define RING_TOTAL_MAX (64ull << 20)
-#define RECORD_MAX 65536                /* header.size is 16 bits */
 #define TRAILER_BYTES 24                /* sample_id_all: pid, tid, time, identifier */
 #define HOLD_NS 2000000ull
 #define HOLD_MS 2
@@ -78,22 +75,8 @@ static const char *const fn_names[FN_COUNT] = {
 /* Entry probes need the three argument registers only; perf writes registers in bit order. */
 #define ENTRY_MASK ((1ull << PERF_REG_X86_DX) | (1ull << PERF_REG_X86_SI) | \
                     (1ull << PERF_REG_X86_DI))
-#define RET_MASK ((1ull << PERF_REG_X86_AX) | (1ull << PERF_REG_X86_BX) | \
-                  (1ull << PERF_REG_X86_CX) | (1ull << PERF_REG_X86_DX) | \
-                  (1ull << PERF_REG_X86_SI) | (1ull << PERF_REG_X86_DI) | \
-                  (1ull << PERF_REG_X86_BP) | (1ull << PERF_REG_X86_SP) | \
-                  (1ull << PERF_REG_X86_IP) | (1ull << PERF_REG_X86_R8) | \
-                  (1ull << PERF_REG_X86_R9) | (1ull << PERF_REG_X86_R10) | \
-                  (1ull << PERF_REG_X86_R11) | (1ull << PERF_REG_X86_R12) | \
-                  (1ull << PERF_REG_X86_R13) | (1ull << PERF_REG_X86_R14) | \
-                  (1ull << PERF_REG_X86_R15))
-static const unsigned char regs_to_unw[MEMPROBE_NREGS] = {
-    UNW_X86_64_RAX, UNW_X86_64_RBX, UNW_X86_64_RCX, UNW_X86_64_RDX, UNW_X86_64_RSI,
-    UNW_X86_64_RDI, UNW_X86_64_RBP, UNW_X86_64_RSP, UNW_X86_64_RIP, UNW_X86_64_R8,
-    UNW_X86_64_R9, UNW_X86_64_R10, UNW_X86_64_R11, UNW_X86_64_R12, UNW_X86_64_R13,
-    UNW_X86_64_R14, UNW_X86_64_R15,
-};
-_Static_assert(MEMPROBE_NREGS == MEMRING_NREGS, "register numbering");
+_Static_assert(MEMPROBE_NREGS == MEMRING_NREGS && MEMPROBE_NREGS == PERFRING_NREGS,
+               "register numbering");
 
 struct probe {
     enum fn fn;
@@ -101,28 +84,11 @@ struct probe {
     uint64_t offset;                    /* of the function's first instruction in the file */
 };
 
-struct ring {
-    int fd;                             /* the dummy event owning the mapping; -1: none */
-    struct perf_event_mmap_page *meta;
-    unsigned char *data;
-    uint64_t size;                      /* data bytes, a power of two */
-    size_t map_len;
-    uint64_t head, tail;                /* of the current round */
-    bool peeked;                        /* the record at tail is described below */
-    uint16_t rec_size;
-    uint64_t rec_time;
-};
-
-struct pev {
-    uint64_t id;
-    int fd;
-    uint32_t chain;
-    uint8_t probe;
-};
-
-struct chain {
-    pid_t tid;                          /* the thread the events were opened for */
-    bool disabled;
+/* The record at a ring's tail, once peeked in this round. */
+struct next {
+    bool peeked;
+    uint16_t size;
+    uint64_t time;
 };
 
 struct call {
@@ -144,21 +110,16 @@ struct memprobe {
     struct probe probes[PROBES_MAX];
     unsigned nprobes;
     uint32_t pmu_type, retprobe_bit;
-    int *cpus;
-    size_t ncpus;
-    struct ring *rings;
+    struct perfring_cpus rc;            /* rings owned by dummy events, one per online CPU */
+    struct next *next;                  /* one per ring */
     struct pollfd *pfds;                /* one per ring */
-    int *tmpfds;                        /* nprobes x ncpus */
-    struct pev *evs;                    /* ascending id */
-    size_t nevs, evs_cap;
-    struct chain *chains;
-    size_t nchains, chains_cap;
+    int *tmpfds;                        /* nprobes x rc.n */
+    struct perfring_evs evs;            /* tag: the probe's index */
     struct thread *threads;             /* THREADS_CAP slots, linear probing */
     size_t nthreads;
     bool inherit_thread;                /* the kernel knows attr.inherit_thread (5.13+) */
     bool exited, held;
     uint64_t next_check_ns;
-    unsigned char *copy;                /* RECORD_MAX: a record that wraps the ring's end */
     uint64_t regs[MEMPROBE_NREGS];
     struct memprobe_stats stats;
     int (*cb)(const struct memprobe_event *e, void *userdata);     /* of the current poll */
@@ -208,57 +169,6 @@ static int read_sysfs_u32(const char *path, const char *prefix, uint32_t *ret)
         goto out;
     }
     *ret = (uint32_t)v;
-out:
-    fclose(f);
-    return r;
-}
-
-static int parse_cpu_list(const char *p, int *cpus, size_t *ret_n)
-{
-    size_t n = 0;
-    while (*p && *p != '\n') {
-        uint64_t a, b;
-        if (procfs_parse_u64(&p, 10, 6, &a) < 0)
-            return -EBADMSG;
-        b = a;
-        if (*p == '-') {
-            p++;
-            if (procfs_parse_u64(&p, 10, 6, &b) < 0 || b < a)
-                return -EBADMSG;
-        }
-        for (uint64_t c = a; c <= b; c++) {
-            if (n == CPUS_MAX)
-                return -E2BIG;
-            cpus[n++] = (int)c;
-        }
-        if (*p == ',')
-            p++;
-        else if (*p && *p != '\n')
-            return -EBADMSG;
-    }
-    if (n == 0)
-        return -EBADMSG;
-    *ret_n = n;
-    return 0;
-}
-
-static int online_cpus(struct memprobe *p)
-{
-    char buf[8192];
-    int r = 0;
-    FILE *f = fopen("/sys/devices/system/cpu/online", "re");
-    if (!f)
-        return -errno;
-    if (!fgets(buf, sizeof(buf), f)) {
-        r = -EBADMSG;
-        goto out;
-    }
-    p->cpus = calloc(CPUS_MAX, sizeof(*p->cpus));
-    if (!p->cpus) {
-        r = -ENOMEM;
-        goto out;
-    }
-    r = parse_cpu_list(buf, p->cpus, &p->ncpus);
 out:
     fclose(f);
     return r;
@@ -449,11 +359,10 @@ static void fill_attr(struct perf_event_attr *a, const struct memprobe *p, unsig
     a->sample_period = 1;
     a->sample_type = PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_TID | PERF_SAMPLE_TIME |
                      PERF_SAMPLE_REGS_USER | (pr->ret ? PERF_SAMPLE_STACK_USER : 0);
-    a->sample_regs_user = pr->ret ? RET_MASK : ENTRY_MASK;
+    a->sample_regs_user = pr->ret ? PERFRING_REGS_MASK : ENTRY_MASK;
     a->sample_stack_user = pr->ret ? MEMPROBE_STACK_BYTES : 0;
     a->disabled = 1;                    /* enabled once its output goes to the ring */
-    a->inherit = 1;
-    a->inherit_thread = p->inherit_thread;  /* forked processes are not the target */
+    a->inherit = 1;                     /* inherit_thread too: forked processes are not ours */
     a->task = k == 0;                   /* one EXIT record per thread is enough */
     a->sample_id_all = 1;
     a->use_clockid = 1;
@@ -464,26 +373,13 @@ static int event_open(struct memprobe *p, unsigned k, pid_t tid, size_t ci, int 
 {
     struct perf_event_attr a;
     fill_attr(&a, p, k);
-    int fd = (int)syscall(SYS_perf_event_open, &a, tid, p->cpus[ci], -1, PERF_FLAG_FD_CLOEXEC);
-    if (fd < 0 && errno == EINVAL && p->inherit_thread) {
-        /* A kernel before 5.13: forked children get copies too, their samples are dropped. */
-        p->inherit_thread = false;
-        fill_attr(&a, p, k);
-        fd = (int)syscall(SYS_perf_event_open, &a, tid, p->cpus[ci], -1, PERF_FLAG_FD_CLOEXEC);
-        if (fd < 0)
-            p->inherit_thread = true;
-    }
-    if (fd < 0)
-        return -errno;
-    *ret_fd = fd;
-    return 0;
+    return perfring_event_open_inherit(&a, tid, p->rc.cpus[ci], &p->inherit_thread, ret_fd);
 }
 
 /* The ring of CPU index ci, owned by a disabled dummy event on ourselves (which any process
  * may open). Smaller rings are tried when the mlock allowance refuses the size. */
 static int ring_map(struct memprobe *p, size_t ci, size_t *pages)
 {
-    struct ring *rg = &p->rings[ci];
     long page = sysconf(_SC_PAGESIZE);
     for (;;) {
         struct perf_event_attr a = {
@@ -492,97 +388,32 @@ static int ring_map(struct memprobe *p, size_t ci, size_t *pages)
             .clockid = CLOCK_MONOTONIC, .watermark = 1,
             .wakeup_watermark = (uint32_t)(*pages * (size_t)page / 4),
         };
-        int fd = (int)syscall(SYS_perf_event_open, &a, 0, p->cpus[ci], -1, PERF_FLAG_FD_CLOEXEC);
-        if (fd < 0)
-            return -errno;
-        size_t len = (*pages + 1) * (size_t)page;
-        void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        if (m != MAP_FAILED) {
-            const struct perf_event_mmap_page *meta = m;
-            uint64_t off = meta->data_offset ? meta->data_offset : (uint64_t)page;
-            uint64_t size = meta->data_size ? meta->data_size : *pages * (uint64_t)page;
-            if (off > len || size > len - off || size == 0 || (size & (size - 1)) != 0) {
-                munmap(m, len);
-                close(fd);
-                return -EBADMSG;
-            }
-            rg->fd = fd;
-            rg->meta = m;
-            rg->map_len = len;
-            rg->data = (unsigned char *)m + off;
-            rg->size = size;
-            return 0;
-        }
-        int r = -errno;
-        close(fd);
-        if ((r != -EPERM && r != -ENOMEM) || *pages <= RING_PAGES_FLOOR)
+        int fd;
+        int r = perfring_event_open(&a, 0, p->rc.cpus[ci], &fd);
+        if (r < 0)
             return r;
-        *pages /= 2;
+        r = perfring_map(&p->rc.rings[ci], fd, *pages);
+        if (r == 0)
+            return 0;
+        close(fd);
+        if (!perfring_shrink(r, pages, RING_PAGES_FLOOR))
+            return r;
     }
-}
-
-static int evs_add(struct memprobe *p, uint64_t id, int fd, uint32_t chain, unsigned probe)
-{
-    if (p->nevs == p->evs_cap) {
-        size_t cap = p->evs_cap ? p->evs_cap * 2 : 64;
-        struct pev *e = realloc(p->evs, cap * sizeof(*e));
-        if (!e)
-            return -ENOMEM;
-        p->evs = e;
-        p->evs_cap = cap;
-    }
-    size_t i = p->nevs;
-    while (i > 0 && p->evs[i - 1].id > id)
-        i--;
-    memmove(&p->evs[i + 1], &p->evs[i], (p->nevs - i) * sizeof(*p->evs));
-    p->evs[i] = (struct pev){ .id = id, .fd = fd, .chain = chain, .probe = (uint8_t)probe };
-    p->nevs++;
-    return 0;
-}
-
-static struct pev *evs_find(struct memprobe *p, uint64_t id)
-{
-    size_t lo = 0, hi = p->nevs;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (p->evs[mid].id < id)
-            lo = mid + 1;
-        else if (p->evs[mid].id > id)
-            hi = mid;
-        else
-            return &p->evs[mid];
-    }
-    return NULL;
-}
-
-static void chain_disable(struct memprobe *p, uint32_t chain)
-{
-    if (p->chains[chain].disabled)
-        return;
-    p->chains[chain].disabled = true;
-    for (size_t i = 0; i < p->nevs; i++)
-        if (p->evs[i].chain == chain)
-            ioctl(p->evs[i].fd, PERF_EVENT_IOC_DISABLE, 0);
 }
 
 /* Opens every probe of tid on every CPU and starts them. -ESRCH: the thread is gone. */
 static int open_thread(struct memprobe *p, pid_t tid)
 {
-    size_t n = (size_t)p->nprobes * p->ncpus, opened = 0, added = 0;
+    size_t n = (size_t)p->nprobes * p->rc.n, opened = 0, added = 0;
     int r = 0;
-    if (p->nevs + n > EVENTS_MAX)
+    if (p->evs.n + n > EVENTS_MAX)
         return -EMFILE;
-    if (p->nchains == p->chains_cap) {
-        size_t cap = p->chains_cap ? p->chains_cap * 2 : 64;
-        struct chain *c = realloc(p->chains, cap * sizeof(*c));
-        if (!c)
-            return -ENOMEM;
-        p->chains = c;
-        p->chains_cap = cap;
-    }
-    uint32_t chain = (uint32_t)p->nchains;
+    r = perfring_evs_chain_reserve(&p->evs);
+    if (r < 0)
+        return r;
+    uint32_t chain = (uint32_t)p->evs.nchains;
     for (; opened < n; opened++) {
-        r = event_open(p, (unsigned)(opened / p->ncpus), tid, opened % p->ncpus,
+        r = event_open(p, (unsigned)(opened / p->rc.n), tid, opened % p->rc.n,
                        &p->tmpfds[opened]);
         if (r < 0)
             goto out;
@@ -590,26 +421,26 @@ static int open_thread(struct memprobe *p, pid_t tid)
     for (; added < n; added++) {
         uint64_t id;
         int fd = p->tmpfds[added];
-        if (ioctl(fd, PERF_EVENT_IOC_SET_OUTPUT, p->rings[added % p->ncpus].fd) < 0 ||
+        if (ioctl(fd, PERF_EVENT_IOC_SET_OUTPUT, p->rc.rings[added % p->rc.n].fd) < 0 ||
             ioctl(fd, PERF_EVENT_IOC_ID, &id) < 0) {
             r = -errno;
             goto out;
         }
-        r = evs_add(p, id, fd, chain, (unsigned)(added / p->ncpus));
+        r = perfring_evs_add(&p->evs, id, fd, chain, (uint32_t)(added / p->rc.n));
         if (r < 0)
             goto out;
     }
-    p->chains[p->nchains++] = (struct chain){ .tid = tid };
+    p->evs.chains[p->evs.nchains++] = (struct perfring_chain){ .tid = tid };
     for (size_t i = 0; i < n; i++)
         ioctl(p->tmpfds[i], PERF_EVENT_IOC_ENABLE, 0);
     p->stats.fds += n;
 out:
     if (r < 0) {
         size_t k = 0;
-        for (size_t e = 0; e < p->nevs; e++)
-            if (p->evs[e].chain != chain)
-                p->evs[k++] = p->evs[e];
-        p->nevs = k;
+        for (size_t e = 0; e < p->evs.n; e++)
+            if (p->evs.v[e].chain != chain)
+                p->evs.v[k++] = p->evs.v[e];
+        p->evs.n = k;
         for (size_t i = 0; i < opened; i++)
             close(p->tmpfds[i]);
     }
@@ -618,8 +449,8 @@ out:
 
 static bool covered(const struct memprobe *p, pid_t tid)
 {
-    for (size_t i = 0; i < p->nchains; i++)
-        if (p->chains[i].tid == tid)
+    for (size_t i = 0; i < p->evs.nchains; i++)
+        if (p->evs.chains[i].tid == tid)
             return true;
     return false;
 }
@@ -651,21 +482,6 @@ out:
 }
 
 /* The target has exited when /proc has no thread of it left but a zombie leader. */
-static bool target_gone(const struct memprobe *p)
-{
-    pid_t *tids = NULL;
-    size_t n = 0;
-    char st = 0;
-    int r = procfs_list_tasks(PROCFS_ROOT, p->pid, &tids, &n);
-    if (r == -ESRCH)
-        return true;
-    bool gone = r == 0 && (n == 0 || (n == 1 && tids[0] == p->pid &&
-                           (procfs_read_state(PROCFS_ROOT, p->pid, p->pid, &st) == -ESRCH ||
-                            st == 'Z' || st == 'X')));
-    free(tids);
-    return gone;
-}
-
 static void open_failed(const struct memprobe *p, int r, char *why, size_t whylen)
 {
     if (r == -EPERM || r == -EACCES)
@@ -675,7 +491,7 @@ static void open_failed(const struct memprobe *p, int r, char *why, size_t whyle
     else if (r == -EMFILE || r == -ENFILE)
         say(why, whylen, "too many open files for uprobes on every thread of process %d "
             "(%u probes x %zu CPUs per thread): raise RLIMIT_NOFILE",
-            (int)p->pid, p->nprobes, p->ncpus);
+            (int)p->pid, p->nprobes, p->rc.n);
     else if (r == -ESRCH)
         say(why, whylen, "process %d has exited", (int)p->pid);
     else
@@ -720,31 +536,28 @@ int memprobe_open(pid_t pid, struct memprobe **ret, char *why, size_t whylen)
                 strerror(-r));
         goto out;
     }
-    r = online_cpus(p);
+    r = perfring_cpus_init(&p->rc);
     if (r == 0) {
-        p->rings = calloc(p->ncpus, sizeof(*p->rings));
-        p->pfds = calloc(p->ncpus, sizeof(*p->pfds));
-        p->tmpfds = calloc(p->ncpus * p->nprobes, sizeof(*p->tmpfds));
+        p->next = calloc(p->rc.n, sizeof(*p->next));
+        p->pfds = calloc(p->rc.n, sizeof(*p->pfds));
+        p->tmpfds = calloc(p->rc.n * p->nprobes, sizeof(*p->tmpfds));
         p->threads = calloc(THREADS_CAP, sizeof(*p->threads));
-        p->copy = malloc(RECORD_MAX);
-        for (size_t i = 0; p->rings && i < p->ncpus; i++)
-            p->rings[i].fd = -1;
-        if (!p->rings || !p->pfds || !p->tmpfds || !p->threads || !p->copy)
+        if (!p->next || !p->pfds || !p->tmpfds || !p->threads)
             r = -ENOMEM;
     }
     if (r < 0) {
         say(why, whylen, "cannot set up uprobes: %s", strerror(-r));
         goto out;
     }
-    while (pages > RING_PAGES_FLOOR && (uint64_t)(pages + 1) * page * p->ncpus > RING_TOTAL_MAX)
+    while (pages > RING_PAGES_FLOOR && (uint64_t)(pages + 1) * page * p->rc.n > RING_TOTAL_MAX)
         pages /= 2;
-    for (size_t i = 0; i < p->ncpus; i++) {
+    for (size_t i = 0; i < p->rc.n; i++) {
         r = ring_map(p, i, &pages);
         if (r < 0) {
             say(why, whylen, "cannot map a perf ring buffer: %s", strerror(-r));
             goto out;
         }
-        p->pfds[i] = (struct pollfd){ .fd = p->rings[i].fd, .events = POLLIN };
+        p->pfds[i] = (struct pollfd){ .fd = p->rc.rings[i].fd, .events = POLLIN };
     }
     for (int scan = 0; scan < OPEN_SCANS_MAX; scan++) {
         size_t n = 0;
@@ -775,23 +588,15 @@ void memprobe_close(struct memprobe *p)
 {
     if (!p)
         return;
-    for (size_t i = 0; i < p->nevs; i++)
-        close(p->evs[i].fd);
-    for (size_t i = 0; p->rings && i < p->ncpus; i++) {
-        if (p->rings[i].meta)
-            munmap(p->rings[i].meta, p->rings[i].map_len);
-        if (p->rings[i].fd >= 0)
-            close(p->rings[i].fd);
-    }
+    for (size_t i = 0; i < p->evs.n; i++)
+        close(p->evs.v[i].fd);
+    perfring_cpus_destroy(&p->rc);
     free(p->module);
-    free(p->cpus);
-    free(p->rings);
+    free(p->next);
     free(p->pfds);
     free(p->tmpfds);
-    free(p->evs);
-    free(p->chains);
+    perfring_evs_destroy(&p->evs);
     free(p->threads);
-    free(p->copy);
     free(p);
 }
 
@@ -849,38 +654,13 @@ static bool chain_accept(struct memprobe *p, struct thread *t, uint32_t c)
 {
     if (t->chain == c)
         return true;
-    if (p->chains[t->chain].disabled) {
+    if (p->evs.chains[t->chain].disabled) {
         t->chain = c;
         return true;
     }
-    if (p->chains[c].tid == t->tid)
-        chain_disable(p, c);
+    if (p->evs.chains[c].tid == t->tid)
+        perfring_evs_chain_disable(&p->evs, c);
     return false;
-}
-
-struct rd {
-    const unsigned char *p;
-    size_t left;
-};
-
-static bool rd_u64(struct rd *d, uint64_t *v)
-{
-    if (d->left < 8)
-        return false;
-    memcpy(v, d->p, 8);
-    d->p += 8;
-    d->left -= 8;
-    return true;
-}
-
-static bool rd_u32(struct rd *d, uint32_t *v)
-{
-    if (d->left < 4)
-        return false;
-    memcpy(v, d->p, 4);
-    d->p += 4;
-    d->left -= 4;
-    return true;
 }
 
 static int emit(struct memprobe *p, int kind, pid_t tid, uint64_t time, uint64_t ptr,
@@ -975,42 +755,31 @@ static bool nests(const struct call *outer, enum fn fn, uint64_t a0)
 
 static int on_sample(struct memprobe *p, const unsigned char *rec, size_t size)
 {
-    struct rd d = { rec + sizeof(struct perf_event_header),
-                    size - sizeof(struct perf_event_header) };
-    uint64_t id, time, abi, a[3] = { 0 }, stack_size = 0, dyn_size = 0;
+    struct perfring_rd d;
+    uint64_t id, time, abi, a[3] = { 0 };
     uint32_t pid, tid;
     const unsigned char *stack = NULL;
+    size_t stack_len = 0;
 
-    if (!rd_u64(&d, &id) || !rd_u32(&d, &pid) || !rd_u32(&d, &tid) || !rd_u64(&d, &time) ||
-        !rd_u64(&d, &abi))
+    perfring_rd_init(&d, rec, size);
+    if (!perfring_rd_u64(&d, &id) || !perfring_rd_u32(&d, &pid) ||
+        !perfring_rd_u32(&d, &tid) || !perfring_rd_u64(&d, &time) || !perfring_rd_u64(&d, &abi))
         goto bad;
-    struct pev *ev = evs_find(p, id);
-    if (!ev || ev->probe >= p->nprobes)
+    struct perfring_ev *ev = perfring_evs_find(&p->evs, id);
+    if (!ev || ev->tag >= p->nprobes)
         goto bad;
     if ((pid_t)pid != p->pid)
         return 0;               /* a forked child's copy, where inherit_thread is unknown */
     if (abi != PERF_SAMPLE_REGS_ABI_64)
         goto bad;
-    const struct probe *pr = &p->probes[ev->probe];
+    const struct probe *pr = &p->probes[ev->tag];
     if (!pr->ret) {
         /* DX, SI, DI in perf's order */
-        if (!rd_u64(&d, &a[2]) || !rd_u64(&d, &a[1]) || !rd_u64(&d, &a[0]))
+        if (!perfring_rd_u64(&d, &a[2]) || !perfring_rd_u64(&d, &a[1]) ||
+            !perfring_rd_u64(&d, &a[0]))
             goto bad;
-    } else {
-        for (int i = 0; i < MEMPROBE_NREGS; i++)
-            if (!rd_u64(&d, &p->regs[regs_to_unw[i]]))
-                goto bad;
-        if (!rd_u64(&d, &stack_size))
-            goto bad;
-        if (stack_size > 0) {
-            if (stack_size > d.left)
-                goto bad;
-            stack = d.p;
-            d.p += stack_size;
-            d.left -= stack_size;
-            if (!rd_u64(&d, &dyn_size) || dyn_size > stack_size)
-                goto bad;
-        }
+    } else if (!perfring_rd_regs(&d, p->regs) || !perfring_rd_stack(&d, &stack, &stack_len)) {
+        goto bad;
     }
     struct thread *t = thread_get(p, (pid_t)tid, ev->chain);
     if (!t) {
@@ -1045,7 +814,7 @@ static int on_sample(struct memprobe *p, const unsigned char *rec, size_t size)
     struct call c = t->calls[--t->depth];
     if (t->depth > 0)
         return 0;                       /* glibc's inner call: the outer one reports */
-    return complete(p, &c, (pid_t)tid, time, stack, (size_t)dyn_size);
+    return complete(p, &c, (pid_t)tid, time, stack, stack_len);
 bad:
     p->stats.lost++;
     return 0;
@@ -1054,17 +823,18 @@ bad:
 /* EXIT: pid, ppid, tid, ptid, time, then the trailer. */
 static void on_exit_record(struct memprobe *p, const unsigned char *rec, size_t size)
 {
-    struct rd d = { rec + sizeof(struct perf_event_header),
-                    size - sizeof(struct perf_event_header) };
+    struct perfring_rd d;
     uint32_t pid, ppid, tid, ptid;
-    if (!rd_u32(&d, &pid) || !rd_u32(&d, &ppid) || !rd_u32(&d, &tid) || !rd_u32(&d, &ptid)) {
+    perfring_rd_init(&d, rec, size);
+    if (!perfring_rd_u32(&d, &pid) || !perfring_rd_u32(&d, &ppid) ||
+        !perfring_rd_u32(&d, &tid) || !perfring_rd_u32(&d, &ptid)) {
         p->stats.lost++;
         return;
     }
     if ((pid_t)pid != p->pid)
         return;
     thread_forget(p, (pid_t)tid);
-    if ((pid_t)tid == p->pid && target_gone(p))
+    if ((pid_t)tid == p->pid && procfs_process_gone(PROCFS_ROOT, p->pid))
         p->exited = true;
 }
 
@@ -1075,16 +845,9 @@ static int on_record(struct memprobe *p, const unsigned char *rec, size_t size)
     switch (h.type) {
     case PERF_RECORD_SAMPLE:
         return on_sample(p, rec, size);
-    case PERF_RECORD_LOST: {
-        uint64_t lost[2];           /* id, lost */
-        if (size < sizeof(h) + sizeof(lost)) {
-            p->stats.lost++;
-            break;
-        }
-        memcpy(lost, rec + sizeof(h), sizeof(lost));
-        p->stats.lost += lost[1];
+    case PERF_RECORD_LOST:
+        p->stats.lost += perfring_lost(rec, size);
         break;
-    }
     case PERF_RECORD_THROTTLE:
         /* Hits past perf_event_max_sample_rate per second are dropped until the next tick,
          * uncounted: at least one call went unreported. */
@@ -1099,78 +862,54 @@ static int on_record(struct memprobe *p, const unsigned char *rec, size_t size)
     return 0;
 }
 
-static void ring_copy(const struct ring *rg, uint64_t pos, void *dst, size_t n)
+/* Describes the record at ring ci's tail in p->next[ci]: false when the ring has none left this
+ * round. */
+static bool ring_peek(struct memprobe *p, size_t ci)
 {
-    uint64_t mask = rg->size - 1;
-    for (size_t i = 0; i < n; i++)
-        ((unsigned char *)dst)[i] = rg->data[(pos + i) & mask];
-}
-
-/* Describes the record at rg->tail: false when the ring has none left this round. A header
- * that cannot be framed drops the rest of what is there. */
-static bool ring_peek(struct memprobe *p, struct ring *rg)
-{
+    struct perfring *rg = &p->rc.rings[ci];
+    struct next *nx = &p->next[ci];
     struct perf_event_header h;
-    if (rg->peeked)
+    if (nx->peeked)
         return true;
-    if (!rg->meta || rg->tail == rg->head)
+    int r = perfring_peek(rg, &h);
+    if (r == -EBADMSG)
+        p->stats.lost++;
+    if (r < 0)
         return false;
-    uint64_t avail = rg->head - rg->tail;
-    if (avail < sizeof(h) || avail > rg->size)
-        goto bad;
-    ring_copy(rg, rg->tail, &h, sizeof(h));
-    if (h.size < sizeof(h) || h.size > avail || h.size % 8 != 0)
-        goto bad;
-    rg->rec_time = 0;           /* records without a time go first */
+    nx->time = 0;               /* records without a time go first */
     if (h.type == PERF_RECORD_SAMPLE && h.size >= sizeof(h) + 24)
-        ring_copy(rg, rg->tail + sizeof(h) + 16, &rg->rec_time, 8);
+        perfring_read(rg, sizeof(h) + 16, &nx->time, 8);
     else if (h.type != PERF_RECORD_SAMPLE && h.size >= sizeof(h) + TRAILER_BYTES)
-        ring_copy(rg, rg->tail + h.size - 16, &rg->rec_time, 8);
-    rg->rec_size = h.size;
-    rg->peeked = true;
+        perfring_read(rg, h.size - 16, &nx->time, 8);
+    nx->size = h.size;
+    nx->peeked = true;
     return true;
-bad:
-    p->stats.lost++;
-    rg->tail = rg->head;
-    __atomic_store_n(&rg->meta->data_tail, rg->tail, __ATOMIC_RELEASE);
-    return false;
 }
 
 /* Hands out, in time order across the rings, every record up to limit. */
 static int drain(struct memprobe *p, uint64_t limit)
 {
     p->held = false;
-    for (size_t i = 0; i < p->ncpus; i++) {
-        struct ring *rg = &p->rings[i];
-        rg->head = __atomic_load_n(&rg->meta->data_head, __ATOMIC_ACQUIRE);
-        rg->tail = rg->meta->data_tail;
-        rg->peeked = false;
+    for (size_t i = 0; i < p->rc.n; i++) {
+        perfring_begin(&p->rc.rings[i]);
+        p->next[i].peeked = false;
     }
     for (;;) {
-        struct ring *best = NULL;
-        for (size_t i = 0; i < p->ncpus; i++) {
-            struct ring *rg = &p->rings[i];
-            if (ring_peek(p, rg) && (!best || rg->rec_time < best->rec_time))
-                best = rg;
-        }
-        if (!best)
+        size_t best = p->rc.n;
+        for (size_t i = 0; i < p->rc.n; i++)
+            if (ring_peek(p, i) && (best == p->rc.n || p->next[i].time < p->next[best].time))
+                best = i;
+        if (best == p->rc.n)
             return 0;
-        if (best->rec_time > limit) {
+        if (p->next[best].time > limit) {
             p->held = true;
             return 0;
         }
-        const unsigned char *rec;
-        uint64_t off = best->tail & (best->size - 1);
-        if (off + best->rec_size <= best->size) {
-            rec = best->data + off;
-        } else {
-            ring_copy(best, best->tail, p->copy, best->rec_size);
-            rec = p->copy;
-        }
-        int r = on_record(p, rec, best->rec_size);
-        best->tail += best->rec_size;
-        best->peeked = false;
-        __atomic_store_n(&best->meta->data_tail, best->tail, __ATOMIC_RELEASE);
+        struct perfring *rg = &p->rc.rings[best];
+        size_t size = p->next[best].size;
+        int r = on_record(p, perfring_record(rg, size, p->rc.copy), size);
+        perfring_consume(rg, size);
+        p->next[best].peeked = false;
         if (r < 0)
             return r;
     }
@@ -1191,13 +930,13 @@ int memprobe_poll(struct memprobe *p, int timeout_ms,
             timeout_ms = HOLD_MS;
         if (timeout_ms < 0)
             timeout_ms = 0;
-        poll(p->pfds, p->ncpus, timeout_ms);
+        poll(p->pfds, p->rc.n, timeout_ms);
         now = now_ns();
         r = drain(p, now > HOLD_NS ? now - HOLD_NS : 0);
         if (r < 0)
             return r;
         if (!p->exited && now_ns() >= p->next_check_ns) {
-            p->exited = target_gone(p);
+            p->exited = procfs_process_gone(PROCFS_ROOT, p->pid);
             p->next_check_ns = now_ns() + CHECK_NS;
         }
     }

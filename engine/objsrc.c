@@ -21,20 +21,18 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <asm/perf_regs.h>
 #include <libunwind.h>
 #include <linux/perf_event.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include "objsrc.h"
+#include "perfring.h"
 #include "procfs.h"
 
-#define CPUS_MAX 4096
 #define EVENTS_MAX 65536                /* event fds: threads x online CPUs */
 #define THREADS_MAX 65536
 #define OPEN_SCANS_MAX 8                /* re-reads of /proc/PID/task while opening */
@@ -42,7 +40,6 @@
 #define RING_PAGES_MAX 128              /* 512 KiB a CPU: ~60 events of 8.5 KiB */
 #define RING_PAGES_MIN 8                /* smallest tried when the mlock allowance refuses */
 #define WAKEUP_BYTES (64u << 10)        /* the kernel clamps it to the ring */
-#define RECORD_MAX 65536                /* header.size is 16 bits */
 #define FORMAT_MAX 16384
 #define FILTER_MAX 2048
 #define EPOLL_BATCH 64
@@ -51,22 +48,7 @@
 
 static const char *const tracefs_roots[] = { "/sys/kernel/tracing", "/sys/kernel/debug/tracing" };
 
-/* x86-64 user registers in perf's bit order (the record's order), and their libunwind numbers. */
-#define REGS_MASK ((1ull << PERF_REG_X86_AX) | (1ull << PERF_REG_X86_BX) | \
-                   (1ull << PERF_REG_X86_CX) | (1ull << PERF_REG_X86_DX) | \
-                   (1ull << PERF_REG_X86_SI) | (1ull << PERF_REG_X86_DI) | \
-                   (1ull << PERF_REG_X86_BP) | (1ull << PERF_REG_X86_SP) | \
-                   (1ull << PERF_REG_X86_IP) | (1ull << PERF_REG_X86_R8) | \
-                   (1ull << PERF_REG_X86_R9) | (1ull << PERF_REG_X86_R10) | \
-                   (1ull << PERF_REG_X86_R11) | (1ull << PERF_REG_X86_R12) | \
-                   (1ull << PERF_REG_X86_R13) | (1ull << PERF_REG_X86_R14) | \
-                   (1ull << PERF_REG_X86_R15))
-static const unsigned char regs_to_unw[OBJSRC_NREGS] = {
-    UNW_X86_64_RAX, UNW_X86_64_RBX, UNW_X86_64_RCX, UNW_X86_64_RDX, UNW_X86_64_RSI,
-    UNW_X86_64_RDI, UNW_X86_64_RBP, UNW_X86_64_RSP, UNW_X86_64_RIP, UNW_X86_64_R8,
-    UNW_X86_64_R9, UNW_X86_64_R10, UNW_X86_64_R11, UNW_X86_64_R12, UNW_X86_64_R13,
-    UNW_X86_64_R14, UNW_X86_64_R15,
-};
+_Static_assert(OBJSRC_NREGS == PERFRING_NREGS, "register numbering");
 
 enum how {
     HOW_FD,                             /* the return value is the new fd */
@@ -122,14 +104,10 @@ struct field {
     size_t offset, size;
 };
 
-struct ring {
-    int fd;                             /* the event that owns the mapping; -1: none yet */
-    struct perf_event_mmap_page *meta;
-    unsigned char *data;
-    uint64_t size;                      /* a power of two */
-    size_t map_len;
-    pid_t last_tid;                     /* the previous sample, to drop a duplicate */
-    uint64_t last_time;
+/* A ring's previous sample, to drop a duplicate. */
+struct last {
+    pid_t tid;
+    uint64_t time;
 };
 
 struct objsrc {
@@ -137,9 +115,8 @@ struct objsrc {
     uint64_t tp_id;
     struct field f_id, f_ret;
     char filter[FILTER_MAX];
-    int *cpus;
-    size_t ncpus;
-    struct ring *rings;
+    struct perfring_cpus rc;            /* the rings, one per online CPU */
+    struct last *last;                  /* one per ring */
     int *fds;                           /* every event fd */
     size_t nfds, fds_cap;
     size_t nlive;                       /* of them, still in the epoll set */
@@ -152,7 +129,13 @@ struct objsrc {
     size_t ring_pages;
     uint64_t next_scan_ns;
     struct objsrc_stats stats;
-    unsigned char *copy;                /* RECORD_MAX: a record that wraps the ring's end */
+};
+
+/* What objsrc_poll hands each record with. */
+struct poll_ctx {
+    struct objsrc *s;
+    int (*cb)(const struct objsrc_event *, void *);
+    void *userdata;
 };
 
 static uint64_t now_ns(void)
@@ -317,42 +300,6 @@ static int build_filter(struct objsrc *s)
     return 0;
 }
 
-static int online_cpus(struct objsrc *s)
-{
-    char buf[8192];
-    const char *p = buf;
-    int r;
-
-    r = read_small("/sys/devices/system/cpu/online", buf, sizeof(buf));
-    if (r < 0)
-        return r;
-    s->cpus = calloc(CPUS_MAX, sizeof(*s->cpus));
-    if (!s->cpus)
-        return -ENOMEM;
-    while (*p && *p != '\n') {
-        uint64_t a, b;
-
-        if (procfs_parse_u64(&p, 10, 6, &a) < 0)
-            return -EBADMSG;
-        b = a;
-        if (*p == '-') {
-            p++;
-            if (procfs_parse_u64(&p, 10, 6, &b) < 0 || b < a)
-                return -EBADMSG;
-        }
-        for (uint64_t c = a; c <= b; c++) {
-            if (s->ncpus == CPUS_MAX)
-                return -E2BIG;
-            s->cpus[s->ncpus++] = (int)c;
-        }
-        if (*p == ',')
-            p++;
-        else if (*p && *p != '\n')
-            return -EBADMSG;
-    }
-    return s->ncpus ? 0 : -EBADMSG;
-}
-
 static void fill_attr(struct perf_event_attr *a, const struct objsrc *s)
 {
     memset(a, 0, sizeof(*a));
@@ -362,11 +309,10 @@ static void fill_attr(struct perf_event_attr *a, const struct objsrc *s)
     a->sample_period = 1;
     a->sample_type = PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_RAW |
                      PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER;
-    a->sample_regs_user = REGS_MASK;
+    a->sample_regs_user = PERFRING_REGS_MASK;
     a->sample_stack_user = OBJSRC_STACK_BYTES;
     a->disabled = 1;                    /* enabled once its output goes to the ring */
-    a->inherit = 1;
-    a->inherit_thread = s->inherit_thread;
+    a->inherit = 1;                     /* inherit_thread too: forked processes are not ours */
     a->task = 1;                        /* FORK records: which new threads are covered */
     a->use_clockid = 1;
     a->clockid = CLOCK_MONOTONIC;
@@ -377,23 +323,14 @@ static void fill_attr(struct perf_event_attr *a, const struct objsrc *s)
 static int event_open(struct objsrc *s, pid_t tid, int cpu, int *ret_fd)
 {
     struct perf_event_attr a;
-    int fd;
+    int fd, r;
 
     fill_attr(&a, s);
-    fd = (int)syscall(SYS_perf_event_open, &a, tid, cpu, -1, PERF_FLAG_FD_CLOEXEC);
-    if (fd < 0 && errno == EINVAL && s->inherit_thread) {
-        /* Before Linux 5.13: forked children get copies too; their records are dropped. */
-        s->inherit_thread = false;
-        fill_attr(&a, s);
-        fd = (int)syscall(SYS_perf_event_open, &a, tid, cpu, -1, PERF_FLAG_FD_CLOEXEC);
-        if (fd < 0)
-            s->inherit_thread = true;
-    }
-    if (fd < 0)
-        return -errno;
+    r = perfring_event_open_inherit(&a, tid, cpu, &s->inherit_thread, &fd);
+    if (r < 0)
+        return r;
     if (ioctl(fd, PERF_EVENT_IOC_SET_FILTER, s->filter) < 0) {
-        int r = -errno;
-
+        r = -errno;
         close(fd);
         return r;
     }
@@ -403,32 +340,11 @@ static int event_open(struct objsrc *s, pid_t tid, int cpu, int *ret_fd)
 
 static int ring_map(struct objsrc *s, size_t ci, int fd)
 {
-    long page = sysconf(_SC_PAGESIZE);
-    struct ring *rg = &s->rings[ci];
-
     for (;;) {
-        size_t len = (s->ring_pages + 1) * (size_t)page;
-        void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        int r = perfring_map(&s->rc.rings[ci], fd, s->ring_pages);
 
-        if (m != MAP_FAILED) {
-            const struct perf_event_mmap_page *meta = m;
-            uint64_t off = meta->data_offset ? meta->data_offset : (uint64_t)page;
-            uint64_t size = meta->data_size ? meta->data_size : s->ring_pages * (uint64_t)page;
-
-            if (off > len || size > len - off || size == 0 || (size & (size - 1)) != 0) {
-                munmap(m, len);
-                return -EBADMSG;
-            }
-            rg->fd = fd;
-            rg->meta = m;
-            rg->map_len = len;
-            rg->data = (unsigned char *)m + off;
-            rg->size = size;
-            return 0;
-        }
-        if ((errno != EPERM && errno != ENOMEM) || s->ring_pages <= RING_PAGES_MIN)
-            return -errno;
-        s->ring_pages /= 2;
+        if (!perfring_shrink(r, &s->ring_pages, RING_PAGES_MIN))
+            return r;
     }
 }
 
@@ -481,28 +397,28 @@ static int open_thread(struct objsrc *s, pid_t tid)
     size_t base = s->nfds, k;
     int r = 0;
 
-    if (s->nfds + s->ncpus > EVENTS_MAX)
+    if (s->nfds + s->rc.n > EVENTS_MAX)
         return -EMFILE;
-    for (size_t i = 0; i < s->ncpus; i++) {
+    for (size_t i = 0; i < s->rc.n; i++) {
         int fd = -1;
 
-        r = event_open(s, tid, s->cpus[i], &fd);
+        r = event_open(s, tid, s->rc.cpus[i], &fd);
         if (r == 0 && (r = fds_add(s, fd)) < 0)
             close(fd);
         if (r < 0)
             goto out;
     }
-    for (size_t i = 0; i < s->ncpus; i++) {
+    for (size_t i = 0; i < s->rc.n; i++) {
         int fd = s->fds[base + i];
 
-        if (s->rings[i].fd < 0)
+        if (s->rc.rings[i].fd < 0)
             r = ring_map(s, i, fd);
-        else if (ioctl(fd, PERF_EVENT_IOC_SET_OUTPUT, s->rings[i].fd) < 0)
+        else if (ioctl(fd, PERF_EVENT_IOC_SET_OUTPUT, s->rc.rings[i].fd) < 0)
             r = -errno;
         if (r < 0)
             goto out;
     }
-    for (size_t i = 0; i < s->ncpus; i++) {
+    for (size_t i = 0; i < s->rc.n; i++) {
         struct epoll_event ev = { .events = EPOLLIN, .data.fd = s->fds[base + i] };
 
         if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->fds[base + i], &ev) < 0) {
@@ -511,7 +427,7 @@ static int open_thread(struct objsrc *s, pid_t tid)
         }
         s->nlive++;
     }
-    for (size_t i = 0; i < s->ncpus; i++)
+    for (size_t i = 0; i < s->rc.n; i++)
         ioctl(s->fds[base + i], PERF_EVENT_IOC_ENABLE, 0);
     known_add(s, tid);
     s->own_threads++;
@@ -520,11 +436,7 @@ out:
         /* Never enabled. A ring's owner stays open: other threads' events write there. */
         k = base;
         for (size_t i = base; i < s->nfds; i++) {
-            bool owner = false;
-
-            for (size_t c = 0; c < s->ncpus; c++)
-                owner |= s->rings[c].fd == s->fds[i];
-            if (owner)
+            if (perfring_cpus_owns(&s->rc, s->fds[i]))
                 s->fds[k++] = s->fds[i];
             else
                 close(s->fds[i]);
@@ -535,23 +447,6 @@ out:
 }
 
 /* The target has exited when /proc has no thread of it left but a zombie leader. */
-static bool target_gone(pid_t pid)
-{
-    pid_t *tids = NULL;
-    size_t n = 0;
-    char st = 0;
-    int r = procfs_list_tasks(PROCFS_ROOT, pid, &tids, &n);
-    bool gone;
-
-    if (r == -ESRCH)
-        return true;
-    gone = r == 0 && (n == 0 || (n == 1 && tids[0] == pid &&
-                      (procfs_read_state(PROCFS_ROOT, pid, pid, &st) == -ESRCH ||
-                       st == 'Z' || st == 'X')));
-    free(tids);
-    return gone;
-}
-
 /* Opens events for every listed thread not covered, and forgets threads no longer listed. */
 static int scan_threads(struct objsrc *s, size_t *ret_new)
 {
@@ -594,17 +489,14 @@ void objsrc_close(struct objsrc *s)
     if (!s)
         return;
     for (size_t i = 0; i < s->nfds; i++)
-        close(s->fds[i]);
-    for (size_t i = 0; s->rings && i < s->ncpus; i++)
-        if (s->rings[i].meta)
-            munmap(s->rings[i].meta, s->rings[i].map_len);
+        if (!perfring_cpus_owns(&s->rc, s->fds[i]))
+            close(s->fds[i]);
+    perfring_cpus_destroy(&s->rc);
     if (s->epfd >= 0)
         close(s->epfd);
-    free(s->cpus);
-    free(s->rings);
+    free(s->last);
     free(s->fds);
     free(s->known);
-    free(s->copy);
     free(s);
 }
 
@@ -627,19 +519,16 @@ int objsrc_open(pid_t pid, struct objsrc **ret)
     if (r == 0)
         r = build_filter(s);
     if (r == 0)
-        r = online_cpus(s);
+        r = perfring_cpus_init(&s->rc);
     if (r < 0)
         goto out;
-    s->rings = calloc(s->ncpus, sizeof(*s->rings));
+    s->last = calloc(s->rc.n, sizeof(*s->last));
     s->known = calloc(THREADS_MAX, sizeof(*s->known));
-    s->copy = malloc(RECORD_MAX);
     s->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (!s->rings || !s->known || !s->copy || s->epfd < 0) {
-        r = s->epfd < 0 && s->rings && s->known && s->copy ? -errno : -ENOMEM;
+    if (!s->last || !s->known || s->epfd < 0) {
+        r = s->epfd < 0 && s->last && s->known ? -errno : -ENOMEM;
         goto out;
     }
-    for (size_t i = 0; i < s->ncpus; i++)
-        s->rings[i].fd = -1;
     for (int scan = 0; scan < OPEN_SCANS_MAX; scan++) {
         size_t n = 0;
 
@@ -671,41 +560,6 @@ void objsrc_stats(const struct objsrc *s, struct objsrc_stats *ret)
 {
     *ret = s->stats;
     ret->threads = s->own_threads;
-}
-
-struct rd {
-    const unsigned char *p;
-    size_t left;
-};
-
-static bool rd_u64(struct rd *d, uint64_t *v)
-{
-    if (d->left < 8)
-        return false;
-    memcpy(v, d->p, 8);
-    d->p += 8;
-    d->left -= 8;
-    return true;
-}
-
-static bool rd_u32(struct rd *d, uint32_t *v)
-{
-    if (d->left < 4)
-        return false;
-    memcpy(v, d->p, 4);
-    d->p += 4;
-    d->left -= 4;
-    return true;
-}
-
-static bool rd_bytes(struct rd *d, size_t n, const unsigned char **v)
-{
-    if (d->left < n)
-        return false;
-    *v = d->p;
-    d->p += n;
-    d->left -= n;
-    return true;
 }
 
 static bool raw_field(const unsigned char *raw, size_t len, const struct field *f, int64_t *ret)
@@ -800,42 +654,36 @@ static bool describe(const struct objsrc *s, const struct call *c, int64_t ret,
     return false;
 }
 
-static int on_sample(struct objsrc *s, struct ring *rg, const unsigned char *rec, size_t size,
+static int on_sample(struct objsrc *s, struct last *last, const unsigned char *rec, size_t size,
                      int (*cb)(const struct objsrc_event *, void *), void *userdata)
 {
-    struct rd d = { rec + sizeof(struct perf_event_header),
-                    size - sizeof(struct perf_event_header) };
+    struct perfring_rd d;
     struct objsrc_event ev = { 0 };
-    uint64_t time, abi, stack_size = 0, dyn_size = 0;
+    uint64_t time, abi;
     uint32_t pid, tid, raw_size;
-    const unsigned char *raw, *stack = NULL;
+    const unsigned char *raw;
     const struct call *c;
     int64_t nr, ret;
 
-    if (!rd_u32(&d, &pid) || !rd_u32(&d, &tid) || !rd_u64(&d, &time) ||
-        !rd_u32(&d, &raw_size) || !rd_bytes(&d, raw_size, &raw))
+    perfring_rd_init(&d, rec, size);
+    if (!perfring_rd_u32(&d, &pid) || !perfring_rd_u32(&d, &tid) ||
+        !perfring_rd_u64(&d, &time) || !perfring_rd_u32(&d, &raw_size) ||
+        !perfring_rd_bytes(&d, raw_size, &raw))
         goto bad;
     /* The raw field is padded so that it and its size end on 8 bytes. */
     if ((4 + raw_size) % 8 != 0)
         goto bad;
-    if (!rd_u64(&d, &abi))
+    if (!perfring_rd_u64(&d, &abi))
         goto bad;
     if ((pid_t)pid != s->pid)
         return 0;               /* a forked child's copy, where inherit_thread is unknown */
-    if ((pid_t)tid == rg->last_tid && time == rg->last_time)
+    if ((pid_t)tid == last->tid && time == last->time)
         return 0;               /* the same call seen by a thread's two sets of events */
-    rg->last_tid = (pid_t)tid;
-    rg->last_time = time;
+    last->tid = (pid_t)tid;
+    last->time = time;
     if (abi != PERF_SAMPLE_REGS_ABI_64)
         goto bad;               /* a 32-bit process: other numbers, other registers */
-    for (int i = 0; i < OBJSRC_NREGS; i++)
-        if (!rd_u64(&d, &ev.regs[regs_to_unw[i]]))
-            goto bad;
-    if (!rd_u64(&d, &stack_size))
-        goto bad;
-    if (stack_size > 0 &&
-        (stack_size > d.left || !rd_bytes(&d, (size_t)stack_size, &stack) ||
-         !rd_u64(&d, &dyn_size) || dyn_size > stack_size))
+    if (!perfring_rd_regs(&d, ev.regs) || !perfring_rd_stack(&d, &ev.stack, &ev.stack_len))
         goto bad;
     if (!raw_field(raw, raw_size, &s->f_id, &nr) || !raw_field(raw, raw_size, &s->f_ret, &ret))
         goto bad;
@@ -845,8 +693,6 @@ static int on_sample(struct objsrc *s, struct ring *rg, const unsigned char *rec
     ev.tid = (pid_t)tid;
     ev.time_ns = time;
     ev.stack_addr = ev.regs[UNW_X86_64_RSP];
-    ev.stack = dyn_size ? stack : NULL;
-    ev.stack_len = (size_t)dyn_size;
     if (!describe(s, c, ret, &ev))
         return 0;
     s->stats.events++;
@@ -859,11 +705,11 @@ bad:
 /* FORK: pid, ppid, tid, ptid, time. A thread made by a covered one carries copies. */
 static void on_fork(struct objsrc *s, const unsigned char *rec, size_t size)
 {
-    struct rd d = { rec + sizeof(struct perf_event_header),
-                    size - sizeof(struct perf_event_header) };
+    struct perfring_rd d;
     uint32_t pid, ppid, tid;
 
-    if (!rd_u32(&d, &pid) || !rd_u32(&d, &ppid) || !rd_u32(&d, &tid)) {
+    perfring_rd_init(&d, rec, size);
+    if (!perfring_rd_u32(&d, &pid) || !perfring_rd_u32(&d, &ppid) || !perfring_rd_u32(&d, &tid)) {
         s->stats.lost++;
         return;
     }
@@ -871,89 +717,24 @@ static void on_fork(struct objsrc *s, const unsigned char *rec, size_t size)
         known_add(s, (pid_t)tid);
 }
 
-static int on_record(struct objsrc *s, struct ring *rg, const unsigned char *rec,
-                     int (*cb)(const struct objsrc_event *, void *), void *userdata)
+static int on_record(void *arg, size_t ci, const unsigned char *rec, size_t size)
 {
+    const struct poll_ctx *c = arg;
+    struct objsrc *s = c->s;
     struct perf_event_header h;
 
     memcpy(&h, rec, sizeof(h));
     switch (h.type) {
     case PERF_RECORD_SAMPLE:
-        return on_sample(s, rg, rec, h.size, cb, userdata);
-    case PERF_RECORD_LOST: {
-        uint64_t lost[2];           /* id, lost */
-
-        if (h.size < sizeof(h) + sizeof(lost)) {
-            s->stats.lost++;
-            break;
-        }
-        memcpy(lost, rec + sizeof(h), sizeof(lost));
-        s->stats.lost += lost[1];
+        return on_sample(s, &s->last[ci], rec, size, c->cb, c->userdata);
+    case PERF_RECORD_LOST:
+        s->stats.lost += perfring_lost(rec, size);
         break;
-    }
     case PERF_RECORD_FORK:
-        on_fork(s, rec, h.size);
+        on_fork(s, rec, size);
         break;
     default:
         break;                      /* EXIT, THROTTLE: nothing to do */
-    }
-    return 0;
-}
-
-/* Hands out every complete record of one ring, freeing the space of each as it goes. */
-static int ring_drain(struct objsrc *s, struct ring *rg,
-                      int (*cb)(const struct objsrc_event *, void *), void *userdata)
-{
-    uint64_t head, tail, mask;
-
-    if (!rg->meta)
-        return 0;
-    head = __atomic_load_n(&rg->meta->data_head, __ATOMIC_ACQUIRE);
-    tail = rg->meta->data_tail;
-    mask = rg->size - 1;
-    while (tail != head) {
-        struct perf_event_header h;
-        uint64_t avail = head - tail, off = tail & mask;
-        const unsigned char *rec;
-        int r;
-
-        if (avail < sizeof(h) || avail > rg->size)
-            goto bad;
-        for (size_t i = 0; i < sizeof(h); i++)
-            ((unsigned char *)&h)[i] = rg->data[(off + i) & mask];
-        if (h.size < sizeof(h) || h.size > avail || h.size % 8 != 0)
-            goto bad;
-        if (off + h.size <= rg->size) {
-            rec = rg->data + off;
-        } else {
-            size_t first = (size_t)(rg->size - off);
-
-            memcpy(s->copy, rg->data + off, first);
-            memcpy(s->copy + first, rg->data, h.size - first);
-            rec = s->copy;
-        }
-        r = on_record(s, rg, rec, cb, userdata);
-        tail += h.size;
-        __atomic_store_n(&rg->meta->data_tail, tail, __ATOMIC_RELEASE);
-        if (r < 0)
-            return r;
-    }
-    return 0;
-bad:
-    /* Nothing after a bad header can be framed: drop the rest of what was there. */
-    s->stats.lost++;
-    __atomic_store_n(&rg->meta->data_tail, head, __ATOMIC_RELEASE);
-    return 0;
-}
-
-static int drain_all(struct objsrc *s, int (*cb)(const struct objsrc_event *, void *),
-                     void *userdata)
-{
-    for (size_t i = 0; i < s->ncpus; i++) {
-        int r = ring_drain(s, &s->rings[i], cb, userdata);
-
-        if (r < 0)
-            return r;
     }
     return 0;
 }
@@ -962,6 +743,7 @@ int objsrc_poll(struct objsrc *s, int timeout_ms,
                 int (*cb)(const struct objsrc_event *ev, void *userdata), void *userdata)
 {
     struct epoll_event evs[EPOLL_BATCH];
+    struct poll_ctx ctx = { s, cb, userdata };
     int r, n;
 
     if (!s->exited) {
@@ -977,21 +759,21 @@ int objsrc_poll(struct objsrc *s, int timeout_ms,
         if (s->nlive == 0)
             s->exited = true;
     }
-    r = drain_all(s, cb, userdata);
+    r = perfring_cpus_drain(&s->rc, on_record, &ctx, &s->stats.lost);
     if (r < 0)
         return r;
     if (!s->exited && now_ns() >= s->next_scan_ns) {
         size_t opened;
 
         r = scan_threads(s, &opened);
-        if (r == -ESRCH || (r == 0 && target_gone(s->pid)))
+        if (r == -ESRCH || (r == 0 && procfs_process_gone(PROCFS_ROOT, s->pid)))
             s->exited = true;
         else if (r < 0 && r != -EMFILE)
             return r;
         s->next_scan_ns = now_ns() + RESCAN_NS;
     }
     if (s->exited) {
-        r = drain_all(s, cb, userdata);
+        r = perfring_cpus_drain(&s->rc, on_record, &ctx, &s->stats.lost);
         return r < 0 ? r : -ESRCH;
     }
     return 0;

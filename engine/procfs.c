@@ -515,3 +515,19 @@ int procfs_read_fd_link(const char *root, pid_t pid, int fd, char *buf, size_t l
     snprintf(file, sizeof(file), "fd/%d", fd);
     return read_link(root, pid, file, buf, len);
 }
+
+bool procfs_process_gone(const char *root, pid_t pid)
+{
+    pid_t *tids = NULL;
+    size_t n = 0;
+    char st = 0;
+    int r = procfs_list_tasks(root, pid, &tids, &n);
+
+    if (r == -ESRCH)
+        return true;
+    bool gone = r == 0 && (n == 0 || (n == 1 && tids[0] == pid &&
+                           (procfs_read_state(root, pid, pid, &st) == -ESRCH ||
+                            st == 'Z' || st == 'X')));
+    free(tids);
+    return gone;
+}

@@ -4,6 +4,7 @@
 #ifndef PROCFS_H
 #define PROCFS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -37,6 +38,9 @@ int procfs_list_tasks(const char *root, pid_t pid, pid_t **ret_tids, size_t *ret
 int procfs_read_comm(const char *root, pid_t pid, pid_t tid, char ret[PROCFS_COMM_MAX]);
 /* Field 22 of ROOT/PID/stat (clock ticks since boot), parsed past the last ')' of comm. */
 int procfs_read_starttime(const char *root, pid_t pid, uint64_t *ret);
+/* True when pid has exited: no /proc entry, no threads left, or only its main thread as a
+ * zombie (or dead) that its parent has not reaped yet. */
+bool procfs_process_gone(const char *root, pid_t pid);
 /* Thread state letter (field 3 of stat): 'R', 'S', 'D', 'T', 't', 'Z', ... */
 int procfs_read_state(const char *root, pid_t pid, pid_t tid, char *ret);
 /* ROOT/PID/maps, in file order. Free with procfs_maps_free. */
