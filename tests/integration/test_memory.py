@@ -212,7 +212,8 @@ def test_target_in_another_mount_namespace(workdir):
     try:
         assert proc.stdout.readline().startswith("ready")
         root = f"/proc/{proc.pid}/root"
-        assert not os.listdir(f"{root}{build}")
+        hidden = f"{root}{build}"
+        assert not os.path.isdir(hidden) or not os.listdir(hidden)
         with agent_session(workdir, "memn", f"pid:{proc.pid}") as s:
             result, _ = s.command("memory", {"seconds": 2}, timeout=60)
         assert result["status"] == "ok" and result["summary"]["method"] == "inject", result
