@@ -88,6 +88,7 @@ bench: all
 	$(PYTHON) bench/cpu_profile.py
 	$(PYTHON) bench/memory.py
 	$(PYTHON) bench/object_sources.py
+	$(PYTHON) bench/fleet.py
 
 clean:
 	rm -rf build build-san

@@ -27,6 +27,9 @@ int action_dump_sockets(struct run *run);
 int action_lru_stats(struct run *run);
 int action_log_current_tasks(struct run *run);
 int action_set_asyncio_debug(struct run *run);
+int action_ping(struct run *run);
+int action_runs(struct run *run);
+int action_get_file(struct run *run);
 
 static struct action actions[] = {
     {.name = "start", .needs_target = true, .long_running = true, .run = action_start,
@@ -49,6 +52,9 @@ static struct action actions[] = {
     {.name = "log_current_tasks", .run = action_log_current_tasks},
     {.name = "dump_sockets", .needs_target = true, .long_running = true,
      .run = action_dump_sockets},
+    {.name = "ping", .run = action_ping},
+    {.name = "runs", .run = action_runs},
+    {.name = "get_file", .long_running = true, .run = action_get_file},
 };
 
 #define NACTIONS (sizeof(actions) / sizeof(actions[0]))

@@ -1,6 +1,7 @@
-/* The thirteen actions of the contract: their names, which ones run off the network thread, and
- * their implementations. An action reads run->params (validated against schemas/ACTION.json,
- * defaults applied) and run->target, emits records with run_record and fails with run_fail. */
+/* The actions: the contract's thirteen and the fleet ones (ping, runs, get_file), their names,
+ * which ones run off the network thread, and their implementations. An action reads run->params
+ * (validated against schemas/ACTION.json, defaults applied) and run->target, emits records with
+ * run_record and fails with run_fail. */
 #ifndef ACTION_H
 #define ACTION_H
 

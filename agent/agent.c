@@ -53,6 +53,7 @@ void agent_destroy(struct agent *a)
     store_close(a->store);
     action_free_schemas();
     json_object_put(a->last_result);
+    json_object_put(a->defaults);
     pthread_cond_destroy(&a->jobs_done);
     pthread_mutex_destroy(&a->lock);
 }
@@ -418,6 +419,51 @@ static int start_job(struct run *run)
     return 0;
 }
 
+/* Fields of obj the command left out get the action's settings (agent_set_default), before the
+ * schema sees it: a setting may stand in for a required field, such as dump_log_objects' type. */
+static int apply_settings(struct agent *a, const char *action, struct json_object *obj)
+{
+    struct json_object *fields, *copy;
+    int r = 0;
+
+    pthread_mutex_lock(&a->lock);
+    if (!a->defaults || !json_object_object_get_ex(a->defaults, action, &fields))
+        goto out;
+    json_object_object_foreach(fields, key, value) {
+        if (json_object_object_get_ex(obj, key, NULL))
+            continue;
+        copy = NULL;
+        /* A copy: json-c's reference counts are not shared safely between threads. */
+        if (json_object_deep_copy(value, &copy, NULL) < 0) {
+            r = -ENOMEM;
+            goto out;
+        }
+        json_object_object_add(obj, key, copy);
+    }
+out:
+    pthread_mutex_unlock(&a->lock);
+    return r;
+}
+
+void agent_set_default(struct agent *a, const char *action, const char *field,
+                       struct json_object *value)
+{
+    struct json_object *fields;
+
+    pthread_mutex_lock(&a->lock);
+    if (!a->defaults)
+        a->defaults = json_object_new_object();
+    if (!json_object_object_get_ex(a->defaults, action, &fields)) {
+        fields = json_object_new_object();
+        json_object_object_add(a->defaults, action, fields);
+    }
+    if (value)
+        json_object_object_add(fields, field, value);
+    else
+        json_object_object_del(fields, field);
+    pthread_mutex_unlock(&a->lock);
+}
+
 /* Everything before the action runs. Returns 0 when the action may run. */
 static int prepare(struct run *run, const void *payload, size_t len)
 {
@@ -476,6 +522,9 @@ static int prepare(struct run *run, const void *payload, size_t len)
     run->action = action_find(run->action_name);
     if (!run->action)
         return run_fail(run, "unknown action '%s'", run->action_name);
+    r = apply_settings(a, run->action_name, obj);
+    if (r < 0)
+        return run_fail(run, "cannot apply settings: %s", strerror(-r));
     if (schema_validate(run->action->schema, obj, err, sizeof(err)) < 0)
         return run_fail(run, "%s", err);
     r = schema_apply_defaults(run->action->schema, obj);
@@ -565,9 +614,12 @@ unsigned agent_wait_jobs(struct agent *a, bool cancel, int timeout_ms)
 
 char *agent_state_json(struct agent *a)
 {
+    static const char *const last_keys[] = {"status", "run_id", "action", "error", "files"};
     struct json_object *o = json_object_new_object(), *jobs = json_object_new_array();
     struct json_object *loggers = json_object_new_array();
+    struct json_object *last = json_object_new_object(), *settings = NULL, *v;
     int64_t now = clock_monotonic_us();
+    bool profiling = false;
     char *text;
 
     loggers_describe(loggers);
@@ -581,12 +633,30 @@ char *agent_state_json(struct agent *a)
         json_object_object_add(j, "elapsed",
                                json_decimal((double)(now - r->started_mono_us) / 1e6, 3));
         json_object_array_add(jobs, j);
+        profiling |= strcmp(r->action_name, "start") == 0 || strcmp(r->action_name, "memory") == 0;
     }
     json_object_object_add(o, "node", json_object_new_string(a->config->node_id));
     json_object_object_add(o, "jobs", jobs);
     json_object_object_add(o, "loggers", loggers);
     json_object_object_add(o, "debug", json_object_new_boolean(atomic_load(&a->debug)));
     json_object_object_add(o, "last_result", json_object_get(a->last_result));
+    /* The last result cut to what a Home Assistant sensor shows, present before any run. */
+    json_object_object_add(last, "status", json_object_new_string("none"));
+    for (size_t i = 0; i < sizeof(last_keys) / sizeof(last_keys[0]); i++) {
+        struct json_object *copy = NULL;
+
+        if (!a->last_result || !json_object_object_get_ex(a->last_result, last_keys[i], &v))
+            continue;
+        if (v && json_object_deep_copy(v, &copy, NULL) < 0)
+            continue;
+        json_object_object_add(last, last_keys[i], copy);
+    }
+    json_object_object_add(o, "last", last);
+    json_object_object_add(o, "running", json_object_new_int((int)json_object_array_length(jobs)));
+    json_object_object_add(o, "profiling", json_object_new_boolean(profiling));
+    if (a->defaults)
+        json_object_deep_copy(a->defaults, &settings, NULL);
+    json_object_object_add(o, "settings", settings ? settings : json_object_new_object());
     pthread_mutex_unlock(&a->lock);
     text = strdup(json_object_to_json_string_ext(o, AGENT_JSON_FLAGS));
     json_object_put(o);

@@ -59,6 +59,9 @@ struct agent_output {
     void (*result)(struct run *run, const char *json, void *userdata);
     /* JSON progress of a long run. May be NULL. */
     void (*progress)(struct run *run, const char *json, void *userdata);
+    /* Publishes a file's bytes on P/N/file/NAME (QoS 1, not retained); name is one topic level.
+     * Returns 0 or a negative errno. NULL where there is no broker (`run` mode). */
+    int (*file)(struct run *run, const char *name, const void *data, size_t len, void *userdata);
     /* Something shown in P/N/state changed. May be NULL. */
     void (*state_changed)(struct agent *a, void *userdata);
     void *userdata;
@@ -75,6 +78,9 @@ struct agent {
     struct run *jobs;
     unsigned njobs;
     struct json_object *last_result;
+    /* {"ACTION": {"FIELD": value}}: what a command that omits FIELD gets instead of its schema
+     * default (the settings Home Assistant's number and text entities set). Guarded by lock. */
+    struct json_object *defaults;
 };
 
 /* Loads the schemas and opens the store (when use_store). err gets one sentence on failure. */
@@ -90,6 +96,10 @@ void agent_command(struct agent *a, const char *action, const void *payload, siz
 unsigned agent_wait_jobs(struct agent *a, bool cancel, int timeout_ms);
 /* JSON text for P/N/state. Caller frees. */
 char *agent_state_json(struct agent *a);
+/* Makes value (owned from here on; NULL removes it) the default of action's field for commands
+ * that omit the field. The caller has validated it against the action's schema. */
+void agent_set_default(struct agent *a, const char *action, const char *field,
+                       struct json_object *value);
 
 /* For actions: emit one log record of the run. */
 void run_record(struct run *run, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

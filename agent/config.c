@@ -47,6 +47,7 @@ static const struct key keys[] = {
     {"target", STR(target)},
     {"allowed_targets", STR(allowed_targets)},
     {"max_payload_bytes", KEY_INT, offsetof(struct config, max_payload_bytes), 0, 64, 16 << 20},
+    {"max_file_bytes", KEY_INT, offsetof(struct config, max_file_bytes), 0, 1024, 128 << 20},
     {"schema_dir", STR(schema_dir)},
     {"log_level", KEY_LEVEL, offsetof(struct config, log_level), 0, 0, 0},
 };
@@ -55,7 +56,7 @@ const char *const config_keys[] = {
     "broker_host", "broker_port", "username", "password", "password_file", "tls_ca_file",
     "tls_cert_file", "tls_key_file", "client_id", "keepalive", "mqtt_version", "node_id",
     "topic_prefix", "discovery", "discovery_prefix", "output_dir", "database", "target",
-    "allowed_targets", "max_payload_bytes", "schema_dir", "log_level", NULL,
+    "allowed_targets", "max_payload_bytes", "max_file_bytes", "schema_dir", "log_level", NULL,
 };
 
 static const char *const level_names[] = {"debug", "info", "warning", "error"};
@@ -103,6 +104,7 @@ void config_defaults(struct config *c)
     snprintf(c->database, sizeof(c->database), "./profiler-agent.db");
     snprintf(c->target, sizeof(c->target), "self");
     c->max_payload_bytes = 65536;
+    c->max_file_bytes = 8 << 20;
     c->log_level = CONFIG_LOG_INFO;
 }
 
@@ -148,6 +150,8 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
         }
         if (k->offset == offsetof(struct config, max_payload_bytes))
             c->max_payload_bytes = v;
+        else if (k->offset == offsetof(struct config, max_file_bytes))
+            c->max_file_bytes = v;
         else
             *(int *)field = (int)v;
         return 0;

@@ -34,6 +34,7 @@ struct config {
     char target[CONFIG_STR_MAX];
     char allowed_targets[4096];
     long max_payload_bytes;
+    long max_file_bytes;                /* get_file's limit per file */
     char schema_dir[PATH_MAX];
     int log_level;                      /* enum config_log_level */
 };

@@ -13,7 +13,9 @@
 #include <sys/socket.h>
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
+#include "action.h"
 #include "clock.h"
+#include "discovery.h"
 #include "log.h"
 #include "mqtt.h"
 
@@ -31,7 +33,8 @@ struct mqtt {
     int last_refusal;
     char t_status[TOPIC_MAX], t_result[TOPIC_MAX], t_log[TOPIC_MAX], t_state[TOPIC_MAX];
     char t_progress[TOPIC_MAX];
-    char sub_all[TOPIC_MAX], sub_node[TOPIC_MAX];
+    char sub_all[TOPIC_MAX], sub_node[TOPIC_MAX], sub_set[TOPIC_MAX], set_prefix[TOPIC_MAX];
+    struct discovery *discovery;        /* from mqtt_start on */
     pthread_mutex_t lock;
     pthread_cond_t published;
     int offline_mid;
@@ -98,6 +101,13 @@ static void out_result(struct run *run, const char *json, void *userdata)
         log_warning("cannot publish the result of %s: %s", run->action_name, strerror(-r));
     if (run->reply.topic && s->version == MQTT_PROTOCOL_V5)
         publish(s, run->reply.topic, json, strlen(json), false, &run->reply, NULL);
+    discovery_run_finished(s->discovery, run);
+}
+
+static int discovery_publish(void *userdata, const char *topic, const void *payload, size_t len,
+                             bool retain)
+{
+    return publish(userdata, topic, payload, len, retain, NULL, NULL);
 }
 
 static void out_progress(struct run *run, const char *json, void *userdata)
@@ -106,6 +116,21 @@ static void out_progress(struct run *run, const char *json, void *userdata)
 
     (void)run;
     publish(s, s->t_progress, json, strlen(json), false, NULL, NULL);
+}
+
+static int out_file(struct run *run, const char *name, const void *data, size_t len,
+                    void *userdata)
+{
+    struct mqtt *s = userdata;
+    char topic[TOPIC_MAX];
+
+    (void)run;
+    if (!*name || strpbrk(name, "/+#"))
+        return -EINVAL;
+    if ((size_t)snprintf(topic, sizeof(topic), "%s/%s/file/%s", s->c->topic_prefix,
+                         s->c->node_id, name) >= sizeof(topic))
+        return -ENAMETOOLONG;
+    return publish(s, topic, data, len, false, NULL, NULL);
 }
 
 static void out_state(struct agent *a, void *userdata)
@@ -122,6 +147,7 @@ const struct agent_output mqtt_output = {
     .record = out_record,
     .result = out_result,
     .progress = out_progress,
+    .file = out_file,
     .state_changed = out_state,
 };
 
@@ -212,8 +238,14 @@ static void on_connect(struct mosquitto *m, void *userdata, int rc, int flags,
                MQTT_SUB_OPT_RETAIN_AS_PUBLISHED;
     mosquitto_subscribe_v5(m, NULL, s->sub_all, 1, opts, NULL);
     mosquitto_subscribe_v5(m, NULL, s->sub_node, 1, opts, NULL);
+    mosquitto_subscribe_v5(m, NULL, s->sub_set, 1, opts, NULL);
+    /* Home Assistant's birth message is not retained; a retained one only re-sends the config. */
+    if (discovery_birth_topic(s->discovery))
+        mosquitto_subscribe_v5(m, NULL, discovery_birth_topic(s->discovery), 1,
+                               s->version == MQTT_PROTOCOL_V5 ? MQTT_SUB_OPT_NO_LOCAL : 0, NULL);
     publish(s, s->t_status, "online", 6, true, NULL, NULL);
     out_state(s->agent, s);
+    discovery_connected(s->discovery);
     loop_timing(s, "Handle on_connect", t0);
 }
 
@@ -261,7 +293,8 @@ static void on_publish(struct mosquitto *m, void *userdata, int mid, int rc,
  * topics among them). */
 static const char *topic_action(struct mqtt *s, const char *topic)
 {
-    static const char *const outputs[] = {"status", "result", "log", "progress", "state", NULL};
+    static const char *const outputs[] = {"status", "result", "log", "progress", "state",
+                                          "event", NULL};
     size_t plen = strlen(s->c->topic_prefix), nlen = strlen(s->c->node_id);
     const char *rest;
 
@@ -279,18 +312,35 @@ static const char *topic_action(struct mqtt *s, const char *topic)
     return rest;
 }
 
+/* The NAME of P/N/set/NAME, or NULL. */
+static const char *setting_name(struct mqtt *s, const char *topic)
+{
+    size_t n = strlen(s->set_prefix);
+
+    if (strncmp(topic, s->set_prefix, n) != 0 || !topic[n] || strchr(topic + n, '/'))
+        return NULL;
+    return topic + n;
+}
+
 static void on_message(struct mosquitto *m, void *userdata, const struct mosquitto_message *msg,
                        const mosquitto_property *props)
 {
     struct mqtt *s = userdata;
     struct reply_to reply = {0};
-    const char *action = topic_action(s, msg->topic);
+    const char *action = topic_action(s, msg->topic), *setting;
     int64_t t0 = clock_monotonic_us();
     char what[160];
     uint16_t clen = 0;
 
     (void)m;
-    if (!action)
+    if (discovery_birth_topic(s->discovery) &&
+        strcmp(msg->topic, discovery_birth_topic(s->discovery)) == 0) {
+        discovery_birth(s->discovery, msg->payload,
+                        msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0);
+        return;
+    }
+    setting = setting_name(s, msg->topic);
+    if (!action && !setting)
         return;
     if (msg->retain) {
         /* An empty retained message is how a retained command is cleared, not a command. */
@@ -298,6 +348,12 @@ static void on_message(struct mosquitto *m, void *userdata, const struct mosquit
             return;
         log_warning("ignored a retained command on %s: retained commands are never run (clear "
                     "it with: mosquitto_pub -r -n -t '%s')", msg->topic, msg->topic);
+        return;
+    }
+    if (setting) {
+        discovery_set(s->discovery, setting, msg->payload,
+                      msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0);
+        loop_timing(s, "Handle setting", t0);
         return;
     }
     if (props) {
@@ -335,6 +391,8 @@ int mqtt_new(struct config *c, struct mqtt **ret, char *err, size_t errlen)
     snprintf(s->t_progress, TOPIC_MAX, "%s/%s/progress", c->topic_prefix, c->node_id);
     snprintf(s->sub_all, TOPIC_MAX, "%s/+", c->topic_prefix);
     snprintf(s->sub_node, TOPIC_MAX, "%s/%s/+", c->topic_prefix, c->node_id);
+    snprintf(s->sub_set, TOPIC_MAX, "%s/%s/set/+", c->topic_prefix, c->node_id);
+    snprintf(s->set_prefix, TOPIC_MAX, "%s/%s/set/", c->topic_prefix, c->node_id);
     s->m = mosquitto_new(c->client_id, true, s);
     if (!s->m) {
         snprintf(err, errlen, "cannot create an MQTT client: %s", strerror(errno));
@@ -366,9 +424,12 @@ int mqtt_new(struct config *c, struct mqtt **ret, char *err, size_t errlen)
 
 int mqtt_start(struct mqtt *s, struct agent *a, char *err, size_t errlen)
 {
-    int rc;
+    int rc, r;
 
     s->agent = a;
+    r = discovery_new(s->c, a, discovery_publish, s, &s->discovery, err, errlen);
+    if (r < 0)
+        return r;
     log_set_sink(log_sink, s);
     rc = mosquitto_loop_start(s->m);
     if (rc != MOSQ_ERR_SUCCESS) {
@@ -412,6 +473,8 @@ void mqtt_free(struct mqtt *s)
 {
     if (!s)
         return;
+    /* Here, not in mqtt_stop: job threads left running at a stop still report their runs. */
+    discovery_free(s->discovery);
     mosquitto_destroy(s->m);
     pthread_cond_destroy(&s->published);
     pthread_mutex_destroy(&s->lock);

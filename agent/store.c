@@ -35,6 +35,9 @@ static const char schema_sql[] =
     "CREATE INDEX IF NOT EXISTS runs_status ON runs(status);"
     "CREATE INDEX IF NOT EXISTS runs_action ON runs(action);";
 
+static const char settings_sql[] =
+    "CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);";
+
 static int errno_of(int rc)
 {
     switch (rc & 0xff) {
@@ -104,7 +107,11 @@ static int migrate(struct store *s)
     rc = sqlite3_exec(s->db, schema_sql, NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         return rc;
-    return sqlite3_exec(s->db, "PRAGMA user_version = 1", NULL, NULL, NULL);
+    /* 1 -> 2: the settings table, the values Home Assistant's number and text entities set. */
+    rc = sqlite3_exec(s->db, settings_sql, NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    return sqlite3_exec(s->db, "PRAGMA user_version = 2", NULL, NULL, NULL);
 }
 
 int store_interrupt_running(struct store *s, int64_t finished_us, unsigned *ret_count)
@@ -266,6 +273,121 @@ int store_run_update(struct store *s, int64_t id, const struct store_run *run)
     if (rc != SQLITE_DONE)
         r = fail(s, rc);
     sqlite3_reset(s->update);
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
+static const char *column_text(sqlite3_stmt *st, int i)
+{
+    return (const char *)sqlite3_column_text(st, i);
+}
+
+int store_runs_list(struct store *s, const struct store_query *q,
+                    int (*fn)(const struct store_row *row, void *userdata), void *userdata)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, r = 0;
+
+    if (q->limit < 1 || q->limit > STORE_LIST_MAX)
+        return -EINVAL;
+    pthread_mutex_lock(&s->lock);
+    rc = sqlite3_prepare_v2(s->db,
+                            "SELECT id, request_id, action, target_spec, target_pid, status, "
+                            "error, started, finished, files FROM runs WHERE (?1 = 0 OR id = ?1) "
+                            "AND id != ?2 AND (?3 IS NULL OR action = ?3) AND "
+                            "(?4 IS NULL OR status = ?4) ORDER BY id DESC LIMIT ?5",
+                            -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        r = fail(s, rc);
+        goto out;
+    }
+    sqlite3_bind_int64(st, 1, q->id);
+    sqlite3_bind_int64(st, 2, q->exclude_id);
+    bind_text(st, 3, q->action);
+    bind_text(st, 4, q->status);
+    sqlite3_bind_int(st, 5, (int)q->limit);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct store_row row = {
+            .id = sqlite3_column_int64(st, 0),
+            .request_id = column_text(st, 1),
+            .action = column_text(st, 2),
+            .target_spec = column_text(st, 3),
+            .target_pid = (pid_t)sqlite3_column_int(st, 4),
+            .status = column_text(st, 5),
+            .error = column_text(st, 6),
+            .started = column_text(st, 7),
+            .finished = column_text(st, 8),
+            .files = column_text(st, 9),
+        };
+
+        r = fn(&row, userdata);
+        if (r < 0)
+            goto out;
+    }
+    if (rc != SQLITE_DONE)
+        r = fail(s, rc);
+out:
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
+int store_setting_get(struct store *s, const char *name, char *value, size_t len)
+{
+    sqlite3_stmt *st = NULL;
+    const unsigned char *text;
+    int rc, r;
+
+    pthread_mutex_lock(&s->lock);
+    rc = sqlite3_prepare_v2(s->db, "SELECT value FROM settings WHERE name = ?1", -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        r = fail(s, rc);
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        r = -ENOENT;
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        r = fail(s, rc);
+        goto out;
+    }
+    text = sqlite3_column_text(st, 0);
+    if (!text || (size_t)sqlite3_column_bytes(st, 0) >= len) {
+        r = -EMSGSIZE;
+        goto out;
+    }
+    snprintf(value, len, "%s", (const char *)text);
+    r = 0;
+out:
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
+int store_setting_set(struct store *s, const char *name, const char *value)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, r = 0;
+
+    pthread_mutex_lock(&s->lock);
+    if (value)
+        rc = sqlite3_prepare_v2(s->db, "INSERT INTO settings (name, value) VALUES (?1, ?2) "
+                                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                                -1, &st, NULL);
+    else
+        rc = sqlite3_prepare_v2(s->db, "DELETE FROM settings WHERE name = ?1", -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+        if (value)
+            sqlite3_bind_text(st, 2, value, -1, SQLITE_TRANSIENT);
+        rc = sqlite3_step(st);
+    }
+    if (rc != SQLITE_DONE)
+        r = fail(s, rc);
+    sqlite3_finalize(st);
     pthread_mutex_unlock(&s->lock);
     return r;
 }

@@ -1,6 +1,7 @@
 /* The run store: one SQLite row per command received, valid or not, in WAL mode so readers
  * (sqlite3, `runs` queries) never block the agent. The schema version is PRAGMA user_version.
- * Runs a crash left `running` are marked `interrupted` when the store is opened. */
+ * Runs a crash left `running` are marked `interrupted` when the store is opened. Version 2 adds
+ * the `settings` table: named JSON values (the agent's defaults that Home Assistant sets). */
 #ifndef STORE_H
 #define STORE_H
 
@@ -8,7 +9,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 
 struct store;
 
@@ -37,6 +38,35 @@ int store_run_insert(struct store *s, const struct store_run *run, int64_t *ret_
 int store_run_update(struct store *s, int64_t id, const struct store_run *run);
 /* Marks every running row interrupted (a clean stop with jobs still running). */
 int store_interrupt_running(struct store *s, int64_t finished_us, unsigned *ret_count);
+/* One stored run, as store_runs_list reads it back; the strings (NULL when the column is) are
+ * valid only during the callback. */
+struct store_row {
+    int64_t id;
+    const char *request_id, *action, *target_spec, *status, *error;
+    const char *started, *finished;         /* ISO 8601, as in results */
+    const char *files;                      /* JSON array text */
+    pid_t target_pid;                       /* 0 when none was recorded */
+};
+
+#define STORE_LIST_MAX 100
+
+/* Which runs store_runs_list reads: id (0: any) but not exclude_id, action and status (NULL:
+ * any), at most limit (1..STORE_LIST_MAX). */
+struct store_query {
+    int64_t id, exclude_id;
+    const char *action, *status;
+    unsigned limit;
+};
+
+/* Calls fn for each run matching q, newest first, under the store's lock (fn must not call the
+ * store). Stops at fn's first negative return and returns it. Thread-safe. */
+int store_runs_list(struct store *s, const struct store_query *q,
+                    int (*fn)(const struct store_row *row, void *userdata), void *userdata);
+/* A named setting (JSON text) into value (len bytes). -ENOENT when never set, -EMSGSIZE when it
+ * does not fit. Thread-safe. */
+int store_setting_get(struct store *s, const char *name, char *value, size_t len);
+/* Stores value under name, or deletes the setting when value is NULL. Thread-safe. */
+int store_setting_set(struct store *s, const char *name, const char *value);
 /* SQLite's message for the last failure, for the agent's log. */
 const char *store_errmsg(struct store *s);
 

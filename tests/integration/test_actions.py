@@ -134,7 +134,7 @@ def test_runs_are_recorded_in_sqlite(session):
     bad, _ = session.command("start", {"request_id": "db2", "seconds": 0})
     db = sqlite3.connect(session.agent.db)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     row = db.execute("SELECT request_id, action, status, started, finished, target_spec "
                      "FROM runs WHERE id = ?", (result["run_id"],)).fetchone()
     assert row[:3] == ("db1", "log_current_tasks", "ok")

@@ -65,6 +65,9 @@ static const char *const actions[] = {
     "set_asyncio_debug",
     "log_current_tasks",
     "dump_sockets",
+    "ping",
+    "runs",
+    "get_file",
 };
 #define N_ACTIONS (sizeof(actions) / sizeof(actions[0]))
 
@@ -355,6 +358,17 @@ static const struct payload_case payload_cases[] = {
     {"log_current_tasks", "{\"enabled\": true}", "unknown field 'enabled'"},
     {"dump_sockets", "{\"target\": \"pid:1\"}", NULL},
     {"dump_sockets", "{\"target\": \"pid:-1\"}", "target: does not match pattern " TARGET_PATTERN},
+    {"ping", "{}", NULL},
+    {"ping", "{\"verbose\": true}", "unknown field 'verbose'"},
+    {"runs", "{\"limit\": 100, \"action\": \"start\", \"status\": \"interrupted\"}", NULL},
+    {"runs", "{\"limit\": 101}", "limit: must be at most 100"},
+    {"runs", "{\"status\": \"failed\"}",
+     "status: must be one of [\"running\",\"ok\",\"error\",\"interrupted\"]"},
+    {"get_file", "{\"name\": \"flamegraph.1732485600123456.svg\"}", NULL},
+    {"get_file", "{\"run_id\": 17}", NULL},
+    {"get_file", "{\"name\": \"../etc/passwd\"}",
+     "name: does not match pattern ^[A-Za-z0-9._-]+$"},
+    {"get_file", "{\"run_id\": \"17\"}", "run_id: must be an integer"},
 };
 
 static void test_action_payloads(void **state)
