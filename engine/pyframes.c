@@ -38,6 +38,7 @@
 #define IF_CODE 32                  /* f_code */
 #define IF_PREVIOUS 48              /* previous */
 #define IF_PREV_INSTR 56            /* prev_instr: _Py_CODEUNIT * into f_code's bytecode */
+#define IF_IS_ENTRY 68              /* is_entry: the first frame an eval loop call runs */
 #define IF_OWNER 69                 /* owner (char, after int stacktop and bool is_entry) */
 #define IF_SIZE 72
 #define OWNED_BY_GENERATOR 1        /* FRAME_OWNED_BY_THREAD 0, _GENERATOR 1, _FRAME_OBJECT 2 */
@@ -623,6 +624,7 @@ static int read_frame(struct pyframes *p, uint64_t addr, struct pyframes_frame *
     if (*ret_skip)
         return 0;
     f->firstlineno = firstlineno;
+    f->is_entry = fr[IF_IS_ENTRY] != 0;
     struct code_entry want = {
         .code = code, .filename_at = u64_at(co, CO_FILENAME),
         .qualname_at = u64_at(co, CO_QUALNAME), .table_at = u64_at(co, CO_LINETABLE),
@@ -792,4 +794,42 @@ int pyframes_format_frame(const struct pyframes_frame *f, char *buf, size_t len)
     int n = snprintf(buf, len, "  File \"%s\", line %d, in %s", f->filename, f->line,
                      f->funcname);
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+/* Python 3.11 runs nested Python calls inside one _PyEval_EvalFrameDefault call; each call of it
+ * starts at an entry frame. So, going outwards, the Python frames up to and including the next
+ * entry frame replace the next native _PyEval_EvalFrameDefault frame. */
+int pyframes_merge(const struct stacks_thread *native, const struct pyframes_thread *py,
+                   struct stacks_thread **ret)
+{
+    size_t max = native->nframes + py->nframes, n = 0, pi = 0;
+    struct stacks_thread *t = malloc(sizeof(*t) + (max ? max : 1) * sizeof(t->frames[0]));
+
+    if (!t)
+        return -ENOMEM;
+    *t = *native;
+    for (size_t i = 0; i < native->nframes; i++) {
+        const struct stacks_frame *nf = &native->frames[i];
+        if (!nf->func || strcmp(nf->func, PYFRAMES_EVAL_FUNC) || pi == py->nframes) {
+            t->frames[n++] = *nf;
+            continue;
+        }
+        bool entry;
+        do {
+            const struct pyframes_frame *pf = &py->frames[pi++];
+            t->frames[n++] = (struct stacks_frame){ .file = pf->filename, .func = pf->funcname,
+                .line = pf->line, .func_line = pf->firstlineno, .python = true };
+            entry = pf->is_entry;
+        } while (!entry && pi < py->nframes);
+    }
+    /* The native stack ended early: the rest of the Python stack is further out. */
+    while (pi < py->nframes) {
+        const struct pyframes_frame *pf = &py->frames[pi++];
+        t->frames[n++] = (struct stacks_frame){ .file = pf->filename, .func = pf->funcname,
+            .line = pf->line, .func_line = pf->firstlineno, .python = true };
+    }
+    t->nframes = n;
+    t->truncated = native->truncated && py->truncated;
+    *ret = t;
+    return 0;
 }

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "stacks.h"
 
 #define PYFRAMES_MAX_THREADS 4096       /* thread states read per call, all interpreters */
 #define PYFRAMES_MAX_INTERPS 256        /* interpreters (main + subinterpreters) walked */
@@ -17,12 +18,14 @@
 #define PYFRAMES_STR_MAX 1024           /* bytes kept of a file or function name, NUL included */
 #define PYFRAMES_LINETABLE_MAX (1u << 20)   /* larger co_linetable objects are not decoded */
 #define PYFRAMES_VERSION_MAX 32
+#define PYFRAMES_EVAL_FUNC "_PyEval_EvalFrameDefault"
 
 struct pyframes_frame {
     char *filename;                     /* co_filename, UTF-8 */
     char *funcname;                     /* co_qualname, UTF-8 */
     int line;                           /* of the current instruction; 0 when unknown */
     int firstlineno;                    /* co_firstlineno */
+    bool is_entry;                      /* the first frame of a _PyEval_EvalFrameDefault call */
 };
 
 struct pyframes_thread {
@@ -56,5 +59,12 @@ void pyframes_threads_free(struct pyframes_thread *threads, size_t n);
 /* The contract's frame line: `  File "FILE", line N, in FUNC`. -ENAMETOOLONG when buf is too
  * small (buf then holds the truncated line). */
 int pyframes_format_frame(const struct pyframes_frame *f, char *buf, size_t len);
+
+/* One thread's stack as a reader wants it: native frames, with each native
+ * _PyEval_EvalFrameDefault frame replaced by the Python frames it runs (innermost first, like
+ * both inputs). Python frames left over when the native stack ends early go at the outer end.
+ * The result's strings point into native and py, which must outlive it; free() it. */
+int pyframes_merge(const struct stacks_thread *native, const struct pyframes_thread *py,
+                   struct stacks_thread **ret);
 
 #endif

@@ -304,6 +304,8 @@ static void print_frame(FILE *f, const struct stacks_frame *fr)
 {
     const char *file = fr->file ? fr->file : fr->module ? fr->module : "??";
     fprintf(f, "\n  File \"%s\", line %d, in %s", file, fr->line, fr->func ? fr->func : "??");
+    if (fr->python)
+        return;
     if (fr->module)
         fprintf(f, " [%s+0x%llx]", fr->module, (unsigned long long)fr->offset);
     else

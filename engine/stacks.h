@@ -8,6 +8,7 @@
 #ifndef STACKS_H
 #define STACKS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -25,6 +26,8 @@ struct stacks_frame {
     const char *file;       /* DWARF source file or NULL; owned by the cache */
     int line;               /* 0 when unknown */
     int func_line;          /* first line of the function (DWARF decl_line), 0 when unknown */
+    bool python;            /* a Python-level frame (pyframes.h): file, line, func and
+                               func_line only, no ip or module */
 };
 
 struct stacks_thread {
@@ -80,7 +83,8 @@ void stacks_maps_changed(struct stacks *s);
  * with no newline at the end. A frame is `  File "FILE", line N, in FUNC [MODULE+0xOFF]`
  * (FILE: DWARF source, else the module path; N: 0 when unknown; FUNC: `??` when no symbol;
  * OFF: ip minus load bias, an ELF virtual address as addr2line takes it); a frame outside any
- * file mapping ends in `[0xIP]` and names file "??". A thread that could not be captured has
+ * file mapping ends in `[0xIP]` and names file "??"; a Python frame has no bracket at all, as in
+ * Python's own tracebacks. A thread that could not be captured has
  * one line `  <unavailable: STRERROR>`; a truncated stack ends with the line
  * `  <truncated: outer frames missing>` (the missing frames are the outermost ones). */
 int stacks_format_thread(const struct stacks_thread *t, char **ret);
