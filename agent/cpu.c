@@ -89,6 +89,11 @@ static void add_summary(struct run *run, const struct cpuprof_result *res)
     json_object_object_add(s, "method", json_object_new_string(res->stats.method));
     json_object_object_add(s, "unwind_us_per_sample",
                            json_decimal(res->unwind_us_per_sample, 2));
+    if (res->python[0]) {
+        json_object_object_add(s, "python", json_object_new_string(res->python));
+        json_object_object_add(s, "python_samples",
+                               json_object_new_int64((int64_t)res->python_samples));
+    }
     add_top(run, res->profile);
 }
 

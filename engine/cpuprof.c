@@ -7,8 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include "procfs.h"
 #include "cpuprof.h"
+#include "procfs.h"
+#include "pyframes.h"
 
 #define CPUPROF_MAX_SECONDS (24 * 3600.0)
 #define POLL_MAX_MS 100             /* how long a cancel may go unnoticed */
@@ -28,7 +29,8 @@ struct run {
     struct profile *prof;
     struct name_slot *names;
     size_t nnames;
-    uint64_t samples, truncated, unwind_ns;
+    uint64_t samples, truncated, unwind_ns, python_samples;
+    struct pyframes *py;            /* a CPython target's interpreter, else NULL */
     struct stacks_frame frames[STACKS_MAX_FRAMES];
 };
 
@@ -80,6 +82,79 @@ static const char *name_of(struct run *r, pid_t tid)
     return slot_of(r, tid)->name;
 }
 
+/* The module of the interpreter's eval loop in this stack, or NULL. */
+static const char *eval_module(const struct stacks_frame *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (f[i].func && !strcmp(f[i].func, PYFRAMES_EVAL_FUNC))
+            return f[i].module ? f[i].module : "";
+    return NULL;
+}
+
+static bool is_libc(const char *module)
+{
+    const char *base = module ? strrchr(module, '/') : NULL;
+    return base && (!strncmp(base + 1, "libc.so", 7) || !strncmp(base + 1, "libm.so", 7) ||
+                    !strncmp(base + 1, "ld-linux", 8));
+}
+
+/* Native frames inside the innermost Python frame that are only the interpreter (and the C
+ * library under it) working for that Python code are charged to the Python function, as
+ * py-spy shows without --native; a C extension's frames stay. Returns how many to skip. */
+static size_t interpreter_inner(const struct stacks_thread *t, const char *interp)
+{
+    size_t k = 0;
+
+    while (k < t->nframes && !t->frames[k].python)
+        k++;
+    if (k == t->nframes)
+        return 0;
+    for (size_t i = 0; i < k; i++) {
+        const char *m = t->frames[i].module;
+        if (!(m && !strcmp(m, interp)) && !is_libc(m))
+            return 0;
+    }
+    return k;
+}
+
+/* A sample inside the interpreter is attributed to the Python functions it runs: the thread's
+ * Python stack is read now, a moment after the sample (perf copies only the C stack; Python's
+ * frames live on the heap). A function that runs for more than a few microseconds is still the
+ * one running; the attribution test checks the shares. */
+static int add_python(struct run *r, const struct sampler_sample *smp, size_t n, int truncated,
+                      const char *interp)
+{
+    struct stacks_thread *native = malloc(sizeof(*native) + n * sizeof(native->frames[0]));
+    struct stacks_thread *merged = NULL;
+    struct pyframes_thread pt;
+    int e;
+
+    if (!native)
+        return -ENOMEM;
+    memset(native, 0, sizeof(*native));
+    native->tid = smp->tid;
+    native->truncated = truncated;
+    native->nframes = n;
+    memcpy(native->frames, r->frames, n * sizeof(r->frames[0]));
+    if (pyframes_read_tid(r->py, smp->tid, &pt) < 0) {
+        e = profile_add(r->prof, name_of(r, smp->tid), r->frames, n, truncated,
+                        smp->period_ns);
+        free(native);
+        return e;
+    }
+    e = pyframes_merge(native, &pt, &merged);
+    if (e == 0) {
+        size_t skip = interpreter_inner(merged, interp);
+        r->python_samples++;
+        e = profile_add(r->prof, name_of(r, smp->tid), merged->frames + skip,
+                        merged->nframes - skip, truncated, smp->period_ns);
+    }
+    free(merged);
+    pyframes_thread_clear(&pt);
+    free(native);
+    return e;
+}
+
 static int on_sample(const struct sampler_sample *smp, void *userdata)
 {
     struct run *r = userdata;
@@ -94,6 +169,9 @@ static int on_sample(const struct sampler_sample *smp, void *userdata)
     r->unwind_ns += now_ns() - t0;
     r->samples++;
     r->truncated += truncated != 0;
+    const char *interp = r->py ? eval_module(r->frames, n) : NULL;
+    if (interp)
+        return add_python(r, smp, n, truncated, interp);
     return profile_add(r->prof, name_of(r, smp->tid), r->frames, n, truncated, smp->period_ns);
 }
 
@@ -140,6 +218,11 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
     e = profile_new(&r->prof);
     if (e < 0)
         goto out;
+    /* Not CPython, or a version we cannot read: native frames only. */
+    if (pyframes_open(pid, ret->python, sizeof(ret->python), &r->py) < 0) {
+        r->py = NULL;
+        ret->python[0] = '\0';
+    }
     e = sampler_open(pid, o->frequency, o->force_ptrace, &smp);
     if (e < 0)
         goto out;
@@ -181,7 +264,11 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
     }
     report(o, r, start);
 
+    char python[sizeof(ret->python)];
+    snprintf(python, sizeof(python), "%s", r->py ? ret->python : "");
     memset(ret, 0, sizeof(*ret));
+    snprintf(ret->python, sizeof(ret->python), "%s", python);
+    ret->python_samples = r->python_samples;
     sampler_get_stats(smp, &ret->stats);
     /* Our own literals: the sampler's strings go with it. */
     ret->stats.method = ret->stats.method && strcmp(ret->stats.method, "ptrace") == 0 ?
@@ -197,6 +284,7 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
 out:
     sampler_close(smp);
     if (r) {
+        pyframes_free(r->py);
         profile_free(r->prof);
         free(r->names);
         free(r);

@@ -34,6 +34,8 @@ struct cpuprof_result {
     double elapsed;
     double unwind_us_per_sample;    /* mean unwind cost */
     bool cancelled;
+    char python[32];                /* "3.11.2" when Python frames were attributed, else "" */
+    uint64_t python_samples;        /* samples attributed to Python functions */
 };
 
 /* Profiles pid with the unwinder state s (kept per target by the caller). -ESRCH, -EPERM, or

@@ -701,21 +701,29 @@ static int read_frames(struct pyframes *p, uint64_t addr, struct pyframes_thread
     return 0;
 }
 
+void pyframes_thread_clear(struct pyframes_thread *t)
+{
+    for (size_t j = 0; j < t->nframes; j++)
+        frame_clear(&t->frames[j]);
+    free(t->frames);
+    t->frames = NULL;
+    t->nframes = 0;
+}
+
 void pyframes_threads_free(struct pyframes_thread *threads, size_t n)
 {
     if (!threads)
         return;
-    for (size_t i = 0; i < n; i++) {
-        for (size_t j = 0; j < threads[i].nframes; j++)
-            frame_clear(&threads[i].frames[j]);
-        free(threads[i].frames);
-    }
+    for (size_t i = 0; i < n; i++)
+        pyframes_thread_clear(&threads[i]);
     free(threads);
 }
 
 /* The thread state at ts of interpreter interp, into t; -EBADMSG when it is not one (any
  * more). *ret_next gets the next thread state. */
-static int read_thread(struct pyframes *p, uint64_t ts, uint64_t interp, uint64_t gil,
+/* One thread state; with only != 0, a thread with another tid is skipped (returns 1, with
+ * *ret_next set and t untouched). */
+static int read_thread(struct pyframes *p, uint64_t ts, uint64_t interp, uint64_t gil, pid_t only,
                        struct pyframes_thread *t, uint64_t *ret_next)
 {
     unsigned char b[TS_SIZE];
@@ -727,6 +735,10 @@ static int read_thread(struct pyframes *p, uint64_t ts, uint64_t interp, uint64_
     uint64_t native = u64_at(b, TS_NATIVE_ID), cframe = u64_at(b, TS_CFRAME);
     if (u64_at(b, TS_INTERP) != interp || native == 0 || native >= PID_MAX)
         return -EBADMSG;
+    if (only && (pid_t)native != only) {
+        *ret_next = u64_at(b, TS_NEXT);
+        return 1;
+    }
     memset(t, 0, sizeof(*t));
     t->tid = (pid_t)native;
     t->pthread_id = u64_at(b, TS_THREAD_ID);
@@ -767,7 +779,7 @@ int pyframes_read(struct pyframes *p, struct pyframes_thread **ret, size_t *ret_
                 ts = nt;
                 cap = ncap;
             }
-            r = read_thread(p, tstate, interp, gil, &ts[n], &tstate);
+            r = read_thread(p, tstate, interp, gil, 0, &ts[n], &tstate);
             if (r == -ENOMEM) {
                 n++;                /* its frames so far are freed with the rest */
                 goto out;
@@ -786,6 +798,44 @@ out:
     cache_clear(p);
     if (ts)
         pyframes_threads_free(ts, n);
+    return r;
+}
+
+int pyframes_read_tid(struct pyframes *p, pid_t tid, struct pyframes_thread *ret)
+{
+    struct pyframes_thread t;
+    uint64_t interp = 0, gil = 0;
+    unsigned seen = 0;
+    int r = rd_u64(p, p->sym[SYM_RUNTIME] + RT_INTERP_HEAD, &interp);
+
+    if (tid <= 0)
+        return -EINVAL;
+    if (r == 0)
+        r = rd_u64(p, p->sym[SYM_RUNTIME] + RT_TSTATE_CURRENT, &gil);
+    for (unsigned ni = 0; r == 0 && interp && ni < PYFRAMES_MAX_INTERPS; ni++) {
+        uint64_t next_interp = 0, tstate = 0;
+        if (rd_u64(p, interp + IS_NEXT, &next_interp) < 0 ||
+            rd_u64(p, interp + IS_THREADS_HEAD, &tstate) < 0)
+            break;
+        while (tstate && seen++ < PYFRAMES_MAX_THREADS) {
+            r = read_thread(p, tstate, interp, gil, tid, &t, &tstate);
+            if (r == 0) {
+                *ret = t;
+                goto out;
+            }
+            if (r == -ENOMEM) {
+                pyframes_thread_clear(&t);      /* read_thread had set it up */
+                goto out;
+            }
+            if (r < 0)
+                break;
+        }
+        r = 0;
+        interp = next_interp;
+    }
+    r = r < 0 ? r : -ENOENT;
+out:
+    cache_clear(p);
     return r;
 }
 

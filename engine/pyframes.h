@@ -54,6 +54,10 @@ const char *pyframes_version(const struct pyframes *p);
  * during the pass gives threads marked truncated, or fewer threads; -ESRCH when it is gone
  * before anything could be read, -EFAULT when the runtime state itself is unreadable. */
 int pyframes_read(struct pyframes *p, struct pyframes_thread **ret, size_t *ret_n);
+/* The Python stack of the one thread tid, as pyframes_read gives it (free its frames with
+ * pyframes_thread_clear). -ENOENT when no thread state has that tid. */
+int pyframes_read_tid(struct pyframes *p, pid_t tid, struct pyframes_thread *ret);
+void pyframes_thread_clear(struct pyframes_thread *t);
 void pyframes_threads_free(struct pyframes_thread *threads, size_t n);
 
 /* The contract's frame line: `  File "FILE", line N, in FUNC`. -ENAMETOOLONG when buf is too

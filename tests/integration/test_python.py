@@ -1,6 +1,7 @@
 """Python-level stacks of a CPython 3.11 target (Debian's /usr/bin/python3) through a real broker:
 log_thread_frames shows the Python functions, files and lines where the interpreter's own frames
 were, in traceback order."""
+import json
 import os
 import re
 import subprocess
@@ -64,3 +65,47 @@ def test_thread_frames_show_python_functions(workdir, parked):
 def test_non_python_target_has_no_python_summary(session):
     result, _ = session.command("log_thread_frames")
     assert result["status"] == "ok" and "python" not in result["summary"]
+
+
+def test_cpu_profile_attributes_samples_to_python_functions(workdir):
+    split = os.path.realpath(os.path.join(WORKLOADS, "py_split.py"))
+    proc = subprocess.Popen(["/usr/bin/python3", split], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        with agent_session(workdir, "pyprof", f"pid:{proc.pid}") as s:
+            result, _ = s.command("start", {"seconds": 3, "frequency": 499}, timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert result["status"] == "ok", result
+    sm = result["summary"]
+    assert sm["python"].startswith("3.11.") and sm["python_samples"] > 0.9 * sm["samples"], sm
+    script = r"""
+import json, pstats, sys
+st = pstats.Stats(sys.argv[1])
+tot = sum(v[2] for v in st.stats.values())
+out = {}
+for (f, line, name), v in st.stats.items():
+    if f.endswith("py_split.py"):
+        out[name] = [line, v[2] / tot, v[3] / tot]
+print(json.dumps(out))
+"""
+    p = subprocess.run(["/usr/bin/python3", "-c", script, result["files"][0]],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    funcs = json.loads(p.stdout)
+    # Keys are (file, first line, function) as cProfile writes them, so SnakeViz shows Python.
+    assert funcs["heavy"][0] == marker_def(split, "heavy"), funcs
+    # Self time of heavy : light is 3 : 1 by construction; both run under main's loop.
+    share = funcs["heavy"][1] / (funcs["heavy"][1] + funcs["light"][1])
+    assert abs(share - 0.75) < 0.06, funcs
+    assert funcs["main"][2] > 0.9, funcs
+
+
+def marker_def(path, name):
+    with open(path) as f:
+        for no, line in enumerate(f, 1):
+            if line.startswith(f"def {name}("):
+                return no
+    raise KeyError(name)
