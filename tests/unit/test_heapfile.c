@@ -25,24 +25,24 @@
 
 static const char DEMO[] = "/usr/bin/demo";
 static const struct stacks_frame MAKE_BUF_12 =
-    {0x401010, DEMO, 0x1010, "make_buf", "/src/demo/buf.c", 12, 10};
+    {0x401010, DEMO, 0x1010, "make_buf", "/src/demo/buf.c", 12, 10, false};
 static const struct stacks_frame MAKE_BUF_14 =
-    {0x401020, DEMO, 0x1020, "make_buf", "/src/demo/buf.c", 14, 10};
+    {0x401020, DEMO, 0x1020, "make_buf", "/src/demo/buf.c", 14, 10, false};
 static const struct stacks_frame HANDLE =
-    {0x402000, DEMO, 0x2000, "handle(struct request *)", "/src/demo/server.c", 40, 30};
+    {0x402000, DEMO, 0x2000, "handle(struct request *)", "/src/demo/server.c", 40, 30, false};
 static const struct stacks_frame NEW =
     {0x7f0000403000, "/usr/lib/x86_64-linux-gnu/libstdc++.so.6", 0x9a000,
-     "operator new(unsigned long)", NULL, 0, 0};
+     "operator new(unsigned long)", NULL, 0, 0, false};
 static const struct stacks_frame PUSH =
     {0x404000, DEMO, 0x4000, "std::vector<int, std::allocator<int> >::push_back(int const&)",
-     "/usr/include/c++/12/bits/stl_vector.h", 1287, 1280};
+     "/usr/include/c++/12/bits/stl_vector.h", 1287, 1280, false};
 static const struct stacks_frame MAIN_A =
-    {0x405000, DEMO, 0x5000, "main", "/src/demo/main.c", 20, 5};
+    {0x405000, DEMO, 0x5000, "main", "/src/demo/main.c", 20, 5, false};
 static const struct stacks_frame MAIN_B =
-    {0x405010, DEMO, 0x5010, "main", "/src/demo/main.c", 22, 5};
+    {0x405010, DEMO, 0x5010, "main", "/src/demo/main.c", 22, 5, false};
 static const struct stacks_frame NOSYM =
-    {0x7f0000001a2b, "/usr/lib/libfoo.so.1", 0x1a2b, NULL, NULL, 0, 0};
-static const struct stacks_frame NOTHING = {0xdead0000, NULL, 0, NULL, NULL, 0, 0};
+    {0x7f0000001a2b, "/usr/lib/libfoo.so.1", 0x1a2b, NULL, NULL, 0, 0, false};
+static const struct stacks_frame NOTHING = {0xdead0000, NULL, 0, NULL, NULL, 0, 0, false};
 
 enum { S_BUF12, S_BUF14, S_NEW, S_NOSYM, S_DEEP, S_SHORT, S_NOFRAMES, S_ZERO, NSITES };
 
@@ -81,7 +81,7 @@ static int setup(void **state)
     for (i = 0; i < DEEP; i++) {
         snprintf(fx->deep_names[i], sizeof(fx->deep_names[i]), "level_%zu", i);
         fx->deep[i] = (struct stacks_frame){0x500000 + 16 * i, DEMO, 0x100000 + 16 * i,
-                                            fx->deep_names[i], "/src/demo/deep.c", (int)i + 1, 1};
+                                            fx->deep_names[i], "/src/demo/deep.c", (int)i + 1, 1, false};
     }
     fx->sites[S_BUF12] = (struct heapfile_site){fx->s0, 3, 4000, 4};
     fx->sites[S_BUF14] = (struct heapfile_site){fx->s1, 3, 2000, 2};
@@ -234,8 +234,8 @@ static void test_hpy_huge_and_dirty(void **state)
 {
     struct fixture *fx = *state;
     char path[128], name[2000], *text, *rows[4];
-    struct stacks_frame fr[2] = {{0x1, DEMO, 1, name, NULL, 0, 0},
-                                 {0x2, DEMO, 2, "tmpl<#1> (x)\n\tnext", NULL, 0, 0}};
+    struct stacks_frame fr[2] = {{0x1, DEMO, 1, name, NULL, 0, 0, false},
+                                 {0x2, DEMO, 2, "tmpl<#1> (x)\n\tnext", NULL, 0, 0, false}};
     struct heapfile_site s[2] = {{fr, 2, UINT64_MAX - 10, UINT64_MAX - 1},
                                  {&fr[1], 1, 10, 1}};
 
@@ -499,7 +499,7 @@ static void test_massif_folds_small_children(void **state)
 
     assert_non_null(out);
     for (i = 0; i < TINY + 2; i++) {
-        tiny[i] = (struct stacks_frame){0x600000 + i, DEMO, i, "tiny", "/src/t.c", (int)i + 1, 1};
+        tiny[i] = (struct stacks_frame){0x600000 + i, DEMO, i, "tiny", "/src/t.c", (int)i + 1, 1, false};
         sites[i] = (struct heapfile_site){&tiny[i], 1, 3, 1};
         bytes[i] = 3;
     }

@@ -44,7 +44,7 @@ static char tmpdir[64];
 static struct stacks_frame fr(const char *module, const char *func, const char *file, int line,
                               int func_line)
 {
-    struct stacks_frame f = { 0x1000, module, 0x100, func, file, line, func_line };
+    struct stacks_frame f = { 0x1000, module, 0x100, func, file, line, func_line, false };
     return f;
 }
 

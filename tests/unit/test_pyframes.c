@@ -399,7 +399,7 @@ static void test_libpython(void **state)
 
 static void test_format(void **state)
 {
-    struct pyframes_frame f = {"/srv/app/event.py", "Loop.run_action", 1175, 1170};
+    struct pyframes_frame f = {"/srv/app/event.py", "Loop.run_action", 1175, 1170, false};
     char buf[128], small[16];
 
     (void)state;
