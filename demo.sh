@@ -45,8 +45,11 @@ pids+=("$DEMO_PID")
 read -r _ready svc_port <&"${DEMO[0]}"
 echo "== demo service: pid $DEMO_PID, listening on 127.0.0.1:$svc_port"
 
+# The agent refuses root unless told; a demo run by root says so.
+allow_root=()
+[ "$(id -u)" = 0 ] && allow_root=(--allow-root)
 build/profiler-agent --broker "127.0.0.1:$port" --node-id demo --target "pid:$DEMO_PID" \
-    --database "$work/runs.db" --output-dir "$work/profiles" 2>"$work/agent.log" &
+    --database "$work/runs.db" --output-dir "$work/profiles" "${allow_root[@]}" 2>"$work/agent.log" &
 pids+=($!)
 mosquitto_sub -p "$port" -t profiler/demo/status -C 1 -W 10 >/dev/null
 echo "== agent online as node 'demo'"

@@ -13,15 +13,12 @@
 #include <sys/syscall.h>
 #include "action.h"
 #include "clock.h"
+#include "privs.h"
 #include "store.h"
 
-#define CAP_SYS_PTRACE_BIT 19
-#define CAP_SYS_ADMIN_BIT 21
-#define CAP_PERFMON_BIT 38
 #define UPROBE_TYPE_FILE "/sys/bus/event_source/devices/uprobe/type"
 #define PTRACE_SCOPE_FILE "/proc/sys/kernel/yama/ptrace_scope"
 #define PARANOID_FILE "/proc/sys/kernel/perf_event_paranoid"
-#define STATUS_LINE_MAX 512
 #define GET_FILE_MAX_FILES 16
 #define FILE_NAME_MAX 255
 #define REASON_MAX 256
@@ -50,30 +47,6 @@ static int read_long_file(const char *path, long *ret)
 out:
     fclose(f);
     return r;
-}
-
-/* Effective capabilities, from /proc/self/status (no libcap dependency for three bits). */
-static uint64_t own_caps(void)
-{
-    char line[STATUS_LINE_MAX], *end;
-    uint64_t caps = 0;
-    FILE *f = fopen("/proc/self/status", "re");
-
-    if (!f)
-        return 0;
-    while (fgets(line, sizeof(line), f)) {
-        unsigned long long v;
-
-        if (strncmp(line, "CapEff:\t", 8) != 0)
-            continue;
-        errno = 0;
-        v = strtoull(line + 8, &end, 16);
-        if (!errno && end != line + 8 && (*end == '\n' || *end == '\0'))
-            caps = v;
-        break;
-    }
-    fclose(f);
-    return caps;
 }
 
 static void add_capability(struct json_object *caps, const char *name, bool available,
@@ -108,7 +81,7 @@ static bool perf_event_works(uint64_t caps, char *why, size_t len)
     }
     err = errno;
     if (err == EACCES || err == EPERM) {
-        bool capable = caps & ((1ull << CAP_PERFMON_BIT) | (1ull << CAP_SYS_ADMIN_BIT));
+        bool capable = caps & ((1ull << PRIVS_CAP_PERFMON) | (1ull << PRIVS_CAP_SYS_ADMIN));
 
         if (read_long_file(PARANOID_FILE, &paranoid) == 0)
             snprintf(why, len, "perf_event_open refused: kernel.perf_event_paranoid is %ld%s; "
@@ -139,7 +112,7 @@ static bool uprobes_works(uint64_t caps, bool perf_ok, char *why, size_t len)
                  "(CONFIG_UPROBE_EVENTS)", UPROBE_TYPE_FILE, strerror(-r));
         return false;
     }
-    if (!(caps & ((1ull << CAP_PERFMON_BIT) | (1ull << CAP_SYS_ADMIN_BIT)))) {
+    if (!(caps & ((1ull << PRIVS_CAP_PERFMON) | (1ull << PRIVS_CAP_SYS_ADMIN)))) {
         snprintf(why, len, "uprobes through perf_event_open need CAP_PERFMON or CAP_SYS_ADMIN, "
                  "which the agent lacks");
         return false;
@@ -149,7 +122,7 @@ static bool uprobes_works(uint64_t caps, bool perf_ok, char *why, size_t len)
 
 static bool ptrace_works(uint64_t caps, char *why, size_t len)
 {
-    bool capable = caps & (1ull << CAP_SYS_PTRACE_BIT);
+    bool capable = caps & (1ull << PRIVS_CAP_SYS_PTRACE);
     long scope = -1;
 
     if (read_long_file(PTRACE_SCOPE_FILE, &scope) < 0)
@@ -187,12 +160,18 @@ static const char *target_error(int r, char *buf, size_t len)
     }
 }
 
+static void add_missing(const char *name, void *userdata)
+{
+    json_object_array_add(userdata, json_object_new_string(name));
+}
+
 int action_ping(struct run *run)
 {
     struct agent *a = run->agent;
     struct json_object *t = json_object_new_object(), *caps = json_object_new_object();
     char why[REASON_MAX], buf[REASON_MAX];
-    uint64_t cap_bits = own_caps();
+    struct json_object *missing = json_object_new_array();
+    uint64_t cap_bits = privs_capabilities();
     bool ok;
     int r;
 
@@ -223,6 +202,9 @@ int action_ping(struct run *run)
     ok = ptrace_works(cap_bits, why, sizeof(why));
     add_capability(caps, "ptrace", ok, why);
     json_object_object_add(run->summary, "capabilities", caps);
+    privs_missing(cap_bits, add_missing, missing);
+    json_object_object_add(run->summary, "missing_capabilities", missing);
+    json_object_object_add(run->summary, "uid", json_object_new_int((int)geteuid()));
     return 0;
 }
 
@@ -279,7 +261,8 @@ int action_runs(struct run *run)
     int r;
 
     if (!st)
-        return run_fail(run, "runs: there is no run database in `run` mode");
+        return run_fail(run, "runs: there is no run database (`run` mode, or it could not be "
+                        "opened at start: see the agent's log)");
     if (json_object_object_get_ex(run->params, "limit", &v))
         q.limit = (unsigned)json_object_get_int(v);
     if (json_object_object_get_ex(run->params, "action", &v)) {
@@ -460,7 +443,8 @@ static int collect_paths(struct run *run, const char *dir, struct json_object **
         return 0;
     }
     if (!run->agent->store)
-        return run_fail(run, "run_id: there is no run database in `run` mode");
+        return run_fail(run, "run_id: there is no run database (`run` mode, or it could not "
+                        "be opened at start: see the agent's log)");
     json_object_object_get_ex(run->params, "run_id", &v);
     q.id = json_object_get_int64(v);
     r = store_runs_list(run->agent->store, &q, take_run_files, &rf);

@@ -6,6 +6,8 @@
 #include "clock.h"
 #include "log.h"
 #include "loggers.h"
+#include "privs.h"
+#include "retention.h"
 #include "schema.h"
 #include "store.h"
 #include <errno.h>
@@ -20,10 +22,45 @@
  * with a clear error rather than validated. */
 #define PAYLOAD_MAX_DEPTH 32
 
+/* Opens the run store. A damaged file is moved aside for a new one (the runs it held are lost
+ * to `runs`, not to the user, who keeps the file); a file another process keeps locked leaves the
+ * agent without a store, since a profiler that answers is worth more than its history. */
+static int open_store(struct agent *a, char *err, size_t errlen)
+{
+    const char *db = a->config->database;
+    unsigned interrupted = 0;
+    char aside[PATH_MAX];
+    int r;
+
+    r = store_open(db, &a->store, &interrupted, err, errlen);
+    if (r == -EBADMSG) {
+        log_error("%s", err);
+        r = store_set_aside(db, clock_realtime_us(), aside, sizeof(aside));
+        if (r < 0) {
+            snprintf(err, errlen, "the run database %s is damaged and cannot be moved aside: %s",
+                     db, strerror(-r));
+            return r;
+        }
+        log_error("moved the damaged run database %s to %s; starting a new one", db, aside);
+        r = store_open(db, &a->store, &interrupted, err, errlen);
+    }
+    if (r == -EBUSY) {
+        log_error("%s; another process holds a lock on it, so runs are not recorded until the "
+                  "agent is restarted", err);
+        a->store = NULL;
+        return 0;
+    }
+    if (r < 0)
+        return r;
+    if (interrupted)
+        log_warning("%u run(s) left running by an earlier agent were marked interrupted",
+                    interrupted);
+    return 0;
+}
+
 int agent_init(struct agent *a, struct config *c, bool use_store, const struct agent_output *out,
                char *err, size_t errlen)
 {
-    unsigned interrupted = 0;
     int r;
 
     memset(a, 0, sizeof(*a));
@@ -35,21 +72,27 @@ int agent_init(struct agent *a, struct config *c, bool use_store, const struct a
     r = action_load_schemas(c->schema_dir, err, errlen);
     if (r < 0)
         return r;
-    if (use_store) {
-        r = store_open(c->database, &a->store, &interrupted, err, errlen);
-        if (r < 0) {
-            action_free_schemas();
-            return r;
-        }
-        if (interrupted)
-            log_warning("%u run(s) left running by an earlier agent were marked interrupted",
-                        interrupted);
+    if (!use_store)
+        return 0;
+    r = open_store(a, err, errlen);
+    if (r < 0) {
+        action_free_schemas();
+        return r;
     }
+    r = retention_apply(a, NULL);
+    if (r < 0)
+        log_warning("retention: cannot go through output_dir %s: %s", c->output_dir,
+                    strerror(-r));
+    r = retention_start(a, &a->retention);
+    if (r < 0)
+        log_warning("retention: cannot start its thread (%s); old runs are removed only at start",
+                    strerror(-r));
     return 0;
 }
 
 void agent_destroy(struct agent *a)
 {
+    retention_stop(a->retention);
     store_close(a->store);
     action_free_schemas();
     json_object_put(a->last_result);
@@ -131,6 +174,45 @@ void run_warn(struct run *run, const char *fmt, ...)
     json_object_array_add(run->warnings, json_object_new_string(text));
 }
 
+/* JSON text must be UTF-8 (RFC 8259), and results carry payload strings back to subscribers that
+ * decode them strictly; json-c's own check lets overlong forms, surrogates and code points above
+ * U+10FFFF through. */
+static bool utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+
+    while (i < n) {
+        uint32_t cp;
+        size_t len;
+
+        if (p[i] < 0x80) {
+            i++;
+            continue;
+        }
+        if (p[i] >= 0xc2 && p[i] <= 0xdf)
+            len = 2, cp = p[i] & 0x1f;
+        else if (p[i] >= 0xe0 && p[i] <= 0xef)
+            len = 3, cp = p[i] & 0x0f;
+        else if (p[i] >= 0xf0 && p[i] <= 0xf4)
+            len = 4, cp = p[i] & 0x07;
+        else
+            return false;
+        if (n - i < len)
+            return false;
+        for (size_t k = 1; k < len; k++) {
+            if ((p[i + k] & 0xc0) != 0x80)
+                return false;
+            cp = (cp << 6) | (p[i + k] & 0x3f);
+        }
+        if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+            return false;
+        i += len;
+    }
+    return true;
+}
+
 /* Finds a top-level "request_id" string in a payload json-c could not parse (too deep, broken
  * later on), so that even a rejected command can be matched to its result. Only a well-formed
  * string of at most AGENT_REQUEST_ID_MAX characters is taken. */
@@ -184,7 +266,11 @@ static bool scan_request_id(const char *p, size_t len, char *out, size_t outlen)
                 char *tok = strndup(p + start, j - start + 1);
                 struct json_object *s = tok ? json_tokener_parse(tok) : NULL;
                 bool ok = s && json_object_is_type(s, json_type_string) &&
-                          json_object_get_string_len(s) < (int)outlen;
+                          json_object_get_string_len(s) < (int)outlen &&
+                          strlen(json_object_get_string(s)) ==
+                              (size_t)json_object_get_string_len(s) &&
+                          utf8_valid(json_object_get_string(s),
+                                     (size_t)json_object_get_string_len(s));
 
                 if (ok)
                     snprintf(out, outlen, "%s", json_object_get_string(s));
@@ -232,7 +318,9 @@ static void take_request_id(struct run *run, struct json_object *obj)
         !json_object_is_type(v, json_type_string))
         return;
     s = json_object_get_string(v);
-    if (utf8_chars(s) > AGENT_REQUEST_ID_MAX || strlen(s) >= sizeof(run->request_id))
+    /* An id with NUL in it could only be echoed cut short: a different id. */
+    if (strlen(s) != (size_t)json_object_get_string_len(v) ||
+        utf8_chars(s) > AGENT_REQUEST_ID_MAX || strlen(s) >= sizeof(run->request_id))
         return;
     snprintf(run->request_id, sizeof(run->request_id), "%s", s);
     run->has_request_id = true;
@@ -280,7 +368,7 @@ static void store_write(struct run *run, const char *status, bool insert)
         .target_spec = run->has_target ? run->target_spec : NULL,
         .target_pid = run->has_target ? run->target.pid : 0,
         .status = status,
-        .error = run->ok ? NULL : run->error,
+        .error = run->ok || !run->error[0] ? NULL : run->error,
         .files = json_object_to_json_string_ext(run->files, AGENT_JSON_FLAGS),
         .summary = json_object_to_json_string_ext(run->summary, AGENT_JSON_FLAGS),
         .warnings =
@@ -298,9 +386,14 @@ static void store_write(struct run *run, const char *status, bool insert)
         r = store_run_update(st, run->id, &row);
     else
         return;
-    if (r < 0)
+    if (r < 0) {
         log_error("cannot record run of %s in the database %s: %s", run->action_name,
                   run->agent->config->database, store_errmsg(st));
+        /* The first row is written again at the end; only the last word goes to the user. */
+        if (strcmp(status, "running") != 0)
+            run_warn(run, "the run is not recorded in the database %s: %s",
+                     run->agent->config->database, store_errmsg(st));
+    }
 }
 
 static void run_free(struct run *run)
@@ -314,6 +407,22 @@ static void run_free(struct run *run)
     free(run);
 }
 
+/* A failed run on a process someone else traces (gdb, strace) is most likely failed by it: a
+ * process has one tracer, and a debugger may keep it stopped. Say who, unless the error did. */
+static void note_tracer(struct run *run)
+{
+    char name[64], who[96];
+    pid_t tracer = privs_tracer(run->target.pid, name, sizeof(name));
+
+    if (tracer <= 0)
+        return;
+    snprintf(who, sizeof(who), "traced by %s (pid %d)", name, (int)tracer);
+    if (!strstr(run->error, who))
+        run_warn(run, "process %d is being %s: a process has one tracer at a time, and a "
+                 "debugger may keep it stopped; detach it and try again", (int)run->target.pid,
+                 who);
+}
+
 /* Records the outcome, publishes the one result and frees the run. */
 static void run_finish(struct run *run)
 {
@@ -322,6 +431,8 @@ static void run_finish(struct run *run)
     bool interrupted = atomic_load(&run->cancel) && run->ok;
 
     run->finished_us = clock_realtime_us();
+    if (!run->ok && run->has_target)
+        note_tracer(run);
     if (!run->id)
         store_write(run, run->ok ? "ok" : "error", true);
     else
@@ -397,10 +508,10 @@ static int start_job(struct run *run)
     int r;
 
     pthread_mutex_lock(&a->lock);
-    if (a->njobs >= AGENT_MAX_JOBS) {
+    if (a->njobs >= (unsigned)a->config->max_jobs) {
         pthread_mutex_unlock(&a->lock);
-        return run_fail(run, "too many jobs running (at most %d); try again when one finishes",
-                        AGENT_MAX_JOBS);
+        return run_fail(run, "too many jobs running (max_jobs is %d); try again when one "
+                        "finishes", a->config->max_jobs);
     }
     run->next = a->jobs;
     a->jobs = run;
@@ -416,6 +527,44 @@ static int start_job(struct run *run)
         return run_fail(run, "cannot start a job thread: %s", strerror(r));
     }
     pthread_mutex_unlock(&a->lock);
+    return 0;
+}
+
+/* rate_limit: a command of an action whose bucket is empty is refused; the bucket holds a
+ * minute's worth, so a burst up to the limit passes and a flood is held to it. */
+static int take_token(struct run *run)
+{
+    struct agent *a = run->agent;
+    int limit = a->config->rate_limit;
+    int64_t now = clock_monotonic_us();
+    struct agent_rate *b = NULL;
+    double wait_s = 0;
+
+    if (limit <= 0)
+        return 0;
+    pthread_mutex_lock(&a->lock);
+    for (size_t i = 0; i < AGENT_RATE_SLOTS && !b; i++)
+        if (a->rates[i].action == run->action || !a->rates[i].action)
+            b = &a->rates[i];
+    if (b && !b->action) {
+        b->action = run->action;
+        b->tokens = limit;
+        b->at_us = now;
+    }
+    if (b) {
+        b->tokens += (double)(now - b->at_us) * limit / 60e6;
+        if (b->tokens > limit)
+            b->tokens = limit;
+        b->at_us = now;
+        if (b->tokens >= 1)
+            b->tokens -= 1;
+        else
+            wait_s = (1 - b->tokens) * 60.0 / limit;
+    }
+    pthread_mutex_unlock(&a->lock);
+    if (wait_s > 0)
+        return run_fail(run, "rate limit: more than %d %s commands a minute (rate_limit); try "
+                        "again in %.1f s", limit, run->action_name, wait_s);
     return 0;
 }
 
@@ -480,6 +629,11 @@ static int prepare(struct run *run, const void *payload, size_t len)
         return run_fail(run, "payload is %zu bytes, larger than max_payload_bytes (%ld)", len,
                         a->config->max_payload_bytes);
     }
+    if (!utf8_valid(payload, len)) {
+        run->has_request_id =
+            scan_request_id(payload, len, run->request_id, sizeof(run->request_id));
+        return run_fail(run, "payload is not valid JSON: it is not valid UTF-8");
+    }
     if (len == 0) {
         obj = json_object_new_object();
     } else {
@@ -522,6 +676,9 @@ static int prepare(struct run *run, const void *payload, size_t len)
     run->action = action_find(run->action_name);
     if (!run->action)
         return run_fail(run, "unknown action '%s'", run->action_name);
+    r = take_token(run);
+    if (r < 0)
+        return r;
     r = apply_settings(a, run->action_name, obj);
     if (r < 0)
         return run_fail(run, "cannot apply settings: %s", strerror(-r));
@@ -531,6 +688,10 @@ static int prepare(struct run *run, const void *payload, size_t len)
     if (r < 0)
         return run_fail(run, "cannot apply defaults: %s", strerror(-r));
     if (json_object_object_get_ex(obj, "target", &v)) {
+        /* Cut to fit, it could name another allowed target, or end inside a UTF-8 sequence. */
+        if ((size_t)json_object_get_string_len(v) >= sizeof(run->target_spec))
+            return run_fail(run, "target: must be at most %zu bytes",
+                            sizeof(run->target_spec) - 1);
         snprintf(run->target_spec, sizeof(run->target_spec), "%s", json_object_get_string(v));
         if (!config_target_allowed(a->config, run->target_spec))
             return run_fail(run, "target %s is not allowed", run->target_spec);

@@ -14,13 +14,15 @@
 
 #define AGENT_REQUEST_ID_MAX 128
 #define AGENT_ERROR_MAX 512
-#define AGENT_MAX_JOBS 8
+#define AGENT_MAX_JOBS CONFIG_MAX_JOBS   /* max_jobs' ceiling */
 #define AGENT_SLOW_CALLBACK_US 100000   /* asyncio's slow_callback_duration */
+#define AGENT_RATE_SLOTS 32             /* actions with a rate bucket: more than there are */
 /* Compact JSON, with '/' left alone: results carry paths. */
 #define AGENT_JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
 
 struct agent;
 struct action;
+struct retention;
 struct store;
 
 /* Where a result must also go: an MQTT 5 response topic and its correlation data. */
@@ -37,7 +39,7 @@ struct run {
     char action_name[64];
     const struct action *action;
     bool has_request_id;
-    char request_id[AGENT_REQUEST_ID_MAX + 1];
+    char request_id[AGENT_REQUEST_ID_MAX * 4 + 1];  /* 128 characters of up to 4 UTF-8 bytes */
     struct json_object *params;         /* the validated payload, defaults applied */
     char target_spec[TARGET_SPEC_MAX];
     bool has_target;
@@ -67,9 +69,18 @@ struct agent_output {
     void *userdata;
 };
 
+/* rate_limit's token bucket of one action: up to rate_limit commands at once, refilled at
+ * rate_limit a minute. */
+struct agent_rate {
+    const struct action *action;
+    double tokens;
+    int64_t at_us;                      /* monotonic time tokens was computed for */
+};
+
 struct agent {
     struct config *config;
-    struct store *store;                /* NULL in `run` mode */
+    struct store *store;                /* NULL in `run` mode, or when it cannot be opened */
+    struct retention *retention;        /* the daemon's hourly clean-up; NULL in `run` mode */
     struct agent_output out;
     atomic_bool debug;                  /* set_asyncio_debug */
     int64_t started_mono_us;
@@ -81,9 +92,13 @@ struct agent {
     /* {"ACTION": {"FIELD": value}}: what a command that omits FIELD gets instead of its schema
      * default (the settings Home Assistant's number and text entities set). Guarded by lock. */
     struct json_object *defaults;
+    struct agent_rate rates[AGENT_RATE_SLOTS];  /* guarded by lock */
 };
 
-/* Loads the schemas and opens the store (when use_store). err gets one sentence on failure. */
+/* Loads the schemas and, for the daemon (use_store), opens the store and applies retention once
+ * and then hourly. A damaged database is set aside and a new one created; one locked by another
+ * process leaves the agent without a store (logged), answering commands all the same. err gets
+ * one sentence on failure. */
 int agent_init(struct agent *a, struct config *c, bool use_store, const struct agent_output *out,
                char *err, size_t errlen);
 void agent_destroy(struct agent *a);

@@ -13,18 +13,19 @@
 #define CONFIG_LINE_MAX 8192
 #define CONFIG_LINES_MAX 10000
 
-enum key_type { KEY_STR, KEY_INT, KEY_BOOL, KEY_LEVEL, KEY_VERSION };
+enum key_type { KEY_STR, KEY_INT, KEY_LONG, KEY_BOOL, KEY_LEVEL, KEY_VERSION };
 
 struct key {
     const char *name;
     enum key_type type;
     size_t offset;
     size_t size;        /* of a string field */
-    long min, max;      /* of an integer */
+    long long min, max; /* of an integer */
 };
 
 #define STR(f) KEY_STR, offsetof(struct config, f), sizeof(((struct config *)0)->f), 0, 0
 #define INT(f, lo, hi) KEY_INT, offsetof(struct config, f), 0, lo, hi
+#define LONG(f, lo, hi) KEY_LONG, offsetof(struct config, f), sizeof(((struct config *)0)->f), lo, hi
 
 static const struct key keys[] = {
     {"broker_host", STR(broker_host)},
@@ -46,8 +47,12 @@ static const struct key keys[] = {
     {"database", STR(database)},
     {"target", STR(target)},
     {"allowed_targets", STR(allowed_targets)},
-    {"max_payload_bytes", KEY_INT, offsetof(struct config, max_payload_bytes), 0, 64, 16 << 20},
-    {"max_file_bytes", KEY_INT, offsetof(struct config, max_file_bytes), 0, 1024, 128 << 20},
+    {"max_payload_bytes", LONG(max_payload_bytes, 64, 16 << 20)},
+    {"max_file_bytes", LONG(max_file_bytes, 1024, 128 << 20)},
+    {"max_jobs", INT(max_jobs, 1, CONFIG_MAX_JOBS)},
+    {"rate_limit", INT(rate_limit, 0, 60000)},
+    {"retention_days", INT(retention_days, 0, 36500)},
+    {"retention_max_bytes", LONG(retention_max_bytes, 0, 1LL << 50)},
     {"schema_dir", STR(schema_dir)},
     {"log_level", KEY_LEVEL, offsetof(struct config, log_level), 0, 0, 0},
 };
@@ -56,7 +61,8 @@ const char *const config_keys[] = {
     "broker_host", "broker_port", "username", "password", "password_file", "tls_ca_file",
     "tls_cert_file", "tls_key_file", "client_id", "keepalive", "mqtt_version", "node_id",
     "topic_prefix", "discovery", "discovery_prefix", "output_dir", "database", "target",
-    "allowed_targets", "max_payload_bytes", "max_file_bytes", "schema_dir", "log_level", NULL,
+    "allowed_targets", "max_payload_bytes", "max_file_bytes", "max_jobs", "rate_limit",
+    "retention_days", "retention_max_bytes", "schema_dir", "log_level", NULL,
 };
 
 static const char *const level_names[] = {"debug", "info", "warning", "error"};
@@ -105,16 +111,20 @@ void config_defaults(struct config *c)
     snprintf(c->target, sizeof(c->target), "self");
     c->max_payload_bytes = 65536;
     c->max_file_bytes = 8 << 20;
+    c->max_jobs = 4;
+    c->rate_limit = 60;
+    c->retention_days = 30;
+    c->retention_max_bytes = 1LL << 30;
     c->log_level = CONFIG_LOG_INFO;
 }
 
-static int parse_long(const char *value, long min, long max, long *ret)
+static int parse_long(const char *value, long long min, long long max, long long *ret)
 {
     char *end;
-    long v;
+    long long v;
 
     errno = 0;
-    v = strtol(value, &end, 10);
+    v = strtoll(value, &end, 10);
     if (errno || end == value || *end || v < min || v > max)
         return -EINVAL;
     *ret = v;
@@ -125,7 +135,7 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
 {
     const struct key *k = NULL;
     char *field;
-    long v;
+    long long v;
 
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
         if (strcmp(keys[i].name, key) == 0)
@@ -144,16 +154,18 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
         snprintf(field, k->size, "%s", value);
         return 0;
     case KEY_INT:
+    case KEY_LONG:
         if (parse_long(value, k->min, k->max, &v) < 0) {
-            snprintf(err, errlen, "%s: must be an integer from %ld to %ld", key, k->min, k->max);
+            snprintf(err, errlen, "%s: must be an integer from %lld to %lld", key, k->min,
+                     k->max);
             return -EINVAL;
         }
-        if (k->offset == offsetof(struct config, max_payload_bytes))
-            c->max_payload_bytes = v;
-        else if (k->offset == offsetof(struct config, max_file_bytes))
-            c->max_file_bytes = v;
-        else
+        if (k->type == KEY_INT)
             *(int *)field = (int)v;
+        else if (k->size == sizeof(long long))
+            *(long long *)field = v;
+        else
+            *(long *)field = (long)v;
         return 0;
     case KEY_BOOL:
         if (!strcmp(value, "on") || !strcmp(value, "true") || !strcmp(value, "yes") ||
@@ -335,6 +347,9 @@ bool config_target_allowed(const struct config *c, const char *spec)
     char entry[CONFIG_STR_MAX];
     const char *p;
 
+    /* allowed_targets may hold empty entries ("a,,b"); they allow nothing. */
+    if (!*spec)
+        return false;
     if (strcmp(spec, c->target) == 0)
         return true;
     for (p = c->allowed_targets; *p;) {

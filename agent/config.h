@@ -10,6 +10,8 @@
 
 #define CONFIG_ERR_MAX 512
 #define CONFIG_STR_MAX 256
+/* The most max_jobs may be; the agent sizes its per-job tables by it. */
+#define CONFIG_MAX_JOBS 8
 
 enum config_log_level { CONFIG_LOG_DEBUG, CONFIG_LOG_INFO, CONFIG_LOG_WARNING, CONFIG_LOG_ERROR };
 
@@ -35,6 +37,10 @@ struct config {
     char allowed_targets[4096];
     long max_payload_bytes;
     long max_file_bytes;                /* get_file's limit per file */
+    int max_jobs;                       /* long jobs at once, 1..CONFIG_MAX_JOBS */
+    int rate_limit;                     /* commands per minute per action; 0: no limit */
+    int retention_days;                 /* runs and files older are deleted; 0: kept */
+    long long retention_max_bytes;      /* result files beyond this go, oldest first; 0: no cap */
     char schema_dir[PATH_MAX];
     int log_level;                      /* enum config_log_level */
 };

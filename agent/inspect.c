@@ -9,6 +9,7 @@
 #include "action.h"
 #include "loggers.h"
 #include "objects.h"
+#include "privs.h"
 #include "pyframes.h"
 #include "sockets.h"
 #include "stacks.h"
@@ -22,11 +23,12 @@ int action_engine_fail(struct run *run, const char *what, int r)
     case -ESRCH:
         return run_fail(run, "%s: target process %d has exited", what, (int)pid);
     case -EPERM:
-    case -EACCES:
-        return run_fail(run, "%s: not permitted to trace process %d (the agent needs "
-                        "CAP_SYS_PTRACE, or the target's user and kernel.yama.ptrace_scope 0; "
-                        "a process already traced by a debugger cannot be traced again)",
-                        what, (int)pid);
+    case -EACCES: {
+        char why[AGENT_ERROR_MAX / 2];
+
+        privs_ptrace_denied(pid, why, sizeof(why));
+        return run_fail(run, "%s: not permitted to trace process %d: %s", what, (int)pid, why);
+    }
     case -EBUSY:
         return run_fail(run, "%s: the agent is already inspecting too many processes at once; "
                         "try again when a job finishes", what);

@@ -20,6 +20,11 @@
 
 #define EXIT_USAGE 2
 
+/* Where `make install` put the schemas (the Makefile passes PREFIX's). */
+#ifndef PROFILER_AGENT_SCHEMADIR
+#define PROFILER_AGENT_SCHEMADIR "/usr/share/profiler-agent/schemas"
+#endif
+
 static const char usage[] =
     "Usage: profiler-agent [--config FILE] [OPTIONS]\n"
     "       profiler-agent run ACTION [JSON] [--config FILE] [--target SPEC]\n"
@@ -38,6 +43,7 @@ static const char usage[] =
     "  --output-dir DIR        where result files go (output_dir; ./profiles)\n"
     "  --database FILE         SQLite file of runs (database; ./profiler-agent.db)\n"
     "  --log-level LEVEL       debug, info, warning or error (log_level; info)\n"
+    "  --allow-root            run even as root (refused otherwise: see below)\n"
     "  --version               print the version and exit\n"
     "  --help                  print this help and exit\n"
     "\n"
@@ -46,8 +52,11 @@ static const char usage[] =
     "mqtt_version (5 or 3.1.1), node_id, topic_prefix (profiler), discovery,\n"
     "discovery_prefix, output_dir, database, target, allowed_targets (comma-separated\n"
     "specs a command's \"target\" field may name), max_payload_bytes (65536),\n"
-    "max_file_bytes (8388608, get_file's limit), schema_dir, log_level. An unknown\n"
-    "key is an error naming the key and line.\n"
+    "max_file_bytes (8388608, get_file's limit), max_jobs (4, long jobs at once),\n"
+    "rate_limit (60 commands a minute per action; 0: none), retention_days (30) and\n"
+    "retention_max_bytes (1073741824): older runs' files and rows, then the oldest\n"
+    "files beyond the byte cap, are deleted at start and hourly (0: keep); schema_dir,\n"
+    "log_level. An unknown key is an error naming the key and line.\n"
     "\n"
     "Actions (payload: a JSON object; every action also takes request_id and target):\n"
     "  log_thread_frames       log every thread's stack (ptrace snapshot, offline unwind)\n"
@@ -87,10 +96,12 @@ static const char usage[] =
     "  profiler-agent run start '{\"seconds\": 10}' --target pid:1234\n"
     "\n"
     "Exit status: 0 after SIGTERM or SIGINT (or a run whose result is ok), 2 on a bad\n"
-    "command line or config, 1 otherwise. The agent needs CAP_SYS_PTRACE (or the\n"
-    "target's user) to read other processes, and CAP_PERFMON (or a permissive\n"
-    "kernel.perf_event_paranoid) to profile with perf_event; without it, `start` samples\n"
-    "with ptrace at up to 49 Hz. See the README's troubleshooting section.\n";
+    "command line or config (or when run as root without --allow-root), 1 otherwise.\n"
+    "Run it as its own user with CAP_SYS_PTRACE (to read other users' processes),\n"
+    "CAP_PERFMON (perf_event sampling and uprobes; without it `start` samples with\n"
+    "ptrace at up to 49 Hz) and CAP_DAC_READ_SEARCH (the target's files that its user\n"
+    "alone may read), not as root; `ping` lists what it lacks. See the README's\n"
+    "Security and Troubleshooting sections.\n";
 
 struct cli {
     const char *config_file;
@@ -98,6 +109,7 @@ struct cli {
     const char *run_json;
     char *flags[16][2];     /* key, value pairs from the flags, applied after the file */
     int nflags;
+    bool allow_root;
 };
 
 static int usage_error(const char *fmt, const char *arg)
@@ -176,6 +188,10 @@ static int parse_args(int argc, char **argv, struct cli *cli)
             printf("profiler-agent %s\n", PROFILER_AGENT_VERSION);
             return 1;
         }
+        if (!strcmp(a, "--allow-root")) {
+            cli->allow_root = true;
+            continue;
+        }
         if (!v)
             return usage_error("unknown option or missing value: %s", a);
         if (!strcmp(a, "--config")) {
@@ -211,7 +227,7 @@ static void default_schema_dir(struct config *c)
 
     if (c->schema_dir[0])
         return;
-    snprintf(c->schema_dir, sizeof(c->schema_dir), "/usr/share/profiler-agent/schemas");
+    snprintf(c->schema_dir, sizeof(c->schema_dir), "%s", PROFILER_AGENT_SCHEMADIR);
     n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     if (n <= 0)
         return;
@@ -335,9 +351,12 @@ static int run_daemon(struct config *c)
         mqtt_free(session);
         return EXIT_FAILURE;
     }
-    log_info("profiler-agent %s: node %s, target %s, broker %s:%d, %d schemas from %s",
-             PROFILER_AGENT_VERSION, c->node_id, c->target, c->broker_host, c->broker_port, 13,
-             c->schema_dir);
+    unsigned nschemas = 0;
+    while (action_name(nschemas))
+        nschemas++;
+    log_info("profiler-agent %s: node %s, target %s, broker %s:%d, %u schemas from %s",
+             PROFILER_AGENT_VERSION, c->node_id, c->target, c->broker_host, c->broker_port,
+             nschemas, c->schema_dir);
     r = mqtt_start(session, &a, err, sizeof(err));
     if (r < 0) {
         log_error("%s", err);
@@ -387,6 +406,13 @@ int main(int argc, char **argv)
         return r > 0 ? EXIT_SUCCESS : EXIT_USAGE;
     if (load_config(&cli, &c) < 0)
         return EXIT_USAGE;
+    if (geteuid() == 0 && !cli.allow_root) {
+        fprintf(stderr, "profiler-agent: refusing to run as root: whoever may publish commands "
+                "to the broker could then stop and read any process on this machine. Run it as "
+                "its own user with the capabilities CAP_PERFMON, CAP_SYS_PTRACE and "
+                "CAP_DAC_READ_SEARCH (the systemd unit does so), or pass --allow-root.\n");
+        return EXIT_USAGE;
+    }
     raise_fd_limit();
     if (cli.run_action)
         return run_local(&c, cli.run_action, cli.run_json);

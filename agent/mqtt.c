@@ -21,6 +21,10 @@
 
 #define TOPIC_MAX 512
 #define OFFLINE_WAIT_MS 2000
+/* How long the broker keeps our session (subscriptions, and commands sent meanwhile) while we are
+ * away: enough for a broker or agent restart, short enough that a command is not run an hour late.
+ * A clean stop ends the session at once. */
+#define SESSION_EXPIRY_S 300
 
 struct mqtt {
     struct mosquitto *m;
@@ -39,6 +43,8 @@ struct mqtt {
     pthread_cond_t published;
     int offline_mid;
     bool offline_done;
+    pthread_t fallback;                 /* the switch to MQTT 3.1.1, when one was needed */
+    bool fallback_started;
 };
 
 static int errno_of(int rc)
@@ -200,6 +206,31 @@ static const char *refusal_text(int rc)
     }
 }
 
+/* libmosquitto reconnects with the CONNECT properties it was first given, and refuses to send
+ * MQTT 5 properties over 3.1.1: only a new connect without them switches. That cannot happen on
+ * the network thread, which this stops and starts again. */
+static void *fallback_main(void *arg)
+{
+    struct mqtt *s = arg;
+    int rc;
+
+    mosquitto_disconnect(s->m);
+    mosquitto_loop_stop(s->m, false);
+    if (atomic_load(&s->stopping))
+        return NULL;
+    mosquitto_int_option(s->m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
+    rc = mosquitto_connect_bind_v5(s->m, s->c->broker_host, s->c->broker_port, s->c->keepalive,
+                                   NULL, NULL);
+    if (rc != MOSQ_ERR_SUCCESS)
+        log_warning("cannot reach broker %s:%d yet (%s); retrying", s->c->broker_host,
+                    s->c->broker_port, rc == MOSQ_ERR_ERRNO ? strerror(errno)
+                                                           : mosquitto_strerror(rc));
+    rc = mosquitto_loop_start(s->m);
+    if (rc != MOSQ_ERR_SUCCESS)
+        log_error("cannot start the MQTT network thread again: %s", mosquitto_strerror(rc));
+    return NULL;
+}
+
 static void on_connect(struct mosquitto *m, void *userdata, int rc, int flags,
                        const mosquitto_property *props)
 {
@@ -216,7 +247,11 @@ static void on_connect(struct mosquitto *m, void *userdata, int rc, int flags,
                         "topics: match results by request_id)", s->c->broker_host,
                         s->c->broker_port);
             s->version = MQTT_PROTOCOL_V311;
-            mosquitto_int_option(m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);
+            pthread_mutex_lock(&s->lock);
+            if (!s->fallback_started &&
+                pthread_create(&s->fallback, NULL, fallback_main, s) == 0)
+                s->fallback_started = true;
+            pthread_mutex_unlock(&s->lock);
             return;
         }
         if (rc != s->last_refusal)
@@ -393,7 +428,12 @@ int mqtt_new(struct config *c, struct mqtt **ret, char *err, size_t errlen)
     snprintf(s->sub_node, TOPIC_MAX, "%s/%s/+", c->topic_prefix, c->node_id);
     snprintf(s->sub_set, TOPIC_MAX, "%s/%s/set/+", c->topic_prefix, c->node_id);
     snprintf(s->set_prefix, TOPIC_MAX, "%s/%s/set/", c->topic_prefix, c->node_id);
-    s->m = mosquitto_new(c->client_id, true, s);
+    /* Under MQTT 5 a persistent session: the broker keeps our subscriptions across a broker
+     * restart (when it persists them) and queues commands while we reconnect, for at most
+     * SESSION_EXPIRY_S. MQTT 3.1.1 has no expiry, so a session there would pile up every command
+     * sent while the agent is stopped: a clean one instead. Either way libmosquitto queues our
+     * QoS 1 results while the connection is down and sends them when it is back. */
+    s->m = mosquitto_new(c->client_id, s->version != MQTT_PROTOCOL_V5, s);
     if (!s->m) {
         snprintf(err, errlen, "cannot create an MQTT client: %s", strerror(errno));
         mqtt_free(s);
@@ -424,6 +464,7 @@ int mqtt_new(struct config *c, struct mqtt **ret, char *err, size_t errlen)
 
 int mqtt_start(struct mqtt *s, struct agent *a, char *err, size_t errlen)
 {
+    mosquitto_property *props = NULL;
     int rc, r;
 
     s->agent = a;
@@ -431,26 +472,42 @@ int mqtt_start(struct mqtt *s, struct agent *a, char *err, size_t errlen)
     if (r < 0)
         return r;
     log_set_sink(log_sink, s);
+    /* The session expiry rides on CONNECT, which only the blocking connect can carry; the
+     * network thread reconnects with the same properties. MQTT 3.1.1 ignores them (its session
+     * lasts as long as the broker's persistent_client_expiration). */
+    rc = MOSQ_ERR_SUCCESS;
+    if (s->version == MQTT_PROTOCOL_V5)
+        rc = mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
+                                          SESSION_EXPIRY_S);
+    if (rc == MOSQ_ERR_SUCCESS)
+        rc = mosquitto_connect_bind_v5(s->m, s->c->broker_host, s->c->broker_port,
+                                       s->c->keepalive, NULL, props);
+    mosquitto_property_free_all(&props);
+    if (rc != MOSQ_ERR_SUCCESS)
+        log_warning("cannot reach broker %s:%d yet (%s); retrying", s->c->broker_host,
+                    s->c->broker_port, rc == MOSQ_ERR_ERRNO ? strerror(errno)
+                                                           : mosquitto_strerror(rc));
     rc = mosquitto_loop_start(s->m);
     if (rc != MOSQ_ERR_SUCCESS) {
         snprintf(err, errlen, "cannot start the MQTT network thread: %s", mosquitto_strerror(rc));
         return errno_of(rc);
     }
-    rc = mosquitto_connect_async(s->m, s->c->broker_host, s->c->broker_port, s->c->keepalive);
-    if (rc != MOSQ_ERR_SUCCESS)
-        log_warning("cannot reach broker %s:%d yet (%s); retrying", s->c->broker_host,
-                    s->c->broker_port, rc == MOSQ_ERR_ERRNO ? strerror(errno)
-                                                           : mosquitto_strerror(rc));
     return 0;
 }
 
 void mqtt_stop(struct mqtt *s)
 {
     struct timespec deadline;
+    bool fallback;
     int mid;
 
     atomic_store(&s->stopping, true);
     log_set_sink(NULL, NULL);
+    pthread_mutex_lock(&s->lock);
+    fallback = s->fallback_started;
+    pthread_mutex_unlock(&s->lock);
+    if (fallback)
+        pthread_join(s->fallback, NULL);
     if (atomic_load(&s->connected)) {
         /* Held across the publish so on_publish, on the network thread, sees offline_mid. */
         pthread_mutex_lock(&s->lock);
@@ -465,7 +522,20 @@ void mqtt_stop(struct mqtt *s)
         }
         pthread_mutex_unlock(&s->lock);
     }
-    mosquitto_disconnect(s->m);
+    /* A stopped agent is not coming back soon: commands sent from now on must not wait in the
+     * broker to run at its next start. */
+    if (s->version == MQTT_PROTOCOL_V5) {
+        mosquitto_property *props = NULL;
+
+        if (mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL, 0) ==
+            MOSQ_ERR_SUCCESS)
+            mosquitto_disconnect_v5(s->m, MQTT_RC_NORMAL_DISCONNECTION, props);
+        else
+            mosquitto_disconnect(s->m);
+        mosquitto_property_free_all(&props);
+    } else {
+        mosquitto_disconnect(s->m);
+    }
     mosquitto_loop_stop(s->m, false);
 }
 

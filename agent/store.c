@@ -2,6 +2,7 @@
  * written a few times per command, far below what contention would cost. SQLite result codes
  * are translated to negative errno here and nowhere else. */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,8 @@
 #include <sqlite3.h>
 #include "clock.h"
 #include "store.h"
+
+#define STORE_BUSY_MS 1000
 
 struct store {
     sqlite3 *db;
@@ -109,7 +112,7 @@ static int migrate(struct store *s)
         return rc;
     /* 1 -> 2: the settings table, the values Home Assistant's number and text entities set. */
     rc = sqlite3_exec(s->db, settings_sql, NULL, NULL, NULL);
-    if (rc != SQLITE_OK)
+    if (rc != SQLITE_OK || version == STORE_SCHEMA_VERSION)
         return rc;
     return sqlite3_exec(s->db, "PRAGMA user_version = 2", NULL, NULL, NULL);
 }
@@ -155,7 +158,9 @@ int store_open(const char *path, struct store **ret, unsigned *ret_interrupted, 
                          SQLITE_OPEN_FULLMUTEX, NULL);
     if (rc != SQLITE_OK)
         goto fail;
-    sqlite3_busy_timeout(s->db, 2000);
+    /* Commands wait for the store on the network thread: a lock held elsewhere costs each one
+     * this long before its run goes unrecorded (and its result says so). */
+    sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
     rc = sqlite3_exec(s->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL,
                       NULL, NULL);
     if (rc != SQLITE_OK)
@@ -390,4 +395,69 @@ int store_setting_set(struct store *s, const char *name, const char *value)
     sqlite3_finalize(st);
     pthread_mutex_unlock(&s->lock);
     return r;
+}
+
+int store_set_aside(const char *path, int64_t now_us, char *ret_path, size_t len)
+{
+    static const char *const suffixes[] = {"", "-wal", "-shm"};
+    char aside[PATH_MAX], from[PATH_MAX + 8], to[PATH_MAX + 8];
+
+    if (snprintf(aside, sizeof(aside), "%s.corrupt.%lld", path, (long long)now_us) >=
+        (int)sizeof(aside))
+        return -ENAMETOOLONG;
+    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
+        snprintf(from, sizeof(from), "%s%s", path, suffixes[i]);
+        snprintf(to, sizeof(to), "%s%s", aside, suffixes[i]);
+        if (rename(from, to) < 0 && (i == 0 || errno != ENOENT))
+            return -errno;
+    }
+    snprintf(ret_path, len, "%s", aside);
+    return 0;
+}
+
+static int exec_stamp(struct store *s, const char *sql, const char *a, const char *b,
+                      unsigned *ret_count)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, r;
+
+    pthread_mutex_lock(&s->lock);
+    rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        bind_text(st, 1, a);
+        if (b)
+            bind_text(st, 2, b);
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_DONE) {
+        if (ret_count)
+            *ret_count = (unsigned)sqlite3_changes(s->db);
+        r = 0;
+    } else {
+        r = fail(s, rc);
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
+int store_expire(struct store *s, int64_t before_us, unsigned *ret_count)
+{
+    char stamp[CLOCK_ISO_MAX];
+
+    /* The stamps are fixed-width ISO 8601 in UTC: text order is time order. */
+    clock_iso8601(before_us, stamp, sizeof(stamp));
+    return exec_stamp(s, "DELETE FROM runs WHERE status != 'running' AND started < ?1", stamp,
+                      NULL, ret_count);
+}
+
+int store_file_removed(struct store *s, const char *path, const char *why, unsigned *ret_count)
+{
+    return exec_stamp(s,
+                      "UPDATE runs SET files = (SELECT json_group_array(value) FROM "
+                      "json_each(runs.files) WHERE value != ?1), warnings = "
+                      "json_insert(coalesce(warnings, '[]'), '$[#]', ?2) WHERE files IS NOT NULL "
+                      "AND json_valid(files) AND EXISTS (SELECT 1 FROM json_each(runs.files) "
+                      "WHERE value = ?1)",
+                      path, why, ret_count);
 }

@@ -28,7 +28,8 @@ struct store_run {
 };
 
 /* Opens or creates the database. ret_interrupted: how many runs were marked interrupted. On
- * failure err holds a sentence naming the file and SQLite's reason. */
+ * failure err holds a sentence naming the file and SQLite's reason: -EBADMSG when the file is
+ * not a database or is damaged, -EBUSY when another process holds a lock on it. */
 int store_open(const char *path, struct store **ret, unsigned *ret_interrupted, char *err,
                size_t errlen);
 void store_close(struct store *s);
@@ -67,6 +68,14 @@ int store_runs_list(struct store *s, const struct store_query *q,
 int store_setting_get(struct store *s, const char *name, char *value, size_t len);
 /* Stores value under name, or deletes the setting when value is NULL. Thread-safe. */
 int store_setting_set(struct store *s, const char *name, const char *value);
+/* Renames a damaged database (and its -wal and -shm files) to PATH.corrupt.T, T the time in
+ * microseconds, so a new one can be created in its place; ret_path gets the new name. */
+int store_set_aside(const char *path, int64_t now_us, char *ret_path, size_t len);
+/* Deletes finished runs started before before_us. ret_count: how many. Thread-safe. */
+int store_expire(struct store *s, int64_t before_us, unsigned *ret_count);
+/* Takes the deleted file path out of every run that lists it and adds a warning saying why.
+ * ret_count: how many runs listed it. Thread-safe. */
+int store_file_removed(struct store *s, const char *path, const char *why, unsigned *ret_count);
 /* SQLite's message for the last failure, for the agent's log. */
 const char *store_errmsg(struct store *s);
 

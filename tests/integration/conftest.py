@@ -22,6 +22,8 @@ AGENT = os.path.join(BUILD, "profiler-agent")
 DEMO = os.path.join(BUILD, "workloads", "demo_service")
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 TIMEOUT = 10.0
+# The agent refuses to run as root without this; the tests run as root.
+ROOT_FLAGS = ["--allow-root"] if os.geteuid() == 0 else []
 
 
 def free_port():
@@ -42,11 +44,22 @@ def wait_port(port, timeout=TIMEOUT):
 
 
 class Broker:
-    def __init__(self, workdir, extra="allow_anonymous true\n"):
+    """persistent: sessions and queued messages saved every second in workdir, so they outlive
+    a broker killed with -9 and started again on the same port."""
+
+    def __init__(self, workdir, extra="allow_anonymous true\n", persistent=False):
         self.port = free_port()
         self.conf = os.path.join(workdir, f"mosquitto.{self.port}.conf")
+        if persistent:
+            store = os.path.join(workdir, f"mosquitto.{self.port}.d")
+            os.makedirs(store, exist_ok=True)
+            # As root mosquitto drops to its own user, who could not write there.
+            keep = (f"persistence true\npersistence_location {store}/\nautosave_interval 1\n"
+                    "user root\n")
+        else:
+            keep = "persistence false\n"
         with open(self.conf, "w") as f:
-            f.write(f"listener {self.port} 127.0.0.1\npersistence false\n{extra}")
+            f.write(f"listener {self.port} 127.0.0.1\n{keep}{extra}")
         self.proc = None
 
     def start(self):
@@ -58,6 +71,11 @@ class Broker:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(5)
+        self.proc = None
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(5)
         self.proc = None
 
 
@@ -77,8 +95,8 @@ class Agent:
         self.stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
             [AGENT, "--config", self.config, "--broker", f"127.0.0.1:{self.broker.port}",
-             "--database", self.db, "--output-dir", os.path.join(self.workdir, "profiles")],
-            stdout=self.stderr, stderr=self.stderr)
+             "--database", self.db, "--output-dir", os.path.join(self.workdir, "profiles"),
+             *ROOT_FLAGS], stdout=self.stderr, stderr=self.stderr)
 
     def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
@@ -97,11 +115,14 @@ class Agent:
 class Client:
     """A paho client that records every message it sees, by topic, in arrival order."""
 
-    def __init__(self, port, protocol=mqtt.MQTTv5, auth=None):
+    def __init__(self, port, protocol=mqtt.MQTTv5, auth=None, tls=None):
+        """tls: (CA file, certificate file, key file) to connect with a client certificate."""
         self.protocol = protocol
         self.client = mqtt.Client(client_id=f"test-{uuid.uuid4().hex[:8]}", protocol=protocol)
         if auth:
             self.client.username_pw_set(*auth)
+        if tls:
+            self.client.tls_set(ca_certs=tls[0], certfile=tls[1], keyfile=tls[2])
         self.messages = queue.Queue()
         self.client.on_message = lambda c, u, m: self.messages.put(m)
         self.client.connect("127.0.0.1", port)

@@ -10,7 +10,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import AGENT, Agent, Broker, Client, Session, wait_online
+from conftest import AGENT, ROOT_FLAGS, Agent, Broker, Client, Session, wait_online
 
 
 @pytest.fixture
@@ -85,8 +85,9 @@ def test_runs_left_running_by_a_crash_become_interrupted(fresh):
     agent.stderr.close()
     # What a crash mid-run leaves behind: a row still marked running.
     db = sqlite3.connect(agent.db)
+    # Started now: retention (30 days by default) would delete an older run at the next start.
     db.execute("INSERT INTO runs (action, status, started) VALUES ('start', 'running', "
-               "'2026-01-01T00:00:00.000Z')")
+               "strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))")
     db.commit()
     crashed = db.execute("SELECT max(id) FROM runs").fetchone()[0]
     db.close()
@@ -128,7 +129,8 @@ def test_mqtt_311_client_gets_results_by_request_id(fresh):
 
 
 def run_cli(*args, **kw):
-    return subprocess.run([AGENT, *args], capture_output=True, text=True, timeout=30, **kw)
+    return subprocess.run([AGENT, *args, *ROOT_FLAGS], capture_output=True, text=True,
+                          timeout=30, **kw)
 
 
 def test_run_prints_records_then_result(demo):

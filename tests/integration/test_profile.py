@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import BUILD, agent_session, running_workload
+from conftest import BUILD, ROOT_FLAGS, agent_session, running_workload
 
 SPLIT = os.path.join(BUILD, "workloads", "cpu_split")
 NO_PERF = os.path.join(BUILD, "workloads", "no_perf")
@@ -117,7 +117,7 @@ def test_one_profile_per_target_and_cheap_actions_still_answered(prof):
 def run_start(workdir, payload, target, wrapper=()):
     p = subprocess.run([*wrapper, os.path.join(BUILD, "profiler-agent"), "run", "start",
                         json.dumps(payload), "--target", target,
-                        "--output-dir", os.path.join(workdir, "cli-profiles")],
+                        "--output-dir", os.path.join(workdir, "cli-profiles"), *ROOT_FLAGS],
                        capture_output=True, text=True, timeout=60)
     return p, json.loads(p.stdout.strip().split("\n")[-1])
 
