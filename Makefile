@@ -29,10 +29,27 @@ WORKLOADS  := $(patsubst tests/workloads/%.c,$(BUILD)/workloads/%,$(wildcard tes
 VERSION  := $(shell cat VERSION 2>/dev/null || echo 0.1.0)
 CFLAGS   += -DPROFILER_AGENT_VERSION='"$(VERSION)"'
 
+# Installed layout (`make install PREFIX=/usr DESTDIR=/tmp/root`). The agent finds its schemas
+# and hook library beside its executable first (a build tree), then here.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+LIBDIR     ?= $(PREFIX)/lib/profiler-agent
+DATADIR    ?= $(PREFIX)/share/profiler-agent
+MANDIR     ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
+CFLAGS     += -DPROFILER_AGENT_LIBDIR='"$(LIBDIR)"' -DPROFILER_AGENT_SCHEMADIR='"$(DATADIR)/schemas"'
+
 HOOKLIB  := $(BUILD)/libprofiler-agent-memhook.so
 
-.PHONY: all check unit-check sanitize-check integration-check bench clean
+.PHONY: all check unit-check sanitize-check integration-check bench clean install deb FORCE
 all: $(BUILD)/profiler-agent $(HOOKLIB) $(WORKLOADS)
+
+# The compiled-in paths change with PREFIX: rebuild the two objects that use them when it does.
+$(BUILD)/agent/main.o $(BUILD)/agent/memory.o: $(BUILD)/paths.stamp
+$(BUILD)/paths.stamp: FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(LIBDIR) $(DATADIR)' | cmp -s - $@ || echo '$(LIBDIR) $(DATADIR)' > $@
 
 $(BUILD)/%.o: %.c $(wildcard engine/*.h agent/*.h)
 	@mkdir -p $(dir $@)
@@ -90,5 +107,65 @@ bench: all
 	$(PYTHON) bench/object_sources.py
 	$(PYTHON) bench/fleet.py
 
+# The daemon's config keeps its state under /var/lib/profiler-agent (the unit's StateDirectory);
+# an existing config is never overwritten.
+install: $(BUILD)/profiler-agent $(HOOKLIB)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(DATADIR)/schemas \
+	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/profiler-agent $(DESTDIR)$(UNITDIR)
+	install -m 0755 $(BUILD)/profiler-agent $(DESTDIR)$(BINDIR)/profiler-agent
+	install -m 0644 $(HOOKLIB) $(DESTDIR)$(LIBDIR)/
+	install -m 0644 schemas/*.json $(DESTDIR)$(DATADIR)/schemas/
+	install -m 0644 packaging/profiler-agent.8 $(DESTDIR)$(MANDIR)/man8/profiler-agent.8
+	sed -e 's|/usr/bin/profiler-agent|$(BINDIR)/profiler-agent|' \
+	    -e 's|/etc/profiler-agent/|$(SYSCONFDIR)/profiler-agent/|' \
+	    packaging/profiler-agent.service > $(DESTDIR)$(UNITDIR)/profiler-agent.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/profiler-agent.service
+	test -e $(DESTDIR)$(SYSCONFDIR)/profiler-agent/profiler-agent.conf || { \
+	    sed -e 's|^output_dir = .*|output_dir = /var/lib/profiler-agent/profiles|' \
+	        -e 's|^database = .*|database = /var/lib/profiler-agent/profiler-agent.db|' \
+	        config.example > $(DESTDIR)$(SYSCONFDIR)/profiler-agent/profiler-agent.conf && \
+	    chmod 0640 $(DESTDIR)$(SYSCONFDIR)/profiler-agent/profiler-agent.conf; }
+
+# build/profiler-agent_VERSION_ARCH.deb: dpkg-buildpackage wants debian/ at the top of the
+# source, so what the package is built from is copied to a scratch directory with
+# packaging/debian there.
+DEBTMP := $(BUILD)/deb-src
+deb:
+	test "$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)" = "$(VERSION)" || \
+	    { echo "packaging/debian/changelog is not at VERSION $(VERSION)" >&2; exit 1; }
+	rm -rf $(DEBTMP) && mkdir -p $(DEBTMP)/profiler-agent
+	cp -r Makefile VERSION config.example agent engine schemas packaging $(DEBTMP)/profiler-agent/
+	cp -r packaging/debian $(DEBTMP)/profiler-agent/debian
+	cd $(DEBTMP)/profiler-agent && dpkg-buildpackage -us -uc -b
+	mv $(DEBTMP)/profiler-agent_*.deb $(BUILD)/
+	rm -rf $(DEBTMP)
+
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
+
+# libFuzzer targets (tests/fuzz/): the agent and engine sources compiled again by clang,
+# instrumented, into build-fuzz/; `make fuzz` runs each target FUZZ_SECONDS on its seed corpus
+# (new inputs go to build-fuzz/corpus/, crashes to build-fuzz/crash-*).
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD   := build-fuzz
+FUZZ_CFLAGS   = $(CFLAGS) -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_OBJ     := $(ENGINE_SRC:%.c=$(FUZZ_BUILD)/%.o) $(AGENT_SRC:%.c=$(FUZZ_BUILD)/%.o)
+FUZZ_BIN     := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
+
+.PHONY: fuzz
+$(FUZZ_BUILD)/%.o: %.c $(wildcard engine/*.h agent/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -DFUZZ_SCHEMA_DIR='"$(CURDIR)/schemas"' \
+	    -o $@ $^ $(LDLIBS)
+
+fuzz: $(FUZZ_BIN)
+	@set -e; for t in $(FUZZ_BIN); do n=$${t##*/fuzz_}; mkdir -p $(FUZZ_BUILD)/corpus/$$n; \
+	    echo "== $$t, $(FUZZ_SECONDS) s"; \
+	    $$t -max_total_time=$(FUZZ_SECONDS) -timeout=30 -print_final_stats=1 \
+	        -artifact_prefix=$(FUZZ_BUILD)/ \
+	        $$(test -f tests/fuzz/$$n.dict && echo -dict=tests/fuzz/$$n.dict) \
+	        $(FUZZ_BUILD)/corpus/$$n tests/fuzz/corpus/$$n; done

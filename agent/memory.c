@@ -37,10 +37,12 @@ void action_memory_release(struct run *run)
     claims_drop(&claims, run);
 }
 
-/* The hook library: beside the agent's executable (a build tree), else where it is installed. */
+/* The hook library: beside the agent's executable (a build tree), in ../lib/profiler-agent
+ * from it (an installed tree unpacked anywhere), else where it was installed. */
 static int hook_library(char *buf, size_t len)
 {
-    char exe[PATH_MAX - sizeof(MEMPROF_HOOK_LIB) - 1];
+    static const char *const rel[] = { "", "/../lib/profiler-agent" };
+    char exe[PATH_MAX - sizeof(MEMPROF_HOOK_LIB) - 32];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 
     if (n > 0) {
@@ -48,9 +50,11 @@ static int hook_library(char *buf, size_t len)
         char *slash = strrchr(exe, '/');
         if (slash) {
             *slash = '\0';
-            snprintf(buf, len, "%s/%s", exe, MEMPROF_HOOK_LIB);
-            if (access(buf, R_OK) == 0)
-                return 0;
+            for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
+                snprintf(buf, len, "%s%s/%s", exe, rel[i], MEMPROF_HOOK_LIB);
+                if (access(buf, R_OK) == 0)
+                    return 0;
+            }
         }
     }
     snprintf(buf, len, "%s/%s", PROFILER_AGENT_LIBDIR, MEMPROF_HOOK_LIB);
