@@ -106,6 +106,8 @@ bench: all
 	$(PYTHON) bench/memory.py
 	$(PYTHON) bench/object_sources.py
 	$(PYTHON) bench/fleet.py
+	$(PYTHON) bench/python.py
+	$(PYTHON) bench/discovery.py
 
 # The daemon's config keeps its state under /var/lib/profiler-agent (the unit's StateDirectory);
 # an existing config is never overwritten.
