@@ -223,7 +223,8 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
         r->py = NULL;
         ret->python[0] = '\0';
     }
-    e = sampler_open(pid, o->frequency, o->force_ptrace, &smp);
+    e = sampler_open(pid, o->frequency, (o->force_ptrace ? SAMPLER_FORCE_PTRACE : 0) |
+                     (r->py ? SAMPLER_PROMPT : 0), &smp);
     if (e < 0)
         goto out;
 

@@ -155,7 +155,7 @@ static int try_backend(struct sampler *s, const struct sampler_ops *ops, unsigne
     return ops->open(s);
 }
 
-int sampler_open(pid_t pid, unsigned freq_hz, bool force_ptrace, struct sampler **ret)
+int sampler_open(pid_t pid, unsigned freq_hz, unsigned flags, struct sampler **ret)
 {
     int r;
     pid_t tgid;
@@ -171,8 +171,9 @@ int sampler_open(pid_t pid, unsigned freq_hz, bool force_ptrace, struct sampler 
     if (!s)
         return -ENOMEM;
     s->pid = pid;
+    s->prompt = flags & SAMPLER_PROMPT;
     unsigned ptrace_freq = freq_hz < SAMPLER_PTRACE_MAX_FREQ ? freq_hz : SAMPLER_PTRACE_MAX_FREQ;
-    if (!force_ptrace) {
+    if (!(flags & SAMPLER_FORCE_PTRACE)) {
         r = try_backend(s, &sampler_perf_ops, freq_hz);
         if (r == 0)
             goto out;

@@ -17,6 +17,11 @@
 #define SAMPLER_STACK_BYTES 8192         /* user stack copied per sample, as perf record does */
 #define SAMPLER_MAX_FREQ 4999
 #define SAMPLER_PTRACE_MAX_FREQ 49       /* the fallback stops the target: keep it rare */
+/* sampler_open flags */
+#define SAMPLER_FORCE_PTRACE 1u          /* tests: use the fallback */
+#define SAMPLER_PROMPT 2u                /* wake for every sample rather than in batches, for a
+                                            caller that reads more of the thread's state as each
+                                            sample arrives (Python stacks) */
 
 struct sampler_sample {
     pid_t tid;
@@ -50,9 +55,9 @@ struct sampler_stats {
 struct sampler;
 
 /* Starts sampling every thread of pid at freq_hz (1..SAMPLER_MAX_FREQ). Tries perf_event and
- * falls back to ptrace (recording why) unless force_ptrace. -ESRCH if pid is gone; -EPERM when
+ * falls back to ptrace (recording why) unless SAMPLER_FORCE_PTRACE. -ESRCH if pid is gone; -EPERM when
  * neither method is allowed. */
-int sampler_open(pid_t pid, unsigned freq_hz, bool force_ptrace, struct sampler **ret);
+int sampler_open(pid_t pid, unsigned freq_hz, unsigned flags, struct sampler **ret);
 /* Waits up to timeout_ms for samples and hands every pending one to the callbacks. Returns 0,
  * -ESRCH once the target has exited and everything was handed out, or a callback's error. */
 int sampler_poll(struct sampler *s, int timeout_ms, const struct sampler_callbacks *cb,

@@ -34,6 +34,7 @@ struct sampler_thread {
 struct sampler {
     pid_t pid;
     unsigned freq;
+    bool prompt;                    /* SAMPLER_PROMPT */
     const struct sampler_ops *ops;
     void *priv;
     struct sampler_stats stats;

@@ -111,8 +111,12 @@ static void fill_attr(struct perf_event_attr *a, const struct sampler *s, const 
     a->sample_id_all = 1;
     a->use_clockid = 1;
     a->clockid = CLOCK_MONOTONIC;
-    a->watermark = 1;
-    a->wakeup_watermark = (uint32_t)(p->ring_pages * (size_t)page / 4);
+    if (s->prompt) {
+        a->wakeup_events = 1;
+    } else {
+        a->watermark = 1;
+        a->wakeup_watermark = (uint32_t)(p->ring_pages * (size_t)page / 4);
+    }
 }
 
 /* One event for tid on the CPU at index ci. */

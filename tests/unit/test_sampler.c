@@ -246,7 +246,7 @@ static struct sampler *open_perf(pid_t pid, unsigned freq)
 {
     struct sampler *s;
     struct sampler_stats st;
-    assert_int_equal(sampler_open(pid, freq, false, &s), 0);
+    assert_int_equal(sampler_open(pid, freq, 0, &s), 0);
     sampler_get_stats(s, &st);
     if (strcmp(st.method, "perf_event") != 0) {
         print_message("perf_event not usable here: %s\n", st.fallback_reason);
@@ -360,7 +360,7 @@ static void check_exit(bool force_ptrace)
     spawn(&c, "--exit-after", "0.5", NULL);
     seen_init(&v, c.pid);
     struct sampler *s;
-    assert_int_equal(sampler_open(c.pid, 999, force_ptrace, &s), 0);
+    assert_int_equal(sampler_open(c.pid, 999, force_ptrace ? SAMPLER_FORCE_PTRACE : 0, &s), 0);
     v.t0 = now_ns();
     int r = run_for(s, &v, 5000);
     uint64_t took = v.t1 - v.t0;
@@ -415,7 +415,7 @@ static void test_ptrace_fallback(void **state)
     spawn(&c, "--threads", "1", NULL);
     int fds = count_fds();
     seen_init(&v, c.pid);
-    assert_int_equal(sampler_open(c.pid, 999, true, &s), 0);
+    assert_int_equal(sampler_open(c.pid, 999, SAMPLER_FORCE_PTRACE, &s), 0);
     v.t0 = now_ns();
     assert_int_equal(run_for(s, &v, 1000), 0);
     sampler_get_stats(s, &st);
@@ -460,7 +460,7 @@ static void test_callback_error(void **state)
     seen_init(&v, c.pid);
     v.fail_after = 3;
     struct sampler *s;
-    assert_int_equal(sampler_open(c.pid, 999, false, &s), 0);
+    assert_int_equal(sampler_open(c.pid, 999, 0, &s), 0);
     v.t0 = now_ns();
     assert_int_equal(run_for(s, &v, 2000), -ECANCELED);
     assert_int_equal(v.samples, 3);
@@ -478,19 +478,19 @@ static void test_bad_arguments(void **state)
     struct child c;
     pid_t *tids;
     size_t n;
-    assert_int_equal(sampler_open(0, 99, false, &s), -EINVAL);
-    assert_int_equal(sampler_open(getpid(), 0, false, &s), -EINVAL);
-    assert_int_equal(sampler_open(getpid(), SAMPLER_MAX_FREQ + 1, false, &s), -EINVAL);
+    assert_int_equal(sampler_open(0, 99, 0, &s), -EINVAL);
+    assert_int_equal(sampler_open(getpid(), 0, 0, &s), -EINVAL);
+    assert_int_equal(sampler_open(getpid(), SAMPLER_MAX_FREQ + 1, 0, &s), -EINVAL);
     spawn(&c, "--threads", "1", NULL);
     /* A thread id is not a process. */
     assert_int_equal(procfs_list_tasks(PROCFS_ROOT, c.pid, &tids, &n), 0);
     assert_int_equal(n, 2);
-    assert_int_equal(sampler_open(tids[0] == c.pid ? tids[1] : tids[0], 99, false, &s), -EINVAL);
+    assert_int_equal(sampler_open(tids[0] == c.pid ? tids[1] : tids[0], 99, 0, &s), -EINVAL);
     free(tids);
     reap(&c);
     /* Reaped: gone. */
-    assert_int_equal(sampler_open(c.pid, 99, false, &s), -ESRCH);
-    assert_int_equal(sampler_open(c.pid, 99, true, &s), -ESRCH);
+    assert_int_equal(sampler_open(c.pid, 99, 0, &s), -ESRCH);
+    assert_int_equal(sampler_open(c.pid, 99, SAMPLER_FORCE_PTRACE, &s), -ESRCH);
     assert_null(s);
     sampler_close(NULL);
 }
