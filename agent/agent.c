@@ -213,6 +213,15 @@ static bool utf8_valid(const char *s, size_t n)
     return true;
 }
 
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xc0) != 0x80;
+    return n;
+}
+
 /* Finds a top-level "request_id" string in a payload json-c could not parse (too deep, broken
  * later on), so that even a rejected command can be matched to its result. Only a well-formed
  * string of at most AGENT_REQUEST_ID_MAX characters is taken. */
@@ -270,7 +279,8 @@ static bool scan_request_id(const char *p, size_t len, char *out, size_t outlen)
                           strlen(json_object_get_string(s)) ==
                               (size_t)json_object_get_string_len(s) &&
                           utf8_valid(json_object_get_string(s),
-                                     (size_t)json_object_get_string_len(s));
+                                     (size_t)json_object_get_string_len(s)) &&
+                          utf8_chars(json_object_get_string(s)) <= AGENT_REQUEST_ID_MAX;
 
                 if (ok)
                     snprintf(out, outlen, "%s", json_object_get_string(s));
@@ -298,15 +308,6 @@ static void utf8_trim_partial(char *s)
         if (n - (start - 1) < want)
             s[start - 1] = '\0';
     }
-}
-
-static size_t utf8_chars(const char *s)
-{
-    size_t n = 0;
-
-    for (; *s; s++)
-        n += ((unsigned char)*s & 0xc0) != 0x80;
-    return n;
 }
 
 static void take_request_id(struct run *run, struct json_object *obj)

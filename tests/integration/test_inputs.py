@@ -24,6 +24,8 @@ BAD = [
     ('{"request_id": "p11", "target": "nonsense"}', "log_thread_frames", "target: ", "p11"),
     ('{"request_id": "p12", "seconds": 1e400}', "start", "", "p12"),
     ('{"request_id": "p13", "a": "\xff\xfe"}', "lru_stats", "", "p13"),
+    # Found by the fuzzer: a request_id read from broken JSON obeys the same 128-character limit.
+    ('x{"request_id": "' + "r" * 129 + '"}', "start", "payload is not valid JSON", None),
 ]
 
 
