@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 deb=${1:-build/profiler-agent_$(cat VERSION)_amd64.deb}
 sudo=""
 [ "$(id -u)" = 0 ] || sudo=sudo
-# Not under /tmp, which the sandbox replaces; readable by the sandbox's user.
-mkdir -p build
-root=$(mktemp -d "$PWD/build/check-deb.XXXXXX")
+# Not under /tmp, which the sandbox replaces (the source tree itself may be there);
+# readable by the sandbox's user.
+root=$(mktemp -d /var/tmp/check-deb.XXXXXX)
 chmod 0755 "$root"
 target_pid=""
 cleanup() {
