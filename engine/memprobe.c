@@ -447,41 +447,27 @@ out:
     return r;
 }
 
-static bool covered(const struct memprobe *p, pid_t tid)
+static bool covered(void *userdata, pid_t tid)
 {
+    const struct memprobe *p = userdata;
+
     for (size_t i = 0; i < p->evs.nchains; i++)
         if (p->evs.chains[i].tid == tid)
             return true;
     return false;
 }
 
+static int open_one(void *userdata, pid_t tid)
+{
+    return open_thread(userdata, tid);
+}
+
 /* Opens events for every listed thread not covered yet. *ret_new: how many were opened. */
 static int scan_threads(struct memprobe *p, size_t *ret_new)
 {
-    pid_t *tids = NULL;
-    size_t n = 0, opened = 0;
-    int r = procfs_list_tasks(PROCFS_ROOT, p->pid, &tids, &n);
-    if (r < 0)
-        return r;
-    for (size_t i = 0; i < n; i++) {
-        if (covered(p, tids[i]))
-            continue;
-        r = open_thread(p, tids[i]);
-        if (r == -ESRCH) {
-            r = 0;
-            continue;
-        }
-        if (r < 0)
-            goto out;
-        opened++;
-    }
-    *ret_new = opened;
-out:
-    free(tids);
-    return r;
+    return perfring_scan_threads(p->pid, covered, open_one, p, ret_new);
 }
 
-/* The target has exited when /proc has no thread of it left but a zombie leader. */
 static void open_failed(const struct memprobe *p, int r, char *why, size_t whylen)
 {
     if (r == -EPERM || r == -EACCES)

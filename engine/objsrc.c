@@ -446,7 +446,6 @@ out:
     return r;
 }
 
-/* The target has exited when /proc has no thread of it left but a zombie leader. */
 /* Opens events for every listed thread not covered, and forgets threads no longer listed. */
 static int scan_threads(struct objsrc *s, size_t *ret_new)
 {

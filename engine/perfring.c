@@ -174,6 +174,34 @@ static int read_cpu_list(char *buf, size_t max)
     return r;
 }
 
+int perfring_scan_threads(pid_t pid, bool (*covered)(void *userdata, pid_t tid),
+                          int (*open)(void *userdata, pid_t tid), void *userdata,
+                          size_t *ret_new)
+{
+    pid_t *tids = NULL;
+    size_t n = 0, opened = 0;
+    int r = procfs_list_tasks(PROCFS_ROOT, pid, &tids, &n);
+
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < n; i++) {
+        if (covered(userdata, tids[i]))
+            continue;
+        r = open(userdata, tids[i]);
+        if (r == -ESRCH) {
+            r = 0;
+            continue;
+        }
+        if (r < 0)
+            goto out;
+        opened++;
+    }
+    *ret_new = opened;
+out:
+    free(tids);
+    return r;
+}
+
 int perfring_cpus_init(struct perfring_cpus *c)
 {
     char buf[CPU_LIST_MAX];

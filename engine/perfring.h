@@ -99,6 +99,13 @@ const unsigned char *perfring_record(const struct perfring *rg, size_t size,
 /* Frees the record at the tail, of the size peeked, for the kernel to write over. */
 void perfring_consume(struct perfring *rg, size_t size);
 
+/* One pass over pid's threads: open(userdata, tid) for each that covered(userdata, tid) says has
+ * no events yet; a thread that exits meanwhile (-ESRCH) is skipped. *ret_new: how many were
+ * opened. Stops at open's first other error. */
+int perfring_scan_threads(pid_t pid, bool (*covered)(void *userdata, pid_t tid),
+                          int (*open)(void *userdata, pid_t tid), void *userdata,
+                          size_t *ret_new);
+
 /* Reads the online CPUs and allocates a ring (not mapped) for each. c zeroed before. */
 int perfring_cpus_init(struct perfring_cpus *c);
 /* Unmaps every ring and closes the events that own them. Accepts a zeroed c. */

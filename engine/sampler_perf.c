@@ -219,32 +219,27 @@ out:
     return r;
 }
 
-/* The target has exited when /proc has no thread of it left but a zombie leader. */
+struct scan {
+    struct sampler *s;
+    struct perf *p;
+};
+
+static bool scan_covered(void *userdata, pid_t tid)
+{
+    return sampler_thread_find(((struct scan *)userdata)->s, tid) != NULL;
+}
+
+static int scan_open(void *userdata, pid_t tid)
+{
+    struct scan *sc = userdata;
+    return open_thread(sc->s, sc->p, tid);
+}
+
 /* Opens events for every listed thread not covered yet. *ret_new: how many were opened. */
 static int scan_threads(struct sampler *s, struct perf *p, size_t *ret_new)
 {
-    pid_t *tids = NULL;
-    size_t n = 0, opened = 0;
-    int r = procfs_list_tasks(PROCFS_ROOT, s->pid, &tids, &n);
-    if (r < 0)
-        return r;
-    for (size_t i = 0; i < n; i++) {
-        struct sampler_thread *t = sampler_thread_find(s, tids[i]);
-        if (t)
-            continue;
-        r = open_thread(s, p, tids[i]);
-        if (r == -ESRCH) {
-            r = 0;
-            continue;
-        }
-        if (r < 0)
-            goto out;
-        opened++;
-    }
-    *ret_new = opened;
-out:
-    free(tids);
-    return r;
+    struct scan sc = { s, p };
+    return perfring_scan_threads(s->pid, scan_covered, scan_open, &sc, ret_new);
 }
 
 static void perf_free(struct perf *p)
