@@ -329,9 +329,12 @@ def test_ten_thousand_hostile_commands(hostile, demo):
     assert not missing, f"{len(missing)} request_ids never answered, e.g. {missing[:5]}"
     assert not twice, f"answered more than once: {twice[:5]}"
     # Under ASan, freed memory sits in its quarantine: RSS says nothing about leaks there.
+    # A leak raises the floor; a 2 MiB payload freed late raises one sample (seen: 45.3 49.6
+    # 46.3), so the last three samples' lowest is compared.
     if os.path.basename(BUILD) == "build":
-        assert rss[-1] - rss[1] <= RSS_SLACK_MIB, \
-            f"RSS grew from {rss[1]:.1f} to {rss[-1]:.1f} MiB"
+        floor = min(rss[-3:])
+        assert floor - rss[1] <= RSS_SLACK_MIB, \
+            f"RSS grew from {rss[1]:.1f} to {floor:.1f} MiB (samples {rss})"
     # Still itself: a plain command gets its normal answer.
     client.client.publish(f"profiler/{NODE}/ping", json.dumps({"request_id": "after"}), qos=1)
     assert results.wait(lambda: "after" in results.rids, TIMEOUT)
