@@ -18,7 +18,7 @@ else
 BUILD    ?= build
 endif
 
-ENGINE_SRC := $(wildcard engine/*.c)
+ENGINE_SRC := $(wildcard engine/*/*.c)
 AGENT_SRC  := $(filter-out agent/main.c,$(wildcard agent/*.c))
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 AGENT_OBJ  := $(AGENT_SRC:%.c=$(BUILD)/%.o)
@@ -51,7 +51,7 @@ $(BUILD)/paths.stamp: FORCE
 	@mkdir -p $(dir $@)
 	@echo '$(LIBDIR) $(DATADIR)' | cmp -s - $@ || echo '$(LIBDIR) $(DATADIR)' > $@
 
-$(BUILD)/%.o: %.c $(wildcard engine/*.h agent/*.h)
+$(BUILD)/%.o: %.c $(wildcard engine/*/*.h agent/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -66,7 +66,7 @@ $(BUILD)/profiler-agent: $(BUILD)/agent/main.o $(BUILD)/libagent.a $(BUILD)/libe
 
 # The library `memory` loads into targets: never sanitized (a target has no sanitizer runtime),
 # libc its only dependency, nothing exported but its two entry points.
-$(HOOKLIB): $(wildcard engine/memhook/*.c engine/memhook/*.S engine/memhook/*.h) engine/memring.h
+$(HOOKLIB): $(wildcard engine/memory/hook/*.c engine/memory/hook/*.S engine/memory/hook/*.h) engine/memory/memring.h
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -O2 -g -fPIC -shared -fvisibility=hidden -Wall -Wextra -Werror \
 	    -D_GNU_SOURCE -Wl,-z,defs -Iengine -o $@ $(filter %.c %.S,$^)
@@ -158,7 +158,7 @@ FUZZ_OBJ     := $(ENGINE_SRC:%.c=$(FUZZ_BUILD)/%.o) $(AGENT_SRC:%.c=$(FUZZ_BUILD
 FUZZ_BIN     := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
 
 .PHONY: fuzz
-$(FUZZ_BUILD)/%.o: %.c $(wildcard engine/*.h agent/*.h)
+$(FUZZ_BUILD)/%.o: %.c $(wildcard engine/*/*.h agent/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "action.h"
-#include "cachestat.h"
+#include "os/cachestat.h"
 #include "clock.h"
 #include "loggers.h"
 #include "schema.h"

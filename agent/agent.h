@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <json-c/json.h>
 #include "config.h"
-#include "target.h"
+#include "os/target.h"
 
 #define AGENT_REQUEST_ID_MAX 128
 #define AGENT_ERROR_MAX 512

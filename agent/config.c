@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "config.h"
-#include "target.h"
+#include "os/target.h"
 
 #define CONFIG_LINE_MAX 8192
 #define CONFIG_LINES_MAX 10000

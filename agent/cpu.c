@@ -11,8 +11,8 @@
 #include "action.h"
 #include "claims.h"
 #include "clock.h"
-#include "cpuprof.h"
-#include "profile.h"
+#include "cpu/cpuprof.h"
+#include "cpu/profile.h"
 #include "unwinders.h"
 
 #define TOP_FUNCTIONS 5

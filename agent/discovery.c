@@ -15,7 +15,7 @@
 #include "clock.h"
 #include "discovery.h"
 #include "log.h"
-#include "objects.h"
+#include "objects/objects.h"
 #include "schema.h"
 #include "store.h"
 

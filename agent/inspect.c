@@ -8,11 +8,11 @@
 #include <string.h>
 #include "action.h"
 #include "loggers.h"
-#include "objects.h"
+#include "objects/objects.h"
 #include "privs.h"
-#include "pyframes.h"
-#include "sockets.h"
-#include "stacks.h"
+#include "python/pyframes.h"
+#include "objects/sockets.h"
+#include "unwind/stacks.h"
 #include "unwinders.h"
 
 int action_engine_fail(struct run *run, const char *what, int r)

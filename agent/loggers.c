@@ -17,9 +17,9 @@
 #include <sys/eventfd.h>
 #include "clock.h"
 #include "loggers.h"
-#include "objects.h"
-#include "objsrc.h"
-#include "stacks.h"
+#include "objects/objects.h"
+#include "objects/objsrc.h"
+#include "unwind/stacks.h"
 #include "unwinders.h"
 
 #define GROWTH_TEXT_MAX 2048

@@ -13,8 +13,8 @@
 #include "action.h"
 #include "claims.h"
 #include "clock.h"
-#include "heapfile.h"
-#include "memprof.h"
+#include "formats/heapfile.h"
+#include "memory/memprof.h"
 #include "unwinders.h"
 
 #define TOP_SITES 5

@@ -3,7 +3,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
-#include "cachestat.h"
+#include "os/cachestat.h"
 #include "unwinders.h"
 
 #define UNWINDERS_MAX 16

@@ -5,8 +5,8 @@
 #ifndef UNWINDERS_H
 #define UNWINDERS_H
 
-#include "stacks.h"
-#include "target.h"
+#include "unwind/stacks.h"
+#include "os/target.h"
 
 enum unwinders_use { UNWINDERS_DUMP, UNWINDERS_PROFILE, UNWINDERS_MEMORY };
 

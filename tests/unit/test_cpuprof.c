@@ -15,7 +15,7 @@
 #include <unistd.h>
 #include <sys/wait.h>
 #include <cmocka.h>
-#include "cpuprof.h"
+#include "cpu/cpuprof.h"
 #include "testutil.h"
 
 #define TOP_MAX 32

@@ -15,7 +15,7 @@
 #include <unistd.h>
 #include <sys/wait.h>
 #include <cmocka.h>
-#include "heapfile.h"
+#include "formats/heapfile.h"
 
 #define OUT_MAX (4 << 20)
 #define PYTHON "/usr/bin/python3"

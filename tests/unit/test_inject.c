@@ -13,8 +13,8 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
-#include "inject.h"
-#include "procfs.h"
+#include "memory/inject.h"
+#include "os/procfs.h"
 #include "testutil.h"
 
 #define LIBZ "/usr/lib/x86_64-linux-gnu/libz.so.1"

@@ -1,4 +1,4 @@
-/* Tests of the injected allocation hooks (engine/memhook/): loads the built library into this
+/* Tests of the injected allocation hooks (engine/memory/hook/): loads the built library into this
  * process as the agent's injection would, drains its ring as the agent does, and checks events,
  * stacks, sampling, the GOT after stop, the heartbeat timeout and fork. */
 #include <dirent.h>
@@ -22,7 +22,7 @@
 
 #include <cmocka.h>
 
-#include "memring.h"
+#include "memory/memring.h"
 
 #define ITERATIONS 3000
 #define DRAIN_CAP (1u << 20)

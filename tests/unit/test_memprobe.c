@@ -20,10 +20,10 @@
 #include <unistd.h>
 #include <sys/wait.h>
 #include <cmocka.h>
-#include "memprobe.h"
-#include "memring.h"
-#include "procfs.h"
-#include "stacks.h"
+#include "memory/memprobe.h"
+#include "memory/memring.h"
+#include "os/procfs.h"
+#include "unwind/stacks.h"
 #include "testutil.h"
 
 #define LEAK_SIZE 512               /* what leak_here keeps; the loop never asks for it */

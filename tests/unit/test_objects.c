@@ -25,8 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
-#include "objects.h"
-#include "procfs.h"
+#include "objects/objects.h"
+#include "os/procfs.h"
 
 #define LINES_MAX 16384
 

@@ -24,9 +24,9 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
-#include "objsrc.h"
-#include "procfs.h"
-#include "stacks.h"
+#include "objects/objsrc.h"
+#include "os/procfs.h"
+#include "unwind/stacks.h"
 #include "testutil.h"
 
 #define EVENTS_MAX 256

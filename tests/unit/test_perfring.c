@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
-#include "perfring.h"
+#include "os/perfring.h"
 
 #define DATA 64
 

@@ -18,7 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
-#include "procfs.h"
+#include "os/procfs.h"
 
 #define FIX "tests/unit/fixtures/proc"
 

@@ -18,7 +18,7 @@
 #include <unistd.h>
 #include <sys/wait.h>
 #include <cmocka.h>
-#include "pyframes.h"
+#include "python/pyframes.h"
 #include "testutil.h"
 
 #define PARKED "tests/workloads/py_parked.py"

@@ -20,8 +20,8 @@
 #include <libunwind.h>
 #include <sys/wait.h>
 #include <cmocka.h>
-#include "procfs.h"
-#include "sampler.h"
+#include "os/procfs.h"
+#include "cpu/sampler.h"
 #include "testutil.h"
 
 #define MAX_TIDS 4096

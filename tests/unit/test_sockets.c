@@ -29,8 +29,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
-#include "procfs.h"
-#include "sockets.h"
+#include "os/procfs.h"
+#include "objects/sockets.h"
 
 #include <linux/in6.h>              /* after netinet/in.h, to which it defers */
 

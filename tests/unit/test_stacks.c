@@ -20,10 +20,10 @@
 #include <sys/wait.h>
 #include <dlfcn.h>
 #include <cmocka.h>
-#include "cachestat.h"
-#include "snapshot.h"
-#include "stacks.h"
-#include "sampler.h"
+#include "os/cachestat.h"
+#include "os/snapshot.h"
+#include "unwind/stacks.h"
+#include "cpu/sampler.h"
 #include "testutil.h"
 
 #define PARKED_SRC "tests/workloads/parked.c"

@@ -19,8 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
-#include "cachestat.h"
-#include "target.h"
+#include "os/cachestat.h"
+#include "os/target.h"
 
 #define FIX "tests/unit/fixtures/proc"
 

@@ -1,0 +1,77 @@
+/* Allocation profiles of a running process, for the memory action. The main method injects
+ * the hook library (memhook.so) into the target with inject.c and drains the shared ring it
+ * fills (memring.h); where injection cannot work (a static binary, no dlopen, ptrace refused)
+ * it falls back to uprobes (memprobe.c), much slower for the target. Either way the events end
+ * up here: blocks allocated during the run are tracked until freed, their call stacks unwound
+ * and symbolized once per call path, and live bytes per allocation site sampled over time for
+ * the massif file. Only blocks allocated during the run and still live count. */
+#ifndef MEMPROF_H
+#define MEMPROF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "unwind/stacks.h"
+
+#define MEMPROF_MAX_FRAMES 64
+#define MEMPROF_MAX_BLOCKS (1u << 22)       /* live blocks tracked; past it they are counted */
+#define MEMPROF_MAX_SITES 65536
+#define MEMPROF_MAX_SNAPSHOTS 100           /* as massif's --max-snapshots default */
+#define MEMPROF_DETAILED_EVERY 10           /* as massif's --detailed-freq default */
+#define MEMPROF_RING_EVENTS (1u << 18)
+#define MEMPROF_RING_STACKS 2048
+#define MEMPROF_HOOK_LIB "libprofiler-agent-memhook.so"
+
+struct memprof_options {
+    uint64_t sample_bytes;          /* 0: every allocation */
+    double seconds;                 /* planned length, to space the snapshots */
+    const char *hook_path;          /* the hook library on the agent's side */
+    bool force_uprobes;             /* skip injection (tests, and users who ask) */
+};
+
+struct memprof_stats {
+    const char *method;             /* "inject" or "uprobes" */
+    char fallback_reason[256];      /* why injection was not used, or "" */
+    uint64_t allocs, frees;         /* events seen (sampled ones only, when sampling) */
+    uint64_t alloc_bytes;           /* bytes of the allocations seen */
+    uint64_t live_bytes, live_blocks;   /* at the end; estimates when sampling */
+    uint64_t peak_bytes, peak_ms;
+    uint64_t lost;                  /* allocations not recorded (ring, stack slots, probes) */
+    uint64_t untracked;             /* allocations past MEMPROF_MAX_BLOCKS */
+    uint64_t sites;
+    uint64_t elapsed_ms;
+    bool target_exited;
+    bool hooks_abandoned;           /* the hooks removed themselves (the agent was too slow) */
+};
+
+/* One allocation site of the blocks still live, for summaries and the files. */
+struct memprof_site {
+    const struct stacks_frame *frames;  /* innermost first: frames[0] called the allocator */
+    size_t nframes;
+    uint64_t live_bytes, live_blocks;
+};
+
+struct memprof;
+
+/* Starts recording pid's allocations; stacks is the target's unwinder (kept by the caller,
+ * used only from the calling thread). why gets a sentence for the user on failure, or on a
+ * fallback to uprobes (also in the stats). -EINVAL for the calling process itself. */
+int memprof_open(pid_t pid, struct stacks *stacks, const struct memprof_options *o,
+                 struct memprof **ret, char *why, size_t whylen);
+/* Drains what the target recorded for up to timeout_ms. 0, or -ESRCH once the target exited
+ * and everything was drained. */
+int memprof_poll(struct memprof *m, int timeout_ms);
+/* Removes the hooks or probes (the target runs on unchanged) and drains the rest. Returns the
+ * first error of the removal; the profile stays readable either way. */
+int memprof_finish(struct memprof *m);
+void memprof_get_stats(const struct memprof *m, struct memprof_stats *ret);
+/* Sites with live bytes at the end, largest first; valid until memprof_free. */
+int memprof_sites(struct memprof *m, const struct memprof_site **ret, size_t *ret_n);
+/* heap_profile.T.hpy and massif.out.T (cmd: the target's command line, for massif's header). */
+int memprof_write_hpy(struct memprof *m, const char *path, double timemade);
+int memprof_write_massif(struct memprof *m, const char *path, const char *cmd);
+/* Frees everything; finishes first when memprof_finish was not called. Accepts NULL. */
+void memprof_free(struct memprof *m);
+
+#endif

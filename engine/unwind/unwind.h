@@ -1,0 +1,33 @@
+/* Offline unwinding of a thread snapshot with libunwind's remote API: one address space per
+ * target, with accessors that read the copied stack, the captured registers, and code and
+ * .eh_frame data from the mapped ELF files themselves (never the live process). It yields
+ * instruction pointers; naming them is the symbolizer's job. */
+#ifndef UNWIND_H
+#define UNWIND_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include "unwind/modules.h"
+#include "os/snapshot.h"
+
+#define UNWIND_MAX_FRAMES 1024
+
+struct unwind_frame {
+    uint64_t ip;
+    int exact;          /* ip is where the thread is, not a return address (look up ip - 1) */
+};
+
+struct unwind;
+
+/* The unwinder reads modules through m, which must outlive it. -ENOMEM. */
+int unwind_new(struct modules *m, struct unwind **ret);
+void unwind_free(struct unwind *u);
+/* Drops libunwind's cached unwind state: call when the modules changed. */
+void unwind_flush(struct unwind *u);
+/* Frames of t, innermost first, at most max. *ret_truncated: the walk stopped before the
+ * outermost frame (error, loop, or max reached). max is capped at UNWIND_MAX_FRAMES.
+ * -EINVAL when even the first frame fails. */
+int unwind_thread(struct unwind *u, const struct snapshot_thread *t, struct unwind_frame *frames,
+                  size_t max, size_t *ret_n, int *ret_truncated);
+
+#endif
