@@ -32,25 +32,42 @@ int action_runs(struct run *run);
 int action_get_file(struct run *run);
 
 static struct action actions[] = {
-    {.name = "start", .needs_target = true, .long_running = true, .run = action_start,
-     .admit = action_start_admit, .release = action_start_release},
-    {.name = "memory", .needs_target = true, .long_running = true, .run = action_memory,
-     .admit = action_memory_admit, .release = action_memory_release},
+    {.name = "start",
+     .needs_target = true,
+     .long_running = true,
+     .run = action_start,
+     .admit = action_start_admit,
+     .release = action_start_release},
+    {.name = "memory",
+     .needs_target = true,
+     .long_running = true,
+     .run = action_memory,
+     .admit = action_memory_admit,
+     .release = action_memory_release},
     {.name = "start_log_objects", .needs_target = true, .run = action_start_log_objects},
     {.name = "stop_log_objects", .run = action_stop_log_objects},
-    {.name = "start_log_object_sources", .needs_target = true,
+    {.name = "start_log_object_sources",
+     .needs_target = true,
      .run = action_start_log_object_sources},
     {.name = "stop_log_object_sources", .run = action_stop_log_object_sources},
-    {.name = "dump_log_objects", .needs_target = true, .long_running = true,
+    {.name = "dump_log_objects",
+     .needs_target = true,
+     .long_running = true,
      .run = action_dump_log_objects},
-    {.name = "log_thread_frames", .needs_target = true, .long_running = true,
+    {.name = "log_thread_frames",
+     .needs_target = true,
+     .long_running = true,
      .run = action_log_thread_frames},
-    {.name = "log_event_loop_scheduled", .needs_target = true, .long_running = true,
+    {.name = "log_event_loop_scheduled",
+     .needs_target = true,
+     .long_running = true,
      .run = action_log_event_loop_scheduled},
     {.name = "lru_stats", .run = action_lru_stats},
     {.name = "set_asyncio_debug", .run = action_set_asyncio_debug},
     {.name = "log_current_tasks", .run = action_log_current_tasks},
-    {.name = "dump_sockets", .needs_target = true, .long_running = true,
+    {.name = "dump_sockets",
+     .needs_target = true,
+     .long_running = true,
      .run = action_dump_sockets},
     {.name = "ping", .run = action_ping},
     {.name = "runs", .run = action_runs},
@@ -164,9 +181,11 @@ int action_set_asyncio_debug(struct run *run)
         on = json_object_get_boolean(v);
     atomic_store(&run->agent->debug, on);
     if (on)
-        run_record(run, "Event loop debug mode enabled: every dispatch is logged with its "
+        run_record(run,
+                   "Event loop debug mode enabled: every dispatch is logged with its "
                    "duration, and anything that holds the network loop longer than %d ms is "
-                   "logged as a warning", AGENT_SLOW_CALLBACK_US / 1000);
+                   "logged as a warning",
+                   AGENT_SLOW_CALLBACK_US / 1000);
     else
         run_record(run, "Event loop debug mode disabled");
     json_object_object_add(run->summary, "enabled", json_object_new_boolean(on));

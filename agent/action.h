@@ -12,10 +12,10 @@ struct schema;
 
 struct action {
     const char *name;
-    bool needs_target;          /* resolve the target before running */
-    bool long_running;          /* run in a job thread, not on the network thread */
+    bool needs_target; /* resolve the target before running */
+    bool long_running; /* run in a job thread, not on the network thread */
     int (*run)(struct run *run);
-    struct schema *schema;      /* compiled at start by action_load_schemas */
+    struct schema *schema; /* compiled at start by action_load_schemas */
     /* Optional: called on the network thread, in arrival order, before a long action's job
      * starts; a failure (run_fail) answers the command at once. release undoes it after the job,
      * or when the job could not start. */

@@ -84,15 +84,17 @@ static bool perf_event_works(uint64_t caps, char *why, size_t len)
         bool capable = caps & ((1ull << PRIVS_CAP_PERFMON) | (1ull << PRIVS_CAP_SYS_ADMIN));
 
         if (read_long_file(PARANOID_FILE, &paranoid) == 0)
-            snprintf(why, len, "perf_event_open refused: kernel.perf_event_paranoid is %ld%s; "
-                     "start samples with ptrace at up to 49 Hz instead", paranoid,
-                     capable ? "" : " and the agent lacks CAP_PERFMON");
+            snprintf(why, len,
+                     "perf_event_open refused: kernel.perf_event_paranoid is %ld%s; "
+                     "start samples with ptrace at up to 49 Hz instead",
+                     paranoid, capable ? "" : " and the agent lacks CAP_PERFMON");
         else
-            snprintf(why, len, "perf_event_open refused (%s); start samples with ptrace at up "
-                     "to 49 Hz instead", strerror(err));
+            snprintf(why, len,
+                     "perf_event_open refused (%s); start samples with ptrace at up "
+                     "to 49 Hz instead",
+                     strerror(err));
     } else {
-        snprintf(why, len, "perf_event_open is not available on this kernel (%s)",
-                 strerror(err));
+        snprintf(why, len, "perf_event_open is not available on this kernel (%s)", strerror(err));
     }
     return false;
 }
@@ -108,12 +110,15 @@ static bool uprobes_works(uint64_t caps, bool perf_ok, char *why, size_t len)
     }
     r = read_long_file(UPROBE_TYPE_FILE, &type);
     if (r < 0) {
-        snprintf(why, len, "cannot read %s (%s): the kernel has no uprobe PMU "
-                 "(CONFIG_UPROBE_EVENTS)", UPROBE_TYPE_FILE, strerror(-r));
+        snprintf(why, len,
+                 "cannot read %s (%s): the kernel has no uprobe PMU "
+                 "(CONFIG_UPROBE_EVENTS)",
+                 UPROBE_TYPE_FILE, strerror(-r));
         return false;
     }
     if (!(caps & ((1ull << PRIVS_CAP_PERFMON) | (1ull << PRIVS_CAP_SYS_ADMIN)))) {
-        snprintf(why, len, "uprobes through perf_event_open need CAP_PERFMON or CAP_SYS_ADMIN, "
+        snprintf(why, len,
+                 "uprobes through perf_event_open need CAP_PERFMON or CAP_SYS_ADMIN, "
                  "which the agent lacks");
         return false;
     }
@@ -126,17 +131,21 @@ static bool ptrace_works(uint64_t caps, char *why, size_t len)
     long scope = -1;
 
     if (read_long_file(PTRACE_SCOPE_FILE, &scope) < 0)
-        scope = -1;     /* no Yama: the classic rules */
+        scope = -1; /* no Yama: the classic rules */
     if (scope >= 3) {
-        snprintf(why, len, "kernel.yama.ptrace_scope is %ld: ptrace is disabled for everyone "
-                 "until reboot", scope);
+        snprintf(why, len,
+                 "kernel.yama.ptrace_scope is %ld: ptrace is disabled for everyone "
+                 "until reboot",
+                 scope);
         return false;
     }
     if (capable)
         return true;
     if (scope == 1 || scope == 2) {
-        snprintf(why, len, "kernel.yama.ptrace_scope is %ld and the agent lacks CAP_SYS_PTRACE: "
-                 "it can trace %s", scope, scope == 1 ? "only its own children" : "nothing");
+        snprintf(why, len,
+                 "kernel.yama.ptrace_scope is %ld and the agent lacks CAP_SYS_PTRACE: "
+                 "it can trace %s",
+                 scope, scope == 1 ? "only its own children" : "nothing");
         return false;
     }
     snprintf(why, len, "without CAP_SYS_PTRACE, only processes of the agent's own user");
@@ -175,8 +184,7 @@ int action_ping(struct run *run)
     bool ok;
     int r;
 
-    json_object_object_add(run->summary, "version",
-                           json_object_new_string(PROFILER_AGENT_VERSION));
+    json_object_object_add(run->summary, "version", json_object_new_string(PROFILER_AGENT_VERSION));
     json_object_object_add(run->summary, "node", json_object_new_string(a->config->node_id));
     json_object_object_add(t, "spec", json_object_new_string(run->target_spec));
     r = target_resolve(PROCFS_ROOT, run->target_spec, &run->target);
@@ -190,9 +198,9 @@ int action_ping(struct run *run)
     }
     json_object_object_add(run->summary, "target", t);
     json_object_object_add(run->summary, "pid", json_object_new_int(getpid()));
-    json_object_object_add(run->summary, "uptime",
-                           json_decimal((double)(clock_monotonic_us() - a->started_mono_us) / 1e6,
-                                        3));
+    json_object_object_add(
+        run->summary, "uptime",
+        json_decimal((double)(clock_monotonic_us() - a->started_mono_us) / 1e6, 3));
     why[0] = '\0';
     ok = perf_event_works(cap_bits, why, sizeof(why));
     add_capability(caps, "perf_event", ok, why);
@@ -228,8 +236,8 @@ static int add_run_row(const struct store_row *row, void *userdata)
         struct json_object *t = json_object_new_object();
 
         json_object_object_add(t, "spec", json_object_new_string(row->target_spec));
-        json_object_object_add(t, "pid", row->target_pid > 0 ?
-                               json_object_new_int(row->target_pid) : NULL);
+        json_object_object_add(t, "pid",
+                               row->target_pid > 0 ? json_object_new_int(row->target_pid) : NULL);
         json_object_object_add(o, "target", t);
     } else {
         json_object_object_add(o, "target", NULL);
@@ -262,7 +270,7 @@ int action_runs(struct run *run)
 
     if (!st)
         return run_fail(run, "runs: there is no run database (`run` mode, or it could not be "
-                        "opened at start: see the agent's log)");
+                             "opened at start: see the agent's log)");
     if (json_object_object_get_ex(run->params, "limit", &v))
         q.limit = (unsigned)json_object_get_int(v);
     if (json_object_object_get_ex(run->params, "action", &v)) {
@@ -276,8 +284,8 @@ int action_runs(struct run *run)
     r = store_runs_list(st, &q, add_run_row, list);
     if (r < 0) {
         json_object_put(list);
-        return run_fail(run, "cannot read the run database %s: %s",
-                        run->agent->config->database, store_errmsg(st));
+        return run_fail(run, "cannot read the run database %s: %s", run->agent->config->database,
+                        store_errmsg(st));
     }
     json_object_object_add(run->summary, "runs", list);
     return 0;
@@ -390,8 +398,8 @@ static int publish_file(struct run *run, struct out_file *f, struct json_object 
     int r;
 
     /* The names are bounded by their fields; the check only keeps the compiler sure of it. */
-    if (snprintf(topic, sizeof(topic), "%s/%s/file/%s", a->config->topic_prefix,
-                 a->config->node_id, f->name) >= (int)sizeof(topic))
+    if (snprintf(topic, sizeof(topic), "%s/%s/file/%s", a->config->topic_prefix, a->config->node_id,
+                 f->name) >= (int)sizeof(topic))
         return run_fail(run, "%s: the topic name is too long", f->name);
     data = malloc(f->size ? f->size : 1);
     if (!data)
@@ -444,20 +452,22 @@ static int collect_paths(struct run *run, const char *dir, struct json_object **
     }
     if (!run->agent->store)
         return run_fail(run, "run_id: there is no run database (`run` mode, or it could not "
-                        "be opened at start: see the agent's log)");
+                             "be opened at start: see the agent's log)");
     json_object_object_get_ex(run->params, "run_id", &v);
     q.id = json_object_get_int64(v);
     r = store_runs_list(run->agent->store, &q, take_run_files, &rf);
     if (r < 0) {
         json_object_put(rf.files);
-        return run_fail(run, "cannot read the run database %s: %s",
-                        run->agent->config->database, store_errmsg(run->agent->store));
+        return run_fail(run, "cannot read the run database %s: %s", run->agent->config->database,
+                        store_errmsg(run->agent->store));
     }
     if (!rf.found)
         r = run_fail(run, "run_id: there is no run %lld", (long long)q.id);
     else if (!strcmp(rf.status, "running"))
-        r = run_fail(run, "run_id: run %lld (%s) is still running; ask again when it has "
-                     "finished", (long long)q.id, rf.action);
+        r = run_fail(run,
+                     "run_id: run %lld (%s) is still running; ask again when it has "
+                     "finished",
+                     (long long)q.id, rf.action);
     else if (!json_object_is_type(rf.files, json_type_array) ||
              json_object_array_length(rf.files) == 0)
         r = run_fail(run, "run_id: run %lld (%s) has no files", (long long)q.id, rf.action);

@@ -46,7 +46,8 @@ static int open_store(struct agent *a, char *err, size_t errlen)
     }
     if (r == -EBUSY) {
         log_error("%s; another process holds a lock on it, so runs are not recorded until the "
-                  "agent is restarted", err);
+                  "agent is restarted",
+                  err);
         a->store = NULL;
         return 0;
     }
@@ -81,8 +82,7 @@ int agent_init(struct agent *a, struct config *c, bool use_store, const struct a
     }
     r = retention_apply(a, NULL);
     if (r < 0)
-        log_warning("retention: cannot go through output_dir %s: %s", c->output_dir,
-                    strerror(-r));
+        log_warning("retention: cannot go through output_dir %s: %s", c->output_dir, strerror(-r));
     r = retention_start(a, &a->retention);
     if (r < 0)
         log_warning("retention: cannot start its thread (%s); old runs are removed only at start",
@@ -274,13 +274,12 @@ static bool scan_request_id(const char *p, size_t len, char *out, size_t outlen)
             {
                 char *tok = strndup(p + start, j - start + 1);
                 struct json_object *s = tok ? json_tokener_parse(tok) : NULL;
-                bool ok = s && json_object_is_type(s, json_type_string) &&
-                          json_object_get_string_len(s) < (int)outlen &&
-                          strlen(json_object_get_string(s)) ==
-                              (size_t)json_object_get_string_len(s) &&
-                          utf8_valid(json_object_get_string(s),
-                                     (size_t)json_object_get_string_len(s)) &&
-                          utf8_chars(json_object_get_string(s)) <= AGENT_REQUEST_ID_MAX;
+                bool ok =
+                    s && json_object_is_type(s, json_type_string) &&
+                    json_object_get_string_len(s) < (int)outlen &&
+                    strlen(json_object_get_string(s)) == (size_t)json_object_get_string_len(s) &&
+                    utf8_valid(json_object_get_string(s), (size_t)json_object_get_string_len(s)) &&
+                    utf8_chars(json_object_get_string(s)) <= AGENT_REQUEST_ID_MAX;
 
                 if (ok)
                     snprintf(out, outlen, "%s", json_object_get_string(s));
@@ -419,9 +418,10 @@ static void note_tracer(struct run *run)
         return;
     snprintf(who, sizeof(who), "traced by %s (pid %d)", name, (int)tracer);
     if (!strstr(run->error, who))
-        run_warn(run, "process %d is being %s: a process has one tracer at a time, and a "
-                 "debugger may keep it stopped; detach it and try again", (int)run->target.pid,
-                 who);
+        run_warn(run,
+                 "process %d is being %s: a process has one tracer at a time, and a "
+                 "debugger may keep it stopped; detach it and try again",
+                 (int)run->target.pid, who);
 }
 
 /* Records the outcome, publishes the one result and frees the run. */
@@ -511,8 +511,10 @@ static int start_job(struct run *run)
     pthread_mutex_lock(&a->lock);
     if (a->njobs >= (unsigned)a->config->max_jobs) {
         pthread_mutex_unlock(&a->lock);
-        return run_fail(run, "too many jobs running (max_jobs is %d); try again when one "
-                        "finishes", a->config->max_jobs);
+        return run_fail(run,
+                        "too many jobs running (max_jobs is %d); try again when one "
+                        "finishes",
+                        a->config->max_jobs);
     }
     run->next = a->jobs;
     a->jobs = run;
@@ -564,8 +566,10 @@ static int take_token(struct run *run)
     }
     pthread_mutex_unlock(&a->lock);
     if (wait_s > 0)
-        return run_fail(run, "rate limit: more than %d %s commands a minute (rate_limit); try "
-                        "again in %.1f s", limit, run->action_name, wait_s);
+        return run_fail(run,
+                        "rate limit: more than %d %s commands a minute (rate_limit); try "
+                        "again in %.1f s",
+                        limit, run->action_name, wait_s);
     return 0;
 }
 
@@ -579,7 +583,8 @@ static int apply_settings(struct agent *a, const char *action, struct json_objec
     pthread_mutex_lock(&a->lock);
     if (!a->defaults || !json_object_object_get_ex(a->defaults, action, &fields))
         goto out;
-    json_object_object_foreach(fields, key, value) {
+    json_object_object_foreach(fields, key, value)
+    {
         if (json_object_object_get_ex(obj, key, NULL))
             continue;
         copy = NULL;
@@ -691,8 +696,7 @@ static int prepare(struct run *run, const void *payload, size_t len)
     if (json_object_object_get_ex(obj, "target", &v)) {
         /* Cut to fit, it could name another allowed target, or end inside a UTF-8 sequence. */
         if ((size_t)json_object_get_string_len(v) >= sizeof(run->target_spec))
-            return run_fail(run, "target: must be at most %zu bytes",
-                            sizeof(run->target_spec) - 1);
+            return run_fail(run, "target: must be at most %zu bytes", sizeof(run->target_spec) - 1);
         snprintf(run->target_spec, sizeof(run->target_spec), "%s", json_object_get_string(v));
         if (!config_target_allowed(a->config, run->target_spec))
             return run_fail(run, "target %s is not allowed", run->target_spec);

@@ -14,9 +14,9 @@
 
 #define AGENT_REQUEST_ID_MAX 128
 #define AGENT_ERROR_MAX 512
-#define AGENT_MAX_JOBS CONFIG_MAX_JOBS   /* max_jobs' ceiling */
-#define AGENT_SLOW_CALLBACK_US 100000   /* asyncio's slow_callback_duration */
-#define AGENT_RATE_SLOTS 32             /* actions with a rate bucket: more than there are */
+#define AGENT_MAX_JOBS CONFIG_MAX_JOBS /* max_jobs' ceiling */
+#define AGENT_SLOW_CALLBACK_US 100000  /* asyncio's slow_callback_duration */
+#define AGENT_RATE_SLOTS 32            /* actions with a rate bucket: more than there are */
 /* Compact JSON, with '/' left alone: results carry paths. */
 #define AGENT_JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
 
@@ -35,12 +35,12 @@ struct reply_to {
 /* One command, from arrival to result. */
 struct run {
     struct agent *agent;
-    int64_t id;                         /* 0 when the store is not in use or failed */
+    int64_t id; /* 0 when the store is not in use or failed */
     char action_name[64];
     const struct action *action;
     bool has_request_id;
-    char request_id[AGENT_REQUEST_ID_MAX * 4 + 1];  /* 128 characters of up to 4 UTF-8 bytes */
-    struct json_object *params;         /* the validated payload, defaults applied */
+    char request_id[AGENT_REQUEST_ID_MAX * 4 + 1]; /* 128 characters of up to 4 UTF-8 bytes */
+    struct json_object *params;                    /* the validated payload, defaults applied */
     char target_spec[TARGET_SPEC_MAX];
     bool has_target;
     struct target target;
@@ -49,9 +49,9 @@ struct run {
     char error[AGENT_ERROR_MAX];
     struct json_object *files, *summary, *warnings;
     struct reply_to reply;
-    atomic_int cancel;                  /* set on a clean stop: long actions end early */
+    atomic_int cancel; /* set on a clean stop: long actions end early */
     pthread_t thread;
-    struct run *next;                   /* in agent->jobs while a job thread runs it */
+    struct run *next; /* in agent->jobs while a job thread runs it */
 };
 
 struct agent_output {
@@ -74,17 +74,17 @@ struct agent_output {
 struct agent_rate {
     const struct action *action;
     double tokens;
-    int64_t at_us;                      /* monotonic time tokens was computed for */
+    int64_t at_us; /* monotonic time tokens was computed for */
 };
 
 struct agent {
     struct config *config;
-    struct store *store;                /* NULL in `run` mode, or when it cannot be opened */
-    struct retention *retention;        /* the daemon's hourly clean-up; NULL in `run` mode */
+    struct store *store;         /* NULL in `run` mode, or when it cannot be opened */
+    struct retention *retention; /* the daemon's hourly clean-up; NULL in `run` mode */
     struct agent_output out;
-    atomic_bool debug;                  /* set_asyncio_debug */
+    atomic_bool debug; /* set_asyncio_debug */
     int64_t started_mono_us;
-    pthread_mutex_t lock;               /* guards jobs, njobs, last_result */
+    pthread_mutex_t lock; /* guards jobs, njobs, last_result */
     pthread_cond_t jobs_done;
     struct run *jobs;
     unsigned njobs;
@@ -92,7 +92,7 @@ struct agent {
     /* {"ACTION": {"FIELD": value}}: what a command that omits FIELD gets instead of its schema
      * default (the settings Home Assistant's number and text entities set). Guarded by lock. */
     struct json_object *defaults;
-    struct agent_rate rates[AGENT_RATE_SLOTS];  /* guarded by lock */
+    struct agent_rate rates[AGENT_RATE_SLOTS]; /* guarded by lock */
 };
 
 /* Loads the schemas and, for the daemon (use_store), opens the store and applies retention once

@@ -11,8 +11,10 @@ int claims_take(struct claims *c, struct run *run)
         struct claim *a = &c->slot[i];
 
         if (a->pid == run->target.pid && a->starttime == run->target.starttime) {
-            r = run_fail(run, "%s of process %d is already running (run %lld); wait for its "
-                         "result", c->what, (int)a->pid, (long long)a->run_id);
+            r = run_fail(run,
+                         "%s of process %d is already running (run %lld); wait for its "
+                         "result",
+                         c->what, (int)a->pid, (long long)a->run_id);
             goto out;
         }
         if (!a->pid && !free_slot)

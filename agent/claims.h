@@ -14,12 +14,20 @@ struct claim {
 };
 
 struct claims {
-    const char *what;               /* "a CPU profile": names the run in the refusal */
+    const char *what; /* "a CPU profile": names the run in the refusal */
     pthread_mutex_t lock;
     struct claim slot[AGENT_MAX_JOBS];
 };
 
-#define CLAIMS_INIT(what) { (what), PTHREAD_MUTEX_INITIALIZER, { { 0, 0, 0 } } }
+#define CLAIMS_INIT(what)                                                                          \
+    {                                                                                              \
+        (what), PTHREAD_MUTEX_INITIALIZER,                                                         \
+        {                                                                                          \
+            {                                                                                      \
+                0, 0, 0                                                                            \
+            }                                                                                      \
+        }                                                                                          \
+    }
 
 /* Claims run's target, or fails run naming the run that has it. */
 int claims_take(struct claims *c, struct run *run);

@@ -25,7 +25,8 @@ struct key {
 
 #define STR(f) KEY_STR, offsetof(struct config, f), sizeof(((struct config *)0)->f), 0, 0
 #define INT(f, lo, hi) KEY_INT, offsetof(struct config, f), 0, lo, hi
-#define LONG(f, lo, hi) KEY_LONG, offsetof(struct config, f), sizeof(((struct config *)0)->f), lo, hi
+#define LONG(f, lo, hi)                                                                            \
+    KEY_LONG, offsetof(struct config, f), sizeof(((struct config *)0)->f), lo, hi
 
 static const struct key keys[] = {
     {"broker_host", STR(broker_host)},
@@ -58,11 +59,12 @@ static const struct key keys[] = {
 };
 
 const char *const config_keys[] = {
-    "broker_host", "broker_port", "username", "password", "password_file", "tls_ca_file",
-    "tls_cert_file", "tls_key_file", "client_id", "keepalive", "mqtt_version", "node_id",
-    "topic_prefix", "discovery", "discovery_prefix", "output_dir", "database", "target",
-    "allowed_targets", "max_payload_bytes", "max_file_bytes", "max_jobs", "rate_limit",
-    "retention_days", "retention_max_bytes", "schema_dir", "log_level", NULL,
+    "broker_host",    "broker_port",   "username",     "password",        "password_file",
+    "tls_ca_file",    "tls_cert_file", "tls_key_file", "client_id",       "keepalive",
+    "mqtt_version",   "node_id",       "topic_prefix", "discovery",       "discovery_prefix",
+    "output_dir",     "database",      "target",       "allowed_targets", "max_payload_bytes",
+    "max_file_bytes", "max_jobs",      "rate_limit",   "retention_days",  "retention_max_bytes",
+    "schema_dir",     "log_level",     NULL,
 };
 
 static const char *const level_names[] = {"debug", "info", "warning", "error"};
@@ -156,8 +158,7 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
     case KEY_INT:
     case KEY_LONG:
         if (parse_long(value, k->min, k->max, &v) < 0) {
-            snprintf(err, errlen, "%s: must be an integer from %lld to %lld", key, k->min,
-                     k->max);
+            snprintf(err, errlen, "%s: must be an integer from %lld to %lld", key, k->min, k->max);
             return -EINVAL;
         }
         if (k->type == KEY_INT)
@@ -270,8 +271,7 @@ static int read_password_file(struct config *c, char *err, size_t errlen)
     f = fopen(c->password_file, "re");
     if (!f) {
         r = -errno;
-        snprintf(err, errlen, "password_file: cannot read %s: %s", c->password_file,
-                 strerror(-r));
+        snprintf(err, errlen, "password_file: cannot read %s: %s", c->password_file, strerror(-r));
         return r;
     }
     n = fread(buf, 1, sizeof(buf) - 1, f);
@@ -316,8 +316,10 @@ int config_finish(struct config *c, char *err, size_t errlen)
         return -EINVAL;
     }
     if (target_spec_check(c->target) < 0) {
-        snprintf(err, errlen, "target: '%s' is not a target spec (self, pid:N, comm:NAME, "
-                 "exe:PATH or pidfile:PATH)", c->target);
+        snprintf(err, errlen,
+                 "target: '%s' is not a target spec (self, pid:N, comm:NAME, "
+                 "exe:PATH or pidfile:PATH)",
+                 c->target);
         return -EINVAL;
     }
     for (p = c->allowed_targets; *p;) {

@@ -26,7 +26,7 @@ struct config {
     char tls_key_file[PATH_MAX];
     char client_id[CONFIG_STR_MAX];
     int keepalive;
-    int mqtt_version;                   /* 5, or 4 for MQTT 3.1.1 */
+    int mqtt_version; /* 5, or 4 for MQTT 3.1.1 */
     char node_id[64];
     char topic_prefix[CONFIG_STR_MAX];
     bool discovery;
@@ -36,13 +36,13 @@ struct config {
     char target[CONFIG_STR_MAX];
     char allowed_targets[4096];
     long max_payload_bytes;
-    long max_file_bytes;                /* get_file's limit per file */
-    int max_jobs;                       /* long jobs at once, 1..CONFIG_MAX_JOBS */
-    int rate_limit;                     /* commands per minute per action; 0: no limit */
-    int retention_days;                 /* runs and files older are deleted; 0: kept */
-    long long retention_max_bytes;      /* result files beyond this go, oldest first; 0: no cap */
+    long max_file_bytes;           /* get_file's limit per file */
+    int max_jobs;                  /* long jobs at once, 1..CONFIG_MAX_JOBS */
+    int rate_limit;                /* commands per minute per action; 0: no limit */
+    int retention_days;            /* runs and files older are deleted; 0: kept */
+    long long retention_max_bytes; /* result files beyond this go, oldest first; 0: no cap */
     char schema_dir[PATH_MAX];
-    int log_level;                      /* enum config_log_level */
+    int log_level; /* enum config_log_level */
 };
 
 /* Fills every field with its documented default (node_id from the host name). */

@@ -58,16 +58,15 @@ static void add_top(struct run *run, const struct profile *prof)
         struct json_object *f = json_object_new_object();
 
         json_object_object_add(f, "function", json_object_new_string(top[i].func));
-        json_object_object_add(f, "module", top[i].module ? json_object_new_string(top[i].module)
-                                                          : NULL);
+        json_object_object_add(f, "module",
+                               top[i].module ? json_object_new_string(top[i].module) : NULL);
         json_object_object_add(f, "file", top[i].file ? json_object_new_string(top[i].file) : NULL);
         json_object_object_add(f, "line", json_object_new_int(top[i].func_line));
-        json_object_object_add(f, "self_samples", json_object_new_int64((int64_t)top[i].self_samples));
-        json_object_object_add(f, "self_percent",
-                               json_decimal(total ? 100.0 * (double)top[i].self_samples /
-                                                        (double)total
-                                                  : 0,
-                                            2));
+        json_object_object_add(f, "self_samples",
+                               json_object_new_int64((int64_t)top[i].self_samples));
+        json_object_object_add(
+            f, "self_percent",
+            json_decimal(total ? 100.0 * (double)top[i].self_samples / (double)total : 0, 2));
         json_object_array_add(list, f);
     }
     json_object_object_add(run->summary, "top", list);
@@ -87,8 +86,7 @@ static void add_summary(struct run *run, const struct cpuprof_result *res)
     json_object_object_add(s, "seconds", json_decimal(res->elapsed, 3));
     json_object_object_add(s, "frequency", json_object_new_int((int)res->stats.frequency));
     json_object_object_add(s, "method", json_object_new_string(res->stats.method));
-    json_object_object_add(s, "unwind_us_per_sample",
-                           json_decimal(res->unwind_us_per_sample, 2));
+    json_object_object_add(s, "unwind_us_per_sample", json_decimal(res->unwind_us_per_sample, 2));
     if (res->python[0]) {
         json_object_object_add(s, "python", json_object_new_string(res->python));
         json_object_object_add(s, "python_samples",
@@ -155,8 +153,10 @@ int action_start(struct run *run)
         run_warn(run, "the agent was stopped after %.1f s; the profile covers that time",
                  res.elapsed);
     if (res.stats.lost)
-        run_warn(run, "%llu samples were lost (ring buffer overrun, or taken where the thread "
-                 "had no user registers, e.g. while exiting)", (unsigned long long)res.stats.lost);
+        run_warn(run,
+                 "%llu samples were lost (ring buffer overrun, or taken where the thread "
+                 "had no user registers, e.g. while exiting)",
+                 (unsigned long long)res.stats.lost);
     add_summary(run, &res);
     if (profile_samples(res.profile) == 0)
         r = run_fail(run, "no samples: the target used no CPU time in user space during the run");

@@ -21,14 +21,14 @@
 
 #define TOPIC_MAX 512
 #define ID_MAX 160
-#define SETTING_TEXT_MAX 256        /* a setting's payload, and its stored JSON text */
-#define BIRTH_DELAY_MIN_MS 500      /* spreads a fleet's answers to one birth message */
+#define SETTING_TEXT_MAX 256   /* a setting's payload, and its stored JSON text */
+#define BIRTH_DELAY_MIN_MS 500 /* spreads a fleet's answers to one birth message */
 #define BIRTH_DELAY_MAX_MS 3000
 #define JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
 
 /* A number (or, without unit, the text) entity: the default of one field of one action. */
 struct setting {
-    const char *name;               /* P/N/set/NAME, the store's key, the component id */
+    const char *name; /* P/N/set/NAME, the store's key, the component id */
     const char *action, *field;
     const char *title;
     const char *unit;
@@ -71,14 +71,13 @@ static const struct {
 struct discovery {
     struct config *c;
     struct agent *a;
-    int (*publish)(void *userdata, const char *topic, const void *payload, size_t len,
-                   bool retain);
+    int (*publish)(void *userdata, const char *topic, const void *payload, size_t len, bool retain);
     void *userdata;
     char t_config[TOPIC_MAX], t_birth[TOPIC_MAX], t_event[TOPIC_MAX];
-    char *config;                   /* the payload; NULL when discovery is off */
+    char *config; /* the payload; NULL when discovery is off */
     pthread_mutex_t lock;
-    pthread_cond_t wake;            /* timed on CLOCK_MONOTONIC */
-    int64_t due_us;                 /* when the birth re-publication is due; 0: none */
+    pthread_cond_t wake; /* timed on CLOCK_MONOTONIC */
+    int64_t due_us;      /* when the birth re-publication is due; 0: none */
     bool stopping;
     bool thread_started;
     pthread_t thread;
@@ -255,8 +254,8 @@ static int build_config(struct discovery *d, char *err, size_t errlen)
         if (s->unit)
             snprintf(text, sizeof(text), "{{ value_json.settings.%s.%s }}", s->action, s->field);
         else
-            snprintf(text, sizeof(text), "{{ value_json.settings.%s.%s | default('') }}",
-                     s->action, s->field);
+            snprintf(text, sizeof(text), "{{ value_json.settings.%s.%s | default('') }}", s->action,
+                     s->field);
         add_state(o, text);
         add_str(o, "ent_cat", "config");
         if (s->unit) {
@@ -267,8 +266,10 @@ static int build_config(struct discovery *d, char *err, size_t errlen)
             r = add_text_rules(o, c->schema_dir, s);
         }
         if (r < 0)
-            snprintf(err, errlen, "cannot describe setting %s: schemas/%s.json has no usable "
-                     "range for %s", s->name, s->action, s->field);
+            snprintf(err, errlen,
+                     "cannot describe setting %s: schemas/%s.json has no usable "
+                     "range for %s",
+                     s->name, s->action, s->field);
     }
     for (size_t i = 0; i < COUNT(toggles); i++) {
         o = component(cmps, "switch", toggles[i].name, toggles[i].title, uid_prefix, base);
@@ -276,8 +277,10 @@ static int build_config(struct discovery *d, char *err, size_t errlen)
         add_str(o, "cmd_t", text);
         add_str(o, "pl_on", "ON");
         add_str(o, "pl_off", "OFF");
-        snprintf(text, sizeof(text), "{{ 'ON' if value_json.loggers | selectattr('logger', "
-                 "'equalto', '%s') | list else 'OFF' }}", toggles[i].logger);
+        snprintf(text, sizeof(text),
+                 "{{ 'ON' if value_json.loggers | selectattr('logger', "
+                 "'equalto', '%s') | list else 'OFF' }}",
+                 toggles[i].logger);
         add_state(o, text);
     }
     /* Debug mode needs no helper topic: its on and off payloads are set_asyncio_debug commands. */
@@ -436,8 +439,8 @@ static void *birth_thread(void *arg)
 }
 
 int discovery_new(struct config *c, struct agent *a,
-                  int (*publish)(void *userdata, const char *topic, const void *payload,
-                                 size_t len, bool retain),
+                  int (*publish)(void *userdata, const char *topic, const void *payload, size_t len,
+                                 bool retain),
                   void *userdata, struct discovery **ret, char *err, size_t errlen)
 {
     struct discovery *d = calloc(1, sizeof(*d));
@@ -574,8 +577,8 @@ static void set_setting(struct discovery *d, const struct setting *s, const char
     if (d->a->store) {
         r = store_setting_set(d->a->store, s->name, json);
         if (r < 0)
-            log_error("cannot save setting %s in the database %s: %s", s->name,
-                      d->c->database, store_errmsg(d->a->store));
+            log_error("cannot save setting %s in the database %s: %s", s->name, d->c->database,
+                      store_errmsg(d->a->store));
     }
     log_info("setting %s is now %s", s->name, json ? json : "unset");
     agent_set_default(d->a, s->action, s->field, v);

@@ -17,8 +17,8 @@ struct discovery;
  * config and starts the thread that publishes it after a birth message. publish sends one QoS 1
  * message (0 or a negative errno); it is called from the network thread and that thread. */
 int discovery_new(struct config *c, struct agent *a,
-                  int (*publish)(void *userdata, const char *topic, const void *payload,
-                                 size_t len, bool retain),
+                  int (*publish)(void *userdata, const char *topic, const void *payload, size_t len,
+                                 bool retain),
                   void *userdata, struct discovery **ret, char *err, size_t errlen);
 /* Stops the thread. Accepts NULL. */
 void discovery_free(struct discovery *d);

@@ -30,8 +30,10 @@ int action_engine_fail(struct run *run, const char *what, int r)
         return run_fail(run, "%s: not permitted to trace process %d: %s", what, (int)pid, why);
     }
     case -EBUSY:
-        return run_fail(run, "%s: the agent is already inspecting too many processes at once; "
-                        "try again when a job finishes", what);
+        return run_fail(run,
+                        "%s: the agent is already inspecting too many processes at once; "
+                        "try again when a job finishes",
+                        what);
     default:
         return run_fail(run, "%s of process %d failed: %s", what, (int)pid, strerror(-r));
     }
@@ -112,7 +114,8 @@ int action_log_thread_frames(struct run *run)
     if (npy)
         json_object_object_add(run->summary, "python_frames",
                                json_object_new_int64((int64_t)pyframes));
-    json_object_object_add(run->summary, "stopped_ms", json_decimal((double)d->stopped_ns / 1e6, 3));
+    json_object_object_add(run->summary, "stopped_ms",
+                           json_decimal((double)d->stopped_ns / 1e6, 3));
     json_object_object_add(run->summary, "duration_ms", json_decimal((double)d->total_ns / 1e6, 3));
     if (failed)
         run_warn(run, "%zu of %zu threads could not be captured", failed, d->nthreads);

@@ -23,9 +23,9 @@
 #include "unwinders.h"
 
 #define GROWTH_TEXT_MAX 2048
-#define QUEUE_MIN 64                    /* creations kept per scan interval: 4 x max_objects, */
-#define QUEUE_MAX 1024                  /* within these (a stack copy is up to 8 KiB each) */
-#define RESCAN_WAIT_MS 1000             /* the tracer picks up uncovered threads this often */
+#define QUEUE_MIN 64        /* creations kept per scan interval: 4 x max_objects, */
+#define QUEUE_MAX 1024      /* within these (a stack copy is up to 8 KiB each) */
+#define RESCAN_WAIT_MS 1000 /* the tracer picks up uncovered threads this often */
 
 /* One traced creation waiting for the next scan. */
 struct queued {
@@ -34,7 +34,7 @@ struct queued {
     uint64_t time_ns;
     enum objects_type type;
     bool any_fd_type;
-    bool reused;                        /* a later call returned the same fd */
+    bool reused; /* a later call returned the same fd */
     int fds[2];
     pid_t new_tid;
     uint64_t addr, len;
@@ -45,11 +45,11 @@ struct queued {
 };
 
 struct logger {
-    const char *kind;                   /* "objects", "object_sources" */
-    const char *what;                   /* how messages name it */
-    bool running;                       /* the thread exists (joined by stop) */
+    const char *kind; /* "objects", "object_sources" */
+    const char *what; /* how messages name it */
+    bool running;     /* the thread exists (joined by stop) */
     bool stop;
-    bool ended;                         /* the thread ended by itself (target gone) */
+    bool ended; /* the thread ended by itself (target gone) */
     struct agent *agent;
     struct target target;
     char spec[TARGET_SPEC_MAX];
@@ -65,12 +65,12 @@ struct logger {
     int wakefd;
     struct queued *queue;
     size_t nqueue, qcap;
-    uint64_t traced, logged;            /* read under lock for the state */
+    uint64_t traced, logged; /* read under lock for the state */
 };
 
-static struct logger objlog = { .kind = "objects", .what = "Object logging", .wakefd = -1 };
-static struct logger srclog = { .kind = "object_sources", .what = "Object source logging",
-                                .wakefd = -1 };
+static struct logger objlog = {.kind = "objects", .what = "Object logging", .wakefd = -1};
+static struct logger srclog = {
+    .kind = "object_sources", .what = "Object source logging", .wakefd = -1};
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 
@@ -114,8 +114,7 @@ static void log_growth(struct logger *l, const struct objects_count *now)
     for (size_t i = 0; i < n && len < sizeof(text); i++)
         len += (size_t)snprintf(text + len, sizeof(text) - len, "%s('%s', %llu, %llu)",
                                 i ? ", " : "", objects_type_name(g[i].type),
-                                (unsigned long long)g[i].count,
-                                (unsigned long long)g[i].increase);
+                                (unsigned long long)g[i].count, (unsigned long long)g[i].increase);
     if (len < sizeof(text))
         snprintf(text + len, sizeof(text) - len, "]");
     emit(l->agent, text);
@@ -127,8 +126,8 @@ static void end_logger(struct logger *l, int r)
     char text[TARGET_SPEC_MAX + 160];
 
     if (r == -ESRCH)
-        snprintf(text, sizeof(text), "%s stopped: target %s (pid %d) has exited", l->what,
-                 l->spec, (int)l->target.pid);
+        snprintf(text, sizeof(text), "%s stopped: target %s (pid %d) has exited", l->what, l->spec,
+                 (int)l->target.pid);
     else
         snprintf(text, sizeof(text), "%s stopped: target %s (pid %d): %s", l->what, l->spec,
                  (int)l->target.pid, strerror(-r));
@@ -277,14 +276,13 @@ static void tables_free(struct table *tables)
 
 /* The repr of the object of type t whose range holds key, loading that type's census on first
  * use; NULL when there is none (closed, exited, unmapped) or it cannot be read. */
-static const char *lookup(struct logger *l, struct table *tables, enum objects_type t,
-                          uint64_t key)
+static const char *lookup(struct logger *l, struct table *tables, enum objects_type t, uint64_t key)
 {
     struct table *tb = &tables[t];
     size_t lo = 0, hi;
 
     if (!tb->loaded) {
-        struct collect c = { t, tb };
+        struct collect c = {t, tb};
 
         tb->loaded = true;
         if (objects_dump(PROCFS_ROOT, l->target.pid, t, collect_repr, &c) < 0)
@@ -384,7 +382,7 @@ static void queue_clear(struct logger *l)
 /* The sources of up to max_objects creations since the last scan, live objects first. */
 static void log_sources(struct logger *l)
 {
-    struct table tables[OBJECTS_NTYPES] = { { 0 } };
+    struct table tables[OBJECTS_NTYPES] = {{0}};
     struct stacks_thread *th = NULL;
     struct unwinder *u = NULL;
     char gone[128];
@@ -439,16 +437,21 @@ static int enqueue(const struct objsrc_event *ev, void *userdata)
         return 0;
     q = &l->queue[l->nqueue];
     *q = (struct queued){
-        .tid = ev->tid, .time_ns = ev->time_ns, .type = ev->type,
-        .any_fd_type = ev->any_fd_type, .fds = { ev->fds[0], ev->fds[1] },
-        .new_tid = ev->new_tid, .addr = ev->addr, .len = ev->len,
+        .tid = ev->tid,
+        .time_ns = ev->time_ns,
+        .type = ev->type,
+        .any_fd_type = ev->any_fd_type,
+        .fds = {ev->fds[0], ev->fds[1]},
+        .new_tid = ev->new_tid,
+        .addr = ev->addr,
+        .len = ev->len,
         .stack_addr = ev->stack_addr,
     };
     memcpy(q->regs, ev->regs, sizeof(q->regs));
     if (ev->stack_len > 0) {
         q->stack = malloc(ev->stack_len);
         if (!q->stack)
-            return 0;                   /* dropped, like one the queue has no room for */
+            return 0; /* dropped, like one the queue has no room for */
         memcpy(q->stack, ev->stack, ev->stack_len);
         q->stack_len = ev->stack_len;
     }
@@ -473,7 +476,7 @@ static bool stopping(struct logger *l)
 static int collect_until(struct logger *l, int64_t deadline_us)
 {
     for (;;) {
-        struct pollfd p[2] = { { objsrc_fd(l->src), POLLIN, 0 }, { l->wakefd, POLLIN, 0 } };
+        struct pollfd p[2] = {{objsrc_fd(l->src), POLLIN, 0}, {l->wakefd, POLLIN, 0}};
         int64_t left = deadline_us - clock_monotonic_us();
         int r;
 
@@ -571,26 +574,30 @@ static void tracing_error(const struct target *t, int r, char *err, size_t errle
 {
     switch (r) {
     case -ENOENT:
-        snprintf(err, errlen, "Object source logging needs the kernel's system call tracepoints "
+        snprintf(err, errlen,
+                 "Object source logging needs the kernel's system call tracepoints "
                  "(raw_syscalls:sys_exit in tracefs) and found none: they need a kernel built with "
                  "CONFIG_FTRACE_SYSCALLS and tracefs mounted on /sys/kernel/tracing (the agent "
                  "mounts it when it may)");
         break;
     case -EPERM:
     case -EACCES:
-        snprintf(err, errlen, "Object source logging is not permitted: tracing the system calls "
+        snprintf(err, errlen,
+                 "Object source logging is not permitted: tracing the system calls "
                  "of process %d with perf_event needs root, or CAP_PERFMON (CAP_SYS_ADMIN before "
-                 "Linux 5.8) and read access to /sys/kernel/tracing", (int)t->pid);
+                 "Linux 5.8) and read access to /sys/kernel/tracing",
+                 (int)t->pid);
         break;
     case -ESRCH:
-        snprintf(err, errlen, "Object source logging: target process %d has exited",
-                 (int)t->pid);
+        snprintf(err, errlen, "Object source logging: target process %d has exited", (int)t->pid);
         break;
     case -EMFILE:
     case -ENFILE:
-        snprintf(err, errlen, "Object source logging: process %d has too many threads to trace "
+        snprintf(err, errlen,
+                 "Object source logging: process %d has too many threads to trace "
                  "(one perf_event descriptor per thread and CPU); raise the agent's open file "
-                 "limit (LimitNOFILE)", (int)t->pid);
+                 "limit (LimitNOFILE)",
+                 (int)t->pid);
         break;
     default:
         snprintf(err, errlen, "Object source logging: cannot trace process %d: %s", (int)t->pid,
@@ -619,8 +626,9 @@ int loggers_start_sources(struct agent *a, const struct target *t, const char *s
     }
     prepare(&srclog, a, t, spec, interval);
     srclog.max_objects = max_objects;
-    srclog.qcap = 4 * (size_t)max_objects < QUEUE_MIN ? QUEUE_MIN
-                : 4 * (size_t)max_objects > QUEUE_MAX ? QUEUE_MAX : 4 * (size_t)max_objects;
+    srclog.qcap = 4 * (size_t)max_objects < QUEUE_MIN   ? QUEUE_MIN
+                  : 4 * (size_t)max_objects > QUEUE_MAX ? QUEUE_MAX
+                                                        : 4 * (size_t)max_objects;
     srclog.queue = calloc(srclog.qcap, sizeof(*srclog.queue));
     srclog.wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (!srclog.queue || srclog.wakefd < 0) {
@@ -658,7 +666,7 @@ static int stop_logger(struct logger *l)
     l->stop = true;
     pthread_cond_broadcast(&wake);
     if (l->wakefd >= 0 && write(l->wakefd, &one, sizeof(one)) < 0)
-        one = 0;                        /* the counter is full: it is readable anyway */
+        one = 0; /* the counter is full: it is readable anyway */
     pthread_mutex_unlock(&lock);
     pthread_join(l->thread, NULL);
     pthread_mutex_lock(&lock);
@@ -722,9 +730,10 @@ static void task_line(const struct logger *l, char *line, size_t len)
     if (l == &srclog)
         snprintf(extra, sizeof(extra), " max_objects=%u traced=%llu", l->max_objects,
                  (unsigned long long)l->traced);
-    snprintf(line, len, "Task: <logger %s target=%s pid=%d scan_interval=%.3fs%s scans=%llu "
-             "elapsed=%.3fs>", l->kind, l->spec, (int)l->target.pid, l->interval, extra,
-             (unsigned long long)l->scans,
+    snprintf(line, len,
+             "Task: <logger %s target=%s pid=%d scan_interval=%.3fs%s scans=%llu "
+             "elapsed=%.3fs>",
+             l->kind, l->spec, (int)l->target.pid, l->interval, extra, (unsigned long long)l->scans,
              (double)(clock_monotonic_us() - l->started_mono_us) / 1e6);
 }
 

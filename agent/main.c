@@ -107,7 +107,7 @@ struct cli {
     const char *config_file;
     const char *run_action;
     const char *run_json;
-    char *flags[16][2];     /* key, value pairs from the flags, applied after the file */
+    char *flags[16][2]; /* key, value pairs from the flags, applied after the file */
     int nflags;
     bool allow_root;
 };
@@ -162,9 +162,8 @@ static int parse_args(int argc, char **argv, struct cli *cli)
     static const struct {
         const char *flag, *key;
     } map[] = {
-        {"--node-id", "node_id"},       {"--target", "target"},
-        {"--output-dir", "output_dir"}, {"--database", "database"},
-        {"--log-level", "log_level"},
+        {"--node-id", "node_id"},   {"--target", "target"},       {"--output-dir", "output_dir"},
+        {"--database", "database"}, {"--log-level", "log_level"},
     };
     int i = 1;
 
@@ -293,8 +292,10 @@ static void print_progress(struct run *run, const char *json, void *userdata)
 static int run_local(struct config *c, const char *action, const char *json)
 {
     int status = EXIT_FAILURE;
-    struct agent_output out = {.record = print_record, .result = print_result,
-                               .progress = print_progress, .userdata = &status};
+    struct agent_output out = {.record = print_record,
+                               .result = print_result,
+                               .progress = print_progress,
+                               .userdata = &status};
     const struct timespec poll_interval = {0, 100 * 1000 * 1000};
     char err[CONFIG_ERR_MAX];
     struct agent a;
@@ -407,7 +408,8 @@ int main(int argc, char **argv)
     if (load_config(&cli, &c) < 0)
         return EXIT_USAGE;
     if (geteuid() == 0 && !cli.allow_root) {
-        fprintf(stderr, "profiler-agent: refusing to run as root: whoever may publish commands "
+        fprintf(stderr,
+                "profiler-agent: refusing to run as root: whoever may publish commands "
                 "to the broker could then stop and read any process on this machine. Run it as "
                 "its own user with the capabilities CAP_PERFMON, CAP_SYS_PTRACE and "
                 "CAP_DAC_READ_SEARCH (the systemd unit does so), or pass --allow-root.\n");

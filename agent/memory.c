@@ -41,7 +41,7 @@ void action_memory_release(struct run *run)
  * from it (an installed tree unpacked anywhere), else where it was installed. */
 static int hook_library(char *buf, size_t len)
 {
-    static const char *const rel[] = { "", "/../lib/profiler-agent" };
+    static const char *const rel[] = {"", "/../lib/profiler-agent"};
     char exe[PATH_MAX - sizeof(MEMPROF_HOOK_LIB) - 32];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 
@@ -125,7 +125,8 @@ static void add_summary(struct run *run, struct memprof *m, const struct memprof
 
         json_object_object_add(o, "site", kind ? json_object_new_string(kind) : NULL);
         free(kind);
-        json_object_object_add(o, "live_bytes", json_object_new_int64((int64_t)sites[i].live_bytes));
+        json_object_object_add(o, "live_bytes",
+                               json_object_new_int64((int64_t)sites[i].live_bytes));
         json_object_object_add(o, "live_blocks",
                                json_object_new_int64((int64_t)sites[i].live_blocks));
         json_object_array_add(top, o);
@@ -137,7 +138,8 @@ static void add_warnings(struct run *run, const struct memprof_stats *st, bool c
                          uint64_t sample_bytes)
 {
     if (st->fallback_reason[0])
-        run_warn(run, "allocation hooks could not be injected (%s); uprobes were used instead, "
+        run_warn(run,
+                 "allocation hooks could not be injected (%s); uprobes were used instead, "
                  "which cost the target about 3-4 us per allocation and free during the run",
                  st->fallback_reason);
     if (st->target_exited)
@@ -148,16 +150,20 @@ static void add_warnings(struct run *run, const struct memprof_stats *st, bool c
                  (double)st->elapsed_ms / 1000.0);
     if (st->hooks_abandoned)
         run_warn(run, "the hooks removed themselves early because the agent did not drain "
-                 "them in time; later allocations are missing");
+                      "them in time; later allocations are missing");
     if (st->lost)
-        run_warn(run, "%llu allocations were not recorded (no room in the shared ring or no "
-                 "stack slot left)", (unsigned long long)st->lost);
+        run_warn(run,
+                 "%llu allocations were not recorded (no room in the shared ring or no "
+                 "stack slot left)",
+                 (unsigned long long)st->lost);
     if (st->untracked)
         run_warn(run, "%llu blocks were not tracked: more than %u were live at once",
                  (unsigned long long)st->untracked, MEMPROF_MAX_BLOCKS);
     if (sample_bytes)
-        run_warn(run, "sampled one allocation per %llu bytes on average: sizes and counts are "
-                 "estimates", (unsigned long long)sample_bytes);
+        run_warn(run,
+                 "sampled one allocation per %llu bytes on average: sizes and counts are "
+                 "estimates",
+                 (unsigned long long)sample_bytes);
 }
 
 static int write_files(struct run *run, struct memprof *m)
@@ -202,8 +208,10 @@ int action_memory(struct run *run)
     json_object_object_get_ex(run->params, "sample_bytes", &v);
     o.sample_bytes = (uint64_t)json_object_get_int64(v);
     if (hook_library(lib, sizeof(lib)) < 0)
-        return run_fail(run, "the allocation hook library %s is not installed (looked beside "
-                        "the agent and in %s)", MEMPROF_HOOK_LIB, PROFILER_AGENT_LIBDIR);
+        return run_fail(run,
+                        "the allocation hook library %s is not installed (looked beside "
+                        "the agent and in %s)",
+                        MEMPROF_HOOK_LIB, PROFILER_AGENT_LIBDIR);
     o.hook_path = lib;
     r = unwinders_get(&run->target, UNWINDERS_MEMORY, &u);
     if (r < 0)
@@ -213,8 +221,8 @@ int action_memory(struct run *run)
         unwinders_put(u);
         if (r == -ESRCH)
             return action_engine_fail(run, "allocation profile", r);
-        return run_fail(run, "allocation profile of process %d failed: %s",
-                        (int)run->target.pid, why[0] ? why : strerror(-r));
+        return run_fail(run, "allocation profile of process %d failed: %s", (int)run->target.pid,
+                        why[0] ? why : strerror(-r));
     }
     int64_t next_progress = clock_monotonic_us() + 1000000;
     bool cancelled = false;
@@ -239,8 +247,10 @@ int action_memory(struct run *run)
     int fr = memprof_finish(m);
     memprof_get_stats(m, &st);
     if (fr < 0)
-        run_warn(run, "the hooks could not be removed by a call into the target (%s); they "
-                 "remove themselves at the target's next allocation", strerror(-fr));
+        run_warn(run,
+                 "the hooks could not be removed by a call into the target (%s); they "
+                 "remove themselves at the target's next allocation",
+                 strerror(-fr));
     add_warnings(run, &st, cancelled, o.sample_bytes);
     add_summary(run, m, &st, o.sample_bytes);
     if (r < 0 && r != -ESRCH)

@@ -30,7 +30,7 @@ struct mqtt {
     struct mosquitto *m;
     struct config *c;
     struct agent *agent;
-    int version;                        /* MQTT_PROTOCOL_V5 or MQTT_PROTOCOL_V311 */
+    int version; /* MQTT_PROTOCOL_V5 or MQTT_PROTOCOL_V311 */
     atomic_bool connected;
     atomic_bool stopping;
     bool was_connected;
@@ -38,12 +38,12 @@ struct mqtt {
     char t_status[TOPIC_MAX], t_result[TOPIC_MAX], t_log[TOPIC_MAX], t_state[TOPIC_MAX];
     char t_progress[TOPIC_MAX];
     char sub_all[TOPIC_MAX], sub_node[TOPIC_MAX], sub_set[TOPIC_MAX], set_prefix[TOPIC_MAX];
-    struct discovery *discovery;        /* from mqtt_start on */
+    struct discovery *discovery; /* from mqtt_start on */
     pthread_mutex_t lock;
     pthread_cond_t published;
     int offline_mid;
     bool offline_done;
-    pthread_t fallback;                 /* the switch to MQTT 3.1.1, when one was needed */
+    pthread_t fallback; /* the switch to MQTT 3.1.1, when one was needed */
     bool fallback_started;
 };
 
@@ -124,8 +124,7 @@ static void out_progress(struct run *run, const char *json, void *userdata)
     publish(s, s->t_progress, json, strlen(json), false, NULL, NULL);
 }
 
-static int out_file(struct run *run, const char *name, const void *data, size_t len,
-                    void *userdata)
+static int out_file(struct run *run, const char *name, const void *data, size_t len, void *userdata)
 {
     struct mqtt *s = userdata;
     char topic[TOPIC_MAX];
@@ -133,8 +132,8 @@ static int out_file(struct run *run, const char *name, const void *data, size_t 
     (void)run;
     if (!*name || strpbrk(name, "/+#"))
         return -EINVAL;
-    if ((size_t)snprintf(topic, sizeof(topic), "%s/%s/file/%s", s->c->topic_prefix,
-                         s->c->node_id, name) >= sizeof(topic))
+    if ((size_t)snprintf(topic, sizeof(topic), "%s/%s/file/%s", s->c->topic_prefix, s->c->node_id,
+                         name) >= sizeof(topic))
         return -ENAMETOOLONG;
     return publish(s, topic, data, len, false, NULL, NULL);
 }
@@ -223,8 +222,8 @@ static void *fallback_main(void *arg)
                                    NULL, NULL);
     if (rc != MOSQ_ERR_SUCCESS)
         log_warning("cannot reach broker %s:%d yet (%s); retrying", s->c->broker_host,
-                    s->c->broker_port, rc == MOSQ_ERR_ERRNO ? strerror(errno)
-                                                           : mosquitto_strerror(rc));
+                    s->c->broker_port,
+                    rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
     rc = mosquitto_loop_start(s->m);
     if (rc != MOSQ_ERR_SUCCESS)
         log_error("cannot start the MQTT network thread again: %s", mosquitto_strerror(rc));
@@ -241,15 +240,14 @@ static void on_connect(struct mosquitto *m, void *userdata, int rc, int flags,
     (void)flags;
     (void)props;
     if (rc != 0) {
-        if (s->version == MQTT_PROTOCOL_V5 && (rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION ||
-                                               rc == 1)) {
+        if (s->version == MQTT_PROTOCOL_V5 &&
+            (rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION || rc == 1)) {
             log_warning("broker %s:%d does not speak MQTT 5; using MQTT 3.1.1 (no response "
-                        "topics: match results by request_id)", s->c->broker_host,
-                        s->c->broker_port);
+                        "topics: match results by request_id)",
+                        s->c->broker_host, s->c->broker_port);
             s->version = MQTT_PROTOCOL_V311;
             pthread_mutex_lock(&s->lock);
-            if (!s->fallback_started &&
-                pthread_create(&s->fallback, NULL, fallback_main, s) == 0)
+            if (!s->fallback_started && pthread_create(&s->fallback, NULL, fallback_main, s) == 0)
                 s->fallback_started = true;
             pthread_mutex_unlock(&s->lock);
             return;
@@ -267,7 +265,8 @@ static void on_connect(struct mosquitto *m, void *userdata, int rc, int flags,
              s->was_connected ? " again" : "");
     s->was_connected = true;
     /* Retain-as-published lets a command published retained while we are subscribed be told
-     * apart (the broker would clear the flag otherwise); send-retained-never keeps old ones away. */
+     * apart (the broker would clear the flag otherwise); send-retained-never keeps old ones away.
+     */
     if (s->version == MQTT_PROTOCOL_V5)
         opts = MQTT_SUB_OPT_SEND_RETAIN_NEVER | MQTT_SUB_OPT_NO_LOCAL |
                MQTT_SUB_OPT_RETAIN_AS_PUBLISHED;
@@ -328,8 +327,8 @@ static void on_publish(struct mosquitto *m, void *userdata, int mid, int rc,
  * topics among them). */
 static const char *topic_action(struct mqtt *s, const char *topic)
 {
-    static const char *const outputs[] = {"status", "result", "log", "progress", "state",
-                                          "event", NULL};
+    static const char *const outputs[] = {"status", "result", "log", "progress",
+                                          "state",  "event",  NULL};
     size_t plen = strlen(s->c->topic_prefix), nlen = strlen(s->c->node_id);
     const char *rest;
 
@@ -382,7 +381,8 @@ static void on_message(struct mosquitto *m, void *userdata, const struct mosquit
         if (msg->payloadlen == 0)
             return;
         log_warning("ignored a retained command on %s: retained commands are never run (clear "
-                    "it with: mosquitto_pub -r -n -t '%s')", msg->topic, msg->topic);
+                    "it with: mosquitto_pub -r -n -t '%s')",
+                    msg->topic, msg->topic);
         return;
     }
     if (setting) {
@@ -393,8 +393,8 @@ static void on_message(struct mosquitto *m, void *userdata, const struct mosquit
     }
     if (props) {
         mosquitto_property_read_string(props, MQTT_PROP_RESPONSE_TOPIC, &reply.topic, false);
-        mosquitto_property_read_binary(props, MQTT_PROP_CORRELATION_DATA, &reply.correlation,
-                                       &clen, false);
+        mosquitto_property_read_binary(props, MQTT_PROP_CORRELATION_DATA, &reply.correlation, &clen,
+                                       false);
         reply.correlation_len = clen;
     }
     agent_command(s->agent, action, msg->payload, msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0,
@@ -480,13 +480,13 @@ int mqtt_start(struct mqtt *s, struct agent *a, char *err, size_t errlen)
         rc = mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
                                           SESSION_EXPIRY_S);
     if (rc == MOSQ_ERR_SUCCESS)
-        rc = mosquitto_connect_bind_v5(s->m, s->c->broker_host, s->c->broker_port,
-                                       s->c->keepalive, NULL, props);
+        rc = mosquitto_connect_bind_v5(s->m, s->c->broker_host, s->c->broker_port, s->c->keepalive,
+                                       NULL, props);
     mosquitto_property_free_all(&props);
     if (rc != MOSQ_ERR_SUCCESS)
         log_warning("cannot reach broker %s:%d yet (%s); retrying", s->c->broker_host,
-                    s->c->broker_port, rc == MOSQ_ERR_ERRNO ? strerror(errno)
-                                                           : mosquitto_strerror(rc));
+                    s->c->broker_port,
+                    rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
     rc = mosquitto_loop_start(s->m);
     if (rc != MOSQ_ERR_SUCCESS) {
         snprintf(err, errlen, "cannot start the MQTT network thread: %s", mosquitto_strerror(rc));

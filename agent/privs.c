@@ -120,17 +120,22 @@ void privs_ptrace_denied(pid_t pid, char *buf, size_t len)
     pid_t tracer = privs_tracer(pid, tracer_name, sizeof(tracer_name));
 
     if (tracer > 0)
-        snprintf(buf, len, "it is already traced by %s (pid %d), and a process has one tracer "
-                 "at a time; detach the debugger and try again", tracer_name, (int)tracer);
+        snprintf(buf, len,
+                 "it is already traced by %s (pid %d), and a process has one tracer "
+                 "at a time; detach the debugger and try again",
+                 tracer_name, (int)tracer);
     else if (scope >= 3)
-        snprintf(buf, len, "kernel.yama.ptrace_scope is %ld, which forbids ptrace to everyone "
-                 "until reboot", scope);
+        snprintf(buf, len,
+                 "kernel.yama.ptrace_scope is %ld, which forbids ptrace to everyone "
+                 "until reboot",
+                 scope);
     else if (!(caps & (1ull << PRIVS_CAP_SYS_PTRACE)) && !same_user(pid))
         snprintf(buf, len, "it belongs to another user and the agent lacks CAP_SYS_PTRACE");
     else if (!(caps & (1ull << PRIVS_CAP_SYS_PTRACE)) && scope >= 1)
         snprintf(buf, len, "the agent lacks CAP_SYS_PTRACE and kernel.yama.ptrace_scope is %ld",
                  scope);
     else
-        snprintf(buf, len, "the kernel refused it (a security module, or a process that "
+        snprintf(buf, len,
+                 "the kernel refused it (a security module, or a process that "
                  "cannot be traced, such as one that changed its credentials)");
 }

@@ -41,8 +41,8 @@ struct entry {
 static const struct {
     const char *prefix, *suffix;
 } patterns[] = {
-    {"profile.", ".cprof"},       {"callgrind.out.", ""},      {"flamegraph.", ".svg"},
-    {"heap_profile.", ".hpy"},    {"massif.out.", ""},
+    {"profile.", ".cprof"},    {"callgrind.out.", ""}, {"flamegraph.", ".svg"},
+    {"heap_profile.", ".hpy"}, {"massif.out.", ""},
 };
 
 /* T when name (its first len bytes) is one of our output names. */
@@ -216,10 +216,12 @@ int retention_apply(struct agent *a, struct retention_stats *ret)
             remove_file(a, dfd, dir, &list[i], NULL, &st, false);
         else
             total += list[i].size;
-    snprintf(why, sizeof(why), "a file of this run was deleted to keep output_dir under "
-             "retention_max_bytes (%lld)", c->retention_max_bytes);
-    for (i = 0; i < n && c->retention_max_bytes > 0 &&
-                total > (uint64_t)c->retention_max_bytes; i++) {
+    snprintf(why, sizeof(why),
+             "a file of this run was deleted to keep output_dir under "
+             "retention_max_bytes (%lld)",
+             c->retention_max_bytes);
+    for (i = 0; i < n && c->retention_max_bytes > 0 && total > (uint64_t)c->retention_max_bytes;
+         i++) {
         long long t = list[i].t;
 
         if (t < cutoff)
@@ -238,9 +240,10 @@ int retention_apply(struct agent *a, struct retention_stats *ret)
     if (st.expired_files || st.capped_files || st.stale_tmp || st.expired_runs)
         log_info("retention: deleted %u file(s) older than %d days, %u more to stay under %lld "
                  "bytes (%llu bytes in all), %u stale temporary file(s) and %u old run(s); "
-                 "%llu bytes of results kept", st.expired_files, c->retention_days,
-                 st.capped_files, c->retention_max_bytes, (unsigned long long)st.removed_bytes,
-                 st.stale_tmp, st.expired_runs, (unsigned long long)st.kept_bytes);
+                 "%llu bytes of results kept",
+                 st.expired_files, c->retention_days, st.capped_files, c->retention_max_bytes,
+                 (unsigned long long)st.removed_bytes, st.stale_tmp, st.expired_runs,
+                 (unsigned long long)st.kept_bytes);
     if (ret)
         *ret = st;
 out:
@@ -266,8 +269,8 @@ static void *retention_main(void *arg)
         pthread_mutex_unlock(&rt->lock);
         r = retention_apply(rt->a, NULL);
         if (r < 0)
-            log_warning("retention: cannot go through output_dir %s: %s",
-                        rt->a->config->output_dir, strerror(-r));
+            log_warning("retention: cannot go through output_dir %s: %s", rt->a->config->output_dir,
+                        strerror(-r));
         pthread_mutex_lock(&rt->lock);
     }
     pthread_mutex_unlock(&rt->lock);

@@ -154,15 +154,15 @@ int store_open(const char *path, struct store **ret, unsigned *ret_interrupted, 
     if (!s)
         return -ENOMEM;
     pthread_mutex_init(&s->lock, NULL);
-    rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                         SQLITE_OPEN_FULLMUTEX, NULL);
+    rc = sqlite3_open_v2(path, &s->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
     if (rc != SQLITE_OK)
         goto fail;
     /* Commands wait for the store on the network thread: a lock held elsewhere costs each one
      * this long before its run goes unrecorded (and its result says so). */
     sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
-    rc = sqlite3_exec(s->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL,
-                      NULL, NULL);
+    rc = sqlite3_exec(s->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL, NULL,
+                      NULL);
     if (rc != SQLITE_OK)
         goto fail;
     rc = migrate(s);
@@ -379,7 +379,8 @@ int store_setting_set(struct store *s, const char *name, const char *value)
 
     pthread_mutex_lock(&s->lock);
     if (value)
-        rc = sqlite3_prepare_v2(s->db, "INSERT INTO settings (name, value) VALUES (?1, ?2) "
+        rc = sqlite3_prepare_v2(s->db,
+                                "INSERT INTO settings (name, value) VALUES (?1, ?2) "
                                 "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                                 -1, &st, NULL);
     else
@@ -447,8 +448,8 @@ int store_expire(struct store *s, int64_t before_us, unsigned *ret_count)
 
     /* The stamps are fixed-width ISO 8601 in UTC: text order is time order. */
     clock_iso8601(before_us, stamp, sizeof(stamp));
-    return exec_stamp(s, "DELETE FROM runs WHERE status != 'running' AND started < ?1", stamp,
-                      NULL, ret_count);
+    return exec_stamp(s, "DELETE FROM runs WHERE status != 'running' AND started < ?1", stamp, NULL,
+                      ret_count);
 }
 
 int store_file_removed(struct store *s, const char *path, const char *why, unsigned *ret_count)

@@ -14,16 +14,16 @@
 struct store;
 
 struct store_run {
-    const char *request_id;     /* may be NULL */
+    const char *request_id; /* may be NULL */
     const char *action;
-    const char *params;         /* JSON text or NULL */
-    const char *target_spec;    /* NULL when no target was resolved */
+    const char *params;      /* JSON text or NULL */
+    const char *target_spec; /* NULL when no target was resolved */
     pid_t target_pid;
-    const char *status;         /* running, ok, error, interrupted */
+    const char *status; /* running, ok, error, interrupted */
     const char *error;
-    const char *files;          /* JSON array text or NULL */
-    const char *summary;        /* JSON object text or NULL */
-    const char *warnings;       /* JSON array text or NULL */
+    const char *files;    /* JSON array text or NULL */
+    const char *summary;  /* JSON object text or NULL */
+    const char *warnings; /* JSON array text or NULL */
     int64_t started_us, finished_us;
 };
 
@@ -44,9 +44,9 @@ int store_interrupt_running(struct store *s, int64_t finished_us, unsigned *ret_
 struct store_row {
     int64_t id;
     const char *request_id, *action, *target_spec, *status, *error;
-    const char *started, *finished;         /* ISO 8601, as in results */
-    const char *files;                      /* JSON array text */
-    pid_t target_pid;                       /* 0 when none was recorded */
+    const char *started, *finished; /* ISO 8601, as in results */
+    const char *files;              /* JSON array text */
+    pid_t target_pid;               /* 0 when none was recorded */
 };
 
 #define STORE_LIST_MAX 100

@@ -42,8 +42,8 @@ int unwinders_get(const struct target *t, enum unwinders_use use, struct unwinde
 
             if (matches(c, t, use))
                 u = c;
-            else if (!c->lent && (!victim || (victim->stacks && (!c->stacks ||
-                                                                 c->last_used < victim->last_used))))
+            else if (!c->lent && (!victim || (victim->stacks &&
+                                              (!c->stacks || c->last_used < victim->last_used))))
                 victim = c;
         }
         if (!u || !u->lent)

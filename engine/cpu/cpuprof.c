@@ -12,14 +12,14 @@
 #include "python/pyframes.h"
 
 #define CPUPROF_MAX_SECONDS (24 * 3600.0)
-#define POLL_MAX_MS 100             /* how long a cancel may go unnoticed */
+#define POLL_MAX_MS 100 /* how long a cancel may go unnoticed */
 #define PROGRESS_NS 1000000000ull
 #define NAMES_MAX 4096              /* threads named at once; past it the table starts over */
 #define NAMES_SLOTS (2 * NAMES_MAX) /* open addressing, at most half full */
 #define UNKNOWN_THREAD "[unknown]"
 
 struct name_slot {
-    pid_t tid;                      /* 0: empty */
+    pid_t tid; /* 0: empty */
     char name[PROCFS_COMM_MAX];
 };
 
@@ -30,7 +30,7 @@ struct run {
     struct name_slot *names;
     size_t nnames;
     uint64_t samples, truncated, unwind_ns, python_samples;
-    struct pyframes *py;            /* a CPython target's interpreter, else NULL */
+    struct pyframes *py; /* a CPython target's interpreter, else NULL */
     struct stacks_frame frames[STACKS_MAX_FRAMES];
 };
 
@@ -137,8 +137,7 @@ static int add_python(struct run *r, const struct sampler_sample *smp, size_t n,
     native->nframes = n;
     memcpy(native->frames, r->frames, n * sizeof(r->frames[0]));
     if (pyframes_read_tid(r->py, smp->tid, &pt) < 0) {
-        e = profile_add(r->prof, name_of(r, smp->tid), r->frames, n, truncated,
-                        smp->period_ns);
+        e = profile_add(r->prof, name_of(r, smp->tid), r->frames, n, truncated, smp->period_ns);
         free(native);
         return e;
     }
@@ -161,9 +160,9 @@ static int on_sample(const struct sampler_sample *smp, void *userdata)
     size_t n = 0;
     int truncated = 0;
     uint64_t t0 = now_ns();
-    if (stacks_unwind_regs(r->s, smp->regs, smp->stack_addr, smp->stack, smp->stack_len,
-                           r->frames, STACKS_MAX_FRAMES, &n, &truncated) < 0) {
-        n = 0;                      /* a malformed sample still took CPU time: [unknown] */
+    if (stacks_unwind_regs(r->s, smp->regs, smp->stack_addr, smp->stack, smp->stack_len, r->frames,
+                           STACKS_MAX_FRAMES, &n, &truncated) < 0) {
+        n = 0; /* a malformed sample still took CPU time: [unknown] */
         truncated = 1;
     }
     r->unwind_ns += now_ns() - t0;
@@ -190,14 +189,14 @@ static void report(const struct cpuprof_options *o, const struct run *r, uint64_
 {
     if (!o->progress)
         return;
-    struct cpuprof_progress p = { (double)(now_ns() - start) / 1e9, o->seconds, r->samples };
+    struct cpuprof_progress p = {(double)(now_ns() - start) / 1e9, o->seconds, r->samples};
     o->progress(&p, o->userdata);
 }
 
 int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
                 struct cpuprof_result *ret)
 {
-    static const struct sampler_callbacks cb = { on_sample, on_maps_changed, on_thread_name };
+    static const struct sampler_callbacks cb = {on_sample, on_maps_changed, on_thread_name};
     struct sampler *smp = NULL;
     struct run *r = NULL;
     bool exited = false, cancelled = false;
@@ -223,8 +222,9 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
         r->py = NULL;
         ret->python[0] = '\0';
     }
-    e = sampler_open(pid, o->frequency, (o->force_ptrace ? SAMPLER_FORCE_PTRACE : 0) |
-                     (r->py ? SAMPLER_PROMPT : 0), &smp);
+    e = sampler_open(pid, o->frequency,
+                     (o->force_ptrace ? SAMPLER_FORCE_PTRACE : 0) | (r->py ? SAMPLER_PROMPT : 0),
+                     &smp);
     if (e < 0)
         goto out;
 
@@ -272,8 +272,8 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
     ret->python_samples = r->python_samples;
     sampler_get_stats(smp, &ret->stats);
     /* Our own literals: the sampler's strings go with it. */
-    ret->stats.method = ret->stats.method && strcmp(ret->stats.method, "ptrace") == 0 ?
-                        "ptrace" : "perf_event";
+    ret->stats.method =
+        ret->stats.method && strcmp(ret->stats.method, "ptrace") == 0 ? "ptrace" : "perf_event";
     ret->stats.target_exited = ret->stats.target_exited || exited;
     ret->truncated = r->truncated;
     ret->elapsed = (double)(now_ns() - start) / 1e9;

@@ -13,29 +13,29 @@
 #include "unwind/stacks.h"
 
 struct cpuprof_progress {
-    double elapsed;                 /* seconds since sampling began */
-    double seconds;                 /* the run's length */
+    double elapsed; /* seconds since sampling began */
+    double seconds; /* the run's length */
     uint64_t samples;
 };
 
 struct cpuprof_options {
     double seconds;
     unsigned frequency;
-    bool force_ptrace;              /* tests: use the fallback sampler */
-    atomic_int *cancel;             /* set: stop early, keep what was sampled */
-    void (*progress)(const struct cpuprof_progress *p, void *userdata);  /* ~1/s, may be NULL */
+    bool force_ptrace;  /* tests: use the fallback sampler */
+    atomic_int *cancel; /* set: stop early, keep what was sampled */
+    void (*progress)(const struct cpuprof_progress *p, void *userdata); /* ~1/s, may be NULL */
     void *userdata;
 };
 
 struct cpuprof_result {
-    struct profile *profile;        /* owned by the caller after cpuprof_run returns 0 */
+    struct profile *profile; /* owned by the caller after cpuprof_run returns 0 */
     struct sampler_stats stats;
-    uint64_t truncated;             /* samples whose stack was not followed to its root */
+    uint64_t truncated; /* samples whose stack was not followed to its root */
     double elapsed;
-    double unwind_us_per_sample;    /* mean unwind cost */
+    double unwind_us_per_sample; /* mean unwind cost */
     bool cancelled;
-    char python[32];                /* "3.11.2" when Python frames were attributed, else "" */
-    uint64_t python_samples;        /* samples attributed to Python functions */
+    char python[32];         /* "3.11.2" when Python frames were attributed, else "" */
+    uint64_t python_samples; /* samples attributed to Python functions */
 };
 
 /* Profiles pid with the unwinder state s (kept per target by the caller). -ESRCH, -EPERM, or

@@ -250,7 +250,7 @@ static int func_get(struct profile *p, const struct func_key *k, uint32_t *ret, 
 /* A frame's function; a frame without a symbol is its module's "[unknown]", whatever its file. */
 static int frame_func(struct profile *p, const struct stacks_frame *fr, uint32_t *ret, int *lost)
 {
-    struct func_key k = { 0, 0, PROFILE_NO_STRING, 0 };
+    struct func_key k = {0, 0, PROFILE_NO_STRING, 0};
     int r;
 
     k.module = p->s_unknown;
@@ -329,9 +329,9 @@ static int record_get(struct profile *p, struct profile_index *x, void **arr, si
 
 static int edge_get(struct profile *p, uint32_t caller, uint32_t callee, int64_t *ret, int *lost)
 {
-    struct pair_key k = { caller, callee, 0 };
-    int r = record_get(p, &p->iedge, (void **)&p->edge, &p->nedge, &p->cap_edge,
-                       sizeof(*p->edge), PROFILE_MAX_EDGES, edge_eq, &k, ret, lost);
+    struct pair_key k = {caller, callee, 0};
+    int r = record_get(p, &p->iedge, (void **)&p->edge, &p->nedge, &p->cap_edge, sizeof(*p->edge),
+                       PROFILE_MAX_EDGES, edge_eq, &k, ret, lost);
     if (r == 0 && *ret >= 0) {
         p->edge[*ret].caller = caller;
         p->edge[*ret].callee = callee;
@@ -342,9 +342,9 @@ static int edge_get(struct profile *p, uint32_t caller, uint32_t callee, int64_t
 static int site_get(struct profile *p, uint32_t caller, uint32_t callee, int line, int64_t *ret,
                     int *lost)
 {
-    struct pair_key k = { caller, callee, line };
-    int r = record_get(p, &p->isite, (void **)&p->site, &p->nsite, &p->cap_site,
-                       sizeof(*p->site), PROFILE_MAX_SITES, site_eq, &k, ret, lost);
+    struct pair_key k = {caller, callee, line};
+    int r = record_get(p, &p->isite, (void **)&p->site, &p->nsite, &p->cap_site, sizeof(*p->site),
+                       PROFILE_MAX_SITES, site_eq, &k, ret, lost);
     if (r == 0 && *ret >= 0) {
         p->site[*ret].caller = caller;
         p->site[*ret].callee = callee;
@@ -355,9 +355,9 @@ static int site_get(struct profile *p, uint32_t caller, uint32_t callee, int lin
 
 static int line_get(struct profile *p, uint32_t func, int line, int64_t *ret, int *lost)
 {
-    struct pair_key k = { func, 0, line };
-    int r = record_get(p, &p->iline, (void **)&p->line, &p->nline, &p->cap_line,
-                       sizeof(*p->line), PROFILE_MAX_LINES, line_eq, &k, ret, lost);
+    struct pair_key k = {func, 0, line};
+    int r = record_get(p, &p->iline, (void **)&p->line, &p->nline, &p->cap_line, sizeof(*p->line),
+                       PROFILE_MAX_LINES, line_eq, &k, ret, lost);
     if (r == 0 && *ret >= 0) {
         p->line[*ret].func = func;
         p->line[*ret].line = line;
@@ -367,9 +367,9 @@ static int line_get(struct profile *p, uint32_t func, int line, int64_t *ret, in
 
 static int node_get(struct profile *p, uint32_t parent, uint32_t id, int64_t *ret, int *lost)
 {
-    struct pair_key k = { parent, id, 0 };
-    int r = record_get(p, &p->inode, (void **)&p->node, &p->nnode, &p->cap_node,
-                       sizeof(*p->node), PROFILE_MAX_NODES, node_eq, &k, ret, lost);
+    struct pair_key k = {parent, id, 0};
+    int r = record_get(p, &p->inode, (void **)&p->node, &p->nnode, &p->cap_node, sizeof(*p->node),
+                       PROFILE_MAX_NODES, node_eq, &k, ret, lost);
     if (r == 0 && *ret >= 0) {
         p->node[*ret].parent = parent;
         p->node[*ret].id = id;
@@ -381,7 +381,7 @@ static int node_get(struct profile *p, uint32_t parent, uint32_t id, int64_t *re
 int profile_new(struct profile **ret)
 {
     struct profile *p = calloc(1, sizeof(*p));
-    struct func_key k = { 0, 0, PROFILE_NO_STRING, 0 };
+    struct func_key k = {0, 0, PROFILE_NO_STRING, 0};
     int lost = 0, r = -ENOMEM;
 
     if (!p)
@@ -444,7 +444,7 @@ struct sample {
     uint32_t fid[STACKS_MAX_FRAMES];
     int line[STACKS_MAX_FRAMES];
     int64_t edge[STACKS_MAX_FRAMES], site[STACKS_MAX_FRAMES], self_line;
-    int64_t root_site;                  /* [truncated] -> outermost frame, or -1 */
+    int64_t root_site; /* [truncated] -> outermost frame, or -1 */
     int64_t node[STACKS_MAX_FRAMES + 2];
     size_t nnode;
     int lost;
@@ -474,8 +474,8 @@ static int sample_resolve(struct profile *p, const char *thread, const struct st
             return r;
     }
     s->root_site = -1;
-    if (truncated && (r = site_get(p, p->f_truncated, s->fid[s->n - 1], 0, &s->root_site,
-                                   &s->lost)) < 0)
+    if (truncated &&
+        (r = site_get(p, p->f_truncated, s->fid[s->n - 1], 0, &s->root_site, &s->lost)) < 0)
         return r;
     if ((r = line_get(p, s->fid[0], s->line[0], &s->self_line, &s->lost)) < 0)
         return r;
@@ -649,7 +649,7 @@ static const char *name_loc(const struct profile *p, uint32_t f, int no_module_f
 
 int profile_names_new(const struct profile *p, int by_line, int no_module_file, char ***ret)
 {
-    struct profile_index x = { NULL, 0, 0 };
+    struct profile_index x = {NULL, 0, 0};
     char **names;
     size_t i, slot;
     int r = -ENOMEM;

@@ -14,9 +14,9 @@
 struct profile;
 
 struct profile_top {
-    const char *func;       /* symbol, or "[unknown]" for frames without one */
+    const char *func; /* symbol, or "[unknown]" for frames without one */
     const char *module;
-    const char *file;       /* NULL when unknown */
+    const char *file; /* NULL when unknown */
     int func_line;
     uint64_t self_samples, total_samples;
     uint64_t self_ns, total_ns;

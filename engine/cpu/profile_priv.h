@@ -17,24 +17,24 @@
 #define PROFILE_MAX_NODES (4u << 20)
 #define PROFILE_MAX_STRINGS (3u << 20)
 #define PROFILE_MAX_STRING_BYTES (64u << 20)
-#define PROFILE_MAX_NAME 4096           /* bytes kept of one name, path or thread name */
-#define PROFILE_NO_STRING 0             /* string id of "unknown" (a file that is not known) */
-#define PROFILE_STR_CACHE 4096          /* recently interned caller pointers (a power of 2) */
+#define PROFILE_MAX_NAME 4096  /* bytes kept of one name, path or thread name */
+#define PROFILE_NO_STRING 0    /* string id of "unknown" (a file that is not known) */
+#define PROFILE_STR_CACHE 4096 /* recently interned caller pointers (a power of 2) */
 
 /* A function: (module, symbol, source file, first line), as string ids. */
 struct profile_func {
     uint32_t module, name, file;
     int func_line;
-    uint64_t self_samples, self_ns;     /* as the innermost frame */
-    uint64_t total_samples, total_ns;   /* samples it appears in, once per stack */
-    uint64_t stamp;                     /* last sample counted, for once-per-stack */
+    uint64_t self_samples, self_ns;   /* as the innermost frame */
+    uint64_t total_samples, total_ns; /* samples it appears in, once per stack */
+    uint64_t stamp;                   /* last sample counted, for once-per-stack */
 };
 
 /* caller -> callee, for pstats' callers. */
 struct profile_edge {
     uint32_t caller, callee;
-    uint64_t samples, ns;               /* samples containing the edge, once per stack */
-    uint64_t self_samples, self_ns;     /* callee innermost, called right from caller */
+    uint64_t samples, ns;           /* samples containing the edge, once per stack */
+    uint64_t self_samples, self_ns; /* callee innermost, called right from caller */
     uint64_t stamp;
 };
 
@@ -65,16 +65,16 @@ struct profile_node {
 };
 
 struct profile_index {
-    uint64_t *slot;                     /* hash << 32 | (record index + 1); 0 = empty */
+    uint64_t *slot; /* hash << 32 | (record index + 1); 0 = empty */
     size_t mask, count;
 };
 
 struct profile {
-    char **str;                         /* str[0] is NULL: PROFILE_NO_STRING */
+    char **str; /* str[0] is NULL: PROFILE_NO_STRING */
     size_t nstr, cap_str, str_bytes;
     struct profile_index istr;
     struct {
-        const char *ptr;                /* the caller's pointer: only a hint, content rechecked */
+        const char *ptr; /* the caller's pointer: only a hint, content rechecked */
         uint32_t id;
     } str_cache[PROFILE_STR_CACHE];
     struct profile_func *func;
@@ -92,9 +92,9 @@ struct profile {
     struct profile_node *node;
     size_t nnode, cap_node;
     struct profile_index inode;
-    uint32_t s_unknown, s_dropped;      /* "[unknown]", "[dropped]" */
-    uint32_t f_unknown, f_dropped;      /* the functions named so */
-    uint32_t f_truncated;               /* caller of truncated stacks' roots, no samples */
+    uint32_t s_unknown, s_dropped; /* "[unknown]", "[dropped]" */
+    uint32_t f_unknown, f_dropped; /* the functions named so */
+    uint32_t f_truncated;          /* caller of truncated stacks' roots, no samples */
     uint64_t samples, truncated, dropped, total_ns, stamp;
 };
 

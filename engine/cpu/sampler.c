@@ -59,7 +59,7 @@ int sampler_thread_add(struct sampler *s, pid_t tid, struct sampler_thread **ret
     }
     memmove(&s->threads[i + 1], &s->threads[i], (s->nthreads - i) * sizeof(*s->threads));
     s->nthreads++;
-    s->threads[i] = (struct sampler_thread){ .tid = tid };
+    s->threads[i] = (struct sampler_thread){.tid = tid};
     *ret = &s->threads[i];
     return 0;
 }
@@ -136,13 +136,18 @@ static void explain_fallback(struct sampler *s, int err, unsigned ptrace_freq)
             snprintf(why, sizeof(why), "kernel.perf_event_paranoid is %ld%s", paranoid,
                      capable ? "" : " and the agent lacks CAP_PERFMON");
         else
-            snprintf(why, sizeof(why), "%s", capable ? "denied by the kernel or a security module"
-                                                     : "the agent lacks CAP_PERFMON");
-        snprintf(buf, len, "perf_event_open refused (%s); sampling with ptrace snapshots at "
-                 "%u Hz instead", why, ptrace_freq);
+            snprintf(why, sizeof(why), "%s",
+                     capable ? "denied by the kernel or a security module"
+                             : "the agent lacks CAP_PERFMON");
+        snprintf(buf, len,
+                 "perf_event_open refused (%s); sampling with ptrace snapshots at "
+                 "%u Hz instead",
+                 why, ptrace_freq);
     } else {
-        snprintf(buf, len, "perf_event_open is not available on this kernel (%s); sampling with "
-                 "ptrace snapshots at %u Hz instead", strerror(-err), ptrace_freq);
+        snprintf(buf, len,
+                 "perf_event_open is not available on this kernel (%s); sampling with "
+                 "ptrace snapshots at %u Hz instead",
+                 strerror(-err), ptrace_freq);
     }
 }
 
@@ -165,7 +170,7 @@ int sampler_open(pid_t pid, unsigned freq_hz, unsigned flags, struct sampler **r
     if (r < 0)
         return r == -ENOENT ? -ESRCH : r;
     if (tgid != pid)
-        return -EINVAL;     /* a thread id, not a process */
+        return -EINVAL; /* a thread id, not a process */
 
     struct sampler *s = calloc(1, sizeof(*s));
     if (!s)

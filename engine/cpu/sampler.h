@@ -13,23 +13,24 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define SAMPLER_NREGS 17                 /* libunwind's x86-64 numbering: RAX..R15, RIP */
-#define SAMPLER_STACK_BYTES 8192         /* user stack copied per sample, as perf record does */
+#define SAMPLER_NREGS 17         /* libunwind's x86-64 numbering: RAX..R15, RIP */
+#define SAMPLER_STACK_BYTES 8192 /* user stack copied per sample, as perf record does */
 #define SAMPLER_MAX_FREQ 4999
-#define SAMPLER_PTRACE_MAX_FREQ 49       /* the fallback stops the target: keep it rare */
+#define SAMPLER_PTRACE_MAX_FREQ 49 /* the fallback stops the target: keep it rare */
 /* sampler_open flags */
-#define SAMPLER_FORCE_PTRACE 1u          /* tests: use the fallback */
-#define SAMPLER_PROMPT 2u                /* wake for every sample rather than in batches, for a
-                                            caller that reads more of the thread's state as each
-                                            sample arrives (Python stacks) */
+#define SAMPLER_FORCE_PTRACE 1u /* tests: use the fallback */
+#define SAMPLER_PROMPT                                                                             \
+    2u /* wake for every sample rather than in batches, for a                                      \
+          caller that reads more of the thread's state as each                                     \
+          sample arrives (Python stacks) */
 
 struct sampler_sample {
     pid_t tid;
-    uint64_t time_ns;                    /* CLOCK_MONOTONIC */
-    uint64_t period_ns;                  /* weight of this sample */
+    uint64_t time_ns;   /* CLOCK_MONOTONIC */
+    uint64_t period_ns; /* weight of this sample */
     uint64_t regs[SAMPLER_NREGS];
-    uint64_t stack_addr;                 /* target address of stack[0] (the sampled sp) */
-    const unsigned char *stack;          /* valid during the callback only */
+    uint64_t stack_addr;        /* target address of stack[0] (the sampled sp) */
+    const unsigned char *stack; /* valid during the callback only */
     size_t stack_len;
 };
 
@@ -43,20 +44,20 @@ struct sampler_callbacks {
 };
 
 struct sampler_stats {
-    uint64_t samples;                    /* handed to the sample callback */
-    uint64_t lost;                       /* PERF_RECORD_LOST and bad records */
-    uint64_t threads;                    /* distinct threads seen */
+    uint64_t samples; /* handed to the sample callback */
+    uint64_t lost;    /* PERF_RECORD_LOST and bad records */
+    uint64_t threads; /* distinct threads seen */
     bool target_exited;
-    const char *method;                  /* "perf_event" or "ptrace" */
-    unsigned frequency;                  /* the rate in use (lower under ptrace) */
-    char fallback_reason[256];           /* why perf_event was not used, or "" */
+    const char *method;        /* "perf_event" or "ptrace" */
+    unsigned frequency;        /* the rate in use (lower under ptrace) */
+    char fallback_reason[256]; /* why perf_event was not used, or "" */
 };
 
 struct sampler;
 
 /* Starts sampling every thread of pid at freq_hz (1..SAMPLER_MAX_FREQ). Tries perf_event and
- * falls back to ptrace (recording why) unless SAMPLER_FORCE_PTRACE. -ESRCH if pid is gone; -EPERM when
- * neither method is allowed. */
+ * falls back to ptrace (recording why) unless SAMPLER_FORCE_PTRACE. -ESRCH if pid is gone; -EPERM
+ * when neither method is allowed. */
 int sampler_open(pid_t pid, unsigned freq_hz, unsigned flags, struct sampler **ret);
 /* Waits up to timeout_ms for samples and hands every pending one to the callbacks. Returns 0,
  * -ESRCH once the target has exited and everything was handed out, or a callback's error. */

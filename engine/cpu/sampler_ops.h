@@ -8,7 +8,7 @@
 #include <sys/types.h>
 #include "cpu/sampler.h"
 
-#define SAMPLER_THREADS_MAX 65536   /* threads tracked at once; samples of more still go out */
+#define SAMPLER_THREADS_MAX 65536 /* threads tracked at once; samples of more still go out */
 
 struct sampler_ops {
     const char *name;
@@ -34,11 +34,11 @@ struct sampler_thread {
 struct sampler {
     pid_t pid;
     unsigned freq;
-    bool prompt;                    /* SAMPLER_PROMPT */
+    bool prompt; /* SAMPLER_PROMPT */
     const struct sampler_ops *ops;
     void *priv;
     struct sampler_stats stats;
-    struct sampler_thread *threads;     /* ascending tid */
+    struct sampler_thread *threads; /* ascending tid */
     size_t nthreads, threads_cap;
 };
 

@@ -33,8 +33,8 @@
 #include "os/procfs.h"
 #include "cpu/sampler_ops.h"
 
-#define EVENTS_MAX 65536                /* event fds: threads at start x online CPUs */
-#define OPEN_SCANS_MAX 8                /* re-scans of /proc/PID/task while opening */
+#define EVENTS_MAX 65536 /* event fds: threads at start x online CPUs */
+#define OPEN_SCANS_MAX 8 /* re-scans of /proc/PID/task while opening */
 #define RESCAN_NS 1000000000ull
 #define SAMPLE_BYTES_EST (SAMPLER_STACK_BYTES + 256)
 /* A ring holds RING_MS of samples of one thread at the chosen rate (at least 64 pages, at most
@@ -44,20 +44,20 @@
 #define RING_MS 50
 #define RING_PAGES_MIN 64
 #define RING_PAGES_MAX 1024
-#define RING_PAGES_FLOOR 8              /* smallest we retry with when mlock limits refuse */
-#define RING_TOTAL_MAX (64ull << 20)    /* all CPUs together */
-#define TRAILER_BYTES 24                /* sample_id_all: pid, tid, time, identifier */
+#define RING_PAGES_FLOOR 8           /* smallest we retry with when mlock limits refuse */
+#define RING_TOTAL_MAX (64ull << 20) /* all CPUs together */
+#define TRAILER_BYTES 24             /* sample_id_all: pid, tid, time, identifier */
 
 _Static_assert(SAMPLER_NREGS == PERFRING_NREGS, "register numbering");
 
 struct perf {
-    struct perfring_cpus rc;            /* the rings, one per online CPU */
-    int *tmpfds;                        /* rc.n */
-    struct perfring_evs evs;            /* tag unused; hup: no longer polled */
+    struct perfring_cpus rc; /* the rings, one per online CPU */
+    int *tmpfds;             /* rc.n */
+    struct perfring_evs evs; /* tag unused; hup: no longer polled */
     struct pollfd *pfds;
     size_t npfds;
     bool pfds_stale;
-    bool inherit_thread;                /* the kernel knows attr.inherit_thread (5.13+) */
+    bool inherit_thread; /* the kernel knows attr.inherit_thread (5.13+) */
     bool exited;
     size_t ring_pages;
     uint64_t next_scan_ns;
@@ -100,11 +100,11 @@ static void fill_attr(struct perf_event_attr *a, const struct sampler *s, const 
                      PERF_SAMPLE_PERIOD | PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER;
     a->sample_regs_user = PERFRING_REGS_MASK;
     a->sample_stack_user = SAMPLER_STACK_BYTES;
-    a->disabled = 1;                    /* enabled once its output goes to the ring */
-    a->inherit = 1;                     /* inherit_thread too: forked processes are not ours */
+    a->disabled = 1; /* enabled once its output goes to the ring */
+    a->inherit = 1;  /* inherit_thread too: forked processes are not ours */
     a->exclude_kernel = 1;
     a->exclude_hv = 1;
-    a->mmap = 1;                        /* without mmap_data: executable mappings only */
+    a->mmap = 1; /* without mmap_data: executable mappings only */
     a->mmap2 = 1;
     a->comm = 1;
     a->task = 1;
@@ -186,7 +186,7 @@ static int open_thread(struct sampler *s, struct perf *p, pid_t tid)
         return r;
     /* Registered first, disabled until all went well: evs entries refer to it by index. */
     uint32_t chain = (uint32_t)p->evs.nchains++;
-    p->evs.chains[chain] = (struct perfring_chain){ .tid = tid, .disabled = true };
+    p->evs.chains[chain] = (struct perfring_chain){.tid = tid, .disabled = true};
     for (; opened < p->rc.n; opened++) {
         r = event_open(s, p, tid, opened, page, &p->tmpfds[opened]);
         if (r < 0)
@@ -238,7 +238,7 @@ static int scan_open(void *userdata, pid_t tid)
 /* Opens events for every listed thread not covered yet. *ret_new: how many were opened. */
 static int scan_threads(struct sampler *s, struct perf *p, size_t *ret_new)
 {
-    struct scan sc = { s, p };
+    struct scan sc = {s, p};
     return perfring_scan_threads(s->pid, scan_covered, scan_open, &sc, ret_new);
 }
 
@@ -309,8 +309,7 @@ out:
 }
 
 /* The sample_id_all trailer's identifier, and the body's bytes before the trailer. */
-static bool trailer(const unsigned char *rec, size_t size, struct perfring_rd *body,
-                    uint64_t *id)
+static bool trailer(const unsigned char *rec, size_t size, struct perfring_rd *body, uint64_t *id)
 {
     if (size < sizeof(struct perf_event_header) + TRAILER_BYTES)
         return false;
@@ -358,14 +357,13 @@ static int on_sample(struct sampler *s, struct perf *p, const unsigned char *rec
     struct sampler_sample smp;
 
     perfring_rd_init(&d, rec, size);
-    if (!perfring_rd_u64(&d, &id) || !perfring_rd_u32(&d, &pid) ||
-        !perfring_rd_u32(&d, &tid) || !perfring_rd_u64(&d, &time) ||
-        !perfring_rd_u64(&d, &period) || !perfring_rd_u64(&d, &abi))
+    if (!perfring_rd_u64(&d, &id) || !perfring_rd_u32(&d, &pid) || !perfring_rd_u32(&d, &tid) ||
+        !perfring_rd_u64(&d, &time) || !perfring_rd_u64(&d, &period) || !perfring_rd_u64(&d, &abi))
         goto bad;
     if ((pid_t)pid != s->pid)
-        return 0;               /* a forked child's copy, where inherit_thread is unknown */
+        return 0; /* a forked child's copy, where inherit_thread is unknown */
     if (abi != PERF_SAMPLE_REGS_ABI_64)
-        goto bad;               /* no user registers (a kernel thread) or a 32-bit process */
+        goto bad; /* no user registers (a kernel thread) or a 32-bit process */
     if (!perfring_rd_regs(&d, smp.regs) || !perfring_rd_stack(&d, &smp.stack, &smp.stack_len))
         goto bad;
     struct perfring_ev *ev = perfring_evs_find(&p->evs, id);
@@ -389,8 +387,8 @@ bad:
     return 0;
 }
 
-static void on_comm(struct sampler *s, const struct perf_event_header *h,
-                    const unsigned char *rec, const struct sampler_callbacks *cb, void *userdata)
+static void on_comm(struct sampler *s, const struct perf_event_header *h, const unsigned char *rec,
+                    const struct sampler_callbacks *cb, void *userdata)
 {
     struct perfring_rd d;
     uint64_t id;
@@ -405,7 +403,7 @@ static void on_comm(struct sampler *s, const struct perf_event_header *h,
     }
     size_t len = strnlen((const char *)name, (size_t)(d.p - name));
     if (len == (size_t)(d.p - name)) {
-        s->stats.lost++;        /* not NUL-terminated */
+        s->stats.lost++; /* not NUL-terminated */
         return;
     }
     if ((pid_t)pid != s->pid)
@@ -421,8 +419,8 @@ static void on_comm(struct sampler *s, const struct perf_event_header *h,
     cb->thread_name((pid_t)tid, comm, userdata);
 }
 
-static void on_mmap2(struct sampler *s, const struct perf_event_header *h,
-                     const unsigned char *rec, const struct sampler_callbacks *cb, void *userdata)
+static void on_mmap2(struct sampler *s, const struct perf_event_header *h, const unsigned char *rec,
+                     const struct sampler_callbacks *cb, void *userdata)
 {
     struct perfring_rd d;
     uint64_t id;
@@ -491,7 +489,7 @@ static int on_record(void *arg, size_t ci, const unsigned char *rec, size_t size
         on_task(s, c->p, &h, rec);
         break;
     default:
-        break;                      /* THROTTLE, UNTHROTTLE, MMAP (not asked: mmap2 is set) */
+        break; /* THROTTLE, UNTHROTTLE, MMAP (not asked: mmap2 is set) */
     }
     return 0;
 }
@@ -505,7 +503,7 @@ static int pfds_rebuild(struct perf *p)
     p->npfds = 0;
     for (size_t i = 0; i < p->evs.n; i++)
         if (!p->evs.v[i].hup)
-            p->pfds[p->npfds++] = (struct pollfd){ .fd = p->evs.v[i].fd, .events = POLLIN };
+            p->pfds[p->npfds++] = (struct pollfd){.fd = p->evs.v[i].fd, .events = POLLIN};
     p->pfds_stale = false;
     return 0;
 }
@@ -526,7 +524,7 @@ static int perf_poll(struct sampler *s, int timeout_ms, const struct sampler_cal
                      void *userdata)
 {
     struct perf *p = s->priv;
-    struct poll_ctx ctx = { s, p, cb, userdata };
+    struct poll_ctx ctx = {s, p, cb, userdata};
     int r;
     if (!p->exited) {
         if (p->pfds_stale && (r = pfds_rebuild(p)) < 0)
@@ -541,7 +539,7 @@ static int perf_poll(struct sampler *s, int timeout_ms, const struct sampler_cal
                 return r;
         }
         if (p->npfds == 0)
-            p->exited = true;   /* every event's thread and copies are gone */
+            p->exited = true; /* every event's thread and copies are gone */
     }
     r = perfring_cpus_drain(&p->rc, on_record, &ctx, &s->stats.lost);
     if (r < 0)

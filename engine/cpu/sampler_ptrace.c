@@ -19,14 +19,14 @@
 #include "cpu/sampler_ops.h"
 #include "os/snapshot.h"
 
-#define MAPS_EVERY_NS 1000000000ull     /* the mappings are read again once a second */
+#define MAPS_EVERY_NS 1000000000ull /* the mappings are read again once a second */
 
 struct ptr {
     int tfd;
     struct snapshot *snap;
     struct snapshot_range *ranges;
     size_t nranges;
-    uint64_t maps_hash;                 /* of the executable mappings: detects a change */
+    uint64_t maps_hash; /* of the executable mappings: detects a change */
     uint64_t maps_read_ns;
     pid_t *running;
     size_t running_cap;
@@ -63,7 +63,7 @@ static int maps_read(struct sampler *s, struct ptr *t, bool *ret_changed)
     }
     uint64_t h = 14695981039346656037ull;
     for (size_t i = 0; i < n; i++) {
-        rg[i] = (struct snapshot_range){ maps[i].start, maps[i].end };
+        rg[i] = (struct snapshot_range){maps[i].start, maps[i].end};
         if (maps[i].perms[2] != 'x')
             continue;
         h = fnv(h, &maps[i].start, sizeof(maps[i].start));
@@ -130,7 +130,7 @@ static int list_running(struct sampler *s, struct ptr *t, size_t *ret_n)
         if (th)
             th->exited = false;
         else
-            sampler_thread_add(s, tids[i], &th);   /* past the table's limit: not counted */
+            sampler_thread_add(s, tids[i], &th); /* past the table's limit: not counted */
         if (st == 'R')
             t->running[nrun++] = tids[i];
     }
@@ -170,8 +170,8 @@ static int ptr_open(struct sampler *s)
         goto out;
     }
     long ns = 1000000000L / (long)s->freq;
-    struct itimerspec its = { { ns / 1000000000L, ns % 1000000000L },
-                              { ns / 1000000000L, ns % 1000000000L } };
+    struct itimerspec its = {{ns / 1000000000L, ns % 1000000000L},
+                             {ns / 1000000000L, ns % 1000000000L}};
     if (timerfd_settime(t->tfd, 0, &its, NULL) < 0) {
         r = -errno;
         goto out;
@@ -212,7 +212,7 @@ static int tick(struct sampler *s, struct ptr *t, const struct sampler_callbacks
     for (size_t i = 0; i < t->snap->nthreads; i++) {
         const struct snapshot_thread *th = &t->snap->threads[i];
         if (th->err == -ESRCH)
-            continue;           /* exited meanwhile: it is not running */
+            continue; /* exited meanwhile: it is not running */
         if (th->err && th->err != -EFAULT) {
             s->stats.lost++;
             continue;
@@ -250,7 +250,7 @@ static int ptr_poll(struct sampler *s, int timeout_ms, const struct sampler_call
     struct ptr *t = s->priv;
     if (t->exited)
         goto exited;
-    struct pollfd pfd = { .fd = t->tfd, .events = POLLIN };
+    struct pollfd pfd = {.fd = t->tfd, .events = POLLIN};
     if (poll(&pfd, 1, timeout_ms) <= 0)
         return 0;
     uint64_t ticks;

@@ -8,13 +8,13 @@
 #include <string.h>
 #include "cpu/profile_priv.h"
 
-#define UNKNOWN_FILE "???"  /* what valgrind writes, and what callgrind_annotate never opens */
+#define UNKNOWN_FILE "???" /* what valgrind writes, and what callgrind_annotate never opens */
 
 struct cg {
     struct atomicfile *f;
     const struct profile *p;
     char **names;
-    uint32_t *ob_id, *fl_id, *fn_id;    /* compressed ids given so far, 0 = none yet */
+    uint32_t *ob_id, *fl_id, *fn_id; /* compressed ids given so far, 0 = none yet */
     uint32_t next_ob, next_fl, next_fn;
 };
 
@@ -117,7 +117,7 @@ static void put_function(struct cg *c, uint32_t fn, const uint32_t *lines, size_
 
 int profile_write_callgrind(const struct profile *p, const char *path, const char *cmd, pid_t pid)
 {
-    struct cg c = { 0 };
+    struct cg c = {0};
     uint32_t *lines = NULL, *sites = NULL;
     uint32_t cur_ob = UINT32_MAX, cur_fl = UINT32_MAX;
     size_t i, li = 0, si = 0;
@@ -140,14 +140,17 @@ int profile_write_callgrind(const struct profile *p, const char *path, const cha
         goto out;
 
     /* events: ends the header for callgrind_annotate; the rest is body. */
-    atomicfile_printf(c.f, "# callgrind format\nversion: 1\ncreator: profiler-agent\n"
-                           "pid: %ld\ncmd: ", (long)pid);
+    atomicfile_printf(c.f,
+                      "# callgrind format\nversion: 1\ncreator: profiler-agent\n"
+                      "pid: %ld\ncmd: ",
+                      (long)pid);
     put_line_text(c.f, cmd ? cmd : "");
-    atomicfile_printf(c.f, "\npart: 1\n\npositions: line\n"
-                           "event: Samples : CPU samples\n"
-                           "event: Nanoseconds : Sampled CPU time (ns)\n"
-                           "events: Samples Nanoseconds\n"
-                           "summary: %" PRIu64 " %" PRIu64 "\n\n",
+    atomicfile_printf(c.f,
+                      "\npart: 1\n\npositions: line\n"
+                      "event: Samples : CPU samples\n"
+                      "event: Nanoseconds : Sampled CPU time (ns)\n"
+                      "events: Samples Nanoseconds\n"
+                      "summary: %" PRIu64 " %" PRIu64 "\n\n",
                       p->samples, p->total_ns);
     for (i = 0; i < p->nfunc; i++) {
         const struct profile_func *fn = &p->func[i];

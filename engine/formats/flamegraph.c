@@ -13,7 +13,7 @@
 #define FRAME_H 16
 #define TOP_H 60
 #define BOTTOM_H 30
-#define CHAR_W 7            /* of the 12px monospace font, for fitting names in frames */
+#define CHAR_W 7 /* of the 12px monospace font, for fitting names in frames */
 #define MIN_FRAME_W 0.1
 #define THREAD_PREFIX "thread "
 
@@ -112,28 +112,27 @@ static const char script[] =
     "    \"Matched: \" + (100 * covered / fullw).toFixed(2) + \"% of samples\";\n"
     "}\n";
 
-static const char style[] =
-    "text { font-family: monospace; font-size: 12px; fill: rgb(0,0,0); }\n"
-    "#title { font-size: 17px; text-anchor: middle; }\n"
-    "#subtitle { text-anchor: middle; fill: rgb(90,90,90); }\n"
-    ".btn { cursor: pointer; fill: rgb(30,60,160); }\n"
-    ".btn:hover { text-decoration: underline; }\n"
-    ".hide { display: none; }\n"
-    ".f { cursor: pointer; }\n"
-    ".f:hover rect { stroke: rgb(0,0,0); stroke-width: 0.5; }\n"
-    ".parent { opacity: 0.5; }\n";
+static const char style[] = "text { font-family: monospace; font-size: 12px; fill: rgb(0,0,0); }\n"
+                            "#title { font-size: 17px; text-anchor: middle; }\n"
+                            "#subtitle { text-anchor: middle; fill: rgb(90,90,90); }\n"
+                            ".btn { cursor: pointer; fill: rgb(30,60,160); }\n"
+                            ".btn:hover { text-decoration: underline; }\n"
+                            ".hide { display: none; }\n"
+                            ".f { cursor: pointer; }\n"
+                            ".f:hover rect { stroke: rgb(0,0,0); stroke-width: 0.5; }\n"
+                            ".parent { opacity: 0.5; }\n";
 
 /* Module palette: a function's color is its module's, shaded by its name. */
 static const unsigned char palette[][3] = {
-    { 230, 110, 60 }, { 225, 170, 60 }, { 210, 90, 90 },  { 200, 160, 100 },
-    { 230, 200, 80 }, { 185, 125, 65 }, { 220, 130, 130 }, { 205, 105, 45 },
+    {230, 110, 60}, {225, 170, 60}, {210, 90, 90},   {200, 160, 100},
+    {230, 200, 80}, {185, 125, 65}, {220, 130, 130}, {205, 105, 45},
 };
 
 struct fg {
     struct atomicfile *f;
     const struct profile *p;
-    uint32_t *child, *first;            /* children of n: child[first[n] .. first[n + 1]) */
-    uint64_t *x;                        /* offset of each node, in samples */
+    uint32_t *child, *first; /* children of n: child[first[n] .. first[n + 1]) */
+    uint64_t *x;             /* offset of each node, in samples */
 };
 
 static uint32_t hash_name(const char *s)
@@ -243,8 +242,8 @@ static void put_frame(struct fg *c, uint32_t n, double scale, unsigned height)
                       " (%" PRIu64 " samples, %.2f%%)</title>"
                       "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%d\" rx=\"2\" "
                       "fill=\"rgb(%u,%u,%u)\"/><text x=\"%.1f\" y=\"%.1f\">",
-                      nd->samples, 100.0 * (double)nd->samples / (double)p->node[0].samples, x,
-                      y, w, FRAME_H - 1, rgb[0], rgb[1], rgb[2], x + 3, y + 11.5);
+                      nd->samples, 100.0 * (double)nd->samples / (double)p->node[0].samples, x, y,
+                      w, FRAME_H - 1, rgb[0], rgb[1], rgb[2], x + 3, y + 11.5);
     if (nd->depth == 1)
         len += strlen(THREAD_PREFIX);
     if (fit >= 3 && len <= fit) {
@@ -284,8 +283,8 @@ static int layout(struct fg *c)
     for (i = 0; i < n; i++) {
         uint64_t at = c->x[i];
         uint32_t k;
-        qsort_r(c->child + c->first[i], c->first[i + 1] - c->first[i], sizeof(*c->child),
-                cmp_child, (void *)p);
+        qsort_r(c->child + c->first[i], c->first[i + 1] - c->first[i], sizeof(*c->child), cmp_child,
+                (void *)p);
         for (k = c->first[i]; k < c->first[i + 1]; k++) {
             c->x[c->child[k]] = at;
             at += p->node[c->child[k]].samples;
@@ -296,7 +295,7 @@ static int layout(struct fg *c)
 
 int profile_write_flamegraph(const struct profile *p, const char *path, const char *title)
 {
-    struct fg c = { 0 };
+    struct fg c = {0};
     uint32_t depth = 0;
     unsigned height;
     double scale;

@@ -219,7 +219,8 @@ int heapfile_write_hpy(const char *path, const struct heapfile_site *sites, size
     if (r < 0)
         goto out;
     /* Partition.get_trows' order; .kindname is empty as for guppy's own set partitions. */
-    atomicfile_printf(f, ".loader: _load_stat\n.format: SetFormat\n.timemade: %f\n"
+    atomicfile_printf(f,
+                      ".loader: _load_stat\n.format: SetFormat\n.timemade: %f\n"
                       ".count: %" PRIu64 "\n.size: %" PRIu64 "\n.kindname: \n"
                       ".kindheader: " KIND_HEADER "\n.numrows: %zu\n",
                       timemade, count, size, nrows);
@@ -238,9 +239,9 @@ out:
 /* ---- massif.out.T ---- */
 
 struct mnode {
-    uint32_t parent, first, next;   /* first child, next sibling */
-    uint32_t end;                   /* the "no caller recorded" child, once made */
-    const struct stacks_frame *frame;   /* NULL for the root and "no caller recorded" nodes */
+    uint32_t parent, first, next;     /* first child, next sibling */
+    uint32_t end;                     /* the "no caller recorded" child, once made */
+    const struct stacks_frame *frame; /* NULL for the root and "no caller recorded" nodes */
 };
 
 struct massif {
@@ -248,9 +249,9 @@ struct massif {
     size_t nsites;
     struct mnode *node;
     size_t nnodes;
-    uint32_t *site_node;    /* the node each site's bytes are counted in */
-    uint64_t *bytes;        /* per node, in the snapshot being written */
-    uint32_t *scratch;      /* children being printed, one run per tree level */
+    uint32_t *site_node; /* the node each site's bytes are counted in */
+    uint64_t *bytes;     /* per node, in the snapshot being written */
+    uint32_t *scratch;   /* children being printed, one run per tree level */
     struct atomicfile *f;
 };
 
@@ -425,9 +426,11 @@ static void put_node(struct massif *m, uint32_t v, size_t depth, size_t top,
     for (i = 0; i < nsig; i++)
         put_node(m, m->scratch[top + i], depth + 1, top + k, total);
     if (nsig < k)
-        atomicfile_printf(m->f, "%*sn0: %" PRIu64 " in %zu place%s, %sbelow massif's threshold "
-                          "(1.00%%)\n", (int)depth + 1, "", insig, k - nsig,
-                          k - nsig == 1 ? "" : "s", k - nsig == 1 ? "" : "all ");
+        atomicfile_printf(m->f,
+                          "%*sn0: %" PRIu64 " in %zu place%s, %sbelow massif's threshold "
+                          "(1.00%%)\n",
+                          (int)depth + 1, "", insig, k - nsig, k - nsig == 1 ? "" : "s",
+                          k - nsig == 1 ? "" : "all ");
 }
 
 static void put_tree(struct massif *m, const struct heapfile_snapshot *s)
@@ -449,10 +452,11 @@ static void put_snapshot_header(struct atomicfile *f, size_t i, const struct hea
 {
     static const char *const tree[] = {"empty", "detailed", "peak"};
 
-    atomicfile_printf(f, "#-----------\nsnapshot=%zu\n#-----------\ntime=%" PRIu64 "\n"
+    atomicfile_printf(f,
+                      "#-----------\nsnapshot=%zu\n#-----------\ntime=%" PRIu64 "\n"
                       "mem_heap_B=%" PRIu64 "\nmem_heap_extra_B=%" PRIu64 "\nmem_stacks_B=0\n"
-                      "heap_tree=%s\n", i, s->time, s->heap_bytes, s->heap_extra_bytes,
-                      tree[s->tree]);
+                      "heap_tree=%s\n",
+                      i, s->time, s->heap_bytes, s->heap_extra_bytes, tree[s->tree]);
 }
 
 /* Checked before anything is written, as is every site's sum: a tree's root is heap_bytes. */
@@ -509,7 +513,8 @@ int heapfile_write_massif(const char *path, const char *cmd, const struct heapfi
     if (r < 0)
         goto out;
     put_clean(buf, &len, cmd, 1);
-    atomicfile_printf(m.f, "desc: profiler-agent memory profile (live heap by allocation site; "
+    atomicfile_printf(m.f,
+                      "desc: profiler-agent memory profile (live heap by allocation site; "
                       "depth %d, threshold 1.00%%)\ncmd: %s\ntime_unit: ms\n",
                       HEAPFILE_MASSIF_DEPTH, buf);
     if (!nsnaps)

@@ -8,12 +8,13 @@
 #include <stdint.h>
 #include "unwind/stacks.h"
 
-#define HEAPFILE_MAX_SITES 100000       /* more: -E2BIG */
-#define HEAPFILE_MAX_SNAPSHOTS 100000   /* more: -E2BIG */
-#define HEAPFILE_KIND_FRAMES 8          /* frames named in a hpy KIND; deeper ones read "..." */
-#define HEAPFILE_MASSIF_DEPTH 30        /* frames below the root of a massif tree, as massif's
-                                           default --depth */
-#define HEAPFILE_NAME_MAX 512           /* bytes kept of one function name or path */
+#define HEAPFILE_MAX_SITES 100000     /* more: -E2BIG */
+#define HEAPFILE_MAX_SNAPSHOTS 100000 /* more: -E2BIG */
+#define HEAPFILE_KIND_FRAMES 8        /* frames named in a hpy KIND; deeper ones read "..." */
+#define HEAPFILE_MASSIF_DEPTH                                                                      \
+    30                        /* frames below the root of a massif tree, as massif's               \
+                                 default --depth */
+#define HEAPFILE_NAME_MAX 512 /* bytes kept of one function name or path */
 
 enum {
     HEAPFILE_TREE_EMPTY,
@@ -21,10 +22,10 @@ enum {
     HEAPFILE_TREE_PEAK,
 };
 
-struct heapfile_site {                  /* one allocation site */
-    const struct stacks_frame *frames;  /* innermost first: frames[0] called malloc & co */
+struct heapfile_site {                 /* one allocation site */
+    const struct stacks_frame *frames; /* innermost first: frames[0] called malloc & co */
     size_t nframes;
-    uint64_t bytes, blocks;             /* live at the end of the run (what the hpy lists) */
+    uint64_t bytes, blocks; /* live at the end of the run (what the hpy lists) */
 };
 
 struct heapfile_snapshot {

@@ -14,11 +14,11 @@
 #define M_SMALL_TUPLE ')'
 #define M_DICT '{'
 #define M_NULL '0'
-#define LONG_SHIFT 15   /* marshal's PyLong digits are 15 bits whatever the build's digit size */
+#define LONG_SHIFT 15 /* marshal's PyLong digits are 15 bits whatever the build's digit size */
 
 static void w_u32(struct atomicfile *f, uint32_t v)
 {
-    unsigned char b[4] = { v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, v >> 24 };
+    unsigned char b[4] = {v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, v >> 24};
     atomicfile_write(f, b, sizeof(b));
 }
 
@@ -38,10 +38,10 @@ void profile_marshal_int(struct atomicfile *f, int64_t v)
     for (uint64_t m = mag; m; m >>= LONG_SHIFT)
         ndigits++;
     atomicfile_putc(f, M_LONG);
-    w_u32(f, v < 0 ? (uint32_t)-(int32_t)ndigits : ndigits);
+    w_u32(f, v < 0 ? (uint32_t) - (int32_t)ndigits : ndigits);
     for (i = 0; i < ndigits; i++) {
         uint16_t d = (uint16_t)((mag >> (i * LONG_SHIFT)) & 0x7fff);
-        unsigned char b[2] = { d & 0xff, d >> 8 };
+        unsigned char b[2] = {d & 0xff, d >> 8};
         atomicfile_write(f, b, sizeof(b));
     }
 }

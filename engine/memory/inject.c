@@ -27,18 +27,18 @@
 
 #define RED_ZONE 128
 #define STOP_TIMEOUT_MS 300
-#define XSTATE_MAX 16384            /* the XSAVE area is 2.7 KiB with AVX-512; room to spare */
+#define XSTATE_MAX 16384 /* the XSAVE area is 2.7 KiB with AVX-512; room to spare */
 #define CANDIDATES_MAX 4096
 #define SYMBOLS_MAX (1u << 20)
 
 struct inject {
     pid_t pid, tid;
-    int pending_sig;                /* a signal caught on its way in, handed back at detach */
+    int pending_sig; /* a signal caught on its way in, handed back at detach */
     struct user_regs_struct saved;
     unsigned char *xstate;
     size_t xstate_len;
-    uint64_t scratch;               /* lowest address used below the saved stack pointer */
-    bool dirty;                     /* registers were changed since the save */
+    uint64_t scratch; /* lowest address used below the saved stack pointer */
+    bool dirty;       /* registers were changed since the save */
 };
 
 static uint64_t now_ms(void)
@@ -50,7 +50,7 @@ static uint64_t now_ms(void)
 
 static void sleep_us(long us)
 {
-    struct timespec ts = { 0, us * 1000 };
+    struct timespec ts = {0, us * 1000};
     nanosleep(&ts, NULL);
 }
 
@@ -153,15 +153,15 @@ static int thread_rank(pid_t pid, pid_t tid)
 
 static int get_regs(pid_t tid, struct user_regs_struct *u)
 {
-    struct iovec iov = { u, sizeof(*u) };
+    struct iovec iov = {u, sizeof(*u)};
     if (ptrace(PTRACE_GETREGSET, tid, NT_PRSTATUS, &iov) < 0)
         return -errno;
-    return iov.iov_len == sizeof(*u) ? 0 : -EOPNOTSUPP;    /* a 32-bit target */
+    return iov.iov_len == sizeof(*u) ? 0 : -EOPNOTSUPP; /* a 32-bit target */
 }
 
 static int set_regs(pid_t tid, const struct user_regs_struct *u)
 {
-    struct iovec iov = { (void *)u, sizeof(*u) };
+    struct iovec iov = {(void *)u, sizeof(*u)};
     return ptrace(PTRACE_SETREGSET, tid, NT_PRSTATUS, &iov) < 0 ? -errno : 0;
 }
 
@@ -205,7 +205,7 @@ static int save_state(struct inject *in)
     in->xstate = malloc(XSTATE_MAX);
     if (!in->xstate)
         return -ENOMEM;
-    struct iovec iov = { in->xstate, XSTATE_MAX };
+    struct iovec iov = {in->xstate, XSTATE_MAX};
     if (ptrace(PTRACE_GETREGSET, in->tid, NT_X86_XSTATE, &iov) < 0)
         return -errno;
     in->xstate_len = iov.iov_len;
@@ -262,7 +262,8 @@ int inject_attach(pid_t pid, struct inject **ret, char *why, size_t whylen)
         int sig, e = seize_stop(best, &sig);
         if (e == -EPERM || e == -EACCES) {
             r = e;
-            snprintf(why, whylen, "ptrace of thread %d was refused (%s): the agent needs "
+            snprintf(why, whylen,
+                     "ptrace of thread %d was refused (%s): the agent needs "
                      "CAP_SYS_PTRACE, and the target must not be traced by another debugger",
                      (int)best, strerror(-e));
             goto out;
@@ -290,9 +291,10 @@ int inject_attach(pid_t pid, struct inject **ret, char *why, size_t whylen)
         }
         sleep_us(1000 + attempt * 200);
     }
-    snprintf(why, whylen, "no thread of process %d stopped at a point where it is safe to load "
-             "a library (each was inside the C library) in %d attempts", (int)pid,
-             INJECT_SETTLE_TRIES);
+    snprintf(why, whylen,
+             "no thread of process %d stopped at a point where it is safe to load "
+             "a library (each was inside the C library) in %d attempts",
+             (int)pid, INJECT_SETTLE_TRIES);
 out:
     free(tids);
     free(rg);
@@ -313,8 +315,8 @@ pid_t inject_tid(const struct inject *in)
 
 static int write_mem(pid_t pid, uint64_t addr, const void *data, size_t len)
 {
-    struct iovec local = { (void *)data, len };
-    struct iovec remote = { (void *)(uintptr_t)addr, len };
+    struct iovec local = {(void *)data, len};
+    struct iovec remote = {(void *)(uintptr_t)addr, len};
     ssize_t n = process_vm_writev(pid, &local, 1, &remote, 1, 0);
     if (n < 0)
         return -errno;
@@ -337,8 +339,7 @@ int inject_push(struct inject *in, const void *data, size_t len, uint64_t *ret_a
     return 0;
 }
 
-int inject_call(struct inject *in, uint64_t func, const uint64_t *args, size_t nargs,
-                uint64_t *ret)
+int inject_call(struct inject *in, uint64_t func, const uint64_t *args, size_t nargs, uint64_t *ret)
 {
     struct user_regs_struct u = in->saved;
     uint64_t zero = 0;
@@ -351,8 +352,7 @@ int inject_call(struct inject *in, uint64_t func, const uint64_t *args, size_t n
     r = write_mem(in->pid, sp, &zero, sizeof(zero));
     if (r < 0)
         return r;
-    unsigned long long *argregs[INJECT_MAX_ARGS] = { &u.rdi, &u.rsi, &u.rdx, &u.rcx, &u.r8,
-                                                     &u.r9 };
+    unsigned long long *argregs[INJECT_MAX_ARGS] = {&u.rdi, &u.rsi, &u.rdx, &u.rcx, &u.r8, &u.r9};
     for (size_t i = 0; i < nargs; i++)
         *argregs[i] = args[i];
     u.rip = func;
@@ -390,7 +390,7 @@ int inject_call(struct inject *in, uint64_t func, const uint64_t *args, size_t n
             continue;
         int event = st >> 16;
         if (event != 0)
-            continue;       /* PTRACE_EVENT_STOP (our interrupt, a group stop): go on */
+            continue; /* PTRACE_EVENT_STOP (our interrupt, a group stop): go on */
         if (WSTOPSIG(st) == SIGSEGV) {
             r = get_regs(in->tid, &u);
             if (r < 0)
@@ -401,7 +401,7 @@ int inject_call(struct inject *in, uint64_t func, const uint64_t *args, size_t n
             }
             return -EFAULT;
         }
-        sig = WSTOPSIG(st);     /* someone else's signal: deliver it, the handler runs here */
+        sig = WSTOPSIG(st); /* someone else's signal: deliver it, the handler runs here */
     }
 }
 
@@ -413,7 +413,7 @@ int inject_detach(struct inject *in)
         return 0;
     if (in->tid) {
         if (in->dirty) {
-            struct iovec iov = { in->xstate, in->xstate_len };
+            struct iovec iov = {in->xstate, in->xstate_len};
             r = set_regs(in->tid, &in->saved);
             if (ptrace(PTRACE_SETREGSET, in->tid, NT_X86_XSTATE, &iov) < 0 && r == 0)
                 r = -errno;
@@ -430,8 +430,8 @@ int inject_read_string(pid_t pid, uint64_t addr, char *buf, size_t len)
 {
     if (len == 0)
         return -EINVAL;
-    struct iovec local = { buf, len - 1 };
-    struct iovec remote = { (void *)(uintptr_t)addr, len - 1 };
+    struct iovec local = {buf, len - 1};
+    struct iovec remote = {(void *)(uintptr_t)addr, len - 1};
     /* A string near the end of a mapping is read short rather than failed. */
     ssize_t n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
     if (n < 0) {
@@ -467,7 +467,7 @@ static int module_bias(Elf *elf, uint64_t map_start, uint64_t map_offset, uint64
 static int elf_dynsym(Elf *elf, const char *name, uint64_t *ret)
 {
     Elf_Scn *scn = NULL, *symscn = NULL, *verscn = NULL;
-    GElf_Shdr sh, symsh = { 0 };
+    GElf_Shdr sh, symsh = {0};
     bool found = false;
 
     while ((scn = elf_nextscn(elf, scn))) {

@@ -12,9 +12,9 @@
 #include <sys/types.h>
 
 #define INJECT_MAX_ARGS 6
-#define INJECT_SCRATCH_MAX 4096             /* bytes of data placed on the thread's stack */
-#define INJECT_CALL_TIMEOUT_MS 10000        /* dlopen of a small library takes about 1 ms */
-#define INJECT_SETTLE_TRIES 100             /* attempts to catch a thread at a safe point */
+#define INJECT_SCRATCH_MAX 4096      /* bytes of data placed on the thread's stack */
+#define INJECT_CALL_TIMEOUT_MS 10000 /* dlopen of a small library takes about 1 ms */
+#define INJECT_SETTLE_TRIES 100      /* attempts to catch a thread at a safe point */
 
 struct inject;
 

@@ -46,25 +46,31 @@
 #include "memory/memprobe.h"
 
 #define PMU_DIR "/sys/bus/event_source/devices/uprobe"
-#define EVENTS_MAX 65536                /* event fds: probes x CPUs x threads at open */
-#define OPEN_SCANS_MAX 8                /* re-scans of /proc/PID/task while opening */
+#define EVENTS_MAX 65536 /* event fds: probes x CPUs x threads at open */
+#define OPEN_SCANS_MAX 8 /* re-scans of /proc/PID/task while opening */
 #define ELF_FILE_MAX (2ull << 30)
-#define ELF_SYMS_MAX (8u << 20)         /* symbols read per table */
+#define ELF_SYMS_MAX (8u << 20) /* symbols read per table */
 #define ELF_LOADS_MAX 64
 /* 8 MiB per CPU: ~1000 ALLOCs with their stacks, 20+ ms of a busy allocating thread, which is
  * the slack the consumer's unwinding has before the kernel drops records. */
 #define RING_PAGES 2048
 #define RING_PAGES_FLOOR 8
 #define RING_TOTAL_MAX (64ull << 20)
-#define TRAILER_BYTES 24                /* sample_id_all: pid, tid, time, identifier */
+#define TRAILER_BYTES 24 /* sample_id_all: pid, tid, time, identifier */
 #define HOLD_NS 2000000ull
 #define HOLD_MS 2
-#define CHECK_NS 1000000000ull          /* how often to look whether the target is gone */
-#define DEPTH_MAX 2                     /* calls in flight per thread: outer + glibc's inner */
-#define THREADS_CAP (2 * MEMPROBE_THREADS_MAX)     /* hash slots, a power of two */
+#define CHECK_NS 1000000000ull /* how often to look whether the target is gone */
+#define DEPTH_MAX 2            /* calls in flight per thread: outer + glibc's inner */
+#define THREADS_CAP (2 * MEMPROBE_THREADS_MAX) /* hash slots, a power of two */
 
 enum fn {
-    FN_MALLOC, FN_CALLOC, FN_REALLOC, FN_FREE, FN_POSIX_MEMALIGN, FN_ALIGNED_ALLOC, FN_MEMALIGN,
+    FN_MALLOC,
+    FN_CALLOC,
+    FN_REALLOC,
+    FN_FREE,
+    FN_POSIX_MEMALIGN,
+    FN_ALIGNED_ALLOC,
+    FN_MEMALIGN,
     FN_COUNT
 };
 static const char *const fn_names[FN_COUNT] = {
@@ -73,15 +79,15 @@ static const char *const fn_names[FN_COUNT] = {
 #define PROBES_MAX (2 * FN_COUNT)
 
 /* Entry probes need the three argument registers only; perf writes registers in bit order. */
-#define ENTRY_MASK ((1ull << PERF_REG_X86_DX) | (1ull << PERF_REG_X86_SI) | \
-                    (1ull << PERF_REG_X86_DI))
+#define ENTRY_MASK                                                                                 \
+    ((1ull << PERF_REG_X86_DX) | (1ull << PERF_REG_X86_SI) | (1ull << PERF_REG_X86_DI))
 _Static_assert(MEMPROBE_NREGS == MEMRING_NREGS && MEMPROBE_NREGS == PERFRING_NREGS,
                "register numbering");
 
 struct probe {
     enum fn fn;
     bool ret;
-    uint64_t offset;                    /* of the function's first instruction in the file */
+    uint64_t offset; /* of the function's first instruction in the file */
 };
 
 /* The record at a ring's tail, once peeked in this round. */
@@ -93,11 +99,11 @@ struct next {
 
 struct call {
     enum fn fn;
-    uint64_t a[3];                      /* rdi, rsi, rdx at entry */
+    uint64_t a[3]; /* rdi, rsi, rdx at entry */
 };
 
 struct thread {
-    pid_t tid;                          /* 0: free slot */
+    pid_t tid; /* 0: free slot */
     uint32_t chain;
     unsigned depth;
     struct call calls[DEPTH_MAX];
@@ -105,24 +111,24 @@ struct thread {
 
 struct memprobe {
     pid_t pid;
-    char kpath[PATH_MAX];               /* the module as the kernel opens it from here */
-    char *module;                       /* as the target's maps name it */
+    char kpath[PATH_MAX]; /* the module as the kernel opens it from here */
+    char *module;         /* as the target's maps name it */
     struct probe probes[PROBES_MAX];
     unsigned nprobes;
     uint32_t pmu_type, retprobe_bit;
-    struct perfring_cpus rc;            /* rings owned by dummy events, one per online CPU */
-    struct next *next;                  /* one per ring */
-    struct pollfd *pfds;                /* one per ring */
-    int *tmpfds;                        /* nprobes x rc.n */
-    struct perfring_evs evs;            /* tag: the probe's index */
-    struct thread *threads;             /* THREADS_CAP slots, linear probing */
+    struct perfring_cpus rc; /* rings owned by dummy events, one per online CPU */
+    struct next *next;       /* one per ring */
+    struct pollfd *pfds;     /* one per ring */
+    int *tmpfds;             /* nprobes x rc.n */
+    struct perfring_evs evs; /* tag: the probe's index */
+    struct thread *threads;  /* THREADS_CAP slots, linear probing */
     size_t nthreads;
-    bool inherit_thread;                /* the kernel knows attr.inherit_thread (5.13+) */
+    bool inherit_thread; /* the kernel knows attr.inherit_thread (5.13+) */
     bool exited, held;
     uint64_t next_check_ns;
     uint64_t regs[MEMPROBE_NREGS];
     struct memprobe_stats stats;
-    int (*cb)(const struct memprobe_event *e, void *userdata);     /* of the current poll */
+    int (*cb)(const struct memprobe_event *e, void *userdata); /* of the current poll */
     void *userdata;
 };
 
@@ -178,7 +184,7 @@ out:
  * ifuncs are skipped: their symbol is the resolver, not the function. */
 static int elf_lookup(const char *path, uint64_t offs[FN_COUNT])
 {
-    uint64_t vaddr[FN_COUNT] = { 0 };
+    uint64_t vaddr[FN_COUNT] = {0};
     GElf_Phdr loads[ELF_LOADS_MAX];
     size_t nloads = 0, phnum;
     struct stat st;
@@ -311,8 +317,8 @@ static int find_allocator(struct memprobe *p, char *why, size_t whylen)
         struct stat st;
         if (k == 0 && have_exe && m->inode == exe.st_ino)
             snprintf(p->kpath, sizeof(p->kpath), "%s", exepath);
-        else if (snprintf(p->kpath, sizeof(p->kpath), "/proc/%d/root%s", (int)p->pid,
-                          m->path) >= (int)sizeof(p->kpath))
+        else if (snprintf(p->kpath, sizeof(p->kpath), "/proc/%d/root%s", (int)p->pid, m->path) >=
+                 (int)sizeof(p->kpath))
             continue;
         if (stat(p->kpath, &st) < 0 || st.st_ino != m->inode ||
             st.st_dev != makedev(m->dev_major, m->dev_minor) || elf_lookup(p->kpath, offs) < 0 ||
@@ -330,17 +336,19 @@ static int find_allocator(struct memprobe *p, char *why, size_t whylen)
                 seen |= p->probes[i].offset == offs[f];
             if (offs[f] == 0 || seen)
                 continue;
-            p->probes[p->nprobes++] = (struct probe){ .fn = (enum fn)f, .offset = offs[f] };
+            p->probes[p->nprobes++] = (struct probe){.fn = (enum fn)f, .offset = offs[f]};
             if (f != FN_FREE)
-                p->probes[p->nprobes++] = (struct probe){ .fn = (enum fn)f, .ret = true,
-                                                         .offset = offs[f] };
+                p->probes[p->nprobes++] =
+                    (struct probe){.fn = (enum fn)f, .ret = true, .offset = offs[f]};
         }
         r = 0;
         break;
     }
     if (r == -ENOENT)
-        say(why, whylen, "no malloc found in the executable or the libraries of process %d "
-            "(a stripped static binary, or an allocator under another name)", (int)p->pid);
+        say(why, whylen,
+            "no malloc found in the executable or the libraries of process %d "
+            "(a stripped static binary, or an allocator under another name)",
+            (int)p->pid);
 out:
     free(cand);
     procfs_maps_free(maps, nmaps);
@@ -361,9 +369,9 @@ static void fill_attr(struct perf_event_attr *a, const struct memprobe *p, unsig
                      PERF_SAMPLE_REGS_USER | (pr->ret ? PERF_SAMPLE_STACK_USER : 0);
     a->sample_regs_user = pr->ret ? PERFRING_REGS_MASK : ENTRY_MASK;
     a->sample_stack_user = pr->ret ? MEMPROBE_STACK_BYTES : 0;
-    a->disabled = 1;                    /* enabled once its output goes to the ring */
-    a->inherit = 1;                     /* inherit_thread too: forked processes are not ours */
-    a->task = k == 0;                   /* one EXIT record per thread is enough */
+    a->disabled = 1;  /* enabled once its output goes to the ring */
+    a->inherit = 1;   /* inherit_thread too: forked processes are not ours */
+    a->task = k == 0; /* one EXIT record per thread is enough */
     a->sample_id_all = 1;
     a->use_clockid = 1;
     a->clockid = CLOCK_MONOTONIC;
@@ -383,9 +391,15 @@ static int ring_map(struct memprobe *p, size_t ci, size_t *pages)
     long page = sysconf(_SC_PAGESIZE);
     for (;;) {
         struct perf_event_attr a = {
-            .size = sizeof(a), .type = PERF_TYPE_SOFTWARE, .config = PERF_COUNT_SW_DUMMY,
-            .disabled = 1, .exclude_kernel = 1, .exclude_hv = 1, .use_clockid = 1,
-            .clockid = CLOCK_MONOTONIC, .watermark = 1,
+            .size = sizeof(a),
+            .type = PERF_TYPE_SOFTWARE,
+            .config = PERF_COUNT_SW_DUMMY,
+            .disabled = 1,
+            .exclude_kernel = 1,
+            .exclude_hv = 1,
+            .use_clockid = 1,
+            .clockid = CLOCK_MONOTONIC,
+            .watermark = 1,
             .wakeup_watermark = (uint32_t)(*pages * (size_t)page / 4),
         };
         int fd;
@@ -413,8 +427,7 @@ static int open_thread(struct memprobe *p, pid_t tid)
         return r;
     uint32_t chain = (uint32_t)p->evs.nchains;
     for (; opened < n; opened++) {
-        r = event_open(p, (unsigned)(opened / p->rc.n), tid, opened % p->rc.n,
-                       &p->tmpfds[opened]);
+        r = event_open(p, (unsigned)(opened / p->rc.n), tid, opened % p->rc.n, &p->tmpfds[opened]);
         if (r < 0)
             goto out;
     }
@@ -430,7 +443,7 @@ static int open_thread(struct memprobe *p, pid_t tid)
         if (r < 0)
             goto out;
     }
-    p->evs.chains[p->evs.nchains++] = (struct perfring_chain){ .tid = tid };
+    p->evs.chains[p->evs.nchains++] = (struct perfring_chain){.tid = tid};
     for (size_t i = 0; i < n; i++)
         ioctl(p->tmpfds[i], PERF_EVENT_IOC_ENABLE, 0);
     p->stats.fds += n;
@@ -471,18 +484,20 @@ static int scan_threads(struct memprobe *p, size_t *ret_new)
 static void open_failed(const struct memprobe *p, int r, char *why, size_t whylen)
 {
     if (r == -EPERM || r == -EACCES)
-        say(why, whylen, "perf_event_open refused a uprobe on %s (%s): uprobes through perf "
+        say(why, whylen,
+            "perf_event_open refused a uprobe on %s (%s): uprobes through perf "
             "need CAP_PERFMON or CAP_SYS_ADMIN, and ptrace access to process %d",
             p->module, strerror(-r), (int)p->pid);
     else if (r == -EMFILE || r == -ENFILE)
-        say(why, whylen, "too many open files for uprobes on every thread of process %d "
+        say(why, whylen,
+            "too many open files for uprobes on every thread of process %d "
             "(%u probes x %zu CPUs per thread): raise RLIMIT_NOFILE",
             (int)p->pid, p->nprobes, p->rc.n);
     else if (r == -ESRCH)
         say(why, whylen, "process %d has exited", (int)p->pid);
     else
-        say(why, whylen, "cannot open uprobes on %s in process %d: %s", p->module,
-            (int)p->pid, strerror(-r));
+        say(why, whylen, "cannot open uprobes on %s in process %d: %s", p->module, (int)p->pid,
+            strerror(-r));
 }
 
 int memprobe_open(pid_t pid, struct memprobe **ret, char *why, size_t whylen)
@@ -510,8 +525,10 @@ int memprobe_open(pid_t pid, struct memprobe **ret, char *why, size_t whylen)
     if (read_sysfs_u32(PMU_DIR "/type", "", &p->pmu_type) < 0 ||
         read_sysfs_u32(PMU_DIR "/format/retprobe", "config:", &p->retprobe_bit) < 0 ||
         p->retprobe_bit > 63) {
-        say(why, whylen, "this kernel has no uprobe PMU (%s): it was built without "
-            "CONFIG_UPROBE_EVENTS", PMU_DIR);
+        say(why, whylen,
+            "this kernel has no uprobe PMU (%s): it was built without "
+            "CONFIG_UPROBE_EVENTS",
+            PMU_DIR);
         r = -EOPNOTSUPP;
         goto out;
     }
@@ -543,7 +560,7 @@ int memprobe_open(pid_t pid, struct memprobe **ret, char *why, size_t whylen)
             say(why, whylen, "cannot map a perf ring buffer: %s", strerror(-r));
             goto out;
         }
-        p->pfds[i] = (struct pollfd){ .fd = p->rc.rings[i].fd, .events = POLLIN };
+        p->pfds[i] = (struct pollfd){.fd = p->rc.rings[i].fd, .events = POLLIN};
     }
     for (int scan = 0; scan < OPEN_SCANS_MAX; scan++) {
         size_t n = 0;
@@ -608,7 +625,7 @@ static struct thread *thread_get(struct memprobe *p, pid_t tid, uint32_t chain)
     if (p->nthreads == MEMPROBE_THREADS_MAX)
         return NULL;
     p->nthreads++;
-    p->threads[i] = (struct thread){ .tid = tid, .chain = chain };
+    p->threads[i] = (struct thread){.tid = tid, .chain = chain};
     return &p->threads[i];
 }
 
@@ -649,11 +666,10 @@ static bool chain_accept(struct memprobe *p, struct thread *t, uint32_t c)
     return false;
 }
 
-static int emit(struct memprobe *p, int kind, pid_t tid, uint64_t time, uint64_t ptr,
-                uint64_t size, const unsigned char *stack, size_t stack_len)
+static int emit(struct memprobe *p, int kind, pid_t tid, uint64_t time, uint64_t ptr, uint64_t size,
+                const unsigned char *stack, size_t stack_len)
 {
-    struct memprobe_event e = { .kind = kind, .tid = tid, .time_ns = time, .ptr = ptr,
-                                .size = size };
+    struct memprobe_event e = {.kind = kind, .tid = tid, .time_ns = time, .ptr = ptr, .size = size};
     if (kind == MEMRING_ALLOC) {
         e.regs = p->regs;
         e.stack_addr = p->regs[UNW_X86_64_RSP];
@@ -677,7 +693,7 @@ static int read_memptr(const struct memprobe *p, uint64_t memptr, const unsigned
         memcpy(ret, stack + (memptr - sp), 8);
         return 0;
     }
-    struct iovec local = { ret, 8 }, remote = { (void *)(uintptr_t)memptr, 8 };
+    struct iovec local = {ret, 8}, remote = {(void *)(uintptr_t)memptr, 8};
     return process_vm_readv(p->pid, &local, 1, &remote, 1, 0) == 8 ? 0 : -EFAULT;
 }
 
@@ -689,8 +705,7 @@ static int complete(struct memprobe *p, const struct call *c, pid_t tid, uint64_
     int r;
     switch (c->fn) {
     case FN_MALLOC:
-        return rax ? emit(p, MEMRING_ALLOC, tid, time, rax, c->a[0], stack, stack_len)
-                   : 0;
+        return rax ? emit(p, MEMRING_ALLOC, tid, time, rax, c->a[0], stack, stack_len) : 0;
     case FN_CALLOC:
         if (!rax || __builtin_mul_overflow(c->a[0], c->a[1], &size))
             return 0;
@@ -703,21 +718,18 @@ static int complete(struct memprobe *p, const struct call *c, pid_t tid, uint64_
             if (r < 0)
                 return r;
         }
-        return rax ? emit(p, MEMRING_ALLOC, tid, time, rax, c->a[1], stack, stack_len)
-                   : 0;
+        return rax ? emit(p, MEMRING_ALLOC, tid, time, rax, c->a[1], stack, stack_len) : 0;
     case FN_ALIGNED_ALLOC:
     case FN_MEMALIGN:
-        return rax ? emit(p, MEMRING_ALLOC, tid, time, rax, c->a[1], stack, stack_len)
-                   : 0;
+        return rax ? emit(p, MEMRING_ALLOC, tid, time, rax, c->a[1], stack, stack_len) : 0;
     case FN_POSIX_MEMALIGN:
         if (rax != 0)
-            return 0;                   /* an error number: nothing allocated */
+            return 0; /* an error number: nothing allocated */
         if (read_memptr(p, c->a[0], stack, stack_len, &ptr) < 0) {
             p->stats.lost++;
             return 0;
         }
-        return ptr ? emit(p, MEMRING_ALLOC, tid, time, ptr, c->a[2], stack, stack_len)
-                   : 0;
+        return ptr ? emit(p, MEMRING_ALLOC, tid, time, ptr, c->a[2], stack, stack_len) : 0;
     default:
         return 0;
     }
@@ -742,20 +754,20 @@ static bool nests(const struct call *outer, enum fn fn, uint64_t a0)
 static int on_sample(struct memprobe *p, const unsigned char *rec, size_t size)
 {
     struct perfring_rd d;
-    uint64_t id, time, abi, a[3] = { 0 };
+    uint64_t id, time, abi, a[3] = {0};
     uint32_t pid, tid;
     const unsigned char *stack = NULL;
     size_t stack_len = 0;
 
     perfring_rd_init(&d, rec, size);
-    if (!perfring_rd_u64(&d, &id) || !perfring_rd_u32(&d, &pid) ||
-        !perfring_rd_u32(&d, &tid) || !perfring_rd_u64(&d, &time) || !perfring_rd_u64(&d, &abi))
+    if (!perfring_rd_u64(&d, &id) || !perfring_rd_u32(&d, &pid) || !perfring_rd_u32(&d, &tid) ||
+        !perfring_rd_u64(&d, &time) || !perfring_rd_u64(&d, &abi))
         goto bad;
     struct perfring_ev *ev = perfring_evs_find(&p->evs, id);
     if (!ev || ev->tag >= p->nprobes)
         goto bad;
     if ((pid_t)pid != p->pid)
-        return 0;               /* a forked child's copy, where inherit_thread is unknown */
+        return 0; /* a forked child's copy, where inherit_thread is unknown */
     if (abi != PERF_SAMPLE_REGS_ABI_64)
         goto bad;
     const struct probe *pr = &p->probes[ev->tag];
@@ -779,27 +791,27 @@ static int on_sample(struct memprobe *p, const unsigned char *rec, size_t size)
         return 0;
     if (!pr->ret) {
         if (t->depth > 0 && !nests(&t->calls[t->depth - 1], pr->fn, a[0])) {
-            p->stats.lost += t->depth;  /* their returns were lost */
+            p->stats.lost += t->depth; /* their returns were lost */
             t->depth = 0;
         }
         if (pr->fn == FN_FREE)
-            return a[0] && t->depth == 0 ?
-                   emit(p, MEMRING_FREE, (pid_t)tid, time, a[0], 0, NULL, 0) : 0;
+            return a[0] && t->depth == 0 ? emit(p, MEMRING_FREE, (pid_t)tid, time, a[0], 0, NULL, 0)
+                                         : 0;
         if (t->depth == DEPTH_MAX) {
             p->stats.lost += t->depth;
             t->depth = 0;
         }
-        t->calls[t->depth++] = (struct call){ .fn = pr->fn, .a = { a[0], a[1], a[2] } };
+        t->calls[t->depth++] = (struct call){.fn = pr->fn, .a = {a[0], a[1], a[2]}};
         return 0;
     }
     if (t->depth == 0 || t->calls[t->depth - 1].fn != pr->fn) {
-        p->stats.lost += 1 + t->depth;      /* this return's entry, and the stale calls */
+        p->stats.lost += 1 + t->depth; /* this return's entry, and the stale calls */
         t->depth = 0;
         return 0;
     }
     struct call c = t->calls[--t->depth];
     if (t->depth > 0)
-        return 0;                       /* glibc's inner call: the outer one reports */
+        return 0; /* glibc's inner call: the outer one reports */
     return complete(p, &c, (pid_t)tid, time, stack, stack_len);
 bad:
     p->stats.lost++;
@@ -812,8 +824,8 @@ static void on_exit_record(struct memprobe *p, const unsigned char *rec, size_t 
     struct perfring_rd d;
     uint32_t pid, ppid, tid, ptid;
     perfring_rd_init(&d, rec, size);
-    if (!perfring_rd_u32(&d, &pid) || !perfring_rd_u32(&d, &ppid) ||
-        !perfring_rd_u32(&d, &tid) || !perfring_rd_u32(&d, &ptid)) {
+    if (!perfring_rd_u32(&d, &pid) || !perfring_rd_u32(&d, &ppid) || !perfring_rd_u32(&d, &tid) ||
+        !perfring_rd_u32(&d, &ptid)) {
         p->stats.lost++;
         return;
     }
@@ -843,7 +855,7 @@ static int on_record(struct memprobe *p, const unsigned char *rec, size_t size)
         on_exit_record(p, rec, size);
         break;
     default:
-        break;                      /* FORK, UNTHROTTLE: nothing to do */
+        break; /* FORK, UNTHROTTLE: nothing to do */
     }
     return 0;
 }
@@ -862,7 +874,7 @@ static bool ring_peek(struct memprobe *p, size_t ci)
         p->stats.lost++;
     if (r < 0)
         return false;
-    nx->time = 0;               /* records without a time go first */
+    nx->time = 0; /* records without a time go first */
     if (h.type == PERF_RECORD_SAMPLE && h.size >= sizeof(h) + 24)
         perfring_read(rg, sizeof(h) + 16, &nx->time, 8);
     else if (h.type != PERF_RECORD_SAMPLE && h.size >= sizeof(h) + TRAILER_BYTES)

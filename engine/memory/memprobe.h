@@ -9,17 +9,17 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define MEMPROBE_NREGS 17               /* libunwind's x86-64 numbering, as stacks.h takes it */
-#define MEMPROBE_STACK_BYTES 8192       /* user stack copied per ALLOC, as perf copies */
-#define MEMPROBE_THREADS_MAX 4096       /* threads with calls in flight; more are counted lost */
+#define MEMPROBE_NREGS 17         /* libunwind's x86-64 numbering, as stacks.h takes it */
+#define MEMPROBE_STACK_BYTES 8192 /* user stack copied per ALLOC, as perf copies */
+#define MEMPROBE_THREADS_MAX 4096 /* threads with calls in flight; more are counted lost */
 
 struct memprobe;
 
 struct memprobe_event {
-    int kind;                   /* MEMRING_ALLOC or MEMRING_FREE (memring.h) */
+    int kind; /* MEMRING_ALLOC or MEMRING_FREE (memring.h) */
     pid_t tid;
-    uint64_t time_ns;           /* CLOCK_MONOTONIC: the return (ALLOC) or the entry (FREE) */
-    uint64_t ptr, size;         /* FREE: size 0 */
+    uint64_t time_ns;   /* CLOCK_MONOTONIC: the return (ALLOC) or the entry (FREE) */
+    uint64_t ptr, size; /* FREE: size 0 */
     /* ALLOC only, NULL/0 for FREE: the caller's state when the allocation function returned
      * (RIP the return address in the caller, RSP and callee-saved registers the caller's),
      * ready for stacks_unwind_regs; stack[0] is at target address stack_addr. Valid only
@@ -31,12 +31,12 @@ struct memprobe_event {
 };
 
 struct memprobe_stats {
-    uint64_t allocs, frees;     /* events handed out */
-    uint64_t lost;              /* calls not reported: PERF_RECORD_LOST, unmatched returns,
-                                   malformed records, threads past MEMPROBE_THREADS_MAX */
-    unsigned probes;            /* probe points (entry and return count apart) */
-    size_t fds;                 /* perf events opened: probes x CPUs x threads at start */
-    const char *module;         /* the file probed, as the target maps it; valid while open */
+    uint64_t allocs, frees; /* events handed out */
+    uint64_t lost;          /* calls not reported: PERF_RECORD_LOST, unmatched returns,
+                               malformed records, threads past MEMPROBE_THREADS_MAX */
+    unsigned probes;        /* probe points (entry and return count apart) */
+    size_t fds;             /* perf events opened: probes x CPUs x threads at start */
+    const char *module;     /* the file probed, as the target maps it; valid while open */
 };
 
 /* Finds malloc, calloc, realloc, free, posix_memalign, aligned_alloc and memalign in the module

@@ -29,24 +29,24 @@
 #define FINISH_DRAIN_MS 200
 
 struct block {
-    uint64_t ptr;                   /* 0: empty slot */
-    uint64_t bytes;                 /* estimated bytes this block stands for */
+    uint64_t ptr;   /* 0: empty slot */
+    uint64_t bytes; /* estimated bytes this block stands for */
     uint32_t site;
-    float blocks;                   /* estimated blocks it stands for (1 unless sampling) */
+    float blocks; /* estimated blocks it stands for (1 unless sampling) */
 };
 
 struct site {
     uint64_t *ips;
-    struct stacks_frame *frames;    /* strings strdup'd: they outlive the unwinder's caches */
+    struct stacks_frame *frames; /* strings strdup'd: they outlive the unwinder's caches */
     size_t nframes;
     uint64_t hash;
     uint64_t live_bytes;
-    double live_blocks;             /* estimates add up fractionally when sampling */
+    double live_blocks; /* estimates add up fractionally when sampling */
 };
 
 struct snap {
     uint64_t ms, bytes, extra;
-    uint64_t *site_bytes;           /* detailed: live bytes per site then (nsites entries) */
+    uint64_t *site_bytes; /* detailed: live bytes per site then (nsites entries) */
     size_t nsites;
     int tree;
 };
@@ -75,7 +75,7 @@ struct memprof {
     size_t blocks_cap, nblocks;
     struct site *sites;
     size_t nsites, sites_cap;
-    uint32_t *site_index;           /* hash -> site, SITE_NONE when empty */
+    uint32_t *site_index; /* hash -> site, SITE_NONE when empty */
     size_t site_index_cap;
     uint64_t live_bytes, live_extra;
     double live_blocks;
@@ -260,8 +260,9 @@ static uint32_t site_unwind(struct memprof *m, const uint64_t regs[MEMRING_NREGS
     size_t n = 0;
     int truncated = 0;
 
-    if (stacks_unwind_regs(m->stacks, regs, sp, stack, len, f, MEMPROF_MAX_FRAMES, &n,
-                           &truncated) < 0 || n == 0)
+    if (stacks_unwind_regs(m->stacks, regs, sp, stack, len, f, MEMPROF_MAX_FRAMES, &n, &truncated) <
+            0 ||
+        n == 0)
         return SITE_NONE;
     return site_intern(m, f, n);
 }
@@ -321,7 +322,7 @@ static void on_free(struct memprof *m, uint64_t ptr)
     struct block *b = block_find(m, ptr);
     m->stats.frees++;
     if (!b)
-        return;         /* allocated before the run, or not sampled */
+        return; /* allocated before the run, or not sampled */
     double blocks = b->blocks;
     if (b->site < m->nsites) {
         struct site *s = &m->sites[b->site];
@@ -344,7 +345,7 @@ static void on_alloc(struct memprof *m, uint64_t ptr, uint64_t size, uint32_t si
     site = site_or_unknown(site);
     struct block *old = block_find(m, ptr);
     if (old)
-        on_free(m, ptr);        /* a free we did not see (raced, or lost) */
+        on_free(m, ptr); /* a free we did not see (raced, or lost) */
     if (m->nblocks >= MEMPROF_MAX_BLOCKS ||
         ((m->nblocks + 1) * 2 > m->blocks_cap && blocks_grow(m) < 0)) {
         m->stats.untracked++;
@@ -356,7 +357,7 @@ static void on_alloc(struct memprof *m, uint64_t ptr, uint64_t size, uint32_t si
     size_t j = mix64(ptr) & (m->blocks_cap - 1);
     while (m->blocks[j].ptr)
         j = (j + 1) & (m->blocks_cap - 1);
-    m->blocks[j] = (struct block){ .ptr = ptr, .bytes = w, .site = site, .blocks = (float)blocks };
+    m->blocks[j] = (struct block){.ptr = ptr, .bytes = w, .site = site, .blocks = (float)blocks};
     m->nblocks++;
     m->sites[site].live_bytes += w;
     m->sites[site].live_blocks += blocks;
@@ -533,7 +534,7 @@ static void give_to_target(int fd, pid_t pid, mode_t fallback)
 static int ring_create(struct memprof *m, bool same_ns, char *tpath, size_t tlen, char *apath,
                        size_t alen)
 {
-    static const char *const dirs[] = { "/dev/shm", "/tmp", NULL };
+    static const char *const dirs[] = {"/dev/shm", "/tmp", NULL};
     static unsigned counter;
     char name[96];
     uint64_t nev = MEMPROF_RING_EVENTS, nst = MEMPROF_RING_STACKS;
@@ -669,14 +670,14 @@ static int loader_symbols(pid_t pid, uint64_t *dlopen_fn, uint64_t *dlsym_fn, ui
 }
 
 /* fn(s, arg) when handle_first is false, fn(arg, s) when it is (dlsym's order). */
-static int call_str(struct inject *in, uint64_t fn, const char *s, uint64_t arg,
-                    bool handle_first, uint64_t *ret)
+static int call_str(struct inject *in, uint64_t fn, const char *s, uint64_t arg, bool handle_first,
+                    uint64_t *ret)
 {
     uint64_t addr;
     int r = inject_push(in, s, strlen(s) + 1, &addr);
     if (r < 0)
         return r;
-    uint64_t args[2] = { handle_first ? arg : addr, handle_first ? addr : arg };
+    uint64_t args[2] = {handle_first ? arg : addr, handle_first ? addr : arg};
     return inject_call(in, fn, args, 2, ret);
 }
 
@@ -696,37 +697,39 @@ static int hooks_install(struct memprof *m, char *why, size_t whylen)
         return r;
     }
     if (!loaded) {
-        static const char *const dirs[] = { "/tmp", "/dev/shm", "/var/tmp", NULL };
+        static const char *const dirs[] = {"/tmp", "/dev/shm", "/var/tmp", NULL};
         char name[96];
         if (same_ns && m->opt.hook_path[0] == '/') {
             snprintf(lib_t, sizeof(lib_t), "%s", m->opt.hook_path);
         } else {
             snprintf(name, sizeof(name), HOOK_NAME_TAG ".%d.so", (int)getpid());
-            r = place_file(m->pid, same_ns, dirs, name, lib_t, sizeof(lib_t), lib_a,
-                           sizeof(lib_a));
+            r = place_file(m->pid, same_ns, dirs, name, lib_t, sizeof(lib_t), lib_a, sizeof(lib_a));
             if (r == 0) {
                 unlink(lib_a);
                 r = copy_file(m->opt.hook_path, lib_a, m->pid);
             }
             if (r < 0) {
                 lib_a[0] = '\0';
-                snprintf(why, whylen, "could not put the hook library where the target can "
-                         "load it: %s", strerror(-r));
+                snprintf(why, whylen,
+                         "could not put the hook library where the target can "
+                         "load it: %s",
+                         strerror(-r));
                 return r;
             }
         }
     }
     r = ring_create(m, same_ns, ring_t, sizeof(ring_t), ring_a, sizeof(ring_a));
     if (r < 0) {
-        snprintf(why, whylen, "could not create the shared ring in the target's /dev/shm or "
-                 "/tmp: %s", strerror(-r));
+        snprintf(why, whylen,
+                 "could not create the shared ring in the target's /dev/shm or "
+                 "/tmp: %s",
+                 strerror(-r));
         goto out;
     }
     r = inject_attach(m->pid, &in, why, whylen);
     if (r < 0)
         goto out;
-    r = call_str(in, dlopen_fn, lib_t, RTLD_NOW | (loaded ? RTLD_NOLOAD : 0), false,
-                 &handle);
+    r = call_str(in, dlopen_fn, lib_t, RTLD_NOW | (loaded ? RTLD_NOLOAD : 0), false, &handle);
     if (r == 0 && !handle) {
         char err[256] = "no reason given";
         uint64_t msg = 0;
@@ -754,9 +757,10 @@ static int hooks_install(struct memprof *m, char *why, size_t whylen)
     }
     if ((int)rc < 0) {
         r = (int)rc;
-        snprintf(why, whylen, "the hooks could not be installed in the target: %s%s",
-                 strerror(-r), loaded ? " (a hook library of another agent version may be "
-                 "loaded there; restart the target to replace it)" : "");
+        snprintf(why, whylen, "the hooks could not be installed in the target: %s%s", strerror(-r),
+                 loaded ? " (a hook library of another agent version may be "
+                          "loaded there; restart the target to replace it)"
+                        : "");
         goto out;
     }
     m->hooked = true;
@@ -765,8 +769,7 @@ out:
         int d = inject_detach(in);
         if (r == 0 && d < 0) {
             r = d;
-            snprintf(why, whylen, "the target's thread could not be restored: %s",
-                     strerror(-d));
+            snprintf(why, whylen, "the target's thread could not be restored: %s", strerror(-d));
         }
     }
     /* Both sides hold what they need open or mapped: no name is left behind. */
@@ -807,8 +810,7 @@ static bool target_alive(struct memprof *m)
     uint64_t st;
     char state;
     return procfs_read_starttime(PROCFS_ROOT, m->pid, &st) == 0 && st == m->starttime &&
-           procfs_read_state(PROCFS_ROOT, m->pid, 0, &state) == 0 && state != 'Z' &&
-           state != 'X';
+           procfs_read_state(PROCFS_ROOT, m->pid, 0, &state) == 0 && state != 'Z' && state != 'X';
 }
 
 int memprof_open(pid_t pid, struct stacks *stacks, const struct memprof_options *o,
@@ -901,7 +903,7 @@ int memprof_poll(struct memprof *m, int timeout_ms)
         if (r < 0)
             return r;
         if (m->hdr && n == 0) {
-            struct timespec ts = { 0, DRAIN_PAUSE_US * 1000 };
+            struct timespec ts = {0, DRAIN_PAUSE_US * 1000};
             nanosleep(&ts, NULL);
         }
     } while (mono_ns() < deadline);
@@ -924,7 +926,7 @@ int memprof_finish(struct memprof *m)
                 uint64_t head = __atomic_load_n(&m->hdr->head, __ATOMIC_ACQUIRE);
                 if (head == __atomic_load_n(&m->hdr->tail, __ATOMIC_RELAXED))
                     break;
-                struct timespec ts = { 0, DRAIN_PAUSE_US * 1000 };
+                struct timespec ts = {0, DRAIN_PAUSE_US * 1000};
                 nanosleep(&ts, NULL);
             }
         }
@@ -976,9 +978,11 @@ int memprof_sites(struct memprof *m, const struct memprof_site **ret, size_t *re
         const struct site *s = &m->sites[i];
         if (!s->live_bytes)
             continue;
-        m->out_sites[m->nout_sites++] = (struct memprof_site){
-            .frames = s->frames, .nframes = s->nframes, .live_bytes = s->live_bytes,
-            .live_blocks = (uint64_t)(s->live_blocks + 0.5) };
+        m->out_sites[m->nout_sites++] =
+            (struct memprof_site){.frames = s->frames,
+                                  .nframes = s->nframes,
+                                  .live_bytes = s->live_bytes,
+                                  .live_blocks = (uint64_t)(s->live_blocks + 0.5)};
     }
     qsort(m->out_sites, m->nout_sites, sizeof(*m->out_sites), by_live_bytes);
     *ret = m->out_sites;
@@ -1037,16 +1041,18 @@ int memprof_write_massif(struct memprof *m, const char *path, const char *cmd)
             if (!w)
                 goto out;
             owned[nowned++] = w;
-            hs[k++] = (struct heapfile_snapshot){ .time = m->stats.peak_ms,
-                .heap_bytes = m->stats.peak_bytes, .heap_extra_bytes = m->peak_extra,
-                .tree = HEAPFILE_TREE_PEAK, .site_bytes = w };
+            hs[k++] = (struct heapfile_snapshot){.time = m->stats.peak_ms,
+                                                 .heap_bytes = m->stats.peak_bytes,
+                                                 .heap_extra_bytes = m->peak_extra,
+                                                 .tree = HEAPFILE_TREE_PEAK,
+                                                 .site_bytes = w};
             peak_done = true;
         }
         if (i == m->nsnaps)
             break;
         const struct snap *s = &m->snaps[i];
-        hs[k] = (struct heapfile_snapshot){ .time = s->ms, .heap_bytes = s->bytes,
-            .heap_extra_bytes = s->extra, .tree = s->tree };
+        hs[k] = (struct heapfile_snapshot){
+            .time = s->ms, .heap_bytes = s->bytes, .heap_extra_bytes = s->extra, .tree = s->tree};
         if (s->tree != HEAPFILE_TREE_EMPTY) {
             uint64_t *w = widen(s->site_bytes, s->nsites, m->nsites);
             if (!w)

@@ -15,39 +15,39 @@
 #include "unwind/stacks.h"
 
 #define MEMPROF_MAX_FRAMES 64
-#define MEMPROF_MAX_BLOCKS (1u << 22)       /* live blocks tracked; past it they are counted */
+#define MEMPROF_MAX_BLOCKS (1u << 22) /* live blocks tracked; past it they are counted */
 #define MEMPROF_MAX_SITES 65536
-#define MEMPROF_MAX_SNAPSHOTS 100           /* as massif's --max-snapshots default */
-#define MEMPROF_DETAILED_EVERY 10           /* as massif's --detailed-freq default */
+#define MEMPROF_MAX_SNAPSHOTS 100 /* as massif's --max-snapshots default */
+#define MEMPROF_DETAILED_EVERY 10 /* as massif's --detailed-freq default */
 #define MEMPROF_RING_EVENTS (1u << 18)
 #define MEMPROF_RING_STACKS 2048
 #define MEMPROF_HOOK_LIB "libprofiler-agent-memhook.so"
 
 struct memprof_options {
-    uint64_t sample_bytes;          /* 0: every allocation */
-    double seconds;                 /* planned length, to space the snapshots */
-    const char *hook_path;          /* the hook library on the agent's side */
-    bool force_uprobes;             /* skip injection (tests, and users who ask) */
+    uint64_t sample_bytes; /* 0: every allocation */
+    double seconds;        /* planned length, to space the snapshots */
+    const char *hook_path; /* the hook library on the agent's side */
+    bool force_uprobes;    /* skip injection (tests, and users who ask) */
 };
 
 struct memprof_stats {
-    const char *method;             /* "inject" or "uprobes" */
-    char fallback_reason[256];      /* why injection was not used, or "" */
-    uint64_t allocs, frees;         /* events seen (sampled ones only, when sampling) */
-    uint64_t alloc_bytes;           /* bytes of the allocations seen */
-    uint64_t live_bytes, live_blocks;   /* at the end; estimates when sampling */
+    const char *method;               /* "inject" or "uprobes" */
+    char fallback_reason[256];        /* why injection was not used, or "" */
+    uint64_t allocs, frees;           /* events seen (sampled ones only, when sampling) */
+    uint64_t alloc_bytes;             /* bytes of the allocations seen */
+    uint64_t live_bytes, live_blocks; /* at the end; estimates when sampling */
     uint64_t peak_bytes, peak_ms;
-    uint64_t lost;                  /* allocations not recorded (ring, stack slots, probes) */
-    uint64_t untracked;             /* allocations past MEMPROF_MAX_BLOCKS */
+    uint64_t lost;      /* allocations not recorded (ring, stack slots, probes) */
+    uint64_t untracked; /* allocations past MEMPROF_MAX_BLOCKS */
     uint64_t sites;
     uint64_t elapsed_ms;
     bool target_exited;
-    bool hooks_abandoned;           /* the hooks removed themselves (the agent was too slow) */
+    bool hooks_abandoned; /* the hooks removed themselves (the agent was too slow) */
 };
 
 /* One allocation site of the blocks still live, for summaries and the files. */
 struct memprof_site {
-    const struct stacks_frame *frames;  /* innermost first: frames[0] called the allocator */
+    const struct stacks_frame *frames; /* innermost first: frames[0] called the allocator */
     size_t nframes;
     uint64_t live_bytes, live_blocks;
 };

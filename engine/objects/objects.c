@@ -18,11 +18,12 @@
 #include "os/procfs.h"
 #include "objects/sockets.h"
 
-#define FDINFO_MAX (1 << 20)        /* bytes of one fdinfo or timers file read; ~15,000 epoll
-                                     * entries. Past it the last lines are left out. */
-#define REPR_MAX 4096               /* one repr; a longer one is cut and ends in "...>" */
-#define EPOLL_SHOW_MAX 64           /* watched fds named in one scheduled epoll repr */
-#define PIPE_PEERS_MAX 8            /* other ends named in one pipe repr */
+#define FDINFO_MAX                                                                                 \
+    (1 << 20)             /* bytes of one fdinfo or timers file read; ~15,000 epoll                \
+                           * entries. Past it the last lines are left out. */
+#define REPR_MAX 4096     /* one repr; a longer one is cut and ends in "...>" */
+#define EPOLL_SHOW_MAX 64 /* watched fds named in one scheduled epoll repr */
+#define PIPE_PEERS_MAX 8  /* other ends named in one pipe repr */
 
 /* On 64-bit the kernel sets O_LARGEFILE on every open, and fdinfo shows it, while glibc defines
  * it as 0 there; these are the kernel's values (asm-generic, x86; arm has its own). */
@@ -33,18 +34,16 @@
 #endif
 
 static const char *const type_names[OBJECTS_NTYPES] = {
-    [OBJECTS_PIPE] = "pipe",         [OBJECTS_SOCKET] = "socket",
-    [OBJECTS_EVENTFD] = "eventfd",   [OBJECTS_TIMERFD] = "timerfd",
-    [OBJECTS_EPOLL] = "epoll",       [OBJECTS_SIGNALFD] = "signalfd",
-    [OBJECTS_INOTIFY] = "inotify",   [OBJECTS_FILE] = "file",
-    [OBJECTS_OTHER_FD] = "other",    [OBJECTS_THREAD] = "thread",
-    [OBJECTS_MAPPING] = "mapping",
+    [OBJECTS_PIPE] = "pipe",       [OBJECTS_SOCKET] = "socket",   [OBJECTS_EVENTFD] = "eventfd",
+    [OBJECTS_TIMERFD] = "timerfd", [OBJECTS_EPOLL] = "epoll",     [OBJECTS_SIGNALFD] = "signalfd",
+    [OBJECTS_INOTIFY] = "inotify", [OBJECTS_FILE] = "file",       [OBJECTS_OTHER_FD] = "other",
+    [OBJECTS_THREAD] = "thread",   [OBJECTS_MAPPING] = "mapping",
 };
 
 struct fdent {
     int fd;
     enum objects_type type;
-    uint64_t ino;                   /* pipes and sockets */
+    uint64_t ino; /* pipes and sockets */
 };
 
 /* A repr under construction: appends stop at the end of buf and mark it cut. */
@@ -176,7 +175,7 @@ static int scan_fds(const char *root, pid_t pid, struct fdent **ret, size_t *ret
     for (size_t i = 0; i < n_fds; i++) {
         r = procfs_read_fd_link(root, pid, fds[i], link, sizeof(link));
         if (r == -ENOENT)
-            continue;               /* closed since listing */
+            continue; /* closed since listing */
         if (r < 0 && r != -ENAMETOOLONG)
             goto out;
         ents[n].fd = fds[i];
@@ -308,8 +307,7 @@ struct flag_name {
 };
 
 /* Names of the bits of v from table, '|'-joined; bits left over in base (8 or 16). */
-static void add_flags(struct repr *r, uint64_t v, const struct flag_name *table, size_t n,
-                      int base)
+static void add_flags(struct repr *r, uint64_t v, const struct flag_name *table, size_t n, int base)
 {
     bool first = true;
 
@@ -329,18 +327,30 @@ static void add_flags(struct repr *r, uint64_t v, const struct flag_name *table,
 static void add_open_flags(struct repr *r, uint64_t flags)
 {
     static const struct flag_name table[] = {
-        { O_SYNC, "O_SYNC" },       /* before O_DSYNC, whose bit it includes */
-        { O_APPEND, "O_APPEND" },   { O_NONBLOCK, "O_NONBLOCK" },  { O_DSYNC, "O_DSYNC" },
-        { O_DIRECT, "O_DIRECT" },   { KERNEL_O_LARGEFILE, "O_LARGEFILE" },
-        { O_DIRECTORY, "O_DIRECTORY" }, { O_NOFOLLOW, "O_NOFOLLOW" },
-        { O_NOATIME, "O_NOATIME" }, { O_CLOEXEC, "O_CLOEXEC" },    { O_PATH, "O_PATH" },
-        { O_CREAT, "O_CREAT" },     { O_EXCL, "O_EXCL" },          { O_NOCTTY, "O_NOCTTY" },
-        { O_TRUNC, "O_TRUNC" },     { __O_TMPFILE, "O_TMPFILE" },
+        {O_SYNC, "O_SYNC"}, /* before O_DSYNC, whose bit it includes */
+        {O_APPEND, "O_APPEND"},
+        {O_NONBLOCK, "O_NONBLOCK"},
+        {O_DSYNC, "O_DSYNC"},
+        {O_DIRECT, "O_DIRECT"},
+        {KERNEL_O_LARGEFILE, "O_LARGEFILE"},
+        {O_DIRECTORY, "O_DIRECTORY"},
+        {O_NOFOLLOW, "O_NOFOLLOW"},
+        {O_NOATIME, "O_NOATIME"},
+        {O_CLOEXEC, "O_CLOEXEC"},
+        {O_PATH, "O_PATH"},
+        {O_CREAT, "O_CREAT"},
+        {O_EXCL, "O_EXCL"},
+        {O_NOCTTY, "O_NOCTTY"},
+        {O_TRUNC, "O_TRUNC"},
+        {__O_TMPFILE, "O_TMPFILE"},
     };
     uint64_t acc = flags & O_ACCMODE;
 
-    repr_add(r, "%s", acc == O_RDONLY ? "O_RDONLY" : acc == O_WRONLY ? "O_WRONLY" :
-             acc == O_RDWR ? "O_RDWR" : "O_ACCMODE");
+    repr_add(r, "%s",
+             acc == O_RDONLY   ? "O_RDONLY"
+             : acc == O_WRONLY ? "O_WRONLY"
+             : acc == O_RDWR   ? "O_RDWR"
+                               : "O_ACCMODE");
     if (flags & ~(uint64_t)O_ACCMODE) {
         repr_add(r, "|");
         add_flags(r, flags & ~(uint64_t)O_ACCMODE, table, sizeof(table) / sizeof(table[0]), 8);
@@ -351,12 +361,14 @@ static void add_open_flags(struct repr *r, uint64_t flags)
 static void add_epoll_events(struct repr *r, uint64_t ev)
 {
     static const struct flag_name table[] = {
-        { EPOLLIN, "EPOLLIN" },       { EPOLLPRI, "EPOLLPRI" },       { EPOLLOUT, "EPOLLOUT" },
-        { EPOLLERR, "EPOLLERR" },     { EPOLLHUP, "EPOLLHUP" },       { EPOLLRDNORM, "EPOLLRDNORM" },
-        { EPOLLRDBAND, "EPOLLRDBAND" }, { EPOLLWRNORM, "EPOLLWRNORM" },
-        { EPOLLWRBAND, "EPOLLWRBAND" }, { EPOLLMSG, "EPOLLMSG" },     { EPOLLRDHUP, "EPOLLRDHUP" },
-        { EPOLLEXCLUSIVE, "EPOLLEXCLUSIVE" }, { EPOLLWAKEUP, "EPOLLWAKEUP" },
-        { EPOLLONESHOT, "EPOLLONESHOT" }, { (uint32_t)EPOLLET, "EPOLLET" },
+        {EPOLLIN, "EPOLLIN"},           {EPOLLPRI, "EPOLLPRI"},
+        {EPOLLOUT, "EPOLLOUT"},         {EPOLLERR, "EPOLLERR"},
+        {EPOLLHUP, "EPOLLHUP"},         {EPOLLRDNORM, "EPOLLRDNORM"},
+        {EPOLLRDBAND, "EPOLLRDBAND"},   {EPOLLWRNORM, "EPOLLWRNORM"},
+        {EPOLLWRBAND, "EPOLLWRBAND"},   {EPOLLMSG, "EPOLLMSG"},
+        {EPOLLRDHUP, "EPOLLRDHUP"},     {EPOLLEXCLUSIVE, "EPOLLEXCLUSIVE"},
+        {EPOLLWAKEUP, "EPOLLWAKEUP"},   {EPOLLONESHOT, "EPOLLONESHOT"},
+        {(uint32_t)EPOLLET, "EPOLLET"},
     };
 
     if ((ev & (EPOLLERR | EPOLLHUP)) == (EPOLLERR | EPOLLHUP))
@@ -367,18 +379,30 @@ static void add_epoll_events(struct repr *r, uint64_t ev)
 static const char *clock_name(int64_t id)
 {
     switch (id) {
-    case 0: return "realtime";
-    case 1: return "monotonic";
-    case 2: return "process_cputime";
-    case 3: return "thread_cputime";
-    case 4: return "monotonic_raw";
-    case 5: return "realtime_coarse";
-    case 6: return "monotonic_coarse";
-    case 7: return "boottime";
-    case 8: return "realtime_alarm";
-    case 9: return "boottime_alarm";
-    case 11: return "tai";
-    default: return NULL;
+    case 0:
+        return "realtime";
+    case 1:
+        return "monotonic";
+    case 2:
+        return "process_cputime";
+    case 3:
+        return "thread_cputime";
+    case 4:
+        return "monotonic_raw";
+    case 5:
+        return "realtime_coarse";
+    case 6:
+        return "monotonic_coarse";
+    case 7:
+        return "boottime";
+    case 8:
+        return "realtime_alarm";
+    case 9:
+        return "boottime_alarm";
+    case 11:
+        return "tai";
+    default:
+        return NULL;
     }
 }
 
@@ -522,7 +546,7 @@ out:
 
 struct pipe_end {
     int fd;
-    int acc;                        /* O_RDONLY, O_WRONLY or O_RDWR */
+    int acc; /* O_RDONLY, O_WRONLY or O_RDWR */
     uint64_t ino;
 };
 
@@ -579,7 +603,7 @@ static int dump_pipes(const char *root, pid_t pid, const struct fdent *ents, siz
     memcpy(by_ino, ends, m * sizeof(*ends));
     qsort(by_ino, m, sizeof(*by_ino), cmp_pipe_ino);
     for (size_t i = 0; i < m; i++) {
-        struct pipe_end key = { .fd = -1, .ino = ends[i].ino };
+        struct pipe_end key = {.fd = -1, .ino = ends[i].ino};
         size_t lo = 0, hi = m, peers = 0;
 
         /* First of the group with this inode: fd -1 sorts before every fd. */
@@ -641,12 +665,11 @@ static int dump_threads(const char *root, pid_t pid, int (*emit)(const char *, v
             r = gone_or(root, pid, r);
             if (r == -ESRCH)
                 goto out;
-            continue;               /* that thread exited */
+            continue; /* that thread exited */
         }
         if (r < 0)
             goto out;
-        snprintf(line, sizeof(line), "<thread tid=%d name=%s state=%c>", (int)tids[i], comm,
-                 state);
+        snprintf(line, sizeof(line), "<thread tid=%d name=%s state=%c>", (int)tids[i], comm, state);
         r = emit(line, userdata);
         if (r < 0)
             goto out;
@@ -657,8 +680,7 @@ out:
     return r;
 }
 
-static int dump_maps(const char *root, pid_t pid, int (*emit)(const char *, void *),
-                     void *userdata)
+static int dump_maps(const char *root, pid_t pid, int (*emit)(const char *, void *), void *userdata)
 {
     struct procfs_map *maps = NULL;
     struct repr *r;
@@ -690,7 +712,7 @@ out:
  * second grows the count by two. */
 int objects_count(const char *root, pid_t pid, struct objects_count *ret)
 {
-    struct objects_count c = { { 0 } };
+    struct objects_count c = {{0}};
     struct procfs_map *maps = NULL;
     struct fdent *ents = NULL;
     pid_t *tids = NULL;
@@ -827,7 +849,7 @@ static int epoll_sched_repr(const char *info, int fd, const struct fdent *ents, 
         while (*q == ' ')
             q++;
         if (procfs_parse_u64(&q, 10, 10, &tfd) < 0 || tfd > INT_MAX)
-            break;                  /* m < total: not epoll fdinfo */
+            break; /* m < total: not epoll fdinfo */
         while (*q == ' ')
             q++;
         if (strncmp(q, "events:", 7) != 0)
@@ -876,7 +898,7 @@ static int posix_timers(const char *root, pid_t pid, struct repr *r,
 
     ret = read_proc_text(root, pid, "timers", &text);
     if (ret == -ENOENT) {
-        ret = 0;                    /* a kernel without CONFIG_CHECKPOINT_RESTORE */
+        ret = 0; /* a kernel without CONFIG_CHECKPOINT_RESTORE */
         goto out;
     }
     if (ret < 0)
@@ -929,8 +951,8 @@ out:
     return ret;
 }
 
-int objects_scheduled(const char *root, pid_t pid,
-                      int (*emit)(const char *repr, void *userdata), void *userdata)
+int objects_scheduled(const char *root, pid_t pid, int (*emit)(const char *repr, void *userdata),
+                      void *userdata)
 {
     struct fdent *ents = NULL;
     struct repr *r = NULL;
@@ -964,7 +986,7 @@ int objects_scheduled(const char *root, pid_t pid,
             goto out;
         ret = epoll_sched_repr(info, ents[i].fd, ents, n, r);
         if (ret == -EBADMSG)
-            continue;               /* not an epoll fdinfo: closed and reused */
+            continue; /* not an epoll fdinfo: closed and reused */
         if (ret < 0)
             goto out;
         ret = emit(r->buf, userdata);

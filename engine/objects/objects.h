@@ -54,7 +54,7 @@ int objects_dump(const char *root, pid_t pid, enum objects_type t,
  * when not armed), every POSIX timer from ROOT/PID/timers `<posix timer id=0 clock=realtime
  * notify=signal/14 ...>`, and every epoll set with the fds it watches and their events
  * `<epoll fd=4 watches fd=8 (timerfd) events=EPOLLIN, fd=5 (pipe) events=EPOLLIN|EPOLLET>`. */
-int objects_scheduled(const char *root, pid_t pid,
-                      int (*emit)(const char *repr, void *userdata), void *userdata);
+int objects_scheduled(const char *root, pid_t pid, int (*emit)(const char *repr, void *userdata),
+                      void *userdata);
 
 #endif

@@ -33,31 +33,31 @@
 #include "os/perfring.h"
 #include "os/procfs.h"
 
-#define EVENTS_MAX 65536                /* event fds: threads x online CPUs */
+#define EVENTS_MAX 65536 /* event fds: threads x online CPUs */
 #define THREADS_MAX 65536
-#define OPEN_SCANS_MAX 8                /* re-reads of /proc/PID/task while opening */
+#define OPEN_SCANS_MAX 8 /* re-reads of /proc/PID/task while opening */
 #define RESCAN_NS 1000000000ull
-#define RING_PAGES_MAX 128              /* 512 KiB a CPU: ~60 events of 8.5 KiB */
-#define RING_PAGES_MIN 8                /* smallest tried when the mlock allowance refuses */
-#define WAKEUP_BYTES (64u << 10)        /* the kernel clamps it to the ring */
+#define RING_PAGES_MAX 128       /* 512 KiB a CPU: ~60 events of 8.5 KiB */
+#define RING_PAGES_MIN 8         /* smallest tried when the mlock allowance refuses */
+#define WAKEUP_BYTES (64u << 10) /* the kernel clamps it to the ring */
 #define FORMAT_MAX 16384
 #define FILTER_MAX 2048
 #define EPOLL_BATCH 64
 #define TP_DIR "events/raw_syscalls/sys_exit"
 #define TP_PATH_MAX 128
 
-static const char *const tracefs_roots[] = { "/sys/kernel/tracing", "/sys/kernel/debug/tracing" };
+static const char *const tracefs_roots[] = {"/sys/kernel/tracing", "/sys/kernel/debug/tracing"};
 
 _Static_assert(OBJSRC_NREGS == PERFRING_NREGS, "register numbering");
 
 enum how {
-    HOW_FD,                             /* the return value is the new fd */
-    HOW_DUPFD,                          /* same, of any kind */
-    HOW_FCNTL,                          /* a new fd of any kind if cmd is F_DUPFD* */
-    HOW_PAIR_RDI,                       /* int[2] at the first argument */
-    HOW_PAIR_R10,                       /* int[2] at the fourth argument (socketpair) */
-    HOW_CLONE,                          /* a thread if CLONE_THREAD is in the flags argument */
-    HOW_CLONE3,                         /* same, flags first in struct clone_args */
+    HOW_FD,       /* the return value is the new fd */
+    HOW_DUPFD,    /* same, of any kind */
+    HOW_FCNTL,    /* a new fd of any kind if cmd is F_DUPFD* */
+    HOW_PAIR_RDI, /* int[2] at the first argument */
+    HOW_PAIR_R10, /* int[2] at the fourth argument (socketpair) */
+    HOW_CLONE,    /* a thread if CLONE_THREAD is in the flags argument */
+    HOW_CLONE3,   /* same, flags first in struct clone_args */
     HOW_MMAP,
 };
 
@@ -69,33 +69,33 @@ struct call {
 };
 
 static const struct call calls[] = {
-    { SYS_open, "open", OBJECTS_FILE, HOW_FD },
-    { SYS_creat, "creat", OBJECTS_FILE, HOW_FD },
-    { SYS_openat, "openat", OBJECTS_FILE, HOW_FD },
-    { SYS_openat2, "openat2", OBJECTS_FILE, HOW_FD },
-    { SYS_memfd_create, "memfd_create", OBJECTS_FILE, HOW_FD },
-    { SYS_pipe, "pipe", OBJECTS_PIPE, HOW_PAIR_RDI },
-    { SYS_pipe2, "pipe2", OBJECTS_PIPE, HOW_PAIR_RDI },
-    { SYS_socket, "socket", OBJECTS_SOCKET, HOW_FD },
-    { SYS_socketpair, "socketpair", OBJECTS_SOCKET, HOW_PAIR_R10 },
-    { SYS_accept, "accept", OBJECTS_SOCKET, HOW_FD },
-    { SYS_accept4, "accept4", OBJECTS_SOCKET, HOW_FD },
-    { SYS_eventfd, "eventfd", OBJECTS_EVENTFD, HOW_FD },
-    { SYS_eventfd2, "eventfd2", OBJECTS_EVENTFD, HOW_FD },
-    { SYS_timerfd_create, "timerfd_create", OBJECTS_TIMERFD, HOW_FD },
-    { SYS_epoll_create, "epoll_create", OBJECTS_EPOLL, HOW_FD },
-    { SYS_epoll_create1, "epoll_create1", OBJECTS_EPOLL, HOW_FD },
-    { SYS_signalfd, "signalfd", OBJECTS_SIGNALFD, HOW_FD },
-    { SYS_signalfd4, "signalfd4", OBJECTS_SIGNALFD, HOW_FD },
-    { SYS_inotify_init, "inotify_init", OBJECTS_INOTIFY, HOW_FD },
-    { SYS_inotify_init1, "inotify_init1", OBJECTS_INOTIFY, HOW_FD },
-    { SYS_dup, "dup", OBJECTS_OTHER_FD, HOW_DUPFD },
-    { SYS_dup2, "dup2", OBJECTS_OTHER_FD, HOW_DUPFD },
-    { SYS_dup3, "dup3", OBJECTS_OTHER_FD, HOW_DUPFD },
-    { SYS_fcntl, "fcntl", OBJECTS_OTHER_FD, HOW_FCNTL },
-    { SYS_clone, "clone", OBJECTS_THREAD, HOW_CLONE },
-    { SYS_clone3, "clone3", OBJECTS_THREAD, HOW_CLONE3 },
-    { SYS_mmap, "mmap", OBJECTS_MAPPING, HOW_MMAP },
+    {SYS_open, "open", OBJECTS_FILE, HOW_FD},
+    {SYS_creat, "creat", OBJECTS_FILE, HOW_FD},
+    {SYS_openat, "openat", OBJECTS_FILE, HOW_FD},
+    {SYS_openat2, "openat2", OBJECTS_FILE, HOW_FD},
+    {SYS_memfd_create, "memfd_create", OBJECTS_FILE, HOW_FD},
+    {SYS_pipe, "pipe", OBJECTS_PIPE, HOW_PAIR_RDI},
+    {SYS_pipe2, "pipe2", OBJECTS_PIPE, HOW_PAIR_RDI},
+    {SYS_socket, "socket", OBJECTS_SOCKET, HOW_FD},
+    {SYS_socketpair, "socketpair", OBJECTS_SOCKET, HOW_PAIR_R10},
+    {SYS_accept, "accept", OBJECTS_SOCKET, HOW_FD},
+    {SYS_accept4, "accept4", OBJECTS_SOCKET, HOW_FD},
+    {SYS_eventfd, "eventfd", OBJECTS_EVENTFD, HOW_FD},
+    {SYS_eventfd2, "eventfd2", OBJECTS_EVENTFD, HOW_FD},
+    {SYS_timerfd_create, "timerfd_create", OBJECTS_TIMERFD, HOW_FD},
+    {SYS_epoll_create, "epoll_create", OBJECTS_EPOLL, HOW_FD},
+    {SYS_epoll_create1, "epoll_create1", OBJECTS_EPOLL, HOW_FD},
+    {SYS_signalfd, "signalfd", OBJECTS_SIGNALFD, HOW_FD},
+    {SYS_signalfd4, "signalfd4", OBJECTS_SIGNALFD, HOW_FD},
+    {SYS_inotify_init, "inotify_init", OBJECTS_INOTIFY, HOW_FD},
+    {SYS_inotify_init1, "inotify_init1", OBJECTS_INOTIFY, HOW_FD},
+    {SYS_dup, "dup", OBJECTS_OTHER_FD, HOW_DUPFD},
+    {SYS_dup2, "dup2", OBJECTS_OTHER_FD, HOW_DUPFD},
+    {SYS_dup3, "dup3", OBJECTS_OTHER_FD, HOW_DUPFD},
+    {SYS_fcntl, "fcntl", OBJECTS_OTHER_FD, HOW_FCNTL},
+    {SYS_clone, "clone", OBJECTS_THREAD, HOW_CLONE},
+    {SYS_clone3, "clone3", OBJECTS_THREAD, HOW_CLONE3},
+    {SYS_mmap, "mmap", OBJECTS_MAPPING, HOW_MMAP},
 };
 #define NCALLS (sizeof(calls) / sizeof(calls[0]))
 
@@ -115,12 +115,12 @@ struct objsrc {
     uint64_t tp_id;
     struct field f_id, f_ret;
     char filter[FILTER_MAX];
-    struct perfring_cpus rc;            /* the rings, one per online CPU */
-    struct last *last;                  /* one per ring */
-    int *fds;                           /* every event fd */
+    struct perfring_cpus rc; /* the rings, one per online CPU */
+    struct last *last;       /* one per ring */
+    int *fds;                /* every event fd */
     size_t nfds, fds_cap;
-    size_t nlive;                       /* of them, still in the epoll set */
-    pid_t *known;                       /* covered threads, ascending */
+    size_t nlive; /* of them, still in the epoll set */
+    pid_t *known; /* covered threads, ascending */
     size_t nknown;
     size_t own_threads;
     int epfd;
@@ -225,8 +225,8 @@ static int find_field(const char *format, const char *name, struct field *ret)
             (semi[-(long)nlen - 1] != ' ' && semi[-(long)nlen - 1] != '\t'))
             continue;
         const char *o = strstr(semi, "offset:"), *z = strstr(semi, "size:");
-        if (!o || !z || (end && (o > end || z > end)) ||
-            parse_u64_text(o + 7, 5, &off) < 0 || parse_u64_text(z + 5, 2, &size) < 0)
+        if (!o || !z || (end && (o > end || z > end)) || parse_u64_text(o + 7, 5, &off) < 0 ||
+            parse_u64_text(z + 5, 2, &size) < 0)
             return -EBADMSG;
         if (size != 4 && size != 8)
             return -EBADMSG;
@@ -291,8 +291,7 @@ static int build_filter(struct objsrc *s)
             len += (size_t)n;
             first = false;
         }
-        n = snprintf(s->filter + len, sizeof(s->filter) - len, ") && ret %s 0)",
-                     pass ? ">" : ">=");
+        n = snprintf(s->filter + len, sizeof(s->filter) - len, ") && ret %s 0)", pass ? ">" : ">=");
         if (n < 0 || (size_t)n >= sizeof(s->filter) - len)
             return -E2BIG;
         len += (size_t)n;
@@ -307,13 +306,13 @@ static void fill_attr(struct perf_event_attr *a, const struct objsrc *s)
     a->type = PERF_TYPE_TRACEPOINT;
     a->config = s->tp_id;
     a->sample_period = 1;
-    a->sample_type = PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_RAW |
-                     PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER;
+    a->sample_type = PERF_SAMPLE_TID | PERF_SAMPLE_TIME | PERF_SAMPLE_RAW | PERF_SAMPLE_REGS_USER |
+                     PERF_SAMPLE_STACK_USER;
     a->sample_regs_user = PERFRING_REGS_MASK;
     a->sample_stack_user = OBJSRC_STACK_BYTES;
-    a->disabled = 1;                    /* enabled once its output goes to the ring */
-    a->inherit = 1;                     /* inherit_thread too: forked processes are not ours */
-    a->task = 1;                        /* FORK records: which new threads are covered */
+    a->disabled = 1; /* enabled once its output goes to the ring */
+    a->inherit = 1;  /* inherit_thread too: forked processes are not ours */
+    a->task = 1;     /* FORK records: which new threads are covered */
     a->use_clockid = 1;
     a->clockid = CLOCK_MONOTONIC;
     a->watermark = 1;
@@ -419,7 +418,7 @@ static int open_thread(struct objsrc *s, pid_t tid)
             goto out;
     }
     for (size_t i = 0; i < s->rc.n; i++) {
-        struct epoll_event ev = { .events = EPOLLIN, .data.fd = s->fds[base + i] };
+        struct epoll_event ev = {.events = EPOLLIN, .data.fd = s->fds[base + i]};
 
         if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->fds[base + i], &ev) < 0) {
             r = -errno;
@@ -581,7 +580,7 @@ static bool raw_field(const unsigned char *raw, size_t len, const struct field *
 static bool read_user(const struct objsrc *s, const struct objsrc_event *ev, uint64_t addr,
                       void *buf, size_t len)
 {
-    struct iovec local = { buf, len }, remote = { (void *)(uintptr_t)addr, len };
+    struct iovec local = {buf, len}, remote = {(void *)(uintptr_t)addr, len};
 
     if (ev->stack && addr >= ev->stack_addr && ev->stack_len >= len &&
         addr - ev->stack_addr <= ev->stack_len - len) {
@@ -628,7 +627,8 @@ static bool describe(const struct objsrc *s, const struct call *c, int64_t ret,
     case HOW_PAIR_RDI:
     case HOW_PAIR_R10:
         if (read_user(s, ev, ev->regs[c->how == HOW_PAIR_RDI ? UNW_X86_64_RDI : UNW_X86_64_R10],
-                      pair, sizeof(pair)) && pair[0] >= 0 && pair[1] >= 0) {
+                      pair, sizeof(pair)) &&
+            pair[0] >= 0 && pair[1] >= 0) {
             ev->fds[0] = pair[0];
             ev->fds[1] = pair[1];
         }
@@ -640,7 +640,7 @@ static bool describe(const struct objsrc *s, const struct call *c, int64_t ret,
         if (c->how == HOW_CLONE)
             flags = ev->regs[UNW_X86_64_RDI];
         else if (!read_user(s, ev, ev->regs[UNW_X86_64_RDI], &flags, sizeof(flags)))
-            flags = CLONE_THREAD;   /* unreadable: /proc will say whether it is a thread */
+            flags = CLONE_THREAD; /* unreadable: /proc will say whether it is a thread */
         if (!(flags & CLONE_THREAD))
             return false;
         ev->new_tid = (pid_t)ret;
@@ -657,7 +657,7 @@ static int on_sample(struct objsrc *s, struct last *last, const unsigned char *r
                      int (*cb)(const struct objsrc_event *, void *), void *userdata)
 {
     struct perfring_rd d;
-    struct objsrc_event ev = { 0 };
+    struct objsrc_event ev = {0};
     uint64_t time, abi;
     uint32_t pid, tid, raw_size;
     const unsigned char *raw;
@@ -665,9 +665,8 @@ static int on_sample(struct objsrc *s, struct last *last, const unsigned char *r
     int64_t nr, ret;
 
     perfring_rd_init(&d, rec, size);
-    if (!perfring_rd_u32(&d, &pid) || !perfring_rd_u32(&d, &tid) ||
-        !perfring_rd_u64(&d, &time) || !perfring_rd_u32(&d, &raw_size) ||
-        !perfring_rd_bytes(&d, raw_size, &raw))
+    if (!perfring_rd_u32(&d, &pid) || !perfring_rd_u32(&d, &tid) || !perfring_rd_u64(&d, &time) ||
+        !perfring_rd_u32(&d, &raw_size) || !perfring_rd_bytes(&d, raw_size, &raw))
         goto bad;
     /* The raw field is padded so that it and its size end on 8 bytes. */
     if ((4 + raw_size) % 8 != 0)
@@ -675,13 +674,13 @@ static int on_sample(struct objsrc *s, struct last *last, const unsigned char *r
     if (!perfring_rd_u64(&d, &abi))
         goto bad;
     if ((pid_t)pid != s->pid)
-        return 0;               /* a forked child's copy, where inherit_thread is unknown */
+        return 0; /* a forked child's copy, where inherit_thread is unknown */
     if ((pid_t)tid == last->tid && time == last->time)
-        return 0;               /* the same call seen by a thread's two sets of events */
+        return 0; /* the same call seen by a thread's two sets of events */
     last->tid = (pid_t)tid;
     last->time = time;
     if (abi != PERF_SAMPLE_REGS_ABI_64)
-        goto bad;               /* a 32-bit process: other numbers, other registers */
+        goto bad; /* a 32-bit process: other numbers, other registers */
     if (!perfring_rd_regs(&d, ev.regs) || !perfring_rd_stack(&d, &ev.stack, &ev.stack_len))
         goto bad;
     if (!raw_field(raw, raw_size, &s->f_id, &nr) || !raw_field(raw, raw_size, &s->f_ret, &ret))
@@ -733,7 +732,7 @@ static int on_record(void *arg, size_t ci, const unsigned char *rec, size_t size
         on_fork(s, rec, size);
         break;
     default:
-        break;                      /* EXIT, THROTTLE: nothing to do */
+        break; /* EXIT, THROTTLE: nothing to do */
     }
     return 0;
 }
@@ -742,7 +741,7 @@ int objsrc_poll(struct objsrc *s, int timeout_ms,
                 int (*cb)(const struct objsrc_event *ev, void *userdata), void *userdata)
 {
     struct epoll_event evs[EPOLL_BATCH];
-    struct poll_ctx ctx = { s, cb, userdata };
+    struct poll_ctx ctx = {s, cb, userdata};
     int r, n;
 
     if (!s->exited) {

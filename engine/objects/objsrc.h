@@ -11,30 +11,30 @@
 #include <sys/types.h>
 #include "objects/objects.h"
 
-#define OBJSRC_NREGS 17                 /* libunwind's x86-64 numbering, as stacks.h takes */
-#define OBJSRC_STACK_BYTES 8192         /* user stack copied per event */
+#define OBJSRC_NREGS 17         /* libunwind's x86-64 numbering, as stacks.h takes */
+#define OBJSRC_STACK_BYTES 8192 /* user stack copied per event */
 
 struct objsrc_event {
-    pid_t tid;                          /* the creating thread */
-    uint64_t time_ns;                   /* CLOCK_MONOTONIC */
-    const char *syscall;                /* "pipe2", "openat", "clone3", "mmap", ... (static) */
-    enum objects_type type;             /* what it made; OBJECTS_OTHER_FD with any_fd_type
-                                           set for dup*, fcntl: any kind of fd */
+    pid_t tid;              /* the creating thread */
+    uint64_t time_ns;       /* CLOCK_MONOTONIC */
+    const char *syscall;    /* "pipe2", "openat", "clone3", "mmap", ... (static) */
+    enum objects_type type; /* what it made; OBJECTS_OTHER_FD with any_fd_type
+                               set for dup*, fcntl: any kind of fd */
     bool any_fd_type;
-    int fds[2];                         /* fd objects: the new fd(s); fds[1] is -1 unless the
-                                           call makes two (pipe, socketpair); -1 if unreadable */
-    pid_t new_tid;                      /* OBJECTS_THREAD */
-    uint64_t addr, len;                 /* OBJECTS_MAPPING */
+    int fds[2];         /* fd objects: the new fd(s); fds[1] is -1 unless the
+                           call makes two (pipe, socketpair); -1 if unreadable */
+    pid_t new_tid;      /* OBJECTS_THREAD */
+    uint64_t addr, len; /* OBJECTS_MAPPING */
     uint64_t regs[OBJSRC_NREGS];
-    uint64_t stack_addr;                /* target address of stack[0] (the stack pointer) */
-    const unsigned char *stack;         /* valid during the callback only */
+    uint64_t stack_addr;        /* target address of stack[0] (the stack pointer) */
+    const unsigned char *stack; /* valid during the callback only */
     size_t stack_len;
 };
 
 struct objsrc_stats {
-    uint64_t events;                    /* handed out */
-    uint64_t lost;                      /* dropped by the kernel (ring full) or malformed */
-    size_t threads;                     /* threads with events of their own */
+    uint64_t events; /* handed out */
+    uint64_t lost;   /* dropped by the kernel (ring full) or malformed */
+    size_t threads;  /* threads with events of their own */
 };
 
 struct objsrc;

@@ -25,11 +25,11 @@
 #include "objects/sockets.h"
 
 #define LINE_MAX_BYTES (PATH_MAX + 256)
-#define TABLE_ROWS_MAX (1 << 22)    /* rows read per table; later ones stay unknown */
+#define TABLE_ROWS_MAX (1 << 22) /* rows read per table; later ones stay unknown */
 #define FIELDS_MAX 12
 #define SUN_PATH_MAX sizeof(((struct sockaddr_un *)0)->sun_path)
-#define HWADDR_MAX 32               /* the kernel's MAX_ADDR_LEN */
-#define DESC_MAX 1024               /* a unix path is at most 108 bytes, 4 each when escaped */
+#define HWADDR_MAX 32 /* the kernel's MAX_ADDR_LEN */
+#define DESC_MAX 1024 /* a unix path is at most 108 bytes, 4 each when escaped */
 
 enum table_kind { TABLE_INET, TABLE_UNIX, TABLE_NETLINK, TABLE_PACKET };
 
@@ -37,7 +37,7 @@ struct table {
     const char *file;
     enum table_kind kind;
     int family, type;
-    int proto;                      /* -1: the local "port" column (raw sockets) */
+    int proto; /* -1: the local "port" column (raw sockets) */
 };
 
 static const struct table tables[] = {
@@ -49,7 +49,7 @@ static const struct table tables[] = {
     {"udplite6", TABLE_INET, AF_INET6, SOCK_DGRAM, IPPROTO_UDPLITE},
     {"raw", TABLE_INET, AF_INET, SOCK_RAW, -1},
     {"raw6", TABLE_INET, AF_INET6, SOCK_RAW, -1},
-    {"icmp", TABLE_INET, AF_INET, SOCK_DGRAM, IPPROTO_ICMP},      /* ping sockets */
+    {"icmp", TABLE_INET, AF_INET, SOCK_DGRAM, IPPROTO_ICMP}, /* ping sockets */
     {"icmp6", TABLE_INET, AF_INET6, SOCK_DGRAM, IPPROTO_ICMPV6},
     {"unix", TABLE_UNIX, AF_UNIX, 0, 0},
     {"netlink", TABLE_NETLINK, AF_NETLINK, 0, 0},
@@ -59,12 +59,12 @@ static const struct table tables[] = {
 struct fdsock {
     int fd;
     uint64_t inode;
-    char *desc;                     /* "family=..., ..." from the socket itself, or NULL */
+    char *desc; /* "family=..., ..." from the socket itself, or NULL */
 };
 
 struct found {
     uint64_t inode;
-    char *desc;                     /* "family=..., type=..., ..." once a table row describes it */
+    char *desc; /* "family=..., type=..., ..." once a table row describes it */
 };
 
 struct lookup {
@@ -305,8 +305,8 @@ static int describe_packet(char *line, const struct lookup *lk, struct found **r
     return 0;
 }
 
-static int describe(char *line, const struct table *t, const struct lookup *lk,
-                    struct found **ret, char *desc, size_t len)
+static int describe(char *line, const struct table *t, const struct lookup *lk, struct found **ret,
+                    char *desc, size_t len)
 {
     switch (t->kind) {
     case TABLE_INET:
@@ -347,7 +347,7 @@ static int read_table(const char *root, pid_t pid, const struct table *t, struct
             continue;
         }
         line[n - 1] = '\0';
-        if (rows++ == 0)        /* the header */
+        if (rows++ == 0) /* the header */
             continue;
         if (describe(line, t, lk, &hit, desc, sizeof(desc)) < 0 || !hit)
             continue;
@@ -385,7 +385,7 @@ static void fmt_sockaddr(int fd, const union sockaddr_any *a, socklen_t n, char 
     size_t pn;
 
     buf[0] = '\0';
-    if (n == 0)                 /* Python's None */
+    if (n == 0) /* Python's None */
         return;
     switch (a->sa.sa_family) {
     case AF_INET:
@@ -407,8 +407,7 @@ static void fmt_sockaddr(int fd, const union sockaddr_any *a, socklen_t n, char 
         if (pn > 0 && a->un.sun_path[0] == '\0')
             fmt_repr(buf, len, (const unsigned char *)a->un.sun_path, pn, true);
         else
-            snprintf(buf, len, "%.*s", (int)strnlen(a->un.sun_path, SUN_PATH_MAX),
-                     a->un.sun_path);
+            snprintf(buf, len, "%.*s", (int)strnlen(a->un.sun_path, SUN_PATH_MAX), a->un.sun_path);
         break;
     case AF_NETLINK:
         snprintf(buf, len, "(%u, %u)", (unsigned)a->nl.nl_pid, (unsigned)a->nl.nl_groups);
@@ -501,8 +500,8 @@ static int parse_socket_link(const char *link, uint64_t *ret)
     return parse_num(num, 10, UINT64_MAX, ret);
 }
 
-int sockets_dump(const char *root, pid_t pid,
-                 int (*emit)(const char *line, void *userdata), void *userdata)
+int sockets_dump(const char *root, pid_t pid, int (*emit)(const char *line, void *userdata),
+                 void *userdata)
 {
     struct fdsock *socks = NULL;
     struct lookup lk = {0};
@@ -529,7 +528,7 @@ int sockets_dump(const char *root, pid_t pid,
         struct fdsock *s = &socks[nsocks];
         char link[64];
         r = procfs_read_fd_link(root, pid, fds[i], link, sizeof(link));
-        if (r == -ENOENT || r == -ENAMETOOLONG)  /* closed meanwhile; a long path is no socket */
+        if (r == -ENOENT || r == -ENAMETOOLONG) /* closed meanwhile; a long path is no socket */
             continue;
         if (r < 0)
             goto out;

@@ -35,7 +35,7 @@
  * - packet: proto as given to socket(), in network order (768 for ETH_P_ALL), no laddr;
  * - a socket in no table (another protocol, a table too big, a row unreadable):
  *   `<socket.socket fd=9, family=?, type=?, proto=?, inode=12345>`. */
-int sockets_dump(const char *root, pid_t pid,
-                 int (*emit)(const char *line, void *userdata), void *userdata);
+int sockets_dump(const char *root, pid_t pid, int (*emit)(const char *line, void *userdata),
+                 void *userdata);
 
 #endif

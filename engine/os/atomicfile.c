@@ -15,8 +15,8 @@
 
 struct atomicfile {
     int fd;
-    int err;            /* first error, negative errno */
-    int created;        /* tmp exists and is ours to unlink */
+    int err;     /* first error, negative errno */
+    int created; /* tmp exists and is ours to unlink */
     char *path, *tmp;
     size_t len;
     char buf[ATOMICFILE_BUF];

@@ -13,15 +13,14 @@
 #include "os/perfring.h"
 
 #define CPUS_MAX 4096
-#define CPU_LIST_MAX 8192               /* bytes of /sys/devices/system/cpu/online */
-#define RECORD_MAX 65536                /* header.size is 16 bits */
+#define CPU_LIST_MAX 8192 /* bytes of /sys/devices/system/cpu/online */
+#define RECORD_MAX 65536  /* header.size is 16 bits */
 
 /* perf writes the registers in bit order; where each goes in libunwind's numbering. */
 static const unsigned char regs_to_unw[PERFRING_NREGS] = {
-    UNW_X86_64_RAX, UNW_X86_64_RBX, UNW_X86_64_RCX, UNW_X86_64_RDX, UNW_X86_64_RSI,
-    UNW_X86_64_RDI, UNW_X86_64_RBP, UNW_X86_64_RSP, UNW_X86_64_RIP, UNW_X86_64_R8,
-    UNW_X86_64_R9, UNW_X86_64_R10, UNW_X86_64_R11, UNW_X86_64_R12, UNW_X86_64_R13,
-    UNW_X86_64_R14, UNW_X86_64_R15,
+    UNW_X86_64_RAX, UNW_X86_64_RBX, UNW_X86_64_RCX, UNW_X86_64_RDX, UNW_X86_64_RSI, UNW_X86_64_RDI,
+    UNW_X86_64_RBP, UNW_X86_64_RSP, UNW_X86_64_RIP, UNW_X86_64_R8,  UNW_X86_64_R9,  UNW_X86_64_R10,
+    UNW_X86_64_R11, UNW_X86_64_R12, UNW_X86_64_R13, UNW_X86_64_R14, UNW_X86_64_R15,
 };
 _Static_assert(__builtin_popcountll(PERFRING_REGS_MASK) == PERFRING_NREGS, "register mask");
 
@@ -34,8 +33,8 @@ int perfring_event_open(struct perf_event_attr *a, pid_t pid, int cpu, int *ret_
     return 0;
 }
 
-int perfring_event_open_inherit(struct perf_event_attr *a, pid_t pid, int cpu,
-                                bool *inherit_thread, int *ret_fd)
+int perfring_event_open_inherit(struct perf_event_attr *a, pid_t pid, int cpu, bool *inherit_thread,
+                                int *ret_fd)
 {
     a->inherit_thread = *inherit_thread;
     int r = perfring_event_open(a, pid, cpu, ret_fd);
@@ -175,8 +174,7 @@ static int read_cpu_list(char *buf, size_t max)
 }
 
 int perfring_scan_threads(pid_t pid, bool (*covered)(void *userdata, pid_t tid),
-                          int (*open)(void *userdata, pid_t tid), void *userdata,
-                          size_t *ret_new)
+                          int (*open)(void *userdata, pid_t tid), void *userdata, size_t *ret_new)
 {
     pid_t *tids = NULL;
     size_t n = 0, opened = 0;
@@ -280,7 +278,7 @@ int perfring_evs_add(struct perfring_evs *e, uint64_t id, int fd, uint32_t chain
     while (i > 0 && e->v[i - 1].id > id)
         i--;
     memmove(&e->v[i + 1], &e->v[i], (e->n - i) * sizeof(*e->v));
-    e->v[i] = (struct perfring_ev){ .id = id, .fd = fd, .chain = chain, .tag = tag };
+    e->v[i] = (struct perfring_ev){.id = id, .fd = fd, .chain = chain, .tag = tag};
     e->n++;
     return 0;
 }
@@ -333,8 +331,7 @@ void perfring_evs_destroy(struct perfring_evs *e)
 void perfring_rd_init(struct perfring_rd *d, const unsigned char *rec, size_t size)
 {
     d->p = rec + sizeof(struct perf_event_header);
-    d->left = size > sizeof(struct perf_event_header) ? size - sizeof(struct perf_event_header)
-                                                       : 0;
+    d->left = size > sizeof(struct perf_event_header) ? size - sizeof(struct perf_event_header) : 0;
 }
 
 bool perfring_rd_u64(struct perfring_rd *d, uint64_t *v)
@@ -392,7 +389,7 @@ bool perfring_rd_stack(struct perfring_rd *d, const unsigned char **ret_stack, s
 
 uint64_t perfring_lost(const unsigned char *rec, size_t size)
 {
-    uint64_t lost[2];                   /* id, lost */
+    uint64_t lost[2]; /* id, lost */
     if (size < sizeof(struct perf_event_header) + sizeof(lost))
         return 1;
     memcpy(lost, rec + sizeof(struct perf_event_header), sizeof(lost));

@@ -12,33 +12,31 @@
 #include <asm/perf_regs.h>
 #include <linux/perf_event.h>
 
-#define PERFRING_NREGS 17               /* libunwind's x86-64 numbering: RAX..R15, RIP */
+#define PERFRING_NREGS 17 /* libunwind's x86-64 numbering: RAX..R15, RIP */
 /* The x86-64 user registers perfring_rd_regs reads: all but flags and segments. */
-#define PERFRING_REGS_MASK ((1ull << PERF_REG_X86_AX) | (1ull << PERF_REG_X86_BX) | \
-                            (1ull << PERF_REG_X86_CX) | (1ull << PERF_REG_X86_DX) | \
-                            (1ull << PERF_REG_X86_SI) | (1ull << PERF_REG_X86_DI) | \
-                            (1ull << PERF_REG_X86_BP) | (1ull << PERF_REG_X86_SP) | \
-                            (1ull << PERF_REG_X86_IP) | (1ull << PERF_REG_X86_R8) | \
-                            (1ull << PERF_REG_X86_R9) | (1ull << PERF_REG_X86_R10) | \
-                            (1ull << PERF_REG_X86_R11) | (1ull << PERF_REG_X86_R12) | \
-                            (1ull << PERF_REG_X86_R13) | (1ull << PERF_REG_X86_R14) | \
-                            (1ull << PERF_REG_X86_R15))
+#define PERFRING_REGS_MASK                                                                         \
+    ((1ull << PERF_REG_X86_AX) | (1ull << PERF_REG_X86_BX) | (1ull << PERF_REG_X86_CX) |           \
+     (1ull << PERF_REG_X86_DX) | (1ull << PERF_REG_X86_SI) | (1ull << PERF_REG_X86_DI) |           \
+     (1ull << PERF_REG_X86_BP) | (1ull << PERF_REG_X86_SP) | (1ull << PERF_REG_X86_IP) |           \
+     (1ull << PERF_REG_X86_R8) | (1ull << PERF_REG_X86_R9) | (1ull << PERF_REG_X86_R10) |          \
+     (1ull << PERF_REG_X86_R11) | (1ull << PERF_REG_X86_R12) | (1ull << PERF_REG_X86_R13) |        \
+     (1ull << PERF_REG_X86_R14) | (1ull << PERF_REG_X86_R15))
 
 struct perfring {
-    int fd;                             /* the event that owns the mapping; -1: not mapped */
+    int fd; /* the event that owns the mapping; -1: not mapped */
     struct perf_event_mmap_page *meta;
     unsigned char *data;
-    uint64_t size;                      /* data bytes, a power of two */
+    uint64_t size; /* data bytes, a power of two */
     size_t map_len;
-    uint64_t head, tail;                /* of the current round (perfring_begin) */
+    uint64_t head, tail; /* of the current round (perfring_begin) */
 };
 
 /* One ring per online CPU. */
 struct perfring_cpus {
-    int *cpus;                          /* the CPUs' numbers */
+    int *cpus; /* the CPUs' numbers */
     size_t n;
-    struct perfring *rings;             /* rings[i] is CPU cpus[i]'s */
-    unsigned char *copy;                /* a record that wraps a ring's end is copied here */
+    struct perfring *rings; /* rings[i] is CPU cpus[i]'s */
+    unsigned char *copy;    /* a record that wraps a ring's end is copied here */
 };
 
 /* An event writing into the rings, found again by the id its samples carry
@@ -46,19 +44,19 @@ struct perfring_cpus {
 struct perfring_ev {
     uint64_t id;
     int fd;
-    uint32_t chain;                     /* index in perfring_evs.chains */
-    uint32_t tag;                       /* the caller's: what the event is for */
-    bool hup;                           /* the caller's: no longer polled */
+    uint32_t chain; /* index in perfring_evs.chains */
+    uint32_t tag;   /* the caller's: what the event is for */
+    bool hup;       /* the caller's: no longer polled */
 };
 
 /* The events opened for one thread and their inherited copies. */
 struct perfring_chain {
-    pid_t tid;                          /* the thread they were opened for */
+    pid_t tid; /* the thread they were opened for */
     bool disabled;
 };
 
 struct perfring_evs {
-    struct perfring_ev *v;              /* ascending id */
+    struct perfring_ev *v; /* ascending id */
     size_t n, cap;
     struct perfring_chain *chains;
     size_t nchains, chains_cap;
@@ -75,8 +73,8 @@ int perfring_event_open(struct perf_event_attr *a, pid_t pid, int cpu, int *ret_
 /* The same with a->inherit_thread = *inherit_thread; a kernel that does not know the flag (before
  * 5.13) refuses it with EINVAL: then *inherit_thread becomes false for good, and forked
  * children's copies are the caller's to drop (their pid is not the target's). */
-int perfring_event_open_inherit(struct perf_event_attr *a, pid_t pid, int cpu,
-                                bool *inherit_thread, int *ret_fd);
+int perfring_event_open_inherit(struct perf_event_attr *a, pid_t pid, int cpu, bool *inherit_thread,
+                                int *ret_fd);
 
 /* Maps pages of data (a power of two) plus the control page of fd into rg, which then owns fd.
  * -EPERM or -ENOMEM: the mlock allowance refused the size (see perfring_shrink); fd stays the
@@ -94,8 +92,7 @@ int perfring_peek(struct perfring *rg, struct perf_event_header *ret);
 /* n bytes at off into the record at the tail, across the ring's end; off + n within its size. */
 void perfring_read(const struct perfring *rg, size_t off, void *dst, size_t n);
 /* The record at the tail, of the size peeked, in one piece: in the ring, or copied into copy. */
-const unsigned char *perfring_record(const struct perfring *rg, size_t size,
-                                     unsigned char *copy);
+const unsigned char *perfring_record(const struct perfring *rg, size_t size, unsigned char *copy);
 /* Frees the record at the tail, of the size peeked, for the kernel to write over. */
 void perfring_consume(struct perfring *rg, size_t size);
 
@@ -103,8 +100,7 @@ void perfring_consume(struct perfring *rg, size_t size);
  * no events yet; a thread that exits meanwhile (-ESRCH) is skipped. *ret_new: how many were
  * opened. Stops at open's first other error. */
 int perfring_scan_threads(pid_t pid, bool (*covered)(void *userdata, pid_t tid),
-                          int (*open)(void *userdata, pid_t tid), void *userdata,
-                          size_t *ret_new);
+                          int (*open)(void *userdata, pid_t tid), void *userdata, size_t *ret_new);
 
 /* Reads the online CPUs and allocates a ring (not mapped) for each. c zeroed before. */
 int perfring_cpus_init(struct perfring_cpus *c);

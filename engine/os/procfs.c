@@ -12,9 +12,9 @@
 #include <unistd.h>
 #include "os/procfs.h"
 
-#define STAT_MAX 4096               /* a stat line is ~300 bytes; comm is at most 15 of them */
+#define STAT_MAX 4096 /* a stat line is ~300 bytes; comm is at most 15 of them */
 #define COMM_FILE_MAX 64
-#define TGID_STATUS_MAX 8192        /* Tgid sits in the first lines of status */
+#define TGID_STATUS_MAX 8192 /* Tgid sits in the first lines of status */
 #define MAPS_LINE_MAX (PATH_MAX + 256)
 
 static int fmt_path(char *buf, size_t len, const char *root, pid_t pid, pid_t tid, const char *file)
@@ -275,7 +275,7 @@ static int read_stat_fields(const char *root, pid_t pid, pid_t tid, char *state,
         if (*p != ' ')
             return -EBADMSG;
         p++;
-        if (*p == '-')  /* some fields (priority, nice, ...) are signed */
+        if (*p == '-') /* some fields (priority, nice, ...) are signed */
             p++;
         r = procfs_parse_u64(&p, 10, 20, &v);
         if (r < 0)
@@ -525,9 +525,10 @@ bool procfs_process_gone(const char *root, pid_t pid)
 
     if (r == -ESRCH)
         return true;
-    bool gone = r == 0 && (n == 0 || (n == 1 && tids[0] == pid &&
-                           (procfs_read_state(root, pid, pid, &st) == -ESRCH ||
-                            st == 'Z' || st == 'X')));
+    bool gone =
+        r == 0 &&
+        (n == 0 || (n == 1 && tids[0] == pid &&
+                    (procfs_read_state(root, pid, pid, &st) == -ESRCH || st == 'Z' || st == 'X')));
     free(tids);
     return gone;
 }

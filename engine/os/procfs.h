@@ -10,10 +10,10 @@
 #include <sys/types.h>
 
 #define PROCFS_ROOT "/proc"
-#define PROCFS_COMM_MAX 16          /* TASK_COMM_LEN, including the NUL */
-#define PROCFS_IDS_MAX (1 << 22)    /* pids or tids listed: the kernel's PID_MAX_LIMIT */
-#define PROCFS_FDS_MAX (1 << 20)    /* fds listed: the default fs.nr_open */
-#define PROCFS_MAPS_MAX (1 << 20)   /* maps entries read */
+#define PROCFS_COMM_MAX 16        /* TASK_COMM_LEN, including the NUL */
+#define PROCFS_IDS_MAX (1 << 22)  /* pids or tids listed: the kernel's PID_MAX_LIMIT */
+#define PROCFS_FDS_MAX (1 << 20)  /* fds listed: the default fs.nr_open */
+#define PROCFS_MAPS_MAX (1 << 20) /* maps entries read */
 
 /* Errors common to all: -EINVAL for pid <= 0 (or tid < 0); -ESRCH when ROOT/PID (or its task
  * TID) does not exist; -ENOENT when it does but the file does not (a kernel thread's exe, a
@@ -24,9 +24,9 @@ struct procfs_map {
     uint64_t start, end, offset;
     uint64_t inode;
     unsigned dev_major, dev_minor;
-    char perms[5];                  /* "r-xp" */
-    char *path;                     /* "" for anonymous; "[stack]", "[vdso]", ...; malloc'd;
-                                     * as the kernel prints it, " (deleted)" suffix included */
+    char perms[5]; /* "r-xp" */
+    char *path;    /* "" for anonymous; "[stack]", "[vdso]", ...; malloc'd;
+                    * as the kernel prints it, " (deleted)" suffix included */
 };
 
 /* Strict unsigned parser for /proc text: digits of base (10 or 16) only, no sign or space, at

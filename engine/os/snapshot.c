@@ -28,7 +28,7 @@
 #include "os/snapshot.h"
 
 #define TRACER_SOFT_MS SNAPSHOT_STOP_TIMEOUT_MS
-#define TRACER_HARD_S 2         /* then the tracer is killed by its own alarm */
+#define TRACER_HARD_S 2 /* then the tracer is killed by its own alarm */
 
 enum rec_state { REC_NONE, REC_SEIZED, REC_STOPPED, REC_DONE };
 
@@ -36,12 +36,12 @@ struct rec {
     pid_t tid;
     int err;
     int state;
-    int sig;                    /* signal to hand back on detach (signal-delivery-stop) */
+    int sig; /* signal to hand back on detach (signal-delivery-stop) */
     int capped;
     uint64_t regs[SNAPSHOT_NREGS];
     uint64_t stack_addr;
     uint64_t stack_len;
-    uint64_t stack_off;         /* from the start of the stack area */
+    uint64_t stack_off; /* from the start of the stack area */
 };
 
 struct hdr {
@@ -51,7 +51,7 @@ struct hdr {
     uint64_t stack_cap;
     uint32_t nrecs;
     uint32_t nranges;
-    volatile uint32_t done;     /* the tracer finished (its exit status may be reaped elsewhere) */
+    volatile uint32_t done; /* the tracer finished (its exit status may be reaped elsewhere) */
 };
 
 struct snapshot_arena {
@@ -68,7 +68,10 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static struct rec *recs_of(struct hdr *h) { return (struct rec *)(h + 1); }
+static struct rec *recs_of(struct hdr *h)
+{
+    return (struct rec *)(h + 1);
+}
 static struct snapshot_range *ranges_of(struct hdr *h)
 {
     return (struct snapshot_range *)(recs_of(h) + h->nrecs);
@@ -138,8 +141,8 @@ static void copy_stack(struct hdr *h, pid_t pid, struct rec *r)
     r->stack_len = 0;
     if (len == 0)
         return;
-    struct iovec local = { stacks_of(h) + h->stack_used, len };
-    struct iovec remote = { (void *)(uintptr_t)lo, len };
+    struct iovec local = {stacks_of(h) + h->stack_used, len};
+    struct iovec remote = {(void *)(uintptr_t)lo, len};
     ssize_t got = process_vm_readv(pid, &local, 1, &remote, 1, 0);
     if (got <= 0)
         return;
@@ -150,10 +153,22 @@ static void copy_stack(struct hdr *h, pid_t pid, struct rec *r)
 
 static void regs_from_user(uint64_t *o, const struct user_regs_struct *u)
 {
-    o[0] = u->rax; o[1] = u->rdx; o[2] = u->rcx; o[3] = u->rbx;
-    o[4] = u->rsi; o[5] = u->rdi; o[6] = u->rbp; o[7] = u->rsp;
-    o[8] = u->r8; o[9] = u->r9; o[10] = u->r10; o[11] = u->r11;
-    o[12] = u->r12; o[13] = u->r13; o[14] = u->r14; o[15] = u->r15;
+    o[0] = u->rax;
+    o[1] = u->rdx;
+    o[2] = u->rcx;
+    o[3] = u->rbx;
+    o[4] = u->rsi;
+    o[5] = u->rdi;
+    o[6] = u->rbp;
+    o[7] = u->rsp;
+    o[8] = u->r8;
+    o[9] = u->r9;
+    o[10] = u->r10;
+    o[11] = u->r11;
+    o[12] = u->r12;
+    o[13] = u->r13;
+    o[14] = u->r14;
+    o[15] = u->r15;
     o[16] = u->rip;
 }
 
@@ -166,12 +181,23 @@ static __attribute__((noinline)) int capture_self(struct hdr *h, pid_t pid, stru
         return -errno;
     const greg_t *g = uc.uc_mcontext.gregs;
     uint64_t *o = r->regs;
-    o[0] = (uint64_t)g[REG_RAX]; o[1] = (uint64_t)g[REG_RDX]; o[2] = (uint64_t)g[REG_RCX];
-    o[3] = (uint64_t)g[REG_RBX]; o[4] = (uint64_t)g[REG_RSI]; o[5] = (uint64_t)g[REG_RDI];
-    o[6] = (uint64_t)g[REG_RBP]; o[7] = (uint64_t)g[REG_RSP]; o[8] = (uint64_t)g[REG_R8];
-    o[9] = (uint64_t)g[REG_R9]; o[10] = (uint64_t)g[REG_R10]; o[11] = (uint64_t)g[REG_R11];
-    o[12] = (uint64_t)g[REG_R12]; o[13] = (uint64_t)g[REG_R13]; o[14] = (uint64_t)g[REG_R14];
-    o[15] = (uint64_t)g[REG_R15]; o[16] = (uint64_t)g[REG_RIP];
+    o[0] = (uint64_t)g[REG_RAX];
+    o[1] = (uint64_t)g[REG_RDX];
+    o[2] = (uint64_t)g[REG_RCX];
+    o[3] = (uint64_t)g[REG_RBX];
+    o[4] = (uint64_t)g[REG_RSI];
+    o[5] = (uint64_t)g[REG_RDI];
+    o[6] = (uint64_t)g[REG_RBP];
+    o[7] = (uint64_t)g[REG_RSP];
+    o[8] = (uint64_t)g[REG_R8];
+    o[9] = (uint64_t)g[REG_R9];
+    o[10] = (uint64_t)g[REG_R10];
+    o[11] = (uint64_t)g[REG_R11];
+    o[12] = (uint64_t)g[REG_R12];
+    o[13] = (uint64_t)g[REG_R13];
+    o[14] = (uint64_t)g[REG_R14];
+    o[15] = (uint64_t)g[REG_R15];
+    o[16] = (uint64_t)g[REG_RIP];
     /* process_vm_readv on ourselves, not memcpy: the kernel copy does not trip over ASan's
      * poisoned stack redzones. */
     copy_stack(h, pid, r);
@@ -208,7 +234,7 @@ static void trace_all(struct hdr *h, pid_t pid)
         if (r[i].state != REC_SEIZED)
             continue;
         if (ptrace(PTRACE_INTERRUPT, r[i].tid, 0, 0) < 0)
-            r[i].err = -errno;      /* stays seized: released when the tracer exits */
+            r[i].err = -errno; /* stays seized: released when the tracer exits */
         else
             pending++;
     }
@@ -238,11 +264,11 @@ static void trace_all(struct hdr *h, pid_t pid)
         if (r[i].state != REC_STOPPED)
             continue;
         struct user_regs_struct u;
-        struct iovec iov = { &u, sizeof(u) };
+        struct iovec iov = {&u, sizeof(u)};
         if (ptrace(PTRACE_GETREGSET, r[i].tid, NT_PRSTATUS, &iov) < 0)
             r[i].err = -errno;
         else if (iov.iov_len != sizeof(u))
-            r[i].err = -EOPNOTSUPP;     /* a 32-bit target */
+            r[i].err = -EOPNOTSUPP; /* a 32-bit target */
         else {
             regs_from_user(r[i].regs, &u);
             copy_stack(h, pid, &r[i]);
@@ -269,14 +295,14 @@ static __attribute__((noreturn)) void tracer_main(struct hdr *h, pid_t pid, int 
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_alarm;
-    sigaction(SIGALRM, &sa, NULL);      /* no SA_RESTART: the alarm must break waitpid */
+    sigaction(SIGALRM, &sa, NULL); /* no SA_RESTART: the alarm must break waitpid */
     /* The mask is inherited from whichever thread dumps; a blocked SIGALRM would disarm both
      * deadlines. */
     sigset_t alrm;
     sigemptyset(&alrm);
     sigaddset(&alrm, SIGALRM);
     sigprocmask(SIG_UNBLOCK, &alrm, NULL);
-    struct itimerval it = { { 0, 0 }, { 0, TRACER_SOFT_MS * 1000 } };
+    struct itimerval it = {{0, 0}, {0, TRACER_SOFT_MS * 1000}};
     setitimer(ITIMER_REAL, &it, NULL);
     /* Wait until the parent allowed us as its tracer (Yama); EOF also means go. */
     while (read(syncfd, &c, 1) < 0 && errno == EINTR && !tracer_timed_out)
@@ -289,8 +315,8 @@ static int arena_reserve(struct snapshot_arena *a, size_t need)
 {
     if (a->base && a->size >= need)
         return 0;
-    void *p = mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE,
-                   -1, 0);
+    void *p =
+        mmap(NULL, need, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED)
         return -ENOMEM;
     if (a->base)
@@ -327,7 +353,7 @@ void snapshot_free(struct snapshot *s)
 
 static int run_tracer(struct hdr *h, pid_t pid, int self)
 {
-    int r = 0, fds[2] = { -1, -1 };
+    int r = 0, fds[2] = {-1, -1};
     if (pipe2(fds, O_CLOEXEC) < 0)
         return -errno;
     pid_t child = fork();
@@ -368,8 +394,8 @@ int snapshot_capture(struct snapshot *s, pid_t pid, const pid_t *tids, size_t n,
     struct snapshot_thread *th = NULL;
     if (n == 0 || n > UINT32_MAX / 2 || nranges > UINT32_MAX / 2)
         return -EINVAL;
-    size_t stack_cap = n > SNAPSHOT_ARENA_MAX / SNAPSHOT_STACK_MAX ? SNAPSHOT_ARENA_MAX
-                                                                    : n * SNAPSHOT_STACK_MAX;
+    size_t stack_cap =
+        n > SNAPSHOT_ARENA_MAX / SNAPSHOT_STACK_MAX ? SNAPSHOT_ARENA_MAX : n * SNAPSHOT_STACK_MAX;
     size_t need = sizeof(struct hdr) + n * sizeof(struct rec) +
                   nranges * sizeof(struct snapshot_range) + stack_cap;
     r = arena_reserve(s->arena, need);

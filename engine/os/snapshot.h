@@ -8,9 +8,9 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#define SNAPSHOT_STACK_MAX (512u * 1024)    /* bytes copied per thread, from sp - 128 up */
-#define SNAPSHOT_ARENA_MAX (64u << 20)      /* bytes copied per dump, all threads together */
-#define SNAPSHOT_NREGS 17                   /* libunwind's x86-64 numbering: RAX..R15, RIP */
+#define SNAPSHOT_STACK_MAX (512u * 1024) /* bytes copied per thread, from sp - 128 up */
+#define SNAPSHOT_ARENA_MAX (64u << 20)   /* bytes copied per dump, all threads together */
+#define SNAPSHOT_NREGS 17                /* libunwind's x86-64 numbering: RAX..R15, RIP */
 #define SNAPSHOT_RED_ZONE 128
 /* Threads not stopped by then are given up (-ETIMEDOUT): a thread inside vfork() or in
  * uninterruptible sleep cannot enter a ptrace stop. */
@@ -22,20 +22,20 @@ struct snapshot_range {
 
 struct snapshot_thread {
     pid_t tid;
-    int err;                        /* 0, or -errno: why it was not captured */
-    int copy_capped;                /* the stack copy stopped at a limit, not the mapping's end */
+    int err;         /* 0, or -errno: why it was not captured */
+    int copy_capped; /* the stack copy stopped at a limit, not the mapping's end */
     uint64_t regs[SNAPSHOT_NREGS];
-    uint64_t stack_addr;            /* target address of stack[0] */
+    uint64_t stack_addr; /* target address of stack[0] */
     size_t stack_len;
-    const unsigned char *stack;     /* inside the snapshot's arena; valid until the next capture */
+    const unsigned char *stack; /* inside the snapshot's arena; valid until the next capture */
 };
 
 struct snapshot {
     size_t nthreads;
-    struct snapshot_thread *threads;    /* same order as the tids given to snapshot_capture */
-    uint64_t stopped_ns;                /* first PTRACE_INTERRUPT to last PTRACE_DETACH */
+    struct snapshot_thread *threads; /* same order as the tids given to snapshot_capture */
+    uint64_t stopped_ns;             /* first PTRACE_INTERRUPT to last PTRACE_DETACH */
     size_t copied_bytes;
-    struct snapshot_arena *arena;       /* internal: memory shared with the tracer process */
+    struct snapshot_arena *arena; /* internal: memory shared with the tracer process */
 };
 
 int snapshot_new(struct snapshot **ret);

@@ -14,20 +14,20 @@
 #include "os/target.h"
 
 #define CACHE_SIZE 64
-#define CACHE_ROOT_MAX 128          /* longer roots (only ever test fixtures) bypass the cache */
-#define PIDFILE_MAX 64              /* bytes of a pidfile read: its first line must fit */
+#define CACHE_ROOT_MAX 128 /* longer roots (only ever test fixtures) bypass the cache */
+#define PIDFILE_MAX 64     /* bytes of a pidfile read: its first line must fit */
 #define DELETED " (deleted)"
 
 enum spec_kind { SPEC_SELF, SPEC_PID, SPEC_COMM, SPEC_EXE, SPEC_PIDFILE };
 
 struct spec {
     enum spec_kind kind;
-    pid_t pid;                      /* SPEC_PID */
-    const char *arg;                /* NAME or PATH, inside the spec string */
+    pid_t pid;       /* SPEC_PID */
+    const char *arg; /* NAME or PATH, inside the spec string */
 };
 
 struct cache_entry {
-    unsigned long used;             /* LRU clock; 0 marks a free slot */
+    unsigned long used; /* LRU clock; 0 marks a free slot */
     char root[CACHE_ROOT_MAX];
     char spec[TARGET_SPEC_MAX];
     struct target t;
@@ -190,7 +190,7 @@ static int spec_matches(const char *root, pid_t pid, const struct spec *s,
         return r;
     if (s->kind == SPEC_EXE) {
         r = procfs_read_exe(root, pid, buf, sizeof(buf));
-        if (r == -ENOENT) {     /* kernel threads have no exe */
+        if (r == -ENOENT) { /* kernel threads have no exe */
             *ret = false;
             return 0;
         }
@@ -257,8 +257,7 @@ static bool still_valid(const char *root, const struct spec *s, struct target *t
     uint64_t starttime;
     bool match;
 
-    if (t->pid == getpid() || read_live(root, t->pid, &starttime) < 0 ||
-        starttime != t->starttime)
+    if (t->pid == getpid() || read_live(root, t->pid, &starttime) < 0 || starttime != t->starttime)
         return false;
     if (spec_matches(root, t->pid, s, comm, &match) < 0 || !match)
         return false;

@@ -13,9 +13,9 @@
 
 struct target {
     pid_t pid;
-    uint64_t starttime;             /* from /proc/PID/stat, tells a reused pid from the same one */
-    char name[PROCFS_COMM_MAX];     /* comm of the main thread */
-    unsigned matches;               /* processes that matched comm:/exe: (the oldest is chosen) */
+    uint64_t starttime;         /* from /proc/PID/stat, tells a reused pid from the same one */
+    char name[PROCFS_COMM_MAX]; /* comm of the main thread */
+    unsigned matches;           /* processes that matched comm:/exe: (the oldest is chosen) */
 };
 
 /* 0 if spec has a valid form, -EINVAL if not. Does not look at processes. */

@@ -21,37 +21,37 @@
  * gdb (`print &((T *)0)->field`) against the debug info Debian 12 ships for its python3.11
  * (python3.11-dbg 3.11.2-6+deb12u9), then by the unit tests on /usr/bin/python3.11.
  * Include/internal/pycore_runtime.h, struct _PyRuntimeState: */
-#define RT_INTERP_HEAD 40           /* interpreters.head (after 5 ints, _finalizing, mutex) */
-#define RT_TSTATE_CURRENT 576       /* gilstate.tstate_current: the thread holding the GIL */
+#define RT_INTERP_HEAD 40     /* interpreters.head (after 5 ints, _finalizing, mutex) */
+#define RT_TSTATE_CURRENT 576 /* gilstate.tstate_current: the thread holding the GIL */
 /* Include/internal/pycore_interp.h, struct _is (PyInterpreterState): */
-#define IS_NEXT 0                   /* next */
-#define IS_THREADS_HEAD 16          /* threads.head (after threads.next_unique_id) */
+#define IS_NEXT 0          /* next */
+#define IS_THREADS_HEAD 16 /* threads.head (after threads.next_unique_id) */
 /* Include/cpython/pystate.h, struct _ts (PyThreadState) and struct _PyCFrame: */
-#define TS_NEXT 8                   /* next */
-#define TS_INTERP 16                /* interp */
-#define TS_CFRAME 56                /* cframe */
-#define TS_THREAD_ID 152            /* thread_id: pthread_self() of the thread */
-#define TS_NATIVE_ID 160            /* native_thread_id: gettid() of the thread */
+#define TS_NEXT 8        /* next */
+#define TS_INTERP 16     /* interp */
+#define TS_CFRAME 56     /* cframe */
+#define TS_THREAD_ID 152 /* thread_id: pthread_self() of the thread */
+#define TS_NATIVE_ID 160 /* native_thread_id: gettid() of the thread */
 #define TS_SIZE 168
-#define CF_CURRENT_FRAME 8          /* _PyCFrame.current_frame (after uint8_t use_tracing) */
+#define CF_CURRENT_FRAME 8 /* _PyCFrame.current_frame (after uint8_t use_tracing) */
 /* Include/internal/pycore_frame.h, struct _PyInterpreterFrame and its owner values: */
-#define IF_CODE 32                  /* f_code */
-#define IF_PREVIOUS 48              /* previous */
-#define IF_PREV_INSTR 56            /* prev_instr: _Py_CODEUNIT * into f_code's bytecode */
-#define IF_IS_ENTRY 68              /* is_entry: the first frame an eval loop call runs */
-#define IF_OWNER 69                 /* owner (char, after int stacktop and bool is_entry) */
+#define IF_CODE 32       /* f_code */
+#define IF_PREVIOUS 48   /* previous */
+#define IF_PREV_INSTR 56 /* prev_instr: _Py_CODEUNIT * into f_code's bytecode */
+#define IF_IS_ENTRY 68   /* is_entry: the first frame an eval loop call runs */
+#define IF_OWNER 69      /* owner (char, after int stacktop and bool is_entry) */
 #define IF_SIZE 72
-#define OWNED_BY_GENERATOR 1        /* FRAME_OWNED_BY_THREAD 0, _GENERATOR 1, _FRAME_OBJECT 2 */
+#define OWNED_BY_GENERATOR 1 /* FRAME_OWNED_BY_THREAD 0, _GENERATOR 1, _FRAME_OBJECT 2 */
 #define OWNER_MAX 2
 /* Include/object.h PyObject/PyVarObject; Include/cpython/code.h, struct PyCodeObject: */
 #define OB_TYPE 8
-#define OB_SIZE 16                  /* code: its bytecode length in code units */
+#define OB_SIZE 16 /* code: its bytecode length in code units */
 #define CO_FIRSTLINENO 72
 #define CO_FILENAME 112
 #define CO_QUALNAME 128
 #define CO_LINETABLE 136
-#define CO_FIRSTTRACEABLE 168       /* _co_firsttraceable: first instruction tracebacks show */
-#define CO_CODE_ADAPTIVE 184        /* the bytecode itself */
+#define CO_FIRSTTRACEABLE 168 /* _co_firsttraceable: first instruction tracebacks show */
+#define CO_CODE_ADAPTIVE 184  /* the bytecode itself */
 #define CO_SIZE 176
 #define CODE_UNITS_MAX (1 << 24)
 /* Include/cpython/unicodeobject.h: PyASCIIObject (length, state bitfield: interned:2, kind:3,
@@ -65,12 +65,12 @@
 #define BYTES_SVAL 32
 
 /* The 3.11 location table (Objects/locations.md), codes in bits 3-6 of an entry's first byte: */
-#define LOC_ONE_LINE0 10            /* 10-12: line delta is code - 10 */
-#define LOC_NO_COLUMNS 13           /* svarint line delta */
-#define LOC_LONG 14                 /* svarint line delta, then 3 varints */
-#define LOC_NONE 15                 /* no line */
+#define LOC_ONE_LINE0 10  /* 10-12: line delta is code - 10 */
+#define LOC_NO_COLUMNS 13 /* svarint line delta */
+#define LOC_LONG 14       /* svarint line delta, then 3 varints */
+#define LOC_NONE 15       /* no line */
 
-#define PID_MAX (1 << 22)           /* the kernel's PID_MAX_LIMIT */
+#define PID_MAX (1 << 22) /* the kernel's PID_MAX_LIMIT */
 
 enum { SYM_RUNTIME, SYM_VERSION, SYM_CODE, SYM_UNICODE, SYM_BYTES, NSYMS };
 static const char *const sym_names[NSYMS] = {
@@ -81,11 +81,11 @@ static const char *const sym_names[NSYMS] = {
  * one read of each code object rather than six. Entries live for one pass only, and a hit also
  * needs the same name and line table pointers: a code object freed and another allocated at
  * its address within one pass is the same race as any other read of a changing target. */
-#define CACHE_SLOTS 1024                    /* a power of two; filled at most half */
-#define CACHE_TABLE_BYTES (8u << 20)        /* line table bytes kept per pass */
+#define CACHE_SLOTS 1024             /* a power of two; filled at most half */
+#define CACHE_TABLE_BYTES (8u << 20) /* line table bytes kept per pass */
 
 struct code_entry {
-    uint64_t code;                          /* 0: a free slot */
+    uint64_t code; /* 0: a free slot */
     uint64_t filename_at, qualname_at, table_at;
     char *filename, *funcname;
     unsigned char *table;
@@ -95,10 +95,10 @@ struct code_entry {
 struct pyframes {
     pid_t pid;
     char version[PYFRAMES_VERSION_MAX];
-    uint64_t sym[NSYMS];            /* addresses in the target */
-    unsigned char *table;           /* scratch for line tables */
+    uint64_t sym[NSYMS];  /* addresses in the target */
+    unsigned char *table; /* scratch for line tables */
     size_t table_cap;
-    struct code_entry *cache;       /* CACHE_SLOTS */
+    struct code_entry *cache; /* CACHE_SLOTS */
     size_t cache_n, cache_bytes;
 };
 
@@ -207,8 +207,7 @@ static int open_mapped(pid_t pid, const struct procfs_map *m)
              (unsigned long long)m->start, (unsigned long long)m->end);
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        if (snprintf(path, sizeof(path), "/proc/%d/root%s", (int)pid, m->path) >=
-            (int)sizeof(path))
+        if (snprintf(path, sizeof(path), "/proc/%d/root%s", (int)pid, m->path) >= (int)sizeof(path))
             return -ENAMETOOLONG;
         fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
@@ -367,7 +366,7 @@ static int put_utf8(char *out, size_t cap, size_t *pos, uint32_t c)
     size_t n;
 
     if (c >= 0xd800 && c < 0xe000)
-        c = '?';                    /* a lone surrogate (surrogateescape'd file names) */
+        c = '?'; /* a lone surrogate (surrogateescape'd file names) */
     if (c < 0x80) {
         b[0] = (unsigned char)c;
         n = 1;
@@ -429,9 +428,10 @@ static int read_str(struct pyframes *p, uint64_t addr, char **ret)
             return r;
         for (size_t i = 0; i < n; i++) {
             const unsigned char *b = (const unsigned char *)raw + i * kind;
-            uint32_t c = kind == 1 ? b[0] : kind == 2 ? (uint32_t)(b[0] | b[1] << 8)
-                       : (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
-                         (uint32_t)b[3] << 24;
+            uint32_t c = kind == 1   ? b[0]
+                         : kind == 2 ? (uint32_t)(b[0] | b[1] << 8)
+                                     : (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
+                                           (uint32_t)b[3] << 24;
             if (c == 0)
                 return -EBADMSG;
             r = put_utf8(out, sizeof(out), &pos, c);
@@ -475,8 +475,7 @@ static int svarint(const unsigned char *t, size_t n, size_t *i, int32_t *ret)
 
 /* The line of code unit lasti from a 3.11 location table, as PyCode_Addr2Line computes it:
  * 0 for an instruction without a line. -EBADMSG when the table does not cover lasti. */
-static int table_line(const unsigned char *t, size_t n, int firstlineno, int64_t lasti,
-                      int *ret)
+static int table_line(const unsigned char *t, size_t n, int firstlineno, int64_t lasti, int *ret)
 {
     int64_t addr = 0, line = firstlineno;
     size_t i = 0;
@@ -626,8 +625,10 @@ static int read_frame(struct pyframes *p, uint64_t addr, struct pyframes_frame *
     f->firstlineno = firstlineno;
     f->is_entry = fr[IF_IS_ENTRY] != 0;
     struct code_entry want = {
-        .code = code, .filename_at = u64_at(co, CO_FILENAME),
-        .qualname_at = u64_at(co, CO_QUALNAME), .table_at = u64_at(co, CO_LINETABLE),
+        .code = code,
+        .filename_at = u64_at(co, CO_FILENAME),
+        .qualname_at = u64_at(co, CO_QUALNAME),
+        .table_at = u64_at(co, CO_LINETABLE),
     };
     struct code_entry *e = cache_slot(p, code);
     const unsigned char *table;
@@ -653,7 +654,7 @@ static int read_frame(struct pyframes *p, uint64_t addr, struct pyframes_frame *
         }
     }
     if (r == 0 && lasti < 0)
-        f->line = firstlineno;      /* not started yet: PyCode_Addr2Line's answer */
+        f->line = firstlineno; /* not started yet: PyCode_Addr2Line's answer */
     else if (r == 0)
         r = table_line(table, table_len, firstlineno, lasti, &f->line);
     if (r < 0) {
@@ -762,8 +763,7 @@ int pyframes_read(struct pyframes *p, struct pyframes_thread **ret, size_t *ret_
         r = rd_u64(p, p->sym[SYM_RUNTIME] + RT_TSTATE_CURRENT, &gil);
     if (r < 0)
         goto out;
-    for (unsigned ni = 0; interp && ni < PYFRAMES_MAX_INTERPS && n < PYFRAMES_MAX_THREADS;
-         ni++) {
+    for (unsigned ni = 0; interp && ni < PYFRAMES_MAX_INTERPS && n < PYFRAMES_MAX_THREADS; ni++) {
         uint64_t next_interp = 0, tstate = 0;
         if (rd_u64(p, interp + IS_NEXT, &next_interp) < 0 ||
             rd_u64(p, interp + IS_THREADS_HEAD, &tstate) < 0)
@@ -781,11 +781,11 @@ int pyframes_read(struct pyframes *p, struct pyframes_thread **ret, size_t *ret_
             }
             r = read_thread(p, tstate, interp, gil, 0, &ts[n], &tstate);
             if (r == -ENOMEM) {
-                n++;                /* its frames so far are freed with the rest */
+                n++; /* its frames so far are freed with the rest */
                 goto out;
             }
             if (r < 0)
-                break;              /* not a thread state of this interpreter: list changed */
+                break; /* not a thread state of this interpreter: list changed */
             n++;
         }
         interp = next_interp;
@@ -824,7 +824,7 @@ int pyframes_read_tid(struct pyframes *p, pid_t tid, struct pyframes_thread *ret
                 goto out;
             }
             if (r == -ENOMEM) {
-                pyframes_thread_clear(&t);      /* read_thread had set it up */
+                pyframes_thread_clear(&t); /* read_thread had set it up */
                 goto out;
             }
             if (r < 0)
@@ -841,8 +841,7 @@ out:
 
 int pyframes_format_frame(const struct pyframes_frame *f, char *buf, size_t len)
 {
-    int n = snprintf(buf, len, "  File \"%s\", line %d, in %s", f->filename, f->line,
-                     f->funcname);
+    int n = snprintf(buf, len, "  File \"%s\", line %d, in %s", f->filename, f->line, f->funcname);
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
@@ -867,16 +866,22 @@ int pyframes_merge(const struct stacks_thread *native, const struct pyframes_thr
         bool entry;
         do {
             const struct pyframes_frame *pf = &py->frames[pi++];
-            t->frames[n++] = (struct stacks_frame){ .file = pf->filename, .func = pf->funcname,
-                .line = pf->line, .func_line = pf->firstlineno, .python = true };
+            t->frames[n++] = (struct stacks_frame){.file = pf->filename,
+                                                   .func = pf->funcname,
+                                                   .line = pf->line,
+                                                   .func_line = pf->firstlineno,
+                                                   .python = true};
             entry = pf->is_entry;
         } while (!entry && pi < py->nframes);
     }
     /* The native stack ended early: the rest of the Python stack is further out. */
     while (pi < py->nframes) {
         const struct pyframes_frame *pf = &py->frames[pi++];
-        t->frames[n++] = (struct stacks_frame){ .file = pf->filename, .func = pf->funcname,
-            .line = pf->line, .func_line = pf->firstlineno, .python = true };
+        t->frames[n++] = (struct stacks_frame){.file = pf->filename,
+                                               .func = pf->funcname,
+                                               .line = pf->line,
+                                               .func_line = pf->firstlineno,
+                                               .python = true};
     }
     t->nframes = n;
     t->truncated = native->truncated && py->truncated;

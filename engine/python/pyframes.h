@@ -12,30 +12,30 @@
 #include <sys/types.h>
 #include "unwind/stacks.h"
 
-#define PYFRAMES_MAX_THREADS 4096       /* thread states read per call, all interpreters */
-#define PYFRAMES_MAX_INTERPS 256        /* interpreters (main + subinterpreters) walked */
-#define PYFRAMES_MAX_FRAMES 512         /* frames kept per thread; deeper stacks are truncated */
-#define PYFRAMES_STR_MAX 1024           /* bytes kept of a file or function name, NUL included */
-#define PYFRAMES_LINETABLE_MAX (1u << 20)   /* larger co_linetable objects are not decoded */
+#define PYFRAMES_MAX_THREADS 4096         /* thread states read per call, all interpreters */
+#define PYFRAMES_MAX_INTERPS 256          /* interpreters (main + subinterpreters) walked */
+#define PYFRAMES_MAX_FRAMES 512           /* frames kept per thread; deeper stacks are truncated */
+#define PYFRAMES_STR_MAX 1024             /* bytes kept of a file or function name, NUL included */
+#define PYFRAMES_LINETABLE_MAX (1u << 20) /* larger co_linetable objects are not decoded */
 #define PYFRAMES_VERSION_MAX 32
 #define PYFRAMES_EVAL_FUNC "_PyEval_EvalFrameDefault"
 
 struct pyframes_frame {
-    char *filename;                     /* co_filename, UTF-8 */
-    char *funcname;                     /* co_qualname, UTF-8 */
-    int line;                           /* of the current instruction; 0 when unknown */
-    int firstlineno;                    /* co_firstlineno */
-    bool is_entry;                      /* the first frame of a _PyEval_EvalFrameDefault call */
+    char *filename;  /* co_filename, UTF-8 */
+    char *funcname;  /* co_qualname, UTF-8 */
+    int line;        /* of the current instruction; 0 when unknown */
+    int firstlineno; /* co_firstlineno */
+    bool is_entry;   /* the first frame of a _PyEval_EvalFrameDefault call */
 };
 
 struct pyframes_thread {
-    pid_t tid;                          /* the OS thread (native_thread_id) */
-    uint64_t pthread_id;                /* thread_id: the thread's pthread_t */
-    bool holds_gil;                     /* the runtime's current thread state is this one */
-    bool truncated;                     /* frames stop early: a limit was hit, or the target
-                                           changed under us (what is listed was checked) */
+    pid_t tid;           /* the OS thread (native_thread_id) */
+    uint64_t pthread_id; /* thread_id: the thread's pthread_t */
+    bool holds_gil;      /* the runtime's current thread state is this one */
+    bool truncated;      /* frames stop early: a limit was hit, or the target
+                            changed under us (what is listed was checked) */
     size_t nframes;
-    struct pyframes_frame *frames;      /* innermost first */
+    struct pyframes_frame *frames; /* innermost first */
 };
 
 struct pyframes;

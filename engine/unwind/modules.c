@@ -15,11 +15,11 @@
 struct modules {
     pid_t pid;
     char root[32];
-    struct module *mods;        /* sorted by start, disjoint */
+    struct module *mods; /* sorted by start, disjoint */
     size_t nmods;
     struct snapshot_range *ranges;
     size_t nranges;
-    char *sig;                  /* signature of the executable mappings */
+    char *sig; /* signature of the executable mappings */
     size_t siglen;
 };
 
@@ -114,7 +114,7 @@ static struct symfile *read_vdso(pid_t pid, const struct procfs_map *p)
     unsigned char *img = malloc(len);
     if (!img)
         return NULL;
-    struct iovec local = { img, len }, remote = { (void *)(uintptr_t)p->start, len };
+    struct iovec local = {img, len}, remote = {(void *)(uintptr_t)p->start, len};
     if (process_vm_readv(pid, &local, 1, &remote, 1, 0) != (ssize_t)len) {
         free(img);
         return NULL;
@@ -229,8 +229,8 @@ int modules_refresh(struct modules *m, int *ret_changed)
     size_t nr = 0;
     for (size_t i = 0; i < n; i++) {
         if (maps[i].end <= maps[i].start || (nr && maps[i].start < ranges[nr - 1].end))
-            continue;       /* keep the array sorted and disjoint whatever the file says */
-        ranges[nr++] = (struct snapshot_range){ maps[i].start, maps[i].end };
+            continue; /* keep the array sorted and disjoint whatever the file says */
+        ranges[nr++] = (struct snapshot_range){maps[i].start, maps[i].end};
     }
     r = make_signature(maps, n, &sig, &siglen);
     if (r < 0)

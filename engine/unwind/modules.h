@@ -12,16 +12,16 @@
 #include "os/snapshot.h"
 #include "unwind/symbols.h"
 
-#define MODULES_MAX_MAPS 65536          /* mappings read from maps */
+#define MODULES_MAX_MAPS 65536 /* mappings read from maps */
 #define MODULES_VDSO_MAX (1u << 20)
 
 struct module {
-    char *path;                 /* as in maps: "/usr/lib/.../libc.so.6", "[vdso]" */
-    uint64_t start, end;        /* the file's PT_LOAD span once loaded at bias */
+    char *path;          /* as in maps: "/usr/lib/.../libc.so.6", "[vdso]" */
+    uint64_t start, end; /* the file's PT_LOAD span once loaded at bias */
     uint64_t bias;
-    struct symfile *file;       /* NULL when the file could not be opened or parsed */
-    uint64_t dev, ino;          /* identity from maps; 0 for the vdso */
-    int eh_state;               /* 0 not looked up yet, 1 found, <0 none */
+    struct symfile *file; /* NULL when the file could not be opened or parsed */
+    uint64_t dev, ino;    /* identity from maps; 0 for the vdso */
+    int eh_state;         /* 0 not looked up yet, 1 found, <0 none */
     uint64_t eh_hdr, eh_table, eh_count;
 };
 

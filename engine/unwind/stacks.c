@@ -20,10 +20,10 @@
 #define REG_IP 16
 _Static_assert(SNAPSHOT_NREGS == 17 && REG_IP < SNAPSHOT_NREGS, "register numbering");
 #define REFRESH_MIN_NS (100 * 1000 * 1000ull)
-#define SYMCACHE_BITS 12        /* symbolized frames kept for samples, direct-mapped by ip */
+#define SYMCACHE_BITS 12 /* symbolized frames kept for samples, direct-mapped by ip */
 
 struct symcache_entry {
-    uint64_t ip;                /* 0: empty */
+    uint64_t ip; /* 0: empty */
     int exact;
     struct stacks_frame f;
 };
@@ -33,8 +33,8 @@ struct stacks {
     struct modules *mods;
     struct unwind *uw;
     struct snapshot *snap;
-    int maps_stale;             /* re-read the maps before the next sample's unwind */
-    uint64_t refreshed_ns;      /* last attempt to re-read them */
+    int maps_stale;        /* re-read the maps before the next sample's unwind */
+    uint64_t refreshed_ns; /* last attempt to re-read them */
     /* Samples hit the same return addresses over and over: naming one from the symbol table
      * and DWARF costs more than unwinding to it. Allocated by the first sample. */
     struct symcache_entry *symcache;
@@ -194,8 +194,8 @@ int stacks_dump_threads(struct stacks *s, struct stacks_dump **ret)
         char state = 0;
         /* Threads that exited since the list was read are not listed, nor is a zombie leader
          * (whose seize fails with EPERM: it has no user context left). */
-        if (st->err == -ESRCH || (st->err == -EPERM &&
-                                  (procfs_read_state(PROCFS_ROOT, s->pid, st->tid, &state) < 0 ||
+        if (st->err == -ESRCH ||
+            (st->err == -EPERM && (procfs_read_state(PROCFS_ROOT, s->pid, st->tid, &state) < 0 ||
                                    state == 'Z' || state == 'X')))
             continue;
         r = build_thread(s, st, &d->threads[d->nthreads]);
@@ -241,7 +241,7 @@ static void unwind_one(struct stacks *s, const struct snapshot_thread *t, struct
     if (unwind_thread(s->uw, t, uf, max, ret_n, ret_truncated) == 0)
         return;
     /* Not even the first step: the sampled ip alone is still worth its sample. */
-    uf[0] = (struct unwind_frame){ t->regs[REG_IP], 1 };
+    uf[0] = (struct unwind_frame){t->regs[REG_IP], 1};
     *ret_n = 1;
     *ret_truncated = 1;
 }
@@ -253,8 +253,8 @@ static void symbolize_cached(struct stacks *s, const struct unwind_frame *uf,
         symbolize(s, uf, f);
         return;
     }
-    struct symcache_entry *e = &s->symcache[(uf->ip * 0x9e3779b97f4a7c15ull) >>
-                                            (64 - SYMCACHE_BITS)];
+    struct symcache_entry *e =
+        &s->symcache[(uf->ip * 0x9e3779b97f4a7c15ull) >> (64 - SYMCACHE_BITS)];
     if (e->ip != uf->ip || e->exact != uf->exact) {
         symbolize(s, uf, &e->f);
         e->ip = uf->ip;
@@ -268,8 +268,7 @@ int stacks_unwind_regs(struct stacks *s, const uint64_t regs[17], uint64_t stack
                        size_t max, size_t *ret_n, int *ret_truncated)
 {
     struct unwind_frame uf[STACKS_MAX_FRAMES];
-    struct snapshot_thread t = { .stack_addr = stack_addr, .stack_len = stack_len,
-                                 .stack = stack };
+    struct snapshot_thread t = {.stack_addr = stack_addr, .stack_len = stack_len, .stack = stack};
     size_t n;
     int truncated;
     if (!regs || !out || max == 0 || (!stack && stack_len))
@@ -322,8 +321,10 @@ int stacks_format_thread(const struct stacks_thread *t, char **ret)
     fprintf(f, "Thread [%s]: tid=%d", t->name, (int)t->tid);
     if (t->err == -ETIMEDOUT) {
         /* The usual cause, named so the user is not left with "Connection timed out". */
-        fprintf(f, "\n  <unavailable: the thread did not stop for ptrace within %d ms (inside "
-                "vfork, or in uninterruptible sleep)>", SNAPSHOT_STOP_TIMEOUT_MS);
+        fprintf(f,
+                "\n  <unavailable: the thread did not stop for ptrace within %d ms (inside "
+                "vfork, or in uninterruptible sleep)>",
+                SNAPSHOT_STOP_TIMEOUT_MS);
     } else if (t->err) {
         char eb[128];
         fprintf(f, "\n  <unavailable: %s>", strerror_r(-t->err, eb, sizeof(eb)));

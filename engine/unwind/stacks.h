@@ -19,24 +19,24 @@
 
 struct stacks_frame {
     uint64_t ip;
-    const char *module;     /* path of the mapped file, or NULL; owned by the stacks cache */
-    uint64_t offset;        /* ip relative to the module's load base (as in perf's DSO offsets):
-                               ip minus load bias, the ELF virtual address */
-    const char *func;       /* symbol name or NULL; owned by the cache */
-    const char *file;       /* DWARF source file or NULL; owned by the cache */
-    int line;               /* 0 when unknown */
-    int func_line;          /* first line of the function (DWARF decl_line), 0 when unknown */
-    bool python;            /* a Python-level frame (pyframes.h): file, line, func and
-                               func_line only, no ip or module */
+    const char *module; /* path of the mapped file, or NULL; owned by the stacks cache */
+    uint64_t offset;    /* ip relative to the module's load base (as in perf's DSO offsets):
+                           ip minus load bias, the ELF virtual address */
+    const char *func;   /* symbol name or NULL; owned by the cache */
+    const char *file;   /* DWARF source file or NULL; owned by the cache */
+    int line;           /* 0 when unknown */
+    int func_line;      /* first line of the function (DWARF decl_line), 0 when unknown */
+    bool python;        /* a Python-level frame (pyframes.h): file, line, func and
+                           func_line only, no ip or module */
 };
 
 struct stacks_thread {
     pid_t tid;
     char name[PROCFS_COMM_MAX];
-    int err;                        /* 0, or why this thread could not be captured/unwound */
-    int truncated;                  /* unwinding stopped before the outermost frame */
+    int err;       /* 0, or why this thread could not be captured/unwound */
+    int truncated; /* unwinding stopped before the outermost frame */
     size_t nframes;
-    struct stacks_frame frames[];   /* innermost first */
+    struct stacks_frame frames[]; /* innermost first */
 };
 
 struct stacks_dump {

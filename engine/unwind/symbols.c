@@ -28,20 +28,20 @@ struct load {
 struct sym {
     uint64_t addr, size;
     const char *name;
-    int func_line;              /* 0 not looked up yet, -1 unknown */
+    int func_line; /* 0 not looked up yet, -1 unknown */
 };
 
 struct symfile {
     unsigned char *image;
     size_t len;
-    int mapped;                 /* image is an mmap (else malloc'd) */
+    int mapped; /* image is an mmap (else malloc'd) */
     Elf *elf;
     struct load loads[MAX_LOADS];
     size_t nloads;
     uint64_t lo, hi;
     uint64_t eh_vaddr, eh_filesz;
     int has_eh;
-    char *root, *path;          /* for finding debug files; path NULL for images */
+    char *root, *path; /* for finding debug files; path NULL for images */
     unsigned char build_id[BUILD_ID_MAX];
     size_t build_id_len;
 
@@ -76,8 +76,7 @@ static int parse_headers(struct symfile *f)
         if (ph.p_type == PT_LOAD && f->nloads < MAX_LOADS) {
             if (ph.p_vaddr + ph.p_memsz < ph.p_vaddr || ph.p_offset + ph.p_filesz < ph.p_offset)
                 return -ENOEXEC;
-            f->loads[f->nloads++] = (struct load){ ph.p_vaddr, ph.p_offset, ph.p_filesz,
-                                                   ph.p_memsz };
+            f->loads[f->nloads++] = (struct load){ph.p_vaddr, ph.p_offset, ph.p_filesz, ph.p_memsz};
             if (ph.p_vaddr < f->lo)
                 f->lo = ph.p_vaddr;
             if (ph.p_vaddr + ph.p_memsz > f->hi)
@@ -281,7 +280,7 @@ int symfile_eh_table(struct symfile *f, uint64_t *ret_hdr_vaddr, uint64_t *ret_t
 {
     /* version 1, eh_frame_ptr pcrel|sdata4, fde_count udata4, table datarel|sdata4: what every
      * linker writes; anything else is treated as no table. */
-    static const unsigned char want[4] = { 1, 0x1b, 0x03, 0x3b };
+    static const unsigned char want[4] = {1, 0x1b, 0x03, 0x3b};
     if (!f->has_eh || f->eh_filesz < 12)
         return -ENOENT;
     const unsigned char *h = symfile_data(f, f->eh_vaddr, 12);
@@ -326,7 +325,7 @@ static int try_debug_file(struct symfile *f, const char *root, const char *candi
 static void find_debug_file(struct symfile *f)
 {
     char cand[PATH_MAX];
-    const char *roots[2] = { f->root, "" };
+    const char *roots[2] = {f->root, ""};
     f->debug_tried = 1;
     if (!f->path)
         return;
@@ -355,7 +354,7 @@ static void find_debug_file(struct symfile *f)
         const char *link = d->d_buf;
         const char *slash = strrchr(f->path, '/');
         int dirlen = slash ? (int)(slash - f->path) : 0;
-        const char *fmts[3] = { "%.*s/%s", "%.*s/.debug/%s", "/usr/lib/debug%.*s/%s" };
+        const char *fmts[3] = {"%.*s/%s", "%.*s/.debug/%s", "/usr/lib/debug%.*s/%s"};
         for (int k = 0; k < 3; k++) {
             if ((size_t)snprintf(cand, sizeof(cand), fmts[k], dirlen, f->path, link) >=
                 sizeof(cand))
@@ -401,7 +400,7 @@ static int add_syms(struct symfile *f, Elf *elf, Elf64_Word type, size_t *cap)
                 f->syms = ns;
                 *cap = nc;
             }
-            f->syms[f->nsyms++] = (struct sym){ s.st_value, s.st_size, name, 0 };
+            f->syms[f->nsyms++] = (struct sym){s.st_value, s.st_size, name, 0};
         }
     }
     return found;

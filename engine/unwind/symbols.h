@@ -9,8 +9,8 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#define SYMBOLS_FILE_MAX (2ull << 30)     /* larger files are not opened */
-#define SYMBOLS_MAX_SYMS (4u << 20)       /* function symbols kept per file */
+#define SYMBOLS_FILE_MAX (2ull << 30) /* larger files are not opened */
+#define SYMBOLS_MAX_SYMS (4u << 20)   /* function symbols kept per file */
 
 struct symfile;
 

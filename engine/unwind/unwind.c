@@ -54,8 +54,7 @@ static int get_dyn_info_list_addr(unw_addr_space_t as, unw_word_t *dilap, void *
     return -UNW_ENOINFO;
 }
 
-static int access_mem(unw_addr_space_t as, unw_word_t addr, unw_word_t *valp, int write,
-                      void *arg)
+static int access_mem(unw_addr_space_t as, unw_word_t addr, unw_word_t *valp, int write, void *arg)
 {
     struct uctx *c = arg;
     const struct snapshot_thread *t = c->t;
@@ -77,8 +76,7 @@ static int access_mem(unw_addr_space_t as, unw_word_t addr, unw_word_t *valp, in
     return 0;
 }
 
-static int access_reg(unw_addr_space_t as, unw_regnum_t reg, unw_word_t *valp, int write,
-                      void *arg)
+static int access_reg(unw_addr_space_t as, unw_regnum_t reg, unw_word_t *valp, int write, void *arg)
 {
     struct uctx *c = arg;
     (void)as;
@@ -147,7 +145,7 @@ void unwind_flush(struct unwind *u)
 int unwind_thread(struct unwind *u, const struct snapshot_thread *t, struct unwind_frame *frames,
                   size_t max, size_t *ret_n, int *ret_truncated)
 {
-    struct uctx c = { u, t };
+    struct uctx c = {u, t};
     unw_cursor_t cur;
     size_t n = 0;
     int truncated = 0, exact = 1;
@@ -164,7 +162,7 @@ int unwind_thread(struct unwind *u, const struct snapshot_thread *t, struct unwi
         }
         for (size_t i = 0; i < n; i++) {
             if (frames[i].ip == ip && sps[i] == sp) {
-                truncated = 1;      /* the same frame again: the walk loops */
+                truncated = 1; /* the same frame again: the walk loops */
                 goto done;
             }
         }

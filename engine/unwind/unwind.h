@@ -14,7 +14,7 @@
 
 struct unwind_frame {
     uint64_t ip;
-    int exact;          /* ip is where the thread is, not a return address (look up ip - 1) */
+    int exact; /* ip is where the thread is, not a return address (look up ip - 1) */
 };
 
 struct unwind;

@@ -26,21 +26,21 @@
 #ifndef FUZZ_SCHEMA_DIR
 #define FUZZ_SCHEMA_DIR "schemas"
 #endif
-#define MAX_PAYLOAD 2048                /* below libFuzzer's -max_len, so both sides get fuzzed */
-#define PAYLOAD_DEPTH 32                /* agent.c's PAYLOAD_MAX_DEPTH */
+#define MAX_PAYLOAD 2048 /* below libFuzzer's -max_len, so both sides get fuzzed */
+#define PAYLOAD_DEPTH 32 /* agent.c's PAYLOAD_MAX_DEPTH */
 #define REQUEST_ID_CHARS 128
 #define JOB_WAIT_MS 10000
 /* A spec no process matches: every action that needs a target stops before it runs. */
 #define UNREACHABLE_PID "pid:2147483647"
 #define SAMPLE_FILE "profile.1.cprof"
 
-#define CHECK(cond, ...)                                                                        \
-    do {                                                                                        \
-        if (!(cond)) {                                                                          \
-            fprintf(stderr, "fuzz_command: invariant broken: " __VA_ARGS__);                    \
-            fputc('\n', stderr);                                                                \
-            abort();                                                                            \
-        }                                                                                       \
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "fuzz_command: invariant broken: " __VA_ARGS__);                       \
+            fputc('\n', stderr);                                                                   \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 /* What one command produced, written by the callbacks (a job thread among them). */
@@ -173,20 +173,20 @@ static void check_result(const char *json, const char *action, const char *rid)
     s = json_object_get_string(v);
     CHECK(!strcmp(s, "ok") || !strcmp(s, "error"), "status '%s'", s);
     if (!strcmp(s, "error")) {
-        CHECK(json_object_object_get_ex(o, "error", &v) &&
-              json_object_is_type(v, json_type_string), "error result without error: %s", json);
+        CHECK(json_object_object_get_ex(o, "error", &v) && json_object_is_type(v, json_type_string),
+              "error result without error: %s", json);
         s = json_object_get_string(v);
         CHECK(strspn(s, " \t\r\n") < strlen(s), "blank error text: %s", json);
     }
     if (rid)
         CHECK(json_object_object_get_ex(o, "request_id", &v) &&
-              json_object_is_type(v, json_type_string) &&
-              !strcmp(json_object_get_string(v), rid),
+                  json_object_is_type(v, json_type_string) &&
+                  !strcmp(json_object_get_string(v), rid),
               "request_id '%s' not echoed: %s", rid, json);
     if (json_object_object_get_ex(o, "request_id", &v)) {
         CHECK(json_object_is_type(v, json_type_string), "request_id not a string: %s", json);
-        CHECK(utf8_chars(json_object_get_string(v),
-                         (size_t)json_object_get_string_len(v)) <= REQUEST_ID_CHARS,
+        CHECK(utf8_chars(json_object_get_string(v), (size_t)json_object_get_string_len(v)) <=
+                  REQUEST_ID_CHARS,
               "request_id longer than %d characters: %s", REQUEST_ID_CHARS, json);
     }
     CHECK(json_object_object_get_ex(o, "files", &v) && json_object_is_type(v, json_type_array),
@@ -226,8 +226,7 @@ static void on_progress(struct run *run, const char *json, void *userdata)
     json_object_put(o);
 }
 
-static int on_file(struct run *run, const char *name, const void *data, size_t len,
-                   void *userdata)
+static int on_file(struct run *run, const char *name, const void *data, size_t len, void *userdata)
 {
     (void)run;
     (void)data;
@@ -273,8 +272,12 @@ static void set(const char *key, const char *value)
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     static const struct agent_output out = {
-        .record = on_record, .result = on_result, .progress = on_progress, .file = on_file,
-        .state_changed = on_state_changed, .userdata = &seen,
+        .record = on_record,
+        .result = on_result,
+        .progress = on_progress,
+        .file = on_file,
+        .state_changed = on_state_changed,
+        .userdata = &seen,
     };
     char path[PATH_MAX], err[CONFIG_ERR_MAX], value[32];
     int fd;
@@ -317,8 +320,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char action[1024], *rid, *result;
     unsigned results;
 
-    if (alen == 0 || alen >= sizeof(action) || memchr(data, '/', alen) ||
-        memchr(data, '+', alen) || memchr(data, '#', alen) || !utf8_valid(data, alen, false))
+    if (alen == 0 || alen >= sizeof(action) || memchr(data, '/', alen) || memchr(data, '+', alen) ||
+        memchr(data, '#', alen) || !utf8_valid(data, alen, false))
         return 0;
     memcpy(action, data, alen);
     action[alen] = '\0';

@@ -13,13 +13,13 @@
 
 #include "config.h"
 
-#define CHECK(cond, ...)                                                                        \
-    do {                                                                                        \
-        if (!(cond)) {                                                                          \
-            fprintf(stderr, "fuzz_config: invariant broken: " __VA_ARGS__);                     \
-            fputc('\n', stderr);                                                                \
-            abort();                                                                            \
-        }                                                                                       \
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "fuzz_config: invariant broken: " __VA_ARGS__);                        \
+            fputc('\n', stderr);                                                                   \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 static int fd = -1;

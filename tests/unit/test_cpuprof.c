@@ -57,10 +57,10 @@ static void stop_split(struct child *c)
 
 struct progress_log {
     int calls;
-    int backwards;              /* elapsed or samples went down within a run */
+    int backwards; /* elapsed or samples went down within a run */
     double last_elapsed;
     uint64_t last_samples;
-    int cancel_at;              /* set cancel at this call (0: never) */
+    int cancel_at; /* set cancel at this call (0: never) */
     atomic_int cancel;
 };
 
@@ -136,17 +136,19 @@ static int has_edge(const struct profile *p, const char *caller, const char *cal
 /* Runs cpuprof_run on a new cpu_split with arg1 arg2 once per entry of res (the same unwinder
  * state for all: later runs find its caches warm). */
 static void run_split(bool force_ptrace, struct cpuprof_result *res, size_t nruns,
-                      struct progress_log *log, double seconds, const char *arg1,
-                      const char *arg2)
+                      struct progress_log *log, double seconds, const char *arg1, const char *arg2)
 {
     struct child c;
     struct stacks *s;
     spawn_split(&c, arg1, arg2);
     assert_int_equal(stacks_new(c.pid, &s), 0);
     for (size_t i = 0; i < nruns; i++) {
-        struct cpuprof_options o = { .seconds = seconds, .frequency = 999,
-                                     .force_ptrace = force_ptrace, .cancel = &log->cancel,
-                                     .progress = on_progress, .userdata = log };
+        struct cpuprof_options o = {.seconds = seconds,
+                                    .frequency = 999,
+                                    .force_ptrace = force_ptrace,
+                                    .cancel = &log->cancel,
+                                    .progress = on_progress,
+                                    .userdata = log};
         log->last_elapsed = 0;
         log->last_samples = 0;
         int r = cpuprof_run(c.pid, s, &o, &res[i]);
@@ -168,16 +170,16 @@ static void test_split(void **state)
 {
     (void)state;
     struct cpuprof_result runs[2], res;
-    struct progress_log log = { 0 }, log2 = { 0 };
+    struct progress_log log = {0}, log2 = {0};
     run_split(false, runs, 1, &log, 2.0, "--threads", "0");
     res = runs[0];
     const struct profile *p = res.profile;
     uint64_t n = profile_samples(p);
     double a = self_share(p, "work_a"), b = self_share(p, "work_b");
     print_message("%s at %u Hz: %llu samples in %.2f s, work_a %.1f%%, work_b %.1f%%, "
-                  "truncated %llu, unwind %.1f us/sample%s%s\n", res.stats.method,
-                  res.stats.frequency, (unsigned long long)n, res.elapsed, 100 * a, 100 * b,
-                  (unsigned long long)res.truncated, res.unwind_us_per_sample,
+                  "truncated %llu, unwind %.1f us/sample%s%s\n",
+                  res.stats.method, res.stats.frequency, (unsigned long long)n, res.elapsed,
+                  100 * a, 100 * b, (unsigned long long)res.truncated, res.unwind_us_per_sample,
                   res.stats.fallback_reason[0] ? ", fallback: " : "", res.stats.fallback_reason);
     assert_true(res.elapsed >= 2.0 && res.elapsed < 2.5);
     assert_false(res.cancelled);
@@ -213,14 +215,14 @@ static void test_split_ptrace(void **state)
 {
     (void)state;
     struct cpuprof_result res;
-    struct progress_log log = { 0 };
+    struct progress_log log = {0};
     run_split(true, &res, 1, &log, 2.0, "--threads", "1");
     const struct profile *p = res.profile;
     uint64_t n = profile_samples(p);
     double a = self_share(p, "work_a"), b = self_share(p, "work_b");
     print_message("forced %s at %u Hz: %llu samples, work_a %.1f%%, work_b %.1f%%, "
-                  "truncated %llu, unwind %.1f us/sample\n", res.stats.method,
-                  res.stats.frequency, (unsigned long long)n, 100 * a, 100 * b,
+                  "truncated %llu, unwind %.1f us/sample\n",
+                  res.stats.method, res.stats.frequency, (unsigned long long)n, 100 * a, 100 * b,
                   (unsigned long long)res.truncated, res.unwind_us_per_sample);
     assert_string_equal(res.stats.method, "ptrace");
     assert_true(res.stats.frequency <= SAMPLER_PTRACE_MAX_FREQ);
@@ -237,7 +239,7 @@ static void test_target_exits(void **state)
 {
     (void)state;
     struct cpuprof_result res;
-    struct progress_log log = { 0 };
+    struct progress_log log = {0};
     run_split(false, &res, 1, &log, 5.0, "--exit-after", "0.5");
     assert_true(res.stats.target_exited);
     assert_true(res.elapsed < 2.0);
@@ -251,7 +253,7 @@ static void test_cancel(void **state)
 {
     (void)state;
     struct cpuprof_result res;
-    struct progress_log log = { .cancel_at = 1 };
+    struct progress_log log = {.cancel_at = 1};
     run_split(false, &res, 1, &log, 30.0, "--threads", "0");
     assert_true(res.cancelled);
     assert_true(res.elapsed >= 1.0 && res.elapsed < 1.5);
@@ -265,7 +267,7 @@ static void test_bad_runs(void **state)
     struct child c;
     struct stacks *s;
     struct cpuprof_result res;
-    struct cpuprof_options o = { .seconds = 1, .frequency = 99 };
+    struct cpuprof_options o = {.seconds = 1, .frequency = 99};
     spawn_split(&c, "--threads", "0");
     assert_int_equal(stacks_new(c.pid, &s), 0);
     o.seconds = 0;
@@ -282,10 +284,8 @@ static void test_bad_runs(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_split),
-        cmocka_unit_test(test_split_ptrace),
-        cmocka_unit_test(test_target_exits),
-        cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_split),        cmocka_unit_test(test_split_ptrace),
+        cmocka_unit_test(test_target_exits), cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_bad_runs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

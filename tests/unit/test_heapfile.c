@@ -24,24 +24,35 @@
 #define TINY 150
 
 static const char DEMO[] = "/usr/bin/demo";
-static const struct stacks_frame MAKE_BUF_12 =
-    {0x401010, DEMO, 0x1010, "make_buf", "/src/demo/buf.c", 12, 10, false};
-static const struct stacks_frame MAKE_BUF_14 =
-    {0x401020, DEMO, 0x1020, "make_buf", "/src/demo/buf.c", 14, 10, false};
-static const struct stacks_frame HANDLE =
-    {0x402000, DEMO, 0x2000, "handle(struct request *)", "/src/demo/server.c", 40, 30, false};
-static const struct stacks_frame NEW =
-    {0x7f0000403000, "/usr/lib/x86_64-linux-gnu/libstdc++.so.6", 0x9a000,
-     "operator new(unsigned long)", NULL, 0, 0, false};
-static const struct stacks_frame PUSH =
-    {0x404000, DEMO, 0x4000, "std::vector<int, std::allocator<int> >::push_back(int const&)",
-     "/usr/include/c++/12/bits/stl_vector.h", 1287, 1280, false};
-static const struct stacks_frame MAIN_A =
-    {0x405000, DEMO, 0x5000, "main", "/src/demo/main.c", 20, 5, false};
-static const struct stacks_frame MAIN_B =
-    {0x405010, DEMO, 0x5010, "main", "/src/demo/main.c", 22, 5, false};
-static const struct stacks_frame NOSYM =
-    {0x7f0000001a2b, "/usr/lib/libfoo.so.1", 0x1a2b, NULL, NULL, 0, 0, false};
+static const struct stacks_frame MAKE_BUF_12 = {0x401010,          DEMO, 0x1010, "make_buf",
+                                                "/src/demo/buf.c", 12,   10,     false};
+static const struct stacks_frame MAKE_BUF_14 = {0x401020,          DEMO, 0x1020, "make_buf",
+                                                "/src/demo/buf.c", 14,   10,     false};
+static const struct stacks_frame HANDLE = {
+    0x402000, DEMO, 0x2000, "handle(struct request *)", "/src/demo/server.c", 40, 30, false};
+static const struct stacks_frame NEW = {0x7f0000403000,
+                                        "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
+                                        0x9a000,
+                                        "operator new(unsigned long)",
+                                        NULL,
+                                        0,
+                                        0,
+                                        false};
+static const struct stacks_frame PUSH = {
+    0x404000,
+    DEMO,
+    0x4000,
+    "std::vector<int, std::allocator<int> >::push_back(int const&)",
+    "/usr/include/c++/12/bits/stl_vector.h",
+    1287,
+    1280,
+    false};
+static const struct stacks_frame MAIN_A = {0x405000,           DEMO, 0x5000, "main",
+                                           "/src/demo/main.c", 20,   5,      false};
+static const struct stacks_frame MAIN_B = {0x405010,           DEMO, 0x5010, "main",
+                                           "/src/demo/main.c", 22,   5,      false};
+static const struct stacks_frame NOSYM = {
+    0x7f0000001a2b, "/usr/lib/libfoo.so.1", 0x1a2b, NULL, NULL, 0, 0, false};
 static const struct stacks_frame NOTHING = {0xdead0000, NULL, 0, NULL, NULL, 0, 0, false};
 
 enum { S_BUF12, S_BUF14, S_NEW, S_NOSYM, S_DEEP, S_SHORT, S_NOFRAMES, S_ZERO, NSITES };
@@ -80,8 +91,14 @@ static int setup(void **state)
     fx->s7[0] = MAIN_B;
     for (i = 0; i < DEEP; i++) {
         snprintf(fx->deep_names[i], sizeof(fx->deep_names[i]), "level_%zu", i);
-        fx->deep[i] = (struct stacks_frame){0x500000 + 16 * i, DEMO, 0x100000 + 16 * i,
-                                            fx->deep_names[i], "/src/demo/deep.c", (int)i + 1, 1, false};
+        fx->deep[i] = (struct stacks_frame){0x500000 + 16 * i,
+                                            DEMO,
+                                            0x100000 + 16 * i,
+                                            fx->deep_names[i],
+                                            "/src/demo/deep.c",
+                                            (int)i + 1,
+                                            1,
+                                            false};
     }
     fx->sites[S_BUF12] = (struct heapfile_site){fx->s0, 3, 4000, 4};
     fx->sites[S_BUF14] = (struct heapfile_site){fx->s1, 3, 2000, 2};
@@ -236,13 +253,12 @@ static void test_hpy_huge_and_dirty(void **state)
     char path[128], name[2000], *text, *rows[4];
     struct stacks_frame fr[2] = {{0x1, DEMO, 1, name, NULL, 0, 0, false},
                                  {0x2, DEMO, 2, "tmpl<#1> (x)\n\tnext", NULL, 0, 0, false}};
-    struct heapfile_site s[2] = {{fr, 2, UINT64_MAX - 10, UINT64_MAX - 1},
-                                 {&fr[1], 1, 10, 1}};
+    struct heapfile_site s[2] = {{fr, 2, UINT64_MAX - 10, UINT64_MAX - 1}, {&fr[1], 1, 10, 1}};
 
     memset(name, 'x', sizeof(name) - 1);
     name[sizeof(name) - 1] = '\0';
-    name[100] = '\xff';                 /* invalid UTF-8 */
-    memcpy(name + 200, "\xc3\xa9", 2);  /* valid: e acute */
+    name[100] = '\xff';                /* invalid UTF-8 */
+    memcpy(name + 200, "\xc3\xa9", 2); /* valid: e acute */
     path_in(fx, "huge.hpy", path, sizeof(path));
     assert_int_equal(heapfile_write_hpy(path, s, 2, 1e9), 0);
     assert_hpy_ok(path, 2, UINT64_MAX, UINT64_MAX);
@@ -282,7 +298,7 @@ struct tree_check {
     char **line;
     size_t n, i;
     size_t max_depth, nodes, folded;
-    unsigned __int128 total;    /* heap + extra: what the 1% threshold is of */
+    unsigned __int128 total; /* heap + extra: what the 1% threshold is of */
 };
 
 static uint64_t number_after(const char *s, const char *key)
@@ -440,8 +456,8 @@ static void test_massif_snapshots(void **state)
     snaps[3] = (struct heapfile_snapshot){300, 9000, 80, HEAPFILE_TREE_EMPTY, NULL};
     snaps[4] = (struct heapfile_snapshot){400, late[S_NEW], 8, HEAPFILE_TREE_DETAILED, late};
     path_in(fx, "massif.out.1", path, sizeof(path));
-    assert_int_equal(heapfile_write_massif(path, "demo --serve 'x y' #1", fx->sites, NSITES,
-                                           snaps, 5), 0);
+    assert_int_equal(
+        heapfile_write_massif(path, "demo --serve 'x y' #1", fx->sites, NSITES, snaps, 5), 0);
     assert_int_equal(check_massif(path, &t), 5);
     assert_int_equal(t.folded, 0);
     /* Root, then at most HEAPFILE_MASSIF_DEPTH frames. */
@@ -469,17 +485,23 @@ static void test_massif_snapshots(void **state)
     ms_line(full[S_BUF12] + full[S_SHORT], sum_full, "0x401010: make_buf (buf.c:12)", want,
             sizeof(want));
     assert_contains(out, want);
-    ms_line(full[S_NEW], sum_full, "0x7F0000403000: operator new(unsigned long) "
-            "(in /usr/lib/x86_64-linux-gnu/libstdc++.so.6)", want, sizeof(want));
+    ms_line(full[S_NEW], sum_full,
+            "0x7F0000403000: operator new(unsigned long) "
+            "(in /usr/lib/x86_64-linux-gnu/libstdc++.so.6)",
+            want, sizeof(want));
     assert_contains(out, want);
-    ms_line(full[S_NEW], sum_full, "0x404000: std::vector<int, std::allocator<int> >::push_back"
-            "(int const&) (stl_vector.h:1287)", want, sizeof(want));
+    ms_line(full[S_NEW], sum_full,
+            "0x404000: std::vector<int, std::allocator<int> >::push_back"
+            "(int const&) (stl_vector.h:1287)",
+            want, sizeof(want));
     assert_contains(out, want);
     ms_line(full[S_DEEP], sum_full, "0x500000: level_0 (deep.c:1)", want, sizeof(want));
     assert_contains(out, want);
     /* The last snapshot's tree holds one site, against heap plus extra. */
-    ms_line(late[S_NEW], late[S_NEW] + 8, "0x404000: std::vector<int, std::allocator<int> >::"
-            "push_back(int const&) (stl_vector.h:1287)", want, sizeof(want));
+    ms_line(late[S_NEW], late[S_NEW] + 8,
+            "0x404000: std::vector<int, std::allocator<int> >::"
+            "push_back(int const&) (stl_vector.h:1287)",
+            want, sizeof(want));
     assert_contains(out, want);
     free(out);
 }
@@ -499,7 +521,8 @@ static void test_massif_folds_small_children(void **state)
 
     assert_non_null(out);
     for (i = 0; i < TINY + 2; i++) {
-        tiny[i] = (struct stacks_frame){0x600000 + i, DEMO, i, "tiny", "/src/t.c", (int)i + 1, 1, false};
+        tiny[i] =
+            (struct stacks_frame){0x600000 + i, DEMO, i, "tiny", "/src/t.c", (int)i + 1, 1, false};
         sites[i] = (struct heapfile_site){&tiny[i], 1, 3, 1};
         bytes[i] = 3;
     }
@@ -610,10 +633,10 @@ static void test_massif_errors(void **state)
     assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, s, 2), 0);
     assert_int_equal(unlink(path), 0);
 
-    s[1].time = 9;          /* time goes backwards */
+    s[1].time = 9; /* time goes backwards */
     assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, s, 2), -EINVAL);
     s[1].time = 20;
-    s[1].tree = HEAPFILE_TREE_PEAK;     /* two peaks */
+    s[1].tree = HEAPFILE_TREE_PEAK; /* two peaks */
     assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, s, 2), -EINVAL);
     s[1].tree = 7;
     assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, s, 2), -EINVAL);
@@ -621,7 +644,7 @@ static void test_massif_errors(void **state)
     s[1].site_bytes = NULL;
     assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, s, 2), -EINVAL);
     s[1].site_bytes = bytes;
-    s[1].heap_bytes = 1;    /* the sites do not add up to it */
+    s[1].heap_bytes = 1; /* the sites do not add up to it */
     assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, s, 2), -EINVAL);
     s[1].heap_bytes = 0;
     s[1].site_bytes = over;
@@ -629,8 +652,8 @@ static void test_massif_errors(void **state)
     assert_int_equal(heapfile_write_massif(path, NULL, fx->sites, NSITES, s, 1), -EINVAL);
     assert_int_equal(heapfile_write_massif(path, "x", NULL, 1, s, 1), -EINVAL);
     assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, NULL, 1), -EINVAL);
-    assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, s,
-                                           HEAPFILE_MAX_SNAPSHOTS + 1), -E2BIG);
+    assert_int_equal(
+        heapfile_write_massif(path, "x", fx->sites, NSITES, s, HEAPFILE_MAX_SNAPSHOTS + 1), -E2BIG);
     assert_dir_empty(fx);
 }
 

@@ -98,15 +98,15 @@ static void test_dlopen_dlsym(void **state)
     assert_int_equal(inject_attach(c.pid, &in, why, sizeof(why)), 0);
     assert_int_equal(inject_push(in, LIBZ, sizeof(LIBZ), &path_addr), 0);
     assert_int_equal(inject_push(in, "zlibVersion", sizeof("zlibVersion"), &name_addr), 0);
-    uint64_t a[2] = { path_addr, RTLD_NOW };
+    uint64_t a[2] = {path_addr, RTLD_NOW};
     assert_int_equal(inject_call(in, libc_symbol(c.pid, "dlopen"), a, 2, &handle), 0);
     assert_true(handle != 0);
-    uint64_t b[2] = { handle, name_addr };
+    uint64_t b[2] = {handle, name_addr};
     assert_int_equal(inject_call(in, libc_symbol(c.pid, "dlsym"), b, 2, &fn), 0);
     assert_true(fn != 0);
     assert_int_equal(inject_call(in, fn, NULL, 0, &str), 0);
     assert_int_equal(inject_read_string(c.pid, str, buf, sizeof(buf)), 0);
-    assert_int_equal(strncmp(buf, "1.", 2), 0);         /* zlib's version string */
+    assert_int_equal(strncmp(buf, "1.", 2), 0); /* zlib's version string */
     assert_int_equal(inject_detach(in), 0);
     assert_int_equal(mapped(c.pid, "libz.so", buf, sizeof(buf)), 0);
     /* The module is found by path now (maps names the file the symlink points to). */

@@ -195,7 +195,7 @@ static size_t replay(int (*ours)(uint64_t size), size_t *ret_live_ours)
             if (!e)
                 unknown_frees++;
             else
-                e->ptr = 1;         /* a tombstone: keeps probe chains intact */
+                e->ptr = 1; /* a tombstone: keeps probe chains intact */
         }
     }
     for (size_t i = 0; i < (1u << LIVE_BITS); i++)
@@ -220,7 +220,7 @@ static __attribute__((noinline)) void *alloc_marked(size_t n, uint64_t *ret_sp)
     void *p;
     uint64_t sp;
 
-    __asm__ volatile("sub $128, %%rsp\n\t"             /* step over the red zone */
+    __asm__ volatile("sub $128, %%rsp\n\t" /* step over the red zone */
                      "movabs $0x0123456789abcdef, %%rax\n\t"
                      "push %%rax\n\t"
                      "push %%rbx\n\t"
@@ -253,7 +253,7 @@ static __attribute__((noinline)) void *alloc_marked(size_t n, uint64_t *ret_sp)
 struct worker {
     pthread_t thread;
     unsigned id;
-    unsigned char *stack;           /* WORKER_STACK bytes, then the guard page */
+    unsigned char *stack; /* WORKER_STACK bytes, then the guard page */
 };
 
 /* Sizes no other code in this process allocates: 4000 + 100 * thread + call. */
@@ -324,8 +324,8 @@ static void worker_start(struct worker *w)
 {
     pthread_attr_t attr;
 
-    w->stack = mmap(NULL, WORKER_STACK + 4096, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    w->stack =
+        mmap(NULL, WORKER_STACK + 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     assert_true(w->stack != MAP_FAILED);
     assert_int_equal(mprotect(w->stack + WORKER_STACK, 4096, PROT_NONE), 0);
     assert_int_equal(pthread_attr_init(&attr), 0);
@@ -407,7 +407,7 @@ static void test_rejects_bad_rings(void **state)
     r.h->magic = 0;
     assert_int_equal(hook_start(r.path), -EINVAL);
     r.h->magic = MEMRING_MAGIC;
-    r.h->nevents = 1000;                /* not a power of two */
+    r.h->nevents = 1000; /* not a power of two */
     assert_int_equal(hook_start(r.path), -EINVAL);
     assert_int_equal(r.h->hook_error, -EINVAL);
     r.h->nevents = 1u << 10;
@@ -456,7 +456,7 @@ static void test_records_two_threads(void **state)
     assert_int_equal(hook_start(r.path), 0);
     assert_int_equal(r.h->state, MEMRING_STATE_HOOKED);
     assert_int_equal(hook_start(r.path), -EBUSY);
-    assert_true(r.h->modules_patched >= 2);             /* this program and libc */
+    assert_true(r.h->modules_patched >= 2); /* this program and libc */
     assert_true(r.h->slots_patched >= 4);
     assert_true(malloc_address() != before);
 
@@ -534,7 +534,7 @@ static void test_records_two_threads(void **state)
         }
     }
     assert_int_equal(stacks_checked, 2 * ITERATIONS);
-    assert_int_equal(truncated, stacks_checked);    /* work() runs near the top of its stack */
+    assert_int_equal(truncated, stacks_checked); /* work() runs near the top of its stack */
     assert_true(libc_stacks > 0 || !strdup_in_libc());
     for (unsigned i = 0; i < 2; i++)
         munmap(w[i].stack, WORKER_STACK + 4096);
@@ -568,8 +568,8 @@ static void test_sampling(void **state)
     sampled = count_allocs(1000);
     assert_true(sampled >= 150 && sampled <= 600);
     unknown = replay(is_sampled_size, &live_ours);
-    assert_int_equal(unknown, 0);       /* only sampled blocks are recorded freed */
-    assert_int_equal(live_ours, 0);     /* and every sampled block was */
+    assert_int_equal(unknown, 0);   /* only sampled blocks are recorded freed */
+    assert_int_equal(live_ours, 0); /* and every sampled block was */
     assert_int_equal(r.h->sampled_full, 0);
     ring_destroy(&r);
 }

@@ -26,8 +26,8 @@
 #include "unwind/stacks.h"
 #include "testutil.h"
 
-#define LEAK_SIZE 512               /* what leak_here keeps; the loop never asks for it */
-#define POOL 64                     /* blocks the workload holds from before we attach */
+#define LEAK_SIZE 512 /* what leak_here keeps; the loop never asks for it */
+#define POOL 64       /* blocks the workload holds from before we attach */
 /* The loop's sizes: 24 + 16k up to 4040, the aligned ones rounded up to 32. */
 #define LOOP_SIZE_MIN 24
 #define LOOP_SIZE_MAX 4064
@@ -75,7 +75,7 @@ static void spawn_workload(struct child *c)
 {
     char path[256];
     testutil_workload_path("allocs_static", path, sizeof(path));
-    const char *argv[] = { path, "--leak-every", "256", NULL };
+    const char *argv[] = {path, "--leak-every", "256", NULL};
     spawn(c, path, argv);
 }
 
@@ -148,7 +148,7 @@ static size_t text_changes(pid_t pid, const char *module)
 
 struct seen {
     struct stacks *stacks;
-    uint64_t *live;                 /* open addressing set of pointers, 0 empty */
+    uint64_t *live; /* open addressing set of pointers, 0 empty */
     size_t nlive;
     uint64_t allocs, frees, matched, double_allocs, odd_sizes;
     uint64_t leaks, leaks_named, leaks_main;
@@ -225,7 +225,8 @@ static int on_event(const struct memprobe_event *e, void *userdata)
         int trunc;
         s->leaks++;
         assert_int_equal(stacks_unwind_regs(s->stacks, e->regs, e->stack_addr, e->stack,
-                                            e->stack_len, f, 16, &n, &trunc), 0);
+                                            e->stack_len, f, 16, &n, &trunc),
+                         0);
         if (n >= 1 && f[0].func && strcmp(f[0].func, "leak_here") == 0)
             s->leaks_named++;
         if (n >= 2 && f[1].func && strcmp(f[1].func, "main") == 0)
@@ -239,7 +240,7 @@ static void test_events_unwind_and_cleanup(void **state)
     struct child c;
     struct memprobe *p = NULL;
     struct memprobe_stats st;
-    struct seen s = { 0 };
+    struct seen s = {0};
     char why[512] = "";
     (void)state;
 
@@ -266,20 +267,21 @@ static void test_events_unwind_and_cleanup(void **state)
     memprobe_get_stats(p, &st);
 
     char module[PATH_MAX];
-    snprintf(module, sizeof(module), "%s", st.module);     /* st.module dies with p */
+    snprintf(module, sizeof(module), "%s", st.module); /* st.module dies with p */
     memprobe_close(p);
     assert_int_equal(text_changes(c.pid, module), 0);
     double after = ns_per_pair(&c, 500);
-    print_message("module %s, %u probes, %zu fds: %llu allocs, %llu frees, %llu lost\n",
-                  module, st.probes, st.fds, (unsigned long long)st.allocs,
-                  (unsigned long long)st.frees, (unsigned long long)st.lost);
+    print_message("module %s, %u probes, %zu fds: %llu allocs, %llu frees, %llu lost\n", module,
+                  st.probes, st.fds, (unsigned long long)st.allocs, (unsigned long long)st.frees,
+                  (unsigned long long)st.lost);
     print_message("ns per malloc/free pair: %.1f before, %.1f with uprobes (%.0fx), "
-                  "%.1f after\n", before, during, during / before, after);
+                  "%.1f after\n",
+                  before, during, during / before, after);
     print_message("frees matched %llu of %llu, double allocs %llu, leak_here %llu/%llu "
-                  "(main above it %llu)\n", (unsigned long long)s.matched,
-                  (unsigned long long)s.frees, (unsigned long long)s.double_allocs,
-                  (unsigned long long)s.leaks_named, (unsigned long long)s.leaks,
-                  (unsigned long long)s.leaks_main);
+                  "(main above it %llu)\n",
+                  (unsigned long long)s.matched, (unsigned long long)s.frees,
+                  (unsigned long long)s.double_allocs, (unsigned long long)s.leaks_named,
+                  (unsigned long long)s.leaks, (unsigned long long)s.leaks_main);
 
     assert_int_equal(st.allocs, s.allocs);
     assert_int_equal(st.frees, s.frees);
@@ -299,8 +301,8 @@ static void test_events_unwind_and_cleanup(void **state)
     if (s.leaks_main != s.leaks)
         fail_msg("%llu of %llu leak_here blocks do not unwind to main: is the workload linked "
                  "with -Wl,--eh-frame-hdr? (gcc -static leaves .eh_frame_hdr out, and the "
-                 "unwinder needs it)", (unsigned long long)(s.leaks - s.leaks_main),
-                 (unsigned long long)s.leaks);
+                 "unwinder needs it)",
+                 (unsigned long long)(s.leaks - s.leaks_main), (unsigned long long)s.leaks);
     /* The probes cost microseconds per call; once gone, the loop is fast again. */
     assert_true(during > 10 * before);
     assert_true(after < 4 * before);
@@ -383,7 +385,7 @@ static void test_stripped(void **state)
     snprintf(cmd, sizeof(cmd), "strip -o %s %s 2>/dev/null", dst, src);
     if (system(cmd) != 0)
         skip();
-    const char *argv[] = { dst, NULL };
+    const char *argv[] = {dst, NULL};
     spawn(&c, dst, argv);
     int r = memprobe_open(c.pid, &p, why, sizeof(why));
     if (r == 0) {

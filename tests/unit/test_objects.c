@@ -33,7 +33,7 @@
 struct lines {
     size_t n;
     char *v[LINES_MAX];
-    int stop_after;                 /* emit returns -ECANCELED after that many; 0: never */
+    int stop_after; /* emit returns -ECANCELED after that many; 0: never */
 };
 
 struct leaky {
@@ -100,7 +100,8 @@ static void leaky_start(struct leaky *lk)
     assert_non_null(fgets(line, sizeof(line), f));
     fclose(f);
     assert_int_equal(sscanf(line, "ready timerfd=%d eventfd=%d epoll=%d file=%d", &lk->timerfd,
-                            &lk->eventfd, &lk->epoll, &lk->file), 4);
+                            &lk->eventfd, &lk->epoll, &lk->file),
+                     4);
 }
 
 static void leaky_stop(struct leaky *lk)
@@ -189,8 +190,10 @@ static void test_leaky_reprs(void **state)
     assert_string_equal(link, "anon_inode:[timerfd]");
     assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_TIMERFD, collect, l), 0);
     assert_int_equal(l->n, 1);
-    snprintf(want, sizeof(want), "^<timerfd fd=%d clock=monotonic next=([0-9]+\\.[0-9]{3})s "
-             "interval=7s>$", lk.timerfd);
+    snprintf(want, sizeof(want),
+             "^<timerfd fd=%d clock=monotonic next=([0-9]+\\.[0-9]{3})s "
+             "interval=7s>$",
+             lk.timerfd);
     assert_int_equal(regcomp(&re, want, REG_EXTENDED), 0);
     assert_int_equal(regexec(&re, l->v[0], 2, m, 0), 0);
     regfree(&re);
@@ -202,15 +205,19 @@ static void test_leaky_reprs(void **state)
     assert_int_equal(objects_scheduled(PROCFS_ROOT, lk.pid, collect, l), 0);
     snprintf(want, sizeof(want), "<timerfd fd=%d clock=monotonic next=", lk.timerfd);
     assert_non_null(find_prefix(l, want));
-    snprintf(want, sizeof(want), "<epoll fd=%d watches fd=%d (timerfd) events=EPOLLIN, fd=%d "
-             "(eventfd) events=EPOLLIN|EPOLLET>", lk.epoll, lk.timerfd, lk.eventfd);
+    snprintf(want, sizeof(want),
+             "<epoll fd=%d watches fd=%d (timerfd) events=EPOLLIN, fd=%d "
+             "(eventfd) events=EPOLLIN|EPOLLET>",
+             lk.epoll, lk.timerfd, lk.eventfd);
     assert_non_null(find_prefix(l, want));
     lines_free(l);
 
     l = lines_new();
     assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_FILE, collect, l), 0);
-    snprintf(want, sizeof(want), "<file fd=%d path=/tmp/leaky.%d.log (deleted) pos=4096 "
-             "flags=O_WRONLY|", lk.file, (int)lk.pid);
+    snprintf(want, sizeof(want),
+             "<file fd=%d path=/tmp/leaky.%d.log (deleted) pos=4096 "
+             "flags=O_WRONLY|",
+             lk.file, (int)lk.pid);
     assert_non_null(find_prefix(l, want));
     lines_free(l);
 
@@ -222,8 +229,8 @@ static void test_leaky_reprs(void **state)
         int fd, other;
         unsigned long ino;
         char peer[256];
-        if (sscanf(l->v[i], "<pipe fd=%d inode=%lu read end, other end: pid %*d fd %d>", &fd,
-                   &ino, &other) != 3)
+        if (sscanf(l->v[i], "<pipe fd=%d inode=%lu read end, other end: pid %*d fd %d>", &fd, &ino,
+                   &other) != 3)
             continue;
         fd_link(lk.pid, fd, link, sizeof(link));
         snprintf(want, sizeof(want), "pipe:[%lu]", ino);
@@ -249,7 +256,7 @@ static void test_own_objects(void **state)
 {
     struct lines *l;
     char want[512], path[] = "/tmp/test_objects.XXXXXX";
-    struct sigevent sev = { .sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGUSR2 };
+    struct sigevent sev = {.sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGUSR2};
     struct stat st;
     sigset_t mask;
     timer_t timer;
@@ -279,12 +286,14 @@ static void test_own_objects(void **state)
     l = lines_new();
     assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_PIPE, collect, l), 0);
     assert_int_equal(fstat(p[0], &st), 0);
-    snprintf(want, sizeof(want), "<pipe fd=%d inode=%lu read end, other end: pid %d fd %d>",
-             p[0], (unsigned long)st.st_ino, (int)getpid(), p[1]);
+    snprintf(want, sizeof(want), "<pipe fd=%d inode=%lu read end, other end: pid %d fd %d>", p[0],
+             (unsigned long)st.st_ino, (int)getpid(), p[1]);
     assert_non_null(find_prefix(l, want));
     assert_int_equal(fstat(q[0], &st), 0);
-    snprintf(want, sizeof(want), "<pipe fd=%d inode=%lu read end, other end: not in this "
-             "process>", q[0], (unsigned long)st.st_ino);
+    snprintf(want, sizeof(want),
+             "<pipe fd=%d inode=%lu read end, other end: not in this "
+             "process>",
+             q[0], (unsigned long)st.st_ino);
     assert_non_null(find_prefix(l, want));
     lines_free(l);
 
@@ -320,16 +329,17 @@ static void test_own_objects(void **state)
 
     l = lines_new();
     assert_int_equal(objects_scheduled(PROCFS_ROOT, getpid(), collect, l), 0);
-    snprintf(want, sizeof(want), "<posix timer id=%ld clock=monotonic notify=signal/%d "
-             "target=pid.%d>", (long)(intptr_t)timer, SIGUSR2, (int)getpid());
+    snprintf(want, sizeof(want),
+             "<posix timer id=%ld clock=monotonic notify=signal/%d "
+             "target=pid.%d>",
+             (long)(intptr_t)timer, SIGUSR2, (int)getpid());
     assert_non_null(find_prefix(l, want));
     lines_free(l);
 
     /* emit's negative value stops the dump and is returned. */
     l = lines_new();
     l->stop_after = 1;
-    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_MAPPING, collect, l),
-                     -ECANCELED);
+    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_MAPPING, collect, l), -ECANCELED);
     assert_int_equal(l->n, 1);
     lines_free(l);
 
@@ -366,7 +376,7 @@ static void test_count_cost(void **state)
     pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        struct rlimit rl = { 11000, 11000 };
+        struct rlimit rl = {11000, 11000};
         int p[2];
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
@@ -401,10 +411,8 @@ static void test_count_cost(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_type_names),
-        cmocka_unit_test(test_count_growth),
-        cmocka_unit_test(test_leaky_reprs),
-        cmocka_unit_test(test_own_objects),
+        cmocka_unit_test(test_type_names),  cmocka_unit_test(test_count_growth),
+        cmocka_unit_test(test_leaky_reprs), cmocka_unit_test(test_own_objects),
         cmocka_unit_test(test_count_cost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

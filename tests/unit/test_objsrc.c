@@ -162,7 +162,8 @@ static bool unwinds_through(pid_t pid, const struct objsrc_event *ev, const char
 
     assert_int_equal(stacks_new(pid, &st), 0);
     assert_int_equal(stacks_unwind_regs(st, ev->regs, ev->stack_addr, ev->stack, ev->stack_len,
-                                        frames, STACKS_MAX_FRAMES, &n, &truncated), 0);
+                                        frames, STACKS_MAX_FRAMES, &n, &truncated),
+                     0);
     for (size_t i = 0; i < n; i++) {
         if (!frames[i].func)
             continue;
@@ -215,14 +216,14 @@ static void test_leaky_pipes(void **state)
         /* Two new fds of one pipe, still open: leaky never closes them. */
         assert_true(ev->fds[0] >= 0 && ev->fds[1] >= 0 && ev->fds[0] != ev->fds[1]);
         assert_int_equal(pipe_inode(c.pid, ev->fds[0]), pipe_inode(c.pid, ev->fds[1]));
-        assert_true(ev->stack_len > 0 && ev->stack_addr == ev->regs[7]);    /* RSP */
+        assert_true(ev->stack_len > 0 && ev->stack_addr == ev->regs[7]); /* RSP */
         assert_true(unwinds_through(c.pid, ev, "leak_pipe", "piper_main"));
         checked++;
     }
     assert_true(checked >= want);
     objsrc_stats(s, &stats);
     assert_true(stats.events >= checked);
-    assert_int_equal(stats.threads, 3);             /* main, loop, piper */
+    assert_int_equal(stats.threads, 3); /* main, loop, piper */
     /* An exited target ends the stream. */
     kill(c.pid, SIGKILL);
     assert_int_equal(waitpid(c.pid, NULL, 0), c.pid);
@@ -271,8 +272,8 @@ static void test_new_thread(void **state)
     assert_int_equal(objsrc_open(c.pid, &s), 0);
     assert_int_equal(write(c.in, "thread\n", 7), 7);
     assert_non_null(fgets(line, sizeof(line), c.out));
-    assert_int_equal(sscanf(line, "pipe %d %d %llu spawned %d", &sp.fds[0], &sp.fds[1], &t,
-                            &sp.tid), 4);
+    assert_int_equal(
+        sscanf(line, "pipe %d %d %llu spawned %d", &sp.fds[0], &sp.fds[1], &t, &sp.tid), 4);
     k = poll_for(s, e, 3000, spawned_pipe, &sp);
     assert_non_null(k);
     assert_int_equal(k->ev.fds[0], sp.fds[0]);
@@ -338,20 +339,20 @@ static void test_calls_of_this_process(void **state)
     m = mmap(NULL, 12345, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     assert_true(efd >= 0 && dfd >= 0 && ffd >= 100 && m != MAP_FAILED);
 
-    w = (struct want_fd){ "eventfd2", efd };
+    w = (struct want_fd){"eventfd2", efd};
     k = poll_for(s, e, 2000, fd_event, &w);
     assert_non_null(k);
     assert_int_equal(k->ev.type, OBJECTS_EVENTFD);
     assert_false(k->ev.any_fd_type);
     assert_int_equal(k->ev.fds[1], -1);
     assert_true(unwinds_through(getpid(), &k->ev, "test_calls_of_this_process", NULL));
-    w = (struct want_fd){ "dup", dfd };
+    w = (struct want_fd){"dup", dfd};
     k = poll_for(s, e, 2000, fd_event, &w);
     assert_non_null(k);
     assert_true(k->ev.any_fd_type);
-    w = (struct want_fd){ "fcntl", ffd };
+    w = (struct want_fd){"fcntl", ffd};
     assert_non_null(poll_for(s, e, 2000, fd_event, &w));
-    w = (struct want_fd){ "socketpair", sv[0] };
+    w = (struct want_fd){"socketpair", sv[0]};
     k = poll_for(s, e, 2000, fd_event, &w);
     assert_non_null(k);
     assert_int_equal(k->ev.type, OBJECTS_SOCKET);

@@ -35,7 +35,7 @@ static void fake_init(struct fake *f, uint64_t tail)
 static void put(struct fake *f, uint32_t type, uint16_t size, unsigned char first)
 {
     unsigned char rec[256];
-    struct perf_event_header h = { .type = type, .misc = 0, .size = size };
+    struct perf_event_header h = {.type = type, .misc = 0, .size = size};
     memcpy(rec, &h, sizeof(h));
     for (size_t i = sizeof(h); i < size; i++)
         rec[i] = (unsigned char)(first + i);
@@ -51,7 +51,7 @@ static void test_wraps(void **state)
     unsigned char copy[256];
     struct perf_event_header h;
     fake_init(&f, 48);
-    put(&f, PERF_RECORD_SAMPLE, 24, 10);    /* 48..71: wraps the end at 64 */
+    put(&f, PERF_RECORD_SAMPLE, 24, 10); /* 48..71: wraps the end at 64 */
     put(&f, PERF_RECORD_LOST, 24, 100);
     perfring_begin(&f.rg);
     assert_int_equal(perfring_peek(&f.rg, &h), 0);
@@ -62,13 +62,13 @@ static void test_wraps(void **state)
     for (size_t i = sizeof(h); i < 24; i++)
         assert_int_equal(rec[i], (unsigned char)(10 + i));
     uint64_t word;
-    perfring_read(&f.rg, 12, &word, 8);     /* 60..67: across the end too */
+    perfring_read(&f.rg, 12, &word, 8); /* 60..67: across the end too */
     assert_memory_equal(&word, rec + 12, 8);
     perfring_consume(&f.rg, h.size);
     assert_int_equal(f.meta.data_tail, 72);
     assert_int_equal(perfring_peek(&f.rg, &h), 0);
     rec = perfring_record(&f.rg, h.size, copy);
-    assert_ptr_equal(rec, f.data + 8);      /* in one piece: no copy */
+    assert_ptr_equal(rec, f.data + 8); /* in one piece: no copy */
     perfring_consume(&f.rg, h.size);
     assert_int_equal(perfring_peek(&f.rg, &h), -ENODATA);
     assert_int_equal(f.meta.data_tail, f.meta.data_head);
@@ -80,25 +80,25 @@ static void test_bad_headers(void **state)
     struct fake f;
     struct perf_event_header h;
     fake_init(&f, 0);
-    put(&f, PERF_RECORD_SAMPLE, 20, 0);     /* not a multiple of 8 */
+    put(&f, PERF_RECORD_SAMPLE, 20, 0); /* not a multiple of 8 */
     perfring_begin(&f.rg);
     assert_int_equal(perfring_peek(&f.rg, &h), -EBADMSG);
     assert_int_equal(f.meta.data_tail, 20);
 
     fake_init(&f, 0);
     put(&f, PERF_RECORD_SAMPLE, 16, 0);
-    f.meta.data_head = 8;                   /* the header claims more than is there */
+    f.meta.data_head = 8; /* the header claims more than is there */
     perfring_begin(&f.rg);
     assert_int_equal(perfring_peek(&f.rg, &h), -EBADMSG);
     assert_int_equal(f.meta.data_tail, 8);
 
     fake_init(&f, 0);
-    f.meta.data_head = DATA + 8;            /* more than the ring holds */
+    f.meta.data_head = DATA + 8; /* more than the ring holds */
     perfring_begin(&f.rg);
     assert_int_equal(perfring_peek(&f.rg, &h), -EBADMSG);
     assert_int_equal(f.meta.data_tail, DATA + 8);
 
-    struct perfring unmapped = { .fd = -1 };
+    struct perfring unmapped = {.fd = -1};
     perfring_begin(&unmapped);
     assert_int_equal(perfring_peek(&unmapped, &h), -ENODATA);
 }
@@ -125,8 +125,8 @@ static void test_drain(void **state)
     (void)state;
     struct fake f;
     unsigned char copy[256];
-    struct perfring_cpus c = { .n = 1, .rings = &f.rg, .copy = copy };
-    struct seen s = { .fail_at = 2 };
+    struct perfring_cpus c = {.n = 1, .rings = &f.rg, .copy = copy};
+    struct seen s = {.fail_at = 2};
     uint64_t lost = 0;
     fake_init(&f, 40);
     put(&f, PERF_RECORD_SAMPLE, 16, 0);
@@ -134,7 +134,7 @@ static void test_drain(void **state)
     put(&f, PERF_RECORD_EXIT, 16, 0);
     assert_int_equal(perfring_cpus_drain(&c, collect, &s, &lost), -EIO);
     assert_int_equal(s.n, 2);
-    assert_int_equal(f.meta.data_tail, 72);  /* the failed record is freed all the same */
+    assert_int_equal(f.meta.data_tail, 72); /* the failed record is freed all the same */
     s.fail_at = 0;
     assert_int_equal(perfring_cpus_drain(&c, collect, &s, &lost), 0);
     assert_int_equal(s.n, 3);
@@ -156,7 +156,7 @@ static void test_fields(void **state)
     struct perfring_rd d;
 
     for (size_t i = 0; i < PERFRING_NREGS; i++) {
-        v = 1000 + i;                       /* perf's order: AX BX CX DX SI DI BP SP IP R8.. */
+        v = 1000 + i; /* perf's order: AX BX CX DX SI DI BP SP IP R8.. */
         memcpy(rec + 8 + 8 * i, &v, 8);
     }
     size_t at = 8 + 8 * PERFRING_NREGS;
@@ -167,27 +167,27 @@ static void test_fields(void **state)
     memcpy(rec + at + 24, &v, 8);
     perfring_rd_init(&d, rec, sizeof(rec));
     assert_true(perfring_rd_regs(&d, regs));
-    assert_int_equal(regs[0], 1000);        /* RAX */
-    assert_int_equal(regs[3], 1001);        /* RBX */
-    assert_int_equal(regs[7], 1007);        /* RSP */
-    assert_int_equal(regs[16], 1008);       /* RIP */
-    assert_int_equal(regs[15], 1016);       /* R15 */
+    assert_int_equal(regs[0], 1000);  /* RAX */
+    assert_int_equal(regs[3], 1001);  /* RBX */
+    assert_int_equal(regs[7], 1007);  /* RSP */
+    assert_int_equal(regs[16], 1008); /* RIP */
+    assert_int_equal(regs[15], 1016); /* R15 */
     assert_true(perfring_rd_stack(&d, &stack, &len));
     assert_ptr_equal(stack, rec + at + 8);
     assert_int_equal(len, 12);
     assert_int_equal(d.left, 0);
 
-    v = 20;                                 /* dyn_size above the copied size */
+    v = 20; /* dyn_size above the copied size */
     memcpy(rec + at + 24, &v, 8);
     perfring_rd_init(&d, rec, sizeof(rec));
     assert_true(perfring_rd_regs(&d, regs));
     assert_false(perfring_rd_stack(&d, &stack, &len));
-    v = 32;                                 /* a copy longer than the record */
+    v = 32; /* a copy longer than the record */
     memcpy(rec + at, &v, 8);
     perfring_rd_init(&d, rec, sizeof(rec));
     assert_true(perfring_rd_regs(&d, regs));
     assert_false(perfring_rd_stack(&d, &stack, &len));
-    v = 0;                                  /* no stack: no dyn_size either */
+    v = 0; /* no stack: no dyn_size either */
     memcpy(rec + at, &v, 8);
     perfring_rd_init(&d, rec, at + 8);
     assert_true(perfring_rd_regs(&d, regs));
@@ -197,7 +197,7 @@ static void test_fields(void **state)
     perfring_rd_init(&d, rec, 8 + 8 * (PERFRING_NREGS - 1));
     assert_false(perfring_rd_regs(&d, regs));
 
-    uint64_t body[2] = { 7, 42 };           /* id, lost */
+    uint64_t body[2] = {7, 42}; /* id, lost */
     unsigned char lost[24];
     memcpy(lost + 8, body, sizeof(body));
     assert_int_equal(perfring_lost(lost, sizeof(lost)), 42);
@@ -207,8 +207,8 @@ static void test_fields(void **state)
 static void test_evs(void **state)
 {
     (void)state;
-    struct perfring_evs e = { 0 };
-    const uint64_t ids[] = { 50, 10, 30, 20, 40 };
+    struct perfring_evs e = {0};
+    const uint64_t ids[] = {50, 10, 30, 20, 40};
     for (size_t i = 0; i < 100; i++)
         assert_int_equal(perfring_evs_add(&e, ids[i % 5] + 100 * (i / 5), -1, (uint32_t)i, 0), 0);
     for (size_t i = 1; i < e.n; i++)
@@ -226,7 +226,7 @@ static void test_evs(void **state)
 static void test_online_cpus(void **state)
 {
     (void)state;
-    struct perfring_cpus c = { 0 };
+    struct perfring_cpus c = {0};
     assert_int_equal(perfring_cpus_init(&c), 0);
     assert_int_equal(c.n, (size_t)sysconf(_SC_NPROCESSORS_ONLN));
     for (size_t i = 0; i < c.n; i++) {
@@ -241,12 +241,9 @@ static void test_online_cpus(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_wraps),
-        cmocka_unit_test(test_bad_headers),
-        cmocka_unit_test(test_drain),
-        cmocka_unit_test(test_fields),
-        cmocka_unit_test(test_evs),
-        cmocka_unit_test(test_online_cpus),
+        cmocka_unit_test(test_wraps), cmocka_unit_test(test_bad_headers),
+        cmocka_unit_test(test_drain), cmocka_unit_test(test_fields),
+        cmocka_unit_test(test_evs),   cmocka_unit_test(test_online_cpus),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -62,9 +62,9 @@ static void test_fixture_stat(void **state)
     assert_int_equal(procfs_read_state(FIX, 300, 0, &s), 0);
     assert_int_equal(s, 'Z');
     t = 7;
-    assert_int_equal(procfs_read_starttime(FIX, 200, &t), -EBADMSG);     /* truncated */
-    assert_int_equal(procfs_read_state(FIX, 200, 200, &s), -EBADMSG);    /* no ')' */
-    assert_int_equal(procfs_read_state(FIX, 200, 201, &s), -EBADMSG);    /* overflow */
+    assert_int_equal(procfs_read_starttime(FIX, 200, &t), -EBADMSG);  /* truncated */
+    assert_int_equal(procfs_read_state(FIX, 200, 200, &s), -EBADMSG); /* no ')' */
+    assert_int_equal(procfs_read_state(FIX, 200, 201, &s), -EBADMSG); /* overflow */
     assert_int_equal(t, 7);
     assert_int_equal(procfs_read_starttime(FIX, 999, &t), -ESRCH);
 }
@@ -101,8 +101,8 @@ static void test_fixture_maps(void **state)
     procfs_maps_free(m, n);
 
     m = NULL;
-    assert_int_equal(procfs_read_maps(FIX, 200, &m, &n), -EBADMSG);   /* garbage line */
-    assert_int_equal(procfs_read_maps(FIX, 300, &m, &n), -EBADMSG);   /* cut mid-line */
+    assert_int_equal(procfs_read_maps(FIX, 200, &m, &n), -EBADMSG); /* garbage line */
+    assert_int_equal(procfs_read_maps(FIX, 300, &m, &n), -EBADMSG); /* cut mid-line */
     assert_null(m);
     assert_int_equal(procfs_read_maps(FIX, 999, &m, &n), -ESRCH);
     procfs_maps_free(NULL, 0);
@@ -390,8 +390,7 @@ static void test_live_fds(void **state)
     assert_int_equal(procfs_list_fds(PROCFS_ROOT, getpid(), &fds, &n), 0);
     assert_false(contains(fds, n, p[0]) || contains(fds, n, p[1]));
     free(fds);
-    assert_int_equal(procfs_read_fd_link(PROCFS_ROOT, getpid(), p[0], link, sizeof(link)),
-                     -ENOENT);
+    assert_int_equal(procfs_read_fd_link(PROCFS_ROOT, getpid(), p[0], link, sizeof(link)), -ENOENT);
 }
 
 static void test_live_argv0(void **state)
@@ -406,16 +405,11 @@ static void test_live_argv0(void **state)
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fixture_comm),
-        cmocka_unit_test(test_fixture_stat),
-        cmocka_unit_test(test_fixture_maps),
-        cmocka_unit_test(test_fixture_lists),
-        cmocka_unit_test(test_fixture_links),
-        cmocka_unit_test(test_fixture_tgid_argv0),
-        cmocka_unit_test(test_live_tasks),
-        cmocka_unit_test(test_live_starttime_and_gone),
-        cmocka_unit_test(test_live_maps),
-        cmocka_unit_test(test_live_fds),
+        cmocka_unit_test(test_fixture_comm),  cmocka_unit_test(test_fixture_stat),
+        cmocka_unit_test(test_fixture_maps),  cmocka_unit_test(test_fixture_lists),
+        cmocka_unit_test(test_fixture_links), cmocka_unit_test(test_fixture_tgid_argv0),
+        cmocka_unit_test(test_live_tasks),    cmocka_unit_test(test_live_starttime_and_gone),
+        cmocka_unit_test(test_live_maps),     cmocka_unit_test(test_live_fds),
         cmocka_unit_test(test_live_argv0),
     };
 

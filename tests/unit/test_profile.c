@@ -20,18 +20,18 @@
 #include "cpu/profile_priv.h"
 
 #define PY "/usr/bin/python3"
-#define WEIGHT 1000000ULL       /* 1 ms a sample */
+#define WEIGHT 1000000ULL /* 1 ms a sample */
 
 /* The synthetic profile: how many samples of each stack shape. */
-#define N_SPLIT_A 60            /* main -> compute -> leaf_a */
-#define N_SPLIT_SELF 30         /* main -> compute */
-#define N_REC 10                /* main -> rec -> rec -> rec -> leaf_a */
-#define N_WORKER 20             /* thread worker: worker_loop -> leaf_a */
-#define N_TRUNC 5               /* worker, truncated: compute -> leaf_a */
-#define N_EMPTY 5               /* no frames at all */
-#define N_NOSYM 3               /* main -> (no symbol in libx.so) */
-#define N_WEIRD 2               /* main -> a function with an awkward name */
-#define N_TOTAL                                                                              \
+#define N_SPLIT_A 60    /* main -> compute -> leaf_a */
+#define N_SPLIT_SELF 30 /* main -> compute */
+#define N_REC 10        /* main -> rec -> rec -> rec -> leaf_a */
+#define N_WORKER 20     /* thread worker: worker_loop -> leaf_a */
+#define N_TRUNC 5       /* worker, truncated: compute -> leaf_a */
+#define N_EMPTY 5       /* no frames at all */
+#define N_NOSYM 3       /* main -> (no symbol in libx.so) */
+#define N_WEIRD 2       /* main -> a function with an awkward name */
+#define N_TOTAL                                                                                    \
     (N_SPLIT_A + N_SPLIT_SELF + N_REC + N_WORKER + N_TRUNC + N_EMPTY + N_NOSYM + N_WEIRD)
 
 #define APP "/usr/bin/app"
@@ -44,7 +44,7 @@ static char tmpdir[64];
 static struct stacks_frame fr(const char *module, const char *func, const char *file, int line,
                               int func_line)
 {
-    struct stacks_frame f = { 0x1000, module, 0x100, func, file, line, func_line, false };
+    struct stacks_frame f = {0x1000, module, 0x100, func, file, line, func_line, false};
     return f;
 }
 
@@ -64,13 +64,13 @@ static void add_n(struct profile *p, const char *thread, const struct stacks_fra
 static struct profile *build(void)
 {
     struct profile *p;
-    struct stacks_frame a[] = { F_LEAF_A(11), F_COMPUTE(21), F_MAIN(31) };
-    struct stacks_frame b[] = { F_COMPUTE(22), F_MAIN(32) };
-    struct stacks_frame c[] = { F_LEAF_A(12), F_REC(41), F_REC(42), F_REC(42), F_MAIN(33) };
-    struct stacks_frame d[] = { F_LEAF_A(13), F_WORKER(51) };
-    struct stacks_frame e[] = { F_LEAF_A(11), F_COMPUTE(23) };
-    struct stacks_frame g[] = { fr(LIBX, NULL, "/ignored.c", 5, 3), F_MAIN(34) };
-    struct stacks_frame h[] = { fr(APP, WEIRD_NAME, WEIRD_FILE, 61, 60), F_MAIN(35) };
+    struct stacks_frame a[] = {F_LEAF_A(11), F_COMPUTE(21), F_MAIN(31)};
+    struct stacks_frame b[] = {F_COMPUTE(22), F_MAIN(32)};
+    struct stacks_frame c[] = {F_LEAF_A(12), F_REC(41), F_REC(42), F_REC(42), F_MAIN(33)};
+    struct stacks_frame d[] = {F_LEAF_A(13), F_WORKER(51)};
+    struct stacks_frame e[] = {F_LEAF_A(11), F_COMPUTE(23)};
+    struct stacks_frame g[] = {fr(LIBX, NULL, "/ignored.c", 5, 3), F_MAIN(34)};
+    struct stacks_frame h[] = {fr(APP, WEIRD_NAME, WEIRD_FILE, 61, 60), F_MAIN(35)};
 
     assert_int_equal(profile_new(&p), 0);
     add_n(p, "main", a, 3, 0, N_SPLIT_A);
@@ -122,7 +122,7 @@ static int run(char *const argv[], const char *input, char *out, size_t outlen)
 static void python(const char *script, const char *a1, const char *a2)
 {
     static char out[1 << 20];
-    char *argv[] = { PY, "-c", (char *)script, (char *)a1, (char *)a2, NULL };
+    char *argv[] = {PY, "-c", (char *)script, (char *)a1, (char *)a2, NULL};
     int r = run(argv, NULL, out, sizeof(out));
     if (r != 0)
         fail_msg("python exited %d:\n%s", r, out);
@@ -242,7 +242,7 @@ static void test_pstats(void **state)
 {
     struct profile *p = build();
     char path[128], n[32], out[1 << 16];
-    char *argv[] = { PY, "-m", "pstats", path, NULL };
+    char *argv[] = {PY, "-m", "pstats", path, NULL};
     struct stat st;
     (void)state;
 
@@ -355,7 +355,7 @@ static void test_flamegraph(void **state)
 {
     struct profile *p = build();
     char path[128], png[128], n[32], out[4096];
-    char *argv[] = { "/usr/bin/rsvg-convert", "-o", png, path, NULL };
+    char *argv[] = {"/usr/bin/rsvg-convert", "-o", png, path, NULL};
     struct stat st;
     (void)state;
 
@@ -393,10 +393,17 @@ static const char marshal_check[] =
 
 static void test_marshal(void **state)
 {
-    static const int64_t ints[] = { 0,          -1, INT32_MAX, INT32_MIN, 2147483648LL,
-                                    -2147483649LL, (1LL << 45) + 12345, -(1LL << 62) - 7,
-                                    INT64_MAX, INT64_MIN };
-    static const double floats[] = { 0.0, -1.5, 0.1, 1e-300, 1.7976931348623157e308 };
+    static const int64_t ints[] = {0,
+                                   -1,
+                                   INT32_MAX,
+                                   INT32_MIN,
+                                   2147483648LL,
+                                   -2147483649LL,
+                                   (1LL << 45) + 12345,
+                                   -(1LL << 62) - 7,
+                                   INT64_MAX,
+                                   INT64_MIN};
+    static const double floats[] = {0.0, -1.5, 0.1, 1e-300, 1.7976931348623157e308};
     char path[128], longstr[301];
     struct atomicfile *f;
     size_t i;
@@ -437,7 +444,7 @@ static void test_marshal(void **state)
 static void test_bad_utf8(void **state)
 {
     struct profile *p;
-    struct stacks_frame f[] = { fr(APP, "bad\xff\xc3(\xed\xa0\x80)", NULL, 1, 1) };
+    struct stacks_frame f[] = {fr(APP, "bad\xff\xc3(\xed\xa0\x80)", NULL, 1, 1)};
     char path[128];
     (void)state;
 
@@ -505,7 +512,7 @@ static void test_function_limit(void **state)
     (void)state;
 
     assert_int_equal(profile_new(&p), 0);
-    own = p->nfunc;     /* the profile's own "[unknown]", "[dropped]", ... */
+    own = p->nfunc; /* the profile's own "[unknown]", "[dropped]", ... */
     for (i = 0; i < PROFILE_MAX_FUNCS + extra; i++) {
         struct stacks_frame f;
         snprintf(name, sizeof(name), "f%zu", i);
@@ -533,7 +540,7 @@ static double now(void)
 static void figures(int worst)
 {
     static char names[2000][16];
-    static const char *threads[] = { "main", "io", "worker-1", "worker-2" };
+    static const char *threads[] = {"main", "io", "worker-1", "worker-2"};
     struct stacks_frame f[24];
     struct profile *p;
     char path[128], cprof[128];
@@ -574,9 +581,9 @@ static void figures(int worst)
     print_message("%s: 100k samples x 24 frames: add %.3f s (%.2f us/sample), %zu funcs, %zu tree "
                   "nodes\n  pstats %.3f s %lld B, callgrind %.3f s %lld B, flamegraph %.3f s "
                   "%lld B\n",
-                  worst ? "random stacks" : "call-graph stacks", t1 - t0, (t1 - t0) * 10,
-                  p->nfunc, p->nnode, t2 - t1, (long long)st[0].st_size,
-                  t3 - t2, (long long)st[1].st_size, t4 - t3, (long long)st[2].st_size);
+                  worst ? "random stacks" : "call-graph stacks", t1 - t0, (t1 - t0) * 10, p->nfunc,
+                  p->nnode, t2 - t1, (long long)st[0].st_size, t3 - t2, (long long)st[1].st_size,
+                  t4 - t3, (long long)st[2].st_size);
     python("import sys, pstats\n"
            "s = pstats.Stats(sys.argv[1])\n"
            "assert abs(s.total_tt - 100000 * 0.005025125) < 1e-6, s.total_tt\n",

@@ -23,8 +23,8 @@
 
 #define PARKED "tests/workloads/py_parked.py"
 #define SPLIT "tests/workloads/py_split.py"
-#define DEPTH 600                       /* py_parked.py's DEPTH */
-#define SETTLE_MS 5000                  /* for threads between marking themselves and blocking */
+#define DEPTH 600      /* py_parked.py's DEPTH */
+#define SETTLE_MS 5000 /* for threads between marking themselves and blocking */
 
 static const char *python(void)
 {
@@ -33,8 +33,8 @@ static const char *python(void)
 }
 
 /* Starts python SCRIPT [ARGS...] with stdin and stdout piped, reads its first line into line. */
-static void spawn_py(struct testutil_child *c, const char *script, const char *a1,
-                     const char *a2, char *line, size_t len)
+static void spawn_py(struct testutil_child *c, const char *script, const char *a1, const char *a2,
+                     char *line, size_t len)
 {
     int in[2], out[2];
 
@@ -56,8 +56,8 @@ static void spawn_py(struct testutil_child *c, const char *script, const char *a
     assert_int_equal(testutil_read_line(c->out, line, len, 10000), 0);
 }
 
-static void spawn_parked(struct testutil_child *c, const char *extra, const char *deep,
-                         char *tids, size_t len)
+static void spawn_parked(struct testutil_child *c, const char *extra, const char *deep, char *tids,
+                         size_t len)
 {
     char line[64];
 
@@ -111,8 +111,7 @@ static bool ends_with(const char *s, const char *tail)
     return a >= b && strcmp(s + a - b, tail) == 0;
 }
 
-static const struct pyframes_thread *find_tid(const struct pyframes_thread *t, size_t n,
-                                              pid_t tid)
+static const struct pyframes_thread *find_tid(const struct pyframes_thread *t, size_t n, pid_t tid)
 {
     for (size_t i = 0; i < n; i++)
         if (t[i].tid == tid)
@@ -155,12 +154,14 @@ static const char *check_chain(const struct pyframes_thread *t, const struct wan
 }
 
 #define THREADING "/threading.py"
-#define BOOT {THREADING, "Thread._bootstrap", 0, 0, 0}, \
-             {THREADING, "Thread._bootstrap_inner", 0, 0, 0}, {THREADING, "Thread.run", 0, 0, 0}
+#define BOOT                                                                                       \
+    {THREADING, "Thread._bootstrap", 0, 0, 0}, {THREADING, "Thread._bootstrap_inner", 0, 0, 0},    \
+    {                                                                                              \
+        THREADING, "Thread.run", 0, 0, 0                                                           \
+    }
 
 /* The chain of a thread started on OUTER which calls INNER, parked at MARKER. */
-static void want_thread(struct want w[5], const char *outer, const char *inner,
-                        const char *marker)
+static void want_thread(struct want w[5], const char *outer, const char *inner, const char *marker)
 {
     static char defs[2][64];
     const struct want boot[3] = {BOOT};
@@ -172,8 +173,7 @@ static void want_thread(struct want w[5], const char *outer, const char *inner,
     inner_def = line_of(PARKED, 1, defs[1]);
     memcpy(w, boot, sizeof(boot));
     w[3] = (struct want){"/py_parked.py", outer, 0, 0, outer_def};
-    w[4] = (struct want){"/py_parked.py", inner, line_of(PARKED, inner_def, marker), 0,
-                         inner_def};
+    w[4] = (struct want){"/py_parked.py", inner, line_of(PARKED, inner_def, marker), 0, inner_def};
     /* the outer function's line is its call of inner (or, for a generator, its for loop) */
     w[3].line = line_of(PARKED, outer_def, strcmp(outer, "gen_outer") ? inner : "in gen_source");
 }
@@ -181,8 +181,10 @@ static void want_thread(struct want w[5], const char *outer, const char *inner,
 static const char *check_parked(const struct pyframes_thread *t, size_t n, const char *tids)
 {
     static const char *const named[][3] = {
-        {"sleeper", "sleeper_outer", "sleeper_inner"}, {"waiter", "waiter_outer", "waiter_inner"},
-        {"gen", "gen_outer", "gen_source"}, {"uni", "uni_outer", "grüße_δ"},
+        {"sleeper", "sleeper_outer", "sleeper_inner"},
+        {"waiter", "waiter_outer", "waiter_inner"},
+        {"gen", "gen_outer", "gen_source"},
+        {"uni", "uni_outer", "grüße_δ"},
     };
     static const char *const marks[] = {"# @sleep", "# @acquire", "# @gen", "# @uni"};
     struct want w[5];
@@ -197,7 +199,7 @@ static const char *check_parked(const struct pyframes_thread *t, size_t n, const
     /* the spinner is anywhere in its loop */
     want_thread(w, "spinner_outer", "spinner_inner", "# @spin");
     w[4].line_hi = w[4].line;
-    w[4].line = w[4].first + 3;             /* "while True:" */
+    w[4].line = w[4].first + 3; /* "while True:" */
     if ((e = check_chain(find_tid(t, n, tid_of(tids, "spinner")), w, 5)))
         return e;
     /* deleter_inner is at a DELETE_FAST (no inline cache), whose next instruction is on the
@@ -226,8 +228,7 @@ static const char *check_parked(const struct pyframes_thread *t, size_t n, const
 /* Reads until check passes or SETTLE_MS pass (threads may still be on their way to where they
  * block); fails with the last reason. */
 static void read_until(struct pyframes *p, const char *tids, size_t want_n,
-                       const char *(*check)(const struct pyframes_thread *, size_t,
-                                            const char *))
+                       const char *(*check)(const struct pyframes_thread *, size_t, const char *))
 {
     double end = now_ms() + SETTLE_MS;
     const char *e;
@@ -293,7 +294,7 @@ static void test_oracle(void **state)
         assert_non_null(th);
         assert_false(th->truncated);
         size_t k = th->nframes;
-        for (char *tok = line + off; tok; ) {
+        for (char *tok = line + off; tok;) {
             char want[2200], *bar = strchr(tok, '|');
             if (bar)
                 *bar = '\0';
@@ -370,8 +371,8 @@ static void test_libpython(void **state)
         dup2(null, 0);
         dup2(null, 1);
         dup2(null, 2);
-        execl("/usr/bin/gdb", "gdb", "-batch", "-nx", "-ex",
-              "python import time; time.sleep(60)", (char *)NULL);
+        execl("/usr/bin/gdb", "gdb", "-batch", "-nx", "-ex", "python import time; time.sleep(60)",
+              (char *)NULL);
         _exit(127);
     }
     int r;
@@ -486,7 +487,8 @@ static void test_exit_midread(void **state)
         waitpid(c.pid, NULL, 0);
     }
     print_message("exit mid-read: %zu reads over 12 exits: %zu with no threads, %zu with some, "
-                  "%zu stacks cut short\n", reads, empty, partial, truncated);
+                  "%zu stacks cut short\n",
+                  reads, empty, partial, truncated);
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -522,7 +524,8 @@ static void test_time_50(void **state)
     }
     qsort(ms, 50, sizeof(ms[0]), cmp_double);
     print_message("pyframes_read, 50 threads, %zu frames: min %.3f ms, median %.3f ms, "
-                  "max %.3f ms\n", frames, ms[0], ms[25], ms[49]);
+                  "max %.3f ms\n",
+                  frames, ms[0], ms[25], ms[49]);
     pyframes_free(p);
     testutil_reap(&c);
 }
@@ -553,8 +556,9 @@ static void test_split(void **state)
         assert_non_null(m);
         if (m->nframes == 3 && !m->truncated) {
             const struct pyframes_frame *f = &m->frames[0];
-            int def = strcmp(f->funcname, "heavy") == 0 ? hdef
-                      : strcmp(f->funcname, "light") == 0 ? ldef : 0;
+            int def = strcmp(f->funcname, "heavy") == 0   ? hdef
+                      : strcmp(f->funcname, "light") == 0 ? ldef
+                                                          : 0;
             assert_string_equal(m->frames[1].funcname, "main");
             assert_int_equal(m->frames[1].line, loop);
             assert_string_equal(m->frames[2].funcname, "<module>");
@@ -572,8 +576,8 @@ static void test_split(void **state)
         sleep_ms(1 + rand() % 5);
     }
     double share = 100.0 * heavy / (heavy + light);
-    print_message("split: heavy %d, light %d, other %d: heavy %.1f%% (want 75%%)\n", heavy,
-                  light, other, share);
+    print_message("split: heavy %d, light %d, other %d: heavy %.1f%% (want 75%%)\n", heavy, light,
+                  other, share);
     assert_true(other < 30);
     assert_true(share > 67 && share < 83);
     pyframes_free(p);
@@ -583,14 +587,10 @@ static void test_split(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_format),
-        cmocka_unit_test(test_not_python),
-        cmocka_unit_test(test_parked),
-        cmocka_unit_test(test_libpython),
-        cmocka_unit_test(test_oracle),
-        cmocka_unit_test(test_deep),
-        cmocka_unit_test(test_split),
-        cmocka_unit_test(test_exit_midread),
+        cmocka_unit_test(test_format),  cmocka_unit_test(test_not_python),
+        cmocka_unit_test(test_parked),  cmocka_unit_test(test_libpython),
+        cmocka_unit_test(test_oracle),  cmocka_unit_test(test_deep),
+        cmocka_unit_test(test_split),   cmocka_unit_test(test_exit_midread),
         cmocka_unit_test(test_time_50),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

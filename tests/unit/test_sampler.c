@@ -40,7 +40,7 @@ struct seen {
     pid_t pid;
     struct range exec[64];
     size_t nexec;
-    struct range self;          /* the workload's executable mapping */
+    struct range self; /* the workload's executable mapping */
     struct range work_a, work_b;
     uint64_t t0, t1;
     uint64_t samples, bad_rip, bad_stack, bad_time, empty_stack, in_self, in_a, in_b;
@@ -48,7 +48,7 @@ struct seen {
     pid_t tids[MAX_TIDS];
     size_t ntids;
     int names_churnling;
-    int fail_after;             /* the sample callback fails on that sample (0: never) */
+    int fail_after; /* the sample callback fails on that sample (0: never) */
 };
 
 static uint64_t now_ns(void)
@@ -112,8 +112,8 @@ static uint64_t cpu_ns(pid_t pid)
     assert_non_null(p);
     unsigned long long ut, st;
     /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime */
-    assert_int_equal(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
-                            &ut, &st), 2);
+    assert_int_equal(
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st), 2);
     return (ut + st) * (1000000000ull / (uint64_t)sysconf(_SC_CLK_TCK));
 }
 
@@ -121,7 +121,7 @@ static uint64_t cpu_ns(pid_t pid)
  * workload is mapped (its file offset 0 mapping). */
 static struct range symbol_range(const char *path, const char *name, uint64_t base)
 {
-    struct range r = { 0, 0 };
+    struct range r = {0, 0};
     elf_version(EV_CURRENT);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     assert_true(fd >= 0);
@@ -164,9 +164,9 @@ static void seen_init(struct seen *v, pid_t pid)
             base = maps[i].start;
         if (maps[i].perms[2] != 'x' || v->nexec == 64)
             continue;
-        v->exec[v->nexec++] = (struct range){ maps[i].start, maps[i].end };
+        v->exec[v->nexec++] = (struct range){maps[i].start, maps[i].end};
         if (mine)
-            v->self = (struct range){ maps[i].start, maps[i].end };
+            v->self = (struct range){maps[i].start, maps[i].end};
     }
     procfs_maps_free(maps, n);
     assert_true(v->self.end > v->self.start);
@@ -226,7 +226,7 @@ static void on_name(pid_t tid, const char *name, void *userdata)
     v->names_churnling += strcmp(name, "churnling") == 0;
 }
 
-static const struct sampler_callbacks callbacks = { on_sample, NULL, on_name };
+static const struct sampler_callbacks callbacks = {on_sample, NULL, on_name};
 
 /* Polls for ms milliseconds or until an error; returns the first non-zero result. */
 static int run_for(struct sampler *s, struct seen *v, int ms)
@@ -444,7 +444,7 @@ static void test_ptrace_fallback(void **state)
     }
     free(tids);
     uint64_t cpu0 = cpu_ns(c.pid);
-    struct timespec ts = { 0, 100000000 };
+    struct timespec ts = {0, 100000000};
     nanosleep(&ts, NULL);
     assert_true(cpu_ns(c.pid) > cpu0);
     reap(&c);
@@ -498,12 +498,9 @@ static void test_bad_arguments(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bad_arguments),
-        cmocka_unit_test(test_perf_one_thread),
-        cmocka_unit_test(test_perf_new_threads),
-        cmocka_unit_test(test_perf_target_exits),
-        cmocka_unit_test(test_ptrace_fallback),
-        cmocka_unit_test(test_ptrace_target_exits),
+        cmocka_unit_test(test_bad_arguments),    cmocka_unit_test(test_perf_one_thread),
+        cmocka_unit_test(test_perf_new_threads), cmocka_unit_test(test_perf_target_exits),
+        cmocka_unit_test(test_ptrace_fallback),  cmocka_unit_test(test_ptrace_target_exits),
         cmocka_unit_test(test_callback_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -366,8 +366,7 @@ static const struct payload_case payload_cases[] = {
      "status: must be one of [\"running\",\"ok\",\"error\",\"interrupted\"]"},
     {"get_file", "{\"name\": \"flamegraph.1732485600123456.svg\"}", NULL},
     {"get_file", "{\"run_id\": 17}", NULL},
-    {"get_file", "{\"name\": \"../etc/passwd\"}",
-     "name: does not match pattern ^[A-Za-z0-9._-]+$"},
+    {"get_file", "{\"name\": \"../etc/passwd\"}", "name: does not match pattern ^[A-Za-z0-9._-]+$"},
     {"get_file", "{\"run_id\": \"17\"}", "run_id: must be an integer"},
 };
 

@@ -32,17 +32,17 @@
 #include "os/procfs.h"
 #include "objects/sockets.h"
 
-#include <linux/in6.h>              /* after netinet/in.h, to which it defers */
+#include <linux/in6.h> /* after netinet/in.h, to which it defers */
 
 #define FIX "tests/unit/fixtures/proc"
 #define LINES_MAX 256
-#define LIVE_ROOT "/proc/."         /* the same procfs, but not PROCFS_ROOT: the table path */
+#define LIVE_ROOT "/proc/." /* the same procfs, but not PROCFS_ROOT: the table path */
 #define FDS_MAX 32
 
 struct lines {
     size_t n;
     char *v[LINES_MAX];
-    int stop_after;                 /* emit returns -ECANCELED after that many; 0: never */
+    int stop_after; /* emit returns -ECANCELED after that many; 0: never */
 };
 
 static int collect(const char *line, void *userdata)
@@ -138,7 +138,7 @@ static void test_fixture(void **state)
 
     /* No sockets, no fd directory, no process. */
     assert_int_equal(sockets_dump(FIX, 100, collect, &l), 0);
-    assert_int_equal(l.n, 1);   /* fd 3 is a socket in no table: 100 has none */
+    assert_int_equal(l.n, 1); /* fd 3 is a socket in no table: 100 has none */
     assert_string_equal(l.v[0], "<socket.socket fd=3, family=?, type=?, proto=?, inode=1234>");
     lines_free(&l);
     assert_int_equal(sockets_dump(FIX, 300, collect, &l), -ENOENT);
@@ -197,8 +197,8 @@ static void expected_repr(int fd, char *buf, size_t len)
     sl = sizeof(ss);
     if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0)
         fmt_addr(raddr, sizeof(raddr), &ss, sl);
-    snprintf(buf, len, "<socket.socket fd=%d, family=%d, type=%d, proto=%d%s%s%s%s>", fd, dom,
-             type, proto, laddr[0] ? ", laddr=" : "", laddr, raddr[0] ? ", raddr=" : "", raddr);
+    snprintf(buf, len, "<socket.socket fd=%d, family=%d, type=%d, proto=%d%s%s%s%s>", fd, dom, type,
+             proto, laddr[0] ? ", laddr=" : "", laddr, raddr[0] ? ", raddr=" : "", raddr);
 }
 
 /* The line of a socket in no table. */
@@ -257,8 +257,10 @@ static void live_ipv6(struct live *lv)
 {
     struct sockaddr_in6 in6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
     /* Shared with any socket, so that a rerun finds the label it leased still lingering. */
-    struct in6_flowlabel_req req = {.flr_label = htonl(0x12345), .flr_action = IPV6_FL_A_GET,
-                                    .flr_share = IPV6_FL_S_ANY, .flr_flags = IPV6_FL_F_CREATE};
+    struct in6_flowlabel_req req = {.flr_label = htonl(0x12345),
+                                    .flr_action = IPV6_FL_A_GET,
+                                    .flr_share = IPV6_FL_S_ANY,
+                                    .flr_flags = IPV6_FL_F_CREATE};
     int l6, c6, a6, fl, sc, on = 1;
     socklen_t sl = sizeof(in6);
 
@@ -601,7 +603,7 @@ static void test_refused(void **state)
         collect(line, &l);
     }
     if (probe < 0)
-        skip();             /* the dumper could not set itself up */
+        skip(); /* the dumper could not set itself up */
     assert_int_equal(probe, EPERM);
     assert_int_equal(rc, 0);
     expected_repr(udp, expect, sizeof(expect));

@@ -27,9 +27,9 @@
 #include "testutil.h"
 
 #define PARKED_SRC "tests/workloads/parked.c"
-#define REG_SP 7                /* libunwind's x86-64 numbering */
+#define REG_SP 7 /* libunwind's x86-64 numbering */
 #define REG_IP 16
-#define SAMPLE_STACK SAMPLER_STACK_BYTES  /* what the perf_event sampler copies */
+#define SAMPLE_STACK SAMPLER_STACK_BYTES /* what the perf_event sampler copies */
 
 static void spawn_parked(struct testutil_child *c, const char *extra)
 {
@@ -162,20 +162,19 @@ static void test_parked_threads(void **state)
     assert_int_equal(stacks_new(c.pid, &s), 0);
     assert_int_equal(stacks_dump_threads(s, &d), 0);
     check_released(c.pid);
-    assert_int_equal(d->nthreads, 8);      /* main, 5 named, 2 idle */
+    assert_int_equal(d->nthreads, 8); /* main, 5 named, 2 idle */
     assert_true(d->stopped_ns > 0 && d->stopped_ns <= d->total_ns);
     assert_true(d->copied_bytes > 0);
     for (size_t i = 1; i < d->nthreads; i++)
         assert_true(d->threads[i - 1]->tid < d->threads[i]->tid);
 
-    static const char *const main_chain[] = { "main", "main_park_a", "main_park_b", NULL };
-    static const char *const reader[] = { "reader_main", "park_read_a", "park_read_b", NULL };
-    static const char *const sleeper[] = { "sleeper_main", "park_sleep_a", "park_sleep_b", NULL };
-    static const char *const waiter[] = { "waiter_main", "park_cond_a", NULL };
-    static const char *const spinner[] = { "spinner_main", "park_spin_a", "park_spin_b", NULL };
-    static const char *const sig[] = { "sigpark_main", "park_sig_a", "on_usr1", "park_sig_b",
-                                       NULL };
-    static const char *const idle[] = { "idle_main", "park_idle", NULL };
+    static const char *const main_chain[] = {"main", "main_park_a", "main_park_b", NULL};
+    static const char *const reader[] = {"reader_main", "park_read_a", "park_read_b", NULL};
+    static const char *const sleeper[] = {"sleeper_main", "park_sleep_a", "park_sleep_b", NULL};
+    static const char *const waiter[] = {"waiter_main", "park_cond_a", NULL};
+    static const char *const spinner[] = {"spinner_main", "park_spin_a", "park_spin_b", NULL};
+    static const char *const sig[] = {"sigpark_main", "park_sig_a", "on_usr1", "park_sig_b", NULL};
+    static const char *const idle[] = {"idle_main", "park_idle", NULL};
     const struct stacks_thread *mt = find_tid(d, c.pid);
     assert_non_null(mt);
     assert_string_equal(mt->name, "parked");
@@ -189,7 +188,7 @@ static void test_parked_threads(void **state)
     /* Blocked threads go on through libc into the syscall, and the walk reaches the thread's
      * start in libc (start_thread/clone3 have names only where libc's debug files are
      * installed, so the module is checked, not the name). */
-    static const char *const waiter_libc[] = { "park_cond_a", "pthread_cond_wait", NULL };
+    static const char *const waiter_libc[] = {"park_cond_a", "pthread_cond_wait", NULL};
     const struct stacks_thread *wt = find_name(d, "waiter");
     check_chain(wt, waiter_libc, NULL, NULL);
     assert_false(wt->truncated);
@@ -215,7 +214,7 @@ static void test_parked_threads(void **state)
     stacks_dump_free(d);
 
     /* The threads that were stopped in read() and nanosleep() carry on. */
-    struct timespec ts = { 0, 100 * 1000 * 1000 };
+    struct timespec ts = {0, 100 * 1000 * 1000};
     nanosleep(&ts, NULL);
     query(&c, &sleeps1, &reads1);
     assert_int_equal(reads1, reads0 + 1);
@@ -243,7 +242,7 @@ static void pick(const struct cachestat *c, void *userdata)
 
 static struct stat_pick stat_of(const char *name)
 {
-    struct stat_pick p = { .name = name };
+    struct stat_pick p = {.name = name};
     cachestat_foreach(pick, &p);
     return p;
 }
@@ -308,15 +307,15 @@ static __attribute__((noinline)) void test_self_dump(void **state)
     pthread_barrier_init(&self_barrier, NULL, 2);
     assert_int_equal(pthread_create(&t, NULL, self_park_a, NULL), 0);
     pthread_barrier_wait(&self_barrier);
-    struct timespec ts = { 0, 20 * 1000 * 1000 };
-    nanosleep(&ts, NULL);   /* from the barrier into read() */
+    struct timespec ts = {0, 20 * 1000 * 1000};
+    nanosleep(&ts, NULL); /* from the barrier into read() */
 
     assert_int_equal(stacks_new(getpid(), &s), 0);
     assert_int_equal(stacks_dump_threads(s, &d), 0);
     check_released(getpid());
-    static const char *const parked[] = { "self_park_a", "self_park_b", NULL };
+    static const char *const parked[] = {"self_park_a", "self_park_b", NULL};
     check_chain(find_name(d, "selfpark"), parked, NULL, NULL);
-    static const char *const me[] = { "test_self_dump", "stacks_dump_threads", NULL };
+    static const char *const me[] = {"test_self_dump", "stacks_dump_threads", NULL};
     check_chain(find_tid(d, gettid()), me, NULL, NULL);
     const struct stacks_thread *pt = find_name(d, "selfpark");
     int has_line = 0;
@@ -349,7 +348,7 @@ static void test_exited_target(void **state)
     /* Probably still a zombie here: listed in /proc, nothing to capture. */
     int r = stacks_new(pid, &s);
     if (r == 0) {
-        struct timespec ts = { 0, 10 * 1000 * 1000 };
+        struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
         r = stacks_dump_threads(s, &d);
         assert_true(r < 0 || d->nthreads == 0);
@@ -395,7 +394,7 @@ static void test_already_traced(void **state)
     assert_int_equal(stacks_format_thread(mt, &text), 0);
     assert_non_null(strstr(text, "\n  <unavailable: Operation not permitted>"));
     free(text);
-    static const char *const reader[] = { "reader_main", "park_read_a", "park_read_b", NULL };
+    static const char *const reader[] = {"reader_main", "park_read_a", "park_read_b", NULL};
     check_chain(find_name(d, "reader"), reader, "parked.c", "/parked");
     stacks_dump_free(d);
     stacks_free(s);
@@ -421,7 +420,7 @@ static struct snapshot *capture(pid_t pid)
     assert_non_null(ranges);
     for (size_t i = 0; i < nmaps; i++)
         if (maps[i].end > maps[i].start && (nr == 0 || maps[i].start >= ranges[nr - 1].end))
-            ranges[nr++] = (struct snapshot_range){ maps[i].start, maps[i].end };
+            ranges[nr++] = (struct snapshot_range){maps[i].start, maps[i].end};
     assert_int_equal(snapshot_new(&snap), 0);
     assert_int_equal(snapshot_capture(snap, pid, tids, ntids, ranges, nr), 0);
     for (size_t i = 0; i < snap->nthreads; i++)
@@ -448,7 +447,8 @@ static void unwind_sample(struct stacks *s, const struct snapshot_thread *st, si
     if (len > limit)
         len = limit;
     assert_int_equal(stacks_unwind_regs(s, st->regs, sp, st->stack + skip, len, out->f,
-                                        STACKS_MAX_FRAMES, &out->n, &out->truncated), 0);
+                                        STACKS_MAX_FRAMES, &out->n, &out->truncated),
+                     0);
     assert_true(out->n > 0);
 }
 
@@ -480,8 +480,8 @@ static void check_same(const struct stacks_thread *t, const struct sample_frames
             return;
         }
         if (!same_frame(a, b))
-            fail_msg("thread %s frame %zu from the root: %s+0x%llx (%s) vs %s+0x%llx (%s)",
-                     t->name, i, a->module, (unsigned long long)a->offset, a->func, b->module,
+            fail_msg("thread %s frame %zu from the root: %s+0x%llx (%s) vs %s+0x%llx (%s)", t->name,
+                     i, a->module, (unsigned long long)a->offset, a->func, b->module,
                      (unsigned long long)b->offset, b->func);
     }
     if (stop_func)
@@ -566,8 +566,7 @@ static void test_unwind_regs(void **state)
     }
     /* Every named thread's chain: 3 functions each at least, twice. */
     assert_true(lines >= 2 * 3 * 6);
-    static const char *const reader_chain[] = { "reader_main", "park_read_a", "park_read_b",
-                                                NULL };
+    static const char *const reader_chain[] = {"reader_main", "park_read_a", "park_read_b", NULL};
     check_chain(find_name(d, "reader"), reader_chain, "parked.c", "/parked");
     assert_false(find_name(d, "reader")->truncated);
     stacks_dump_free(d);
@@ -606,8 +605,8 @@ static void test_unwind_regs(void **state)
     assert_true(cut->f[0].module == full->f[0].module);
     assert_int_equal(stat_of("symbols").misses, sym1.misses);
     print_message("unwind per sample: cold %.0f us, warm %.1f us (%zu samples, %zu threads), "
-                  "after maps_changed %.0f us\n", cold_us, warm_us, samples, snap->nthreads,
-                  reread_us);
+                  "after maps_changed %.0f us\n",
+                  cold_us, warm_us, samples, snap->nthreads, reread_us);
     assert_true(warm_us < cold_us);
 
     stacks_free(s);
@@ -620,12 +619,13 @@ static void test_unwind_regs(void **state)
 /* A frame-0-only sample at ip, with an empty stack. */
 static void unwind_ip(struct stacks *s, uint64_t ip, struct sample_frames *out)
 {
-    uint64_t regs[17] = { 0 };
-    unsigned char stack[64] = { 0 };
+    uint64_t regs[17] = {0};
+    unsigned char stack[64] = {0};
     regs[REG_IP] = ip;
     regs[REG_SP] = (uint64_t)(uintptr_t)stack;
     assert_int_equal(stacks_unwind_regs(s, regs, regs[REG_SP], stack, sizeof(stack), out->f,
-                                        STACKS_MAX_FRAMES, &out->n, &out->truncated), 0);
+                                        STACKS_MAX_FRAMES, &out->n, &out->truncated),
+                     0);
     assert_true(out->n >= 1);
 }
 
@@ -663,7 +663,7 @@ static void test_maps_changed(void **state)
     assert_non_null(h2);
     void *b64 = dlsym(h2, "__b64_ntop");
     assert_non_null(b64);
-    struct timespec ts = { 0, 120 * 1000 * 1000 };
+    struct timespec ts = {0, 120 * 1000 * 1000};
     nanosleep(&ts, NULL);
     unwind_ip(s, (uint64_t)(uintptr_t)b64, f);
     assert_non_null(f->f[0].module);
@@ -692,9 +692,9 @@ static void test_format_marks(void **state)
     t->tid = 42;
     snprintf(t->name, sizeof(t->name), "w");
     t->nframes = 2;
-    t->frames[0] = (struct stacks_frame){ .ip = 0x1234, .func = NULL };
-    t->frames[1] = (struct stacks_frame){ .ip = 0x5678, .module = "/lib/x.so", .offset = 0x78,
-                                          .func = "f", .file = NULL, .line = 0 };
+    t->frames[0] = (struct stacks_frame){.ip = 0x1234, .func = NULL};
+    t->frames[1] = (struct stacks_frame){
+        .ip = 0x5678, .module = "/lib/x.so", .offset = 0x78, .func = "f", .file = NULL, .line = 0};
     t->truncated = 1;
     assert_int_equal(stacks_format_thread(t, &text), 0);
     assert_string_equal(text, "Thread [w]: tid=42\n"
@@ -708,14 +708,10 @@ static void test_format_marks(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parked_threads),
-        cmocka_unit_test(test_caches_reused),
-        cmocka_unit_test(test_self_dump),
-        cmocka_unit_test(test_exited_target),
-        cmocka_unit_test(test_already_traced),
-        cmocka_unit_test(test_format_marks),
-        cmocka_unit_test(test_unwind_regs),
-        cmocka_unit_test(test_maps_changed),
+        cmocka_unit_test(test_parked_threads), cmocka_unit_test(test_caches_reused),
+        cmocka_unit_test(test_self_dump),      cmocka_unit_test(test_exited_target),
+        cmocka_unit_test(test_already_traced), cmocka_unit_test(test_format_marks),
+        cmocka_unit_test(test_unwind_regs),    cmocka_unit_test(test_maps_changed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -115,13 +115,21 @@ static struct counts counts(void)
 
 static void test_spec_check(void **state)
 {
-    static const char *good[] = {"self", "pid:1", "pid:2147483647", "comm:x", "comm:a b",
-                                 "comm:kworker/0:1", "exe:/usr/bin/python3", "pidfile:/run/x.pid",
-                                 "pidfile:rel.pid", "comm:0123456789abcdefghij"};
-    static const char *bad[] = {"", "self ", "Self", "pid:", "pid:0", "pid:01", "pid:-1", "pid:+1",
-                                "pid: 1", "pid:1 ", "pid:2147483648", "pid:99999999999", "pid:1x",
-                                "comm:", "exe:", "exe:rel/path", "pidfile:", "foo:bar", "comm",
-                                "comm:a\nb", "exe:/a\tb"};
+    static const char *good[] = {"self",
+                                 "pid:1",
+                                 "pid:2147483647",
+                                 "comm:x",
+                                 "comm:a b",
+                                 "comm:kworker/0:1",
+                                 "exe:/usr/bin/python3",
+                                 "pidfile:/run/x.pid",
+                                 "pidfile:rel.pid",
+                                 "comm:0123456789abcdefghij"};
+    static const char *bad[] = {
+        "",       "self ",     "Self",     "pid:",         "pid:0",          "pid:01",
+        "pid:-1", "pid:+1",    "pid: 1",   "pid:1 ",       "pid:2147483648", "pid:99999999999",
+        "pid:1x", "comm:",     "exe:",     "exe:rel/path", "pidfile:",       "foo:bar",
+        "comm",   "comm:a\nb", "exe:/a\tb"};
     char longspec[TARGET_SPEC_MAX + 1];
 
     (void)state;
@@ -336,11 +344,17 @@ static void test_pidfile(void **state)
     write_file(pidfile, text);
     assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), 0);
     assert_int_equal(t.pid, a);
-    snprintf(text, sizeof(text), "%d", (int)a);     /* no newline */
+    snprintf(text, sizeof(text), "%d", (int)a); /* no newline */
     write_file(pidfile, text);
     assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), 0);
     assert_int_equal(t.pid, a);
-    static const char *garbage[] = {"", "\n", "12x\n", " 12\n", "0\n", "-5\n", "99999999999\n",
+    static const char *garbage[] = {"",
+                                    "\n",
+                                    "12x\n",
+                                    " 12\n",
+                                    "0\n",
+                                    "-5\n",
+                                    "99999999999\n",
                                     "0000000000000000000000000000000000000000000000000000000000001"
                                     "2345678\n"};
     for (size_t i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++) {
@@ -421,9 +435,10 @@ static void *churn_main(void *arg)
     for (int i = 0; i < 200; i++) {
         /* 80 spellings of /proc: the root is part of the cache key. */
         char root[128];
-        snprintf(root, sizeof(root), "/proc/%.*s", i % 80, "./././././././././././././././"
-                                                         "./././././././././././././././"
-                                                         "./././././././././././");
+        snprintf(root, sizeof(root), "/proc/%.*s", i % 80,
+                 "./././././././././././././././"
+                 "./././././././././././././././"
+                 "./././././././././././");
         snprintf(spec, sizeof(spec), "comm:%s", c->name);
         if (target_resolve(root, spec, &t) < 0 || t.pid != c->want)
             c->errors++;
@@ -497,14 +512,10 @@ static int teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_spec_check),
-        cmocka_unit_test(test_self_and_pid),
-        cmocka_unit_test(test_comm_exe),
-        cmocka_unit_test(test_comm_long_name),
-        cmocka_unit_test(test_never_self),
-        cmocka_unit_test(test_pidfile),
-        cmocka_unit_test(test_cache),
-        cmocka_unit_test(test_cache_threads),
+        cmocka_unit_test(test_spec_check), cmocka_unit_test(test_self_and_pid),
+        cmocka_unit_test(test_comm_exe),   cmocka_unit_test(test_comm_long_name),
+        cmocka_unit_test(test_never_self), cmocka_unit_test(test_pidfile),
+        cmocka_unit_test(test_cache),      cmocka_unit_test(test_cache_threads),
         cmocka_unit_test(test_fixture),
     };
 

@@ -41,7 +41,7 @@ static inline int testutil_read_line(int fd, char *buf, size_t len, int timeout_
 /* A workload started with its stdin and stdout piped to the test. */
 struct testutil_child {
     pid_t pid;
-    int in, out;        /* its stdin (we write), its stdout (we read) */
+    int in, out; /* its stdin (we write), its stdout (we read) */
 };
 
 /* Starts BUILD/workloads/NAME with one optional argument and reads its first line into line.

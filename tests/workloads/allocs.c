@@ -46,7 +46,7 @@ __attribute__((noinline, noclone)) static struct leak *leak_slowly(struct leak *
     memset(l->fill, 0xab, sizeof(l->fill));
     l->next = head;
     leaked++;
-    __asm__ volatile("" ::: "memory");  /* keeps the frame: no tail call */
+    __asm__ volatile("" ::: "memory"); /* keeps the frame: no tail call */
     return l;
 }
 
@@ -65,8 +65,7 @@ static void *leaker_main(void *arg)
             next.tv_nsec -= 1000000000L;
             next.tv_sec++;
         }
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR &&
-               !stopping)
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR && !stopping)
             ;
     }
     return head;

@@ -18,7 +18,7 @@
 #define LEAK_MAX ((64u << 20) / LEAK_SIZE)
 
 static void *pool[POOL];
-static void *leaked_list;               /* each leaked block holds the previous one */
+static void *leaked_list; /* each leaked block holds the previous one */
 static volatile uint64_t pairs, leaked;
 
 __attribute__((noinline, noclone)) static void leak_here(void)
@@ -31,7 +31,7 @@ __attribute__((noinline, noclone)) static void leak_here(void)
     *b = leaked_list;
     leaked_list = b;
     leaked++;
-    __asm__ volatile("" ::: "memory");  /* keeps the frame: no tail call */
+    __asm__ volatile("" ::: "memory"); /* keeps the frame: no tail call */
 }
 
 static void *reporter(void *arg)
@@ -40,8 +40,7 @@ static void *reporter(void *arg)
 
     (void)arg;
     while (read(0, &c, 1) == 1) {
-        printf("pairs=%llu leaked=%llu\n", (unsigned long long)pairs,
-               (unsigned long long)leaked);
+        printf("pairs=%llu leaked=%llu\n", (unsigned long long)pairs, (unsigned long long)leaked);
         fflush(stdout);
     }
     exit(0);
@@ -84,7 +83,7 @@ int main(int argc, char **argv)
 
         switch (i % 16) {
         case 3:
-            pool[k] = realloc(pool[k], size);       /* the free and the malloc of this pair */
+            pool[k] = realloc(pool[k], size); /* the free and the malloc of this pair */
             break;
         case 7:
             free(pool[k]);

@@ -26,7 +26,7 @@
 /* noipa: work_a and work_b are the same code, which -O2 would fold into one function. */
 #define SEPARATE __attribute__((noipa))
 #define KEEP_FRAME() __asm__ volatile("" ::: "memory")
-#define HALF_UNIT_ITERS 300000UL    /* ~0.3 ms; a round (~2.4 ms) is no simple multiple of 1 ms */
+#define HALF_UNIT_ITERS 300000UL /* ~0.3 ms; a round (~2.4 ms) is no simple multiple of 1 ms */
 #define MAX_THREADS 64
 /* A round, ~2.4 ms of CPU: a thread's cpu-clock starts from zero, so one that lives less than a
  * sampling period (1 ms at 999 Hz) is rarely sampled, by perf as by us. */
@@ -104,7 +104,7 @@ static void *churn_main(void *arg)
     for (;;) {
         pthread_t t;
         if (pthread_create(&t, NULL, churnling_main, NULL) != 0) {
-            struct timespec ts = { 0, 1000000 };
+            struct timespec ts = {0, 1000000};
             nanosleep(&ts, NULL);
             continue;
         }

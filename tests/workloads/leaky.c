@@ -30,7 +30,7 @@ __attribute__((noinline, noclone)) static int leak_pipe(void)
     if (pipe(p) < 0)
         return -errno;
     leaked++;
-    __asm__ volatile("" ::: "memory");  /* keeps the frame: no tail call */
+    __asm__ volatile("" ::: "memory"); /* keeps the frame: no tail call */
     return 0;
 }
 
@@ -43,7 +43,7 @@ static void *piper_main(void *arg)
     pthread_setname_np(pthread_self(), "piper");
     clock_gettime(CLOCK_MONOTONIC, &next);
     for (;;) {
-        leak_pipe();                /* past the fd limit it fails: the rate then drops to 0 */
+        leak_pipe(); /* past the fd limit it fails: the rate then drops to 0 */
         next.tv_nsec += step;
         while (next.tv_nsec >= 1000000000L) {
             next.tv_nsec -= 1000000000L;
@@ -79,7 +79,7 @@ static int die(const char *what)
 
 int main(int argc, char **argv)
 {
-    struct itimerspec its = { .it_value = { 7, 0 }, .it_interval = { 7, 0 } };
+    struct itimerspec its = {.it_value = {7, 0}, .it_interval = {7, 0}};
     struct epoll_event ev;
     char path[64], block[4096];
     pthread_t t;
@@ -113,10 +113,10 @@ int main(int argc, char **argv)
         return die("timerfd/eventfd/epoll");
     if (timerfd_settime(tfd, 0, &its, NULL) < 0)
         return die("timerfd_settime");
-    ev = (struct epoll_event){ .events = EPOLLIN, .data.fd = tfd };
+    ev = (struct epoll_event){.events = EPOLLIN, .data.fd = tfd};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, &ev) < 0)
         return die("epoll_ctl");
-    ev = (struct epoll_event){ .events = EPOLLIN | EPOLLET, .data.fd = efd };
+    ev = (struct epoll_event){.events = EPOLLIN | EPOLLET, .data.fd = efd};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, efd, &ev) < 0)
         return die("epoll_ctl");
     if (pthread_create(&t, NULL, loop_main, NULL) || pthread_create(&t, NULL, piper_main, NULL))

@@ -48,7 +48,7 @@ __attribute__((noinline, noclone)) static int make_pipe(const char *suffix, bool
            close_it ? " closed" : "");
     fflush(stdout);
     pthread_mutex_unlock(&out_lock);
-    __asm__ volatile("" ::: "memory");  /* keeps the frame: no tail call */
+    __asm__ volatile("" ::: "memory"); /* keeps the frame: no tail call */
     return 0;
 }
 

@@ -43,7 +43,11 @@ static NOINLINE void park_read_b(void)
     KEEP_FRAME();
 }
 
-static NOINLINE void park_read_a(void) { park_read_b(); KEEP_FRAME(); }
+static NOINLINE void park_read_a(void)
+{
+    park_read_b();
+    KEEP_FRAME();
+}
 
 static NOINLINE void *reader_main(void *arg)
 {
@@ -56,7 +60,7 @@ static NOINLINE void *reader_main(void *arg)
 
 static NOINLINE void park_sleep_b(void)
 {
-    struct timespec ts = { 0, 20 * 1000 * 1000 };
+    struct timespec ts = {0, 20 * 1000 * 1000};
     atomic_fetch_add(&parked, 1);
     for (;;) {
         if (nanosleep(&ts, NULL) == 0 || errno == EINTR)
@@ -65,7 +69,11 @@ static NOINLINE void park_sleep_b(void)
     }
 }
 
-static NOINLINE void park_sleep_a(void) { park_sleep_b(); KEEP_FRAME(); }
+static NOINLINE void park_sleep_a(void)
+{
+    park_sleep_b();
+    KEEP_FRAME();
+}
 
 static NOINLINE void *sleeper_main(void *arg)
 {
@@ -100,7 +108,11 @@ static NOINLINE void park_spin_b(void)
         spins++;
 }
 
-static NOINLINE void park_spin_a(void) { park_spin_b(); KEEP_FRAME(); }
+static NOINLINE void park_spin_a(void)
+{
+    park_spin_b();
+    KEEP_FRAME();
+}
 
 static NOINLINE void *spinner_main(void *arg)
 {
@@ -113,7 +125,7 @@ static NOINLINE void *spinner_main(void *arg)
 
 static NOINLINE void park_sig_b(void)
 {
-    struct timespec ts = { 1, 0 };
+    struct timespec ts = {1, 0};
     atomic_fetch_add(&parked, 1);
     for (;;) {
         nanosleep(&ts, NULL);
@@ -145,7 +157,7 @@ static NOINLINE void *sigpark_main(void *arg)
 
 static NOINLINE void park_idle(void)
 {
-    struct timespec ts = { 3600, 0 };
+    struct timespec ts = {3600, 0};
     atomic_fetch_add(&parked, 1);
     for (;;) {
         nanosleep(&ts, NULL);
@@ -189,8 +201,7 @@ static NOINLINE int main_park_a(void)
 int main(int argc, char **argv)
 {
     long extra = argc > 1 ? strtol(argv[1], NULL, 10) : 0;
-    void *(*fns[])(void *) = { reader_main, sleeper_main, waiter_main, spinner_main,
-                               sigpark_main };
+    void *(*fns[])(void *) = {reader_main, sleeper_main, waiter_main, spinner_main, sigpark_main};
     int nfns = (int)(sizeof(fns) / sizeof(fns[0]));
     struct sigaction sa;
     pthread_t t;

@@ -15,20 +15,20 @@
 
 #include "memhook.h"
 
-#define GOT_MAX_SLOTS 8192          /* ~10 functions x 2 relocation kinds x hundreds of modules */
-#define MAPS_LINE_MAX 96            /* "start-end perms" is all that is read of a maps line */
+#define GOT_MAX_SLOTS 8192 /* ~10 functions x 2 relocation kinds x hundreds of modules */
+#define MAPS_LINE_MAX 96   /* "start-end perms" is all that is read of a maps line */
 
 struct got_slot {
     uintptr_t addr;
     uintptr_t orig;
     uintptr_t hook;
-    uintptr_t base;                 /* load base of the module holding it */
-    int keep;                       /* restore failed: still patched */
+    uintptr_t base; /* load base of the module holding it */
+    int keep;       /* restore failed: still patched */
 };
 
 struct module {
     uintptr_t base;
-    const ElfW(Phdr) *phdr;
+    const ElfW(Phdr) * phdr;
     size_t phnum;
 };
 
@@ -117,19 +117,36 @@ static bool read_dynamic(const struct module *m, struct dyninfo *d)
         uintptr_t v = dyn[i].d_un.d_val;
 
         switch (dyn[i].d_tag) {
-        case DT_SYMTAB: d->symtab = dyn_addr(m, v); break;
-        case DT_STRTAB: d->strtab = dyn_addr(m, v); break;
-        case DT_STRSZ: d->strsz = v; break;
-        case DT_RELA: d->rela = dyn_addr(m, v); break;
-        case DT_RELASZ: d->relasz = v; break;
-        case DT_JMPREL: d->jmprel = dyn_addr(m, v); break;
-        case DT_PLTRELSZ: d->pltrelsz = v; break;
-        case DT_PLTREL: rela_plt = v == DT_RELA; break;
+        case DT_SYMTAB:
+            d->symtab = dyn_addr(m, v);
+            break;
+        case DT_STRTAB:
+            d->strtab = dyn_addr(m, v);
+            break;
+        case DT_STRSZ:
+            d->strsz = v;
+            break;
+        case DT_RELA:
+            d->rela = dyn_addr(m, v);
+            break;
+        case DT_RELASZ:
+            d->relasz = v;
+            break;
+        case DT_JMPREL:
+            d->jmprel = dyn_addr(m, v);
+            break;
+        case DT_PLTRELSZ:
+            d->pltrelsz = v;
+            break;
+        case DT_PLTREL:
+            rela_plt = v == DT_RELA;
+            break;
         case DT_RELAENT:
             if (v != sizeof(ElfW(Rela)))
                 return false;
             break;
-        default: break;
+        default:
+            break;
         }
     }
     if (!rela_plt)
@@ -240,8 +257,8 @@ static int write_slot(uintptr_t addr, uintptr_t value)
     return 0;
 }
 
-static const struct memhook_target *match_target(const struct patch_ctx *c,
-                                                 const struct dyninfo *d, size_t name_off)
+static const struct memhook_target *match_target(const struct patch_ctx *c, const struct dyninfo *d,
+                                                 size_t name_off)
 {
     const char *name = (const char *)d->strtab + name_off;
     size_t room = d->strsz - name_off;
@@ -265,10 +282,10 @@ static struct got_slot *slot_find(uintptr_t addr)
 }
 
 static void patch_one(struct patch_ctx *c, const struct module *m, const struct dyninfo *d,
-                      const ElfW(Rela) *rel)
+                      const ElfW(Rela) * rel)
 {
     uint32_t type = ELF64_R_TYPE(rel->r_info);
-    const ElfW(Sym) *sym;
+    const ElfW(Sym) * sym;
     const struct memhook_target *t;
     struct got_slot *s;
     uintptr_t addr, cur;
@@ -326,8 +343,8 @@ static int patch_cb(struct dl_phdr_info *info, size_t size, void *arg)
     uint64_t before = c->stats.slots;
 
     (void)size;
-    if (module_has(&m, c->self, 1, false) || (c->ldso && m.base == c->ldso) ||
-        !module_ready(&m) || !read_dynamic(&m, &d))
+    if (module_has(&m, c->self, 1, false) || (c->ldso && m.base == c->ldso) || !module_ready(&m) ||
+        !read_dynamic(&m, &d))
         return 0;
     patch_table(c, &m, &d, d.jmprel, d.pltrelsz);
     patch_table(c, &m, &d, d.rela, d.relasz);

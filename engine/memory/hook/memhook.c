@@ -25,37 +25,46 @@
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
-#define CHECK_EVERY 4096u               /* calls per thread between heartbeat checks */
+#define CHECK_EVERY 4096u /* calls per thread between heartbeat checks */
 #define MAX_NEVENTS (1ull << 28)
 #define MAX_NSTACKS (1ull << 20)
 #define MAX_SAMPLE_BYTES (1ull << 40)
-#define STACK_TABLE_BITS 16             /* (return address, sp) -> stack slot */
+#define STACK_TABLE_BITS 16 /* (return address, sp) -> stack slot */
 #define STACK_PROBES 32
-#define SAMPLED_BITS 16                 /* addresses of sampled live blocks */
+#define SAMPLED_BITS 16 /* addresses of sampled live blocks */
 #define SAMPLED_PROBES 64
-#define SAMPLED_TOMB 1u                 /* a removed entry: never a block address */
-#define FILTER_BITS 14                  /* counts of sampled blocks per hash of the address */
+#define SAMPLED_TOMB 1u /* a removed entry: never a block address */
+#define FILTER_BITS 14  /* counts of sampled blocks per hash of the address */
 #define SPIN_BEFORE_YIELD 128
 #define WAIT_CHECK_NS 1000000ull
 #define LOCK_WAIT_NS 2000000000ull
 
 struct stack_entry {
-    uint64_t tag;                       /* hash | 1, 0: free */
+    uint64_t tag; /* hash | 1, 0: free */
     uint64_t ret, sp;
-    uint64_t val;                       /* stack slot + 1, 0: being filled */
+    uint64_t val; /* stack slot + 1, 0: being filled */
 };
 
 struct thread_state {
-    int64_t countdown;                  /* bytes until the next sample */
+    int64_t countdown; /* bytes until the next sample */
     uint64_t rng;
     uint32_t calls;
-    uint32_t busy;                      /* inside the hook's own work: don't recurse */
-    uint32_t gen;                       /* run the countdown was drawn for */
+    uint32_t busy; /* inside the hook's own work: don't recurse */
+    uint32_t gen;  /* run the countdown was drawn for */
 };
 
 enum target_id {
-    T_MALLOC, T_CALLOC, T_REALLOC, T_REALLOCARRAY, T_FREE, T_POSIX_MEMALIGN, T_ALIGNED_ALLOC,
-    T_MEMALIGN, T_VALLOC, T_PVALLOC, T_COUNT
+    T_MALLOC,
+    T_CALLOC,
+    T_REALLOC,
+    T_REALLOCARRAY,
+    T_FREE,
+    T_POSIX_MEMALIGN,
+    T_ALIGNED_ALLOC,
+    T_MEMALIGN,
+    T_VALLOC,
+    T_PVALLOC,
+    T_COUNT
 };
 
 void memhook_hook_free(void *p);
@@ -87,20 +96,20 @@ static struct {
 } real;
 
 static struct {
-    struct memring_header *ring;        /* once set, stays mapped until the next start */
+    struct memring_header *ring; /* once set, stays mapped until the next start */
     size_t ring_size;
     struct memring_event *events;
     struct memring_stack *stacks;
-    uint64_t mask;                      /* nevents - 1 */
+    uint64_t mask; /* nevents - 1 */
     uint64_t nstacks;
     uint64_t sample_bytes;
-    uint64_t loads;                     /* got_loads() when modules were last patched */
+    uint64_t loads; /* got_loads() when modules were last patched */
     uintptr_t pagesz;
     pid_t pid;
     uint32_t gen;
-    int on;                             /* hooks installed and recording */
+    int on; /* hooks installed and recording */
     int stacks_full;
-    int lock_owner;                     /* tid holding the install lock, 0: free */
+    int lock_owner; /* tid holding the install lock, 0: free */
     struct stack_entry *stack_table;
     uint64_t *sampled;
     uint8_t *filter;
@@ -194,8 +203,7 @@ static void patch_new_modules(void)
 
     if (loads == __atomic_load_n(&g.loads, __ATOMIC_RELAXED) || lock_take(false) < 0)
         return;
-    if (__atomic_load_n(&g.on, __ATOMIC_RELAXED) &&
-        got_patch_all(targets, T_COUNT, &st) == 0) {
+    if (__atomic_load_n(&g.on, __ATOMIC_RELAXED) && got_patch_all(targets, T_COUNT, &st) == 0) {
         __atomic_fetch_add(&g.ring->modules_patched, st.modules, __ATOMIC_RELAXED);
         __atomic_fetch_add(&g.ring->slots_patched, st.slots, __ATOMIC_RELAXED);
         __atomic_store_n(&g.loads, loads, __ATOMIC_RELAXED);
@@ -372,7 +380,10 @@ static uint64_t rng_next(struct thread_state *t)
 /* Natural log without libm: x = m * 2^e, ln m by the atanh series, |s| <= 0.172. */
 static double ln(double x)
 {
-    union { double d; uint64_t u; } v = {.d = x};
+    union {
+        double d;
+        uint64_t u;
+    } v = {.d = x};
     int e = (int)((v.u >> 52) & 0x7ff) - 1023;
     double m, s, s2;
 
@@ -385,14 +396,14 @@ static double ln(double x)
     s = (m - 1) / (m + 1);
     s2 = s * s;
     return e * 0.6931471805599453 +
-           2 * s * (1 + s2 * (1.0 / 3 + s2 * (1.0 / 5 + s2 * (1.0 / 7 + s2 * (1.0 / 9 +
-                                                                          s2 / 11)))));
+           2 * s *
+               (1 + s2 * (1.0 / 3 + s2 * (1.0 / 5 + s2 * (1.0 / 7 + s2 * (1.0 / 9 + s2 / 11)))));
 }
 
 /* Bytes to the next sample: exponential with mean sample_bytes, as tcmalloc and jemalloc. */
 static int64_t sample_draw(struct thread_state *t)
 {
-    double u = (double)((rng_next(t) >> 11) + 1) * 0x1.0p-53;      /* (0, 1] */
+    double u = (double)((rng_next(t) >> 11) + 1) * 0x1.0p-53; /* (0, 1] */
     double d = -ln(u) * (double)g.sample_bytes;
 
     return d < 1 ? 1 : d > 0x1.0p62 ? (int64_t)1 << 62 : (int64_t)d + 1;
@@ -406,8 +417,8 @@ static bool sample_take(struct thread_state *t, size_t n)
 
         if (!t->rng)
             t->rng = mix64((uintptr_t)t ^ now_ns() ^
-                           __atomic_add_fetch(&seeds, 0x9e3779b97f4a7c15ull,
-                                              __ATOMIC_RELAXED)) | 1;
+                           __atomic_add_fetch(&seeds, 0x9e3779b97f4a7c15ull, __ATOMIC_RELAXED)) |
+                     1;
         t->gen = g.gen;
         t->countdown = sample_draw(t) - (int64_t)n;
     }
@@ -586,8 +597,7 @@ void *memhook_c_realloc(void *old, size_t n, const struct memhook_frame *f)
     return p;
 }
 
-void *memhook_c_reallocarray(void *old, size_t nmemb, size_t size,
-                             const struct memhook_frame *f)
+void *memhook_c_reallocarray(void *old, size_t nmemb, size_t size, const struct memhook_frame *f)
 {
     size_t n;
 
@@ -678,8 +688,7 @@ static int setup_once(void)
     memcpy(&real.pvalloc, &targets[T_PVALLOC].real, sizeof(real.pvalloc));
 
     g.tables_size = stack_bytes + sampled_bytes + ((size_t)1 << FILTER_BITS);
-    tables = mmap(NULL, g.tables_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                  -1, 0);
+    tables = mmap(NULL, g.tables_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (tables == MAP_FAILED)
         return -errno;
     if (pthread_atfork(NULL, NULL, atfork_child) != 0) {
@@ -701,8 +710,8 @@ static bool ring_valid(const struct memring_header *h, size_t size)
     return h->version == MEMRING_VERSION && h->header_size == sizeof(*h) && n > 0 &&
            n <= MAX_NEVENTS && (n & (n - 1)) == 0 && h->nstacks <= MAX_NSTACKS &&
            h->sample_bytes <= MAX_SAMPLE_BYTES && h->events_offset == memring_events_offset() &&
-           h->stacks_offset == memring_stacks_offset(n) &&
-           memring_size(n, h->nstacks) <= size && h->state == MEMRING_STATE_NEW;
+           h->stacks_offset == memring_stacks_offset(n) && memring_size(n, h->nstacks) <= size &&
+           h->state == MEMRING_STATE_NEW;
 }
 
 /* Maps the ring file and checks its header. A file with the right magic but a bad header gets

@@ -25,8 +25,8 @@ struct memhook_frame {
 };
 
 struct got_stats {
-    uint64_t modules;       /* modules with at least one slot newly patched */
-    uint64_t slots;         /* slots newly patched */
+    uint64_t modules; /* modules with at least one slot newly patched */
+    uint64_t slots;   /* slots newly patched */
 };
 
 /* Patches every slot of `targets` in every ready module but this library and the dynamic
