@@ -19,7 +19,7 @@ BUILD    ?= build
 endif
 
 ENGINE_SRC := $(wildcard engine/*/*.c)
-AGENT_SRC  := $(filter-out agent/main.c,$(wildcard agent/*.c))
+AGENT_SRC  := $(filter-out agent/main.c,$(wildcard agent/*.c agent/*/*.c))
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 AGENT_OBJ  := $(AGENT_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC   := $(wildcard tests/unit/test_*.c)
@@ -51,7 +51,7 @@ $(BUILD)/paths.stamp: FORCE
 	@mkdir -p $(dir $@)
 	@echo '$(LIBDIR) $(DATADIR)' | cmp -s - $@ || echo '$(LIBDIR) $(DATADIR)' > $@
 
-$(BUILD)/%.o: %.c $(wildcard engine/*/*.h agent/*.h)
+$(BUILD)/%.o: %.c $(wildcard engine/*/*.h agent/*.h agent/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
@@ -158,7 +158,7 @@ FUZZ_OBJ     := $(ENGINE_SRC:%.c=$(FUZZ_BUILD)/%.o) $(AGENT_SRC:%.c=$(FUZZ_BUILD
 FUZZ_BIN     := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard tests/fuzz/fuzz_*.c))
 
 .PHONY: fuzz
-$(FUZZ_BUILD)/%.o: %.c $(wildcard engine/*/*.h agent/*.h)
+$(FUZZ_BUILD)/%.o: %.c $(wildcard engine/*/*.h agent/*.h agent/*/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
