@@ -12,7 +12,7 @@
 #include "claims.h"
 #include "clock.h"
 #include "cpu/cpuprof.h"
-#include "cpu/profile.h"
+#include "formats/profile.h"
 #include "unwinders.h"
 
 #define TOP_FUNCTIONS 5

@@ -8,7 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
-#include "cpu/profile.h"
+#include "formats/profile.h"
 #include "cpu/sampler.h"
 #include "unwind/stacks.h"
 

@@ -6,7 +6,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include "cpu/profile_priv.h"
+#include "formats/profile_priv.h"
 
 #define UNKNOWN_FILE "???" /* what valgrind writes, and what callgrind_annotate never opens */
 

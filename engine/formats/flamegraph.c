@@ -6,7 +6,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include "cpu/profile_priv.h"
+#include "formats/profile_priv.h"
 
 #define IMG_W 1200
 #define PAD_X 10

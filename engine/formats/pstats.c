@@ -4,7 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include "cpu/profile_priv.h"
+#include "formats/profile_priv.h"
 
 #define M_INT 'i'
 #define M_LONG 'l'

@@ -16,8 +16,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <cmocka.h>
-#include "cpu/profile.h"
-#include "cpu/profile_priv.h"
+#include "formats/profile.h"
+#include "formats/profile_priv.h"
 
 #define PY "/usr/bin/python3"
 #define WEIGHT 1000000ULL /* 1 ms a sample */

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "cpu/profile_priv.h"
+#include "formats/profile_priv.h"
 
 #define INDEX_MIN 64
 

@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include "os/atomicfile.h"
-#include "cpu/profile.h"
+#include "formats/profile.h"
 
 /* Limits on what a profile keeps; past them samples still count but lose detail (dropped). */
 #define PROFILE_MAX_FUNCS (1u << 20)
