@@ -131,6 +131,33 @@ static int symfile_init(struct symfile *f)
     return 0;
 }
 
+/* Opens path read-only when it is a regular file, and the file dev/ino unless ino is 0: the fd,
+ * or -ESTALE (another file has the name), -ENOEXEC (not a regular file), an open/stat error.
+ * Every name here comes from the target (its maps, its root, its .gnu_debuglink): a FIFO put
+ * under one would block open() for good and a device may act on being opened, so the type is
+ * checked before opening, O_NONBLOCK covers a swap in between, and the file opened is checked. */
+static int open_regular(const char *path, dev_t dev, ino_t ino, struct stat *ret_st)
+{
+    struct stat st;
+    int fd;
+
+    if (stat(path, &st) < 0)
+        return -errno;
+    if (ino && (st.st_ino != ino || st.st_dev != dev))
+        return -ESTALE;
+    if (!S_ISREG(st.st_mode))
+        return -ENOEXEC;
+    fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, ret_st) < 0 || !S_ISREG(ret_st->st_mode) ||
+        (ino && (ret_st->st_ino != ino || ret_st->st_dev != dev))) {
+        close(fd);
+        return -ESTALE;
+    }
+    return fd;
+}
+
 int symfile_open(const char *root, const char *path, dev_t dev, ino_t ino, struct symfile **ret)
 {
     int r, fd = -1;
@@ -140,17 +167,9 @@ int symfile_open(const char *root, const char *path, dev_t dev, ino_t ino, struc
 
     if ((size_t)snprintf(full, sizeof(full), "%s%s", root, path) >= sizeof(full))
         return -ENAMETOOLONG;
-    fd = open(full, O_RDONLY | O_CLOEXEC);
+    fd = open_regular(full, dev, ino, &st);
     if (fd < 0) {
-        r = -errno;
-        goto out;
-    }
-    if (fstat(fd, &st) < 0) {
-        r = -errno;
-        goto out;
-    }
-    if (ino && (st.st_ino != ino || st.st_dev != dev)) {
-        r = -ESTALE;
+        r = fd;
         goto out;
     }
     if ((uint64_t)st.st_size > SYMBOLS_FILE_MAX) {
@@ -300,11 +319,12 @@ int symfile_eh_table(struct symfile *f, uint64_t *ret_hdr_vaddr, uint64_t *ret_t
 static int try_debug_file(struct symfile *f, const char *root, const char *candidate)
 {
     char full[PATH_MAX];
+    struct stat st;
     if ((size_t)snprintf(full, sizeof(full), "%s%s", root, candidate) >= sizeof(full))
         return -ENAMETOOLONG;
-    int fd = open(full, O_RDONLY | O_CLOEXEC);
+    int fd = open_regular(full, 0, 0, &st);
     if (fd < 0)
-        return -errno;
+        return fd;
     Elf *e = elf_begin(fd, ELF_C_READ_MMAP, NULL);
     unsigned char id[BUILD_ID_MAX];
     size_t idlen = 0;
@@ -352,6 +372,10 @@ static void find_debug_file(struct symfile *f)
         if (!d || d->d_size == 0 || !memchr(d->d_buf, 0, d->d_size))
             return;
         const char *link = d->d_buf;
+        /* A file name, as gdb reads it: with a '/' (say "../../dev/watchdog") the target's file
+         * would have us open any path, in its root and then in ours. */
+        if (!*link || strchr(link, '/'))
+            return;
         const char *slash = strrchr(f->path, '/');
         int dirlen = slash ? (int)(slash - f->path) : 0;
         const char *fmts[3] = {"%.*s/%s", "%.*s/.debug/%s", "/usr/lib/debug%.*s/%s"};
@@ -434,7 +458,9 @@ static void load_symbols(struct symfile *f)
         f->nsyms = 0;
         return;
     }
-    qsort(f->syms, f->nsyms, sizeof(*f->syms), cmp_sym);
+    /* A file without function symbols (a stripped executable) has no array: qsort(NULL) is UB. */
+    if (f->nsyms)
+        qsort(f->syms, f->nsyms, sizeof(*f->syms), cmp_sym);
 }
 
 static struct sym *find_sym(struct symfile *f, uint64_t vaddr)
@@ -497,7 +523,9 @@ int symfile_line(struct symfile *f, uint64_t vaddr, const char **ret_file, int *
     Dwarf_Line *l = dwarf_getsrc_die(&cu, vaddr);
     int line;
     const char *file;
-    if (!l || dwarf_lineno(l, &line) != 0 || !(file = dwarf_linesrc(l, NULL, NULL)))
+    /* DWARF lines are unsigned and libdw hands them out as int: a line program that steps
+     * below 1 or past INT_MAX gives a negative one, which no caller can print. Unknown. */
+    if (!l || dwarf_lineno(l, &line) != 0 || line < 0 || !(file = dwarf_linesrc(l, NULL, NULL)))
         return -ENOENT;
     *ret_file = file;
     *ret_line = line;

@@ -16,7 +16,8 @@ struct symfile;
 
 /* Opens ROOT PATH (root: the target's "/proc/PID/root", or "") and checks it is the file dev/ino
  * (unchecked when ino is 0). Debug files are looked for under root first, then in our own /.
- * -ENOENT, -ESTALE (another file now has that name), -ENOEXEC (not 64-bit ELF), -EFBIG, -ENOMEM. */
+ * -ENOENT, -ESTALE (another file now has that name), -ENOEXEC (not a regular file, or not
+ * 64-bit ELF), -EFBIG, -ENOMEM. */
 int symfile_open(const char *root, const char *path, dev_t dev, ino_t ino, struct symfile **ret);
 /* An ELF image already in memory (the vdso); takes ownership of the malloc'd image. */
 int symfile_from_image(unsigned char *image, size_t len, struct symfile **ret);
