@@ -271,7 +271,7 @@ static void set(const char *key, const char *value)
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    static const struct agent_output out = {
+    static const struct run_output out = {
         .record = on_record,
         .result = on_result,
         .progress = on_progress,
