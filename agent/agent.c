@@ -1,22 +1,20 @@
 /* The command pipeline (see agent.h): size check, JSON parse, action lookup, schema validation,
  * target check and resolution, run row, then the action inline or in a job thread, and exactly
  * one result. Errors are decided and worded here, once; the engine only returns codes. */
-#include "agent.h"
-#include "action.h"
-#include "clock.h"
-#include "log.h"
-#include "loggers.h"
-#include "privs.h"
-#include "retention.h"
-#include "schema.h"
-#include "store.h"
 #include <errno.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include "agent.h"
+#include "clock.h"
+#include "log.h"
+#include "privs.h"
+#include "registry.h"
+#include "retention.h"
+#include "schema.h"
+#include "store.h"
+#include "watch.h"
 
 /* json-c's own limit is 32; the schemas are flat, so anything deeper is rejected at parse time
  * with a clear error rather than validated. */
@@ -27,12 +25,12 @@
  * agent without a store, since a profiler that answers is worth more than its history. */
 static int open_store(struct agent *a, char *err, size_t errlen)
 {
-    const char *db = a->config->database;
+    const char *db = a->host.config->database;
     unsigned interrupted = 0;
     char aside[PATH_MAX];
     int r;
 
-    r = store_open(db, &a->store, &interrupted, err, errlen);
+    r = store_open(db, &a->host.store, &interrupted, err, errlen);
     if (r == -EBADMSG) {
         log_error("%s", err);
         r = store_set_aside(db, clock_realtime_us(), aside, sizeof(aside));
@@ -42,13 +40,13 @@ static int open_store(struct agent *a, char *err, size_t errlen)
             return r;
         }
         log_error("moved the damaged run database %s to %s; starting a new one", db, aside);
-        r = store_open(db, &a->store, &interrupted, err, errlen);
+        r = store_open(db, &a->host.store, &interrupted, err, errlen);
     }
     if (r == -EBUSY) {
         log_error("%s; another process holds a lock on it, so runs are not recorded until the "
                   "agent is restarted",
                   err);
-        a->store = NULL;
+        a->host.store = NULL;
         return 0;
     }
     if (r < 0)
@@ -59,31 +57,32 @@ static int open_store(struct agent *a, char *err, size_t errlen)
     return 0;
 }
 
-int agent_init(struct agent *a, struct config *c, bool use_store, const struct agent_output *out,
+int agent_init(struct agent *a, struct config *c, bool use_store, const struct run_output *out,
                char *err, size_t errlen)
 {
     int r;
 
     memset(a, 0, sizeof(*a));
-    a->config = c;
-    a->out = *out;
-    a->started_mono_us = clock_monotonic_us();
-    pthread_mutex_init(&a->lock, NULL);
+    a->host.config = c;
+    a->host.out = *out;
+    a->host.started_mono_us = clock_monotonic_us();
+    a->host.known_action = registry_known;
+    pthread_mutex_init(&a->host.lock, NULL);
     pthread_cond_init(&a->jobs_done, NULL);
-    r = action_load_schemas(c->schema_dir, err, errlen);
+    r = registry_load_schemas(c->schema_dir, err, errlen);
     if (r < 0)
         return r;
     if (!use_store)
         return 0;
     r = open_store(a, err, errlen);
     if (r < 0) {
-        action_free_schemas();
+        registry_free_schemas();
         return r;
     }
-    r = retention_apply(a, NULL);
+    r = retention_apply(c, a->host.store, NULL);
     if (r < 0)
         log_warning("retention: cannot go through output_dir %s: %s", c->output_dir, strerror(-r));
-    r = retention_start(a, &a->retention);
+    r = retention_start(c, a->host.store, &a->retention);
     if (r < 0)
         log_warning("retention: cannot start its thread (%s); old runs are removed only at start",
                     strerror(-r));
@@ -93,85 +92,12 @@ int agent_init(struct agent *a, struct config *c, bool use_store, const struct a
 void agent_destroy(struct agent *a)
 {
     retention_stop(a->retention);
-    store_close(a->store);
-    action_free_schemas();
+    store_close(a->host.store);
+    registry_free_schemas();
     json_object_put(a->last_result);
     json_object_put(a->defaults);
     pthread_cond_destroy(&a->jobs_done);
-    pthread_mutex_destroy(&a->lock);
-}
-
-void run_record(struct run *run, const char *fmt, ...)
-{
-    char stack_buf[1024], *text = stack_buf;
-    va_list ap;
-    int n;
-
-    va_start(ap, fmt);
-    n = vsnprintf(stack_buf, sizeof(stack_buf), fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return;
-    if ((size_t)n >= sizeof(stack_buf)) {
-        text = malloc((size_t)n + 1);
-        if (!text)
-            return;
-        va_start(ap, fmt);
-        vsnprintf(text, (size_t)n + 1, fmt, ap);
-        va_end(ap);
-    }
-    run->agent->out.record(run, text, run->agent->out.userdata);
-    if (text != stack_buf)
-        free(text);
-}
-
-struct json_object *json_decimal(double v, int decimals)
-{
-    char text[64];
-
-    snprintf(text, sizeof(text), "%.*f", decimals, v);
-    return json_object_new_double_s(v, text);
-}
-
-void run_progress(struct run *run, const char *json)
-{
-    if (run->agent->out.progress)
-        run->agent->out.progress(run, json, run->agent->out.userdata);
-}
-
-int run_fail(struct run *run, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(run->error, sizeof(run->error), fmt, ap);
-    va_end(ap);
-    run->ok = false;
-    return -EINVAL;
-}
-
-int run_output_dir(struct run *run, char *dir)
-{
-    const char *want = run->agent->config->output_dir;
-
-    if (mkdir(want, 0750) < 0 && errno != EEXIST)
-        return run_fail(run, "cannot create output_dir %s: %s", want, strerror(errno));
-    if (!realpath(want, dir))
-        return run_fail(run, "cannot use output_dir %s: %s", want, strerror(errno));
-    return 0;
-}
-
-void run_warn(struct run *run, const char *fmt, ...)
-{
-    char text[AGENT_ERROR_MAX];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
-    va_end(ap);
-    if (!run->warnings)
-        run->warnings = json_object_new_array();
-    json_object_array_add(run->warnings, json_object_new_string(text));
+    pthread_mutex_destroy(&a->host.lock);
 }
 
 /* JSON text must be UTF-8 (RFC 8259), and results carry payload strings back to subscribers that
@@ -224,7 +150,7 @@ static size_t utf8_chars(const char *s)
 
 /* Finds a top-level "request_id" string in a payload json-c could not parse (too deep, broken
  * later on), so that even a rejected command can be matched to its result. Only a well-formed
- * string of at most AGENT_REQUEST_ID_MAX characters is taken. */
+ * string of at most RUN_REQUEST_ID_MAX characters is taken. */
 static bool scan_request_id(const char *p, size_t len, char *out, size_t outlen)
 {
     int depth = 0;
@@ -266,7 +192,7 @@ static bool scan_request_id(const char *p, size_t len, char *out, size_t outlen)
             if (j >= len || p[j] != '"')
                 return false;
             start = j;
-            for (j = start + 1; j < len && p[j] != '"' && j - start < 6 * AGENT_REQUEST_ID_MAX; j++)
+            for (j = start + 1; j < len && p[j] != '"' && j - start < 6 * RUN_REQUEST_ID_MAX; j++)
                 if (p[j] == '\\')
                     j++;
             if (j >= len || p[j] != '"')
@@ -279,7 +205,7 @@ static bool scan_request_id(const char *p, size_t len, char *out, size_t outlen)
                     json_object_get_string_len(s) < (int)outlen &&
                     strlen(json_object_get_string(s)) == (size_t)json_object_get_string_len(s) &&
                     utf8_valid(json_object_get_string(s), (size_t)json_object_get_string_len(s)) &&
-                    utf8_chars(json_object_get_string(s)) <= AGENT_REQUEST_ID_MAX;
+                    utf8_chars(json_object_get_string(s)) <= RUN_REQUEST_ID_MAX;
 
                 if (ok)
                     snprintf(out, outlen, "%s", json_object_get_string(s));
@@ -319,8 +245,8 @@ static void take_request_id(struct run *run, struct json_object *obj)
         return;
     s = json_object_get_string(v);
     /* An id with NUL in it could only be echoed cut short: a different id. */
-    if (strlen(s) != (size_t)json_object_get_string_len(v) ||
-        utf8_chars(s) > AGENT_REQUEST_ID_MAX || strlen(s) >= sizeof(run->request_id))
+    if (strlen(s) != (size_t)json_object_get_string_len(v) || utf8_chars(s) > RUN_REQUEST_ID_MAX ||
+        strlen(s) >= sizeof(run->request_id))
         return;
     snprintf(run->request_id, sizeof(run->request_id), "%s", s);
     run->has_request_id = true;
@@ -359,20 +285,19 @@ static struct json_object *run_result(struct run *run)
 
 static void store_write(struct run *run, const char *status, bool insert)
 {
-    struct store *st = run->agent->store;
+    struct store *st = run->host->store;
     struct store_run row = {
         .request_id = run->has_request_id ? run->request_id : NULL,
         .action = run->action_name,
-        .params =
-            run->params ? json_object_to_json_string_ext(run->params, AGENT_JSON_FLAGS) : NULL,
+        .params = run->params ? json_object_to_json_string_ext(run->params, RUN_JSON_FLAGS) : NULL,
         .target_spec = run->has_target ? run->target_spec : NULL,
         .target_pid = run->has_target ? run->target.pid : 0,
         .status = status,
         .error = run->ok || !run->error[0] ? NULL : run->error,
-        .files = json_object_to_json_string_ext(run->files, AGENT_JSON_FLAGS),
-        .summary = json_object_to_json_string_ext(run->summary, AGENT_JSON_FLAGS),
+        .files = json_object_to_json_string_ext(run->files, RUN_JSON_FLAGS),
+        .summary = json_object_to_json_string_ext(run->summary, RUN_JSON_FLAGS),
         .warnings =
-            run->warnings ? json_object_to_json_string_ext(run->warnings, AGENT_JSON_FLAGS) : NULL,
+            run->warnings ? json_object_to_json_string_ext(run->warnings, RUN_JSON_FLAGS) : NULL,
         .started_us = run->started_us,
         .finished_us = run->finished_us,
     };
@@ -388,11 +313,11 @@ static void store_write(struct run *run, const char *status, bool insert)
         return;
     if (r < 0) {
         log_error("cannot record run of %s in the database %s: %s", run->action_name,
-                  run->agent->config->database, store_errmsg(st));
+                  run->host->config->database, store_errmsg(st));
         /* The first row is written again at the end; only the last word goes to the user. */
         if (strcmp(status, "running") != 0)
             run_warn(run, "the run is not recorded in the database %s: %s",
-                     run->agent->config->database, store_errmsg(st));
+                     run->host->config->database, store_errmsg(st));
     }
 }
 
@@ -439,13 +364,14 @@ static void run_finish(struct run *run)
     else
         store_write(run, interrupted ? "interrupted" : run->ok ? "ok" : "error", false);
     result = run_result(run);
-    a->out.result(run, json_object_to_json_string_ext(result, AGENT_JSON_FLAGS), a->out.userdata);
-    pthread_mutex_lock(&a->lock);
+    a->host.out.result(run, json_object_to_json_string_ext(result, RUN_JSON_FLAGS),
+                       a->host.out.userdata);
+    pthread_mutex_lock(&a->host.lock);
     json_object_put(a->last_result);
     a->last_result = result;
-    pthread_mutex_unlock(&a->lock);
-    if (a->out.state_changed)
-        a->out.state_changed(a, a->out.userdata);
+    pthread_mutex_unlock(&a->host.lock);
+    if (a->host.out.state_changed)
+        a->host.out.state_changed(a, a->host.out.userdata);
     run_free(run);
 }
 
@@ -485,20 +411,20 @@ static void *job_main(void *arg)
         run->ok = true;
     if (run->action->release)
         run->action->release(run);
-    pthread_mutex_lock(&a->lock);
-    for (p = &a->jobs; *p; p = &(*p)->next)
+    pthread_mutex_lock(&a->host.lock);
+    for (p = &a->host.jobs; *p; p = &(*p)->next)
         if (*p == run) {
             *p = run->next;
             break;
         }
-    pthread_mutex_unlock(&a->lock);
+    pthread_mutex_unlock(&a->host.lock);
     /* Out of the list, so the state it publishes no longer shows it, but still counted: a stop
      * waiting for jobs must not tear the agent down while this thread records and answers. */
     run_finish(run);
-    pthread_mutex_lock(&a->lock);
-    a->njobs--;
+    pthread_mutex_lock(&a->host.lock);
+    a->host.njobs--;
     pthread_cond_broadcast(&a->jobs_done);
-    pthread_mutex_unlock(&a->lock);
+    pthread_mutex_unlock(&a->host.lock);
     return NULL;
 }
 
@@ -508,28 +434,28 @@ static int start_job(struct run *run)
     pthread_attr_t attr;
     int r;
 
-    pthread_mutex_lock(&a->lock);
-    if (a->njobs >= (unsigned)a->config->max_jobs) {
-        pthread_mutex_unlock(&a->lock);
+    pthread_mutex_lock(&a->host.lock);
+    if (a->host.njobs >= (unsigned)a->host.config->max_jobs) {
+        pthread_mutex_unlock(&a->host.lock);
         return run_fail(run,
                         "too many jobs running (max_jobs is %d); try again when one "
                         "finishes",
-                        a->config->max_jobs);
+                        a->host.config->max_jobs);
     }
-    run->next = a->jobs;
-    a->jobs = run;
-    a->njobs++;
+    run->next = a->host.jobs;
+    a->host.jobs = run;
+    a->host.njobs++;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     r = pthread_create(&run->thread, &attr, job_main, run);
     pthread_attr_destroy(&attr);
     if (r != 0) {
-        a->jobs = run->next;
-        a->njobs--;
-        pthread_mutex_unlock(&a->lock);
+        a->host.jobs = run->next;
+        a->host.njobs--;
+        pthread_mutex_unlock(&a->host.lock);
         return run_fail(run, "cannot start a job thread: %s", strerror(r));
     }
-    pthread_mutex_unlock(&a->lock);
+    pthread_mutex_unlock(&a->host.lock);
     return 0;
 }
 
@@ -538,14 +464,14 @@ static int start_job(struct run *run)
 static int take_token(struct run *run)
 {
     struct agent *a = run->agent;
-    int limit = a->config->rate_limit;
+    int limit = a->host.config->rate_limit;
     int64_t now = clock_monotonic_us();
     struct agent_rate *b = NULL;
     double wait_s = 0;
 
     if (limit <= 0)
         return 0;
-    pthread_mutex_lock(&a->lock);
+    pthread_mutex_lock(&a->host.lock);
     for (size_t i = 0; i < AGENT_RATE_SLOTS && !b; i++)
         if (a->rates[i].action == run->action || !a->rates[i].action)
             b = &a->rates[i];
@@ -564,7 +490,7 @@ static int take_token(struct run *run)
         else
             wait_s = (1 - b->tokens) * 60.0 / limit;
     }
-    pthread_mutex_unlock(&a->lock);
+    pthread_mutex_unlock(&a->host.lock);
     if (wait_s > 0)
         return run_fail(run,
                         "rate limit: more than %d %s commands a minute (rate_limit); try "
@@ -580,7 +506,7 @@ static int apply_settings(struct agent *a, const char *action, struct json_objec
     struct json_object *fields, *copy;
     int r = 0;
 
-    pthread_mutex_lock(&a->lock);
+    pthread_mutex_lock(&a->host.lock);
     if (!a->defaults || !json_object_object_get_ex(a->defaults, action, &fields))
         goto out;
     json_object_object_foreach(fields, key, value)
@@ -596,7 +522,7 @@ static int apply_settings(struct agent *a, const char *action, struct json_objec
         json_object_object_add(obj, key, copy);
     }
 out:
-    pthread_mutex_unlock(&a->lock);
+    pthread_mutex_unlock(&a->host.lock);
     return r;
 }
 
@@ -605,7 +531,7 @@ void agent_set_default(struct agent *a, const char *action, const char *field,
 {
     struct json_object *fields;
 
-    pthread_mutex_lock(&a->lock);
+    pthread_mutex_lock(&a->host.lock);
     if (!a->defaults)
         a->defaults = json_object_new_object();
     if (!json_object_object_get_ex(a->defaults, action, &fields)) {
@@ -616,7 +542,7 @@ void agent_set_default(struct agent *a, const char *action, const char *field,
         json_object_object_add(fields, field, value);
     else
         json_object_object_del(fields, field);
-    pthread_mutex_unlock(&a->lock);
+    pthread_mutex_unlock(&a->host.lock);
 }
 
 /* Everything before the action runs. Returns 0 when the action may run. */
@@ -629,11 +555,11 @@ static int prepare(struct run *run, const void *payload, size_t len)
     enum json_tokener_error jerr;
     int r;
 
-    if (len > (size_t)a->config->max_payload_bytes) {
+    if (len > (size_t)a->host.config->max_payload_bytes) {
         run->has_request_id =
             scan_request_id(payload, len, run->request_id, sizeof(run->request_id));
         return run_fail(run, "payload is %zu bytes, larger than max_payload_bytes (%ld)", len,
-                        a->config->max_payload_bytes);
+                        a->host.config->max_payload_bytes);
     }
     if (!utf8_valid(payload, len)) {
         run->has_request_id =
@@ -679,7 +605,7 @@ static int prepare(struct run *run, const void *payload, size_t len)
     }
     run->params = obj;
     take_request_id(run, obj);
-    run->action = action_find(run->action_name);
+    run->action = registry_find(run->action_name);
     if (!run->action)
         return run_fail(run, "unknown action '%s'", run->action_name);
     r = take_token(run);
@@ -698,10 +624,10 @@ static int prepare(struct run *run, const void *payload, size_t len)
         if ((size_t)json_object_get_string_len(v) >= sizeof(run->target_spec))
             return run_fail(run, "target: must be at most %zu bytes", sizeof(run->target_spec) - 1);
         snprintf(run->target_spec, sizeof(run->target_spec), "%s", json_object_get_string(v));
-        if (!config_target_allowed(a->config, run->target_spec))
+        if (!config_target_allowed(a->host.config, run->target_spec))
             return run_fail(run, "target %s is not allowed", run->target_spec);
     } else {
-        snprintf(run->target_spec, sizeof(run->target_spec), "%s", a->config->target);
+        snprintf(run->target_spec, sizeof(run->target_spec), "%s", a->host.config->target);
     }
     if (run->action->needs_target)
         return resolve_target(run);
@@ -718,6 +644,7 @@ void agent_command(struct agent *a, const char *action, const void *payload, siz
         return;
     }
     run->agent = a;
+    run->host = &a->host;
     run->started_us = clock_realtime_us();
     run->started_mono_us = clock_monotonic_us();
     run->files = json_object_new_array();
@@ -741,8 +668,8 @@ void agent_command(struct agent *a, const char *action, const void *payload, siz
         if (run->action->admit && run->action->admit(run) < 0)
             goto finish;
         if (start_job(run) == 0) {
-            if (a->out.state_changed)
-                a->out.state_changed(a, a->out.userdata);
+            if (a->host.out.state_changed)
+                a->host.out.state_changed(a, a->host.out.userdata);
             return;
         }
         if (run->action->release)
@@ -767,14 +694,14 @@ unsigned agent_wait_jobs(struct agent *a, bool cancel, int timeout_ms)
         deadline.tv_sec++;
         deadline.tv_nsec -= 1000000000;
     }
-    pthread_mutex_lock(&a->lock);
-    for (struct run *r = a->jobs; cancel && r; r = r->next)
+    pthread_mutex_lock(&a->host.lock);
+    for (struct run *r = a->host.jobs; cancel && r; r = r->next)
         atomic_store(&r->cancel, 1);
-    while (a->njobs > 0)
-        if (pthread_cond_timedwait(&a->jobs_done, &a->lock, &deadline) != 0)
+    while (a->host.njobs > 0)
+        if (pthread_cond_timedwait(&a->jobs_done, &a->host.lock, &deadline) != 0)
             break;
-    left = a->njobs;
-    pthread_mutex_unlock(&a->lock);
+    left = a->host.njobs;
+    pthread_mutex_unlock(&a->host.lock);
     return left;
 }
 
@@ -788,23 +715,23 @@ char *agent_state_json(struct agent *a)
     bool profiling = false;
     char *text;
 
-    loggers_describe(loggers);
-    pthread_mutex_lock(&a->lock);
-    for (struct run *r = a->jobs; r; r = r->next) {
+    watch_describe(loggers);
+    pthread_mutex_lock(&a->host.lock);
+    for (struct run *r = a->host.jobs; r; r = r->next) {
         struct json_object *j = json_object_new_object();
 
         json_object_object_add(j, "run_id", json_object_new_int64(r->id));
         json_object_object_add(j, "action", json_object_new_string(r->action_name));
         json_object_object_add(j, "target", json_object_new_string(r->target_spec));
         json_object_object_add(j, "elapsed",
-                               json_decimal((double)(now - r->started_mono_us) / 1e6, 3));
+                               run_json_decimal((double)(now - r->started_mono_us) / 1e6, 3));
         json_object_array_add(jobs, j);
-        profiling |= strcmp(r->action_name, "start") == 0 || strcmp(r->action_name, "memory") == 0;
+        profiling |= r->action->profiles;
     }
-    json_object_object_add(o, "node", json_object_new_string(a->config->node_id));
+    json_object_object_add(o, "node", json_object_new_string(a->host.config->node_id));
     json_object_object_add(o, "jobs", jobs);
     json_object_object_add(o, "loggers", loggers);
-    json_object_object_add(o, "debug", json_object_new_boolean(atomic_load(&a->debug)));
+    json_object_object_add(o, "debug", json_object_new_boolean(atomic_load(&a->host.debug)));
     json_object_object_add(o, "last_result", json_object_get(a->last_result));
     /* The last result cut to what a Home Assistant sensor shows, present before any run. */
     json_object_object_add(last, "status", json_object_new_string("none"));
@@ -823,8 +750,8 @@ char *agent_state_json(struct agent *a)
     if (a->defaults)
         json_object_deep_copy(a->defaults, &settings, NULL);
     json_object_object_add(o, "settings", settings ? settings : json_object_new_object());
-    pthread_mutex_unlock(&a->lock);
-    text = strdup(json_object_to_json_string_ext(o, AGENT_JSON_FLAGS));
+    pthread_mutex_unlock(&a->host.lock);
+    text = strdup(json_object_to_json_string_ext(o, RUN_JSON_FLAGS));
     json_object_put(o);
     return text;
 }

@@ -7,7 +7,7 @@ int claims_take(struct claims *c, struct run *run)
     int r = 0;
 
     pthread_mutex_lock(&c->lock);
-    for (int i = 0; i < AGENT_MAX_JOBS; i++) {
+    for (int i = 0; i < CONFIG_MAX_JOBS; i++) {
         struct claim *a = &c->slot[i];
 
         if (a->pid == run->target.pid && a->starttime == run->target.starttime) {
@@ -35,7 +35,7 @@ out:
 void claims_drop(struct claims *c, struct run *run)
 {
     pthread_mutex_lock(&c->lock);
-    for (int i = 0; i < AGENT_MAX_JOBS; i++)
+    for (int i = 0; i < CONFIG_MAX_JOBS; i++)
         if (c->slot[i].pid == run->target.pid && c->slot[i].starttime == run->target.starttime)
             c->slot[i].pid = 0;
     pthread_mutex_unlock(&c->lock);

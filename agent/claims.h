@@ -5,7 +5,7 @@
 #define CLAIMS_H
 
 #include <pthread.h>
-#include "agent.h"
+#include "run.h"
 
 struct claim {
     pid_t pid;
@@ -16,7 +16,7 @@ struct claim {
 struct claims {
     const char *what; /* "a CPU profile": names the run in the refusal */
     pthread_mutex_t lock;
-    struct claim slot[AGENT_MAX_JOBS];
+    struct claim slot[CONFIG_MAX_JOBS];
 };
 
 #define CLAIMS_INIT(what)                                                                          \

@@ -11,11 +11,11 @@
 #include <string.h>
 #include <time.h>
 #include <sys/random.h>
-#include "action.h"
 #include "clock.h"
 #include "discovery.h"
 #include "log.h"
 #include "objects/objects.h"
+#include "registry.h"
 #include "schema.h"
 #include "store.h"
 
@@ -25,48 +25,6 @@
 #define BIRTH_DELAY_MIN_MS 500 /* spreads a fleet's answers to one birth message */
 #define BIRTH_DELAY_MAX_MS 3000
 #define JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
-
-/* A number (or, without unit, the text) entity: the default of one field of one action. */
-struct setting {
-    const char *name; /* P/N/set/NAME, the store's key, the component id */
-    const char *action, *field;
-    const char *title;
-    const char *unit;
-};
-
-static const struct setting settings[] = {
-    {"start_seconds", "start", "seconds", "CPU profile seconds", "s"},
-    {"start_frequency", "start", "frequency", "CPU profile frequency", "Hz"},
-    {"memory_seconds", "memory", "seconds", "Memory profile seconds", "s"},
-    {"memory_sample_bytes", "memory", "sample_bytes", "Memory sample bytes", "B"},
-    {"dump_type", "dump_log_objects", "type", "Object type", NULL},
-};
-
-/* A switch over a background logger: ON runs `on`, OFF runs `off`. */
-struct toggle {
-    const char *name, *title, *on, *off, *logger;
-};
-
-static const struct toggle toggles[] = {
-    {"object_logging", "Object logging", "start_log_objects", "stop_log_objects", "objects"},
-    {"object_source_logging", "Object source logging", "start_log_object_sources",
-     "stop_log_object_sources", "object_sources"},
-};
-
-static const struct {
-    const char *action, *title;
-} buttons[] = {
-    {"log_thread_frames", "Thread frames"},
-    {"dump_sockets", "Sockets"},
-    {"log_event_loop_scheduled", "Scheduled events"},
-    {"lru_stats", "Cache statistics"},
-    {"log_current_tasks", "Current tasks"},
-    {"start", "CPU profile"},
-    {"memory", "Memory profile"},
-    {"dump_log_objects", "Dump objects"},
-};
-
-#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
 struct discovery {
     struct config *c;
@@ -120,9 +78,10 @@ static struct json_object *schema_property(const char *dir, const char *action, 
 
 /* Adds a Home Assistant number's min, max and step from the field's schema: whole steps, so an
  * exclusive minimum of 0 becomes 1. */
-static int add_range(struct json_object *o, const char *dir, const struct setting *s)
+static int add_range(struct json_object *o, const char *dir, const struct registry_action *act,
+                     const struct registry_setting *s)
 {
-    struct json_object *doc, *p = schema_property(dir, s->action, s->field, &doc), *v;
+    struct json_object *doc, *p = schema_property(dir, act->name, s->field, &doc), *v;
     double min = 0, max = 0;
     bool has_min = false, has_max = false;
     int r = -EINVAL;
@@ -155,9 +114,10 @@ out:
 }
 
 /* The text entity's max from the field's maxLength, and a pattern of the known object types. */
-static int add_text_rules(struct json_object *o, const char *dir, const struct setting *s)
+static int add_text_rules(struct json_object *o, const char *dir, const struct registry_action *act,
+                          const struct registry_setting *s)
 {
-    struct json_object *doc, *p = schema_property(dir, s->action, s->field, &doc), *v;
+    struct json_object *doc, *p = schema_property(dir, act->name, s->field, &doc), *v;
     char pattern[512];
     size_t n;
     int r = -EINVAL;
@@ -213,6 +173,8 @@ static int build_config(struct discovery *d, char *err, size_t errlen)
     struct json_object *dev = json_object_new_object(), *origin = json_object_new_object();
     struct json_object *avty = json_object_new_array(), *av = json_object_new_object();
     struct json_object *ids = json_object_new_array(), *o, *types;
+    const struct registry_action *act;
+    const struct registry_setting *s;
     char node[sizeof(c->node_id)], uid_prefix[ID_MAX], text[TOPIC_MAX];
     char base[sizeof(c->topic_prefix) + sizeof(c->node_id)];
     int r = 0;
@@ -239,59 +201,65 @@ static int build_config(struct discovery *d, char *err, size_t errlen)
     json_object_array_add(avty, av);
     json_object_object_add(root, "avty", avty);
 
-    for (size_t i = 0; i < COUNT(buttons); i++) {
-        o = component(cmps, "button", buttons[i].action, buttons[i].title, uid_prefix, base);
-        snprintf(text, sizeof(text), "~/%s", buttons[i].action);
+    for (unsigned i = 0; (act = registry_at(i)); i++) {
+        if (!act->button)
+            continue;
+        o = component(cmps, "button", act->name, act->button, uid_prefix, base);
+        snprintf(text, sizeof(text), "~/%s", act->name);
         add_str(o, "cmd_t", text);
         add_str(o, "pl_prs", "{}");
     }
-    for (size_t i = 0; i < COUNT(settings) && r == 0; i++) {
-        const struct setting *s = &settings[i];
-
-        o = component(cmps, s->unit ? "number" : "text", s->name, s->title, uid_prefix, base);
-        snprintf(text, sizeof(text), "~/set/%s", s->name);
-        add_str(o, "cmd_t", text);
-        if (s->unit)
-            snprintf(text, sizeof(text), "{{ value_json.settings.%s.%s }}", s->action, s->field);
-        else
-            snprintf(text, sizeof(text), "{{ value_json.settings.%s.%s | default('') }}", s->action,
-                     s->field);
-        add_state(o, text);
-        add_str(o, "ent_cat", "config");
-        if (s->unit) {
-            add_str(o, "mode", "box");
-            add_str(o, "unit_of_meas", s->unit);
-            r = add_range(o, c->schema_dir, s);
-        } else {
-            r = add_text_rules(o, c->schema_dir, s);
+    for (unsigned i = 0; (act = registry_at(i)); i++)
+        for (s = act->settings; s && s->id && r == 0; s++) {
+            o = component(cmps, s->unit ? "number" : "text", s->id, s->title, uid_prefix, base);
+            snprintf(text, sizeof(text), "~/set/%s", s->id);
+            add_str(o, "cmd_t", text);
+            if (s->unit)
+                snprintf(text, sizeof(text), "{{ value_json.settings.%s.%s }}", act->name,
+                         s->field);
+            else
+                snprintf(text, sizeof(text), "{{ value_json.settings.%s.%s | default('') }}",
+                         act->name, s->field);
+            add_state(o, text);
+            add_str(o, "ent_cat", "config");
+            if (s->unit) {
+                add_str(o, "mode", "box");
+                add_str(o, "unit_of_meas", s->unit);
+                r = add_range(o, c->schema_dir, act, s);
+            } else {
+                r = add_text_rules(o, c->schema_dir, act, s);
+            }
+            if (r < 0)
+                snprintf(err, errlen,
+                         "cannot describe setting %s: schemas/%s.json has no usable "
+                         "range for %s",
+                         s->id, act->name, s->field);
         }
-        if (r < 0)
-            snprintf(err, errlen,
-                     "cannot describe setting %s: schemas/%s.json has no usable "
-                     "range for %s",
-                     s->name, s->action, s->field);
-    }
-    for (size_t i = 0; i < COUNT(toggles); i++) {
-        o = component(cmps, "switch", toggles[i].name, toggles[i].title, uid_prefix, base);
-        snprintf(text, sizeof(text), "~/set/%s", toggles[i].name);
-        add_str(o, "cmd_t", text);
-        add_str(o, "pl_on", "ON");
-        add_str(o, "pl_off", "OFF");
-        snprintf(text, sizeof(text),
-                 "{{ 'ON' if value_json.loggers | selectattr('logger', "
-                 "'equalto', '%s') | list else 'OFF' }}",
-                 toggles[i].logger);
+    for (unsigned i = 0; (act = registry_at(i)); i++) {
+        const struct registry_switch *sw = act->toggle;
+
+        if (!sw)
+            continue;
+        o = component(cmps, "switch", sw->id, sw->title, uid_prefix, base);
+        if (sw->off) {
+            snprintf(text, sizeof(text), "~/set/%s", sw->id);
+            add_str(o, "cmd_t", text);
+            add_str(o, "pl_on", "ON");
+            add_str(o, "pl_off", "OFF");
+        } else {
+            /* No helper topic: its on and off payloads are commands of the action. */
+            snprintf(text, sizeof(text), "~/%s", act->name);
+            add_str(o, "cmd_t", text);
+            add_str(o, "pl_on", "{\"enabled\": true}");
+            add_str(o, "pl_off", "{\"enabled\": false}");
+            add_str(o, "stat_on", "ON");
+            add_str(o, "stat_off", "OFF");
+        }
+        snprintf(text, sizeof(text), "{{ 'ON' if %s else 'OFF' }}", sw->state);
         add_state(o, text);
+        if (!sw->off)
+            add_str(o, "ent_cat", "config");
     }
-    /* Debug mode needs no helper topic: its on and off payloads are set_asyncio_debug commands. */
-    o = component(cmps, "switch", "debug", "Debug mode", uid_prefix, base);
-    add_str(o, "cmd_t", "~/set_asyncio_debug");
-    add_str(o, "pl_on", "{\"enabled\": true}");
-    add_str(o, "pl_off", "{\"enabled\": false}");
-    add_str(o, "stat_on", "ON");
-    add_str(o, "stat_off", "OFF");
-    add_state(o, "{{ 'ON' if value_json.debug else 'OFF' }}");
-    add_str(o, "ent_cat", "config");
 
     o = component(cmps, "sensor", "last_run", "Last run", uid_prefix, base);
     add_state(o, "{{ value_json.last.status }}");
@@ -324,21 +292,16 @@ static int build_config(struct discovery *d, char *err, size_t errlen)
 
 /* 0 when value is a valid `field` of the setting's action (its schema decides), else -EINVAL with
  * the schema's sentence in err. The text must also name an object type the agent knows. */
-static int check_setting(const struct setting *s, struct json_object *value, char *err,
-                         size_t errlen)
+static int check_setting(const struct registry_action *act, const struct registry_setting *s,
+                         struct json_object *value, char *err, size_t errlen)
 {
-    const struct action *act = action_find(s->action);
     struct json_object *obj;
     enum objects_type t;
     int r;
 
-    if (!act) {
-        snprintf(err, errlen, "action %s has no schema", s->action);
-        return -ENOENT;
-    }
     obj = json_object_new_object();
     json_object_object_add(obj, s->field, json_object_get(value));
-    r = schema_validate(act->schema, obj, err, errlen);
+    r = schema_validate(registry_schema(act), obj, err, errlen);
     json_object_put(obj);
     if (r == 0 && !s->unit && objects_type_parse(json_object_get_string(value), &t) < 0) {
         snprintf(err, errlen, "%s: unknown type '%s'", s->field, json_object_get_string(value));
@@ -368,12 +331,12 @@ static int parse_number(const char *text, struct json_object **ret)
 }
 
 /* The schema's default of the setting's field, or NULL (the text has none). */
-static struct json_object *schema_default(const struct setting *s)
+static struct json_object *schema_default(const struct registry_action *act,
+                                          const struct registry_setting *s)
 {
-    const struct action *act = action_find(s->action);
     struct json_object *obj = json_object_new_object(), *v = NULL;
 
-    if (act && schema_apply_defaults(act->schema, obj) == 0 &&
+    if (schema_apply_defaults(registry_schema(act), obj) == 0 &&
         json_object_object_get_ex(obj, s->field, &v))
         json_object_get(v);
     else
@@ -382,18 +345,19 @@ static struct json_object *schema_default(const struct setting *s)
     return v;
 }
 
-static struct json_object *stored_setting(struct discovery *d, const struct setting *s)
+static struct json_object *stored_setting(struct discovery *d, const struct registry_action *act,
+                                          const struct registry_setting *s)
 {
-    struct store *st = d->a->store;
+    struct store *st = d->a->host.store;
     char text[SETTING_TEXT_MAX], err[SCHEMA_ERR_MAX];
     struct json_object *v;
 
-    if (!st || store_setting_get(st, s->name, text, sizeof(text)) < 0)
+    if (!st || store_setting_get(st, s->id, text, sizeof(text)) < 0)
         return NULL;
     v = json_tokener_parse(text);
-    if (!v || check_setting(s, v, err, sizeof(err)) < 0) {
+    if (!v || check_setting(act, s, v, err, sizeof(err)) < 0) {
         log_warning("the stored setting %s (%.64s) is no longer valid%s%s; using the default",
-                    s->name, text, v ? ": " : "", v ? err : "");
+                    s->id, text, v ? ": " : "", v ? err : "");
         json_object_put(v);
         return NULL;
     }
@@ -444,6 +408,8 @@ int discovery_new(struct config *c, struct agent *a,
                   void *userdata, struct discovery **ret, char *err, size_t errlen)
 {
     struct discovery *d = calloc(1, sizeof(*d));
+    const struct registry_action *act;
+    const struct registry_setting *s;
     pthread_condattr_t attr;
     char node[sizeof(c->node_id)];
     int r;
@@ -463,13 +429,14 @@ int discovery_new(struct config *c, struct agent *a,
     snprintf(d->t_config, TOPIC_MAX, "%s/device/%s/config", c->discovery_prefix, node);
     snprintf(d->t_birth, TOPIC_MAX, "%s/status", c->discovery_prefix);
     snprintf(d->t_event, TOPIC_MAX, "%s/%s/event", c->topic_prefix, c->node_id);
-    for (size_t i = 0; i < COUNT(settings); i++) {
-        struct json_object *v = stored_setting(d, &settings[i]);
+    for (unsigned i = 0; (act = registry_at(i)); i++)
+        for (s = act->settings; s && s->id; s++) {
+            struct json_object *v = stored_setting(d, act, s);
 
-        if (!v)
-            v = schema_default(&settings[i]);
-        agent_set_default(a, settings[i].action, settings[i].field, v);
-    }
+            if (!v)
+                v = schema_default(act, s);
+            agent_set_default(a, act->name, s->field, v);
+        }
     if (c->discovery) {
         r = build_config(d, err, errlen);
         if (r < 0)
@@ -538,17 +505,18 @@ void discovery_birth(struct discovery *d, const void *payload, size_t len)
     pthread_mutex_unlock(&d->lock);
 }
 
-static void set_toggle(struct discovery *d, const struct toggle *t, const char *value)
+static void set_toggle(struct discovery *d, const struct registry_action *act, const char *value)
 {
     if (strcmp(value, "ON") == 0)
-        agent_command(d->a, t->on, "", 0, NULL);
+        agent_command(d->a, act->name, "", 0, NULL);
     else if (strcmp(value, "OFF") == 0)
-        agent_command(d->a, t->off, "", 0, NULL);
+        agent_command(d->a, act->toggle->off, "", 0, NULL);
     else
-        log_warning("set/%s: expected ON or OFF, not '%.32s'; ignored", t->name, value);
+        log_warning("set/%s: expected ON or OFF, not '%.32s'; ignored", act->toggle->id, value);
 }
 
-static void set_setting(struct discovery *d, const struct setting *s, const char *value)
+static void set_setting(struct discovery *d, const struct registry_action *act,
+                        const struct registry_setting *s, const char *value)
 {
     char err[SCHEMA_ERR_MAX];
     const char *json;
@@ -561,33 +529,35 @@ static void set_setting(struct discovery *d, const struct setting *s, const char
     } else {
         if (s->unit) {
             if (parse_number(value, &v) < 0) {
-                log_warning("set/%s: '%.32s' is not a number; ignored", s->name, value);
+                log_warning("set/%s: '%.32s' is not a number; ignored", s->id, value);
                 return;
             }
         } else {
             v = json_object_new_string(value);
         }
-        if (check_setting(s, v, err, sizeof(err)) < 0) {
-            log_warning("set/%s: %s; ignored", s->name, err);
+        if (check_setting(act, s, v, err, sizeof(err)) < 0) {
+            log_warning("set/%s: %s; ignored", s->id, err);
             json_object_put(v);
             return;
         }
         json = json_object_to_json_string_ext(v, JSON_FLAGS);
     }
-    if (d->a->store) {
-        r = store_setting_set(d->a->store, s->name, json);
+    if (d->a->host.store) {
+        r = store_setting_set(d->a->host.store, s->id, json);
         if (r < 0)
-            log_error("cannot save setting %s in the database %s: %s", s->name, d->c->database,
-                      store_errmsg(d->a->store));
+            log_error("cannot save setting %s in the database %s: %s", s->id, d->c->database,
+                      store_errmsg(d->a->host.store));
     }
-    log_info("setting %s is now %s", s->name, json ? json : "unset");
-    agent_set_default(d->a, s->action, s->field, v);
-    if (d->a->out.state_changed)
-        d->a->out.state_changed(d->a, d->a->out.userdata);
+    log_info("setting %s is now %s", s->id, json ? json : "unset");
+    agent_set_default(d->a, act->name, s->field, v);
+    if (d->a->host.out.state_changed)
+        d->a->host.out.state_changed(d->a, d->a->host.out.userdata);
 }
 
 void discovery_set(struct discovery *d, const char *name, const void *payload, size_t len)
 {
+    const struct registry_action *act;
+    const struct registry_setting *s;
     char value[SETTING_TEXT_MAX];
     size_t start = 0;
 
@@ -604,16 +574,17 @@ void discovery_set(struct discovery *d, const char *name, const void *payload, s
         value[--len] = '\0';
     while (value[start] && strchr(" \t\r\n", value[start]))
         start++;
-    for (size_t i = 0; i < COUNT(toggles); i++)
-        if (strcmp(name, toggles[i].name) == 0) {
-            set_toggle(d, &toggles[i], value + start);
+    for (unsigned i = 0; (act = registry_at(i)); i++) {
+        if (act->toggle && act->toggle->off && strcmp(name, act->toggle->id) == 0) {
+            set_toggle(d, act, value + start);
             return;
         }
-    for (size_t i = 0; i < COUNT(settings); i++)
-        if (strcmp(name, settings[i].name) == 0) {
-            set_setting(d, &settings[i], value + start);
-            return;
-        }
+        for (s = act->settings; s && s->id; s++)
+            if (strcmp(name, s->id) == 0) {
+                set_setting(d, act, s, value + start);
+                return;
+            }
+    }
     log_warning("set/%.64s: no such setting; ignored", name);
 }
 

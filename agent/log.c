@@ -1,4 +1,5 @@
-/* The agent's own log (see log.h). */
+/* The agent's own log (see log.h): its messages about itself. Not the records of actions
+ * (run.c) nor those of the background object loggers (watch.c). */
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>

@@ -1,6 +1,6 @@
 /* The agent's own log: one line per message on stderr ("2026-11-25T08:30:00.123Z WARNING text"),
  * and messages of warning level and above also handed to a sink (the MQTT session publishes them
- * on P/N/log). The records an action produces are not log messages; see action.h. */
+ * on P/N/log). The records an action produces are not log messages; see run.h. */
 #ifndef LOG_H
 #define LOG_H
 

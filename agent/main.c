@@ -9,14 +9,14 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "action.h"
 #include "agent.h"
 #include "clock.h"
 #include "config.h"
 #include "log.h"
-#include "loggers.h"
 #include "mqtt.h"
+#include "registry.h"
 #include "store.h"
+#include "watch.h"
 
 #define EXIT_USAGE 2
 
@@ -25,7 +25,8 @@
 #define PROFILER_AGENT_SCHEMADIR "/usr/share/profiler-agent/schemas"
 #endif
 
-static const char usage[] =
+/* Before the actions. */
+static const char usage_head[] =
     "Usage: profiler-agent [--config FILE] [OPTIONS]\n"
     "       profiler-agent run ACTION [JSON] [--config FILE] [--target SPEC]\n"
     "\n"
@@ -58,32 +59,10 @@ static const char usage[] =
     "files beyond the byte cap, are deleted at start and hourly (0: keep); schema_dir,\n"
     "log_level. An unknown key is an error naming the key and line.\n"
     "\n"
-    "Actions (payload: a JSON object; every action also takes request_id and target):\n"
-    "  log_thread_frames       log every thread's stack (ptrace snapshot, offline unwind)\n"
-    "  dump_sockets            log the target's sockets in Python's socket repr\n"
-    "  lru_stats               log hit/miss statistics of the agent's caches\n"
-    "  log_current_tasks       log the agent's running jobs\n"
-    "  set_asyncio_debug       {\"enabled\": true|false}: time every dispatch, warn when\n"
-    "                          one holds the network loop longer than 100 ms\n"
-    "  start                   {\"seconds\": 60, \"frequency\": 199}: CPU profile of the\n"
-    "                          target; writes profile.T.cprof (pstats), callgrind.out.T\n"
-    "                          and flamegraph.T.svg in output_dir, progress on P/N/progress\n"
-    "  start_log_objects       {\"scan_interval\": 30}: every interval, log the growth of\n"
-    "                          the target's objects (fds by kind, threads, mappings)\n"
-    "  stop_log_objects        stop it\n"
-    "  dump_log_objects        {\"type\": \"pipe\"}: log every object of that type\n"
-    "  log_event_loop_scheduled  log the target's timerfds, POSIX timers and epoll sets\n"
-    "  start_log_object_sources {\"scan_interval\": 30, \"max_objects\": 5}: growth, and\n"
-    "                          where up to max_objects new objects per scan came from\n"
-    "  stop_log_object_sources stop it\n"
-    "  memory                  {\"seconds\": 60, \"sample_bytes\": 0}: allocation profile;\n"
-    "                          writes heap_profile.T.hpy and massif.out.T in output_dir\n"
-    "  ping                    version, node, target and its pid, uptime, and whether\n"
-    "                          perf_event, uprobes and ptrace work here (and why not)\n"
-    "  runs                    {\"limit\": 10, \"action\": ..., \"status\": ...}: the last runs\n"
-    "                          from the database, newest first\n"
-    "  get_file                {\"run_id\": N} or {\"name\": FILE}: publish a run's files, or\n"
-    "                          one file of output_dir, on P/N/file/NAME (max_file_bytes)\n"
+    "Actions (payload: a JSON object; every action also takes request_id and target):\n";
+
+/* After the actions, which come from the table. */
+static const char usage_tail[] =
     "The payload schema of each action is schemas/ACTION.json.\n"
     "\n"
     "Topics: P/N/status (retained online/offline), P/N/result, P/N/log, P/N/progress,\n"
@@ -102,6 +81,27 @@ static const char usage[] =
     "ptrace at up to 49 Hz) and CAP_DAC_READ_SEARCH (the target's files that its user\n"
     "alone may read), not as root; `ping` lists what it lacks. See the README's\n"
     "Security and Troubleshooting sections.\n";
+
+#define HELP_NAME_WIDTH 23 /* an action's help starts in column 26 */
+
+/* One action a line (more when its help has more), as the table lists them. */
+static void print_usage(void)
+{
+    const struct registry_action *act;
+
+    fputs(usage_head, stdout);
+    for (unsigned i = 0; (act = registry_at(i)); i++) {
+        const char *line = act->help, *nl;
+
+        printf("  %-*s ", HELP_NAME_WIDTH, act->name);
+        while ((nl = strchr(line, '\n'))) {
+            printf("%.*s\n  %-*s ", (int)(nl - line), line, HELP_NAME_WIDTH, "");
+            line = nl + 1;
+        }
+        printf("%s\n", line);
+    }
+    fputs(usage_tail, stdout);
+}
 
 struct cli {
     const char *config_file;
@@ -180,7 +180,7 @@ static int parse_args(int argc, char **argv, struct cli *cli)
         bool matched = false;
 
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            fputs(usage, stdout);
+            print_usage();
             return 1;
         }
         if (!strcmp(a, "--version")) {
@@ -292,10 +292,10 @@ static void print_progress(struct run *run, const char *json, void *userdata)
 static int run_local(struct config *c, const char *action, const char *json)
 {
     int status = EXIT_FAILURE;
-    struct agent_output out = {.record = print_record,
-                               .result = print_result,
-                               .progress = print_progress,
-                               .userdata = &status};
+    struct run_output out = {.record = print_record,
+                             .result = print_result,
+                             .progress = print_progress,
+                             .userdata = &status};
     const struct timespec poll_interval = {0, 100 * 1000 * 1000};
     char err[CONFIG_ERR_MAX];
     struct agent a;
@@ -345,7 +345,7 @@ static int run_daemon(struct config *c)
         log_error("%s", err);
         return EXIT_FAILURE;
     }
-    struct agent_output out = mqtt_output;
+    struct run_output out = mqtt_output;
     out.userdata = session;
     if (agent_init(&a, c, true, &out, err, sizeof(err)) < 0) {
         log_error("%s", err);
@@ -353,7 +353,7 @@ static int run_daemon(struct config *c)
         return EXIT_FAILURE;
     }
     unsigned nschemas = 0;
-    while (action_name(nschemas))
+    while (registry_at(nschemas))
         nschemas++;
     log_info("profiler-agent %s: node %s, target %s, broker %s:%d, %u schemas from %s",
              PROFILER_AGENT_VERSION, c->node_id, c->target, c->broker_host, c->broker_port,
@@ -369,11 +369,11 @@ static int run_daemon(struct config *c)
         sig = sigwaitinfo(&set, NULL);
     while (sig < 0 && errno == EINTR);
     log_info("stopping on %s", strsignal(sig));
-    loggers_stop_all();
+    watch_stop_all();
     left = agent_wait_jobs(&a, true, 5000);
     if (left > 0) {
         log_warning("%u job(s) still running at stop; their runs are marked interrupted", left);
-        store_interrupt_running(a.store, clock_realtime_us(), NULL);
+        store_interrupt_running(a.host.store, clock_realtime_us(), NULL);
     }
     mqtt_stop(session);
     /* Job threads still running use the agent and the session: leave both to the exit. */

@@ -13,7 +13,6 @@
 #include <sys/socket.h>
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
-#include "action.h"
 #include "clock.h"
 #include "discovery.h"
 #include "log.h"
@@ -148,7 +147,7 @@ static void out_state(struct agent *a, void *userdata)
     free(json);
 }
 
-const struct agent_output mqtt_output = {
+const struct run_output mqtt_output = {
     .record = out_record,
     .result = out_result,
     .progress = out_progress,
@@ -171,13 +170,13 @@ static void loop_timing(struct mqtt *s, const char *what, int64_t t0)
 {
     int64_t us = clock_monotonic_us() - t0;
 
-    if (!atomic_load(&s->agent->debug))
+    if (!atomic_load(&s->agent->host.debug))
         return;
-    if (us > AGENT_SLOW_CALLBACK_US)
+    if (us > RUN_SLOW_CALLBACK_US)
         log_warning("Executing <%s> took %.3f seconds", what, (double)us / 1e6);
     else
         log_info("Executing <%s> took %.3f seconds", what, (double)us / 1e6);
-    if (us <= AGENT_SLOW_CALLBACK_US) {
+    if (us <= RUN_SLOW_CALLBACK_US) {
         char text[300];
 
         snprintf(text, sizeof(text), "Executing <%s> took %.3f seconds", what, (double)us / 1e6);

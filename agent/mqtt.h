@@ -11,7 +11,7 @@
 struct mqtt;
 
 /* The output callbacks to hand to agent_init; userdata must be the struct mqtt. */
-extern const struct agent_output mqtt_output;
+extern const struct run_output mqtt_output;
 
 /* Allocates the session (not yet connected). */
 int mqtt_new(struct config *c, struct mqtt **ret, char *err, size_t errlen);

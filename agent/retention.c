@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include "clock.h"
 #include "log.h"
+#include "registry.h"
 #include "retention.h"
 #include "store.h"
 
@@ -24,7 +25,8 @@
 #define AGENT_COMM "profiler-agent"
 
 struct retention {
-    struct agent *a;
+    const struct config *c;
+    struct store *store;
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t wake;
@@ -37,37 +39,32 @@ struct entry {
     char name[NAME_MAX + 1];
 };
 
-/* The output names of contract's table: prefix, the run's T, suffix. */
-static const struct {
-    const char *prefix, *suffix;
-} patterns[] = {
-    {"profile.", ".cprof"},    {"callgrind.out.", ""}, {"flamegraph.", ".svg"},
-    {"heap_profile.", ".hpy"}, {"massif.out.", ""},
-};
-
-/* T when name (its first len bytes) is one of our output names. */
+/* T when name (its first len bytes) is one of the output names of the action table. */
 static bool output_name(const char *name, size_t len, long long *ret_t)
 {
-    for (size_t i = 0; i < sizeof(patterns) / sizeof(patterns[0]); i++) {
-        size_t pl = strlen(patterns[i].prefix), sl = strlen(patterns[i].suffix), nd;
-        long long t = 0;
+    const struct registry_action *act;
 
-        if (len <= pl + sl || strncmp(name, patterns[i].prefix, pl) != 0 ||
-            strncmp(name + len - sl, patterns[i].suffix, sl) != 0)
-            continue;
-        nd = len - pl - sl;
-        if (nd > 18)
-            continue;
-        for (size_t k = 0; k < nd; k++) {
-            char ch = name[pl + k];
+    for (unsigned a = 0; (act = registry_at(a)); a++)
+        for (const struct registry_output *o = act->outputs; o && o->prefix; o++) {
+            size_t pl = strlen(o->prefix), sl = strlen(o->suffix), nd;
+            long long t = 0;
 
-            if (ch < '0' || ch > '9')
-                return false;
-            t = t * 10 + (ch - '0');
+            if (len <= pl + sl || strncmp(name, o->prefix, pl) != 0 ||
+                strncmp(name + len - sl, o->suffix, sl) != 0)
+                continue;
+            nd = len - pl - sl;
+            if (nd > 18)
+                continue;
+            for (size_t k = 0; k < nd; k++) {
+                char ch = name[pl + k];
+
+                if (ch < '0' || ch > '9')
+                    return false;
+                t = t * 10 + (ch - '0');
+            }
+            *ret_t = t;
+            return true;
         }
-        *ret_t = t;
-        return true;
-    }
     return false;
 }
 
@@ -169,8 +166,9 @@ static int scan(int dfd, struct entry **ret, size_t *ret_n, struct retention_sta
     return 0;
 }
 
-static void remove_file(struct agent *a, int dfd, const char *dir, const struct entry *e,
-                        const char *why, struct retention_stats *st, bool capped)
+static void remove_file(const struct config *c, struct store *store, int dfd, const char *dir,
+                        const struct entry *e, const char *why, struct retention_stats *st,
+                        bool capped)
 {
     char path[PATH_MAX + NAME_MAX + 2];
 
@@ -185,14 +183,13 @@ static void remove_file(struct agent *a, int dfd, const char *dir, const struct 
     else
         st->expired_files++;
     snprintf(path, sizeof(path), "%s/%s", dir, e->name);
-    if (a->store && capped && store_file_removed(a->store, path, why, NULL) < 0)
+    if (store && capped && store_file_removed(store, path, why, NULL) < 0)
         log_warning("retention: cannot note the deletion of %s in the database %s: %s", path,
-                    a->config->database, store_errmsg(a->store));
+                    c->database, store_errmsg(store));
 }
 
-int retention_apply(struct agent *a, struct retention_stats *ret)
+int retention_apply(const struct config *c, struct store *store, struct retention_stats *ret)
 {
-    const struct config *c = a->config;
     struct retention_stats st = {0};
     int64_t now = clock_realtime_us(), cutoff = 0;
     struct entry *list = NULL;
@@ -213,7 +210,7 @@ int retention_apply(struct agent *a, struct retention_stats *ret)
         cutoff = now - (int64_t)c->retention_days * 86400 * 1000000;
     for (i = 0; i < n; i++)
         if (list[i].t < cutoff)
-            remove_file(a, dfd, dir, &list[i], NULL, &st, false);
+            remove_file(c, store, dfd, dir, &list[i], NULL, &st, false);
         else
             total += list[i].size;
     snprintf(why, sizeof(why),
@@ -229,14 +226,14 @@ int retention_apply(struct agent *a, struct retention_stats *ret)
         /* The whole run: a profile without its flame graph is no use to keep. */
         for (; i < n && list[i].t == t; i++) {
             total -= list[i].size;
-            remove_file(a, dfd, dir, &list[i], why, &st, true);
+            remove_file(c, store, dfd, dir, &list[i], why, &st, true);
         }
         i--;
     }
     st.kept_bytes = total;
-    if (a->store && cutoff && store_expire(a->store, cutoff, &st.expired_runs) < 0)
+    if (store && cutoff && store_expire(store, cutoff, &st.expired_runs) < 0)
         log_warning("retention: cannot delete old runs from the database %s: %s", c->database,
-                    store_errmsg(a->store));
+                    store_errmsg(store));
     if (st.expired_files || st.capped_files || st.stale_tmp || st.expired_runs)
         log_info("retention: deleted %u file(s) older than %d days, %u more to stay under %lld "
                  "bytes (%llu bytes in all), %u stale temporary file(s) and %u old run(s); "
@@ -267,9 +264,9 @@ static void *retention_main(void *arg)
         if (rt->stop)
             break;
         pthread_mutex_unlock(&rt->lock);
-        r = retention_apply(rt->a, NULL);
+        r = retention_apply(rt->c, rt->store, NULL);
         if (r < 0)
-            log_warning("retention: cannot go through output_dir %s: %s", rt->a->config->output_dir,
+            log_warning("retention: cannot go through output_dir %s: %s", rt->c->output_dir,
                         strerror(-r));
         pthread_mutex_lock(&rt->lock);
     }
@@ -277,7 +274,7 @@ static void *retention_main(void *arg)
     return NULL;
 }
 
-int retention_start(struct agent *a, struct retention **ret)
+int retention_start(const struct config *c, struct store *store, struct retention **ret)
 {
     struct retention *rt = calloc(1, sizeof(*rt));
     pthread_condattr_t attr;
@@ -285,7 +282,8 @@ int retention_start(struct agent *a, struct retention **ret)
 
     if (!rt)
         return -ENOMEM;
-    rt->a = a;
+    rt->c = c;
+    rt->store = store;
     pthread_mutex_init(&rt->lock, NULL);
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);

@@ -7,21 +7,22 @@
 #define RETENTION_H
 
 #include <stdint.h>
-#include "agent.h"
+#include "config.h"
 
 #define RETENTION_INTERVAL_S 3600
 
 struct retention;
+struct store;
 
 struct retention_stats {
     unsigned expired_files, capped_files, stale_tmp, expired_runs;
     uint64_t removed_bytes, kept_bytes;
 };
 
-/* One pass over output_dir and the store (a->store may be NULL). Logs what it removed. */
-int retention_apply(struct agent *a, struct retention_stats *ret);
+/* One pass over c's output_dir and store (which may be NULL). Logs what it removed. */
+int retention_apply(const struct config *c, struct store *store, struct retention_stats *ret);
 /* Starts the thread that calls retention_apply every RETENTION_INTERVAL_S. */
-int retention_start(struct agent *a, struct retention **ret);
+int retention_start(const struct config *c, struct store *store, struct retention **ret);
 /* Stops and joins the thread. Accepts NULL. */
 void retention_stop(struct retention *r);
 

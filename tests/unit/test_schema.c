@@ -1,8 +1,10 @@
 /* Tests of the JSON Schema validator: the official draft-07 test suite for every keyword it
  * supports (and refusal of the rest), the action schemas in schemas/ against good and bad
- * payloads with their exact error sentences, and the nesting limits. Run from the repo root. */
+ * payloads with their exact error sentences, the action table against the schemas, and the
+ * nesting limits. Run from the repo root. */
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <setjmp.h> /* with stdarg.h and stddef.h: cmocka.h needs them first */
 #include <stdarg.h>
 #include <stdbool.h>
@@ -16,6 +18,7 @@
 #include <cmocka.h>
 #include <json-c/json.h>
 
+#include "registry.h"
 #include "schema.h"
 
 #define SUITE_DIR "/usr/share/json-schema-test-suite/tests/draft7"
@@ -251,6 +254,36 @@ static void test_every_schema_file_compiles(void **state)
     }
     closedir(dir);
     assert_int_equal(found, N_ACTIONS);
+}
+
+/* The action table (agent/registry.c) lists exactly the contract's actions, each with its --help
+ * text and entry point, admit and release in pairs on long actions only, and every schema loads
+ * into it. */
+static void test_registry_matches_the_contract(void **state)
+{
+    const struct registry_action *act;
+    char err[SCHEMA_ERR_MAX + PATH_MAX];
+    unsigned n;
+
+    (void)state;
+    for (size_t i = 0; i < N_ACTIONS; i++)
+        if (!registry_known(actions[i]))
+            fail_msg("%s is not in the action table", actions[i]);
+    for (n = 0; (act = registry_at(n)); n++) {
+        if (!act->help || !act->help[0] || !act->run)
+            fail_msg("%s: the row lacks its help text or its function", act->name);
+        assert_true((act->admit == NULL) == (act->release == NULL));
+        assert_true(!act->admit || act->long_running);
+        assert_true(!act->profiles || act->long_running);
+    }
+    assert_int_equal(n, N_ACTIONS);
+    assert_false(registry_known("no_such_action"));
+    if (registry_load_schemas(SCHEMA_DIR, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    for (n = 0; (act = registry_at(n)); n++)
+        assert_ptr_equal(registry_find(act->name), act);
+    registry_free_schemas();
+    assert_null(registry_find("start"));
 }
 
 struct payload_case {
@@ -722,6 +755,7 @@ int main(void)
         cmocka_unit_test(test_official_suite),
         cmocka_unit_test(test_official_suite_refused_keywords),
         cmocka_unit_test(test_every_schema_file_compiles),
+        cmocka_unit_test(test_registry_matches_the_contract),
         cmocka_unit_test(test_action_payloads),
         cmocka_unit_test(test_action_defaults),
         cmocka_unit_test(test_defaults_are_deep_copies),

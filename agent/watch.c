@@ -1,4 +1,4 @@
-/* Object-growth and object-source logging (see loggers.h). The growth logger's thread sleeps on
+/* Object-growth and object-source logging (see watch.h). The growth logger's thread sleeps on
  * a condition variable with a deadline, so a stop wakes it at once and nothing polls. The source
  * logger's thread sleeps in poll on the tracer's descriptor and an eventfd that a stop writes;
  * between scans it queues the traced creations (with their stack copies, a bounded number) and
@@ -16,11 +16,11 @@
 #include <unistd.h>
 #include <sys/eventfd.h>
 #include "clock.h"
-#include "loggers.h"
 #include "objects/objects.h"
 #include "objects/objsrc.h"
 #include "unwind/stacks.h"
 #include "unwinders.h"
+#include "watch.h"
 
 #define GROWTH_TEXT_MAX 2048
 #define QUEUE_MIN 64        /* creations kept per scan interval: 4 x max_objects, */
@@ -50,7 +50,8 @@ struct logger {
     bool running;     /* the thread exists (joined by stop) */
     bool stop;
     bool ended; /* the thread ended by itself (target gone) */
-    struct agent *agent;
+    struct run_host *host;
+    struct agent *agent; /* handed back to host->out.state_changed */
     struct target target;
     char spec[TARGET_SPEC_MAX];
     double interval;
@@ -74,9 +75,9 @@ static struct logger srclog = {
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 
-static void emit(struct agent *a, const char *text)
+static void emit(struct logger *l, const char *text)
 {
-    a->out.record(NULL, text, a->out.userdata);
+    l->host->out.record(NULL, text, l->host->out.userdata);
 }
 
 struct growth {
@@ -117,7 +118,7 @@ static void log_growth(struct logger *l, const struct objects_count *now)
                                 (unsigned long long)g[i].count, (unsigned long long)g[i].increase);
     if (len < sizeof(text))
         snprintf(text + len, sizeof(text) - len, "]");
-    emit(l->agent, text);
+    emit(l, text);
 }
 
 /* Logs the end of a logger that stops by itself. Called unlocked. */
@@ -134,9 +135,9 @@ static void end_logger(struct logger *l, int r)
     pthread_mutex_lock(&lock);
     l->ended = true;
     pthread_mutex_unlock(&lock);
-    emit(l->agent, text);
-    if (l->agent->out.state_changed)
-        l->agent->out.state_changed(l->agent, l->agent->out.userdata);
+    emit(l, text);
+    if (l->host->out.state_changed)
+        l->host->out.state_changed(l->agent, l->host->out.userdata);
 }
 
 /* One census and its growth record. */
@@ -366,7 +367,7 @@ static void log_source(struct logger *l, struct stacks *stacks, struct stacks_th
     text = malloc(len);
     if (text) {
         snprintf(text, len, "New object: %s %s from:\n%s", objects_type_name(t), repr, frames);
-        emit(l->agent, text);
+        emit(l, text);
         free(text);
     }
     free(frames);
@@ -529,9 +530,8 @@ static void reap_locked(struct logger *l)
     }
 }
 
-/* Resets l for a new run. Called locked, with l not running. */
-static void prepare(struct logger *l, struct agent *a, const struct target *t, const char *spec,
-                    double interval)
+/* Resets l for a new run of run's target. Called locked, with l not running. */
+static void prepare(struct logger *l, const struct run *run, double interval)
 {
     const char *kind = l->kind, *what = l->what;
 
@@ -539,15 +539,15 @@ static void prepare(struct logger *l, struct agent *a, const struct target *t, c
     l->kind = kind;
     l->what = what;
     l->wakefd = -1;
-    l->agent = a;
-    l->target = *t;
-    snprintf(l->spec, sizeof(l->spec), "%s", spec);
+    l->host = run->host;
+    l->agent = run->agent;
+    l->target = run->target;
+    snprintf(l->spec, sizeof(l->spec), "%s", run->target_spec);
     l->interval = interval;
     l->started_mono_us = clock_monotonic_us();
 }
 
-int loggers_start_objects(struct agent *a, const struct target *t, const char *spec,
-                          double interval, char *err, size_t errlen)
+int watch_start_objects(struct run *run, double interval, char *err, size_t errlen)
 {
     int r = 0;
 
@@ -558,7 +558,7 @@ int loggers_start_objects(struct agent *a, const struct target *t, const char *s
         r = -EEXIST;
         goto out;
     }
-    prepare(&objlog, a, t, spec, interval);
+    prepare(&objlog, run, interval);
     r = -pthread_create(&objlog.thread, NULL, objlog_main, &objlog);
     if (r < 0) {
         snprintf(err, errlen, "cannot start the object logger: %s", strerror(-r));
@@ -606,9 +606,10 @@ static void tracing_error(const struct target *t, int r, char *err, size_t errle
     }
 }
 
-int loggers_start_sources(struct agent *a, const struct target *t, const char *spec,
-                          double interval, unsigned max_objects, char *err, size_t errlen)
+int watch_start_sources(struct run *run, double interval, unsigned max_objects, char *err,
+                        size_t errlen)
 {
+    const struct target *t = &run->target;
     struct objsrc *src = NULL;
     int r = 0;
 
@@ -624,7 +625,7 @@ int loggers_start_sources(struct agent *a, const struct target *t, const char *s
         tracing_error(t, r, err, errlen);
         goto out;
     }
-    prepare(&srclog, a, t, spec, interval);
+    prepare(&srclog, run, interval);
     srclog.max_objects = max_objects;
     srclog.qcap = 4 * (size_t)max_objects < QUEUE_MIN   ? QUEUE_MIN
                   : 4 * (size_t)max_objects > QUEUE_MAX ? QUEUE_MAX
@@ -676,17 +677,17 @@ static int stop_logger(struct logger *l)
     return 0;
 }
 
-int loggers_stop_objects(void)
+int watch_stop_objects(void)
 {
     return stop_logger(&objlog);
 }
 
-int loggers_stop_sources(void)
+int watch_stop_sources(void)
 {
     return stop_logger(&srclog);
 }
 
-void loggers_stop_all(void)
+void watch_stop_all(void)
 {
     stop_logger(&objlog);
     stop_logger(&srclog);
@@ -702,7 +703,7 @@ static void describe_one(const struct logger *l, struct json_object *array)
     json_object_object_add(o, "logger", json_object_new_string(l->kind));
     json_object_object_add(o, "target", json_object_new_string(l->spec));
     json_object_object_add(o, "pid", json_object_new_int(l->target.pid));
-    json_object_object_add(o, "scan_interval", json_decimal(l->interval, 3));
+    json_object_object_add(o, "scan_interval", run_json_decimal(l->interval, 3));
     json_object_object_add(o, "scans", json_object_new_int64((int64_t)l->scans));
     if (l == &srclog) {
         json_object_object_add(o, "max_objects", json_object_new_int((int)l->max_objects));
@@ -712,7 +713,7 @@ static void describe_one(const struct logger *l, struct json_object *array)
     json_object_array_add(array, o);
 }
 
-void loggers_describe(struct json_object *array)
+void watch_describe(struct json_object *array)
 {
     pthread_mutex_lock(&lock);
     describe_one(&objlog, array);
@@ -737,7 +738,7 @@ static void task_line(const struct logger *l, char *line, size_t len)
              (double)(clock_monotonic_us() - l->started_mono_us) / 1e6);
 }
 
-void loggers_tasks(void (*fn)(const char *line, void *userdata), void *userdata)
+void watch_tasks(int (*fn)(const char *line, void *userdata), void *userdata)
 {
     char lines[2][512];
 

@@ -1,18 +1,16 @@
 /* The `start` action: a CPU profile of the target for `seconds` at `frequency` Hz, written as
  * profile.T.cprof, callgrind.out.T and flamegraph.T.svg in output_dir. One profile per target at
  * a time (two samplers on one process would double its cost and split nothing useful); progress
- * goes out about once a second; a clean stop of the agent ends the run early with what it has. */
-#include <errno.h>
+ * goes out about once a second; a clean stop of the agent ends the run early with what it has.
+ * Not the sampler or the writers (engine/cpu/, engine/formats/). */
 #include <limits.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include "action.h"
+#include "actions.h"
 #include "claims.h"
-#include "clock.h"
 #include "cpu/cpuprof.h"
 #include "formats/profile.h"
+#include "run.h"
 #include "unwinders.h"
 
 #define TOP_FUNCTIONS 5
@@ -38,10 +36,10 @@ static void progress(const struct cpuprof_progress *p, void *userdata)
     if (run->has_request_id)
         json_object_object_add(o, "request_id", json_object_new_string(run->request_id));
     json_object_object_add(o, "action", json_object_new_string(run->action_name));
-    json_object_object_add(o, "elapsed", json_decimal(p->elapsed, 3));
-    json_object_object_add(o, "seconds", json_decimal(p->seconds, 3));
+    json_object_object_add(o, "elapsed", run_json_decimal(p->elapsed, 3));
+    json_object_object_add(o, "seconds", run_json_decimal(p->seconds, 3));
     json_object_object_add(o, "samples", json_object_new_int64((int64_t)p->samples));
-    run_progress(run, json_object_to_json_string_ext(o, AGENT_JSON_FLAGS));
+    run_progress(run, json_object_to_json_string_ext(o, RUN_JSON_FLAGS));
     json_object_put(o);
 }
 
@@ -66,7 +64,7 @@ static void add_top(struct run *run, const struct profile *prof)
                                json_object_new_int64((int64_t)top[i].self_samples));
         json_object_object_add(
             f, "self_percent",
-            json_decimal(total ? 100.0 * (double)top[i].self_samples / (double)total : 0, 2));
+            run_json_decimal(total ? 100.0 * (double)top[i].self_samples / (double)total : 0, 2));
         json_object_array_add(list, f);
     }
     json_object_object_add(run->summary, "top", list);
@@ -81,12 +79,14 @@ static void add_summary(struct run *run, const struct cpuprof_result *res)
     json_object_object_add(s, "threads", json_object_new_int64((int64_t)res->stats.threads));
     json_object_object_add(s, "lost", json_object_new_int64((int64_t)res->stats.lost));
     json_object_object_add(s, "truncated", json_object_new_int64((int64_t)res->truncated));
-    json_object_object_add(s, "truncated_fraction",
-                           json_decimal(samples ? (double)res->truncated / (double)samples : 0, 4));
-    json_object_object_add(s, "seconds", json_decimal(res->elapsed, 3));
+    json_object_object_add(
+        s, "truncated_fraction",
+        run_json_decimal(samples ? (double)res->truncated / (double)samples : 0, 4));
+    json_object_object_add(s, "seconds", run_json_decimal(res->elapsed, 3));
     json_object_object_add(s, "frequency", json_object_new_int((int)res->stats.frequency));
     json_object_object_add(s, "method", json_object_new_string(res->stats.method));
-    json_object_object_add(s, "unwind_us_per_sample", json_decimal(res->unwind_us_per_sample, 2));
+    json_object_object_add(s, "unwind_us_per_sample",
+                           run_json_decimal(res->unwind_us_per_sample, 2));
     if (res->python[0]) {
         json_object_object_add(s, "python", json_object_new_string(res->python));
         json_object_object_add(s, "python_samples",
@@ -140,11 +140,11 @@ int action_start(struct run *run)
     o.frequency = (unsigned)json_object_get_int(v);
     r = unwinders_get(&run->target, UNWINDERS_PROFILE, &u);
     if (r < 0)
-        return action_engine_fail(run, "CPU profile", r);
+        return run_engine_fail(run, "CPU profile", r);
     r = cpuprof_run(run->target.pid, unwinders_stacks(u), &o, &res);
     unwinders_put(u);
     if (r < 0)
-        return action_engine_fail(run, "CPU profile", r);
+        return run_engine_fail(run, "CPU profile", r);
     if (res.stats.fallback_reason[0])
         run_warn(run, "%s", res.stats.fallback_reason);
     if (res.stats.target_exited)

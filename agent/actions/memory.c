@@ -2,19 +2,20 @@
  * heap_profile.T.hpy (guppy's stat dump) and massif.out.T in output_dir, with a summary of what
  * was allocated and what is still live, by site. One allocation profile per target at a time;
  * progress about once a second; a clean stop of the agent ends the run early with what it has,
- * and the hooks are taken out of the target on every path. */
+ * and the hooks are taken out of the target on every path. Not the hooks or the writers
+ * (engine/memory/, engine/formats/). */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
-#include "action.h"
+#include "actions.h"
 #include "claims.h"
 #include "clock.h"
 #include "formats/heapfile.h"
 #include "memory/memprof.h"
+#include "run.h"
 #include "unwinders.h"
 
 #define TOP_SITES 5
@@ -90,11 +91,11 @@ static void progress(struct run *run, const struct memprof_stats *st, double sec
     if (run->has_request_id)
         json_object_object_add(o, "request_id", json_object_new_string(run->request_id));
     json_object_object_add(o, "action", json_object_new_string(run->action_name));
-    json_object_object_add(o, "elapsed", json_decimal((double)st->elapsed_ms / 1000.0, 3));
-    json_object_object_add(o, "seconds", json_decimal(seconds, 3));
+    json_object_object_add(o, "elapsed", run_json_decimal((double)st->elapsed_ms / 1000.0, 3));
+    json_object_object_add(o, "seconds", run_json_decimal(seconds, 3));
     json_object_object_add(o, "allocations", json_object_new_int64((int64_t)st->allocs));
     json_object_object_add(o, "live_bytes", json_object_new_int64((int64_t)st->live_bytes));
-    run_progress(run, json_object_to_json_string_ext(o, AGENT_JSON_FLAGS));
+    run_progress(run, json_object_to_json_string_ext(o, RUN_JSON_FLAGS));
     json_object_put(o);
 }
 
@@ -106,7 +107,7 @@ static void add_summary(struct run *run, struct memprof *m, const struct memprof
     size_t n = 0;
 
     json_object_object_add(s, "method", json_object_new_string(st->method));
-    json_object_object_add(s, "seconds", json_decimal((double)st->elapsed_ms / 1000.0, 3));
+    json_object_object_add(s, "seconds", run_json_decimal((double)st->elapsed_ms / 1000.0, 3));
     json_object_object_add(s, "sample_bytes", json_object_new_int64((int64_t)sample_bytes));
     json_object_object_add(s, "allocations", json_object_new_int64((int64_t)st->allocs));
     json_object_object_add(s, "frees", json_object_new_int64((int64_t)st->frees));
@@ -114,7 +115,7 @@ static void add_summary(struct run *run, struct memprof *m, const struct memprof
     json_object_object_add(s, "live_bytes", json_object_new_int64((int64_t)st->live_bytes));
     json_object_object_add(s, "live_blocks", json_object_new_int64((int64_t)st->live_blocks));
     json_object_object_add(s, "peak_bytes", json_object_new_int64((int64_t)st->peak_bytes));
-    json_object_object_add(s, "peak_seconds", json_decimal((double)st->peak_ms / 1000.0, 3));
+    json_object_object_add(s, "peak_seconds", run_json_decimal((double)st->peak_ms / 1000.0, 3));
     json_object_object_add(s, "lost", json_object_new_int64((int64_t)st->lost));
     json_object_object_add(s, "sites", json_object_new_int64((int64_t)st->sites));
     if (memprof_sites(m, &sites, &n) < 0)
@@ -215,12 +216,12 @@ int action_memory(struct run *run)
     o.hook_path = lib;
     r = unwinders_get(&run->target, UNWINDERS_MEMORY, &u);
     if (r < 0)
-        return action_engine_fail(run, "allocation profile", r);
+        return run_engine_fail(run, "allocation profile", r);
     r = memprof_open(run->target.pid, unwinders_stacks(u), &o, &m, why, sizeof(why));
     if (r < 0) {
         unwinders_put(u);
         if (r == -ESRCH)
-            return action_engine_fail(run, "allocation profile", r);
+            return run_engine_fail(run, "allocation profile", r);
         return run_fail(run, "allocation profile of process %d failed: %s", (int)run->target.pid,
                         why[0] ? why : strerror(-r));
     }

@@ -1,0 +1,32 @@
+/* The `dump_log_objects` action: `TYPE object in memory: <repr>` for every object of `type` in
+ * the target (fds by kind, threads, mappings). Not the census (engine/objects/). */
+#include <stdio.h>
+#include <string.h>
+#include "actions.h"
+#include "objects/objects.h"
+#include "run.h"
+
+int action_dump_log_objects(struct run *run)
+{
+    char prefix[64], known[256] = "";
+    struct run_lines lines = {.run = run, .prefix = prefix};
+    enum objects_type type;
+    struct json_object *v;
+    const char *name;
+    int r;
+
+    json_object_object_get_ex(run->params, "type", &v);
+    name = json_object_get_string(v);
+    if (objects_type_parse(name, &type) < 0) {
+        for (int t = 0; t < OBJECTS_NTYPES; t++)
+            snprintf(known + strlen(known), sizeof(known) - strlen(known), "%s%s", t ? ", " : "",
+                     objects_type_name(t));
+        return run_fail(run, "type: unknown type '%s'; known types: %s", name, known);
+    }
+    snprintf(prefix, sizeof(prefix), "%s object in memory: ", objects_type_name(type));
+    r = objects_dump(PROCFS_ROOT, run->target.pid, type, run_record_line, &lines);
+    if (r < 0)
+        return run_engine_fail(run, "object listing", r);
+    json_object_object_add(run->summary, "objects", json_object_new_int((int)lines.count));
+    return 0;
+}
