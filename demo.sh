@@ -1,22 +1,13 @@
 #!/usr/bin/env bash
-# The demo: installs what is missing (Debian 12), builds, starts a private mosquitto on a free
-# loopback port, the bundled demo service and the agent, sends commands with mosquitto_pub,
-# prints the results and log records, a CPU profile read back by pstats, and tears everything
-# down. Run as root or with sudo.
+# The demo: installs what is missing to build and run it (Debian 12; packaging/deps-build.txt and
+# deps-demo.txt, not the test tools), builds, starts a private mosquitto on a free loopback port,
+# the bundled demo service and the agent, sends commands with mosquitto_pub, prints the results
+# and log records, a CPU profile read back by pstats, and tears everything down. Run as root or
+# with sudo.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-sudo=""
-[ "$(id -u)" = 0 ] || sudo=sudo
-missing=()
-for p in $(cat packaging/debian-packages.txt); do
-    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "== installing ${missing[*]}"
-    $sudo apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+bash packaging/install-deps.sh build demo
 
 echo "== building"
 make -s -j"$(nproc)"

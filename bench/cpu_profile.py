@@ -67,9 +67,9 @@ def main():
         time.sleep(1)
         print(f"slowdown of a CPU-bound target (work rate, {SECONDS:.0f} s per run, "
               f"median of {REPEAT}):")
-        print("    rate   ours      perf record --call-graph dwarf")
+        print("    rate   ours      perf record --call-graph dwarf    our samples/s")
         for rate in RATES:
-            ours, theirs = [], []
+            ours, theirs, per_s = [], [], []
             for _ in range(REPEAT):
                 t0 = mono()
                 time.sleep(SECONDS)
@@ -79,6 +79,7 @@ def main():
                                       timeout=SECONDS + 60)
                 assert result["status"] == "ok", result
                 ours.append(1 - reader.rate(t0 + 0.5, t0 + SECONDS) / base)
+                per_s.append(result["summary"]["samples"] / result["summary"]["seconds"])
                 client.seen.clear()
                 if perf:
                     t0 = mono()
@@ -89,9 +90,8 @@ def main():
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     theirs.append(1 - reader.rate(t0 + 0.5, t0 + SECONDS) / base)
             line = f"  {rate:6d}   {statistics.median(ours) * 100:5.2f}%"
-            if theirs:
-                line += f"    {statistics.median(theirs) * 100:5.2f}%"
-            print(line)
+            line += f"    {statistics.median(theirs) * 100:5.2f}%" if theirs else "    -     "
+            print(f"{line}                        {statistics.median(per_s):7.0f}")
 
         target.kill()
         split = subprocess.Popen([os.path.join(BUILD, "workloads", "cpu_split"), "--threads", "3"],

@@ -244,11 +244,11 @@ def test_numbers_set_what_the_cpu_profile_button_does(ha):
     assert render(seconds["value_template"], state) == "1"
     result = press(ha, comps["start"]["command_topic"], comps["start"]["payload_press"])
     assert result["status"] == "ok"
-    assert 0.8 <= result["summary"]["seconds"] <= 1.5
+    assert 0.8 <= result["summary"]["seconds"] < 1.8  # 1 s, not the 2 s below
     assert result["summary"]["frequency"] <= 47
     # A command's own field still wins over the setting.
     result, _ = ha.command("start", {"seconds": 2})
-    assert 1.8 <= result["summary"]["seconds"] <= 2.5
+    assert result["summary"]["seconds"] >= 1.8
 
 
 def test_bad_settings_are_logged_and_ignored(ha):
@@ -330,7 +330,7 @@ def test_birth_message_brings_the_config_back(ha):
     ha.client.publish("homeassistant/status", "online")
     msg = config_message(ha, start, timeout=5)
     took = time.monotonic() - t0
-    assert msg.payload and 0.4 <= took <= 3.5
+    assert msg.payload and took >= 0.4  # bench/discovery.py has how long it takes
     # Retained again: Home Assistant starting later finds it.
     late = Client(ha.broker.port)
     late.subscribe(CONFIG_TOPIC)
