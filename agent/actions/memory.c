@@ -149,6 +149,8 @@ static void add_warnings(struct run *run, const struct memprof_stats *st, bool c
     if (cancelled)
         run_warn(run, "the agent was stopped after %.1f s; the profile covers that time",
                  (double)st->elapsed_ms / 1000.0);
+    if (st->silent_hooks[0])
+        run_warn(run, "%s", st->silent_hooks);
     if (st->hooks_abandoned)
         run_warn(run, "the hooks removed themselves early because the agent did not drain "
                       "them in time; later allocations are missing");

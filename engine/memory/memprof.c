@@ -910,6 +910,32 @@ int memprof_poll(struct memprof *m, int timeout_ms)
     return 0;
 }
 
+/* Hooks that record frees but no allocation, or nothing for a while, are most likely not on
+ * the target's allocation path (as when a canonical PLT entry was taken for malloc): say so
+ * rather than hand back an empty profile that looks like a quiet heap. */
+static void note_silent_hooks(struct memprof *m)
+{
+    struct memprof_stats *st = &m->stats;
+    unsigned long long slots = __atomic_load_n(&m->hdr->slots_patched, __ATOMIC_RELAXED);
+    unsigned long long modules = __atomic_load_n(&m->hdr->modules_patched, __ATOMIC_RELAXED);
+    double secs = (double)st->elapsed_ms / 1000.0;
+
+    if (st->allocs || (!st->frees && st->elapsed_ms < MEMPROF_SILENT_MS))
+        return;
+    if (st->frees)
+        snprintf(st->silent_hooks, sizeof(st->silent_hooks),
+                 "hooks were installed (%llu GOT slots in %llu modules) but saw no allocations in "
+                 "%.1f s while they saw %llu frees: the target's allocations do not seem to go "
+                 "through the slots hooked, and the profile is empty",
+                 slots, modules, secs, (unsigned long long)st->frees);
+    else
+        snprintf(st->silent_hooks, sizeof(st->silent_hooks),
+                 "hooks were installed (%llu GOT slots in %llu modules) but saw no allocations "
+                 "or frees in %.1f s: the target was idle, or its allocator is not reached "
+                 "through the slots hooked",
+                 slots, modules, secs);
+}
+
 int memprof_finish(struct memprof *m)
 {
     int r = 0;
@@ -945,6 +971,8 @@ int memprof_finish(struct memprof *m)
     }
     note_peak(m);
     m->stats.elapsed_ms = elapsed_ms(m);
+    if (m->hdr)
+        note_silent_hooks(m);
     take_snapshot(m, m->stats.elapsed_ms, true);
     return r;
 }

@@ -22,6 +22,7 @@
 #define MEMPROF_RING_EVENTS (1u << 18)
 #define MEMPROF_RING_STACKS 2048
 #define MEMPROF_HOOK_LIB "libprofiler-agent-memhook.so"
+#define MEMPROF_SILENT_MS 1000 /* a run this long with no allocation is worth a warning */
 
 struct memprof_options {
     uint64_t sample_bytes; /* 0: every allocation */
@@ -43,6 +44,10 @@ struct memprof_stats {
     uint64_t elapsed_ms;
     bool target_exited;
     bool hooks_abandoned; /* the hooks removed themselves (the agent was too slow) */
+    /* Set by memprof_finish: a sentence for the user when the hooks were installed but recorded
+     * no allocation (with frees seen, or for MEMPROF_SILENT_MS or longer): the target's
+     * allocations likely bypass the slots hooked, and the profile is empty. Else "". */
+    char silent_hooks[320];
 };
 
 /* One allocation site of the blocks still live, for summaries and the files. */

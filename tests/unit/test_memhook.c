@@ -1,10 +1,16 @@
 /* Tests of the injected allocation hooks (engine/memory/hook/): loads the built library into this
  * process as the agent's injection would, drains its ring as the agent does, and checks events,
- * stacks, sampling, the GOT after stop, the heartbeat timeout and fork. */
+ * stacks, sampling, the GOT after stop, the heartbeat timeout and fork. Then through the engine
+ * (memprof.c injecting into another process), in both shapes of executable: a PIE one and
+ * build/workloads/canonical_plt, not PIE and taking malloc's address (a canonical PLT entry, as
+ * Debian's python3.11): every allocation is counted, the address the program sees as &malloc
+ * stays what it was, and the GOTs are byte for byte as before once the hooks are gone. */
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <gelf.h>
+#include <inttypes.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
@@ -22,7 +28,12 @@
 
 #include <cmocka.h>
 
+#include "memory/inject.h"
+#include "memory/memprof.h"
 #include "memory/memring.h"
+#include "os/procfs.h"
+#include "testutil.h"
+#include "unwind/stacks.h"
 
 #define ITERATIONS 3000
 #define DRAIN_CAP (1u << 20)
@@ -660,6 +671,370 @@ static void test_fork_child_unhooked(void **state)
     ring_destroy(&r);
 }
 
+/* ---- through the engine, into another process ---- */
+
+#define RUN_N 2000   /* blocks per kind of call */
+#define RUN_KEEP 100 /* of them kept live */
+#define RUN_SIZE 777 /* bytes each */
+#define RUN_CALLS 3  /* malloc, through a pointer, strdup */
+#define ENGINE_WAIT_NS 5000000000ull
+
+/* The .got and .got.plt of one module as a target maps them, and a copy of their bytes. */
+struct got_image {
+    uint64_t addr[2], len[2];
+    size_t size;
+    unsigned char *data;
+};
+
+static uint64_t module_base(pid_t pid, const char *path)
+{
+    struct procfs_map *maps;
+    uint64_t base = 0;
+    size_t n;
+
+    assert_int_equal(procfs_read_maps(PROCFS_ROOT, pid, &maps, &n), 0);
+    for (size_t i = 0; i < n && !base; i++)
+        if (strcmp(maps[i].path, path) == 0 && maps[i].offset == 0)
+            base = maps[i].start;
+    procfs_maps_free(maps, n);
+    assert_true(base != 0);
+    return base;
+}
+
+static void libc_path(pid_t pid, char *buf, size_t len)
+{
+    struct procfs_map *maps;
+    size_t n;
+
+    buf[0] = '\0';
+    assert_int_equal(procfs_read_maps(PROCFS_ROOT, pid, &maps, &n), 0);
+    for (size_t i = 0; i < n && !buf[0]; i++)
+        if (strstr(maps[i].path, "/libc.so"))
+            snprintf(buf, len, "%s", maps[i].path);
+    procfs_maps_free(maps, n);
+    assert_true(buf[0] != '\0');
+}
+
+/* Finds the GOT sections of path as pid maps it, and the canonical PLT entry of malloc and free
+ * (an undefined dynamic symbol with a value: ret_canonical[0], [1]; 0 when there is none). */
+static void got_find(pid_t pid, const char *path, struct got_image *g, uint64_t ret_canonical[2])
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    size_t shstrndx, k = 0;
+    Elf_Scn *scn = NULL;
+    uint64_t bias;
+    GElf_Ehdr eh;
+    Elf *e;
+
+    assert_true(fd >= 0);
+    assert_true(elf_version(EV_CURRENT) != EV_NONE);
+    e = elf_begin(fd, ELF_C_READ, NULL);
+    assert_non_null(e);
+    assert_non_null(gelf_getehdr(e, &eh));
+    assert_int_equal(elf_getshdrstrndx(e, &shstrndx), 0);
+    bias = eh.e_type == ET_DYN ? module_base(pid, path) : 0;
+    memset(g, 0, sizeof(*g));
+    if (ret_canonical)
+        ret_canonical[0] = ret_canonical[1] = 0;
+    while ((scn = elf_nextscn(e, scn)) != NULL) {
+        const char *name;
+        GElf_Shdr sh;
+
+        assert_non_null(gelf_getshdr(scn, &sh));
+        name = elf_strptr(e, shstrndx, sh.sh_name);
+        if (name && (strcmp(name, ".got") == 0 || strcmp(name, ".got.plt") == 0) && k < 2) {
+            g->addr[k] = bias + sh.sh_addr;
+            g->len[k] = sh.sh_size;
+            g->size += sh.sh_size;
+            k++;
+        }
+        if (sh.sh_type == SHT_DYNSYM && ret_canonical) {
+            Elf_Data *d = elf_getdata(scn, NULL);
+
+            for (size_t i = 0; d && i < sh.sh_size / sh.sh_entsize; i++) {
+                const char *sname;
+                GElf_Sym sym;
+
+                if (!gelf_getsym(d, (int)i, &sym) || sym.st_shndx != SHN_UNDEF || !sym.st_value)
+                    continue;
+                sname = elf_strptr(e, sh.sh_link, sym.st_name);
+                if (sname && strcmp(sname, "malloc") == 0)
+                    ret_canonical[0] = bias + sym.st_value;
+                if (sname && strcmp(sname, "free") == 0)
+                    ret_canonical[1] = bias + sym.st_value;
+            }
+        }
+    }
+    elf_end(e);
+    close(fd);
+    assert_true(g->size > 0);
+    g->data = malloc(g->size);
+    assert_non_null(g->data);
+}
+
+static void got_read(pid_t pid, struct got_image *g)
+{
+    char path[64];
+    size_t at = 0;
+    int fd;
+
+    snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    for (unsigned k = 0; k < 2 && g->len[k]; k++) {
+        assert_int_equal(pread(fd, g->data + at, g->len[k], (off_t)g->addr[k]), (ssize_t)g->len[k]);
+        at += g->len[k];
+    }
+    close(fd);
+}
+
+static size_t count_words(const unsigned char *data, size_t size, uint64_t value)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i + 8 <= size; i += 8)
+        n += memcmp(data + i, &value, 8) == 0;
+    return n;
+}
+
+static struct testutil_child child; /* the engine tests' target */
+
+static void command(const struct testutil_child *c, const char *cmd, char *reply, size_t len)
+{
+    assert_int_equal(write(c->in, cmd, strlen(cmd)), (ssize_t)strlen(cmd));
+    assert_int_equal(testutil_read_line(c->out, reply, len, 10000), 0);
+}
+
+/* The PIE shape: this program, forked, answering canonical_plt's "run N K SIZE" with the same
+ * calls (N, K and SIZE fixed) and no allocation of its own. Here &malloc is read from a GOT slot,
+ * hooked during the run: the pointers are taken anew each run, as a pointer taken before the
+ * hooks were installed is libc's malloc itself, and calls through it are not seen. */
+
+static __attribute__((noreturn)) void pie_child(int in, int out)
+{
+    static void *blocks[RUN_CALLS * RUN_N];
+    static char text[RUN_SIZE];
+    char c, line[96];
+
+    memset(text, 'x', sizeof(text) - 1);
+    while (read(in, &c, 1) == 1) {
+        void *(*volatile child_alloc)(size_t) = malloc;
+        void (*volatile child_free)(void *) = free;
+        long allocs = 0, frees = 0;
+        int len;
+
+        if (c != '\n')
+            continue;
+        for (long i = 0; i < RUN_CALLS * RUN_N; i++) {
+            blocks[i] = i < RUN_N       ? malloc(RUN_SIZE)
+                        : i < 2 * RUN_N ? child_alloc(RUN_SIZE)
+                                        : strdup(text);
+            allocs += blocks[i] != NULL;
+        }
+        for (long i = RUN_KEEP; i < RUN_CALLS * RUN_N; i++, frees++)
+            if (i % 2)
+                free(blocks[i]);
+            else
+                child_free(blocks[i]);
+        len = snprintf(line, sizeof(line), "allocs=%ld frees=%ld same=%d errors=0\n", allocs, frees,
+                       child_alloc == malloc && child_free == free);
+        if (write(out, line, (size_t)len) != len)
+            break;
+    }
+    _exit(0);
+}
+
+static void spawn_pie_child(struct testutil_child *c)
+{
+    int in[2], out[2];
+
+    assert_int_equal(pipe2(in, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+    c->pid = fork();
+    assert_true(c->pid >= 0);
+    if (c->pid == 0)
+        pie_child(in[0], out[1]);
+    close(in[0]);
+    close(out[1]);
+    c->in = in[1];
+    c->out = out[0];
+}
+
+static void engine_open(pid_t pid, struct stacks **ret_stacks, struct memprof **ret)
+{
+    char lib[512], abs[PATH_MAX], why[512] = "";
+    const char *b = getenv("BUILD");
+    struct memprof_options o = {.seconds = 2, .hook_path = abs};
+    int r;
+
+    snprintf(lib, sizeof(lib), "%s/libprofiler-agent-memhook.so", b && *b ? b : "build");
+    assert_non_null(realpath(lib, abs));
+    assert_int_equal(stacks_new(pid, ret_stacks), 0);
+    r = memprof_open(pid, *ret_stacks, &o, ret, why, sizeof(why));
+    if (r < 0)
+        fail_msg("memprof_open: %s (%s)", strerror(-r), why);
+}
+
+/* Polls until the engine has seen allocs allocations and frees frees, or a while passed. */
+static void engine_wait(struct memprof *m, uint64_t allocs, uint64_t frees)
+{
+    uint64_t t0 = now_ns();
+    struct memprof_stats st;
+
+    do {
+        assert_int_equal(memprof_poll(m, 50), 0);
+        memprof_get_stats(m, &st);
+    } while ((st.allocs < allocs || st.frees < frees) && now_ns() - t0 < ENGINE_WAIT_NS);
+}
+
+static void check_engine_run(struct testutil_child *c, bool canonical)
+{
+    char exe[PATH_MAX], libc[PATH_MAX], link[64], reply[128], run[64];
+    uint64_t canon[2], real_malloc = 0, real_free = 0;
+    struct got_image g[2]; /* the executable, libc */
+    unsigned char *before[2];
+    long allocs, frees, errors;
+    const struct memprof_site *sites;
+    struct memprof_stats st;
+    struct stacks *stacks;
+    struct memprof *m;
+    uint64_t live = 0;
+    size_t nsites;
+    ssize_t n;
+    int same;
+
+    snprintf(run, sizeof(run), "run %d %d %d\n", RUN_N, RUN_KEEP, RUN_SIZE);
+    /* Once before, so that every lazily bound slot is bound and stays as it is. */
+    command(c, run, reply, sizeof(reply));
+    snprintf(link, sizeof(link), "/proc/%d/exe", (int)c->pid);
+    n = readlink(link, exe, sizeof(exe) - 1);
+    assert_true(n > 0);
+    exe[n] = '\0';
+    libc_path(c->pid, libc, sizeof(libc));
+    got_find(c->pid, exe, &g[0], canon);
+    got_find(c->pid, libc, &g[1], NULL);
+    assert_int_equal(inject_symbol(c->pid, libc, "malloc", &real_malloc), 0);
+    assert_int_equal(inject_symbol(c->pid, libc, "free", &real_free), 0);
+    assert_true(canonical ? canon[0] && canon[1] : !canon[0] && !canon[1]);
+    for (unsigned k = 0; k < 2; k++) {
+        got_read(c->pid, &g[k]);
+        before[k] = malloc(g[k].size);
+        assert_non_null(before[k]);
+        memcpy(before[k], g[k].data, g[k].size);
+    }
+    /* libc's own references to malloc and free name the canonical entry, when there is one. */
+    if (canonical)
+        assert_true(count_words(g[1].data, g[1].size, canon[0]) > 0 &&
+                    count_words(g[1].data, g[1].size, canon[1]) > 0);
+    assert_true(count_words(g[0].data, g[0].size, real_malloc) > 0);
+
+    engine_open(c->pid, &stacks, &m);
+    memprof_get_stats(m, &st);
+    assert_string_equal(st.method, "inject");
+    for (unsigned k = 0; k < 2; k++) {
+        got_read(c->pid, &g[k]);
+        /* Every slot bound to libc's definitions is hooked; those holding the canonical entry,
+         * what the program compares against, are not. */
+        assert_int_equal(count_words(g[k].data, g[k].size, real_malloc), 0);
+        assert_int_equal(count_words(g[k].data, g[k].size, real_free), 0);
+        for (unsigned f = 0; f < 2 && canonical; f++)
+            assert_int_equal(count_words(g[k].data, g[k].size, canon[f]),
+                             count_words(before[k], g[k].size, canon[f]));
+    }
+
+    command(c, run, reply, sizeof(reply));
+    assert_int_equal(
+        sscanf(reply, "allocs=%ld frees=%ld same=%d errors=%ld", &allocs, &frees, &same, &errors),
+        4);
+    assert_int_equal(allocs, RUN_CALLS * RUN_N);
+    assert_int_equal(frees, RUN_CALLS * RUN_N - RUN_KEEP);
+    assert_int_equal(errors, 0);
+    assert_int_equal(same, 1);
+    engine_wait(m, (uint64_t)allocs, (uint64_t)frees);
+    assert_int_equal(memprof_finish(m), 0);
+    memprof_get_stats(m, &st);
+    print_message("%s: %" PRIu64 " allocs, %" PRIu64 " frees, %" PRIu64 " live blocks\n",
+                  canonical ? "canonical PLT" : "PIE", st.allocs, st.frees, st.live_blocks);
+    assert_int_equal(st.allocs, (uint64_t)allocs);
+    assert_int_equal(st.frees, (uint64_t)frees);
+    assert_int_equal(st.alloc_bytes, (uint64_t)allocs * RUN_SIZE);
+    assert_int_equal(st.live_blocks, RUN_KEEP);
+    assert_int_equal(st.lost, 0);
+    assert_string_equal(st.silent_hooks, "");
+    assert_int_equal(memprof_sites(m, &sites, &nsites), 0);
+    for (size_t i = 0; i < nsites; i++)
+        live += sites[i].live_bytes;
+    assert_int_equal(live, RUN_KEEP * RUN_SIZE);
+
+    /* Gone without a trace, and the program runs on as before. */
+    for (unsigned k = 0; k < 2; k++) {
+        got_read(c->pid, &g[k]);
+        assert_memory_equal(g[k].data, before[k], g[k].size);
+        free(before[k]);
+        free(g[k].data);
+    }
+    command(c, run, reply, sizeof(reply));
+    assert_int_equal(
+        sscanf(reply, "allocs=%ld frees=%ld same=%d errors=%ld", &allocs, &frees, &same, &errors),
+        4);
+    assert_int_equal(same, 1);
+    assert_int_equal(errors, 0);
+    memprof_free(m);
+    stacks_free(stacks);
+}
+
+/* A failed test must not leave its target running: a forked one holds our stdout. */
+static int reap_teardown(void **state)
+{
+    (void)state;
+    if (child.pid > 0)
+        testutil_reap(&child);
+    child.pid = 0;
+    return 0;
+}
+
+static void test_engine_pie(void **state)
+{
+    (void)state;
+    spawn_pie_child(&child);
+    check_engine_run(&child, false);
+}
+
+static void test_engine_canonical_plt(void **state)
+{
+    char line[64];
+
+    (void)state;
+    assert_int_equal(testutil_spawn(&child, "canonical_plt", NULL, line, sizeof(line)), 0);
+    check_engine_run(&child, true);
+}
+
+/* Frees with no allocation: the run says its hooks saw none. */
+static void test_engine_silent_hooks(void **state)
+{
+    struct memprof_stats st;
+    struct stacks *stacks;
+    struct memprof *m;
+    char line[128];
+
+    (void)state;
+    assert_int_equal(testutil_spawn(&child, "canonical_plt", NULL, line, sizeof(line)), 0);
+    command(&child, "run 1000 3000 64\n", line, sizeof(line));
+    engine_open(child.pid, &stacks, &m);
+    command(&child, "free\n", line, sizeof(line));
+    assert_string_equal(line, "frees=3000");
+    engine_wait(m, 0, 3000);
+    assert_int_equal(memprof_finish(m), 0);
+    memprof_get_stats(m, &st);
+    assert_int_equal(st.allocs, 0);
+    assert_int_equal(st.frees, 3000);
+    print_message("%s\n", st.silent_hooks);
+    assert_non_null(strstr(st.silent_hooks, "no allocations"));
+    assert_non_null(strstr(st.silent_hooks, "3000 frees"));
+    memprof_free(m);
+    stacks_free(stacks);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -671,6 +1046,9 @@ int main(void)
         cmocka_unit_test_teardown(test_heartbeat_timeout, unhook_teardown),
         cmocka_unit_test_teardown(test_full_ring_dead_agent, unhook_teardown),
         cmocka_unit_test_teardown(test_fork_child_unhooked, unhook_teardown),
+        cmocka_unit_test_teardown(test_engine_pie, reap_teardown),
+        cmocka_unit_test_teardown(test_engine_canonical_plt, reap_teardown),
+        cmocka_unit_test_teardown(test_engine_silent_hooks, reap_teardown),
     };
 
     return cmocka_run_group_tests(tests, lib_setup, lib_teardown);

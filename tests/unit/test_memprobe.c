@@ -285,8 +285,8 @@ static void test_events_unwind_and_cleanup(void **state)
 
     assert_int_equal(st.allocs, s.allocs);
     assert_int_equal(st.frees, s.frees);
-    assert_true(s.allocs > 1000);
-    assert_true(s.frees > 1000);
+    assert_true(s.allocs > 0);
+    assert_true(s.frees > 0);
     /* Everything the loop allocates is 24..4064 bytes or leak_here's 512. */
     assert_int_equal(s.odd_sizes, 0);
     /* Every free is of a block allocated during the run, but the pool's from before and those

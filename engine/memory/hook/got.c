@@ -273,6 +273,17 @@ static const struct memhook_target *match_target(const struct patch_ctx *c, cons
     return NULL;
 }
 
+/* The name of the symbol a relocation refers to, or NULL when the entry is out of bounds. */
+static const char *rel_name(const struct module *m, const struct dyninfo *d, const ElfW(Rela) * rel)
+{
+    const ElfW(Sym) *sym = (const ElfW(Sym) *)d->symtab + ELF64_R_SYM(rel->r_info);
+
+    if (!module_has(m, (uintptr_t)sym, sizeof(*sym), false) || sym->st_name >= d->strsz ||
+        !memchr((const char *)d->strtab + sym->st_name, '\0', d->strsz - sym->st_name))
+        return NULL;
+    return (const char *)d->strtab + sym->st_name;
+}
+
 static struct got_slot *slot_find(uintptr_t addr)
 {
     for (size_t i = 0; i < nslots; i++)
@@ -302,8 +313,11 @@ static void patch_one(struct patch_ctx *c, const struct module *m, const struct 
         return;
     cur = __atomic_load_n((uintptr_t *)addr, __ATOMIC_RELAXED);
     /* Patch what is bound to the process's definition, or an import not bound yet (a lazy PLT
-     * stub inside the module); leave a module's binding to its own or another allocator. */
-    if (cur == t->hook ||
+     * stub inside the module); leave a module's binding to its own or another allocator. A slot
+     * holding an executable's canonical PLT entry (the address of malloc everywhere in a process
+     * whose non-PIE executable takes it) stays too: programs compare against that address, and
+     * calls through it land on the executable's own slot, which is hooked. */
+    if (cur == t->hook || cur == t->canonical ||
         (cur != t->real && (sym->st_shndx != SHN_UNDEF || !module_has(m, cur, 1, false))))
         return;
     s = slot_find(addr);
@@ -374,6 +388,50 @@ int got_patch_all(const struct memhook_target *targets, size_t n, struct got_sta
         return c.err;
     *ret_stats = c.stats;
     return 0;
+}
+
+struct binding_ctx {
+    uintptr_t addr;
+    const char *name;
+    uintptr_t value;
+};
+
+static int binding_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    struct binding_ctx *c = arg;
+    struct module m = {info->dlpi_addr, info->dlpi_phdr, info->dlpi_phnum};
+    const ElfW(Rela) * rel;
+    struct dyninfo d;
+
+    (void)size;
+    if (!module_has(&m, c->addr, 1, false))
+        return 0;
+    if (!read_dynamic(&m, &d) || !d.jmprel || !module_has(&m, d.jmprel, d.pltrelsz, false))
+        return 1;
+    rel = (const ElfW(Rela) *)d.jmprel;
+    for (size_t i = 0; i < d.pltrelsz / sizeof(*rel); i++) {
+        uintptr_t slot = m.base + rel[i].r_offset, v;
+        const char *name = rel_name(&m, &d, &rel[i]);
+
+        if (ELF64_R_TYPE(rel[i].r_info) != R_X86_64_JUMP_SLOT || !name ||
+            strcmp(name, c->name) != 0 || (slot & 7) ||
+            !module_has(&m, slot, sizeof(uintptr_t), true))
+            continue;
+        v = __atomic_load_n((uintptr_t *)slot, __ATOMIC_RELAXED);
+        /* Not bound yet, it points back into the module (lazy binding). */
+        if (!module_has(&m, v, 1, false))
+            c->value = v;
+        break;
+    }
+    return 1;
+}
+
+uintptr_t got_plt_binding(uintptr_t addr, const char *name)
+{
+    struct binding_ctx c = {addr, name, 0};
+
+    dl_iterate_phdr(binding_cb, &c);
+    return c.value;
 }
 
 /* Inside dl_iterate_phdr's callback the module cannot be unmapped (the loader holds its list

@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <link.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
@@ -661,6 +662,27 @@ static void atfork_child(void)
     g.on = 0;
 }
 
+/* The definition that calls of t->name are bound to. A non-PIE executable that takes a
+ * function's address gets a canonical PLT entry for it: an undefined symbol with a value, which
+ * dlsym finds first. That is what &name is in the whole process, but not the definition: hooking
+ * only slots holding it would miss every call, and calling it from a hook would recurse through
+ * the executable's hooked slot. The loader binds the executable's own calls past it, to the
+ * definition (the first one in the search order after the executable, an allocator preloaded
+ * ahead of libc included); before that first call (lazy binding) it stays unresolved here. */
+static void resolve(struct memhook_target *t)
+{
+    void *p = dlsym(RTLD_DEFAULT, t->name);
+    const ElfW(Sym) *sym = NULL;
+    Dl_info info;
+
+    t->real = (uintptr_t)p;
+    if (!p || !dladdr1(p, &info, (void **)&sym, RTLD_DL_SYMENT) || !sym ||
+        sym->st_shndx != SHN_UNDEF || info.dli_saddr != p)
+        return;
+    t->canonical = (uintptr_t)p;
+    t->real = got_plt_binding((uintptr_t)p, t->name);
+}
+
 /* Resolves the real functions, maps the private tables and registers the fork handler, once. */
 static int setup_once(void)
 {
@@ -672,7 +694,7 @@ static int setup_once(void)
     if (done)
         return 0;
     for (size_t i = 0; i < T_COUNT; i++)
-        targets[i].real = (uintptr_t)dlsym(RTLD_DEFAULT, targets[i].name);
+        resolve(&targets[i]);
     if (!targets[T_MALLOC].real || !targets[T_CALLOC].real || !targets[T_REALLOC].real ||
         !targets[T_FREE].real)
         return -ENOENT;

@@ -8,11 +8,13 @@
 #include <stdint.h>
 
 /* One function whose GOT slots get rewritten: `hook` replaces it, `real` is the definition the
- * process binds it to (0: not present, never patched). */
+ * process binds it to (0: not present, never patched). `canonical` is the executable's canonical
+ * PLT entry for it, or 0: the function's address as the program sees it, never patched over. */
 struct memhook_target {
     const char *name;
     uintptr_t hook;
     uintptr_t real;
+    uintptr_t canonical;
 };
 
 /* What an entry trampoline (entry.S) saves on the stack before calling its C hook: the caller's
@@ -35,6 +37,9 @@ struct got_stats {
 int got_patch_all(const struct memhook_target *targets, size_t n, struct got_stats *ret_stats);
 /* Puts back the original value of every patched slot that still holds its hook. */
 int got_restore_all(void);
+/* What the PLT slot for name of the module holding addr is bound to; 0 when it has none or it
+ * is not bound yet (lazy binding). */
+uintptr_t got_plt_binding(uintptr_t addr, const char *name);
 /* A counter that grows whenever a module gets loaded (dl_iterate_phdr's dlpi_adds). */
 uint64_t got_loads(void);
 
