@@ -378,21 +378,12 @@ static void run_finish(struct run *run)
 static int resolve_target(struct run *run)
 {
     const char *spec = run->target_spec;
-    int r;
+    char what[TARGET_SPEC_MAX + 8];
+    struct error e;
 
-    r = target_resolve(PROCFS_ROOT, spec, &run->target);
-    switch (r) {
-    case 0:
-        break;
-    case -ESRCH:
-        return run_fail(run, "target %s: no such process is running", spec);
-    case -EINVAL:
-        return run_fail(run, "target %s: not a valid target spec", spec);
-    case -ENOENT:
-    case -EACCES:
-        return run_fail(run, "target %s: cannot read the pid file: %s", spec, strerror(-r));
-    default:
-        return run_fail(run, "target %s: cannot be resolved: %s", spec, strerror(-r));
+    if (target_resolve(PROCFS_ROOT, spec, &run->target, &e) < 0) {
+        snprintf(what, sizeof(what), "target %s", spec);
+        return run_engine_fail_error(run, what, &e);
     }
     run->has_target = true;
     if (run->target.matches > 1)

@@ -68,46 +68,80 @@ int run_fail(struct run *run, const char *fmt, ...)
     return -EINVAL;
 }
 
-/* reason, when not NULL or empty, says more than the errno r. */
-static int engine_fail(struct run *run, const char *what, int r, const char *reason)
+const char *run_target_error(const struct error *e, char *buf, size_t len)
+{
+    const char *words;
+    char errno_words[128];
+
+    switch (e->code) {
+    case -ESRCH:
+        words = "no such process is running";
+        break;
+    case -EINVAL:
+        words = "not a valid target spec";
+        break;
+    case -ENOENT:
+    case -EACCES:
+        snprintf(errno_words, sizeof(errno_words), "cannot read the pid file: %s",
+                 strerror(-e->code));
+        words = errno_words;
+        break;
+    default:
+        snprintf(errno_words, sizeof(errno_words), "cannot be resolved: %s", strerror(-e->code));
+        words = errno_words;
+        break;
+    }
+    if (e->reason[0])
+        snprintf(buf, len, "%s: %s", words, e->reason);
+    else
+        snprintf(buf, len, "%s", words);
+    return buf;
+}
+
+int run_engine_fail_error(struct run *run, const char *what, const struct error *e)
 {
     pid_t pid = run->target.pid;
-    bool has_reason = reason && reason[0];
+    bool has_reason = e->reason[0] != '\0';
+    char why[RUN_ERROR_MAX / 2];
 
-    switch (r) {
+    /* Before a target is resolved there is no pid to speak of: the words are about the spec. */
+    if (!run->has_target) {
+        char words[RUN_ERROR_MAX];
+
+        return run_fail(run, "%s: %s", what, run_target_error(e, words, sizeof(words)));
+    }
+    switch (e->code) {
     case -ESRCH:
+        if (has_reason)
+            return run_fail(run, "%s: target process %d has exited: %s", what, (int)pid, e->reason);
         return run_fail(run, "%s: target process %d has exited", what, (int)pid);
     case -EPERM:
-    case -EACCES: {
-        char why[RUN_ERROR_MAX / 2];
-
+    case -EACCES:
+        /* The engine's reason says what was refused; the agent's privileges say why. */
+        privs_ptrace_denied(pid, why, sizeof(why));
         if (has_reason)
-            snprintf(why, sizeof(why), "%s", reason);
-        else
-            privs_ptrace_denied(pid, why, sizeof(why));
+            return run_fail(run, "%s: not permitted to trace process %d: %s; %s", what, (int)pid,
+                            e->reason, why);
         return run_fail(run, "%s: not permitted to trace process %d: %s", what, (int)pid, why);
-    }
     case -EBUSY:
         if (has_reason)
-            return run_fail(run, "%s: %s", what, reason);
+            return run_fail(run, "%s: %s", what, e->reason);
         return run_fail(run,
                         "%s: the agent is already inspecting too many processes at once; "
                         "try again when a job finishes",
                         what);
     default:
         return run_fail(run, "%s of process %d failed: %s", what, (int)pid,
-                        has_reason ? reason : strerror(-r));
+                        has_reason ? e->reason : strerror(-e->code));
     }
 }
 
 int run_engine_fail(struct run *run, const char *what, int r)
 {
-    return engine_fail(run, what, r, NULL);
-}
+    struct error e;
 
-int run_engine_fail_error(struct run *run, const char *what, const struct error *e)
-{
-    return engine_fail(run, what, e->code, e->reason);
+    error_set(&e, r, NULL);
+    return run_engine_fail_error(run, what, &e);
 }
 
 void run_warn(struct run *run, const char *fmt, ...)

@@ -100,12 +100,17 @@ void run_progress(struct run *run, const char *json);
 /* Sets the error sentence (the run's status becomes error). Returns -EINVAL so an action can
  * `return run_fail(...)`. */
 int run_fail(struct run *run, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Fails run with the sentence for an engine error r (-ESRCH, -EPERM, ...) of the step `what`
- * ("thread dump"). The one place engine errors become words. */
-int run_engine_fail(struct run *run, const char *what, int r);
-/* The same for an engine entry point that fills a struct error: its reason, when not empty,
- * replaces what the errno alone would say. */
+/* Fails run with the sentence for the engine error e of the step `what` ("thread dump"): the
+ * errno's words (-ESRCH: the target exited; -EPERM: why the agent may not trace it, ...) with
+ * e's reason added, or in place of strerror, when not empty. The one place engine errors become
+ * words. Before the target is resolved (what: "target SPEC"), the words are run_target_error's.
+ * Returns -EINVAL. */
 int run_engine_fail_error(struct run *run, const char *what, const struct error *e);
+/* The same for an engine call that returns a bare errno r (no reason). */
+int run_engine_fail(struct run *run, const char *what, int r);
+/* What target_resolve's error e says about a spec ("no such process is running", "not a valid
+ * target spec: ...") into buf; returns buf. For a caller that reports it without failing. */
+const char *run_target_error(const struct error *e, char *buf, size_t len);
 /* Adds a warning to the result. */
 void run_warn(struct run *run, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* For actions that write files: output_dir, created when missing, as an absolute path in dir

@@ -121,17 +121,17 @@ static void log_growth(struct logger *l, const struct objects_count *now)
     emit(l, text);
 }
 
-/* Logs the end of a logger that stops by itself. Called unlocked. */
-static void end_logger(struct logger *l, int r)
+/* Logs the end of a logger that stops by itself, with the engine's reason e. Called unlocked. */
+static void end_logger(struct logger *l, const struct error *e)
 {
-    char text[TARGET_SPEC_MAX + 160];
+    char text[TARGET_SPEC_MAX + 160 + ERROR_REASON_MAX];
 
-    if (r == -ESRCH)
+    if (e->code == -ESRCH)
         snprintf(text, sizeof(text), "%s stopped: target %s (pid %d) has exited", l->what, l->spec,
                  (int)l->target.pid);
     else
         snprintf(text, sizeof(text), "%s stopped: target %s (pid %d): %s", l->what, l->spec,
-                 (int)l->target.pid, strerror(-r));
+                 (int)l->target.pid, e->reason[0] ? e->reason : strerror(-e->code));
     pthread_mutex_lock(&lock);
     l->ended = true;
     pthread_mutex_unlock(&lock);
@@ -141,12 +141,12 @@ static void end_logger(struct logger *l, int r)
 }
 
 /* One census and its growth record. */
-static int scan_growth(struct logger *l)
+static int scan_growth(struct logger *l, struct error *err)
 {
     struct objects_count now;
     int r;
 
-    r = objects_count(PROCFS_ROOT, l->target.pid, &now);
+    r = objects_count(PROCFS_ROOT, l->target.pid, &now, err);
     if (r < 0)
         return r;
     log_growth(l, &now);
@@ -162,14 +162,13 @@ static void *objlog_main(void *arg)
 {
     struct logger *l = arg;
     struct timespec deadline;
-    int r;
+    struct error e;
 
     pthread_mutex_lock(&lock);
     while (!l->stop) {
         pthread_mutex_unlock(&lock);
-        r = scan_growth(l);
-        if (r < 0) {
-            end_logger(l, r);
+        if (scan_growth(l, &e) < 0) {
+            end_logger(l, &e);
             return NULL;
         }
         pthread_mutex_lock(&lock);
@@ -286,7 +285,7 @@ static const char *lookup(struct logger *l, struct table *tables, enum objects_t
         struct collect c = {t, tb};
 
         tb->loaded = true;
-        if (objects_dump(PROCFS_ROOT, l->target.pid, t, collect_repr, &c) < 0)
+        if (objects_dump(PROCFS_ROOT, l->target.pid, t, collect_repr, &c, NULL) < 0)
             return NULL;
         qsort(tb->v, tb->n, sizeof(*tb->v), by_key);
     }
@@ -473,8 +472,8 @@ static bool stopping(struct logger *l)
 }
 
 /* Collects traced creations until the next scan is due or a stop. 0 at the deadline, 1 on a
- * stop, or objsrc_poll's error (-ESRCH: the target exited). */
-static int collect_until(struct logger *l, int64_t deadline_us)
+ * stop, or objsrc_poll's error, in err (-ESRCH: the target exited). */
+static int collect_until(struct logger *l, int64_t deadline_us, struct error *err)
 {
     for (;;) {
         struct pollfd p[2] = {{objsrc_fd(l->src), POLLIN, 0}, {l->wakefd, POLLIN, 0}};
@@ -484,9 +483,9 @@ static int collect_until(struct logger *l, int64_t deadline_us)
         if (stopping(l))
             return 1;
         if (left <= 0)
-            return objsrc_poll(l->src, 0, enqueue, l);
+            return objsrc_poll(l->src, 0, enqueue, l, err);
         poll(p, 2, left / 1000 + 1 < RESCAN_WAIT_MS ? (int)(left / 1000 + 1) : RESCAN_WAIT_MS);
-        r = objsrc_poll(l->src, 0, enqueue, l);
+        r = objsrc_poll(l->src, 0, enqueue, l, err);
         if (r < 0)
             return r;
     }
@@ -495,20 +494,21 @@ static int collect_until(struct logger *l, int64_t deadline_us)
 static void *srclog_main(void *arg)
 {
     struct logger *l = arg;
+    struct error e;
     int r = 0;
 
     while (r == 0) {
-        r = scan_growth(l);
+        r = scan_growth(l, &e);
         if (r < 0)
             break;
         log_sources(l);
-        r = collect_until(l, clock_monotonic_us() + (int64_t)(l->interval * 1e6));
+        r = collect_until(l, clock_monotonic_us() + (int64_t)(l->interval * 1e6), &e);
     }
     queue_clear(l);
     objsrc_close(l->src);
     l->src = NULL;
     if (r < 0)
-        end_logger(l, r);
+        end_logger(l, &e);
     return NULL;
 }
 
@@ -570,9 +570,13 @@ out:
     return r;
 }
 
-static void tracing_error(const struct target *t, int r, char *err, size_t errlen)
+/* The sentence for objsrc_open's error e: what the agent needs, then what the engine found in
+ * the way (e's reason), when it says more. */
+static void tracing_error(const struct target *t, const struct error *e, char *err, size_t errlen)
 {
-    switch (r) {
+    size_t len;
+
+    switch (e->code) {
     case -ENOENT:
         snprintf(err, errlen,
                  "Object source logging needs the kernel's system call tracepoints "
@@ -601,9 +605,12 @@ static void tracing_error(const struct target *t, int r, char *err, size_t errle
         break;
     default:
         snprintf(err, errlen, "Object source logging: cannot trace process %d: %s", (int)t->pid,
-                 strerror(-r));
-        break;
+                 e->reason[0] ? e->reason : strerror(-e->code));
+        return;
     }
+    len = strlen(err);
+    if (e->reason[0] && len < errlen)
+        snprintf(err + len, errlen - len, " (%s)", e->reason);
 }
 
 int watch_start_sources(struct run *run, double interval, unsigned max_objects, char *err,
@@ -611,6 +618,7 @@ int watch_start_sources(struct run *run, double interval, unsigned max_objects, 
 {
     const struct target *t = &run->target;
     struct objsrc *src = NULL;
+    struct error e;
     int r = 0;
 
     pthread_mutex_lock(&lock);
@@ -620,9 +628,9 @@ int watch_start_sources(struct run *run, double interval, unsigned max_objects, 
         r = -EEXIST;
         goto out;
     }
-    r = objsrc_open(t->pid, &src);
+    r = objsrc_open(t->pid, &src, &e);
     if (r < 0) {
-        tracing_error(t, r, err, errlen);
+        tracing_error(t, &e, err, errlen);
         goto out;
     }
     prepare(&srclog, run, interval);

@@ -1,8 +1,8 @@
 /* Every action's entry points, one file each in this folder, named after the action. An action
  * reads run->params (validated against schemas/ACTION.json, defaults applied) and run->target,
- * emits records with run_record and fails with run_fail or run_engine_fail (run.h); it returns 0
- * or what those return. Which actions exist, and how each is run, is the table's business
- * (registry.c), not this header's. */
+ * emits records with run_record and fails with run_fail, or run_engine_fail_error for an engine
+ * error (run.h); it returns 0 or what those return. Which actions exist, and how each is run, is
+ * the table's business (registry.c), not this header's. */
 #ifndef ACTIONS_H
 #define ACTIONS_H
 

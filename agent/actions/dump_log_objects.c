@@ -13,7 +13,7 @@ int action_dump_log_objects(struct run *run)
     enum objects_type type;
     struct json_object *v;
     const char *name;
-    int r;
+    struct error e;
 
     json_object_object_get_ex(run->params, "type", &v);
     name = json_object_get_string(v);
@@ -24,9 +24,8 @@ int action_dump_log_objects(struct run *run)
         return run_fail(run, "type: unknown type '%s'; known types: %s", name, known);
     }
     snprintf(prefix, sizeof(prefix), "%s object in memory: ", objects_type_name(type));
-    r = objects_dump(PROCFS_ROOT, run->target.pid, type, run_record_line, &lines);
-    if (r < 0)
-        return run_engine_fail(run, "object listing", r);
+    if (objects_dump(PROCFS_ROOT, run->target.pid, type, run_record_line, &lines, &e) < 0)
+        return run_engine_fail_error(run, "object listing", &e);
     json_object_object_add(run->summary, "objects", json_object_new_int((int)lines.count));
     return 0;
 }

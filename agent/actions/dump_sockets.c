@@ -37,12 +37,11 @@ static int add_socket_line(const char *line, void *userdata)
 int action_dump_sockets(struct run *run)
 {
     struct socket_lines lines = {0};
-    int r;
+    struct error e;
 
-    r = sockets_dump(PROCFS_ROOT, run->target.pid, add_socket_line, &lines);
-    if (r < 0) {
+    if (sockets_dump(PROCFS_ROOT, run->target.pid, add_socket_line, &lines, &e) < 0) {
         free(lines.text);
-        return run_engine_fail(run, "socket listing", r);
+        return run_engine_fail_error(run, "socket listing", &e);
     }
     run_record(run, "Sockets used by %s (pid %d):%s", run->target.name, (int)run->target.pid,
                lines.text ? lines.text : "");

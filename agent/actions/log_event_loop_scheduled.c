@@ -8,11 +8,10 @@
 int action_log_event_loop_scheduled(struct run *run)
 {
     struct run_lines lines = {.run = run, .prefix = "Scheduled: "};
-    int r;
+    struct error e;
 
-    r = objects_scheduled(PROCFS_ROOT, run->target.pid, run_record_line, &lines);
-    if (r < 0)
-        return run_engine_fail(run, "listing what is scheduled", r);
+    if (objects_scheduled(PROCFS_ROOT, run->target.pid, run_record_line, &lines, &e) < 0)
+        return run_engine_fail_error(run, "listing what is scheduled", &e);
     json_object_object_add(run->summary, "scheduled", json_object_new_int((int)lines.count));
     return 0;
 }

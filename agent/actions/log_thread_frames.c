@@ -51,16 +51,17 @@ int action_log_thread_frames(struct run *run)
     struct stacks_dump *d = NULL;
     struct pyframes_thread *py = NULL;
     struct unwinder *u;
+    struct error e;
     size_t frames = 0, failed = 0, npy = 0, pyframes = 0;
     int r;
 
     r = unwinders_get(&run->target, UNWINDERS_DUMP, &u);
     if (r < 0)
         return run_engine_fail(run, "thread dump", r);
-    r = stacks_dump_threads(unwinders_stacks(u), &d);
+    r = stacks_dump_threads(unwinders_stacks(u), &d, &e);
     if (r < 0) {
         unwinders_put(u);
-        return run_engine_fail(run, "thread dump", r);
+        return run_engine_fail_error(run, "thread dump", &e);
     }
     read_python(run, &py, &npy);
     for (size_t i = 0; i < d->nthreads; i++) {

@@ -147,23 +147,6 @@ static bool ptrace_works(uint64_t caps, char *why, size_t len)
     return true;
 }
 
-static const char *target_error(int r, char *buf, size_t len)
-{
-    switch (r) {
-    case -ESRCH:
-        return "no such process is running";
-    case -EINVAL:
-        return "not a valid target spec";
-    case -ENOENT:
-    case -EACCES:
-        snprintf(buf, len, "cannot read the pid file: %s", strerror(-r));
-        return buf;
-    default:
-        snprintf(buf, len, "cannot be resolved: %s", strerror(-r));
-        return buf;
-    }
-}
-
 static void add_missing(const char *name, void *userdata)
 {
     json_object_array_add(userdata, json_object_new_string(name));
@@ -173,23 +156,22 @@ int action_ping(struct run *run)
 {
     struct run_host *h = run->host;
     struct json_object *t = json_object_new_object(), *caps = json_object_new_object();
-    char why[REASON_MAX], buf[REASON_MAX];
+    char why[REASON_MAX], buf[RUN_ERROR_MAX];
     struct json_object *missing = json_object_new_array();
     uint64_t cap_bits = privs_capabilities();
+    struct error e;
     bool ok;
-    int r;
 
     json_object_object_add(run->summary, "version", json_object_new_string(PROFILER_AGENT_VERSION));
     json_object_object_add(run->summary, "node", json_object_new_string(h->config->node_id));
     json_object_object_add(t, "spec", json_object_new_string(run->target_spec));
-    r = target_resolve(PROCFS_ROOT, run->target_spec, &run->target);
-    if (r == 0) {
+    if (target_resolve(PROCFS_ROOT, run->target_spec, &run->target, &e) == 0) {
         run->has_target = true;
         json_object_object_add(t, "pid", json_object_new_int(run->target.pid));
         json_object_object_add(t, "name", json_object_new_string(run->target.name));
     } else {
         json_object_object_add(t, "error",
-                               json_object_new_string(target_error(r, buf, sizeof(buf))));
+                               json_object_new_string(run_target_error(&e, buf, sizeof(buf))));
     }
     json_object_object_add(run->summary, "target", t);
     json_object_object_add(run->summary, "pid", json_object_new_int(getpid()));

@@ -101,29 +101,29 @@ static int write_files(struct run *run, const struct profile *prof)
 {
     char dir[PATH_MAX], path[PATH_MAX + 64];
     long long t = (long long)run->started_us;
+    struct error e;
     int r;
 
     r = run_output_dir(run, dir);
     if (r < 0)
         return r;
     snprintf(path, sizeof(path), "%s/profile.%lld.cprof", dir, t);
-    r = profile_write_pstats(prof, path);
-    if (r < 0)
+    if (profile_write_pstats(prof, path, &e) < 0)
         goto fail;
     json_object_array_add(run->files, json_object_new_string(path));
     snprintf(path, sizeof(path), "%s/callgrind.out.%lld", dir, t);
-    r = profile_write_callgrind(prof, path, run->target.name, run->target.pid);
-    if (r < 0)
+    if (profile_write_callgrind(prof, path, run->target.name, run->target.pid, &e) < 0)
         goto fail;
     json_object_array_add(run->files, json_object_new_string(path));
     snprintf(path, sizeof(path), "%s/flamegraph.%lld.svg", dir, t);
-    r = profile_write_flamegraph(prof, path, run->target.name);
-    if (r < 0)
+    if (profile_write_flamegraph(prof, path, run->target.name, &e) < 0)
         goto fail;
     json_object_array_add(run->files, json_object_new_string(path));
     return 0;
 fail:
-    return run_fail(run, "cannot write %s: %s", path, strerror(-r));
+    /* A file the user asked for, not the process, failed: said as such, not through
+     * run_engine_fail_error's words about the target. */
+    return run_fail(run, "cannot write %s: %s", path, e.reason[0] ? e.reason : strerror(-e.code));
 }
 
 int action_start(struct run *run)
@@ -132,6 +132,7 @@ int action_start(struct run *run)
     struct cpuprof_result res = {0};
     struct json_object *v;
     struct unwinder *u;
+    struct error e;
     int r;
 
     json_object_object_get_ex(run->params, "seconds", &v);
@@ -141,12 +142,13 @@ int action_start(struct run *run)
     r = unwinders_get(&run->target, UNWINDERS_PROFILE, &u);
     if (r < 0)
         return run_engine_fail(run, "CPU profile", r);
-    r = cpuprof_run(run->target.pid, unwinders_stacks(u), &o, &res);
+    r = cpuprof_run(run->target.pid, unwinders_stacks(u), &o, &res, &e);
     unwinders_put(u);
     if (r < 0)
-        return run_engine_fail(run, "CPU profile", r);
-    if (res.stats.fallback_reason[0])
-        run_warn(run, "%s", res.stats.fallback_reason);
+        return run_engine_fail_error(run, "CPU profile", &e);
+    if (res.stats.fallback.code)
+        run_warn(run, "%s; sampling with ptrace snapshots at %u Hz instead",
+                 res.stats.fallback.reason, res.stats.frequency);
     if (res.stats.target_exited)
         run_warn(run, "the target exited after %.1f s; the profile covers that time", res.elapsed);
     if (res.cancelled)

@@ -194,7 +194,7 @@ static void report(const struct cpuprof_options *o, const struct run *r, uint64_
 }
 
 int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
-                struct cpuprof_result *ret)
+                struct cpuprof_result *ret, struct error *err)
 {
     static const struct sampler_callbacks cb = {on_sample, on_maps_changed, on_thread_name};
     struct sampler *smp = NULL;
@@ -202,11 +202,15 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
     bool exited = false, cancelled = false;
     int e;
 
-    if (!s || !o || !(o->seconds > 0) || o->seconds > CPUPROF_MAX_SECONDS)
-        return -EINVAL;
+    error_clear(err);
+    if (!s || !o)
+        return error_set(err, -EINVAL, NULL);
+    if (!(o->seconds > 0) || o->seconds > CPUPROF_MAX_SECONDS)
+        return error_set(err, -EINVAL, "a profile lasts more than 0 and at most %d seconds",
+                         (int)CPUPROF_MAX_SECONDS);
     r = calloc(1, sizeof(*r));
     if (!r)
-        return -ENOMEM;
+        return error_set(err, -ENOMEM, NULL);
     r->pid = pid;
     r->s = s;
     r->names = calloc(NAMES_SLOTS, sizeof(*r->names));
@@ -224,7 +228,7 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
     }
     e = sampler_open(pid, o->frequency,
                      (o->force_ptrace ? SAMPLER_FORCE_PTRACE : 0) | (r->py ? SAMPLER_PROMPT : 0),
-                     &smp);
+                     &smp, err);
     if (e < 0)
         goto out;
 
@@ -283,6 +287,8 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
     r->prof = NULL;
     e = 0;
 out:
+    if (e < 0)
+        error_fill(err, e);
     sampler_close(smp);
     if (r) {
         pyframes_free(r->py);

@@ -38,9 +38,11 @@ struct cpuprof_result {
     uint64_t python_samples; /* samples attributed to Python functions */
 };
 
-/* Profiles pid with the unwinder state s (kept per target by the caller). -ESRCH, -EPERM, or
- * -ENOMEM; a target that exits mid-run is not an error (stats.target_exited). */
+/* Profiles pid with the unwinder state s (kept per target by the caller). -EINVAL (a length
+ * out of range), -ESRCH, -EPERM (neither perf_event nor ptrace allowed; err says why perf_event
+ * was refused), or -ENOMEM, in err too (may be NULL); a target that exits mid-run is not an
+ * error (stats.target_exited), and a fallback to ptrace is in stats.fallback. */
 int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
-                struct cpuprof_result *ret);
+                struct cpuprof_result *ret, struct error *err);
 
 #endif

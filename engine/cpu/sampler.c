@@ -123,10 +123,8 @@ static long read_paranoid(void)
     return v;
 }
 
-static void explain_fallback(struct sampler *s, int err, unsigned ptrace_freq)
+static void explain_fallback(struct sampler *s, int err)
 {
-    char *buf = s->stats.fallback_reason;
-    size_t len = sizeof(s->stats.fallback_reason);
     if (err == -EACCES || err == -EPERM) {
         uint64_t caps = own_caps();
         bool capable = caps & ((1ull << CAP_PERFMON_BIT) | (1ull << CAP_SYS_ADMIN_BIT));
@@ -139,15 +137,10 @@ static void explain_fallback(struct sampler *s, int err, unsigned ptrace_freq)
             snprintf(why, sizeof(why), "%s",
                      capable ? "denied by the kernel or a security module"
                              : "the agent lacks CAP_PERFMON");
-        snprintf(buf, len,
-                 "perf_event_open refused (%s); sampling with ptrace snapshots at "
-                 "%u Hz instead",
-                 why, ptrace_freq);
+        error_set(&s->stats.fallback, err, "perf_event_open refused (%s)", why);
     } else {
-        snprintf(buf, len,
-                 "perf_event_open is not available on this kernel (%s); sampling with "
-                 "ptrace snapshots at %u Hz instead",
-                 strerror(-err), ptrace_freq);
+        error_set(&s->stats.fallback, err, "perf_event_open is not available on this kernel (%s)",
+                  strerror(-err));
     }
 }
 
@@ -160,21 +153,26 @@ static int try_backend(struct sampler *s, const struct sampler_ops *ops, unsigne
     return ops->open(s);
 }
 
-int sampler_open(pid_t pid, unsigned freq_hz, unsigned flags, struct sampler **ret)
+int sampler_open(pid_t pid, unsigned freq_hz, unsigned flags, struct sampler **ret,
+                 struct error *err)
 {
     int r;
     pid_t tgid;
-    if (pid <= 0 || freq_hz == 0 || freq_hz > SAMPLER_MAX_FREQ)
-        return -EINVAL;
+    error_clear(err);
+    if (pid <= 0)
+        return error_set(err, -EINVAL, NULL);
+    if (freq_hz == 0 || freq_hz > SAMPLER_MAX_FREQ)
+        return error_set(err, -EINVAL, "the sampling rate must be 1 to %d Hz", SAMPLER_MAX_FREQ);
     r = procfs_read_tgid(PROCFS_ROOT, pid, &tgid);
     if (r < 0)
-        return r == -ENOENT ? -ESRCH : r;
+        return error_set(err, r == -ENOENT ? -ESRCH : r, NULL);
     if (tgid != pid)
-        return -EINVAL; /* a thread id, not a process */
+        return error_set(err, -EINVAL, "%d is a thread of process %d, not a process", (int)pid,
+                         (int)tgid);
 
     struct sampler *s = calloc(1, sizeof(*s));
     if (!s)
-        return -ENOMEM;
+        return error_set(err, -ENOMEM, NULL);
     s->pid = pid;
     s->prompt = flags & SAMPLER_PROMPT;
     unsigned ptrace_freq = freq_hz < SAMPLER_PTRACE_MAX_FREQ ? freq_hz : SAMPLER_PTRACE_MAX_FREQ;
@@ -184,14 +182,18 @@ int sampler_open(pid_t pid, unsigned freq_hz, unsigned flags, struct sampler **r
             goto out;
         if (r != -EACCES && r != -EPERM && r != -ENOENT && r != -ENOSYS && r != -EOPNOTSUPP)
             goto out;
-        explain_fallback(s, r, ptrace_freq);
+        explain_fallback(s, r);
     }
     r = try_backend(s, &sampler_ptrace_ops, ptrace_freq);
+    /* ptrace refused too: why perf_event was, since either would have done. The agent words why
+     * ptrace was. */
+    if ((r == -EPERM || r == -EACCES) && s->stats.fallback.code)
+        error_set(err, r, "%s", s->stats.fallback.reason);
 out:
     if (r < 0) {
         free(s->threads);
         free(s);
-        return r;
+        return error_fill(err, r);
     }
     *ret = s;
     return 0;

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "os/error.h"
 
 #define SAMPLER_NREGS 17         /* libunwind's x86-64 numbering: RAX..R15, RIP */
 #define SAMPLER_STACK_BYTES 8192 /* user stack copied per sample, as perf record does */
@@ -48,17 +49,21 @@ struct sampler_stats {
     uint64_t lost;    /* PERF_RECORD_LOST and bad records */
     uint64_t threads; /* distinct threads seen */
     bool target_exited;
-    const char *method;        /* "perf_event" or "ptrace" */
-    unsigned frequency;        /* the rate in use (lower under ptrace) */
-    char fallback_reason[256]; /* why perf_event was not used, or "" */
+    const char *method; /* "perf_event" or "ptrace" */
+    unsigned frequency; /* the rate in use (lower under ptrace) */
+    /* Why perf_event was not used ("perf_event_open refused (kernel.perf_event_paranoid is
+     * 3)"), code 0 when it was. */
+    struct error fallback;
 };
 
 struct sampler;
 
 /* Starts sampling every thread of pid at freq_hz (1..SAMPLER_MAX_FREQ). Tries perf_event and
- * falls back to ptrace (recording why) unless SAMPLER_FORCE_PTRACE. -ESRCH if pid is gone; -EPERM
- * when neither method is allowed. */
-int sampler_open(pid_t pid, unsigned freq_hz, unsigned flags, struct sampler **ret);
+ * falls back to ptrace (recording why in stats.fallback) unless SAMPLER_FORCE_PTRACE. -EINVAL
+ * for a bad rate or a thread id; -ESRCH if pid is gone; -EPERM when neither method is allowed
+ * (err, which may be NULL, then says why perf_event was refused). */
+int sampler_open(pid_t pid, unsigned freq_hz, unsigned flags, struct sampler **ret,
+                 struct error *err);
 /* Waits up to timeout_ms for samples and hands every pending one to the callbacks. Returns 0,
  * -ESRCH once the target has exited and everything was handed out, or a callback's error. */
 int sampler_poll(struct sampler *s, int timeout_ms, const struct sampler_callbacks *cb,

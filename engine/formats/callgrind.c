@@ -115,7 +115,8 @@ static void put_function(struct cg *c, uint32_t fn, const uint32_t *lines, size_
     }
 }
 
-int profile_write_callgrind(const struct profile *p, const char *path, const char *cmd, pid_t pid)
+int profile_write_callgrind(const struct profile *p, const char *path, const char *cmd, pid_t pid,
+                            struct error *err)
 {
     struct cg c = {0};
     uint32_t *lines = NULL, *sites = NULL;
@@ -123,6 +124,7 @@ int profile_write_callgrind(const struct profile *p, const char *path, const cha
     size_t i, li = 0, si = 0;
     int r;
 
+    error_clear(err);
     c.p = p;
     r = profile_names_new(p, 0, 1, &c.names);
     if (r < 0)
@@ -176,6 +178,7 @@ int profile_write_callgrind(const struct profile *p, const char *path, const cha
     r = atomicfile_commit(c.f);
     c.f = NULL;
 out:
+    error_fill(err, r);
     atomicfile_abort(c.f);
     profile_names_free(c.names, p->nfunc);
     free(c.ob_id);

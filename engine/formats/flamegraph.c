@@ -293,7 +293,8 @@ static int layout(struct fg *c)
     return 0;
 }
 
-int profile_write_flamegraph(const struct profile *p, const char *path, const char *title)
+int profile_write_flamegraph(const struct profile *p, const char *path, const char *title,
+                             struct error *err)
 {
     struct fg c = {0};
     uint32_t depth = 0;
@@ -302,6 +303,7 @@ int profile_write_flamegraph(const struct profile *p, const char *path, const ch
     size_t i, threads = 0;
     int r;
 
+    error_clear(err);
     c.p = p;
     r = layout(&c);
     if (r < 0)
@@ -345,6 +347,7 @@ int profile_write_flamegraph(const struct profile *p, const char *path, const ch
     r = atomicfile_commit(c.f);
     c.f = NULL;
 out:
+    error_fill(err, r);
     atomicfile_abort(c.f);
     free(c.first);
     free(c.child);

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "os/error.h"
 #include "unwind/stacks.h"
 
 struct profile;
@@ -40,7 +41,8 @@ uint64_t profile_dropped(const struct profile *p);
 int profile_top(const struct profile *p, size_t n, struct profile_top *out, size_t *ret_n);
 
 /* Each writer writes PATH.tmp.PID, then renames it to path (mode 0640): a reader never sees half
- * a file; on error nothing is left under either name. -errno on failure (-ENOSPC, -EACCES, ...).
+ * a file; on error nothing is left under either name. -errno on failure (-ENOSPC, -EACCES, ...),
+ * in err too (may be NULL); pstats: -ENODATA for a profile without samples.
  * - pstats: marshal of {(file, first line, func): (cc, nc, tt, ct, {caller: (nc, cc, tt, ct)})},
  *   as cProfile writes it; file is the source file, else the module path; calls are sample
  *   counts; times in seconds. Read by `python3 -m pstats`, SnakeViz, gprof2dot.
@@ -48,8 +50,10 @@ int profile_top(const struct profile *p, size_t n, struct profile_top *out, size
  *   source line, calls= lines with inclusive costs. Read by callgrind_annotate, KCachegrind.
  * - flamegraph: one SVG, no external resources; a root per thread name, hover titles with
  *   samples and percentages, click to zoom, search. cmd and pid go into the titles/headers. */
-int profile_write_pstats(const struct profile *p, const char *path);
-int profile_write_callgrind(const struct profile *p, const char *path, const char *cmd, pid_t pid);
-int profile_write_flamegraph(const struct profile *p, const char *path, const char *title);
+int profile_write_pstats(const struct profile *p, const char *path, struct error *err);
+int profile_write_callgrind(const struct profile *p, const char *path, const char *cmd, pid_t pid,
+                            struct error *err);
+int profile_write_flamegraph(const struct profile *p, const char *path, const char *title,
+                             struct error *err);
 
 #endif

@@ -109,7 +109,7 @@ static void write_key(struct atomicfile *f, const struct profile *p, char *const
     profile_marshal_str(f, profile_func_name(p, names, fn));
 }
 
-int profile_write_pstats(const struct profile *p, const char *path)
+int profile_write_pstats(const struct profile *p, const char *path, struct error *err)
 {
     struct atomicfile *f = NULL;
     size_t *first = NULL, *order = NULL;
@@ -117,8 +117,9 @@ int profile_write_pstats(const struct profile *p, const char *path)
     size_t i, j;
     int r;
 
+    error_clear(err);
     if (!p->samples)
-        return -ENODATA;
+        return error_set(err, -ENODATA, "the profile holds no samples");
     r = profile_names_new(p, 1, 0, &names);
     if (r < 0)
         goto out;
@@ -170,6 +171,7 @@ int profile_write_pstats(const struct profile *p, const char *path)
     r = atomicfile_commit(f);
     f = NULL;
 out:
+    error_fill(err, r);
     atomicfile_abort(f);
     profile_names_free(names, p->nfunc);
     free(first);

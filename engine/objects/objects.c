@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "objects/objects.h"
+#include "os/error.h"
 #include "os/procfs.h"
 #include "objects/sockets.h"
 
@@ -156,8 +157,19 @@ static enum objects_type classify(const char *link, uint64_t *ret_ino)
 }
 
 /* Every open fd of pid with its kind, ascending; fds closed while listing are left out. */
-static int scan_fds(const char *root, pid_t pid, struct fdent **ret, size_t *ret_n)
+/* Fills err for a failed read of ROOT/PID/FILE: the file says more than the errno, unless the
+ * process has gone or memory ran out. Returns r. */
+static int read_failed(struct error *err, int r, const char *root, pid_t pid, const char *file)
 {
+    if (r == -ESRCH || r == -ENOMEM)
+        return error_set(err, r, NULL);
+    return error_set(err, r, "cannot read %s/%d/%s: %s", root, (int)pid, file, strerror(-r));
+}
+
+static int scan_fds(const char *root, pid_t pid, struct fdent **ret, size_t *ret_n,
+                    struct error *err)
+{
+    char file[32];
     struct fdent *ents = NULL;
     char link[PATH_MAX];
     int *fds = NULL;
@@ -165,8 +177,10 @@ static int scan_fds(const char *root, pid_t pid, struct fdent **ret, size_t *ret
     int r;
 
     r = procfs_list_fds(root, pid, &fds, &n_fds);
-    if (r < 0)
+    if (r < 0) {
+        read_failed(err, r, root, pid, "fd");
         goto out;
+    }
     ents = calloc(n_fds ? n_fds : 1, sizeof(*ents));
     if (!ents) {
         r = -ENOMEM;
@@ -176,8 +190,11 @@ static int scan_fds(const char *root, pid_t pid, struct fdent **ret, size_t *ret
         r = procfs_read_fd_link(root, pid, fds[i], link, sizeof(link));
         if (r == -ENOENT)
             continue; /* closed since listing */
-        if (r < 0 && r != -ENAMETOOLONG)
+        if (r < 0 && r != -ENAMETOOLONG) {
+            snprintf(file, sizeof(file), "fd/%d", fds[i]);
+            read_failed(err, r, root, pid, file);
             goto out;
+        }
         ents[n].fd = fds[i];
         /* Only a path can be longer than PATH_MAX. */
         ents[n].type = r == -ENAMETOOLONG ? OBJECTS_FILE : classify(link, &ents[n].ino);
@@ -646,16 +663,18 @@ out:
 }
 
 static int dump_threads(const char *root, pid_t pid, int (*emit)(const char *, void *),
-                        void *userdata)
+                        void *userdata, struct error *err)
 {
-    char comm[PROCFS_COMM_MAX], line[128];
+    char comm[PROCFS_COMM_MAX], line[128], file[32];
     pid_t *tids = NULL;
     size_t n;
     int r;
 
     r = procfs_list_tasks(root, pid, &tids, &n);
-    if (r < 0)
+    if (r < 0) {
+        read_failed(err, r, root, pid, "task");
         goto out;
+    }
     for (size_t i = 0; i < n; i++) {
         char state;
         r = procfs_read_comm(root, pid, tids[i], comm);
@@ -667,8 +686,11 @@ static int dump_threads(const char *root, pid_t pid, int (*emit)(const char *, v
                 goto out;
             continue; /* that thread exited */
         }
-        if (r < 0)
+        if (r < 0) {
+            snprintf(file, sizeof(file), "task/%d", (int)tids[i]);
+            read_failed(err, r, root, pid, file);
             goto out;
+        }
         snprintf(line, sizeof(line), "<thread tid=%d name=%s state=%c>", (int)tids[i], comm, state);
         r = emit(line, userdata);
         if (r < 0)
@@ -680,7 +702,8 @@ out:
     return r;
 }
 
-static int dump_maps(const char *root, pid_t pid, int (*emit)(const char *, void *), void *userdata)
+static int dump_maps(const char *root, pid_t pid, int (*emit)(const char *, void *), void *userdata,
+                     struct error *err)
 {
     struct procfs_map *maps = NULL;
     struct repr *r;
@@ -691,8 +714,10 @@ static int dump_maps(const char *root, pid_t pid, int (*emit)(const char *, void
     if (!r)
         return -ENOMEM;
     ret = procfs_read_maps(root, pid, &maps, &n);
-    if (ret < 0)
+    if (ret < 0) {
+        read_failed(err, ret, root, pid, "maps");
         goto out;
+    }
     for (size_t i = 0; i < n; i++) {
         repr_reset(r);
         repr_add(r, "<mapping %" PRIx64 "-%" PRIx64 " %s%s%s>", maps[i].start, maps[i].end,
@@ -710,7 +735,7 @@ out:
 
 /* One pipe is two fds: pipes are counted by fd, as every fd kind is, so a leak of one pipe a
  * second grows the count by two. */
-int objects_count(const char *root, pid_t pid, struct objects_count *ret)
+int objects_count(const char *root, pid_t pid, struct objects_count *ret, struct error *err)
 {
     struct objects_count c = {{0}};
     struct procfs_map *maps = NULL;
@@ -719,21 +744,28 @@ int objects_count(const char *root, pid_t pid, struct objects_count *ret)
     size_t n = 0, n_maps = 0;
     int r;
 
-    r = scan_fds(root, pid, &ents, &n);
+    error_clear(err);
+    r = scan_fds(root, pid, &ents, &n, err);
     if (r < 0)
         goto out;
     for (size_t i = 0; i < n; i++)
         c.n[ents[i].type]++;
     r = procfs_list_tasks(root, pid, &tids, &n);
-    if (r < 0)
+    if (r < 0) {
+        read_failed(err, r, root, pid, "task");
         goto out;
+    }
     c.n[OBJECTS_THREAD] = n;
     r = procfs_read_maps(root, pid, &maps, &n_maps);
-    if (r < 0)
+    if (r < 0) {
+        read_failed(err, r, root, pid, "maps");
         goto out;
+    }
     c.n[OBJECTS_MAPPING] = n_maps;
     *ret = c;
 out:
+    if (r < 0)
+        error_fill(err, r);
     procfs_maps_free(maps, n_maps);
     free(tids);
     free(ents);
@@ -764,22 +796,27 @@ static int emit_fds(const char *root, pid_t pid, const struct fdent *ents, size_
 }
 
 int objects_dump(const char *root, pid_t pid, enum objects_type t,
-                 int (*emit)(const char *repr, void *userdata), void *userdata)
+                 int (*emit)(const char *repr, void *userdata), void *userdata, struct error *err)
 {
     struct fdent *ents = NULL;
     struct repr *r = NULL;
     size_t n = 0;
     int ret;
 
+    error_clear(err);
     if ((unsigned)t >= OBJECTS_NTYPES)
-        return -EINVAL;
-    if (t == OBJECTS_THREAD)
-        return dump_threads(root, pid, emit, userdata);
-    if (t == OBJECTS_MAPPING)
-        return dump_maps(root, pid, emit, userdata);
+        return error_set(err, -EINVAL, NULL);
     if (t == OBJECTS_SOCKET)
-        return sockets_dump(root, pid, emit, userdata);
-    ret = scan_fds(root, pid, &ents, &n);
+        return sockets_dump(root, pid, emit, userdata, err);
+    if (t == OBJECTS_THREAD) {
+        ret = dump_threads(root, pid, emit, userdata, err);
+        goto out;
+    }
+    if (t == OBJECTS_MAPPING) {
+        ret = dump_maps(root, pid, emit, userdata, err);
+        goto out;
+    }
+    ret = scan_fds(root, pid, &ents, &n, err);
     if (ret < 0)
         goto out;
     if (t == OBJECTS_PIPE) {
@@ -793,6 +830,8 @@ int objects_dump(const char *root, pid_t pid, enum objects_type t,
     }
     ret = emit_fds(root, pid, ents, n, t, r, emit, userdata);
 out:
+    if (ret < 0)
+        error_fill(err, ret);
     free(r);
     free(ents);
     return ret;
@@ -891,7 +930,7 @@ out:
 /* ROOT/PID/timers: blocks of "ID: %d", "signal: %d/%px", "notify: %s/%s.%d", "ClockID: %d".
  * The kernel shows no expiry time there. */
 static int posix_timers(const char *root, pid_t pid, struct repr *r,
-                        int (*emit)(const char *, void *), void *userdata)
+                        int (*emit)(const char *, void *), void *userdata, struct error *err)
 {
     char *text = NULL;
     int ret;
@@ -901,8 +940,10 @@ static int posix_timers(const char *root, pid_t pid, struct repr *r,
         ret = 0; /* a kernel without CONFIG_CHECKPOINT_RESTORE */
         goto out;
     }
-    if (ret < 0)
+    if (ret < 0) {
+        read_failed(err, ret, root, pid, "timers");
         goto out;
+    }
     for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
         const char *sig, *notify, *clk, *slash;
         long long id, clock_id, signo;
@@ -952,15 +993,16 @@ out:
 }
 
 int objects_scheduled(const char *root, pid_t pid, int (*emit)(const char *repr, void *userdata),
-                      void *userdata)
+                      void *userdata, struct error *err)
 {
     struct fdent *ents = NULL;
     struct repr *r = NULL;
-    char *info = NULL;
+    char *info = NULL, file[32];
     size_t n = 0;
     int ret;
 
-    ret = scan_fds(root, pid, &ents, &n);
+    error_clear(err);
+    ret = scan_fds(root, pid, &ents, &n, err);
     if (ret < 0)
         goto out;
     r = malloc(sizeof(*r));
@@ -971,7 +1013,7 @@ int objects_scheduled(const char *root, pid_t pid, int (*emit)(const char *repr,
     ret = emit_fds(root, pid, ents, n, OBJECTS_TIMERFD, r, emit, userdata);
     if (ret < 0)
         goto out;
-    ret = posix_timers(root, pid, r, emit, userdata);
+    ret = posix_timers(root, pid, r, emit, userdata, err);
     if (ret < 0)
         goto out;
     for (size_t i = 0; i < n; i++) {
@@ -982,8 +1024,11 @@ int objects_scheduled(const char *root, pid_t pid, int (*emit)(const char *repr,
         ret = read_fdinfo(root, pid, ents[i].fd, &info);
         if (ret == -ENOENT)
             continue;
-        if (ret < 0)
+        if (ret < 0) {
+            snprintf(file, sizeof(file), "fdinfo/%d", ents[i].fd);
+            read_failed(err, ret, root, pid, file);
             goto out;
+        }
         ret = epoll_sched_repr(info, ents[i].fd, ents, n, r);
         if (ret == -EBADMSG)
             continue; /* not an epoll fdinfo: closed and reused */
@@ -995,6 +1040,8 @@ int objects_scheduled(const char *root, pid_t pid, int (*emit)(const char *repr,
     }
     ret = 0;
 out:
+    if (ret < 0)
+        error_fill(err, ret);
     free(info);
     free(r);
     free(ents);

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "os/error.h"
 
 enum objects_type {
     OBJECTS_PIPE,
@@ -35,9 +36,12 @@ const char *objects_type_name(enum objects_type t);
 /* -EINVAL for an unknown name. */
 int objects_type_parse(const char *name, enum objects_type *ret);
 
-/* Counts every object of pid. -ESRCH when it has gone. Cheap enough to run every second on a
- * process with 10,000 fds (one readlink per fd, no fdinfo reads). */
-int objects_count(const char *root, pid_t pid, struct objects_count *ret);
+/* Errors of the functions below: -ESRCH when pid has gone; a /proc file that cannot be read
+ * (-EACCES, -EBADMSG, ...; err names it); -ENOMEM; or emit's negative return. err may be NULL. */
+
+/* Counts every object of pid. Cheap enough to run every second on a process with 10,000 fds
+ * (one readlink per fd, no fdinfo reads). */
+int objects_count(const char *root, pid_t pid, struct objects_count *ret, struct error *err);
 
 /* Calls emit with the repr of every live object of type t, e.g.
  * `<pipe fd=5 inode=12345 read end, other end: pid 42 fd 6>`,
@@ -45,9 +49,9 @@ int objects_count(const char *root, pid_t pid, struct objects_count *ret);
  * flags=O_WRONLY|O_APPEND>`, `<eventfd fd=9 count=0>`, `<timerfd fd=8 clock=monotonic
  * next=6.438s interval=7s>`, `<epoll fd=4 watching 3 fds>`, `<thread tid=12 name=worker
  * state=S>`, `<mapping 7f00..-7f01.. r-xp /usr/lib/libc.so.6>`. Stops at emit's negative
- * return. */
+ * return. -EINVAL for an unknown t. */
 int objects_dump(const char *root, pid_t pid, enum objects_type t,
-                 int (*emit)(const char *repr, void *userdata), void *userdata);
+                 int (*emit)(const char *repr, void *userdata), void *userdata, struct error *err);
 
 /* Calls emit with one repr per scheduled item: every timerfd
  * `<timerfd fd=8 clock=monotonic next=6.438s interval=7s>` (next: time to expiry, "disarmed"
@@ -55,6 +59,6 @@ int objects_dump(const char *root, pid_t pid, enum objects_type t,
  * notify=signal/14 ...>`, and every epoll set with the fds it watches and their events
  * `<epoll fd=4 watches fd=8 (timerfd) events=EPOLLIN, fd=5 (pipe) events=EPOLLIN|EPOLLET>`. */
 int objects_scheduled(const char *root, pid_t pid, int (*emit)(const char *repr, void *userdata),
-                      void *userdata);
+                      void *userdata, struct error *err);
 
 #endif

@@ -30,6 +30,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include "objects/objsrc.h"
+#include "os/error.h"
 #include "os/perfring.h"
 #include "os/procfs.h"
 
@@ -237,30 +238,34 @@ static int find_field(const char *format, const char *name, struct field *ret)
     return -EBADMSG;
 }
 
-static int read_tracepoint(struct objsrc *s)
+static int read_tracepoint(struct objsrc *s, struct error *err)
 {
     char dir[TP_PATH_MAX], path[TP_PATH_MAX + 16], idtext[64];
     char *format = NULL;
     int r;
 
     r = find_tracepoint(dir, sizeof(dir));
+    if (r == -ENOENT)
+        return error_set(err, r, "no tracefs has the %s tracepoint (looked under %s and %s)",
+                         TP_DIR, tracefs_roots[0], tracefs_roots[1]);
     if (r < 0)
-        return r;
+        return error_set(err, r, "cannot read the %s tracepoint in tracefs: %s", TP_DIR,
+                         strerror(-r));
     snprintf(path, sizeof(path), "%s/id", dir);
     r = read_small(path, idtext, sizeof(idtext));
     if (r == 0 && parse_u64_text(idtext, 10, &s->tp_id) < 0)
-        r = -EBADMSG;
+        return error_set(err, -EBADMSG, "%s does not hold a tracepoint id", path);
     if (r < 0)
-        return r;
+        return error_set(err, r, "cannot read %s: %s", path, strerror(-r));
     format = malloc(FORMAT_MAX);
     if (!format)
-        return -ENOMEM;
+        return error_set(err, -ENOMEM, NULL);
     snprintf(path, sizeof(path), "%s/format", dir);
     r = read_small(path, format, FORMAT_MAX);
-    if (r == 0)
-        r = find_field(format, "id", &s->f_id);
-    if (r == 0)
-        r = find_field(format, "ret", &s->f_ret);
+    if (r < 0)
+        error_set(err, r, "cannot read %s: %s", path, strerror(-r));
+    else if (find_field(format, "id", &s->f_id) < 0 || find_field(format, "ret", &s->f_ret) < 0)
+        r = error_set(err, -EBADMSG, "%s lacks a 4- or 8-byte id or ret field", path);
     free(format);
     return r;
 }
@@ -391,13 +396,16 @@ static void known_add(struct objsrc *s, pid_t tid)
 
 /* Opens tid's events on every CPU, points them at the rings and starts them. -ESRCH: the
  * thread has gone. */
-static int open_thread(struct objsrc *s, pid_t tid)
+static int open_thread(struct objsrc *s, pid_t tid, struct error *err)
 {
     size_t base = s->nfds, k;
     int r = 0;
 
     if (s->nfds + s->rc.n > EVENTS_MAX)
-        return -EMFILE;
+        return error_set(err, -EMFILE,
+                         "tracing it needs more than %d event descriptors (one per thread and "
+                         "CPU, %zu CPUs)",
+                         EVENTS_MAX, s->rc.n);
     for (size_t i = 0; i < s->rc.n; i++) {
         int fd = -1;
 
@@ -446,7 +454,7 @@ out:
 }
 
 /* Opens events for every listed thread not covered, and forgets threads no longer listed. */
-static int scan_threads(struct objsrc *s, size_t *ret_new)
+static int scan_threads(struct objsrc *s, size_t *ret_new, struct error *err)
 {
     pid_t *tids = NULL;
     size_t n = 0, opened = 0, k = 0;
@@ -459,11 +467,18 @@ static int scan_threads(struct objsrc *s, size_t *ret_new)
 
         if (known_find(s, tids[i], &pos))
             continue;
-        r = open_thread(s, tids[i]);
+        r = open_thread(s, tids[i], err);
         if (r == -ESRCH) {
             r = 0;
             continue;
         }
+        if (r == -EACCES || r == -EPERM)
+            error_set(err, r, "perf_event_open of the %s tracepoint for thread %d was refused",
+                      TP_DIR, (int)tids[i]);
+        else if (r == -EMFILE || r == -ENFILE)
+            error_fill(err, r);
+        else if (r < 0 && r != -ENOMEM)
+            error_set(err, r, "cannot trace thread %d: %s", (int)tids[i], strerror(-r));
         if (r < 0)
             goto out;
         opened++;
@@ -498,22 +513,23 @@ void objsrc_close(struct objsrc *s)
     free(s);
 }
 
-int objsrc_open(pid_t pid, struct objsrc **ret)
+int objsrc_open(pid_t pid, struct objsrc **ret, struct error *err)
 {
     struct objsrc *s;
     size_t opened = 0;
     int r;
 
+    error_clear(err);
     if (pid <= 0)
-        return -EINVAL;
+        return error_set(err, -EINVAL, NULL);
     s = calloc(1, sizeof(*s));
     if (!s)
-        return -ENOMEM;
+        return error_set(err, -ENOMEM, NULL);
     s->pid = pid;
     s->epfd = -1;
     s->inherit_thread = true;
     s->ring_pages = RING_PAGES_MAX;
-    r = read_tracepoint(s);
+    r = read_tracepoint(s, err);
     if (r == 0)
         r = build_filter(s);
     if (r == 0)
@@ -530,7 +546,7 @@ int objsrc_open(pid_t pid, struct objsrc **ret)
     for (int scan = 0; scan < OPEN_SCANS_MAX; scan++) {
         size_t n = 0;
 
-        r = scan_threads(s, &n);
+        r = scan_threads(s, &n, err);
         if (r < 0)
             goto out;
         opened += n;
@@ -543,7 +559,7 @@ int objsrc_open(pid_t pid, struct objsrc **ret)
 out:
     if (r < 0) {
         objsrc_close(s);
-        return r;
+        return error_fill(err, r);
     }
     *ret = s;
     return 0;
@@ -738,16 +754,18 @@ static int on_record(void *arg, size_t ci, const unsigned char *rec, size_t size
 }
 
 int objsrc_poll(struct objsrc *s, int timeout_ms,
-                int (*cb)(const struct objsrc_event *ev, void *userdata), void *userdata)
+                int (*cb)(const struct objsrc_event *ev, void *userdata), void *userdata,
+                struct error *err)
 {
     struct epoll_event evs[EPOLL_BATCH];
     struct poll_ctx ctx = {s, cb, userdata};
     int r, n;
 
+    error_clear(err);
     if (!s->exited) {
         n = epoll_wait(s->epfd, evs, EPOLL_BATCH, timeout_ms);
         if (n < 0 && errno != EINTR)
-            return -errno;
+            return error_set(err, -errno, NULL);
         /* An event whose thread exited polls HUP for ever: stop watching it (its ring, if it
          * owns one, is still woken through the other events writing there). */
         for (int i = 0; i < n; i++)
@@ -759,20 +777,22 @@ int objsrc_poll(struct objsrc *s, int timeout_ms,
     }
     r = perfring_cpus_drain(&s->rc, on_record, &ctx, &s->stats.lost);
     if (r < 0)
-        return r;
+        return error_set(err, r, NULL);
     if (!s->exited && now_ns() >= s->next_scan_ns) {
         size_t opened;
 
-        r = scan_threads(s, &opened);
+        r = scan_threads(s, &opened, err);
         if (r == -ESRCH || (r == 0 && procfs_process_gone(PROCFS_ROOT, s->pid)))
             s->exited = true;
         else if (r < 0 && r != -EMFILE)
-            return r;
+            return error_fill(err, r);
+        /* Past the limit, the threads already traced go on. */
+        error_clear(err);
         s->next_scan_ns = now_ns() + RESCAN_NS;
     }
     if (s->exited) {
         r = perfring_cpus_drain(&s->rc, on_record, &ctx, &s->stats.lost);
-        return r < 0 ? r : -ESRCH;
+        return error_set(err, r < 0 ? r : -ESRCH, NULL);
     }
     return 0;
 }

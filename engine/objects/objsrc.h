@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include "objects/objects.h"
+#include "os/error.h"
 
 #define OBJSRC_NREGS 17         /* libunwind's x86-64 numbering, as stacks.h takes */
 #define OBJSRC_STACK_BYTES 8192 /* user stack copied per event */
@@ -42,16 +43,20 @@ struct objsrc;
 /* Starts tracing pid's threads (and those they create). -ENOENT: no syscall tracepoints here
  * (no tracefs with raw_syscalls:sys_exit, and mounting it failed); -EACCES/-EPERM: not allowed
  * to read tracefs or open the events (needs root, or CAP_PERFMON and read access to tracefs);
- * -ESRCH: pid has gone; -EMFILE: too many threads x CPUs for the fd limit. */
-int objsrc_open(pid_t pid, struct objsrc **ret);
+ * -ESRCH: pid has gone; -EMFILE: too many threads x CPUs for the fd limit; -EBADMSG: the
+ * tracepoint's id or format cannot be read. err (may be NULL) says which tracefs file, which
+ * thread's perf_event_open or which limit was in the way. */
+int objsrc_open(pid_t pid, struct objsrc **ret, struct error *err);
 /* A descriptor that polls readable when events wait (for the caller's own poll). */
 int objsrc_fd(const struct objsrc *s);
 /* Waits up to timeout_ms (0: not at all) for events, then hands every pending one to cb in
  * arrival order per CPU. Threads that appeared uncovered are picked up about once a second.
  * A negative return of cb stops and is returned. -ESRCH once the target has exited and all its
- * events were handed out. */
+ * events were handed out; a new thread that cannot be traced (err says which, and why). err may
+ * be NULL. */
 int objsrc_poll(struct objsrc *s, int timeout_ms,
-                int (*cb)(const struct objsrc_event *ev, void *userdata), void *userdata);
+                int (*cb)(const struct objsrc_event *ev, void *userdata), void *userdata,
+                struct error *err);
 void objsrc_stats(const struct objsrc *s, struct objsrc_stats *ret);
 void objsrc_close(struct objsrc *s);
 

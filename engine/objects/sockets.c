@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include "os/error.h"
 #include "os/procfs.h"
 #include "objects/sockets.h"
 
@@ -501,7 +502,7 @@ static int parse_socket_link(const char *link, uint64_t *ret)
 }
 
 int sockets_dump(const char *root, pid_t pid, int (*emit)(const char *line, void *userdata),
-                 void *userdata)
+                 void *userdata, struct error *err)
 {
     struct fdsock *socks = NULL;
     struct lookup lk = {0};
@@ -514,9 +515,13 @@ int sockets_dump(const char *root, pid_t pid, int (*emit)(const char *line, void
      * reused later, the pidfd reaches nothing (-ESRCH), never the newcomer's fds. */
     if (strcmp(root, PROCFS_ROOT) == 0)
         pidfd = pidfd_open(pid, 0);
+    error_clear(err);
     r = procfs_list_fds(root, pid, &fds, &nfds);
-    if (r < 0)
+    if (r < 0) {
+        if (r != -ESRCH && r != -ENOMEM)
+            error_set(err, r, "cannot read %s/%d/fd: %s", root, (int)pid, strerror(-r));
         goto out;
+    }
     socks = calloc(nfds ? nfds : 1, sizeof(*socks));
     lk.v = calloc(nfds ? nfds : 1, sizeof(*lk.v));
     line = malloc(LINE_MAX_BYTES);
@@ -530,8 +535,12 @@ int sockets_dump(const char *root, pid_t pid, int (*emit)(const char *line, void
         r = procfs_read_fd_link(root, pid, fds[i], link, sizeof(link));
         if (r == -ENOENT || r == -ENAMETOOLONG) /* closed meanwhile; a long path is no socket */
             continue;
-        if (r < 0)
+        if (r < 0) {
+            if (r != -ESRCH && r != -ENOMEM)
+                error_set(err, r, "cannot read %s/%d/fd/%d: %s", root, (int)pid, fds[i],
+                          strerror(-r));
             goto out;
+        }
         if (parse_socket_link(link, &s->inode) < 0)
             continue;
         s->fd = fds[i];
@@ -588,6 +597,8 @@ int sockets_dump(const char *root, pid_t pid, int (*emit)(const char *line, void
     }
     r = 0;
 out:
+    if (r < 0)
+        error_fill(err, r);
     if (pidfd >= 0)
         close(pidfd);
     for (size_t i = 0; i < lk.n; i++)

@@ -9,9 +9,11 @@
 
 #include <stddef.h>
 #include <sys/types.h>
+#include "os/error.h"
 
 /* Calls emit once per socket, in fd order, with the repr line (no newline). Stops and returns
- * emit's value if it is negative. -ESRCH when the process has gone.
+ * emit's value if it is negative. -ESRCH when the process has gone; an fd that cannot be read
+ * (err names it); -ENOMEM. err may be NULL.
  *
  * The line is what Python prints for socket.socket(fileno=FD): family, type and proto are the
  * kernel's (SO_DOMAIN, SO_TYPE, SO_PROTOCOL: proto=6 for TCP, 0 for a packet socket, while a
@@ -36,6 +38,6 @@
  * - a socket in no table (another protocol, a table too big, a row unreadable):
  *   `<socket.socket fd=9, family=?, type=?, proto=?, inode=12345>`. */
 int sockets_dump(const char *root, pid_t pid, int (*emit)(const char *line, void *userdata),
-                 void *userdata);
+                 void *userdata, struct error *err);
 
 #endif

@@ -26,3 +26,10 @@ void error_clear(struct error *e)
         e->reason[0] = '\0';
     }
 }
+
+int error_fill(struct error *e, int code)
+{
+    if (e && !e->code)
+        error_set(e, code, NULL);
+    return code;
+}

@@ -20,5 +20,8 @@ int error_set(struct error *e, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Empties e (when not NULL). */
 void error_clear(struct error *e);
+/* For an entry point's exit: sets e to code with no reason unless a deeper call already filled
+ * it (the deeper reason is the specific one). Returns code. */
+int error_fill(struct error *e, int code);
 
 #endif

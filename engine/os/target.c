@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "os/cachestat.h"
+#include "os/error.h"
 #include "os/target.h"
 
 #define CACHE_SIZE 64
@@ -57,25 +58,27 @@ static int parse_pid(const char *s, size_t len, pid_t *ret)
     return 0;
 }
 
-static int spec_parse(const char *spec, struct spec *ret)
+static int spec_parse(const char *spec, struct spec *ret, struct error *err)
 {
     struct spec s = {0};
     size_t len;
 
     if (!spec)
-        return -EINVAL;
+        return error_set(err, -EINVAL, "no target spec");
     len = strnlen(spec, TARGET_SPEC_MAX);
     if (len == TARGET_SPEC_MAX)
-        return -EINVAL;
+        return error_set(err, -EINVAL, "longer than %d characters", TARGET_SPEC_MAX - 1);
     for (size_t i = 0; i < len; i++)
         if ((unsigned char)spec[i] < 0x20 || spec[i] == 0x7f)
-            return -EINVAL;
+            return error_set(err, -EINVAL, "it holds a control character");
     if (strcmp(spec, "self") == 0) {
         s.kind = SPEC_SELF;
     } else if (strncmp(spec, "pid:", 4) == 0) {
         s.kind = SPEC_PID;
         if (parse_pid(spec + 4, len - 4, &s.pid) < 0)
-            return -EINVAL;
+            return error_set(err, -EINVAL,
+                             "pid: takes a number from 1 to %d, without sign or leading zero",
+                             INT_MAX);
     } else if (strncmp(spec, "comm:", 5) == 0) {
         s.kind = SPEC_COMM;
         s.arg = spec + 5;
@@ -84,15 +87,15 @@ static int spec_parse(const char *spec, struct spec *ret)
         s.arg = spec + 4;
         /* The kernel's exe links are absolute: nothing else could ever match. */
         if (s.arg[0] != '/')
-            return -EINVAL;
+            return error_set(err, -EINVAL, "exe: takes an absolute path");
     } else if (strncmp(spec, "pidfile:", 8) == 0) {
         s.kind = SPEC_PIDFILE;
         s.arg = spec + 8;
     } else {
-        return -EINVAL;
+        return error_set(err, -EINVAL, "use self, pid:N, comm:NAME, exe:PATH or pidfile:PATH");
     }
     if (s.arg && !s.arg[0])
-        return -EINVAL;
+        return error_set(err, -EINVAL, "nothing after the colon");
     *ret = s;
     return 0;
 }
@@ -101,7 +104,7 @@ int target_spec_check(const char *spec)
 {
     struct spec s;
 
-    return spec_parse(spec, &s);
+    return spec_parse(spec, &s, NULL);
 }
 
 /* A process that exited but is not reaped yet has gone as far as profiling goes. */
@@ -118,29 +121,37 @@ static int read_live(const char *root, pid_t pid, uint64_t *ret_starttime)
     return procfs_read_starttime(root, pid, ret_starttime);
 }
 
-static int resolve_pid(const char *root, pid_t pid, struct target *ret)
+/* from: the pid file pid was read from, or NULL. */
+static int resolve_pid(const char *root, pid_t pid, const char *from, struct target *ret,
+                       struct error *err)
 {
     struct target t = {.pid = pid, .matches = 1};
+    char state;
     pid_t tgid;
     int r;
 
     /* /proc/TID resolves for any thread; only a thread group leader is a process. */
     r = procfs_read_tgid(root, pid, &tgid);
-    if (r < 0)
-        return r;
-    if (tgid != pid)
-        return -ESRCH;
-    r = read_live(root, pid, &t.starttime);
-    if (r < 0)
-        return r;
-    r = procfs_read_comm(root, pid, 0, t.name);
-    if (r < 0)
-        return r;
+    if (r == 0 && tgid != pid)
+        return error_set(err, -ESRCH, "%d is a thread of process %d, not a process", (int)pid,
+                         (int)tgid);
+    if (r == 0)
+        r = read_live(root, pid, &t.starttime);
+    /* Gone as far as profiling goes, yet still listed: a zombie. */
+    if (r == -ESRCH && procfs_read_state(root, pid, 0, &state) == 0)
+        return error_set(err, r, "process %d has exited and is not yet reaped", (int)pid);
+    if (r == 0)
+        r = procfs_read_comm(root, pid, 0, t.name);
+    if (r < 0) {
+        if (from && r == -ESRCH)
+            return error_set(err, r, "%s names pid %d", from, (int)pid);
+        return error_set(err, r, NULL);
+    }
     *ret = t;
     return 0;
 }
 
-static int read_pidfile(const char *path, pid_t *ret)
+static int read_pidfile(const char *path, pid_t *ret, struct error *err)
 {
     char buf[PIDFILE_MAX + 1];
     size_t len = 0;
@@ -149,13 +160,13 @@ static int read_pidfile(const char *path, pid_t *ret)
 
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0)
-        return -errno;
+        return error_set(err, -errno, NULL);
     while (len < PIDFILE_MAX) {
         ssize_t n = read(fd, buf + len, PIDFILE_MAX - len);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            r = -errno;
+            r = error_set(err, -errno, NULL);
             goto out;
         }
         if (n == 0)
@@ -165,11 +176,12 @@ static int read_pidfile(const char *path, pid_t *ret)
     buf[len] = '\0';
     nl = memchr(buf, '\n', len);
     if (!nl && len == PIDFILE_MAX) {
-        r = -EBADMSG;
+        r = error_set(err, -EBADMSG, "the first line of %s is longer than %d bytes", path,
+                      PIDFILE_MAX);
         goto out;
     }
     if (parse_pid(buf, nl ? (size_t)(nl - buf) : len, ret) < 0)
-        r = -EBADMSG;
+        r = error_set(err, -EBADMSG, "the first line of %s is not a pid alone", path);
 out:
     close(fd);
     return r;
@@ -218,22 +230,27 @@ static int spec_matches(const char *root, pid_t pid, const struct spec *s,
     return 0;
 }
 
-static int scan(const char *root, const struct spec *s, struct target *ret)
+static int scan(const char *root, const struct spec *s, struct target *ret, struct error *err)
 {
     struct target best = {0};
     pid_t *pids = NULL, self = getpid();
     size_t n;
-    unsigned matches = 0;
+    unsigned matches = 0, unreadable = 0;
     int r;
 
     r = procfs_list_pids(root, &pids, &n);
     if (r < 0)
-        return r;
+        return error_set(err, r, "cannot list the processes in %s", root);
     for (size_t i = 0; i < n; i++) {
         struct target t = {.pid = pids[i]};
         bool match;
 
-        if (pids[i] == self || spec_matches(root, pids[i], s, t.name, &match) < 0 || !match)
+        if (pids[i] == self)
+            continue;
+        r = spec_matches(root, pids[i], s, t.name, &match);
+        /* Processes the agent may not look into (another user's exe link) could be the one. */
+        unreadable += r == -EACCES || r == -EPERM;
+        if (r < 0 || !match)
             continue;
         if (read_live(root, pids[i], &t.starttime) < 0)
             continue;
@@ -243,8 +260,14 @@ static int scan(const char *root, const struct spec *s, struct target *ret)
             best = t;
     }
     free(pids);
+    if (!matches && unreadable)
+        return error_set(err, -ESRCH,
+                         "no process has %s %s, and the agent may not read %u of them (another "
+                         "user's, without CAP_SYS_PTRACE)",
+                         s->kind == SPEC_EXE ? "executable" : "comm", s->arg, unreadable);
     if (!matches)
-        return -ESRCH;
+        return error_set(err, -ESRCH, "no process has %s %s",
+                         s->kind == SPEC_EXE ? "executable" : "comm", s->arg);
     best.matches = matches;
     *ret = best;
     return 0;
@@ -297,7 +320,7 @@ static void cache_store(const char *root, const char *spec, const struct target 
 }
 
 static int resolve_cached(const char *root, const char *spec, const struct spec *s,
-                          struct target *ret)
+                          struct target *ret, struct error *err)
 {
     struct cache_entry *e;
     struct target t;
@@ -322,7 +345,7 @@ static int resolve_cached(const char *root, const char *spec, const struct spec 
     }
     if (cacheable)
         cachestat_miss(&cache_stat);
-    r = scan(root, s, &t);
+    r = scan(root, s, &t, err);
     if (r < 0)
         return r;
     if (cacheable)
@@ -331,28 +354,29 @@ static int resolve_cached(const char *root, const char *spec, const struct spec 
     return 0;
 }
 
-int target_resolve(const char *root, const char *spec, struct target *ret)
+int target_resolve(const char *root, const char *spec, struct target *ret, struct error *err)
 {
     struct spec s;
     pid_t pid = 0;
     int r;
 
-    r = spec_parse(spec, &s);
+    error_clear(err);
+    r = spec_parse(spec, &s, err);
     if (r < 0)
         return r;
     switch (s.kind) {
     case SPEC_SELF:
-        return resolve_pid(root, getpid(), ret);
+        return resolve_pid(root, getpid(), NULL, ret, err);
     case SPEC_PID:
-        return resolve_pid(root, s.pid, ret);
+        return resolve_pid(root, s.pid, NULL, ret, err);
     case SPEC_PIDFILE:
-        r = read_pidfile(s.arg, &pid);
+        r = read_pidfile(s.arg, &pid, err);
         if (r < 0)
             return r;
-        return resolve_pid(root, pid, ret);
+        return resolve_pid(root, pid, s.arg, ret, err);
     case SPEC_COMM:
     case SPEC_EXE:
         break;
     }
-    return resolve_cached(root, spec, &s, ret);
+    return resolve_cached(root, spec, &s, ret, err);
 }

@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 #include <sys/types.h>
+#include "os/error.h"
 #include "os/procfs.h"
 
 #define TARGET_SPEC_MAX 256
@@ -30,7 +31,10 @@ int target_spec_check(const char *spec);
  * pidfile:PATH: the first line must be the pid alone, else -EBADMSG.
  * comm:/exe: results are cached per (root, spec), 64 of them, LRU, as the "targets" cachestat;
  * a hit rechecks that one pid (start time, state, match) instead of scanning every process, so
- * on a hit `matches` is the count from the scan that found the cached process. Thread-safe. */
-int target_resolve(const char *root, const char *spec, struct target *ret);
+ * on a hit `matches` is the count from the scan that found the cached process. Thread-safe.
+ * err (may be NULL) gets the code and, where the errno does not say it, why: which part of the
+ * spec is malformed, that no process has that comm or executable (and how many the agent could
+ * not read), that a pid is a thread or a zombie, or which pid a pid file names. */
+int target_resolve(const char *root, const char *spec, struct target *ret, struct error *err);
 
 #endif

@@ -157,7 +157,7 @@ static int build_thread(struct stacks *s, const struct snapshot_thread *st,
     return 0;
 }
 
-int stacks_dump_threads(struct stacks *s, struct stacks_dump **ret)
+int stacks_dump_threads(struct stacks *s, struct stacks_dump **ret, struct error *err)
 {
     int r;
     uint64_t t0 = now_ns();
@@ -165,9 +165,13 @@ int stacks_dump_threads(struct stacks *s, struct stacks_dump **ret)
     size_t ntids = 0;
     struct stacks_dump *d = NULL;
 
+    error_clear(err);
     r = refresh(s);
-    if (r < 0)
+    if (r < 0) {
+        if (r != -ESRCH)
+            error_set(err, r, "cannot read the memory map %s/%d/maps", PROCFS_ROOT, (int)s->pid);
         goto out;
+    }
     r = procfs_list_tasks(PROCFS_ROOT, s->pid, &tids, &ntids);
     if (r < 0)
         goto out;
@@ -213,6 +217,11 @@ int stacks_dump_threads(struct stacks *s, struct stacks_dump **ret)
      * the cause better than a list of identical failures. */
     if (d->nthreads == 0 || (!captured && common_err != -EIO)) {
         r = d->nthreads == 0 ? -ESRCH : common_err;
+        if (r == -ETIMEDOUT)
+            error_set(err, r,
+                      "none of its %zu threads stopped within %d ms (a thread inside vfork() or "
+                      "in uninterruptible sleep cannot be stopped)",
+                      d->nthreads, SNAPSHOT_STOP_TIMEOUT_MS);
         goto out;
     }
     d->stopped_ns = s->snap->stopped_ns;
@@ -222,6 +231,9 @@ int stacks_dump_threads(struct stacks *s, struct stacks_dump **ret)
     d = NULL;
     r = 0;
 out:
+    /* The errno says the rest: -ESRCH gone, -EPERM (the agent words why), -ENOMEM. */
+    if (r < 0)
+        error_fill(err, r);
     stacks_dump_free(d);
     free(tids);
     return r;

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/types.h>
+#include "os/error.h"
 #include "os/procfs.h"
 
 #define STACKS_MAX_FRAMES 256
@@ -55,8 +56,11 @@ void stacks_free(struct stacks *s);
 /* Captures and unwinds every thread. The target is never left stopped or traced, whatever
  * fails. Threads that could not be seized are listed with err set. The dump's strings stay
  * valid until a later call on s finds the mappings changed (the next stacks_dump_threads, or a
- * stacks_unwind_regs that re-reads them) or stacks_free. */
-int stacks_dump_threads(struct stacks *s, struct stacks_dump **ret);
+ * stacks_unwind_regs that re-reads them) or stacks_free. -ESRCH: the target has gone; when no
+ * thread could be captured, their common error (-EPERM: not allowed or already traced,
+ * -ETIMEDOUT: none stopped in time, with why in err); an unreadable maps file (named in err);
+ * -ENOMEM. err may be NULL. */
+int stacks_dump_threads(struct stacks *s, struct stacks_dump **ret, struct error *err);
 void stacks_dump_free(struct stacks_dump *d);
 /* Unwinds one thread from registers and a stack copy taken elsewhere (a perf_event sample's
  * PERF_SAMPLE_REGS_USER + PERF_SAMPLE_STACK_USER, in libunwind's x86-64 register numbering;

@@ -249,7 +249,7 @@ static void run_maps(const char *text, size_t len)
     }
     procfs_maps_free(maps, n);
     /* The census reads the same maps through objects.c. */
-    r = objects_count(root, PID, &count);
+    r = objects_count(root, PID, &count, NULL);
     CHECK(r == 0, "objects_count: %d after maps were accepted", r);
     CHECK(count.n[OBJECTS_MAPPING] == lines && count.n[OBJECTS_THREAD] == 2,
           "objects_count: %llu maps, %llu threads", (unsigned long long)count.n[OBJECTS_MAPPING],
@@ -317,7 +317,7 @@ static void run_comm(const char *text, size_t len)
     if (r < 0)
         check_content_error("procfs_read_comm (task)", r);
     /* Both task files hold the same text: a thread list has both or neither. */
-    r = objects_dump(root, PID, OBJECTS_THREAD, count_emit, &emitted);
+    r = objects_dump(root, PID, OBJECTS_THREAD, count_emit, &emitted, NULL);
     if (r < 0)
         check_content_error("objects_dump threads", r);
     else
@@ -377,7 +377,7 @@ static void run_fdinfo(void)
 
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         emitted = 0;
-        r = objects_dump(root, PID, types[i], count_emit, &emitted);
+        r = objects_dump(root, PID, types[i], count_emit, &emitted, NULL);
         /* A fdinfo that does not fit its kind is an fd closed and reused: skipped, no error. */
         CHECK(r == 0, "objects_dump %s: %d", objects_type_name(types[i]), r);
         /* A pipe with no readable flags is left out; the others too when malformed. */
@@ -389,7 +389,7 @@ static void run_fdinfo(void)
                   objects_type_name(types[i]));
     }
     emitted = 0;
-    r = objects_scheduled(root, PID, count_emit, &emitted);
+    r = objects_scheduled(root, PID, count_emit, &emitted, NULL);
     CHECK(r == 0, "objects_scheduled: %d", r);
 }
 
@@ -436,7 +436,7 @@ static void run_net(size_t table)
 
     snprintf(rel, sizeof(rel), "net/%s", net_tables[table]);
     link_data(rel);
-    r = sockets_dump(root, PID, socket_emit, &seen);
+    r = sockets_dump(root, PID, socket_emit, &seen, NULL);
     path_of(p, rel);
     CHECK(unlink(p) == 0, "unlink %s: %s", p, strerror(errno));
     CHECK(r == 0, "sockets_dump: %d", r);

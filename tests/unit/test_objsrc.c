@@ -80,7 +80,7 @@ static const struct kept *poll_for(struct objsrc *s, struct events *e, int timeo
     const struct kept *k;
 
     while (!(k = pred(e, arg)) && mono_ns() < end)
-        assert_int_equal(objsrc_poll(s, 100, keep, e), 0);
+        assert_int_equal(objsrc_poll(s, 100, keep, e, NULL), 0);
     return k;
 }
 
@@ -202,7 +202,7 @@ static void test_leaky_pipes(void **state)
     read_ready(&c, line, sizeof(line));
     piper = find_thread(c.pid, "piper");
     assert_true(piper > 0);
-    assert_int_equal(objsrc_open(c.pid, &s), 0);
+    assert_int_equal(objsrc_open(c.pid, &s, NULL), 0);
     opened_ns = mono_ns();
     assert_non_null(poll_for(s, e, 3000, pipes_at_least, &want));
     for (size_t i = 0; i < e->n; i++) {
@@ -229,7 +229,7 @@ static void test_leaky_pipes(void **state)
     assert_int_equal(waitpid(c.pid, NULL, 0), c.pid);
     int r = 0;
     for (int i = 0; i < 50 && r == 0; i++)
-        r = objsrc_poll(s, 100, keep, e);
+        r = objsrc_poll(s, 100, keep, e, NULL);
     assert_int_equal(r, -ESRCH);
     objsrc_close(s);
     fclose(c.out);
@@ -269,7 +269,7 @@ static void test_new_thread(void **state)
     assert_non_null(e);
     child_start(&c, "objmaker", NULL);
     read_ready(&c, line, sizeof(line));
-    assert_int_equal(objsrc_open(c.pid, &s), 0);
+    assert_int_equal(objsrc_open(c.pid, &s, NULL), 0);
     assert_int_equal(write(c.in, "thread\n", 7), 7);
     assert_non_null(fgets(line, sizeof(line), c.out));
     assert_int_equal(
@@ -329,7 +329,7 @@ static void test_calls_of_this_process(void **state)
 
     (void)state;
     assert_non_null(e);
-    assert_int_equal(objsrc_open(getpid(), &s), 0);
+    assert_int_equal(objsrc_open(getpid(), &s, NULL), 0);
     efd = eventfd(0, EFD_CLOEXEC);
     dfd = dup(efd);
     ffd = fcntl(efd, F_DUPFD_CLOEXEC, 100);
@@ -382,16 +382,20 @@ static void test_calls_of_this_process(void **state)
 static void test_bad_targets(void **state)
 {
     struct objsrc *s = NULL;
+    struct error e;
     pid_t pid;
 
     (void)state;
-    assert_int_equal(objsrc_open(0, &s), -EINVAL);
+    assert_int_equal(objsrc_open(0, &s, NULL), -EINVAL);
     pid = fork();
     assert_true(pid >= 0);
     if (pid == 0)
         _exit(0);
     assert_int_equal(waitpid(pid, NULL, 0), pid);
-    assert_int_equal(objsrc_open(pid, &s), -ESRCH);
+    /* Gone says it all: no reason. */
+    assert_int_equal(objsrc_open(pid, &s, &e), -ESRCH);
+    assert_int_equal(e.code, -ESRCH);
+    assert_string_equal(e.reason, "");
     assert_null(s);
 }
 

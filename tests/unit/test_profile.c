@@ -247,7 +247,7 @@ static void test_pstats(void **state)
     (void)state;
 
     path_in(path, sizeof(path), "profile.1.cprof");
-    assert_int_equal(profile_write_pstats(p, path), 0);
+    assert_int_equal(profile_write_pstats(p, path, NULL), 0);
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0640);
     snprintf(n, sizeof(n), "%d", N_TOTAL);
@@ -311,7 +311,7 @@ static void test_callgrind(void **state)
     (void)state;
 
     path_in(path, sizeof(path), "callgrind.out.1");
-    assert_int_equal(profile_write_callgrind(p, path, "app --flag\nx", 4242), 0);
+    assert_int_equal(profile_write_callgrind(p, path, "app --flag\nx", 4242, NULL), 0);
     f = fopen(path, "r");
     assert_non_null(f);
     k = fread(buf, 1, sizeof(buf) - 1, f);
@@ -360,7 +360,7 @@ static void test_flamegraph(void **state)
     (void)state;
 
     path_in(path, sizeof(path), "flamegraph.1.svg");
-    assert_int_equal(profile_write_flamegraph(p, path, "app (pid 4242) <CPU>"), 0);
+    assert_int_equal(profile_write_flamegraph(p, path, "app (pid 4242) <CPU>", NULL), 0);
     snprintf(n, sizeof(n), "%d", N_TOTAL);
     python(svg_check, path, n);
     /* Kept where a person can look at it (the report says what it showed). */
@@ -451,13 +451,13 @@ static void test_bad_utf8(void **state)
     assert_int_equal(profile_new(&p), 0);
     assert_int_equal(profile_add(p, "t\xfe", f, 1, 0, WEIGHT), 0);
     path_in(path, sizeof(path), "bad.cprof");
-    assert_int_equal(profile_write_pstats(p, path), 0);
+    assert_int_equal(profile_write_pstats(p, path, NULL), 0);
     python("import sys, pstats\n"
            "k = list(pstats.Stats(sys.argv[1]).stats)\n"
            "assert [x[2] for x in k] == ['bad\\ufffd\\ufffd(\\ufffd\\ufffd\\ufffd)'], k\n",
            path, NULL);
     path_in(path, sizeof(path), "bad.svg");
-    assert_int_equal(profile_write_flamegraph(p, path, "\x01\xff"), 0);
+    assert_int_equal(profile_write_flamegraph(p, path, "\x01\xff", NULL), 0);
     python("import sys, xml.etree.ElementTree as ET\n"
            "ET.parse(sys.argv[1])\n",
            path, NULL);
@@ -468,34 +468,37 @@ static void test_write_errors(void **state)
 {
     struct profile *p = build();
     struct profile *empty;
+    struct error e;
     char path[192], dir[128];
     (void)state;
 
     /* Missing directory; a file where a directory should be. */
-    assert_int_equal(profile_write_pstats(p, "/nonexistent-profiler-dir/p.cprof"), -ENOENT);
+    assert_int_equal(profile_write_pstats(p, "/nonexistent-profiler-dir/p.cprof", NULL), -ENOENT);
     path_in(dir, sizeof(dir), "errs");
     assert_int_equal(mkdir(dir, 0700), 0);
     snprintf(path, sizeof(path), "%s/file", dir);
     assert_int_equal(close(open(path, O_CREAT | O_WRONLY, 0600)), 0);
     snprintf(path, sizeof(path), "%s/file/x.svg", dir);
-    assert_int_equal(profile_write_flamegraph(p, path, "t"), -ENOTDIR);
+    assert_int_equal(profile_write_flamegraph(p, path, "t", NULL), -ENOTDIR);
     /* The rename fails (a directory holds the name): the temporary file must go. */
     snprintf(path, sizeof(path), "%s/callgrind.out.2", dir);
     assert_int_equal(mkdir(path, 0700), 0);
-    assert_int_equal(profile_write_callgrind(p, path, "x", 1), -EISDIR);
-    assert_int_equal(profile_write_pstats(p, path), -EISDIR);
+    assert_int_equal(profile_write_callgrind(p, path, "x", 1, NULL), -EISDIR);
+    assert_int_equal(profile_write_pstats(p, path, NULL), -EISDIR);
     assert_int_equal(dir_entries(dir), 2);
     /* Unwritable directory (only meaningful when not root: root ignores the mode). */
     if (geteuid() != 0) {
         snprintf(path, sizeof(path), "%s/ro", dir);
         assert_int_equal(mkdir(path, 0500), 0);
         snprintf(path, sizeof(path), "%s/ro/p.cprof", dir);
-        assert_int_equal(profile_write_pstats(p, path), -EACCES);
+        assert_int_equal(profile_write_pstats(p, path, NULL), -EACCES);
     }
     /* pstats cannot read an empty dict: nothing is written. */
     assert_int_equal(profile_new(&empty), 0);
     snprintf(path, sizeof(path), "%s/empty.cprof", dir);
-    assert_int_equal(profile_write_pstats(empty, path), -ENODATA);
+    assert_int_equal(profile_write_pstats(empty, path, &e), -ENODATA);
+    assert_int_equal(e.code, -ENODATA);
+    assert_string_equal(e.reason, "the profile holds no samples");
     assert_int_equal(access(path, F_OK), -1);
     assert_int_equal(profile_add(empty, "t", NULL, 1, 0, 1), -EINVAL);
     profile_free(empty);
@@ -567,15 +570,15 @@ static void figures(int worst)
     }
     t1 = now();
     path_in(cprof, sizeof(cprof), "big.cprof");
-    assert_int_equal(profile_write_pstats(p, cprof), 0);
+    assert_int_equal(profile_write_pstats(p, cprof, NULL), 0);
     assert_int_equal(stat(cprof, &st[0]), 0);
     t2 = now();
     path_in(path, sizeof(path), "callgrind.out.big");
-    assert_int_equal(profile_write_callgrind(p, path, "big", 1), 0);
+    assert_int_equal(profile_write_callgrind(p, path, "big", 1, NULL), 0);
     assert_int_equal(stat(path, &st[1]), 0);
     t3 = now();
     path_in(path, sizeof(path), "big.svg");
-    assert_int_equal(profile_write_flamegraph(p, path, "big"), 0);
+    assert_int_equal(profile_write_flamegraph(p, path, "big", NULL), 0);
     assert_int_equal(stat(path, &st[2]), 0);
     t4 = now();
     print_message("%s: 100k samples x 24 frames: add %.3f s (%.2f us/sample), %zu funcs, %zu tree "

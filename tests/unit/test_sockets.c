@@ -121,28 +121,31 @@ static void test_fixture(void **state)
         "raddr=('127.0.0.1', 54)>",
     };
     struct lines l = {0};
+    struct error e;
 
     (void)state;
     if (!little_endian())
         skip();
-    assert_int_equal(sockets_dump(FIX, 400, collect, &l), 0);
+    assert_int_equal(sockets_dump(FIX, 400, collect, &l, NULL), 0);
     for (size_t i = 0; i < l.n && i < sizeof(expect) / sizeof(expect[0]); i++)
         assert_string_equal(l.v[i], expect[i]);
     assert_int_equal(l.n, sizeof(expect) / sizeof(expect[0]));
     lines_free(&l);
 
     l.stop_after = 2;
-    assert_int_equal(sockets_dump(FIX, 400, collect, &l), -ECANCELED);
+    assert_int_equal(sockets_dump(FIX, 400, collect, &l, NULL), -ECANCELED);
     assert_int_equal(l.n, 2);
     lines_free(&l);
 
     /* No sockets, no fd directory, no process. */
-    assert_int_equal(sockets_dump(FIX, 100, collect, &l), 0);
+    assert_int_equal(sockets_dump(FIX, 100, collect, &l, NULL), 0);
     assert_int_equal(l.n, 1); /* fd 3 is a socket in no table: 100 has none */
     assert_string_equal(l.v[0], "<socket.socket fd=3, family=?, type=?, proto=?, inode=1234>");
     lines_free(&l);
-    assert_int_equal(sockets_dump(FIX, 300, collect, &l), -ENOENT);
-    assert_int_equal(sockets_dump(FIX, 999, collect, &l), -ESRCH);
+    assert_int_equal(sockets_dump(FIX, 300, collect, &l, &e), -ENOENT);
+    assert_int_equal(e.code, -ENOENT);
+    assert_non_null(strstr(e.reason, FIX "/300/fd"));
+    assert_int_equal(sockets_dump(FIX, 999, collect, &l, NULL), -ESRCH);
     assert_int_equal(l.n, 0);
 }
 
@@ -353,7 +356,7 @@ static void test_live(void **state)
     keep(&lv, nlb, DIFFERENT);
 
     fds_before = count_fds();
-    assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), collect, &l), 0);
+    assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), collect, &l, NULL), 0);
     assert_int_equal(count_fds(), fds_before);
     for (int i = 0; i < lv.n; i++) {
         const char *got = line_of(&l, lv.fd[i]);
@@ -367,7 +370,7 @@ static void test_live(void **state)
     lines_free(&l);
 
     /* The tables, on the same sockets: what they can tell, they tell alike. */
-    assert_int_equal(sockets_dump(LIVE_ROOT, getpid(), collect, &l), 0);
+    assert_int_equal(sockets_dump(LIVE_ROOT, getpid(), collect, &l, NULL), 0);
     for (int i = 0; i < lv.n; i++) {
         const char *got = line_of(&l, lv.fd[i]);
         assert_non_null(got);
@@ -385,7 +388,7 @@ static void test_live(void **state)
 
     /* Stopped by emit: no duplicate stays open either. */
     l.stop_after = 3;
-    assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), collect, &l), -ECANCELED);
+    assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), collect, &l, NULL), -ECANCELED);
     assert_int_equal(l.n, 3);
     assert_int_equal(count_fds(), fds_before);
     lines_free(&l);
@@ -395,7 +398,7 @@ static void test_live(void **state)
         close(lv.fd[i]);
     unlink(path);
     unlink(lpath);
-    assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), collect, &l), 0);
+    assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), collect, &l, NULL), 0);
     for (int i = 0; i < lv.n; i++)
         assert_null(line_of(&l, lv.fd[i]));
     lines_free(&l);
@@ -485,7 +488,7 @@ static void test_python(void **state)
     buf[len] = '\0';
     assert_true(ended);
     fds_before = count_fds();
-    assert_int_equal(sockets_dump(PROCFS_ROOT, pid, collect, &l), 0);
+    assert_int_equal(sockets_dump(PROCFS_ROOT, pid, collect, &l, NULL), 0);
     assert_int_equal(count_fds(), fds_before);
     for (char *line = buf, *nl; *line; line = nl + 1) {
         const char *got;
@@ -504,7 +507,7 @@ static void test_python(void **state)
     close(in[1]);
     fclose(f);
     assert_int_equal(waitpid(pid, NULL, 0), pid);
-    assert_int_equal(sockets_dump(PROCFS_ROOT, pid, collect, &l), -ESRCH);
+    assert_int_equal(sockets_dump(PROCFS_ROOT, pid, collect, &l, NULL), -ESRCH);
 }
 
 /* Takes the capabilities in drop out of this process's effective and permitted sets. */
@@ -583,7 +586,7 @@ static void test_refused(void **state)
         pidfd = pidfd_open(target, 0);
         dup = pidfd < 0 ? -1 : pidfd_getfd(pidfd, udp, 0);
         dprintf(out[1], "probe=%d\n", dup < 0 ? errno : 0);
-        dprintf(out[1], "rc=%d\n", sockets_dump(PROCFS_ROOT, target, write_line, &out[1]));
+        dprintf(out[1], "rc=%d\n", sockets_dump(PROCFS_ROOT, target, write_line, &out[1], NULL));
         _exit(0);
     }
     close(out[1]);

@@ -160,7 +160,7 @@ static void test_parked_threads(void **state)
     query(&c, &sleeps0, &reads0);
 
     assert_int_equal(stacks_new(c.pid, &s), 0);
-    assert_int_equal(stacks_dump_threads(s, &d), 0);
+    assert_int_equal(stacks_dump_threads(s, &d, NULL), 0);
     check_released(c.pid);
     assert_int_equal(d->nthreads, 8); /* main, 5 named, 2 idle */
     assert_true(d->stopped_ns > 0 && d->stopped_ns <= d->total_ns);
@@ -255,14 +255,14 @@ static void test_caches_reused(void **state)
     struct stacks_dump *d;
     spawn_parked(&c, "0");
     assert_int_equal(stacks_new(c.pid, &s), 0);
-    assert_int_equal(stacks_dump_threads(s, &d), 0);
+    assert_int_equal(stacks_dump_threads(s, &d, NULL), 0);
     stacks_dump_free(d);
     struct stat_pick sym1 = stat_of("symbols"), unw1 = stat_of("unwind");
     assert_true(sym1.found && unw1.found);
     assert_true(sym1.misses > 0 && sym1.size > 0);
     assert_true(unw1.misses > 0 && unw1.size > 0);
 
-    assert_int_equal(stacks_dump_threads(s, &d), 0);
+    assert_int_equal(stacks_dump_threads(s, &d, NULL), 0);
     struct stat_pick sym2 = stat_of("symbols"), unw2 = stat_of("unwind");
     check_released(c.pid);
     /* Same mappings: every module's symbols and tables were already there. */
@@ -311,7 +311,7 @@ static __attribute__((noinline)) void test_self_dump(void **state)
     nanosleep(&ts, NULL); /* from the barrier into read() */
 
     assert_int_equal(stacks_new(getpid(), &s), 0);
-    assert_int_equal(stacks_dump_threads(s, &d), 0);
+    assert_int_equal(stacks_dump_threads(s, &d, NULL), 0);
     check_released(getpid());
     static const char *const parked[] = {"self_park_a", "self_park_b", NULL};
     check_chain(find_name(d, "selfpark"), parked, NULL, NULL);
@@ -340,6 +340,7 @@ static void test_exited_target(void **state)
     (void)state;
     struct stacks *s;
     struct stacks_dump *d = NULL;
+    struct error e;
     int st;
     pid_t pid = fork();
     assert_true(pid >= 0);
@@ -350,8 +351,10 @@ static void test_exited_target(void **state)
     if (r == 0) {
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        r = stacks_dump_threads(s, &d);
+        r = stacks_dump_threads(s, &d, &e);
         assert_true(r < 0 || d->nthreads == 0);
+        if (r < 0)
+            assert_int_equal(e.code, r);
         stacks_dump_free(d);
         stacks_free(s);
     } else {
@@ -385,7 +388,7 @@ static void test_already_traced(void **state)
     assert_int_equal(ok, 1);
 
     assert_int_equal(stacks_new(c.pid, &s), 0);
-    assert_int_equal(stacks_dump_threads(s, &d), 0);
+    assert_int_equal(stacks_dump_threads(s, &d, NULL), 0);
     const struct stacks_thread *mt = find_tid(d, c.pid);
     assert_non_null(mt);
     assert_int_equal(mt->err, -EPERM);
@@ -544,7 +547,7 @@ static void test_unwind_regs(void **state)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double cold_us = elapsed_us(&t0, &t1);
 
-    assert_int_equal(stacks_dump_threads(s, &d), 0);
+    assert_int_equal(stacks_dump_threads(s, &d, NULL), 0);
     assert_int_equal(d->nthreads, snap->nthreads);
     int lines = 0;
     for (size_t i = 0; i < snap->nthreads; i++) {

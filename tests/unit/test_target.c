@@ -138,7 +138,7 @@ static void test_spec_check(void **state)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct target t;
         assert_int_equal(target_spec_check(bad[i]), -EINVAL);
-        assert_int_equal(target_resolve(PROCFS_ROOT, bad[i], &t), -EINVAL);
+        assert_int_equal(target_resolve(PROCFS_ROOT, bad[i], &t, NULL), -EINVAL);
     }
     assert_int_equal(target_spec_check(NULL), -EINVAL);
     memcpy(longspec, "comm:", 5);
@@ -184,11 +184,11 @@ static void test_self_and_pid(void **state)
     int p[2];
 
     (void)state;
-    assert_int_equal(target_resolve(PROCFS_ROOT, "self", &t), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, "self", &t, NULL), 0);
     expect_self(&t);
     snprintf(spec, sizeof(spec), "pid:%d", (int)getpid());
     memset(&t, 0, sizeof(t));
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), 0);
     expect_self(&t);
 
     /* A thread id opens in /proc but is not a process. */
@@ -202,7 +202,7 @@ static void test_self_and_pid(void **state)
     free(tids);
     assert_true(tids_pid > 0);
     snprintf(spec, sizeof(spec), "pid:%d", (int)tids_pid);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), -ESRCH);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), -ESRCH);
     assert_int_equal(write(p[1], "x", 1), 1);
     assert_int_equal(pthread_join(th, NULL), 0);
     close(p[0]);
@@ -220,9 +220,9 @@ static void test_self_and_pid(void **state)
             break;
         usleep(1000);
     }
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), -ESRCH);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), -ESRCH);
     assert_int_equal(waitpid(child, NULL, 0), child);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), -ESRCH);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), -ESRCH);
 }
 
 static void test_comm_exe(void **state)
@@ -235,9 +235,9 @@ static void test_comm_exe(void **state)
     snprintf(name, sizeof(name), "tgs%d", (int)getpid());
     make_sleeper(name, path, sizeof(path));
     snprintf(spec, sizeof(spec), "comm:%s", name);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), -ESRCH);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), -ESRCH);
     a = spawn(path);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), 0);
     assert_int_equal(t.pid, a);
     assert_int_equal(t.matches, 1);
     assert_string_equal(t.name, name);
@@ -246,7 +246,7 @@ static void test_comm_exe(void **state)
     next_tick();
     b = spawn(path);
     snprintf(spec, sizeof(spec), "exe:%s", path);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), 0);
     assert_int_equal(t.pid, a);
     assert_int_equal(t.matches, 2);
     assert_string_equal(t.name, name);
@@ -255,18 +255,18 @@ static void test_comm_exe(void **state)
     assert_int_equal(unlink(path), 0);
     stop(a);
     snprintf(spec, sizeof(spec), "exe:%s", path);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), 0);
     assert_int_equal(t.pid, b);
     snprintf(spec, sizeof(spec), "comm:%s", name);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), 0);
     assert_int_equal(t.pid, b);
     /* A prefix of the path is not the path. */
     path[strlen(path) - 1] = '\0';
     snprintf(spec, sizeof(spec), "exe:%s", path);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), -ESRCH);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), -ESRCH);
     stop(b);
     snprintf(spec, sizeof(spec), "comm:%s", name);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), -ESRCH);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), -ESRCH);
 }
 
 static void test_comm_long_name(void **state)
@@ -280,17 +280,17 @@ static void test_comm_long_name(void **state)
     make_sleeper(name, path, sizeof(path));
     a = spawn(path);
     snprintf(spec, sizeof(spec), "comm:%s", name);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), 0);
     assert_int_equal(t.pid, a);
     assert_int_equal(strlen(t.name), PROCFS_COMM_MAX - 1);
     assert_memory_equal(t.name, name, PROCFS_COMM_MAX - 1);
     /* The comm itself, 15 characters, matches exactly. */
     snprintf(spec, sizeof(spec), "comm:%.15s", name);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), 0);
     assert_int_equal(t.pid, a);
     /* Same first 15, different rest: argv[0] says no. */
     snprintf(spec, sizeof(spec), "comm:%sx", name);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), -ESRCH);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), -ESRCH);
     stop(a);
     unlink(path);
 }
@@ -305,11 +305,11 @@ static void test_never_self(void **state)
     /* Another copy of this test may run at once: whatever is found, it is not this process. */
     assert_int_equal(procfs_read_exe(PROCFS_ROOT, getpid(), exe, sizeof(exe)), 0);
     snprintf(spec, sizeof(spec), "exe:%s", exe);
-    r = target_resolve(PROCFS_ROOT, spec, &t);
+    r = target_resolve(PROCFS_ROOT, spec, &t, NULL);
     assert_true(r == -ESRCH || (r == 0 && t.pid != getpid()));
     assert_int_equal(procfs_read_comm(PROCFS_ROOT, getpid(), 0, comm), 0);
     snprintf(spec, sizeof(spec), "comm:%s", comm);
-    r = target_resolve(PROCFS_ROOT, spec, &t);
+    r = target_resolve(PROCFS_ROOT, spec, &t, NULL);
     assert_true(r == -ESRCH || (r == 0 && t.pid != getpid()));
 }
 
@@ -334,19 +334,19 @@ static void test_pidfile(void **state)
     a = spawn(path);
     snprintf(pidfile, sizeof(pidfile), "%s/x.pid", dir);
     snprintf(spec, sizeof(spec), "pidfile:%s", pidfile);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), -ENOENT);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), -ENOENT);
     snprintf(text, sizeof(text), "%d\n", (int)a);
     write_file(pidfile, text);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), 0);
     assert_int_equal(t.pid, a);
     assert_string_equal(t.name, name);
     snprintf(text, sizeof(text), "%d\nsecond line ignored\n", (int)a);
     write_file(pidfile, text);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), 0);
     assert_int_equal(t.pid, a);
     snprintf(text, sizeof(text), "%d", (int)a); /* no newline */
     write_file(pidfile, text);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), 0);
     assert_int_equal(t.pid, a);
     static const char *garbage[] = {"",
                                     "\n",
@@ -359,12 +359,12 @@ static void test_pidfile(void **state)
                                     "2345678\n"};
     for (size_t i = 0; i < sizeof(garbage) / sizeof(garbage[0]); i++) {
         write_file(pidfile, garbage[i]);
-        assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), -EBADMSG);
+        assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), -EBADMSG);
     }
     stop(a);
     snprintf(text, sizeof(text), "%d\n", (int)a);
     write_file(pidfile, text);
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), -ESRCH);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), -ESRCH);
     unlink(pidfile);
     unlink(path);
 }
@@ -383,14 +383,14 @@ static void test_cache(void **state)
     snprintf(spec, sizeof(spec), "comm:%s", name);
 
     before = counts();
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t, NULL), 0);
     after = counts();
     assert_int_equal(after.misses, before.misses + 1);
     assert_int_equal(after.hits, before.hits);
     assert_true(after.currsize >= 1 && after.currsize <= 64);
 
     before = after;
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t2), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t2, NULL), 0);
     after = counts();
     assert_int_equal(after.hits, before.hits + 1);
     assert_int_equal(after.misses, before.misses);
@@ -403,7 +403,7 @@ static void test_cache(void **state)
     stop(a);
     b = spawn(path);
     before = after;
-    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t2), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, spec, &t2, NULL), 0);
     after = counts();
     assert_int_equal(after.misses, before.misses + 1);
     assert_int_equal(after.hits, before.hits);
@@ -412,7 +412,7 @@ static void test_cache(void **state)
 
     /* pid:, self and pidfile: never touch the cache. */
     before = after;
-    assert_int_equal(target_resolve(PROCFS_ROOT, "self", &t2), 0);
+    assert_int_equal(target_resolve(PROCFS_ROOT, "self", &t2, NULL), 0);
     after = counts();
     assert_int_equal(after.hits + after.misses, before.hits + before.misses);
     stop(b);
@@ -440,7 +440,7 @@ static void *churn_main(void *arg)
                  "./././././././././././././././"
                  "./././././././././././");
         snprintf(spec, sizeof(spec), "comm:%s", c->name);
-        if (target_resolve(root, spec, &t) < 0 || t.pid != c->want)
+        if (target_resolve(root, spec, &t, NULL) < 0 || t.pid != c->want)
             c->errors++;
     }
     return NULL;
@@ -474,27 +474,36 @@ static void test_cache_threads(void **state)
 static void test_fixture(void **state)
 {
     struct target t;
+    struct error e;
 
     (void)state;
-    assert_int_equal(target_resolve(FIX, "comm:a) b (c", &t), 0);
+    assert_int_equal(target_resolve(FIX, "comm:a) b (c", &t, NULL), 0);
     assert_int_equal(t.pid, 100);
     assert_int_equal(t.starttime, 41604);
     assert_string_equal(t.name, "a) b (c");
     assert_int_equal(t.matches, 1);
     /* The exe link says " (deleted)". */
     memset(&t, 0, sizeof(t));
-    assert_int_equal(target_resolve(FIX, "exe:/usr/bin/my prog", &t), 0);
+    assert_int_equal(target_resolve(FIX, "exe:/usr/bin/my prog", &t, NULL), 0);
     assert_int_equal(t.pid, 100);
     assert_string_equal(t.name, "a) b (c");
-    assert_int_equal(target_resolve(FIX, "exe:/usr/bin/my", &t), -ESRCH);
-    assert_int_equal(target_resolve(FIX, "exe:/usr/bin/my prog (deleted) x", &t), -ESRCH);
+    assert_int_equal(target_resolve(FIX, "exe:/usr/bin/my", &t, NULL), -ESRCH);
+    assert_int_equal(target_resolve(FIX, "exe:/usr/bin/my prog (deleted) x", &t, NULL), -ESRCH);
     /* 300 is a zombie, 200's files are corrupt. */
-    assert_int_equal(target_resolve(FIX, "comm:z", &t), -ESRCH);
-    assert_int_equal(target_resolve(FIX, "pid:300", &t), -ESRCH);
-    assert_int_equal(target_resolve(FIX, "pid:200", &t), -EBADMSG);
-    assert_int_equal(target_resolve(FIX, "pid:100", &t), 0);
+    assert_int_equal(target_resolve(FIX, "comm:z", &t, NULL), -ESRCH);
+    assert_int_equal(target_resolve(FIX, "pid:300", &t, NULL), -ESRCH);
+    /* err says why, where the errno does not. */
+    assert_int_equal(target_resolve(FIX, "comm:z", &t, &e), -ESRCH);
+    assert_int_equal(e.code, -ESRCH);
+    assert_string_equal(e.reason, "no process has comm z");
+    assert_int_equal(target_resolve(FIX, "pid:300", &t, &e), -ESRCH);
+    assert_non_null(strstr(e.reason, "not yet reaped"));
+    assert_int_equal(target_resolve(FIX, "exe:bin/x", &t, &e), -EINVAL);
+    assert_string_equal(e.reason, "exe: takes an absolute path");
+    assert_int_equal(target_resolve(FIX, "pid:200", &t, NULL), -EBADMSG);
+    assert_int_equal(target_resolve(FIX, "pid:100", &t, NULL), 0);
     assert_int_equal(t.pid, 100);
-    assert_int_equal(target_resolve(FIX, "pid:999", &t), -ESRCH);
+    assert_int_equal(target_resolve(FIX, "pid:999", &t, NULL), -ESRCH);
 }
 
 static int setup(void **state)
