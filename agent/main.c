@@ -93,7 +93,12 @@ static void print_usage(void)
     for (unsigned i = 0; (act = registry_at(i)); i++) {
         const char *line = act->help, *nl;
 
-        printf("  %-*s ", HELP_NAME_WIDTH, act->name);
+        /* A name too long for its column gets a line of its own, so it never runs into its
+         * help text. */
+        if (strlen(act->name) >= HELP_NAME_WIDTH)
+            printf("  %s\n  %-*s ", act->name, HELP_NAME_WIDTH, "");
+        else
+            printf("  %-*s ", HELP_NAME_WIDTH, act->name);
         while ((nl = strchr(line, '\n'))) {
             printf("%.*s\n  %-*s ", (int)(nl - line), line, HELP_NAME_WIDTH, "");
             line = nl + 1;
