@@ -1,8 +1,7 @@
-/* Python-level stacks of a CPython process, read from outside (see pyframes.h). The target's
- * memory is read with process_vm_readv only; every pointer comes from a process that may be
- * changing under us, so each object read is checked for its type (code, str and bytes objects
- * must point at the interpreter's own PyCode_Type, PyUnicode_Type, PyBytes_Type) and each index
- * for its bounds, and any failed check ends that thread's stack as truncated. */
+/* Python-level stacks of a CPython process, read from outside (see pyframes.h): finding the
+ * interpreter and its version, choosing its layout, reading target memory with process_vm_readv,
+ * and mapping the thread ids of a target in another PID namespace to ours. The walk itself is
+ * pywalk.c's. */
 #include <errno.h>
 #include <fcntl.h>
 #include <gelf.h>
@@ -15,95 +14,31 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include "os/procfs.h"
+#include "python/pydebug.h"
 #include "python/pyframes.h"
+#include "python/pylayout.h"
+#include "python/pywalk.h"
 
-/* CPython 3.11 layouts, x86-64. Each offset is from the 3.11 headers named and was checked with
- * gdb (`print &((T *)0)->field`) against the debug info Debian 12 ships for its python3.11
- * (python3.11-dbg 3.11.2-6+deb12u9), then by the unit tests on /usr/bin/python3.11.
- * Include/internal/pycore_runtime.h, struct _PyRuntimeState: */
-#define RT_INTERP_HEAD 40     /* interpreters.head (after 5 ints, _finalizing, mutex) */
-#define RT_TSTATE_CURRENT 576 /* gilstate.tstate_current: the thread holding the GIL */
-/* Include/internal/pycore_interp.h, struct _is (PyInterpreterState): */
-#define IS_NEXT 0          /* next */
-#define IS_THREADS_HEAD 16 /* threads.head (after threads.next_unique_id) */
-/* Include/cpython/pystate.h, struct _ts (PyThreadState) and struct _PyCFrame: */
-#define TS_NEXT 8        /* next */
-#define TS_INTERP 16     /* interp */
-#define TS_CFRAME 56     /* cframe */
-#define TS_THREAD_ID 152 /* thread_id: pthread_self() of the thread */
-#define TS_NATIVE_ID 160 /* native_thread_id: gettid() of the thread */
-#define TS_SIZE 168
-#define CF_CURRENT_FRAME 8 /* _PyCFrame.current_frame (after uint8_t use_tracing) */
-/* Include/internal/pycore_frame.h, struct _PyInterpreterFrame and its owner values: */
-#define IF_CODE 32       /* f_code */
-#define IF_PREVIOUS 48   /* previous */
-#define IF_PREV_INSTR 56 /* prev_instr: _Py_CODEUNIT * into f_code's bytecode */
-#define IF_IS_ENTRY 68   /* is_entry: the first frame an eval loop call runs */
-#define IF_OWNER 69      /* owner (char, after int stacktop and bool is_entry) */
-#define IF_SIZE 72
-#define OWNED_BY_GENERATOR 1 /* FRAME_OWNED_BY_THREAD 0, _GENERATOR 1, _FRAME_OBJECT 2 */
-#define OWNER_MAX 2
-/* Include/object.h PyObject/PyVarObject; Include/cpython/code.h, struct PyCodeObject: */
-#define OB_TYPE 8
-#define OB_SIZE 16 /* code: its bytecode length in code units */
-#define CO_FIRSTLINENO 72
-#define CO_FILENAME 112
-#define CO_QUALNAME 128
-#define CO_LINETABLE 136
-#define CO_FIRSTTRACEABLE 168 /* _co_firsttraceable: first instruction tracebacks show */
-#define CO_CODE_ADAPTIVE 184  /* the bytecode itself */
-#define CO_SIZE 176
-#define CODE_UNITS_MAX (1 << 24)
-/* Include/cpython/unicodeobject.h: PyASCIIObject (length, state bitfield: interned:2, kind:3,
- * compact:1, ascii:1, ready:1) followed by the data of a compact ASCII string; the data of any
- * other compact string follows PyCompactUnicodeObject. */
-#define STR_LENGTH 16
-#define STR_STATE 32
-#define STR_ASCII_DATA 48
-#define STR_COMPACT_DATA 72
-/* Include/cpython/bytesobject.h, PyBytesObject: ob_size, then ob_sval. */
-#define BYTES_SVAL 32
+#define OLDEST_MINOR 11 /* 3.10 and older keep frames in PyFrameObjects: another walker */
+#define NSPID_MAX 32    /* PID namespace levels (the kernel's MAX_PID_NS_LEVEL) */
 
-/* The 3.11 location table (Objects/locations.md), codes in bits 3-6 of an entry's first byte: */
-#define LOC_ONE_LINE0 10  /* 10-12: line delta is code - 10 */
-#define LOC_NO_COLUMNS 13 /* svarint line delta */
-#define LOC_LONG 14       /* svarint line delta, then 3 varints */
-#define LOC_NONE 15       /* no line */
-
-#define PID_MAX (1 << 22) /* the kernel's PID_MAX_LIMIT */
-
-enum { SYM_RUNTIME, SYM_VERSION, SYM_CODE, SYM_UNICODE, SYM_BYTES, NSYMS };
+enum { SYM_RUNTIME, SYM_VERSION, SYM_CODE, SYM_UNICODE, SYM_BYTES, SYM_DICT, NSYMS };
 static const char *const sym_names[NSYMS] = {
-    "_PyRuntime", "Py_Version", "PyCode_Type", "PyUnicode_Type", "PyBytes_Type",
-};
-
-/* Code objects met during one pyframes_read, so that threads running the same functions cost
- * one read of each code object rather than six. Entries live for one pass only, and a hit also
- * needs the same name and line table pointers: a code object freed and another allocated at
- * its address within one pass is the same race as any other read of a changing target. */
-#define CACHE_SLOTS 1024             /* a power of two; filled at most half */
-#define CACHE_TABLE_BYTES (8u << 20) /* line table bytes kept per pass */
-
-struct code_entry {
-    uint64_t code; /* 0: a free slot */
-    uint64_t filename_at, qualname_at, table_at;
-    char *filename, *funcname;
-    unsigned char *table;
-    size_t table_len;
+    "_PyRuntime", "Py_Version", "PyCode_Type", "PyUnicode_Type", "PyBytes_Type", "PyDict_Type",
 };
 
 struct pyframes {
     pid_t pid;
     char version[PYFRAMES_VERSION_MAX];
-    uint64_t sym[NSYMS];  /* addresses in the target */
-    unsigned char *table; /* scratch for line tables */
-    size_t table_cap;
-    struct code_entry *cache; /* CACHE_SLOTS */
-    size_t cache_n, cache_bytes;
+    uint64_t sym[NSYMS]; /* addresses in the target */
+    struct pylayout layout;
+    struct pywalk *walk;
+    bool other_ns; /* the target's thread ids are another PID namespace's */
 };
 
-static int rd(const struct pyframes *p, uint64_t addr, void *buf, size_t len)
+static int vm_read(void *ctx, uint64_t addr, void *buf, size_t len)
 {
+    const struct pyframes *p = ctx;
     struct iovec local = {buf, len};
     struct iovec remote = {(void *)(uintptr_t)addr, len};
 
@@ -115,26 +50,12 @@ static int rd(const struct pyframes *p, uint64_t addr, void *buf, size_t len)
     return (size_t)n == len ? 0 : -EFAULT;
 }
 
-static uint64_t u64_at(const unsigned char *b, size_t off)
-{
-    uint64_t v;
-    memcpy(&v, b + off, sizeof(v));
-    return v;
-}
-
-static int32_t i32_at(const unsigned char *b, size_t off)
-{
-    int32_t v;
-    memcpy(&v, b + off, sizeof(v));
-    return v;
-}
-
 static int rd_u64(const struct pyframes *p, uint64_t addr, uint64_t *ret)
 {
-    unsigned char b[8];
-    int r = rd(p, addr, b, sizeof(b));
+    uint64_t v;
+    int r = vm_read((void *)p, addr, &v, sizeof(v));
     if (r == 0)
-        *ret = u64_at(b, 0);
+        *ret = v;
     return r;
 }
 
@@ -243,7 +164,7 @@ static void version_from_hex(uint64_t v, char *buf, size_t len)
     static const char *const level[] = {[0xA] = "a", [0xB] = "b", [0xC] = "rc"};
     unsigned lv = (v >> 4) & 0xf;
 
-    if (lv < 0xF && level[lv] != NULL)
+    if (lv < sizeof(level) / sizeof(level[0]) && level[lv] != NULL)
         snprintf(buf, len, "%u.%u.%u%s%u", (unsigned)(v >> 24) & 0xff, (unsigned)(v >> 16) & 0xff,
                  (unsigned)(v >> 8) & 0xff, level[lv], (unsigned)v & 0xf);
     else
@@ -257,12 +178,37 @@ static bool is_libpython(const char *path)
     return strncmp(base ? base + 1 : path, "libpython3", strlen("libpython3")) == 0;
 }
 
+/* The layout of 3.MINOR: a known table, or the target's _Py_DebugOffsets from 3.13 on. */
+static int choose_layout(struct pyframes *p, unsigned minor, struct error *err)
+{
+    unsigned char dbg[PYDEBUG_READ_MAX];
+    struct error why = {0};
+    int r;
+
+    if (minor < OLDEST_MINOR)
+        return error_set(err, -EOPNOTSUPP,
+                         "Python %s is older than 3.11, the oldest whose frames "
+                         "can be read",
+                         p->version);
+    if (pylayout_known(minor, &p->layout) == 0) {
+        r = pylayout_check(&p->layout, &why);
+    } else {
+        r = vm_read(p, p->sym[SYM_RUNTIME], dbg, sizeof(dbg));
+        if (r < 0)
+            return error_set(err, r, "the _PyRuntime of Python %s cannot be read", p->version);
+        r = pydebug_layout(dbg, sizeof(dbg), &p->layout, &why);
+        if (r == 0 && p->layout.minor != minor)
+            r = error_set(&why, -EOPNOTSUPP, "its _Py_DebugOffsets say 3.%u", p->layout.minor);
+    }
+    return r < 0 ? error_set(err, -EOPNOTSUPP, "Python %s: %s", p->version, why.reason) : 0;
+}
+
 /* Tries the file of m (its first mapping) as the interpreter: 0 with p filled in,
- * -ENOENT when it has no _PyRuntime, -EOPNOTSUPP for another version. */
-static int try_module(struct pyframes *p, const struct procfs_map *m)
+ * -ENOENT when it has no _PyRuntime, -EOPNOTSUPP for a version that cannot be read. */
+static int try_module(struct pyframes *p, const struct procfs_map *m, struct error *err)
 {
     int found[NSYMS] = {0};
-    uint64_t hex;
+    uint64_t hex = 0;
     int fd = open_mapped(p->pid, m);
     if (fd < 0)
         return fd == -ESTALE ? -ENOENT : fd;
@@ -270,42 +216,136 @@ static int try_module(struct pyframes *p, const struct procfs_map *m)
     close(fd);
     if (r < 0)
         return r;
-    if (found[SYM_VERSION] && rd_u64(p, p->sym[SYM_VERSION], &hex) == 0) {
-        version_from_hex(hex, p->version, sizeof(p->version));
-        if ((hex >> 16) != 0x030B)
-            return -EOPNOTSUPP;
-    } else {
+    if (!found[SYM_VERSION] || rd_u64(p, p->sym[SYM_VERSION], &hex) < 0) {
         /* Py_Version exists from 3.11 on: without it this is an older interpreter. */
         if (version_from_name(m->path, p->version, sizeof(p->version)) < 0)
             snprintf(p->version, sizeof(p->version), "unknown");
-        return -EOPNOTSUPP;
+        return error_set(err, -EOPNOTSUPP,
+                         "Python %s is older than 3.11, the oldest whose "
+                         "frames can be read",
+                         p->version);
     }
+    version_from_hex(hex, p->version, sizeof(p->version));
+    if ((hex >> 24) != 3)
+        return error_set(err, -EOPNOTSUPP, "Python %s is not a Python 3", p->version);
     if (!found[SYM_CODE] || !found[SYM_UNICODE] || !found[SYM_BYTES])
-        return -EOPNOTSUPP;
+        return error_set(err, -EOPNOTSUPP,
+                         "Python %s does not export PyCode_Type, "
+                         "PyUnicode_Type and PyBytes_Type",
+                         p->version);
+    return choose_layout(p, (unsigned)(hex >> 16) & 0xff, err);
+}
+
+/* ---- PID namespaces ---- */
+
+/* The ids of ROOT/PID/task/TID in each PID namespace, from its status NSpid line (outermost,
+ * ours, first). 0 and the count, or -ESRCH and such. */
+static int read_nspid(pid_t pid, pid_t tid, pid_t ids[NSPID_MAX], size_t *ret_n)
+{
+    char path[64], buf[4096];
+    size_t n = 0;
+
+    snprintf(path, sizeof(path), PROCFS_ROOT "/%d/task/%d/status", (int)pid, (int)tid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? -ESRCH : -errno;
+    ssize_t len = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (len < 0)
+        return -errno;
+    buf[len] = '\0';
+    const char *s = strstr(buf, "\nNSpid:");
+    if (!s)
+        return -ENOENT; /* a kernel before 4.1: no namespaces to tell apart */
+    s += strlen("\nNSpid:");
+    while (*s == ' ' || *s == '\t') {
+        uint64_t v;
+        while (*s == ' ' || *s == '\t')
+            s++;
+        if (n == NSPID_MAX || procfs_parse_u64(&s, 10, 10, &v) < 0 || v == 0 || v > INT32_MAX)
+            return -EBADMSG;
+        ids[n++] = (pid_t)v;
+    }
+    if (n == 0)
+        return -EBADMSG;
+    *ret_n = n;
     return 0;
 }
 
-int pyframes_open(pid_t pid, char *version, size_t version_len, struct pyframes **ret)
+/* The innermost (the target's own) id of our thread tid; tid itself outside namespaces. */
+static int inner_tid(const struct pyframes *p, pid_t tid, pid_t *ret)
+{
+    pid_t ids[NSPID_MAX];
+    size_t n;
+
+    if (!p->other_ns) {
+        *ret = tid;
+        return 0;
+    }
+    int r = read_nspid(p->pid, tid, ids, &n);
+    if (r == 0)
+        *ret = ids[n - 1];
+    return r;
+}
+
+/* Gives the threads of ts our ids in place of the target's; drops those whose OS thread is gone
+ * (a thread state outlives its thread for a moment). */
+static int map_tids(const struct pyframes *p, struct pyframes_thread *ts, size_t *n)
+{
+    pid_t *tids = NULL, *inner = NULL;
+    size_t nt = 0, kept = 0;
+    int r = procfs_list_tasks(PROCFS_ROOT, p->pid, &tids, &nt);
+
+    if (r < 0)
+        return r;
+    inner = calloc(nt ? nt : 1, sizeof(*inner));
+    if (!inner) {
+        free(tids);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < nt; i++)
+        if (inner_tid(p, tids[i], &inner[i]) < 0)
+            inner[i] = 0;
+    for (size_t i = 0; i < *n; i++) {
+        pid_t host = 0;
+        for (size_t k = 0; k < nt && !host; k++)
+            if (inner[k] == ts[i].tid)
+                host = tids[k];
+        if (!host) {
+            pyframes_thread_clear(&ts[i]);
+            continue;
+        }
+        ts[kept] = ts[i];
+        ts[kept++].tid = host;
+    }
+    *n = kept;
+    free(inner);
+    free(tids);
+    return 0;
+}
+
+/* ---- the interface ---- */
+
+int pyframes_attach(pid_t pid, char *version, size_t version_len, struct pyframes **ret,
+                    struct error *err)
 {
     struct procfs_map *maps = NULL;
     size_t n = 0;
     char exe[PATH_MAX];
     struct pyframes *p = NULL;
+    pid_t ids[NSPID_MAX];
+    size_t nids;
     int r;
 
+    error_clear(err);
     if (version && version_len)
         version[0] = '\0';
     if (pid <= 0)
-        return -EINVAL;
+        return error_set(err, -EINVAL, NULL);
     p = calloc(1, sizeof(*p));
     if (!p)
-        return -ENOMEM;
+        return error_set(err, -ENOMEM, NULL);
     p->pid = pid;
-    p->cache = calloc(CACHE_SLOTS, sizeof(*p->cache));
-    if (!p->cache) {
-        r = -ENOMEM;
-        goto out;
-    }
     r = procfs_read_exe(PROCFS_ROOT, pid, exe, sizeof(exe));
     if (r < 0)
         exe[0] = '\0';
@@ -325,7 +365,7 @@ int pyframes_open(pid_t pid, char *version, size_t version_len, struct pyframes 
             for (size_t j = 0; j < i && !seen; j++)
                 seen = maps[j].inode == m->inode && strcmp(maps[j].path, m->path) == 0;
             if (!seen)
-                r = try_module(p, m);
+                r = try_module(p, m, err);
         }
     }
     if (version && version_len)
@@ -333,7 +373,15 @@ int pyframes_open(pid_t pid, char *version, size_t version_len, struct pyframes 
     if (r < 0)
         goto out;
     uint64_t head;
-    r = rd_u64(p, p->sym[SYM_RUNTIME] + RT_INTERP_HEAD, &head);
+    r = rd_u64(p, p->sym[SYM_RUNTIME] + p->layout.rt_interp_head, &head);
+    if (r < 0)
+        goto out;
+    r = read_nspid(pid, pid, ids, &nids);
+    p->other_ns = r == 0 && nids > 1;
+    struct pywalk_addrs a = {p->sym[SYM_RUNTIME], p->sym[SYM_CODE], p->sym[SYM_UNICODE],
+                             p->sym[SYM_BYTES], p->sym[SYM_DICT]};
+    struct pywalk_reader rdr = {vm_read, p};
+    r = pywalk_new(&p->layout, &a, &rdr, &p->walk);
     if (r < 0)
         goto out;
     *ret = p;
@@ -341,15 +389,21 @@ int pyframes_open(pid_t pid, char *version, size_t version_len, struct pyframes 
 out:
     procfs_maps_free(maps, n);
     pyframes_free(p);
+    if (r < 0 && (!err || err->code == 0))
+        error_set(err, r, NULL);
     return r;
+}
+
+int pyframes_open(pid_t pid, char *version, size_t version_len, struct pyframes **ret)
+{
+    return pyframes_attach(pid, version, version_len, ret, NULL);
 }
 
 void pyframes_free(struct pyframes *p)
 {
     if (!p)
         return;
-    free(p->table);
-    free(p->cache);
+    pywalk_free(p->walk);
     free(p);
 }
 
@@ -358,484 +412,32 @@ const char *pyframes_version(const struct pyframes *p)
     return p->version;
 }
 
-/* ---- objects ---- */
-
-static int put_utf8(char *out, size_t cap, size_t *pos, uint32_t c)
-{
-    unsigned char b[4];
-    size_t n;
-
-    if (c >= 0xd800 && c < 0xe000)
-        c = '?'; /* a lone surrogate (surrogateescape'd file names) */
-    if (c < 0x80) {
-        b[0] = (unsigned char)c;
-        n = 1;
-    } else if (c < 0x800) {
-        b[0] = (unsigned char)(0xc0 | (c >> 6));
-        b[1] = (unsigned char)(0x80 | (c & 0x3f));
-        n = 2;
-    } else if (c < 0x10000) {
-        b[0] = (unsigned char)(0xe0 | (c >> 12));
-        b[1] = (unsigned char)(0x80 | ((c >> 6) & 0x3f));
-        b[2] = (unsigned char)(0x80 | (c & 0x3f));
-        n = 3;
-    } else if (c < 0x110000) {
-        b[0] = (unsigned char)(0xf0 | (c >> 18));
-        b[1] = (unsigned char)(0x80 | ((c >> 12) & 0x3f));
-        b[2] = (unsigned char)(0x80 | ((c >> 6) & 0x3f));
-        b[3] = (unsigned char)(0x80 | (c & 0x3f));
-        n = 4;
-    } else {
-        return -EBADMSG;
-    }
-    if (*pos + n >= cap)
-        return -E2BIG;
-    memcpy(out + *pos, b, n);
-    *pos += n;
-    return 0;
-}
-
-/* A str object's text as UTF-8, cut at PYFRAMES_STR_MAX. Only compact, ready strings (what
- * code objects hold): anything else is refused rather than guessed at. */
-static int read_str(struct pyframes *p, uint64_t addr, char **ret)
-{
-    unsigned char h[STR_ASCII_DATA];
-    uint32_t raw[PYFRAMES_STR_MAX];
-    char out[PYFRAMES_STR_MAX];
-    size_t pos = 0;
-    int r = rd(p, addr, h, sizeof(h));
-
-    if (r < 0)
-        return r;
-    uint64_t len = u64_at(h, STR_LENGTH);
-    uint32_t state = (uint32_t)i32_at(h, STR_STATE);
-    unsigned kind = (state >> 2) & 7, compact = (state >> 5) & 1, ascii = (state >> 6) & 1;
-    if (u64_at(h, OB_TYPE) != p->sym[SYM_UNICODE] || len > INT64_MAX || !compact ||
-        !((state >> 7) & 1) || (kind != 1 && kind != 2 && kind != 4) || (ascii && kind != 1))
-        return -EBADMSG;
-    size_t n = len < PYFRAMES_STR_MAX - 1 ? (size_t)len : PYFRAMES_STR_MAX - 1;
-    if (ascii) {
-        r = rd(p, addr + STR_ASCII_DATA, out, n);
-        if (r < 0)
-            return r;
-        for (size_t i = 0; i < n; i++)
-            if ((unsigned char)out[i] >= 0x80 || out[i] == '\0')
-                return -EBADMSG;
-        pos = n;
-    } else {
-        r = rd(p, addr + STR_COMPACT_DATA, raw, n * kind);
-        if (r < 0)
-            return r;
-        for (size_t i = 0; i < n; i++) {
-            const unsigned char *b = (const unsigned char *)raw + i * kind;
-            uint32_t c = kind == 1   ? b[0]
-                         : kind == 2 ? (uint32_t)(b[0] | b[1] << 8)
-                                     : (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
-                                           (uint32_t)b[3] << 24;
-            if (c == 0)
-                return -EBADMSG;
-            r = put_utf8(out, sizeof(out), &pos, c);
-            if (r == -E2BIG)
-                break;
-            if (r < 0)
-                return r;
-        }
-    }
-    out[pos] = '\0';
-    *ret = strdup(out);
-    return *ret ? 0 : -ENOMEM;
-}
-
-static int varint(const unsigned char *t, size_t n, size_t *i, uint32_t *ret)
-{
-    uint32_t v = 0;
-    unsigned shift = 0;
-
-    for (;;) {
-        if (*i >= n || shift > 24)
-            return -EBADMSG;
-        unsigned char b = t[(*i)++];
-        v |= (uint32_t)(b & 0x3f) << shift;
-        shift += 6;
-        if (!(b & 0x40))
-            break;
-    }
-    *ret = v;
-    return 0;
-}
-
-static int svarint(const unsigned char *t, size_t n, size_t *i, int32_t *ret)
-{
-    uint32_t u;
-    int r = varint(t, n, i, &u);
-    if (r == 0)
-        *ret = (u & 1) ? -(int32_t)(u >> 1) : (int32_t)(u >> 1);
-    return r;
-}
-
-/* The line of code unit lasti from a 3.11 location table, as PyCode_Addr2Line computes it:
- * 0 for an instruction without a line. -EBADMSG when the table does not cover lasti. */
-static int table_line(const unsigned char *t, size_t n, int firstlineno, int64_t lasti, int *ret)
-{
-    int64_t addr = 0, line = firstlineno;
-    size_t i = 0;
-
-    while (i < n) {
-        unsigned char b = t[i++];
-        unsigned code = (b >> 3) & 15;
-        int64_t units = (b & 7) + 1;
-        int32_t d = 0;
-        uint32_t skip;
-
-        if (!(b & 0x80))
-            return -EBADMSG;
-        if (code == LOC_LONG) {
-            if (svarint(t, n, &i, &d) || varint(t, n, &i, &skip) || varint(t, n, &i, &skip) ||
-                varint(t, n, &i, &skip))
-                return -EBADMSG;
-        } else if (code == LOC_NO_COLUMNS) {
-            if (svarint(t, n, &i, &d))
-                return -EBADMSG;
-        } else if (code >= LOC_ONE_LINE0 && code < LOC_NO_COLUMNS) {
-            d = (int32_t)(code - LOC_ONE_LINE0);
-            i += 2;
-        } else if (code < LOC_ONE_LINE0) {
-            i += 1;
-        }
-        if (i > n)
-            return -EBADMSG;
-        line += d;
-        if (lasti < addr + units) {
-            *ret = code == LOC_NONE || line <= 0 || line > INT_MAX ? 0 : (int)line;
-            return 0;
-        }
-        addr += units;
-    }
-    return -EBADMSG;
-}
-
-/* The bytes of the line table object at addr, into p->table. */
-static int read_table(struct pyframes *p, uint64_t addr, size_t *ret_n)
-{
-    unsigned char h[BYTES_SVAL];
-    int r = rd(p, addr, h, sizeof(h));
-
-    if (r < 0)
-        return r;
-    uint64_t n = u64_at(h, OB_SIZE);
-    if (u64_at(h, OB_TYPE) != p->sym[SYM_BYTES] || n > PYFRAMES_LINETABLE_MAX)
-        return -EBADMSG;
-    if (n > p->table_cap) {
-        unsigned char *t = realloc(p->table, n);
-        if (!t)
-            return -ENOMEM;
-        p->table = t;
-        p->table_cap = n;
-    }
-    r = rd(p, addr + BYTES_SVAL, p->table, n);
-    if (r == 0)
-        *ret_n = n;
-    return r;
-}
-
-/* The slot of code: its entry, or the free slot where it would go (NULL when the cache is
- * full). */
-static struct code_entry *cache_slot(struct pyframes *p, uint64_t code)
-{
-    size_t i = (size_t)((code >> 4) * 0x9e3779b97f4a7c15ull >> 54) & (CACHE_SLOTS - 1);
-
-    while (p->cache[i].code && p->cache[i].code != code)
-        i = (i + 1) & (CACHE_SLOTS - 1);
-    return p->cache[i].code || p->cache_n < CACHE_SLOTS / 2 ? &p->cache[i] : NULL;
-}
-
-static void cache_put(struct pyframes *p, struct code_entry *e, const struct code_entry *from,
-                      size_t table_len)
-{
-    if (p->cache_bytes + table_len > CACHE_TABLE_BYTES)
-        return;
-    *e = *from;
-    e->filename = strdup(from->filename);
-    e->funcname = strdup(from->funcname);
-    e->table = malloc(table_len ? table_len : 1);
-    if (!e->filename || !e->funcname || !e->table) {
-        free(e->filename);
-        free(e->funcname);
-        free(e->table);
-        memset(e, 0, sizeof(*e));
-        return;
-    }
-    memcpy(e->table, p->table, table_len);
-    e->table_len = table_len;
-    p->cache_n++;
-    p->cache_bytes += table_len;
-}
-
-static void cache_clear(struct pyframes *p)
-{
-    for (size_t i = 0; p->cache_n && i < CACHE_SLOTS; i++) {
-        if (p->cache[i].code) {
-            free(p->cache[i].filename);
-            free(p->cache[i].funcname);
-            free(p->cache[i].table);
-            memset(&p->cache[i], 0, sizeof(p->cache[i]));
-            p->cache_n--;
-        }
-    }
-    p->cache_bytes = 0;
-}
-
-/* ---- threads and frames ---- */
-
-static void frame_clear(struct pyframes_frame *f)
-{
-    free(f->filename);
-    free(f->funcname);
-}
-
-/* One _PyInterpreterFrame at addr. *ret_skip is set for a frame that has not reached its first
- * traceable instruction (_PyFrame_IsIncomplete): CPython hides those from tracebacks too. */
-static int read_frame(struct pyframes *p, uint64_t addr, struct pyframes_frame *f,
-                      uint64_t *ret_previous, bool *ret_skip)
-{
-    unsigned char fr[IF_SIZE], co[CO_SIZE];
-    int r = rd(p, addr, fr, sizeof(fr));
-
-    if (r < 0)
-        return r;
-    uint64_t code = u64_at(fr, IF_CODE), instr = u64_at(fr, IF_PREV_INSTR);
-    unsigned owner = fr[IF_OWNER];
-    if (owner > OWNER_MAX)
-        return -EBADMSG;
-    r = rd(p, code, co, sizeof(co));
-    if (r < 0)
-        return r;
-    uint64_t units = u64_at(co, OB_SIZE), start = code + CO_CODE_ADAPTIVE;
-    if (u64_at(co, OB_TYPE) != p->sym[SYM_CODE] || units == 0 || units > CODE_UNITS_MAX ||
-        instr + 2 < start || instr >= start + units * 2 || (instr - start) % 2)
-        return -EBADMSG;
-    int64_t lasti = (int64_t)(instr + 2 - start) / 2 - 1;
-    int firstlineno = i32_at(co, CO_FIRSTLINENO);
-    if (firstlineno < 0)
-        return -EBADMSG;
-    *ret_previous = u64_at(fr, IF_PREVIOUS);
-    *ret_skip = owner != OWNED_BY_GENERATOR && lasti < i32_at(co, CO_FIRSTTRACEABLE);
-    if (*ret_skip)
-        return 0;
-    f->firstlineno = firstlineno;
-    f->is_entry = fr[IF_IS_ENTRY] != 0;
-    struct code_entry want = {
-        .code = code,
-        .filename_at = u64_at(co, CO_FILENAME),
-        .qualname_at = u64_at(co, CO_QUALNAME),
-        .table_at = u64_at(co, CO_LINETABLE),
-    };
-    struct code_entry *e = cache_slot(p, code);
-    const unsigned char *table;
-    size_t table_len = 0;
-    if (e && e->code == code && e->filename_at == want.filename_at &&
-        e->qualname_at == want.qualname_at && e->table_at == want.table_at) {
-        f->filename = strdup(e->filename);
-        f->funcname = strdup(e->funcname);
-        table = e->table;
-        table_len = e->table_len;
-        r = f->filename && f->funcname ? 0 : -ENOMEM;
-    } else {
-        r = read_table(p, want.table_at, &table_len);
-        table = p->table;
-        if (r == 0)
-            r = read_str(p, want.filename_at, &f->filename);
-        if (r == 0)
-            r = read_str(p, want.qualname_at, &f->funcname);
-        if (r == 0 && e && e->code == 0) {
-            want.filename = f->filename;
-            want.funcname = f->funcname;
-            cache_put(p, e, &want, table_len);
-        }
-    }
-    if (r == 0 && lasti < 0)
-        f->line = firstlineno; /* not started yet: PyCode_Addr2Line's answer */
-    else if (r == 0)
-        r = table_line(table, table_len, firstlineno, lasti, &f->line);
-    if (r < 0) {
-        frame_clear(f);
-        memset(f, 0, sizeof(*f));
-    }
-    return r;
-}
-
-/* The frames of the thread whose current frame is addr, into t. Only allocation failure is an
- * error; anything unreadable ends the stack as truncated. */
-static int read_frames(struct pyframes *p, uint64_t addr, struct pyframes_thread *t)
-{
-    size_t cap = 0;
-
-    for (unsigned steps = 0; addr; steps++) {
-        struct pyframes_frame f = {0};
-        bool skip;
-
-        if (steps == PYFRAMES_MAX_FRAMES || t->nframes == PYFRAMES_MAX_FRAMES) {
-            t->truncated = true;
-            break;
-        }
-        int r = read_frame(p, addr, &f, &addr, &skip);
-        if (r == -ENOMEM)
-            return r;
-        if (r < 0) {
-            t->truncated = true;
-            break;
-        }
-        if (skip)
-            continue;
-        if (t->nframes == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            struct pyframes_frame *nf = realloc(t->frames, ncap * sizeof(*nf));
-            if (!nf) {
-                frame_clear(&f);
-                return -ENOMEM;
-            }
-            t->frames = nf;
-            cap = ncap;
-        }
-        t->frames[t->nframes++] = f;
-    }
-    return 0;
-}
-
-void pyframes_thread_clear(struct pyframes_thread *t)
-{
-    for (size_t j = 0; j < t->nframes; j++)
-        frame_clear(&t->frames[j]);
-    free(t->frames);
-    t->frames = NULL;
-    t->nframes = 0;
-}
-
-void pyframes_threads_free(struct pyframes_thread *threads, size_t n)
-{
-    if (!threads)
-        return;
-    for (size_t i = 0; i < n; i++)
-        pyframes_thread_clear(&threads[i]);
-    free(threads);
-}
-
-/* The thread state at ts of interpreter interp, into t; -EBADMSG when it is not one (any
- * more). *ret_next gets the next thread state. */
-/* One thread state; with only != 0, a thread with another tid is skipped (returns 1, with
- * *ret_next set and t untouched). */
-static int read_thread(struct pyframes *p, uint64_t ts, uint64_t interp, uint64_t gil, pid_t only,
-                       struct pyframes_thread *t, uint64_t *ret_next)
-{
-    unsigned char b[TS_SIZE];
-    uint64_t frame = 0;
-    int r = rd(p, ts, b, sizeof(b));
-
-    if (r < 0)
-        return r;
-    uint64_t native = u64_at(b, TS_NATIVE_ID), cframe = u64_at(b, TS_CFRAME);
-    if (u64_at(b, TS_INTERP) != interp || native == 0 || native >= PID_MAX)
-        return -EBADMSG;
-    if (only && (pid_t)native != only) {
-        *ret_next = u64_at(b, TS_NEXT);
-        return 1;
-    }
-    memset(t, 0, sizeof(*t));
-    t->tid = (pid_t)native;
-    t->pthread_id = u64_at(b, TS_THREAD_ID);
-    t->holds_gil = gil == ts;
-    *ret_next = u64_at(b, TS_NEXT);
-    if (cframe && rd_u64(p, cframe + CF_CURRENT_FRAME, &frame) < 0) {
-        t->truncated = true;
-        return 0;
-    }
-    return read_frames(p, frame, t);
-}
-
 int pyframes_read(struct pyframes *p, struct pyframes_thread **ret, size_t *ret_n)
 {
-    struct pyframes_thread *ts = NULL;
-    size_t n = 0, cap = 0;
-    uint64_t interp = 0, gil = 0;
-    int r = rd_u64(p, p->sym[SYM_RUNTIME] + RT_INTERP_HEAD, &interp);
+    struct pyframes_thread *ts;
+    size_t n;
+    int r = pywalk_threads(p->walk, &ts, &n);
 
-    if (r == 0)
-        r = rd_u64(p, p->sym[SYM_RUNTIME] + RT_TSTATE_CURRENT, &gil);
+    if (r == 0 && p->other_ns && (r = map_tids(p, ts, &n)) < 0)
+        pyframes_threads_free(ts, n);
     if (r < 0)
-        goto out;
-    for (unsigned ni = 0; interp && ni < PYFRAMES_MAX_INTERPS && n < PYFRAMES_MAX_THREADS; ni++) {
-        uint64_t next_interp = 0, tstate = 0;
-        if (rd_u64(p, interp + IS_NEXT, &next_interp) < 0 ||
-            rd_u64(p, interp + IS_THREADS_HEAD, &tstate) < 0)
-            break;
-        while (tstate && n < PYFRAMES_MAX_THREADS) {
-            if (n == cap) {
-                size_t ncap = cap ? cap * 2 : 16;
-                struct pyframes_thread *nt = realloc(ts, ncap * sizeof(*nt));
-                if (!nt) {
-                    r = -ENOMEM;
-                    goto out;
-                }
-                ts = nt;
-                cap = ncap;
-            }
-            r = read_thread(p, tstate, interp, gil, 0, &ts[n], &tstate);
-            if (r == -ENOMEM) {
-                n++; /* its frames so far are freed with the rest */
-                goto out;
-            }
-            if (r < 0)
-                break; /* not a thread state of this interpreter: list changed */
-            n++;
-        }
-        interp = next_interp;
-    }
-    r = 0;
+        return r;
     *ret = ts;
     *ret_n = n;
-    ts = NULL;
-out:
-    cache_clear(p);
-    if (ts)
-        pyframes_threads_free(ts, n);
-    return r;
+    return 0;
 }
 
 int pyframes_read_tid(struct pyframes *p, pid_t tid, struct pyframes_thread *ret)
 {
-    struct pyframes_thread t;
-    uint64_t interp = 0, gil = 0;
-    unsigned seen = 0;
-    int r = rd_u64(p, p->sym[SYM_RUNTIME] + RT_INTERP_HEAD, &interp);
+    pid_t inner;
+    int r = tid > 0 ? inner_tid(p, tid, &inner) : -EINVAL;
 
-    if (tid <= 0)
-        return -EINVAL;
+    if (r == -ESRCH)
+        r = -ENOENT; /* that thread is gone: it has no thread state either */
     if (r == 0)
-        r = rd_u64(p, p->sym[SYM_RUNTIME] + RT_TSTATE_CURRENT, &gil);
-    for (unsigned ni = 0; r == 0 && interp && ni < PYFRAMES_MAX_INTERPS; ni++) {
-        uint64_t next_interp = 0, tstate = 0;
-        if (rd_u64(p, interp + IS_NEXT, &next_interp) < 0 ||
-            rd_u64(p, interp + IS_THREADS_HEAD, &tstate) < 0)
-            break;
-        while (tstate && seen++ < PYFRAMES_MAX_THREADS) {
-            r = read_thread(p, tstate, interp, gil, tid, &t, &tstate);
-            if (r == 0) {
-                *ret = t;
-                goto out;
-            }
-            if (r == -ENOMEM) {
-                pyframes_thread_clear(&t); /* read_thread had set it up */
-                goto out;
-            }
-            if (r < 0)
-                break;
-        }
-        r = 0;
-        interp = next_interp;
-    }
-    r = r < 0 ? r : -ENOENT;
-out:
-    cache_clear(p);
+        r = pywalk_thread(p->walk, inner, ret);
+    if (r == 0)
+        ret->tid = tid;
     return r;
 }
 
@@ -845,9 +447,9 @@ int pyframes_format_frame(const struct pyframes_frame *f, char *buf, size_t len)
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
-/* Python 3.11 runs nested Python calls inside one _PyEval_EvalFrameDefault call; each call of it
- * starts at an entry frame. So, going outwards, the Python frames up to and including the next
- * entry frame replace the next native _PyEval_EvalFrameDefault frame. */
+/* CPython 3.11 on runs nested Python calls inside one _PyEval_EvalFrameDefault call; each call
+ * of it starts at an entry frame. So, going outwards, the Python frames up to and including the
+ * next entry frame replace the next native _PyEval_EvalFrameDefault frame. */
 int pyframes_merge(const struct stacks_thread *native, const struct pyframes_thread *py,
                    struct stacks_thread **ret)
 {

@@ -1,8 +1,11 @@
 /* Python-level stacks of a running CPython process, read from outside with process_vm_readv
  * only: finds the interpreter (a mapped libpython3.X.so or a static interpreter in the
- * executable) by its `_PyRuntime` symbol, then walks every thread state's frame chain. Not a
- * native unwinder and not a sampler: callers decide when to read and whether to stop the target
- * around the read (nothing here needs ptrace). Supports CPython 3.11 (known struct layouts). */
+ * executable) by its `_PyRuntime` symbol, picks the layout of its version (pylayout.h: tables for
+ * 3.11 and 3.12, the target's own _Py_DebugOffsets from 3.13 on, pydebug.h) and walks every
+ * thread state's frame chain (pywalk.h). Thread ids are the caller's (host) ids, also for a
+ * target in another PID namespace. Not a native unwinder and not a sampler: callers decide when
+ * to read and whether to stop the target around the read (nothing here needs ptrace). Default
+ * (GIL) builds of CPython 3.11 to 3.15 on x86-64. */
 #ifndef PYFRAMES_H
 #define PYFRAMES_H
 
@@ -10,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "os/error.h"
 #include "unwind/stacks.h"
 
 #define PYFRAMES_MAX_THREADS 4096         /* thread states read per call, all interpreters */
@@ -18,6 +22,7 @@
 #define PYFRAMES_STR_MAX 1024             /* bytes kept of a file or function name, NUL included */
 #define PYFRAMES_LINETABLE_MAX (1u << 20) /* larger co_linetable objects are not decoded */
 #define PYFRAMES_VERSION_MAX 32
+#define PYFRAMES_NAME_MAX 128 /* bytes kept of a thread's name, NUL included */
 #define PYFRAMES_EVAL_FUNC "_PyEval_EvalFrameDefault"
 
 struct pyframes_frame {
@@ -25,25 +30,34 @@ struct pyframes_frame {
     char *funcname;  /* co_qualname, UTF-8 */
     int line;        /* of the current instruction; 0 when unknown */
     int firstlineno; /* co_firstlineno */
-    bool is_entry;   /* the first frame of a _PyEval_EvalFrameDefault call */
+    bool is_entry;   /* the first frame of a _PyEval_EvalFrameDefault call (3.11's is_entry;
+                        3.12 on: the frame next to the shim frame that call pushed) */
 };
 
 struct pyframes_thread {
-    pid_t tid;           /* the OS thread (native_thread_id) */
+    pid_t tid;           /* the OS thread (native_thread_id), as the caller's /proc names it */
     uint64_t pthread_id; /* thread_id: the thread's pthread_t */
-    bool holds_gil;      /* the runtime's current thread state is this one */
-    bool truncated;      /* frames stop early: a limit was hit, or the target
-                            changed under us (what is listed was checked) */
+    /* threading.Thread.name (threading._active[pthread_id]._name), cut to fit; "" when the
+     * thread has none (not started by threading) or it cannot be read. pyframes_read only. */
+    char name[PYFRAMES_NAME_MAX];
+    bool holds_gil; /* holds the GIL (3.11: the runtime's current thread state; 3.12
+                       on: last_holder of its interpreter's GIL, while locked) */
+    bool truncated; /* frames stop early: a limit was hit, or the target
+                       changed under us (what is listed was checked) */
     size_t nframes;
     struct pyframes_frame *frames; /* innermost first */
 };
 
 struct pyframes;
 
-/* Finds the interpreter of pid and caches its addresses. version (may be NULL) gets the
- * interpreter's version ("3.11.2", or "3.10" from a module name) whenever one was found, on
+/* Finds the interpreter of pid and caches its addresses and layout. version (may be NULL) gets
+ * the interpreter's version ("3.11.2", or "3.10" from a module name) whenever one was found, on
  * success and on -EOPNOTSUPP alike, else "". -ENOENT: no CPython in pid; -EOPNOTSUPP: a CPython
- * whose layout is unknown here; -ESRCH: pid is gone; -ENOMEM; open/read errors passed through. */
+ * that cannot be read here (its version and why in err: too old, free-threaded, a layout not
+ * known); -ESRCH: pid is gone; -ENOMEM; open/read errors passed through. err may be NULL. */
+int pyframes_attach(pid_t pid, char *version, size_t version_len, struct pyframes **ret,
+                    struct error *err);
+/* pyframes_attach without the reason (agent/inspect.c until it moves to pyframes_attach). */
 int pyframes_open(pid_t pid, char *version, size_t version_len, struct pyframes **ret);
 void pyframes_free(struct pyframes *p);
 /* "3.11.2": the version of the interpreter p reads. */

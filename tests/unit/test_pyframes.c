@@ -3,7 +3,10 @@
  * markers in its source and against Python's own view of the same threads; a CPU split between
  * two functions (py_split.py); a libpython embedded in another program (gdb); processes that are
  * not Python or are gone; a target exiting or killed while we read; the time of one read on a
- * 50-thread process. Run from the source tree's top, as `make unit-check` does. */
+ * 50-thread process. Then the parked threads and Python's own view once per interpreter this
+ * machine has, 3.11 to 3.15 (Debian's, pyenv's, and tests/pyroot.sh's Debian unstable root run
+ * through chroot), each also inside a PID namespace; one that is missing is skipped with the
+ * reason printed. Run from the source tree's top, as `make unit-check` does. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -16,8 +19,11 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <cmocka.h>
+#include "python/pydebug.h"
 #include "python/pyframes.h"
 #include "testutil.h"
 
@@ -32,28 +38,63 @@ static const char *python(void)
     return p && *p ? p : "/usr/bin/python3";
 }
 
-/* Starts python SCRIPT [ARGS...] with stdin and stdout piped, reads its first line into line. */
-static void spawn_py(struct testutil_child *c, const char *script, const char *a1, const char *a2,
-                     char *line, size_t len)
-{
-    int in[2], out[2];
+/* How a workload is started: which interpreter, seen from which root, in which PID namespace. */
+struct interp {
+    const char *label;
+    const char *python;  /* as the target sees it: under root when root is set */
+    const char *root;    /* NULL, or a directory to chroot into */
+    const char *version; /* the prefix its version must have */
+    bool pidns;          /* inside `unshare --pid` */
+};
 
-    assert_int_equal(access(script, R_OK), 0);
-    assert_int_equal(pipe2(in, O_CLOEXEC), 0);
-    assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+/* Starts python SCRIPT [ARGS...] as in says with stdin and stdout piped, reads its first line
+ * into line. With a PID namespace c->pid is unshare, the target its child (target_of). */
+static void spawn_in(const struct interp *in, struct testutil_child *c, const char *script,
+                     const char *a1, const char *a2, char *line, size_t len)
+{
+    int pin[2], pout[2];
+    const char *argv[16];
+    size_t n = 0;
+
+    if (in->pidns) {
+        static const char *const unshare[] = {"unshare", "--pid", "--fork", "--mount-proc",
+                                              "--kill-child"};
+        for (size_t i = 0; i < 5; i++)
+            argv[n++] = unshare[i];
+    }
+    if (in->root) {
+        argv[n++] = "chroot";
+        argv[n++] = in->root;
+    }
+    argv[n++] = in->python;
+    argv[n++] = script;
+    argv[n++] = a1;
+    argv[n++] = a1 ? a2 : NULL;
+    argv[n] = NULL;
+    assert_int_equal(pipe2(pin, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(pout, O_CLOEXEC), 0);
     c->pid = fork();
     assert_true(c->pid >= 0);
     if (c->pid == 0) {
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        execl(python(), python(), script, a1, a2, (char *)NULL);
+        dup2(pin[0], 0);
+        dup2(pout[1], 1);
+        execvp(argv[0], (char *const *)argv);
         _exit(127);
     }
-    close(in[0]);
-    close(out[1]);
-    c->in = in[1];
-    c->out = out[0];
-    assert_int_equal(testutil_read_line(c->out, line, len, 10000), 0);
+    close(pin[0]);
+    close(pout[1]);
+    c->in = pin[1];
+    c->out = pout[0];
+    assert_int_equal(testutil_read_line(c->out, line, len, 20000), 0);
+}
+
+static void spawn_py(struct testutil_child *c, const char *script, const char *a1, const char *a2,
+                     char *line, size_t len)
+{
+    const struct interp in = {"default", python(), NULL, "", false};
+
+    assert_int_equal(access(script, R_OK), 0);
+    spawn_in(&in, c, script, a1, a2, line, len);
 }
 
 static void spawn_parked(struct testutil_child *c, const char *extra, const char *deep, char *tids,
@@ -192,9 +233,15 @@ static const char *check_parked(const struct pyframes_thread *t, size_t n, const
     int gil = 0;
 
     for (size_t i = 0; i < sizeof(named) / sizeof(named[0]); i++) {
+        const struct pyframes_thread *th = find_tid(t, n, tid_of(tids, named[i][0]));
         want_thread(w, named[i][1], named[i][2], marks[i]);
-        if ((e = check_chain(find_tid(t, n, tid_of(tids, named[i][0])), w, 5)))
+        if ((e = check_chain(th, w, 5)))
             return e;
+        if (strcmp(th->name, named[i][0])) {
+            snprintf(why, sizeof(why), "tid %d named \"%s\", want \"%s\"", th->tid, th->name,
+                     named[i][0]);
+            return why;
+        }
     }
     /* the spinner is anywhere in its loop */
     want_thread(w, "spinner_outer", "spinner_inner", "# @spin");
@@ -220,6 +267,9 @@ static const char *check_parked(const struct pyframes_thread *t, size_t n, const
     };
     if ((e = check_chain(find_tid(t, n, tid_of(tids, "main")), m, 3)))
         return e;
+    const struct pyframes_thread *mt = find_tid(t, n, tid_of(tids, "main"));
+    if (!mt || strcmp(mt->name, "MainThread"))
+        return "the main thread is not named MainThread";
     for (size_t i = 0; i < n; i++)
         gil += t[i].holds_gil;
     return gil <= 1 ? NULL : "more than one thread holds the GIL";
@@ -264,26 +314,20 @@ static void test_parked(void **state)
 }
 
 /* Python's own view of its threads ('s'), against ours, frame by frame; main (which prints
- * them) and the spinner's innermost line (which moves) aside. */
-static void test_oracle(void **state)
+ * them) and the spinner's innermost line (which moves) aside. want_n threads in all. */
+static void check_oracle(struct testutil_child *c, struct pyframes *p, size_t want_n)
 {
-    struct testutil_child c;
-    struct pyframes *p;
     struct pyframes_thread *t;
     size_t n, seen = 0;
-    char tids[256], line[65536];
+    static char line[65536];
 
-    (void)state;
-    spawn_parked(&c, "10", NULL, tids, sizeof(tids));
-    assert_int_equal(pyframes_open(c.pid, NULL, 0, &p), 0);
-    read_until(p, tids, 17, check_parked);
-    assert_int_equal(write(c.in, "s", 1), 1);
+    assert_int_equal(write(c->in, "s", 1), 1);
     assert_int_equal(pyframes_read(p, &t, &n), 0);
-    assert_int_equal(n, 17);
+    assert_int_equal(n, want_n);
     for (;;) {
         unsigned long long ident;
         int off;
-        assert_int_equal(testutil_read_line(c.out, line, sizeof(line), 5000), 0);
+        assert_int_equal(testutil_read_line(c->out, line, sizeof(line), 5000), 0);
         if (strcmp(line, "end") == 0)
             break;
         assert_int_equal(sscanf(line, "stack %llu %n", &ident, &off), 1);
@@ -310,6 +354,19 @@ static void test_oracle(void **state)
     }
     assert_int_equal(seen, n - 1);
     pyframes_threads_free(t, n);
+}
+
+static void test_oracle(void **state)
+{
+    struct testutil_child c;
+    struct pyframes *p;
+    char tids[256];
+
+    (void)state;
+    spawn_parked(&c, "10", NULL, tids, sizeof(tids));
+    assert_int_equal(pyframes_open(c.pid, NULL, 0, &p), 0);
+    read_until(p, tids, 17, check_parked);
+    check_oracle(&c, p, 17);
     pyframes_free(p);
     testutil_reap(&c);
 }
@@ -427,6 +484,70 @@ static void test_not_python(void **state)
     assert_int_equal(waitpid(dead, NULL, 0), dead);
     assert_int_equal(pyframes_open(dead, NULL, 0, &p), -ESRCH);
     assert_null(p);
+}
+
+/* A CPython older than 3.11 (pyenv's 3.10): -EOPNOTSUPP, the version from its libpython's
+ * name, and a reason that says why. */
+static void test_unsupported(void **state)
+{
+    char exe[PATH_MAX], line[64], version[PYFRAMES_VERSION_MAX];
+    const char *home = getenv("HOME");
+    struct testutil_child c;
+    struct pyframes *p = NULL;
+    struct error err = {0};
+
+    (void)state;
+    snprintf(exe, sizeof(exe), "%s/.pyenv/versions/3.10.13/bin/python3.10", home ? home : "/root");
+    if (access(exe, X_OK)) {
+        print_message("skipped: %s is missing\n", exe);
+        skip();
+    }
+    const struct interp in = {"pyenv 3.10", exe, NULL, "", false};
+    spawn_in(&in, &c, SPLIT, "1000", NULL, line, sizeof(line));
+    assert_int_equal(pyframes_attach(c.pid, version, sizeof(version), &p, &err), -EOPNOTSUPP);
+    assert_null(p);
+    assert_string_equal(version, "3.10");
+    assert_int_equal(err.code, -EOPNOTSUPP);
+    assert_non_null(strstr(err.reason, "3.10"));
+    assert_non_null(strstr(err.reason, "older than 3.11"));
+    testutil_reap(&c);
+}
+
+/* The _Py_DebugOffsets of real 3.14 and 3.15 builds (as the fuzzer's seeds carry them, after
+ * two header bytes): read as they are; a newer minor with 3.15's shape accepted; one with another
+ * shape, a free-threaded build and a wrong cookie refused with a reason. */
+static void test_debug_offsets(void **state)
+{
+    static unsigned char b14[16384], b15[16384];
+    struct pylayout l;
+    struct error err = {0};
+    FILE *f;
+
+    (void)state;
+    assert_non_null(f = fopen("tests/fuzz/corpus/pyframes/v3_14_debug", "rb"));
+    size_t n14 = fread(b14, 1, sizeof(b14), f) - 2;
+    fclose(f);
+    assert_non_null(f = fopen("tests/fuzz/corpus/pyframes/v3_15_debug", "rb"));
+    size_t n15 = fread(b15, 1, sizeof(b15), f) - 2;
+    fclose(f);
+    assert_int_equal(pydebug_layout(b14 + 2, n14, &l, &err), 0);
+    assert_int_equal(l.minor, 14);
+    assert_int_equal(l.code_mask, ~(uint64_t)3);
+    assert_int_equal(pydebug_layout(b15 + 2, n15, &l, &err), 0);
+    assert_int_equal(l.minor, 15);
+    assert_int_equal(l.owner_max, 3);
+    b15[2 + 10] = 16; /* version: 3.16 */
+    assert_int_equal(pydebug_layout(b15 + 2, n15, &l, &err), 0);
+    assert_int_equal(l.minor, 16);
+    b14[2 + 10] = 16;
+    assert_int_equal(pydebug_layout(b14 + 2, n14, &l, &err), -EOPNOTSUPP);
+    assert_non_null(strstr(err.reason, "shape not known"));
+    b15[2 + 16] = 1; /* free_threaded */
+    assert_int_equal(pydebug_layout(b15 + 2, n15, &l, &err), -EOPNOTSUPP);
+    assert_non_null(strstr(err.reason, "free-threaded"));
+    b15[2] = 'X';
+    assert_int_equal(pydebug_layout(b15 + 2, n15, &l, &err), -EOPNOTSUPP);
+    assert_non_null(strstr(err.reason, "cookie"));
 }
 
 /* Every result of a read on a target that is going away is an error or well-formed. */
@@ -584,14 +705,213 @@ static void test_split(void **state)
     testutil_reap(&c);
 }
 
+/* ---- every interpreter ---- */
+
+#define NS_TIDS_MAX 64
+static char pyroot[PATH_MAX];   /* tests/pyroot.sh's root, "" when it failed */
+static char pyenv[4][PATH_MAX]; /* pyenv's interpreters */
+static struct interp interps[16];
+static size_t ninterps;
+
+/* The innermost id (NSpid's last) of each thread of pid, and ours. */
+static size_t ns_tids(pid_t pid, pid_t inner[NS_TIDS_MAX], pid_t host[NS_TIDS_MAX])
+{
+    char path[320], buf[4096];
+    size_t n = 0;
+    DIR *d;
+    struct dirent *e;
+
+    snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+    assert_non_null(d = opendir(path));
+    while ((e = readdir(d)) && n < NS_TIDS_MAX) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "/proc/%d/task/%s/status", (int)pid, e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        while (fgets(buf, sizeof(buf), f)) {
+            if (strncmp(buf, "NSpid:", 6))
+                continue;
+            char *last = strrchr(buf, '\t');
+            host[n] = (pid_t)strtol(e->d_name, NULL, 10);
+            inner[n++] = (pid_t)strtol(last ? last + 1 : buf + 6, NULL, 10);
+        }
+        fclose(f);
+    }
+    closedir(d);
+    return n;
+}
+
+/* Rewrites the "tids name=T ..." line of a target in a PID namespace with our ids. */
+static void host_tids(pid_t pid, char *tids, size_t len)
+{
+    pid_t inner[NS_TIDS_MAX], host[NS_TIDS_MAX];
+    size_t n = ns_tids(pid, inner, host), pos;
+    char out[256];
+
+    pos = (size_t)snprintf(out, sizeof(out), "tids");
+    for (char *tok = strchr(tids, ' '); tok; tok = strchr(tok, ' ')) {
+        char *eq = strchr(++tok, '=');
+        assert_non_null(eq);
+        pid_t t = 0, want = (pid_t)strtol(eq + 1, NULL, 10);
+        for (size_t i = 0; i < n; i++)
+            if (inner[i] == want)
+                t = host[i];
+        assert_true(t > 0);
+        pos += (size_t)snprintf(out + pos, sizeof(out) - pos, " %.*s=%d", (int)(eq - tok), tok,
+                                (int)t);
+        assert_true(pos < sizeof(out));
+    }
+    snprintf(tids, len, "%s", out);
+}
+
+/* unshare's child: the target inside the namespace. */
+static pid_t child_of(pid_t pid)
+{
+    char path[96];
+    long child = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)pid, (int)pid);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    assert_int_equal(fscanf(f, "%ld", &child), 1);
+    fclose(f);
+    return (pid_t)child;
+}
+
+/* A copy of the workload the target can see: under its root. */
+static void copy_file(const char *from, const char *to)
+{
+    char buf[8192];
+    size_t n;
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+
+    assert_non_null(in);
+    assert_non_null(out);
+    while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+        assert_int_equal(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    assert_int_equal(fclose(out), 0);
+}
+
+/* py_parked.py under one interpreter: the parked threads where the source says, and every
+ * frame as Python's own sys._current_frames() has it; in a PID namespace, with our tids. */
+static void test_interp(void **state)
+{
+    const struct interp *in = *state;
+    struct testutil_child c;
+    struct pyframes *p;
+    struct error err = {0};
+    char tids[256], line[64], version[PYFRAMES_VERSION_MAX], exe[PATH_MAX], dir[64],
+        script[PATH_MAX], copy[2 * PATH_MAX];
+
+    if ((in->root || in->pidns) && geteuid() != 0) {
+        print_message("skipped %s: chroot and unshare --pid need root\n", in->label);
+        skip();
+    }
+    if (in->root && !in->root[0]) {
+        print_message("skipped %s: tests/pyroot.sh gave no root\n", in->label);
+        skip();
+    }
+    snprintf(exe, sizeof(exe), "%s%s", in->root ? in->root : "", in->python);
+    if (access(exe, X_OK)) {
+        print_message("skipped %s: %s is missing\n", in->label, exe);
+        skip();
+    }
+    if (in->pidns && access("/usr/bin/unshare", X_OK)) {
+        print_message("skipped %s: no unshare\n", in->label);
+        skip();
+    }
+    snprintf(script, sizeof(script), "%s", PARKED);
+    if (in->root) {
+        snprintf(dir, sizeof(dir), "/tmp/pyframes-test-%d", (int)getpid());
+        snprintf(copy, sizeof(copy), "%s%s", in->root, dir);
+        mkdir(copy, 0755);
+        snprintf(script, sizeof(script), "%s/py_parked.py", dir);
+        snprintf(copy, sizeof(copy), "%s%s", in->root, script);
+        copy_file(PARKED, copy);
+    }
+    spawn_in(in, &c, script, "10", NULL, line, sizeof(line));
+    assert_string_equal(line, "ready");
+    assert_int_equal(testutil_read_line(c.out, tids, sizeof(tids), 10000), 0);
+    pid_t target = in->pidns ? child_of(c.pid) : c.pid;
+    if (in->pidns)
+        host_tids(target, tids, sizeof(tids));
+    int r = pyframes_attach(target, version, sizeof(version), &p, &err);
+    if (r)
+        fail_msg("%s: attach: %d %s", in->label, r, err.reason);
+    assert_memory_equal(version, in->version, strlen(in->version));
+    read_until(p, tids, 17, check_parked);
+    check_oracle(&c, p, 17);
+    print_message("%s: Python %s, 17 threads match\n", in->label, version);
+    pyframes_free(p);
+    testutil_reap(&c);
+    if (in->root) {
+        unlink(copy);
+        snprintf(copy, sizeof(copy), "%s%s", in->root, dir);
+        rmdir(copy);
+    }
+}
+
+/* The interpreters test_interp runs, each twice (the second time in a PID namespace). */
+static void find_interps(void)
+{
+    const char *home = getenv("HOME"), *pyenv_root = getenv("PYENV_ROOT");
+    static const char *const pyenv_bins[][3] = {
+        {"pyenv 3.11.7", "3.11.7/bin/python3.11", "3.11."},
+        {"pyenv 3.12.1", "3.12.1/bin/python3.12", "3.12."},
+        {"pyenv 3.13.0", "3.13.0/bin/python3.13", "3.13."},
+    };
+    static const char *const sid[][3] = {
+        {"sid 3.13", "/usr/bin/python3.13", "3.13."},
+        {"sid 3.14", "/usr/bin/python3.14", "3.14."},
+        {"sid 3.15", "/usr/bin/python3.15", "3.15."},
+    };
+    FILE *f = geteuid() == 0 ? popen("tests/pyroot.sh", "r") : NULL; /* debootstrap: root */
+
+    if (!f || !fgets(pyroot, sizeof(pyroot), f))
+        pyroot[0] = '\0';
+    if (f && pclose(f) != 0)
+        pyroot[0] = '\0';
+    pyroot[strcspn(pyroot, "\n")] = '\0';
+    for (int ns = 0; ns < 2; ns++) {
+        interps[ninterps++] =
+            (struct interp){"debian 3.11", "/usr/bin/python3.11", NULL, "3.11.", ns};
+        for (size_t i = 0; i < 3; i++) {
+            snprintf(pyenv[i], sizeof(pyenv[i]), "%s%s/%s",
+                     pyenv_root ? pyenv_root
+                     : home     ? home
+                                : "/root",
+                     pyenv_root ? "/versions" : "/.pyenv/versions", pyenv_bins[i][1]);
+            interps[ninterps++] =
+                (struct interp){pyenv_bins[i][0], pyenv[i], NULL, pyenv_bins[i][2], ns};
+        }
+        for (size_t i = 0; i < 3; i++)
+            interps[ninterps++] = (struct interp){sid[i][0], sid[i][1], pyroot, sid[i][2], ns};
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_format),  cmocka_unit_test(test_not_python),
-        cmocka_unit_test(test_parked),  cmocka_unit_test(test_libpython),
-        cmocka_unit_test(test_oracle),  cmocka_unit_test(test_deep),
-        cmocka_unit_test(test_split),   cmocka_unit_test(test_exit_midread),
+        cmocka_unit_test(test_format),      cmocka_unit_test(test_not_python),
+        cmocka_unit_test(test_unsupported), cmocka_unit_test(test_debug_offsets),
+        cmocka_unit_test(test_parked),      cmocka_unit_test(test_libpython),
+        cmocka_unit_test(test_oracle),      cmocka_unit_test(test_deep),
+        cmocka_unit_test(test_split),       cmocka_unit_test(test_exit_midread),
         cmocka_unit_test(test_time_50),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    struct CMUnitTest each[16];
+    char names[16][64];
+
+    find_interps();
+    for (size_t i = 0; i < ninterps; i++) {
+        snprintf(names[i], sizeof(names[i]), "test_interp %s%s", interps[i].label,
+                 interps[i].pidns ? " (PID namespace)" : "");
+        each[i] = (struct CMUnitTest)cmocka_unit_test_prestate(test_interp, &interps[i]);
+        each[i].name = names[i];
+    }
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    return failed + _cmocka_run_group_tests("interpreters", each, ninterps, NULL, NULL);
 }

@@ -43,6 +43,8 @@ def sleeper_outer():
 
 
 def waiter_inner():
+    # Its Thread's attributes move to a materialised instance dict, where names are read too.
+    threading.current_thread().__dict__
     mark("waiter")
     held.acquire()  # @acquire
 
