@@ -20,6 +20,7 @@
 #include <elf.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/ptrace.h>
 #include <sys/time.h>
 #include <sys/uio.h>
@@ -52,6 +53,7 @@ struct hdr {
     uint32_t nrecs;
     uint32_t nranges;
     volatile uint32_t done; /* the tracer finished (its exit status may be reaped elsewhere) */
+    uint32_t held;          /* the parent's hold ended before the deadline released anyone */
 };
 
 struct snapshot_arena {
@@ -212,11 +214,26 @@ static void on_alarm(int sig)
     alarm(TRACER_HARD_S);
 }
 
-/* The tracer's work. Only syscall wrappers from here on. */
-static void trace_all(struct hdr *h, pid_t pid)
+/* With the threads stopped and copied: tells the parent over holdfd and waits for its word, or
+ * for the stop deadline, before the threads are released. */
+static void hold_stopped(struct hdr *h, int holdfd)
+{
+    char c = 'h';
+    ssize_t got;
+
+    if (tracer_timed_out || write(holdfd, &c, 1) != 1)
+        return;
+    while ((got = read(holdfd, &c, 1)) < 0 && errno == EINTR && !tracer_timed_out)
+        ;
+    h->held = got == 1;
+}
+
+/* The tracer's work. Only syscall wrappers from here on. holdfd: -1, or the parent's end to
+ * hold the threads stopped for. */
+static void trace_all(struct hdr *h, pid_t pid, int holdfd)
 {
     struct rec *r = recs_of(h);
-    size_t pending = 0;
+    size_t pending = 0, stopped = 0;
     uint64_t t0 = 0;
 
     for (size_t i = 0; i < h->nrecs; i++) {
@@ -272,8 +289,11 @@ static void trace_all(struct hdr *h, pid_t pid)
         else {
             regs_from_user(r[i].regs, &u);
             copy_stack(h, pid, &r[i]);
+            stopped++;
         }
     }
+    if (holdfd >= 0 && stopped)
+        hold_stopped(h, holdfd);
     for (size_t i = 0; i < h->nrecs; i++) {
         if (r[i].state == REC_STOPPED) {
             if (ptrace(PTRACE_DETACH, r[i].tid, 0, r[i].sig) < 0 && !r[i].err)
@@ -289,7 +309,7 @@ static void trace_all(struct hdr *h, pid_t pid)
     h->done = 1;
 }
 
-static __attribute__((noreturn)) void tracer_main(struct hdr *h, pid_t pid, int syncfd)
+static __attribute__((noreturn)) void tracer_main(struct hdr *h, pid_t pid, int syncfd, int holdfd)
 {
     char c;
     struct sigaction sa;
@@ -307,7 +327,7 @@ static __attribute__((noreturn)) void tracer_main(struct hdr *h, pid_t pid, int 
     /* Wait until the parent allowed us as its tracer (Yama); EOF also means go. */
     while (read(syncfd, &c, 1) < 0 && errno == EINTR && !tracer_timed_out)
         ;
-    trace_all(h, pid);
+    trace_all(h, pid, holdfd);
     _exit(0);
 }
 
@@ -351,11 +371,31 @@ void snapshot_free(struct snapshot *s)
     free(s);
 }
 
-static int run_tracer(struct hdr *h, pid_t pid, int self)
+/* The parent's side of a hold: waits until the tracer holds the threads (or has given up:
+ * EOF), runs fn, and lets the tracer go on. */
+static void hold_run(int fd, const struct snapshot_hold *hold)
 {
-    int r = 0, fds[2] = {-1, -1};
+    char c;
+    ssize_t got;
+
+    while ((got = read(fd, &c, 1)) < 0 && errno == EINTR)
+        ;
+    hold->fn(hold->ctx);
+    c = 'r';
+    /* A tracer past its deadline has stopped listening: nothing to tell it. */
+    if (got == 1 && write(fd, &c, 1) < 0)
+        return;
+}
+
+static int run_tracer(struct hdr *h, pid_t pid, int self, const struct snapshot_hold *hold)
+{
+    int r = 0, fds[2] = {-1, -1}, hfds[2] = {-1, -1};
     if (pipe2(fds, O_CLOEXEC) < 0)
         return -errno;
+    if (hold && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, hfds) < 0) {
+        r = -errno;
+        goto out;
+    }
     pid_t child = fork();
     if (child < 0) {
         r = -errno;
@@ -363,7 +403,13 @@ static int run_tracer(struct hdr *h, pid_t pid, int self)
     }
     if (child == 0) {
         close(fds[1]);
-        tracer_main(h, pid, fds[0]);
+        if (hfds[0] >= 0)
+            close(hfds[0]);
+        tracer_main(h, pid, fds[0], hfds[1]);
+    }
+    if (hfds[1] >= 0) {
+        close(hfds[1]);
+        hfds[1] = -1;
     }
     /* Yama's ptrace_scope=1 only lets a process trace its descendants, unless the tracee names
      * its tracer; EINVAL means Yama is not there. */
@@ -371,6 +417,8 @@ static int run_tracer(struct hdr *h, pid_t pid, int self)
         prctl(PR_SET_PTRACER, child, 0, 0, 0);
     close(fds[1]);
     fds[1] = -1;
+    if (hold)
+        hold_run(hfds[0], hold);
     int st;
     pid_t w;
     while ((w = waitpid(child, &st, 0)) < 0 && errno == EINTR)
@@ -384,11 +432,21 @@ out:
         close(fds[0]);
     if (fds[1] >= 0)
         close(fds[1]);
+    for (int i = 0; i < 2; i++)
+        if (hfds[i] >= 0)
+            close(hfds[i]);
     return r;
 }
 
 int snapshot_capture(struct snapshot *s, pid_t pid, const pid_t *tids, size_t n,
                      const struct snapshot_range *ranges, size_t nranges)
+{
+    return snapshot_capture_hold(s, pid, tids, n, ranges, nranges, NULL);
+}
+
+int snapshot_capture_hold(struct snapshot *s, pid_t pid, const pid_t *tids, size_t n,
+                          const struct snapshot_range *ranges, size_t nranges,
+                          const struct snapshot_hold *hold)
 {
     int r;
     struct snapshot_thread *th = NULL;
@@ -430,7 +488,10 @@ int snapshot_capture(struct snapshot *s, pid_t pid, const pid_t *tids, size_t n,
             me->state = REC_DONE;
         }
     }
-    r = run_tracer(h, pid, self);
+    /* Our own stopped threads may hold a lock fn needs (malloc's): no hold for ourselves. */
+    r = run_tracer(h, pid, self, self ? NULL : hold);
+    if (self && hold)
+        hold->fn(hold->ctx);
     if (r < 0)
         goto out;
 
@@ -451,6 +512,7 @@ int snapshot_capture(struct snapshot *s, pid_t pid, const pid_t *tids, size_t n,
     s->nthreads = n;
     s->stopped_ns = h->stopped_ns;
     s->copied_bytes = h->copied;
+    s->held = hold && !self && h->held;
 out:
     free(th);
     return r;

@@ -35,6 +35,7 @@ struct snapshot {
     struct snapshot_thread *threads; /* same order as the tids given to snapshot_capture */
     uint64_t stopped_ns;             /* first PTRACE_INTERRUPT to last PTRACE_DETACH */
     size_t copied_bytes;
+    int held; /* snapshot_capture_hold: fn ran while every captured thread was stopped */
     struct snapshot_arena *arena; /* internal: memory shared with the tracer process */
 };
 
@@ -48,5 +49,22 @@ void snapshot_free(struct snapshot *s);
  * -ETIMEDOUT: it did not stop in time). -ENOMEM, -EINVAL, or fork's errors otherwise. */
 int snapshot_capture(struct snapshot *s, pid_t pid, const pid_t *tids, size_t n,
                      const struct snapshot_range *ranges, size_t nranges);
+
+/* Work done while the captured threads are still stopped, after their copies: a dump reads the
+ * Python stacks there, so that they describe the same moment as the native ones. fn runs once on
+ * the calling thread, after the copies; the threads are released when it returns, or at the
+ * stop deadline (SNAPSHOT_STOP_TIMEOUT_MS from the first stop) if it takes longer. */
+struct snapshot_hold {
+    void (*fn)(void *ctx);
+    void *ctx;
+};
+
+/* snapshot_capture, then hold->fn while the threads stay stopped. s->held tells whether every
+ * captured thread was still stopped when fn returned (0 when the deadline released them first,
+ * when no thread stopped, or when pid is the calling process, whose stopped threads could hold
+ * a lock fn needs: fn then runs after the release). */
+int snapshot_capture_hold(struct snapshot *s, pid_t pid, const pid_t *tids, size_t n,
+                          const struct snapshot_range *ranges, size_t nranges,
+                          const struct snapshot_hold *hold);
 
 #endif

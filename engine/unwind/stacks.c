@@ -157,7 +157,8 @@ static int build_thread(struct stacks *s, const struct snapshot_thread *st,
     return 0;
 }
 
-int stacks_dump_threads(struct stacks *s, struct stacks_dump **ret, struct error *err)
+int stacks_dump_threads(struct stacks *s, const struct snapshot_hold *hold,
+                        struct stacks_dump **ret, struct error *err)
 {
     int r;
     uint64_t t0 = now_ns();
@@ -183,7 +184,7 @@ int stacks_dump_threads(struct stacks *s, struct stacks_dump **ret, struct error
     }
     size_t nranges;
     const struct snapshot_range *ranges = modules_ranges(s->mods, &nranges);
-    r = snapshot_capture(s->snap, s->pid, tids, ntids, ranges, nranges);
+    r = snapshot_capture_hold(s->snap, s->pid, tids, ntids, ranges, nranges, hold);
     if (r < 0)
         goto out;
 
@@ -226,6 +227,7 @@ int stacks_dump_threads(struct stacks *s, struct stacks_dump **ret, struct error
     }
     d->stopped_ns = s->snap->stopped_ns;
     d->copied_bytes = s->snap->copied_bytes;
+    d->held = s->snap->held;
     d->total_ns = now_ns() - t0;
     *ret = d;
     d = NULL;

@@ -14,9 +14,11 @@
 #include <sys/types.h>
 #include "os/error.h"
 #include "os/procfs.h"
+#include "os/snapshot.h"
 
 #define STACKS_MAX_FRAMES 256
 #define STACKS_MAX_THREADS 65536
+#define STACKS_NAME_MAX 128 /* a thread's name: its comm, or its Python name (threading.Thread) */
 
 struct stacks_frame {
     uint64_t ip;
@@ -33,7 +35,7 @@ struct stacks_frame {
 
 struct stacks_thread {
     pid_t tid;
-    char name[PROCFS_COMM_MAX];
+    char name[STACKS_NAME_MAX];
     int err;       /* 0, or why this thread could not be captured/unwound */
     int truncated; /* unwinding stopped before the outermost frame */
     size_t nframes;
@@ -46,6 +48,7 @@ struct stacks_dump {
     uint64_t stopped_ns;            /* longest time any thread was kept stopped */
     uint64_t total_ns;              /* whole dump, capture and unwind */
     size_t copied_bytes;            /* stack bytes copied */
+    bool held;                      /* the hold's fn ran while every captured thread was stopped */
 };
 
 struct stacks;
@@ -59,8 +62,10 @@ void stacks_free(struct stacks *s);
  * stacks_unwind_regs that re-reads them) or stacks_free. -ESRCH: the target has gone; when no
  * thread could be captured, their common error (-EPERM: not allowed or already traced,
  * -ETIMEDOUT: none stopped in time, with why in err); an unreadable maps file (named in err);
- * -ENOMEM. err may be NULL. */
-int stacks_dump_threads(struct stacks *s, struct stacks_dump **ret, struct error *err);
+ * -ENOMEM. hold (may be NULL): work done while the threads are still stopped (see
+ * snapshot_capture_hold), d->held says whether it was. err may be NULL. */
+int stacks_dump_threads(struct stacks *s, const struct snapshot_hold *hold,
+                        struct stacks_dump **ret, struct error *err);
 void stacks_dump_free(struct stacks_dump *d);
 /* Unwinds one thread from registers and a stack copy taken elsewhere (a perf_event sample's
  * PERF_SAMPLE_REGS_USER + PERF_SAMPLE_STACK_USER, in libunwind's x86-64 register numbering;

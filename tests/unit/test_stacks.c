@@ -160,7 +160,7 @@ static void test_parked_threads(void **state)
     query(&c, &sleeps0, &reads0);
 
     assert_int_equal(stacks_new(c.pid, &s), 0);
-    assert_int_equal(stacks_dump_threads(s, &d, NULL), 0);
+    assert_int_equal(stacks_dump_threads(s, NULL, &d, NULL), 0);
     check_released(c.pid);
     assert_int_equal(d->nthreads, 8); /* main, 5 named, 2 idle */
     assert_true(d->stopped_ns > 0 && d->stopped_ns <= d->total_ns);
@@ -255,14 +255,14 @@ static void test_caches_reused(void **state)
     struct stacks_dump *d;
     spawn_parked(&c, "0");
     assert_int_equal(stacks_new(c.pid, &s), 0);
-    assert_int_equal(stacks_dump_threads(s, &d, NULL), 0);
+    assert_int_equal(stacks_dump_threads(s, NULL, &d, NULL), 0);
     stacks_dump_free(d);
     struct stat_pick sym1 = stat_of("symbols"), unw1 = stat_of("unwind");
     assert_true(sym1.found && unw1.found);
     assert_true(sym1.misses > 0 && sym1.size > 0);
     assert_true(unw1.misses > 0 && unw1.size > 0);
 
-    assert_int_equal(stacks_dump_threads(s, &d, NULL), 0);
+    assert_int_equal(stacks_dump_threads(s, NULL, &d, NULL), 0);
     struct stat_pick sym2 = stat_of("symbols"), unw2 = stat_of("unwind");
     check_released(c.pid);
     /* Same mappings: every module's symbols and tables were already there. */
@@ -297,6 +297,57 @@ static __attribute__((noinline)) void *self_park_a(void *arg)
     return NULL;
 }
 
+/* What a hold saw of the target: each thread's state while fn ran. */
+struct hold_seen {
+    pid_t pid;
+    int calls, threads, stopped;
+};
+
+static void hold_look(void *ctx)
+{
+    struct hold_seen *h = ctx;
+    pid_t *tids;
+    size_t n;
+    char st;
+
+    h->calls++;
+    assert_int_equal(procfs_list_tasks(PROCFS_ROOT, h->pid, &tids, &n), 0);
+    for (size_t i = 0; i < n; i++) {
+        h->threads++;
+        if (procfs_read_state(PROCFS_ROOT, h->pid, tids[i], &st) == 0 && st == 't')
+            h->stopped++;
+    }
+    free(tids);
+}
+
+/* The hold runs once, while every thread of the target is in its tracing stop, and the threads
+ * are released after; without a hold nothing is held. */
+static void test_hold(void **state)
+{
+    (void)state;
+    struct testutil_child c;
+    struct stacks *s;
+    struct stacks_dump *d;
+    struct hold_seen seen = {0};
+    struct snapshot_hold hold = {hold_look, &seen};
+
+    spawn_parked(&c, "2");
+    seen.pid = c.pid;
+    assert_int_equal(stacks_new(c.pid, &s), 0);
+    assert_int_equal(stacks_dump_threads(s, &hold, &d, NULL), 0);
+    assert_int_equal(seen.calls, 1);
+    assert_int_equal(seen.threads, 8);
+    assert_int_equal(seen.stopped, seen.threads);
+    assert_true(d->held);
+    check_released(c.pid);
+    stacks_dump_free(d);
+    assert_int_equal(stacks_dump_threads(s, NULL, &d, NULL), 0);
+    assert_false(d->held);
+    stacks_dump_free(d);
+    stacks_free(s);
+    testutil_reap(&c);
+}
+
 static __attribute__((noinline)) void test_self_dump(void **state)
 {
     (void)state;
@@ -311,7 +362,7 @@ static __attribute__((noinline)) void test_self_dump(void **state)
     nanosleep(&ts, NULL); /* from the barrier into read() */
 
     assert_int_equal(stacks_new(getpid(), &s), 0);
-    assert_int_equal(stacks_dump_threads(s, &d, NULL), 0);
+    assert_int_equal(stacks_dump_threads(s, NULL, &d, NULL), 0);
     check_released(getpid());
     static const char *const parked[] = {"self_park_a", "self_park_b", NULL};
     check_chain(find_name(d, "selfpark"), parked, NULL, NULL);
@@ -351,7 +402,7 @@ static void test_exited_target(void **state)
     if (r == 0) {
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        r = stacks_dump_threads(s, &d, &e);
+        r = stacks_dump_threads(s, NULL, &d, &e);
         assert_true(r < 0 || d->nthreads == 0);
         if (r < 0)
             assert_int_equal(e.code, r);
@@ -388,7 +439,7 @@ static void test_already_traced(void **state)
     assert_int_equal(ok, 1);
 
     assert_int_equal(stacks_new(c.pid, &s), 0);
-    assert_int_equal(stacks_dump_threads(s, &d, NULL), 0);
+    assert_int_equal(stacks_dump_threads(s, NULL, &d, NULL), 0);
     const struct stacks_thread *mt = find_tid(d, c.pid);
     assert_non_null(mt);
     assert_int_equal(mt->err, -EPERM);
@@ -547,7 +598,7 @@ static void test_unwind_regs(void **state)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double cold_us = elapsed_us(&t0, &t1);
 
-    assert_int_equal(stacks_dump_threads(s, &d, NULL), 0);
+    assert_int_equal(stacks_dump_threads(s, NULL, &d, NULL), 0);
     assert_int_equal(d->nthreads, snap->nthreads);
     int lines = 0;
     for (size_t i = 0; i < snap->nthreads; i++) {
@@ -711,10 +762,11 @@ static void test_format_marks(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parked_threads), cmocka_unit_test(test_caches_reused),
-        cmocka_unit_test(test_self_dump),      cmocka_unit_test(test_exited_target),
-        cmocka_unit_test(test_already_traced), cmocka_unit_test(test_format_marks),
-        cmocka_unit_test(test_unwind_regs),    cmocka_unit_test(test_maps_changed),
+        cmocka_unit_test(test_parked_threads), cmocka_unit_test(test_hold),
+        cmocka_unit_test(test_caches_reused),  cmocka_unit_test(test_self_dump),
+        cmocka_unit_test(test_exited_target),  cmocka_unit_test(test_already_traced),
+        cmocka_unit_test(test_format_marks),   cmocka_unit_test(test_unwind_regs),
+        cmocka_unit_test(test_maps_changed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
