@@ -13,7 +13,7 @@
 #include "actions.h"
 #include "claims.h"
 #include "clock.h"
-#include "formats/heapfile.h"
+#include "formats/hpy.h"
 #include "memory/memprof.h"
 #include "run.h"
 #include "unwinders.h"
@@ -122,7 +122,7 @@ static void add_summary(struct run *run, struct memprof *m, const struct memprof
         n = 0;
     for (size_t i = 0; i < n && i < TOP_SITES; i++) {
         struct json_object *o = json_object_new_object();
-        char *kind = heapfile_kind(sites[i].frames, sites[i].nframes);
+        char *kind = hpy_kind(sites[i].frames, sites[i].nframes);
 
         json_object_object_add(o, "site", kind ? json_object_new_string(kind) : NULL);
         free(kind);
@@ -138,11 +138,11 @@ static void add_summary(struct run *run, struct memprof *m, const struct memprof
 static void add_warnings(struct run *run, const struct memprof_stats *st, bool cancelled,
                          uint64_t sample_bytes)
 {
-    if (st->fallback_reason[0])
+    if (st->fallback.code)
         run_warn(run,
                  "allocation hooks could not be injected (%s); uprobes were used instead, "
                  "which cost the target about 3-4 us per allocation and free during the run",
-                 st->fallback_reason);
+                 st->fallback.reason[0] ? st->fallback.reason : strerror(-st->fallback.code));
     if (st->target_exited)
         run_warn(run, "the target exited after %.1f s; the profile covers that time",
                  (double)st->elapsed_ms / 1000.0);
@@ -173,13 +173,14 @@ static int write_files(struct run *run, struct memprof *m)
 {
     char dir[PATH_MAX], path[PATH_MAX + 64], cmd[CMDLINE_MAX];
     long long t = (long long)run->started_us;
+    struct error e;
     int r;
 
     r = run_output_dir(run, dir);
     if (r < 0)
         return r;
     snprintf(path, sizeof(path), "%s/heap_profile.%lld.hpy", dir, t);
-    r = memprof_write_hpy(m, path, (double)run->started_us / 1e6);
+    r = memprof_write_hpy(m, path, (double)run->started_us / 1e6, &e);
     if (r < 0)
         goto fail;
     json_object_array_add(run->files, json_object_new_string(path));
@@ -187,13 +188,15 @@ static int write_files(struct run *run, struct memprof *m)
     if (!cmd[0])
         snprintf(cmd, sizeof(cmd), "%s (pid %d)", run->target.name, (int)run->target.pid);
     snprintf(path, sizeof(path), "%s/massif.out.%lld", dir, t);
-    r = memprof_write_massif(m, path, cmd);
+    r = memprof_write_massif(m, path, cmd, &e);
     if (r < 0)
         goto fail;
     json_object_array_add(run->files, json_object_new_string(path));
     return 0;
 fail:
-    return run_fail(run, "cannot write %s: %s", path, strerror(-r));
+    /* A file the user asked for, not the process, failed: said as such, not through
+     * run_engine_fail_error's words about the target. */
+    return run_fail(run, "cannot write %s: %s", path, e.reason[0] ? e.reason : strerror(-e.code));
 }
 
 int action_memory(struct run *run)
@@ -203,7 +206,8 @@ int action_memory(struct run *run)
     struct memprof *m = NULL;
     struct json_object *v;
     struct unwinder *u;
-    char lib[PATH_MAX], why[512];
+    struct error e;
+    char lib[PATH_MAX];
     int r;
 
     json_object_object_get_ex(run->params, "seconds", &v);
@@ -219,13 +223,10 @@ int action_memory(struct run *run)
     r = unwinders_get(&run->target, UNWINDERS_MEMORY, &u);
     if (r < 0)
         return run_engine_fail(run, "allocation profile", r);
-    r = memprof_open(run->target.pid, unwinders_stacks(u), &o, &m, why, sizeof(why));
+    r = memprof_open(run->target.pid, unwinders_stacks(u), &o, &m, &e);
     if (r < 0) {
         unwinders_put(u);
-        if (r == -ESRCH)
-            return run_engine_fail(run, "allocation profile", r);
-        return run_fail(run, "allocation profile of process %d failed: %s", (int)run->target.pid,
-                        why[0] ? why : strerror(-r));
+        return run_engine_fail_error(run, "allocation profile", &e);
     }
     int64_t next_progress = clock_monotonic_us() + 1000000;
     bool cancelled = false;
@@ -238,7 +239,7 @@ int action_memory(struct run *run)
             break;
         }
         double left_ms = o.seconds * 1000.0 - (double)st.elapsed_ms;
-        r = memprof_poll(m, left_ms < POLL_MS ? (int)left_ms + 1 : POLL_MS);
+        r = memprof_poll(m, left_ms < POLL_MS ? (int)left_ms + 1 : POLL_MS, &e);
         if (r < 0)
             break;
         if (clock_monotonic_us() >= next_progress) {
@@ -247,18 +248,17 @@ int action_memory(struct run *run)
             next_progress += 1000000;
         }
     }
-    int fr = memprof_finish(m);
-    memprof_get_stats(m, &st);
-    if (fr < 0)
+    struct error fe;
+    if (memprof_finish(m, &fe) < 0)
         run_warn(run,
                  "the hooks could not be removed by a call into the target (%s); they "
                  "remove themselves at the target's next allocation",
-                 strerror(-fr));
+                 fe.reason[0] ? fe.reason : strerror(-fe.code));
+    memprof_get_stats(m, &st);
     add_warnings(run, &st, cancelled, o.sample_bytes);
     add_summary(run, m, &st, o.sample_bytes);
     if (r < 0 && r != -ESRCH)
-        r = run_fail(run, "allocation profile of process %d failed: %s", (int)run->target.pid,
-                     strerror(-r));
+        r = run_engine_fail_error(run, "allocation profile", &e);
     else
         r = write_files(run, m);
     memprof_free(m);

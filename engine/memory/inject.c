@@ -213,22 +213,17 @@ static int save_state(struct inject *in)
     return 0;
 }
 
-int inject_attach(pid_t pid, struct inject **ret, char *why, size_t whylen)
+int inject_attach(pid_t pid, struct inject **ret, struct error *err)
 {
     struct inject *in = NULL;
     struct region *rg = NULL;
     pid_t *tids = NULL;
     size_t ntids = 0, nrg = 0;
     int r;
-    char dummy[1];
 
-    if (!why) {
-        why = dummy;
-        whylen = sizeof(dummy);
-    }
-    why[0] = '\0';
+    error_clear(err);
     if (pid <= 0 || pid == getpid())
-        return -EINVAL;
+        return error_set(err, -EINVAL, NULL);
     r = procfs_list_tasks(PROCFS_ROOT, pid, &tids, &ntids);
     if (r < 0)
         goto out;
@@ -261,11 +256,10 @@ int inject_attach(pid_t pid, struct inject **ret, char *why, size_t whylen)
         }
         int sig, e = seize_stop(best, &sig);
         if (e == -EPERM || e == -EACCES) {
-            r = e;
-            snprintf(why, whylen,
-                     "ptrace of thread %d was refused (%s): the agent needs "
-                     "CAP_SYS_PTRACE, and the target must not be traced by another debugger",
-                     (int)best, strerror(-e));
+            r = error_set(err, e,
+                          "ptrace of thread %d was refused (%s): the agent needs "
+                          "CAP_SYS_PTRACE, and the target must not be traced by another debugger",
+                          (int)best, strerror(-e));
             goto out;
         }
         if (e < 0)
@@ -285,16 +279,15 @@ int inject_attach(pid_t pid, struct inject **ret, char *why, size_t whylen)
         }
         ptrace(PTRACE_DETACH, best, 0, sig);
         if (e == -EOPNOTSUPP) {
-            r = e;
-            snprintf(why, whylen, "the target is not a 64-bit x86 process");
+            r = error_set(err, e, "the target is not a 64-bit x86 process");
             goto out;
         }
         sleep_us(1000 + attempt * 200);
     }
-    snprintf(why, whylen,
-             "no thread of process %d stopped at a point where it is safe to load "
-             "a library (each was inside the C library) in %d attempts",
-             (int)pid, INJECT_SETTLE_TRIES);
+    error_set(err, r,
+              "no thread of process %d stopped at a point where it is safe to load "
+              "a library (each was inside the C library) in %d attempts",
+              (int)pid, INJECT_SETTLE_TRIES);
 out:
     free(tids);
     free(rg);
@@ -302,7 +295,7 @@ out:
         if (in)
             free(in->xstate);
         free(in);
-        return r;
+        return error_fill(err, r);
     }
     *ret = in;
     return 0;

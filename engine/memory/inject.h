@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "os/error.h"
 
 #define INJECT_MAX_ARGS 6
 #define INJECT_SCRATCH_MAX 4096      /* bytes of data placed on the thread's stack */
@@ -18,10 +19,10 @@
 
 struct inject;
 
-/* Seizes one thread of pid at a safe point and saves its state. why (may be NULL) gets a
- * sentence for the user on failure. -EPERM (ptrace refused), -ESRCH, -EAGAIN (no thread was
- * ever at a safe point), -EINVAL (pid is the calling process). */
-int inject_attach(pid_t pid, struct inject **ret, char *why, size_t whylen);
+/* Seizes one thread of pid at a safe point and saves its state. -EPERM (ptrace refused),
+ * -ESRCH, -EAGAIN (no thread was ever at a safe point), -EOPNOTSUPP (not an x86-64 process),
+ * -EINVAL (pid is the calling process); in err too (may be NULL), with what was in the way. */
+int inject_attach(pid_t pid, struct inject **ret, struct error *err);
 /* The thread that was seized. */
 pid_t inject_tid(const struct inject *in);
 /* Copies len bytes onto the seized thread's stack, below its red zone, for the calls that

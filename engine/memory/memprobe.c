@@ -26,7 +26,6 @@
 #include <limits.h>
 #include <libelf.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,18 +136,6 @@ static uint64_t now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void say(char *why, size_t whylen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void say(char *why, size_t whylen, const char *fmt, ...)
-{
-    va_list ap;
-    if (!why || whylen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(why, whylen, fmt, ap);
-    va_end(ap);
 }
 
 /* One small decimal or "config:N" number from a sysfs file. */
@@ -268,7 +255,7 @@ static int by_start_desc(const void *a, const void *b)
  * descending addresses approximate its search order: an LD_PRELOADed allocator comes first).
  * Fills p->kpath (reachable from our mount namespace, checked against the maps' inode),
  * p->module and the probes. */
-static int find_allocator(struct memprobe *p, char *why, size_t whylen)
+static int find_allocator(struct memprobe *p, struct error *err)
 {
     struct procfs_map *maps = NULL;
     const struct procfs_map **cand = NULL;
@@ -277,8 +264,7 @@ static int find_allocator(struct memprobe *p, char *why, size_t whylen)
     char exepath[64];
     int r = procfs_read_maps(PROCFS_ROOT, p->pid, &maps, &nmaps);
     if (r < 0) {
-        say(why, whylen, "cannot read /proc/%d/maps: %s", (int)p->pid, strerror(-r));
-        return r;
+        return error_set(err, r, "cannot read /proc/%d/maps: %s", (int)p->pid, strerror(-r));
     }
     snprintf(exepath, sizeof(exepath), "/proc/%d/exe", (int)p->pid);
     bool have_exe = stat(exepath, &exe) == 0;
@@ -345,10 +331,13 @@ static int find_allocator(struct memprobe *p, char *why, size_t whylen)
         break;
     }
     if (r == -ENOENT)
-        say(why, whylen,
-            "no malloc found in the executable or the libraries of process %d "
-            "(a stripped static binary, or an allocator under another name)",
-            (int)p->pid);
+        error_set(err, r,
+                  "no malloc found in the executable or the libraries of process %d "
+                  "(a stripped static binary, or an allocator under another name)",
+                  (int)p->pid);
+    else if (r < 0)
+        error_set(err, r, "cannot look for the allocator of process %d: %s", (int)p->pid,
+                  strerror(-r));
 out:
     free(cand);
     procfs_maps_free(maps, nmaps);
@@ -481,26 +470,26 @@ static int scan_threads(struct memprobe *p, size_t *ret_new)
     return perfring_scan_threads(p->pid, covered, open_one, p, ret_new);
 }
 
-static void open_failed(const struct memprobe *p, int r, char *why, size_t whylen)
+/* Sets err to r and why opening the events failed. Returns r. */
+static int open_failed(const struct memprobe *p, int r, struct error *err)
 {
     if (r == -EPERM || r == -EACCES)
-        say(why, whylen,
-            "perf_event_open refused a uprobe on %s (%s): uprobes through perf "
-            "need CAP_PERFMON or CAP_SYS_ADMIN, and ptrace access to process %d",
-            p->module, strerror(-r), (int)p->pid);
-    else if (r == -EMFILE || r == -ENFILE)
-        say(why, whylen,
-            "too many open files for uprobes on every thread of process %d "
-            "(%u probes x %zu CPUs per thread): raise RLIMIT_NOFILE",
-            (int)p->pid, p->nprobes, p->rc.n);
-    else if (r == -ESRCH)
-        say(why, whylen, "process %d has exited", (int)p->pid);
-    else
-        say(why, whylen, "cannot open uprobes on %s in process %d: %s", p->module, (int)p->pid,
-            strerror(-r));
+        return error_set(err, r,
+                         "perf_event_open refused a uprobe on %s (%s): uprobes through perf "
+                         "need CAP_PERFMON or CAP_SYS_ADMIN, and ptrace access to process %d",
+                         p->module, strerror(-r), (int)p->pid);
+    if (r == -EMFILE || r == -ENFILE)
+        return error_set(err, r,
+                         "too many open files for uprobes on every thread of process %d "
+                         "(%u probes x %zu CPUs per thread): raise RLIMIT_NOFILE",
+                         (int)p->pid, p->nprobes, p->rc.n);
+    if (r == -ESRCH)
+        return error_set(err, r, "process %d has exited", (int)p->pid);
+    return error_set(err, r, "cannot open uprobes on %s in process %d: %s", p->module, (int)p->pid,
+                     strerror(-r));
 }
 
-int memprobe_open(pid_t pid, struct memprobe **ret, char *why, size_t whylen)
+int memprobe_open(pid_t pid, struct memprobe **ret, struct error *err)
 {
     struct memprobe *p = NULL;
     size_t opened = 0, pages = RING_PAGES;
@@ -508,16 +497,12 @@ int memprobe_open(pid_t pid, struct memprobe **ret, char *why, size_t whylen)
     char st;
     int r;
 
-    if (why && whylen)
-        why[0] = '\0';
-    if (pid <= 0 || procfs_read_state(PROCFS_ROOT, pid, pid, &st) < 0 || st == 'Z') {
-        say(why, whylen, "process %d does not exist", (int)pid);
-        return -ESRCH;
-    }
+    error_clear(err);
+    if (pid <= 0 || procfs_read_state(PROCFS_ROOT, pid, pid, &st) < 0 || st == 'Z')
+        return error_set(err, -ESRCH, "process %d does not exist", (int)pid);
     p = calloc(1, sizeof(*p));
     if (!p) {
-        say(why, whylen, "cannot set up uprobes: %s", strerror(ENOMEM));
-        r = -ENOMEM;
+        r = error_set(err, -ENOMEM, "cannot set up uprobes: %s", strerror(ENOMEM));
         goto out;
     }
     p->pid = pid;
@@ -525,20 +510,15 @@ int memprobe_open(pid_t pid, struct memprobe **ret, char *why, size_t whylen)
     if (read_sysfs_u32(PMU_DIR "/type", "", &p->pmu_type) < 0 ||
         read_sysfs_u32(PMU_DIR "/format/retprobe", "config:", &p->retprobe_bit) < 0 ||
         p->retprobe_bit > 63) {
-        say(why, whylen,
-            "this kernel has no uprobe PMU (%s): it was built without "
-            "CONFIG_UPROBE_EVENTS",
-            PMU_DIR);
-        r = -EOPNOTSUPP;
+        r = error_set(err, -EOPNOTSUPP,
+                      "this kernel has no uprobe PMU (%s): it was built without "
+                      "CONFIG_UPROBE_EVENTS",
+                      PMU_DIR);
         goto out;
     }
-    r = find_allocator(p, why, whylen);
-    if (r < 0) {
-        if (why && whylen && !why[0])
-            say(why, whylen, "cannot look for the allocator of process %d: %s", (int)pid,
-                strerror(-r));
+    r = find_allocator(p, err);
+    if (r < 0)
         goto out;
-    }
     r = perfring_cpus_init(&p->rc);
     if (r == 0) {
         p->next = calloc(p->rc.n, sizeof(*p->next));
@@ -549,7 +529,7 @@ int memprobe_open(pid_t pid, struct memprobe **ret, char *why, size_t whylen)
             r = -ENOMEM;
     }
     if (r < 0) {
-        say(why, whylen, "cannot set up uprobes: %s", strerror(-r));
+        error_set(err, r, "cannot set up uprobes: %s", strerror(-r));
         goto out;
     }
     while (pages > RING_PAGES_FLOOR && (uint64_t)(pages + 1) * page * p->rc.n > RING_TOTAL_MAX)
@@ -557,7 +537,7 @@ int memprobe_open(pid_t pid, struct memprobe **ret, char *why, size_t whylen)
     for (size_t i = 0; i < p->rc.n; i++) {
         r = ring_map(p, i, &pages);
         if (r < 0) {
-            say(why, whylen, "cannot map a perf ring buffer: %s", strerror(-r));
+            error_set(err, r, "cannot map a perf ring buffer: %s", strerror(-r));
             goto out;
         }
         p->pfds[i] = (struct pollfd){.fd = p->rc.rings[i].fd, .events = POLLIN};
@@ -574,7 +554,7 @@ int memprobe_open(pid_t pid, struct memprobe **ret, char *why, size_t whylen)
     if (r == 0 && opened == 0)
         r = -ESRCH;
     if (r < 0) {
-        open_failed(p, r, why, whylen);
+        open_failed(p, r, err);
         goto out;
     }
     p->stats.probes = p->nprobes;

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "os/error.h"
 
 #define MEMPROBE_NREGS 17         /* libunwind's x86-64 numbering, as stacks.h takes it */
 #define MEMPROBE_STACK_BYTES 8192 /* user stack copied per ALLOC, as perf copies */
@@ -45,9 +46,9 @@ struct memprobe_stats {
  * them for every thread of pid (inherited by threads created later): entry probes read the
  * arguments, return probes complete ALLOC events, free's entry gives FREE. -ENOENT when no
  * malloc is found, -EPERM/-EACCES when perf_event_open refuses, -EOPNOTSUPP when the kernel has
- * no uprobe PMU, -ESRCH when the target is gone; `why` gets a sentence for the user on every
- * failure (why may be NULL). */
-int memprobe_open(pid_t pid, struct memprobe **ret, char *why, size_t whylen);
+ * no uprobe PMU, -ESRCH when the target is gone; in err too (may be NULL), with a reason for
+ * the user on every failure. */
+int memprobe_open(pid_t pid, struct memprobe **ret, struct error *err);
 /* Waits up to timeout_ms for events and hands every complete one to cb in time order across
  * CPUs (events of the last millisecond wait for the next call, so that late writers on another
  * CPU are not overtaken). A negative return of cb stops and is returned. -ESRCH once the

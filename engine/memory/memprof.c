@@ -15,7 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <dlfcn.h>
-#include "formats/heapfile.h"
+#include "formats/hpy.h"
+#include "formats/massif.h"
 #include "memory/inject.h"
 #include "memory/memprobe.h"
 #include "memory/memprof.h"
@@ -427,7 +428,7 @@ static void take_snapshot(struct memprof *m, uint64_t now_ms, bool detailed)
             s->nsites = m->nsites;
         }
     }
-    s->tree = detailed ? HEAPFILE_TREE_DETAILED : HEAPFILE_TREE_EMPTY;
+    s->tree = detailed ? HEAP_TREE_DETAILED : HEAP_TREE_EMPTY;
     m->nsnaps++;
 }
 
@@ -681,8 +682,8 @@ static int call_str(struct inject *in, uint64_t fn, const char *s, uint64_t arg,
     return inject_call(in, fn, args, 2, ret);
 }
 
-/* Loads the hooks into the target and starts them on the ring. */
-static int hooks_install(struct memprof *m, char *why, size_t whylen)
+/* Loads the hooks into the target and starts them on the ring. err (not NULL) gets why not. */
+static int hooks_install(struct memprof *m, struct error *err)
 {
     char ring_t[PATH_MAX], ring_a[PATH_MAX], lib_t[PATH_MAX], lib_a[PATH_MAX] = "";
     uint64_t dlopen_fn, dlsym_fn, dlerror_fn, handle = 0, start_fn = 0, rc = 0;
@@ -691,11 +692,10 @@ static int hooks_install(struct memprof *m, char *why, size_t whylen)
     bool loaded = mapped_path(m->pid, is_hooks, lib_t, sizeof(lib_t)) == 0;
     int r;
 
+    error_clear(err);
     r = loader_symbols(m->pid, &dlopen_fn, &dlsym_fn, &dlerror_fn);
-    if (r < 0) {
-        snprintf(why, whylen, "the target has no C library with dlopen (a static binary?)");
-        return r;
-    }
+    if (r < 0)
+        return error_set(err, r, "the target has no C library with dlopen (a static binary?)");
     if (!loaded) {
         static const char *const dirs[] = {"/tmp", "/dev/shm", "/var/tmp", NULL};
         char name[96];
@@ -710,33 +710,31 @@ static int hooks_install(struct memprof *m, char *why, size_t whylen)
             }
             if (r < 0) {
                 lib_a[0] = '\0';
-                snprintf(why, whylen,
-                         "could not put the hook library where the target can "
-                         "load it: %s",
-                         strerror(-r));
-                return r;
+                return error_set(err, r,
+                                 "could not put the hook library where the target can "
+                                 "load it: %s",
+                                 strerror(-r));
             }
         }
     }
     r = ring_create(m, same_ns, ring_t, sizeof(ring_t), ring_a, sizeof(ring_a));
     if (r < 0) {
-        snprintf(why, whylen,
-                 "could not create the shared ring in the target's /dev/shm or "
-                 "/tmp: %s",
-                 strerror(-r));
+        error_set(err, r,
+                  "could not create the shared ring in the target's /dev/shm or "
+                  "/tmp: %s",
+                  strerror(-r));
         goto out;
     }
-    r = inject_attach(m->pid, &in, why, whylen);
+    r = inject_attach(m->pid, &in, err);
     if (r < 0)
         goto out;
     r = call_str(in, dlopen_fn, lib_t, RTLD_NOW | (loaded ? RTLD_NOLOAD : 0), false, &handle);
     if (r == 0 && !handle) {
-        char err[256] = "no reason given";
+        char dlerr[256] = "no reason given";
         uint64_t msg = 0;
         if (dlerror_fn && inject_call(in, dlerror_fn, NULL, 0, &msg) == 0 && msg)
-            inject_read_string(m->pid, msg, err, sizeof(err));
-        snprintf(why, whylen, "the target could not load the hook library: %s", err);
-        r = -ENOEXEC;
+            inject_read_string(m->pid, msg, dlerr, sizeof(dlerr));
+        r = error_set(err, -ENOEXEC, "the target could not load the hook library: %s", dlerr);
         goto out;
     }
     if (r == 0)
@@ -744,33 +742,29 @@ static int hooks_install(struct memprof *m, char *why, size_t whylen)
     if (r == 0)
         r = call_str(in, dlsym_fn, "memhook_stop", handle, true, &m->stop_fn);
     if (r == 0 && (!start_fn || !m->stop_fn)) {
-        snprintf(why, whylen, "the hook library in the target has no memhook_start");
-        r = -ENOEXEC;
+        r = error_set(err, -ENOEXEC, "the hook library in the target has no memhook_start");
         goto out;
     }
     if (r == 0)
         r = call_str(in, start_fn, ring_t, 0, false, &rc);
     if (r < 0) {
-        if (!why[0])
-            snprintf(why, whylen, "calling into the target failed: %s", strerror(-r));
+        error_set(err, r, "calling into the target failed: %s", strerror(-r));
         goto out;
     }
     if ((int)rc < 0) {
-        r = (int)rc;
-        snprintf(why, whylen, "the hooks could not be installed in the target: %s%s", strerror(-r),
-                 loaded ? " (a hook library of another agent version may be "
-                          "loaded there; restart the target to replace it)"
-                        : "");
+        r = error_set(err, (int)rc, "the hooks could not be installed in the target: %s%s",
+                      strerror(-(int)rc),
+                      loaded ? " (a hook library of another agent version may be "
+                               "loaded there; restart the target to replace it)"
+                             : "");
         goto out;
     }
     m->hooked = true;
 out:
     if (in) {
         int d = inject_detach(in);
-        if (r == 0 && d < 0) {
-            r = d;
-            snprintf(why, whylen, "the target's thread could not be restored: %s", strerror(-d));
-        }
+        if (r == 0 && d < 0)
+            r = error_set(err, d, "the target's thread could not be restored: %s", strerror(-d));
     }
     /* Both sides hold what they need open or mapped: no name is left behind. */
     if (ring_a[0] && m->hdr)
@@ -780,7 +774,9 @@ out:
     return r;
 }
 
-static int hooks_remove(struct memprof *m)
+/* Takes the hooks out at once; err gets why that failed. A target that is gone has nothing left
+ * to take them out of. */
+static int hooks_remove(struct memprof *m, struct error *err)
 {
     struct inject *in;
     uint64_t rc;
@@ -791,7 +787,7 @@ static int hooks_remove(struct memprof *m)
     /* The flag alone makes the hooks step aside at their next call; the call below restores
      * the GOT at once even if the target never allocates again. */
     __atomic_store_n(&m->hdr->stop, 1, __ATOMIC_RELEASE);
-    r = inject_attach(m->pid, &in, NULL, 0);
+    r = inject_attach(m->pid, &in, err);
     if (r == 0) {
         r = inject_call(in, m->stop_fn, NULL, 0, &rc);
         int d = inject_detach(in);
@@ -799,7 +795,11 @@ static int hooks_remove(struct memprof *m)
             r = d;
     }
     m->hooked = false;
-    return r == -ESRCH ? 0 : r;
+    if (r == -ESRCH) {
+        error_clear(err);
+        return 0;
+    }
+    return error_fill(err, r);
 }
 
 /* ---- public ---- */
@@ -814,37 +814,37 @@ static bool target_alive(struct memprof *m)
 }
 
 int memprof_open(pid_t pid, struct stacks *stacks, const struct memprof_options *o,
-                 struct memprof **ret, char *why, size_t whylen)
+                 struct memprof **ret, struct error *err)
 {
-    char reason[256] = "";
+    struct error *fallback, perr;
     int r;
 
-    why[0] = '\0';
-    if (pid == getpid()) {
-        snprintf(why, whylen, "the agent cannot profile its own allocations");
-        return -EINVAL;
-    }
+    error_clear(err);
+    if (pid == getpid())
+        return error_set(err, -EINVAL, "the agent cannot profile its own allocations");
     struct memprof *m = calloc(1, sizeof(*m));
     if (!m)
-        return -ENOMEM;
+        return error_set(err, -ENOMEM, NULL);
     m->pid = pid;
     m->stacks = stacks;
     m->opt = *o;
+    fallback = &m->stats.fallback;
     r = procfs_read_starttime(PROCFS_ROOT, pid, &m->starttime);
     if (r < 0) {
-        snprintf(why, whylen, "process %d is gone", (int)pid);
+        error_set(err, r, "process %d is gone", (int)pid);
         goto fail;
     }
     if (site_intern(m, NULL, 0) != 0) {
-        r = -ENOMEM;
+        r = error_set(err, -ENOMEM, NULL);
         goto fail;
     }
     double every = o->seconds * 1000.0 / (MEMPROF_MAX_SNAPSHOTS - 10);
     m->snap_every_ms = every < 10 ? 10 : (uint64_t)every;
     m->start_ns = mono_ns();
-    r = -EOPNOTSUPP;
-    if (!o->force_uprobes)
-        r = hooks_install(m, reason, sizeof(reason));
+    if (o->force_uprobes)
+        r = error_set(fallback, -EOPNOTSUPP, "uprobes were asked for");
+    else
+        r = hooks_install(m, fallback);
     if (r == 0) {
         m->stats.method = "inject";
     } else {
@@ -852,17 +852,17 @@ int memprof_open(pid_t pid, struct stacks *stacks, const struct memprof_options 
             munmap(m->hdr, m->ring_len);
             m->hdr = NULL;
         }
-        if (o->force_uprobes)
-            snprintf(reason, sizeof(reason), "uprobes were asked for");
-        char pwhy[256] = "";
-        r = memprobe_open(pid, &m->probe, pwhy, sizeof(pwhy));
+        r = memprobe_open(pid, &m->probe, &perr);
         if (r < 0) {
-            snprintf(why, whylen, "%s; the uprobe fallback failed too: %s", reason, pwhy);
+            /* A target that exited meanwhile needs no words beyond the errno's. */
+            if (r == -ESRCH)
+                error_set(err, r, NULL);
+            else
+                error_set(err, r, "%s; the uprobe fallback failed too: %s", fallback->reason,
+                          perr.reason);
             goto fail;
         }
         m->stats.method = "uprobes";
-        snprintf(m->stats.fallback_reason, sizeof(m->stats.fallback_reason), "%s", reason);
-        snprintf(why, whylen, "%s", reason);
     }
     m->start_ns = mono_ns();
     take_snapshot(m, 0, false);
@@ -874,11 +874,12 @@ fail:
     return r;
 }
 
-int memprof_poll(struct memprof *m, int timeout_ms)
+int memprof_poll(struct memprof *m, int timeout_ms, struct error *err)
 {
     uint64_t deadline = mono_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
     int r = 0;
 
+    error_clear(err);
     do {
         size_t n = 0;
         if (m->probe) {
@@ -899,9 +900,9 @@ int memprof_poll(struct memprof *m, int timeout_ms)
             }
         }
         if (m->stats.target_exited)
-            return -ESRCH;
+            r = -ESRCH;
         if (r < 0)
-            return r;
+            return error_set(err, r, NULL);
         if (m->hdr && n == 0) {
             struct timespec ts = {0, DRAIN_PAUSE_US * 1000};
             nanosleep(&ts, NULL);
@@ -936,15 +937,16 @@ static void note_silent_hooks(struct memprof *m)
                  slots, modules, secs);
 }
 
-int memprof_finish(struct memprof *m)
+int memprof_finish(struct memprof *m, struct error *err)
 {
     int r = 0;
 
+    error_clear(err);
     if (m->finished)
         return 0;
     m->finished = true;
     if (m->hdr) {
-        r = hooks_remove(m);
+        r = hooks_remove(m, err);
         /* Threads that were inside a hook when it was removed may still commit an event. */
         uint64_t until = mono_ns() + FINISH_DRAIN_MS * 1000000ull;
         while (mono_ns() < until) {
@@ -1018,9 +1020,9 @@ int memprof_sites(struct memprof *m, const struct memprof_site **ret, size_t *re
     return 0;
 }
 
-static struct heapfile_site *file_sites(struct memprof *m)
+static struct heap_site *file_sites(struct memprof *m)
 {
-    struct heapfile_site *fs = calloc(m->nsites ? m->nsites : 1, sizeof(*fs));
+    struct heap_site *fs = calloc(m->nsites ? m->nsites : 1, sizeof(*fs));
     if (!fs)
         return NULL;
     for (size_t i = 0; i < m->nsites; i++) {
@@ -1032,12 +1034,12 @@ static struct heapfile_site *file_sites(struct memprof *m)
     return fs;
 }
 
-int memprof_write_hpy(struct memprof *m, const char *path, double timemade)
+int memprof_write_hpy(struct memprof *m, const char *path, double timemade, struct error *err)
 {
-    struct heapfile_site *fs = file_sites(m);
+    struct heap_site *fs = file_sites(m);
     if (!fs)
-        return -ENOMEM;
-    int r = heapfile_write_hpy(path, fs, m->nsites, timemade);
+        return error_set(err, -ENOMEM, NULL);
+    int r = hpy_write(path, fs, m->nsites, timemade, err);
     free(fs);
     return r;
 }
@@ -1051,15 +1053,16 @@ static uint64_t *widen(const uint64_t *v, size_t n, size_t nsites)
     return w;
 }
 
-int memprof_write_massif(struct memprof *m, const char *path, const char *cmd)
+int memprof_write_massif(struct memprof *m, const char *path, const char *cmd, struct error *err)
 {
-    struct heapfile_site *fs = file_sites(m);
-    struct heapfile_snapshot *hs = calloc(m->nsnaps + 1, sizeof(*hs));
+    struct heap_site *fs = file_sites(m);
+    struct heap_snapshot *hs = calloc(m->nsnaps + 1, sizeof(*hs));
     uint64_t **owned = calloc(m->nsnaps + 1, sizeof(*owned));
     size_t k = 0, nowned = 0;
     bool peak_done = m->stats.peak_bytes == 0;
     int r = -ENOMEM;
 
+    error_clear(err);
     if (!fs || !hs || !owned)
         goto out;
     for (size_t i = 0; i <= m->nsnaps; i++) {
@@ -1069,19 +1072,19 @@ int memprof_write_massif(struct memprof *m, const char *path, const char *cmd)
             if (!w)
                 goto out;
             owned[nowned++] = w;
-            hs[k++] = (struct heapfile_snapshot){.time = m->stats.peak_ms,
-                                                 .heap_bytes = m->stats.peak_bytes,
-                                                 .heap_extra_bytes = m->peak_extra,
-                                                 .tree = HEAPFILE_TREE_PEAK,
-                                                 .site_bytes = w};
+            hs[k++] = (struct heap_snapshot){.time = m->stats.peak_ms,
+                                             .heap_bytes = m->stats.peak_bytes,
+                                             .heap_extra_bytes = m->peak_extra,
+                                             .tree = HEAP_TREE_PEAK,
+                                             .site_bytes = w};
             peak_done = true;
         }
         if (i == m->nsnaps)
             break;
         const struct snap *s = &m->snaps[i];
-        hs[k] = (struct heapfile_snapshot){
+        hs[k] = (struct heap_snapshot){
             .time = s->ms, .heap_bytes = s->bytes, .heap_extra_bytes = s->extra, .tree = s->tree};
-        if (s->tree != HEAPFILE_TREE_EMPTY) {
+        if (s->tree != HEAP_TREE_EMPTY) {
             uint64_t *w = widen(s->site_bytes, s->nsites, m->nsites);
             if (!w)
                 goto out;
@@ -1090,14 +1093,14 @@ int memprof_write_massif(struct memprof *m, const char *path, const char *cmd)
         }
         k++;
     }
-    r = heapfile_write_massif(path, cmd, fs, m->nsites, hs, k);
+    r = massif_write(path, cmd, fs, m->nsites, hs, k, err);
 out:
     for (size_t i = 0; owned && i < nowned; i++)
         free(owned[i]);
     free(owned);
     free(hs);
     free(fs);
-    return r;
+    return error_fill(err, r);
 }
 
 void memprof_free(struct memprof *m)
@@ -1105,7 +1108,7 @@ void memprof_free(struct memprof *m)
     if (!m)
         return;
     if (!m->finished)
-        memprof_finish(m);
+        memprof_finish(m, NULL);
     if (m->hdr)
         munmap(m->hdr, m->ring_len);
     for (size_t i = 0; i < m->nsites; i++)

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "os/error.h"
 #include "unwind/stacks.h"
 
 #define MEMPROF_MAX_FRAMES 64
@@ -32,8 +33,10 @@ struct memprof_options {
 };
 
 struct memprof_stats {
-    const char *method;               /* "inject" or "uprobes" */
-    char fallback_reason[256];        /* why injection was not used, or "" */
+    const char *method; /* "inject" or "uprobes" */
+    /* Why injection was not used ("the target has no C library with dlopen (a static
+     * binary?)"), code 0 when it was. */
+    struct error fallback;
     uint64_t allocs, frees;           /* events seen (sampled ones only, when sampling) */
     uint64_t alloc_bytes;             /* bytes of the allocations seen */
     uint64_t live_bytes, live_blocks; /* at the end; estimates when sampling */
@@ -60,22 +63,25 @@ struct memprof_site {
 struct memprof;
 
 /* Starts recording pid's allocations; stacks is the target's unwinder (kept by the caller,
- * used only from the calling thread). why gets a sentence for the user on failure, or on a
- * fallback to uprobes (also in the stats). -EINVAL for the calling process itself. */
+ * used only from the calling thread). A fallback to uprobes is in the stats (fallback). On
+ * failure err (may be NULL) says why: both methods' reasons when neither worked, none when the
+ * target exited (-ESRCH). -EINVAL for the calling process itself. */
 int memprof_open(pid_t pid, struct stacks *stacks, const struct memprof_options *o,
-                 struct memprof **ret, char *why, size_t whylen);
+                 struct memprof **ret, struct error *err);
 /* Drains what the target recorded for up to timeout_ms. 0, or -ESRCH once the target exited
- * and everything was drained. */
-int memprof_poll(struct memprof *m, int timeout_ms);
+ * and everything was drained; failures in err too (may be NULL). */
+int memprof_poll(struct memprof *m, int timeout_ms, struct error *err);
 /* Removes the hooks or probes (the target runs on unchanged) and drains the rest. Returns the
- * first error of the removal; the profile stays readable either way. */
-int memprof_finish(struct memprof *m);
+ * first error of the removal, in err too (may be NULL); the profile stays readable either
+ * way. */
+int memprof_finish(struct memprof *m, struct error *err);
 void memprof_get_stats(const struct memprof *m, struct memprof_stats *ret);
 /* Sites with live bytes at the end, largest first; valid until memprof_free. */
 int memprof_sites(struct memprof *m, const struct memprof_site **ret, size_t *ret_n);
-/* heap_profile.T.hpy and massif.out.T (cmd: the target's command line, for massif's header). */
-int memprof_write_hpy(struct memprof *m, const char *path, double timemade);
-int memprof_write_massif(struct memprof *m, const char *path, const char *cmd);
+/* heap_profile.T.hpy and massif.out.T (cmd: the target's command line, for massif's header),
+ * with formats/hpy.h's and formats/massif.h's errors, in err too (may be NULL). */
+int memprof_write_hpy(struct memprof *m, const char *path, double timemade, struct error *err);
+int memprof_write_massif(struct memprof *m, const char *path, const char *cmd, struct error *err);
 /* Frees everything; finishes first when memprof_finish was not called. Accepts NULL. */
 void memprof_free(struct memprof *m);
 

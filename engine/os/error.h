@@ -7,7 +7,7 @@
 #ifndef ERROR_H
 #define ERROR_H
 
-#define ERROR_REASON_MAX 256
+#define ERROR_REASON_MAX 512
 
 struct error {
     int code;                      /* a negative errno; 0 when nothing failed */

@@ -64,12 +64,12 @@ static void test_call_restores_thread(void **state)
     struct inject *in;
     long s0, r0, s1, r1;
     uint64_t ret = 0;
-    char why[256];
+    struct error e;
 
     spawn_parked(&c);
     assert_int_equal(testutil_parked_query(&c, &s0, &r0), 0);
     for (int round = 0; round < 20; round++) {
-        assert_int_equal(inject_attach(c.pid, &in, why, sizeof(why)), 0);
+        assert_int_equal(inject_attach(c.pid, &in, &e), 0);
         assert_int_equal(inject_call(in, libc_symbol(c.pid, "getpid"), NULL, 0, &ret), 0);
         assert_int_equal((pid_t)ret, c.pid);
         assert_int_equal(inject_detach(in), 0);
@@ -88,14 +88,15 @@ static void test_dlopen_dlsym(void **state)
     struct testutil_child c;
     struct inject *in;
     uint64_t path_addr, name_addr, handle = 0, fn = 0, str = 0;
-    char buf[512], why[256];
+    char buf[512];
+    struct error e;
     long s0, r0;
 
     if (access(LIBZ, R_OK))
         skip();
     spawn_parked(&c);
     assert_int_not_equal(mapped(c.pid, "libz.so", buf, sizeof(buf)), 0);
-    assert_int_equal(inject_attach(c.pid, &in, why, sizeof(why)), 0);
+    assert_int_equal(inject_attach(c.pid, &in, &e), 0);
     assert_int_equal(inject_push(in, LIBZ, sizeof(LIBZ), &path_addr), 0);
     assert_int_equal(inject_push(in, "zlibVersion", sizeof("zlibVersion"), &name_addr), 0);
     uint64_t a[2] = {path_addr, RTLD_NOW};
@@ -125,11 +126,11 @@ static void test_crashing_call(void **state)
     struct inject *in;
     uint64_t ret;
     long s0, r0, s1, r1;
-    char why[256];
+    struct error e;
 
     spawn_parked(&c);
     assert_int_equal(testutil_parked_query(&c, &s0, &r0), 0);
-    assert_int_equal(inject_attach(c.pid, &in, why, sizeof(why)), 0);
+    assert_int_equal(inject_attach(c.pid, &in, &e), 0);
     assert_int_equal(inject_call(in, 16, NULL, 0, &ret), -EFAULT);
     assert_int_equal(inject_detach(in), 0);
     usleep(200000);
@@ -144,7 +145,8 @@ static void test_busy_target(void **state)
     (void)state;
     struct testutil_child c;
     struct inject *in;
-    char line[128], why[256];
+    char line[128];
+    struct error e;
     uint64_t ret;
     double t;
     unsigned long u0, u1;
@@ -153,7 +155,7 @@ static void test_busy_target(void **state)
     assert_int_equal(testutil_read_line(c.out, line, sizeof(line), 2000), 0);
     assert_int_equal(sscanf(line, "%lf %lu", &t, &u0), 2);
     for (int round = 0; round < 10; round++) {
-        assert_int_equal(inject_attach(c.pid, &in, why, sizeof(why)), 0);
+        assert_int_equal(inject_attach(c.pid, &in, &e), 0);
         assert_int_equal(inject_call(in, libc_symbol(c.pid, "getpid"), NULL, 0, &ret), 0);
         assert_int_equal((pid_t)ret, c.pid);
         assert_int_equal(inject_detach(in), 0);
@@ -170,13 +172,15 @@ static void test_refusals(void **state)
     (void)state;
     struct inject *in;
     uint64_t addr;
+    struct error e;
     pid_t gone = fork();
 
-    assert_int_equal(inject_attach(getpid(), &in, NULL, 0), -EINVAL);
+    assert_int_equal(inject_attach(getpid(), &in, NULL), -EINVAL);
     if (gone == 0)
         _exit(0);
     waitpid(gone, NULL, 0);
-    assert_int_equal(inject_attach(gone, &in, NULL, 0), -ESRCH);
+    assert_int_equal(inject_attach(gone, &in, &e), -ESRCH);
+    assert_int_equal(e.code, -ESRCH);
     assert_int_equal(inject_symbol(getpid(), "/no/such/module.so", "x", &addr), -ENOENT);
 }
 

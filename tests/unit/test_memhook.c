@@ -862,17 +862,18 @@ static void spawn_pie_child(struct testutil_child *c)
 
 static void engine_open(pid_t pid, struct stacks **ret_stacks, struct memprof **ret)
 {
-    char lib[512], abs[PATH_MAX], why[512] = "";
+    char lib[512], abs[PATH_MAX];
     const char *b = getenv("BUILD");
     struct memprof_options o = {.seconds = 2, .hook_path = abs};
+    struct error e;
     int r;
 
     snprintf(lib, sizeof(lib), "%s/libprofiler-agent-memhook.so", b && *b ? b : "build");
     assert_non_null(realpath(lib, abs));
     assert_int_equal(stacks_new(pid, ret_stacks), 0);
-    r = memprof_open(pid, *ret_stacks, &o, ret, why, sizeof(why));
+    r = memprof_open(pid, *ret_stacks, &o, ret, &e);
     if (r < 0)
-        fail_msg("memprof_open: %s (%s)", strerror(-r), why);
+        fail_msg("memprof_open: %s (%s)", strerror(-r), e.reason);
 }
 
 /* Polls until the engine has seen allocs allocations and frees frees, or a while passed. */
@@ -882,7 +883,7 @@ static void engine_wait(struct memprof *m, uint64_t allocs, uint64_t frees)
     struct memprof_stats st;
 
     do {
-        assert_int_equal(memprof_poll(m, 50), 0);
+        assert_int_equal(memprof_poll(m, 50, NULL), 0);
         memprof_get_stats(m, &st);
     } while ((st.allocs < allocs || st.frees < frees) && now_ns() - t0 < ENGINE_WAIT_NS);
 }
@@ -931,6 +932,7 @@ static void check_engine_run(struct testutil_child *c, bool canonical)
     engine_open(c->pid, &stacks, &m);
     memprof_get_stats(m, &st);
     assert_string_equal(st.method, "inject");
+    assert_int_equal(st.fallback.code, 0);
     for (unsigned k = 0; k < 2; k++) {
         got_read(c->pid, &g[k]);
         /* Every slot bound to libc's definitions is hooked; those holding the canonical entry,
@@ -951,7 +953,7 @@ static void check_engine_run(struct testutil_child *c, bool canonical)
     assert_int_equal(errors, 0);
     assert_int_equal(same, 1);
     engine_wait(m, (uint64_t)allocs, (uint64_t)frees);
-    assert_int_equal(memprof_finish(m), 0);
+    assert_int_equal(memprof_finish(m, NULL), 0);
     memprof_get_stats(m, &st);
     print_message("%s: %" PRIu64 " allocs, %" PRIu64 " frees, %" PRIu64 " live blocks\n",
                   canonical ? "canonical PLT" : "PIE", st.allocs, st.frees, st.live_blocks);
@@ -1024,7 +1026,7 @@ static void test_engine_silent_hooks(void **state)
     command(&child, "free\n", line, sizeof(line));
     assert_string_equal(line, "frees=3000");
     engine_wait(m, 0, 3000);
-    assert_int_equal(memprof_finish(m), 0);
+    assert_int_equal(memprof_finish(m, NULL), 0);
     memprof_get_stats(m, &st);
     assert_int_equal(st.allocs, 0);
     assert_int_equal(st.frees, 3000);
@@ -1033,6 +1035,30 @@ static void test_engine_silent_hooks(void **state)
     assert_non_null(strstr(st.silent_hooks, "3000 frees"));
     memprof_free(m);
     stacks_free(stacks);
+}
+
+/* Refusals say why: the agent itself, and a process that is gone. */
+static void test_engine_refusals(void **state)
+{
+    struct memprof_options o = {.seconds = 1, .hook_path = "/nonexistent"};
+    struct memprof *m = NULL;
+    struct error e;
+    int st;
+
+    (void)state;
+    assert_int_equal(memprof_open(getpid(), NULL, &o, &m, &e), -EINVAL);
+    assert_null(m);
+    assert_int_equal(e.code, -EINVAL);
+    assert_non_null(strstr(e.reason, "its own allocations"));
+    pid_t gone = fork();
+    assert_true(gone >= 0);
+    if (gone == 0)
+        _exit(0);
+    assert_int_equal(waitpid(gone, &st, 0), gone);
+    assert_true(memprof_open(gone, NULL, &o, &m, &e) < 0);
+    assert_null(m);
+    assert_true(e.code < 0);
+    assert_true(e.reason[0] != '\0');
 }
 
 int main(void)
@@ -1049,6 +1075,7 @@ int main(void)
         cmocka_unit_test_teardown(test_engine_pie, reap_teardown),
         cmocka_unit_test_teardown(test_engine_canonical_plt, reap_teardown),
         cmocka_unit_test_teardown(test_engine_silent_hooks, reap_teardown),
+        cmocka_unit_test(test_engine_refusals),
     };
 
     return cmocka_run_group_tests(tests, lib_setup, lib_teardown);

@@ -241,14 +241,14 @@ static void test_events_unwind_and_cleanup(void **state)
     struct memprobe *p = NULL;
     struct memprobe_stats st;
     struct seen s = {0};
-    char why[512] = "";
+    struct error e;
     (void)state;
 
     spawn_workload(&c);
     double before = ns_per_pair(&c, 500);
-    int r = memprobe_open(c.pid, &p, why, sizeof(why));
+    int r = memprobe_open(c.pid, &p, &e);
     if (r < 0)
-        fail_msg("memprobe_open: %s (%s)", strerror(-r), why);
+        fail_msg("memprobe_open: %s (%s)", strerror(-r), e.reason);
     memprobe_get_stats(p, &st);
     assert_non_null(st.module);
     assert_true(st.probes >= 2);
@@ -325,13 +325,12 @@ static void test_target_exit(void **state)
 {
     struct child c;
     struct memprobe *p;
-    char why[256];
     uint64_t n = 0;
     int r = 0, st;
     (void)state;
 
     spawn_workload(&c);
-    assert_int_equal(memprobe_open(c.pid, &p, why, sizeof(why)), 0);
+    assert_int_equal(memprobe_open(c.pid, &p, NULL), 0);
     for (int i = 0; i < 5; i++)
         assert_int_equal(memprobe_poll(p, 100, count_events, &n), 0);
     assert_true(n > 0);
@@ -358,12 +357,11 @@ static void test_callback_error(void **state)
 {
     struct child c;
     struct memprobe *p;
-    char why[256];
     int calls = 0, r = 0;
     (void)state;
 
     spawn_workload(&c);
-    assert_int_equal(memprobe_open(c.pid, &p, why, sizeof(why)), 0);
+    assert_int_equal(memprobe_open(c.pid, &p, NULL), 0);
     for (int i = 0; i < 20 && r == 0; i++)
         r = memprobe_poll(p, 100, refuse, &calls);
     assert_int_equal(r, -ECANCELED);
@@ -375,7 +373,8 @@ static void test_callback_error(void **state)
 /* A static binary without symbols has no malloc to find; a dynamic one has libc's. */
 static void test_stripped(void **state)
 {
-    char src[256], dst[64], cmd[512], why[256] = "";
+    char src[256], dst[64], cmd[512];
+    struct error e;
     struct child c;
     struct memprobe *p = NULL;
     (void)state;
@@ -387,7 +386,7 @@ static void test_stripped(void **state)
         skip();
     const char *argv[] = {dst, NULL};
     spawn(&c, dst, argv);
-    int r = memprobe_open(c.pid, &p, why, sizeof(why));
+    int r = memprobe_open(c.pid, &p, &e);
     if (r == 0) {
         /* Built dynamically (the Makefile's default): libc's malloc is found instead. */
         struct memprobe_stats st;
@@ -397,7 +396,8 @@ static void test_stripped(void **state)
     } else {
         assert_int_equal(r, -ENOENT);
         assert_null(p);
-        assert_non_null(strstr(why, "no malloc"));
+        assert_int_equal(e.code, -ENOENT);
+        assert_non_null(strstr(e.reason, "no malloc"));
     }
     stop(&c);
     unlink(dst);
@@ -406,7 +406,7 @@ static void test_stripped(void **state)
 static void test_no_process(void **state)
 {
     struct memprobe *p = NULL;
-    char why[256] = "";
+    struct error e;
     int st;
     (void)state;
 
@@ -415,9 +415,10 @@ static void test_no_process(void **state)
     if (pid == 0)
         _exit(0);
     assert_int_equal(waitpid(pid, &st, 0), pid);
-    assert_int_equal(memprobe_open(pid, &p, why, sizeof(why)), -ESRCH);
+    assert_int_equal(memprobe_open(pid, &p, &e), -ESRCH);
     assert_null(p);
-    assert_true(why[0] != '\0');
+    assert_int_equal(e.code, -ESRCH);
+    assert_true(e.reason[0] != '\0');
 }
 
 /* Without CAP_PERFMON the uprobe PMU refuses, and the reason says what is missing. Run as root,
@@ -433,11 +434,13 @@ static void test_refused(void **state)
     assert_true(pid >= 0);
     if (pid == 0) {
         struct memprobe *p = NULL;
-        char why[512] = "";
+        struct error e;
         if (setgid(65534) < 0 || setuid(65534) < 0)
             _exit(3);
-        int r = memprobe_open(getpid(), &p, why, sizeof(why));
-        _exit((r == -EACCES || r == -EPERM) && !p && strstr(why, "CAP_PERFMON") ? 0 : 1);
+        int r = memprobe_open(getpid(), &p, &e);
+        _exit((r == -EACCES || r == -EPERM) && e.code == r && !p && strstr(e.reason, "CAP_PERFMON")
+                  ? 0
+                  : 1);
     }
     assert_int_equal(waitpid(pid, &st, 0), pid);
     assert_true(WIFEXITED(st));

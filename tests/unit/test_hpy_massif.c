@@ -1,7 +1,8 @@
-/* Tests of the memory action's two files, read back by their real readers: the massif file by
- * valgrind's ms_print (and by a parser here that checks every node's bytes against its
- * children's), the hpy by tests/integration/hpy.py, which parses it as guppy's _load_stat does.
- * The frames are made up: they are the writer's input, not what is under test. */
+/* Tests of the memory action's two files (formats/hpy.c, formats/massif.c), read back by their
+ * real readers: the massif file by valgrind's ms_print (and by a parser here that checks every
+ * node's bytes against its children's), the hpy by tests/integration/hpy.py, which parses it as
+ * guppy's _load_stat does. The frames are made up: they are the writer's input, not what is
+ * under test. */
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -15,7 +16,8 @@
 #include <unistd.h>
 #include <sys/wait.h>
 #include <cmocka.h>
-#include "formats/heapfile.h"
+#include "formats/hpy.h"
+#include "formats/massif.h"
 
 #define OUT_MAX (4 << 20)
 #define PYTHON "/usr/bin/python3"
@@ -62,7 +64,7 @@ struct fixture {
     struct stacks_frame deep[DEEP];
     char deep_names[DEEP][16];
     struct stacks_frame s0[3], s1[3], s2[3], s3[2], s5[2], s7[1];
-    struct heapfile_site sites[NSITES];
+    struct heap_site sites[NSITES];
 };
 
 /* Sites sharing callers, two that differ only in the line of make_buf (one hpy KIND, two massif
@@ -77,7 +79,7 @@ static int setup(void **state)
     size_t i;
 
     assert_non_null(fx);
-    snprintf(fx->dir, sizeof(fx->dir), "/tmp/test_heapfile.XXXXXX");
+    snprintf(fx->dir, sizeof(fx->dir), "/tmp/test_hpy_massif.XXXXXX");
     assert_non_null(mkdtemp(fx->dir));
     for (i = 0; i < 3; i++) {
         fx->s0[i] = *a[i];
@@ -100,14 +102,14 @@ static int setup(void **state)
                                             1,
                                             false};
     }
-    fx->sites[S_BUF12] = (struct heapfile_site){fx->s0, 3, 4000, 4};
-    fx->sites[S_BUF14] = (struct heapfile_site){fx->s1, 3, 2000, 2};
-    fx->sites[S_NEW] = (struct heapfile_site){fx->s2, 3, 3000, 30};
-    fx->sites[S_NOSYM] = (struct heapfile_site){fx->s3, 2, 500, 1};
-    fx->sites[S_DEEP] = (struct heapfile_site){fx->deep, DEEP, 1000, 1};
-    fx->sites[S_SHORT] = (struct heapfile_site){fx->s5, 2, 700, 7};
-    fx->sites[S_NOFRAMES] = (struct heapfile_site){NULL, 0, 300, 3};
-    fx->sites[S_ZERO] = (struct heapfile_site){fx->s7, 1, 0, 5};
+    fx->sites[S_BUF12] = (struct heap_site){fx->s0, 3, 4000, 4};
+    fx->sites[S_BUF14] = (struct heap_site){fx->s1, 3, 2000, 2};
+    fx->sites[S_NEW] = (struct heap_site){fx->s2, 3, 3000, 30};
+    fx->sites[S_NOSYM] = (struct heap_site){fx->s3, 2, 500, 1};
+    fx->sites[S_DEEP] = (struct heap_site){fx->deep, DEEP, 1000, 1};
+    fx->sites[S_SHORT] = (struct heap_site){fx->s5, 2, 700, 7};
+    fx->sites[S_NOFRAMES] = (struct heap_site){NULL, 0, 300, 3};
+    fx->sites[S_ZERO] = (struct heap_site){fx->s7, 1, 0, 5};
     *state = fx;
     return 0;
 }
@@ -208,7 +210,7 @@ static void test_hpy_rows(void **state)
     size_t i;
 
     path_in(fx, "heap_profile.1.hpy", path, sizeof(path));
-    assert_int_equal(heapfile_write_hpy(path, fx->sites, NSITES, 1732485600.25), 0);
+    assert_int_equal(hpy_write(path, fx->sites, NSITES, 1732485600.25, NULL), 0);
     for (i = 0; i < NSITES; i++)
         if (fx->sites[i].bytes) {
             count += fx->sites[i].blocks;
@@ -240,10 +242,10 @@ static void test_hpy_empty(void **state)
     char path[128];
 
     path_in(fx, "empty.hpy", path, sizeof(path));
-    assert_int_equal(heapfile_write_hpy(path, NULL, 0, 0), 0);
+    assert_int_equal(hpy_write(path, NULL, 0, 0, NULL), 0);
     assert_hpy_ok(path, 0, 0, 0);
     /* Only zero-byte sites: the same. */
-    assert_int_equal(heapfile_write_hpy(path, &fx->sites[S_ZERO], 1, 5), 0);
+    assert_int_equal(hpy_write(path, &fx->sites[S_ZERO], 1, 5, NULL), 0);
     assert_hpy_ok(path, 0, 0, 0);
 }
 
@@ -253,21 +255,21 @@ static void test_hpy_huge_and_dirty(void **state)
     char path[128], name[2000], *text, *rows[4];
     struct stacks_frame fr[2] = {{0x1, DEMO, 1, name, NULL, 0, 0, false},
                                  {0x2, DEMO, 2, "tmpl<#1> (x)\n\tnext", NULL, 0, 0, false}};
-    struct heapfile_site s[2] = {{fr, 2, UINT64_MAX - 10, UINT64_MAX - 1}, {&fr[1], 1, 10, 1}};
+    struct heap_site s[2] = {{fr, 2, UINT64_MAX - 10, UINT64_MAX - 1}, {&fr[1], 1, 10, 1}};
 
     memset(name, 'x', sizeof(name) - 1);
     name[sizeof(name) - 1] = '\0';
     name[100] = '\xff';                /* invalid UTF-8 */
     memcpy(name + 200, "\xc3\xa9", 2); /* valid: e acute */
     path_in(fx, "huge.hpy", path, sizeof(path));
-    assert_int_equal(heapfile_write_hpy(path, s, 2, 1e9), 0);
+    assert_int_equal(hpy_write(path, s, 2, 1e9, NULL), 0);
     assert_hpy_ok(path, 2, UINT64_MAX, UINT64_MAX);
     text = slurp(path);
     assert_int_equal(hpy_rows(text, rows, 4), 2);
     assert_non_null(strstr(rows[0], "xx?xx"));
     assert_non_null(strstr(rows[0], "x\xc3\xa9x"));
     assert_non_null(strstr(rows[0], "xxx... <- tmpl<#1> (x)??next"));
-    assert_true(strlen(rows[0]) < HEAPFILE_NAME_MAX + 100);
+    assert_true(strlen(rows[0]) < HEAP_NAME_MAX + 100);
     assert_string_equal(rows[1], "1 10 tmpl<#1> (x)??next");
     free(text);
 }
@@ -276,20 +278,27 @@ static void test_hpy_errors(void **state)
 {
     struct fixture *fx = *state;
     char path[128];
-    struct heapfile_site big[2] = {{NULL, 0, UINT64_MAX / 2 + 1, 1},
-                                   {NULL, 0, UINT64_MAX / 2 + 1, 1}};
-    struct heapfile_site bad = {NULL, 3, 1, 1};
+    struct heap_site big[2] = {{NULL, 0, UINT64_MAX / 2 + 1, 1}, {NULL, 0, UINT64_MAX / 2 + 1, 1}};
+    struct heap_site bad = {NULL, 3, 1, 1};
+    struct error e;
 
     path_in(fx, "bad.hpy", path, sizeof(path));
-    assert_int_equal(heapfile_write_hpy(path, big, 2, 0), -EOVERFLOW);
-    assert_int_equal(heapfile_write_hpy(path, fx->sites, NSITES, NAN), -EINVAL);
-    assert_int_equal(heapfile_write_hpy(path, fx->sites, NSITES, -1), -EINVAL);
-    assert_int_equal(heapfile_write_hpy(path, &bad, 1, 0), -EINVAL);
-    assert_int_equal(heapfile_write_hpy(path, NULL, 1, 0), -EINVAL);
-    assert_int_equal(heapfile_write_hpy(NULL, fx->sites, NSITES, 0), -EINVAL);
-    assert_int_equal(heapfile_write_hpy(path, fx->sites, HEAPFILE_MAX_SITES + 1, 0), -E2BIG);
+    assert_int_equal(hpy_write(path, big, 2, 0, &e), -EOVERFLOW);
+    assert_int_equal(e.code, -EOVERFLOW);
+    assert_true(e.reason[0] != '\0');
+    assert_int_equal(hpy_write(path, fx->sites, NSITES, NAN, NULL), -EINVAL);
+    assert_int_equal(hpy_write(path, fx->sites, NSITES, -1, NULL), -EINVAL);
+    assert_int_equal(hpy_write(path, &bad, 1, 0, NULL), -EINVAL);
+    assert_int_equal(hpy_write(path, NULL, 1, 0, NULL), -EINVAL);
+    assert_int_equal(hpy_write(NULL, fx->sites, NSITES, 0, NULL), -EINVAL);
+    assert_int_equal(hpy_write(path, fx->sites, HEAP_MAX_SITES + 1, 0, &e), -E2BIG);
+    assert_int_equal(e.code, -E2BIG);
+    assert_non_null(strstr(e.reason, "allocation sites"));
     assert_dir_empty(fx);
-    assert_int_equal(heapfile_write_hpy("/nonexistent/dir/x.hpy", fx->sites, NSITES, 0), -ENOENT);
+    /* The errno says it all: no reason, and nothing left of the E2BIG before. */
+    assert_int_equal(hpy_write("/nonexistent/dir/x.hpy", fx->sites, NSITES, 0, &e), -ENOENT);
+    assert_int_equal(e.code, -ENOENT);
+    assert_string_equal(e.reason, "");
 }
 
 /* ---- massif ---- */
@@ -432,13 +441,23 @@ static void assert_contains(const char *hay, const char *needle)
         fail_msg("missing \"%s\" in:\n%s", needle, hay);
 }
 
+/* Runs ms_print on the massif file at path, which it must read; its report goes to out
+ * (OUT_MAX bytes). */
+static void ms_print(const char *path, char *out)
+{
+    char cmd[256];
+
+    snprintf(cmd, sizeof(cmd), "ms_print '%s'", path);
+    assert_int_equal(run(cmd, out, OUT_MAX), 0);
+}
+
 static void test_massif_snapshots(void **state)
 {
     struct fixture *fx = *state;
     uint64_t half[NSITES], full[NSITES], late[NSITES] = {0};
-    struct heapfile_snapshot snaps[5];
+    struct heap_snapshot snaps[5];
     struct tree_check t;
-    char path[128], cmd[256], want[256], *out = malloc(OUT_MAX), *text;
+    char path[128], want[256], *out = malloc(OUT_MAX), *text;
     uint64_t sum_half = 0, sum_full = 0;
     size_t i;
 
@@ -450,18 +469,18 @@ static void test_massif_snapshots(void **state)
         sum_half += half[i];
     }
     late[S_NEW] = fx->sites[S_NEW].bytes;
-    snaps[0] = (struct heapfile_snapshot){0, 0, 0, HEAPFILE_TREE_EMPTY, NULL};
-    snaps[1] = (struct heapfile_snapshot){100, sum_half, 96, HEAPFILE_TREE_DETAILED, half};
-    snaps[2] = (struct heapfile_snapshot){250, sum_full, 0, HEAPFILE_TREE_PEAK, full};
-    snaps[3] = (struct heapfile_snapshot){300, 9000, 80, HEAPFILE_TREE_EMPTY, NULL};
-    snaps[4] = (struct heapfile_snapshot){400, late[S_NEW], 8, HEAPFILE_TREE_DETAILED, late};
+    snaps[0] = (struct heap_snapshot){0, 0, 0, HEAP_TREE_EMPTY, NULL};
+    snaps[1] = (struct heap_snapshot){100, sum_half, 96, HEAP_TREE_DETAILED, half};
+    snaps[2] = (struct heap_snapshot){250, sum_full, 0, HEAP_TREE_PEAK, full};
+    snaps[3] = (struct heap_snapshot){300, 9000, 80, HEAP_TREE_EMPTY, NULL};
+    snaps[4] = (struct heap_snapshot){400, late[S_NEW], 8, HEAP_TREE_DETAILED, late};
     path_in(fx, "massif.out.1", path, sizeof(path));
-    assert_int_equal(
-        heapfile_write_massif(path, "demo --serve 'x y' #1", fx->sites, NSITES, snaps, 5), 0);
+    assert_int_equal(massif_write(path, "demo --serve 'x y' #1", fx->sites, NSITES, snaps, 5, NULL),
+                     0);
     assert_int_equal(check_massif(path, &t), 5);
     assert_int_equal(t.folded, 0);
-    /* Root, then at most HEAPFILE_MASSIF_DEPTH frames. */
-    assert_int_equal(t.max_depth, HEAPFILE_MASSIF_DEPTH);
+    /* Root, then at most MASSIF_DEPTH frames. */
+    assert_int_equal(t.max_depth, MASSIF_DEPTH);
 
     text = slurp(path);
     assert_non_null(strstr(text, "\ncmd: demo --serve 'x y' ?1\n"));
@@ -475,8 +494,7 @@ static void test_massif_snapshots(void **state)
                                  "  n0: 500 0xDEAD0000: ???\n"));
     free(text);
 
-    snprintf(cmd, sizeof(cmd), "ms_print '%s'", path);
-    assert_int_equal(run(cmd, out, OUT_MAX), 0);
+    ms_print(path, out);
     assert_contains(out, "Command:            demo --serve 'x y' ?1\n");
     assert_contains(out, " Detailed snapshots: [1, 2 (peak), 4]\n");
     ms_line(sum_full, sum_full, "(heap allocation functions) malloc/new/new[], --alloc-fns, etc.",
@@ -512,18 +530,18 @@ static void test_massif_folds_small_children(void **state)
 {
     struct fixture *fx = *state;
     struct stacks_frame tiny[TINY + 2];
-    struct heapfile_site sites[TINY + 3];
+    struct heap_site sites[TINY + 3];
     uint64_t bytes[TINY + 3];
-    struct heapfile_snapshot snap = {5, 0, 0, HEAPFILE_TREE_PEAK, bytes};
+    struct heap_snapshot snap = {5, 0, 0, HEAP_TREE_PEAK, bytes};
     struct tree_check t;
-    char path[128], cmd[256], *out = malloc(OUT_MAX), *text;
+    char path[128], *out = malloc(OUT_MAX), *text;
     size_t i;
 
     assert_non_null(out);
     for (i = 0; i < TINY + 2; i++) {
         tiny[i] =
             (struct stacks_frame){0x600000 + i, DEMO, i, "tiny", "/src/t.c", (int)i + 1, 1, false};
-        sites[i] = (struct heapfile_site){&tiny[i], 1, 3, 1};
+        sites[i] = (struct heap_site){&tiny[i], 1, 3, 1};
         bytes[i] = 3;
     }
     /* 10000 + 150 * 3 + 106 + 44 = 10600: 106 is exactly 1% of it, 44 is 0.42%. */
@@ -531,11 +549,11 @@ static void test_massif_folds_small_children(void **state)
     bytes[TINY] = 106;
     tiny[TINY + 1].func = "edge_out";
     bytes[TINY + 1] = 44;
-    sites[TINY + 2] = (struct heapfile_site){fx->s0, 3, 10000, 1};
+    sites[TINY + 2] = (struct heap_site){fx->s0, 3, 10000, 1};
     bytes[TINY + 2] = 10000;
     snap.heap_bytes = 10600;
     path_in(fx, "massif.fold", path, sizeof(path));
-    assert_int_equal(heapfile_write_massif(path, "fold", sites, TINY + 3, &snap, 1), 0);
+    assert_int_equal(massif_write(path, "fold", sites, TINY + 3, &snap, 1, NULL), 0);
     assert_int_equal(check_massif(path, &t), 1);
     assert_int_equal(t.folded, 1);
     text = slurp(path);
@@ -545,14 +563,13 @@ static void test_massif_folds_small_children(void **state)
     assert_non_null(strstr(text, "\n n0: 494 in 151 places, all below massif's threshold "
                                  "(1.00%)\n"));
     free(text);
-    snprintf(cmd, sizeof(cmd), "ms_print '%s'", path);
-    assert_int_equal(run(cmd, out, OUT_MAX), 0);
+    ms_print(path, out);
     assert_contains(out, "->01.00% (106B) 0x600096: edge_in (t.c:151)\n");
     assert_contains(out, "->04.66% (494B) in 151 places, all below massif's threshold (1.00%)");
 
     /* The threshold is of heap plus extra bytes, as ms_print's: now edge_in is under it. */
     snap.heap_extra_bytes = 100;
-    assert_int_equal(heapfile_write_massif(path, "fold", sites, TINY + 3, &snap, 1), 0);
+    assert_int_equal(massif_write(path, "fold", sites, TINY + 3, &snap, 1, NULL), 0);
     assert_int_equal(check_massif(path, &t), 1);
     text = slurp(path);
     assert_null(strstr(text, "edge_in"));
@@ -565,7 +582,7 @@ static void test_massif_folds_small_children(void **state)
     for (i = 0; i < TINY + 1; i++)
         bytes[i] = 0;
     snap.heap_bytes = 10000 + 44;
-    assert_int_equal(heapfile_write_massif(path, "fold", sites, TINY + 3, &snap, 1), 0);
+    assert_int_equal(massif_write(path, "fold", sites, TINY + 3, &snap, 1, NULL), 0);
     assert_int_equal(check_massif(path, &t), 1);
     text = slurp(path);
     assert_non_null(strstr(text, "\n n0: 44 in 1 place, below massif's threshold (1.00%)\n"));
@@ -577,46 +594,45 @@ static void test_massif_edges(void **state)
 {
     struct fixture *fx = *state;
     uint64_t big[2] = {UINT64_C(1) << 62, UINT64_C(1) << 62}, none = 0;
-    struct heapfile_site sites[2] = {{fx->s0, 3, 0, 0}, {fx->s2, 3, 0, 0}};
-    struct heapfile_snapshot huge = {UINT64_MAX, UINT64_C(1) << 63, 1000, HEAPFILE_TREE_PEAK, big};
-    struct heapfile_snapshot empty_tree = {0, 0, 0, HEAPFILE_TREE_DETAILED, &none};
+    struct heap_site sites[2] = {{fx->s0, 3, 0, 0}, {fx->s2, 3, 0, 0}};
+    struct heap_snapshot huge = {UINT64_MAX, UINT64_C(1) << 63, 1000, HEAP_TREE_PEAK, big};
+    struct heap_snapshot empty_tree = {0, 0, 0, HEAP_TREE_DETAILED, &none};
     struct tree_check t;
-    char path[128], cmd[256], *out = malloc(OUT_MAX), *text;
+    char path[128], *out = malloc(OUT_MAX), *text;
 
     assert_non_null(out);
     path_in(fx, "massif.edge", path, sizeof(path));
-    snprintf(cmd, sizeof(cmd), "ms_print '%s'", path);
 
     /* No snapshots: one empty one at time 0, which ms_print needs. */
-    assert_int_equal(heapfile_write_massif(path, "none", NULL, 0, NULL, 0), 0);
+    assert_int_equal(massif_write(path, "none", NULL, 0, NULL, 0, NULL), 0);
     assert_int_equal(check_massif(path, &t), 1);
     text = slurp(path);
     assert_non_null(strstr(text, "snapshot=0\n#-----------\ntime=0\nmem_heap_B=0\n"
                                  "mem_heap_extra_B=0\nmem_stacks_B=0\nheap_tree=empty\n"));
     free(text);
-    assert_int_equal(run(cmd, out, OUT_MAX), 0);
+    ms_print(path, out);
 
     /* No sites, a detailed tree: the root alone. */
-    assert_int_equal(heapfile_write_massif(path, "", NULL, 0, &empty_tree, 1), 0);
+    assert_int_equal(massif_write(path, "", NULL, 0, &empty_tree, 1, NULL), 0);
     assert_int_equal(check_massif(path, &t), 1);
     assert_int_equal(t.nodes, 1);
-    assert_int_equal(run(cmd, out, OUT_MAX), 0);
+    ms_print(path, out);
 
     /* A site with no bytes at that moment is left out of the tree. */
     empty_tree.site_bytes = big;
     big[0] = 0;
     big[1] = 64;
     empty_tree.heap_bytes = 64;
-    assert_int_equal(heapfile_write_massif(path, "x", sites, 2, &empty_tree, 1), 0);
+    assert_int_equal(massif_write(path, "x", sites, 2, &empty_tree, 1, NULL), 0);
     assert_int_equal(check_massif(path, &t), 1);
     assert_int_equal(t.nodes, 4);
 
     /* Numbers near the top of uint64. */
     big[0] = big[1] = UINT64_C(1) << 62;
     huge.heap_bytes = UINT64_C(1) << 63;
-    assert_int_equal(heapfile_write_massif(path, "huge", sites, 2, &huge, 1), 0);
+    assert_int_equal(massif_write(path, "huge", sites, 2, &huge, 1, NULL), 0);
     assert_int_equal(check_massif(path, &t), 1);
-    assert_int_equal(run(cmd, out, OUT_MAX), 0);
+    ms_print(path, out);
     assert_contains(out, "50.00% (4,611,686,018,427,387,904B) 0x401010: make_buf (buf.c:12)");
     free(out);
 }
@@ -625,35 +641,40 @@ static void test_massif_errors(void **state)
 {
     struct fixture *fx = *state;
     uint64_t bytes[NSITES] = {0}, over[2] = {UINT64_MAX, 1};
-    struct heapfile_snapshot s[2] = {{10, 0, 0, HEAPFILE_TREE_PEAK, bytes},
-                                     {20, 0, 0, HEAPFILE_TREE_DETAILED, bytes}};
+    struct heap_snapshot s[2] = {{10, 0, 0, HEAP_TREE_PEAK, bytes},
+                                 {20, 0, 0, HEAP_TREE_DETAILED, bytes}};
     char path[128];
+    struct error e;
 
     path_in(fx, "massif.bad", path, sizeof(path));
-    assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, s, 2), 0);
+    assert_int_equal(massif_write(path, "x", fx->sites, NSITES, s, 2, NULL), 0);
     assert_int_equal(unlink(path), 0);
 
     s[1].time = 9; /* time goes backwards */
-    assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, s, 2), -EINVAL);
+    assert_int_equal(massif_write(path, "x", fx->sites, NSITES, s, 2, NULL), -EINVAL);
     s[1].time = 20;
-    s[1].tree = HEAPFILE_TREE_PEAK; /* two peaks */
-    assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, s, 2), -EINVAL);
+    s[1].tree = HEAP_TREE_PEAK; /* two peaks */
+    assert_int_equal(massif_write(path, "x", fx->sites, NSITES, s, 2, NULL), -EINVAL);
     s[1].tree = 7;
-    assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, s, 2), -EINVAL);
-    s[1].tree = HEAPFILE_TREE_DETAILED;
+    assert_int_equal(massif_write(path, "x", fx->sites, NSITES, s, 2, NULL), -EINVAL);
+    s[1].tree = HEAP_TREE_DETAILED;
     s[1].site_bytes = NULL;
-    assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, s, 2), -EINVAL);
+    assert_int_equal(massif_write(path, "x", fx->sites, NSITES, s, 2, NULL), -EINVAL);
     s[1].site_bytes = bytes;
     s[1].heap_bytes = 1; /* the sites do not add up to it */
-    assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, s, 2), -EINVAL);
+    assert_int_equal(massif_write(path, "x", fx->sites, NSITES, s, 2, NULL), -EINVAL);
     s[1].heap_bytes = 0;
     s[1].site_bytes = over;
-    assert_int_equal(heapfile_write_massif(path, "x", fx->sites, 2, s, 2), -EOVERFLOW);
-    assert_int_equal(heapfile_write_massif(path, NULL, fx->sites, NSITES, s, 1), -EINVAL);
-    assert_int_equal(heapfile_write_massif(path, "x", NULL, 1, s, 1), -EINVAL);
-    assert_int_equal(heapfile_write_massif(path, "x", fx->sites, NSITES, NULL, 1), -EINVAL);
-    assert_int_equal(
-        heapfile_write_massif(path, "x", fx->sites, NSITES, s, HEAPFILE_MAX_SNAPSHOTS + 1), -E2BIG);
+    assert_int_equal(massif_write(path, "x", fx->sites, 2, s, 2, &e), -EOVERFLOW);
+    assert_int_equal(e.code, -EOVERFLOW);
+    assert_true(e.reason[0] != '\0');
+    assert_int_equal(massif_write(path, NULL, fx->sites, NSITES, s, 1, NULL), -EINVAL);
+    assert_int_equal(massif_write(path, "x", NULL, 1, s, 1, NULL), -EINVAL);
+    assert_int_equal(massif_write(path, "x", fx->sites, NSITES, NULL, 1, NULL), -EINVAL);
+    assert_int_equal(massif_write(path, "x", fx->sites, NSITES, s, HEAP_MAX_SNAPSHOTS + 1, &e),
+                     -E2BIG);
+    assert_int_equal(e.code, -E2BIG);
+    assert_non_null(strstr(e.reason, "snapshots"));
     assert_dir_empty(fx);
 }
 

@@ -1,0 +1,31 @@
+/* heap_profile.T.hpy, the `memory` action's file for guppy (heapy): its stat dump, written from
+ * the allocation sites of formats/heap.h, and the KIND text that names a site in it (the
+ * action's summary uses the same words). Only formats; not the Massif file (massif.h). */
+#ifndef HPY_H
+#define HPY_H
+
+#include <stddef.h>
+#include "formats/heap.h"
+#include "os/error.h"
+
+#define HPY_KIND_FRAMES 8 /* frames named in a KIND; deeper ones read "..." */
+
+/* A site's KIND as the hpy file names it: "func <- caller <- ...", malloc'd (NULL: -ENOMEM). */
+char *hpy_kind(const struct stacks_frame *frames, size_t nframes);
+
+/* heap_profile.T.hpy, as guppy's Stat.dump writes it and hpy().load() reads it: the header
+ * (.loader: _load_stat, .format: SetFormat, .timemade, .count, .size, .kindname (empty, as for
+ * guppy's set partitions), .kindheader, .numrows), one `.r: COUNT SIZE KIND` row per distinct
+ * KIND, then `.end: .loader: _load_stat`. KIND is `func <- caller <- ...` over the innermost
+ * HPY_KIND_FRAMES frames (then ` <- ...`); a frame without a symbol reads MODULE+0xOFF (module
+ * base name), or `??` without a module either; a site without frames is `??`. Sites whose KINDs
+ * read the same are merged; sites with 0 bytes are left out. Rows go largest size first, then
+ * most blocks, then by KIND. Text that would break the line format (control characters, invalid
+ * UTF-8) reads `?`. timemade: Unix time, finite and >= 0. Written atomically (atomicfile.h).
+ * -EINVAL (NULL path, sites NULL with nsites > 0, a site's frames NULL with nframes > 0, a bad
+ * timemade), -E2BIG, -EOVERFLOW (totals beyond uint64), -ENOMEM, or atomicfile's errors; in err
+ * too (may be NULL), with a reason where the errno does not say it. */
+int hpy_write(const char *path, const struct heap_site *sites, size_t nsites, double timemade,
+              struct error *err);
+
+#endif
