@@ -28,8 +28,10 @@ static struct registry_action actions[] = {
      .button = "Cache statistics",
      .run = action_lru_stats},
     {.name = "log_current_tasks",
-     .help = "log the agent's running jobs",
+     .help = "log the target's asyncio tasks (Python 3.14 on), with their\n"
+             "coroutine stacks and awaiters; else the agent's running jobs",
      .button = "Current tasks",
+     .needs_target = true,
      .run = action_log_current_tasks},
     {.name = "set_asyncio_debug",
      .help = "{\"enabled\": true|false}: time every dispatch, warn when\n"

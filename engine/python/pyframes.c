@@ -116,9 +116,8 @@ out:
     return r;
 }
 
-/* Opens the file behind map m of pid: through map_files (the very file mapped, even deleted or
- * in another mount namespace) or else by its path under the target's root, checked by inode. */
-static int open_mapped(pid_t pid, const struct procfs_map *m)
+/* Through map_files the file is found even deleted or in another mount namespace. */
+int pyframes_open_mapped(pid_t pid, const struct procfs_map *m)
 {
     char path[PATH_MAX];
     struct stat st;
@@ -209,7 +208,7 @@ static int try_module(struct pyframes *p, const struct procfs_map *m, struct err
 {
     int found[NSYMS] = {0};
     uint64_t hex = 0;
-    int fd = open_mapped(p->pid, m);
+    int fd = pyframes_open_mapped(p->pid, m);
     if (fd < 0)
         return fd == -ESTALE ? -ENOENT : fd;
     int r = elf_symbols(fd, m->start, m->offset, p->sym, found);
@@ -407,6 +406,11 @@ void pyframes_free(struct pyframes *p)
     free(p);
 }
 
+struct pywalk *pyframes_walker(struct pyframes *p)
+{
+    return p->walk;
+}
+
 const char *pyframes_version(const struct pyframes *p)
 {
     return p->version;
@@ -438,6 +442,22 @@ int pyframes_read_tid(struct pyframes *p, pid_t tid, struct pyframes_thread *ret
         r = pywalk_thread(p->walk, inner, ret);
     if (r == 0)
         ret->tid = tid;
+    return r;
+}
+
+const struct pylayout *pyframes_layout(const struct pyframes *p)
+{
+    return &p->layout;
+}
+
+int pyframes_decode(struct pyframes *p, pid_t tid, const struct pyframes_raw_frame *raw, size_t n,
+                    bool truncated, struct pyframes_thread *ret)
+{
+    int r = pywalk_decode(p->walk, raw, n, ret);
+    if (r == 0) {
+        ret->tid = tid;
+        ret->truncated = ret->truncated || truncated;
+    }
     return r;
 }
 

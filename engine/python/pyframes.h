@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include "os/error.h"
+#include "python/pylayout.h"
 #include "unwind/stacks.h"
 
 #define PYFRAMES_MAX_THREADS 4096         /* thread states read per call, all interpreters */
@@ -40,15 +41,18 @@ struct pyframes_thread {
     /* threading.Thread.name (threading._active[pthread_id]._name), cut to fit; "" when the
      * thread has none (not started by threading) or it cannot be read. pyframes_read only. */
     char name[PYFRAMES_NAME_MAX];
-    bool holds_gil; /* holds the GIL (3.11: the runtime's current thread state; 3.12
-                       on: last_holder of its interpreter's GIL, while locked) */
-    bool truncated; /* frames stop early: a limit was hit, or the target
-                       changed under us (what is listed was checked) */
+    bool holds_gil;  /* holds the GIL (3.11: the runtime's current thread state; 3.12
+                        on: last_holder of its interpreter's GIL, while locked) */
+    bool truncated;  /* frames stop early: a limit was hit, or the target
+                        changed under us (what is listed was checked) */
+    uint64_t tstate; /* its PyThreadState in the target (for a sampler reading frames itself) */
     size_t nframes;
     struct pyframes_frame *frames; /* innermost first */
 };
 
 struct pyframes;
+struct pywalk;
+struct procfs_map;
 
 /* Finds the interpreter of pid and caches its addresses and layout. version (may be NULL) gets
  * the interpreter's version ("3.11.2", or "3.10" from a module name) whenever one was found, on
@@ -60,6 +64,12 @@ int pyframes_attach(pid_t pid, char *version, size_t version_len, struct pyframe
 /* pyframes_attach without the reason (agent/inspect.c until it moves to pyframes_attach). */
 int pyframes_open(pid_t pid, char *version, size_t version_len, struct pyframes **ret);
 void pyframes_free(struct pyframes *p);
+/* The walker of p's runtime, for readers of other interpreter state (pytasks.h); owned by p. */
+struct pywalk *pyframes_walker(struct pyframes *p);
+/* The file behind map m of process pid, opened read-only: through /proc/PID/map_files (the very
+ * file mapped) or else by its path under the target's root, checked by inode. An fd, or -ESTALE
+ * when another file has that path now, or the open's -errno. */
+int pyframes_open_mapped(pid_t pid, const struct procfs_map *m);
 /* "3.11.2": the version of the interpreter p reads. */
 const char *pyframes_version(const struct pyframes *p);
 
@@ -73,6 +83,23 @@ int pyframes_read(struct pyframes *p, struct pyframes_thread **ret, size_t *ret_
 int pyframes_read_tid(struct pyframes *p, pid_t tid, struct pyframes_thread *ret);
 void pyframes_thread_clear(struct pyframes_thread *t);
 void pyframes_threads_free(struct pyframes_thread *threads, size_t n);
+
+/* One _PyInterpreterFrame as copied by a reader that does not decode (the sampler's in-kernel
+ * copier): its code object (masked as the layout says), instruction pointer and owner. */
+struct pyframes_raw_frame {
+    uint64_t code, instr;
+    uint8_t owner;
+    bool is_entry; /* 3.11's field; later versions mark entries with shim frames */
+};
+
+/* The layout p reads the target with (for such a reader). */
+const struct pylayout *pyframes_layout(const struct pyframes *p);
+/* The Python stack of thread tid from raw frames (innermost first, shim frames included), as
+ * pyframes_read_tid gives it: names and lines read from the code objects now. A frame that no
+ * longer decodes (its code object freed meanwhile) ends the stack as truncated; truncated says
+ * the raw copy itself stopped early. Free with pyframes_thread_clear. */
+int pyframes_decode(struct pyframes *p, pid_t tid, const struct pyframes_raw_frame *raw, size_t n,
+                    bool truncated, struct pyframes_thread *ret);
 
 /* The contract's frame line: `  File "FILE", line N, in FUNC`. -ENAMETOOLONG when buf is too
  * small (buf then holds the truncated line). */

@@ -318,27 +318,23 @@ static int frame_lasti(const struct pylayout *l, uint64_t instr, uint64_t start,
     return 0;
 }
 
-/* One _PyInterpreterFrame at addr. *ret_kind tells a shim frame an eval loop call pushes (3.12
- * on; f is untouched) and a frame that has not reached its first traceable instruction
- * (_PyFrame_IsIncomplete: CPython hides those from tracebacks too) from a frame in f. */
-static int read_frame(struct pywalk *w, uint64_t addr, struct pyframes_frame *f,
-                      uint64_t *ret_previous, enum frame_kind *ret_kind)
+/* One _PyInterpreterFrame from its fields (code object, instruction pointer, owner, 3.11's
+ * is_entry). *ret_kind tells a shim frame an eval loop call pushes (3.12 on; f is untouched)
+ * and a frame that has not reached its first traceable instruction (_PyFrame_IsIncomplete:
+ * CPython hides those from tracebacks too) from a frame in f. */
+static int decode_frame(struct pywalk *w, uint64_t code, uint64_t instr, unsigned owner,
+                        bool is_entry, struct pyframes_frame *f, enum frame_kind *ret_kind)
 {
     const struct pylayout *l = &w->l;
-    unsigned char fr[PYLAYOUT_SPAN_MAX], co[PYLAYOUT_SPAN_MAX];
-    int r = rd(w, addr, fr, l->if_span);
+    unsigned char co[PYLAYOUT_SPAN_MAX];
+    int r;
 
-    if (r < 0)
-        return r;
-    unsigned owner = fr[l->if_owner];
     if (owner > l->owner_max)
         return -EBADMSG;
-    *ret_previous = u64_at(fr, l->if_previous);
     if (l->owner_shim && owner >= l->owner_shim) {
         *ret_kind = FRAME_SHIM;
         return 0;
     }
-    uint64_t code = u64_at(fr, l->if_code) & l->code_mask, instr = u64_at(fr, l->if_instr);
     r = rd(w, code, co, l->co_span);
     if (r < 0)
         return r;
@@ -356,7 +352,7 @@ static int read_frame(struct pywalk *w, uint64_t addr, struct pyframes_frame *f,
     if (incomplete)
         return 0;
     f->firstlineno = firstlineno;
-    f->is_entry = l->has_is_entry && fr[l->if_is_entry] != 0;
+    f->is_entry = is_entry;
     struct code_entry want = {
         .code = code,
         .filename_at = u64_at(co, l->co_filename),
@@ -397,9 +393,47 @@ static int read_frame(struct pywalk *w, uint64_t addr, struct pyframes_frame *f,
     return r;
 }
 
+/* One _PyInterpreterFrame at addr, decoded as decode_frame says; *ret_previous: the next one. */
+static int read_frame(struct pywalk *w, uint64_t addr, struct pyframes_frame *f,
+                      uint64_t *ret_previous, enum frame_kind *ret_kind)
+{
+    const struct pylayout *l = &w->l;
+    unsigned char fr[PYLAYOUT_SPAN_MAX];
+    int r = rd(w, addr, fr, l->if_span);
+
+    if (r < 0)
+        return r;
+    *ret_previous = u64_at(fr, l->if_previous);
+    return decode_frame(w, u64_at(fr, l->if_code) & l->code_mask, u64_at(fr, l->if_instr),
+                        fr[l->if_owner], l->has_is_entry && fr[l->if_is_entry] != 0, f, ret_kind);
+}
+
+/* Appends f (of kind) to t: a shim frame marks the frame before it (the first its eval loop
+ * call ran) as an entry frame, as 3.11's is_entry does; an incomplete one is left out. Only
+ * allocation fails (f is then freed). */
+static int add_frame(struct pyframes_thread *t, size_t *cap, enum frame_kind kind,
+                     struct pyframes_frame *f)
+{
+    if (kind == FRAME_SHIM && t->nframes)
+        t->frames[t->nframes - 1].is_entry = true;
+    if (kind != FRAME_PYTHON)
+        return 0;
+    if (t->nframes == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 16;
+        struct pyframes_frame *nf = realloc(t->frames, ncap * sizeof(*nf));
+        if (!nf) {
+            frame_clear(f);
+            return -ENOMEM;
+        }
+        t->frames = nf;
+        *cap = ncap;
+    }
+    t->frames[t->nframes++] = *f;
+    return 0;
+}
+
 /* The frames of the thread whose current frame is addr, into t. Only allocation failure is an
- * error; anything unreadable ends the stack as truncated. A shim frame marks the frame before
- * it (the first its eval loop call ran) as an entry frame, as 3.11's is_entry does. */
+ * error; anything unreadable ends the stack as truncated. */
 static int read_frames(struct pywalk *w, uint64_t addr, struct pyframes_thread *t)
 {
     size_t cap = 0;
@@ -419,21 +453,8 @@ static int read_frames(struct pywalk *w, uint64_t addr, struct pyframes_thread *
             t->truncated = true;
             break;
         }
-        if (kind == FRAME_SHIM && t->nframes)
-            t->frames[t->nframes - 1].is_entry = true;
-        if (kind != FRAME_PYTHON)
-            continue;
-        if (t->nframes == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            struct pyframes_frame *nf = realloc(t->frames, ncap * sizeof(*nf));
-            if (!nf) {
-                frame_clear(&f);
-                return -ENOMEM;
-            }
-            t->frames = nf;
-            cap = ncap;
-        }
-        t->frames[t->nframes++] = f;
+        if (add_frame(t, &cap, kind, &f) < 0)
+            return -ENOMEM;
     }
     return 0;
 }
@@ -676,24 +697,40 @@ static uint64_t gil_holder(const struct pywalk *w, uint64_t interp)
 /* The thread state at ts of interpreter interp into t; -EBADMSG when it is not one (any more).
  * *ret_next gets the next thread state. With only != 0, a thread with another native id is
  * skipped (returns 1, t untouched). */
+/* The thread state at ts into b (ts_span bytes) and its native id; -EBADMSG when it is not a
+ * thread state of interpreter interp (any more). */
+static int read_tstate(const struct pywalk *w, uint64_t ts, uint64_t interp, unsigned char *b,
+                       uint64_t *ret_native)
+{
+    const struct pylayout *l = &w->l;
+    int r = rd(w, ts, b, l->ts_span);
+
+    if (r < 0)
+        return r;
+    uint64_t native = u64_at(b, l->ts_native_id);
+    if (u64_at(b, l->ts_interp) != interp || native == 0 || native >= PID_MAX)
+        return -EBADMSG;
+    *ret_native = native;
+    return 0;
+}
+
 static int read_thread(struct pywalk *w, uint64_t ts, uint64_t interp, uint64_t gil, pid_t only,
                        struct pyframes_thread *t, uint64_t *ret_next)
 {
     const struct pylayout *l = &w->l;
     unsigned char b[PYLAYOUT_SPAN_MAX];
-    uint64_t frame = 0;
-    int r = rd(w, ts, b, l->ts_span);
+    uint64_t frame = 0, native;
+    int r = read_tstate(w, ts, interp, b, &native);
 
     if (r < 0)
         return r;
-    uint64_t native = u64_at(b, l->ts_native_id), fp = u64_at(b, l->ts_frame);
-    if (u64_at(b, l->ts_interp) != interp || native == 0 || native >= PID_MAX)
-        return -EBADMSG;
+    uint64_t fp = u64_at(b, l->ts_frame);
     *ret_next = u64_at(b, l->ts_next);
     if (only && (pid_t)native != only)
         return 1;
     memset(t, 0, sizeof(*t));
     t->tid = (pid_t)native;
+    t->tstate = ts;
     t->pthread_id = u64_at(b, l->ts_thread_id);
     t->holds_gil = gil == ts;
     if (!l->ts_cframe)
@@ -801,4 +838,111 @@ int pywalk_thread(struct pywalk *w, pid_t tid, struct pyframes_thread *ret)
     if (r == 0)
         *ret = t;
     return r == 1 ? -ENOENT : r;
+}
+
+/* ---- for other readers of the same runtime ---- */
+
+const struct pylayout *pywalk_layout(const struct pywalk *w)
+{
+    return &w->l;
+}
+
+const struct pywalk_addrs *pywalk_addrs(const struct pywalk *w)
+{
+    return &w->a;
+}
+
+int pywalk_read(const struct pywalk *w, uint64_t addr, void *buf, size_t len)
+{
+    return rd(w, addr, buf, len);
+}
+
+int pywalk_str(const struct pywalk *w, uint64_t addr, char **ret)
+{
+    return read_str(w, addr, ret);
+}
+
+int pywalk_frame(struct pywalk *w, uint64_t addr, struct pyframes_frame *f)
+{
+    struct pyframes_frame out = {0};
+    enum frame_kind kind;
+    uint64_t previous;
+    int r = read_frame(w, addr, &out, &previous, &kind);
+
+    if (r < 0)
+        return r;
+    if (kind != FRAME_PYTHON)
+        return 1;
+    *f = out;
+    return 0;
+}
+
+void pywalk_frame_clear(struct pyframes_frame *f)
+{
+    frame_clear(f);
+    memset(f, 0, sizeof(*f));
+}
+
+void pywalk_end_pass(struct pywalk *w)
+{
+    cache_clear(w);
+}
+
+int pywalk_each_thread(struct pywalk *w,
+                       int (*fn)(void *ctx, uint64_t interp, uint64_t tstate, pid_t tid), void *ctx)
+{
+    const struct pylayout *l = &w->l;
+    unsigned char b[PYLAYOUT_SPAN_MAX];
+    uint64_t interp = 0;
+    size_t seen = 0;
+    int r = rd_u64(w, w->a.runtime + l->rt_interp_head, &interp);
+
+    for (unsigned ni = 0; r == 0 && interp && ni < PYFRAMES_MAX_INTERPS; ni++) {
+        uint64_t next = 0, ts = 0, native;
+        if (rd_u64(w, interp + l->is_next, &next) < 0 ||
+            rd_u64(w, interp + l->is_threads_head, &ts) < 0)
+            break;
+        while (ts && seen++ < PYFRAMES_MAX_THREADS && read_tstate(w, ts, interp, b, &native) == 0) {
+            int stop = fn(ctx, interp, ts, (pid_t)native);
+            if (stop)
+                return stop;
+            ts = u64_at(b, l->ts_next);
+        }
+        interp = next;
+    }
+    return r;
+}
+
+int pywalk_decode(struct pywalk *w, const struct pyframes_raw_frame *raw, size_t n,
+                  struct pyframes_thread *ret)
+{
+    struct pyframes_thread t = {0};
+    size_t cap = 0;
+    int r = 0;
+
+    if (w->cache_n >= CACHE_SLOTS / 2)
+        cache_clear(w);
+    for (size_t i = 0; i < n && r == 0; i++) {
+        struct pyframes_frame f = {0};
+        enum frame_kind kind;
+
+        if (t.nframes == PYFRAMES_MAX_FRAMES) {
+            t.truncated = true;
+            break;
+        }
+        r = decode_frame(w, raw[i].code, raw[i].instr, raw[i].owner, raw[i].is_entry, &f, &kind);
+        if (r < 0 && r != -ENOMEM) {
+            t.truncated = true; /* freed or reused since the copy: the rest is unknown */
+            r = 0;
+            break;
+        }
+        if (r == 0)
+            r = add_frame(&t, &cap, kind, &f);
+    }
+    if (r < 0) {
+        pyframes_thread_clear(&t);
+        return r;
+    }
+    *ret = t;
+    return 0;
 }
