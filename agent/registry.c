@@ -32,6 +32,8 @@ static struct registry_action actions[] = {
              "coroutine stacks and awaiters; else the agent's running jobs",
      .button = "Current tasks",
      .needs_target = true,
+     /* Thousands of tasks are many reads of the target: not on the network thread. */
+     .long_running = true,
      .run = action_log_current_tasks},
     {.name = "set_asyncio_debug",
      .help = "{\"enabled\": true|false}: time every dispatch, warn when\n"

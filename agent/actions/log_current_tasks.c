@@ -36,8 +36,13 @@ static unsigned agent_jobs(struct run *run, int (*emit)(const char *line, void *
              (double)(now - run->started_mono_us) / 1e6);
     emit(line, userdata);
     pthread_mutex_lock(&h->lock);
-    for (struct run *j = h->jobs; j; j = j->next, n++) {
+    for (struct run *j = h->jobs; j; j = j->next) {
         char pid[32] = "";
+
+        /* This command runs on a job thread too: it is listed once, above. */
+        if (j == run)
+            continue;
+        n++;
 
         if (j->has_target)
             snprintf(pid, sizeof(pid), " pid=%d", (int)j->target.pid);
