@@ -18,6 +18,7 @@
 
 /* libunwind's x86-64 numbering, as snapshot.h and sampler.h keep registers. */
 #define REG_IP 16
+#define REG_SP 7
 _Static_assert(SNAPSHOT_NREGS == 17 && REG_IP < SNAPSHOT_NREGS, "register numbering");
 #define REFRESH_MIN_NS (100 * 1000 * 1000ull)
 #define SYMCACHE_BITS 12 /* symbolized frames kept for samples, direct-mapped by ip */
@@ -151,8 +152,10 @@ static int build_thread(struct stacks *s, const struct snapshot_thread *st,
     t->err = err;
     t->truncated = truncated;
     t->nframes = n;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         symbolize(s, &uf[i], &t->frames[i]);
+        t->frames[i].sp = uf[i].sp;
+    }
     *ret = t;
     return 0;
 }
@@ -255,7 +258,7 @@ static void unwind_one(struct stacks *s, const struct snapshot_thread *t, struct
     if (unwind_thread(s->uw, t, uf, max, ret_n, ret_truncated) == 0)
         return;
     /* Not even the first step: the sampled ip alone is still worth its sample. */
-    uf[0] = (struct unwind_frame){t->regs[REG_IP], 1};
+    uf[0] = (struct unwind_frame){t->regs[REG_IP], 1, t->regs[REG_SP]};
     *ret_n = 1;
     *ret_truncated = 1;
 }
@@ -301,8 +304,10 @@ int stacks_unwind_regs(struct stacks *s, const uint64_t regs[17], uint64_t stack
      * handled: look again, rate-limited, since addresses outside any file stay unknown. */
     if (has_unknown(s, uf, n) && now_ns() - s->refreshed_ns >= REFRESH_MIN_NS && refresh(s) > 0)
         unwind_one(s, &t, uf, max, &n, &truncated);
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         symbolize_cached(s, &uf[i], &out[i]);
+        out[i].sp = uf[i].sp;
+    }
     *ret_n = n;
     *ret_truncated = truncated;
     return 0;

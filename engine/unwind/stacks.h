@@ -22,6 +22,8 @@
 
 struct stacks_frame {
     uint64_t ip;
+    uint64_t sp; /* the stack pointer in this frame (0: unknown): what lies between it and the
+                    next frame's sp is this frame's, e.g. an eval loop's entry frame */
     const char *module; /* path of the mapped file, or NULL; owned by the stacks cache */
     uint64_t offset;    /* ip relative to the module's load base (as in perf's DSO offsets):
                            ip minus load bias, the ELF virtual address */

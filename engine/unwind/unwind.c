@@ -175,6 +175,7 @@ int unwind_thread(struct unwind *u, const struct snapshot_thread *t, struct unwi
         int sigframe = unw_is_signal_frame(&cur) > 0;
         frames[n].ip = ip;
         frames[n].exact = exact || sigframe;
+        frames[n].sp = sp;
         sps[n] = sp;
         n++;
         exact = sigframe;

@@ -14,7 +14,9 @@
 
 struct unwind_frame {
     uint64_t ip;
-    int exact; /* ip is where the thread is, not a return address (look up ip - 1) */
+    int exact;   /* ip is where the thread is, not a return address (look up ip - 1) */
+    uint64_t sp; /* the stack pointer in this frame: its locals lie from here up to the next
+                    frame's sp */
 };
 
 struct unwind;
