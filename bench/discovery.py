@@ -5,12 +5,9 @@ to the last config). The agent waits a random 0.5-3 s on purpose, so a fleet's c
 arrive in the same instant; the figures show that spread plus what the agent itself adds."""
 import os
 import statistics
-import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
-from conftest import Agent, Broker, Client, wait_online  # noqa: E402
+from common import agents_on_broker
 
 N = int(os.environ.get("N", "10"))
 K = int(os.environ.get("K", "10"))
@@ -37,20 +34,9 @@ def birth(client):
 
 
 def main():
-    work = tempfile.mkdtemp(prefix="bench-discovery-")
-    broker = Broker(work)
-    broker.start()
-    client = Client(broker.port)
-    client.subscribe("profiler/+/status")
-    client.subscribe("homeassistant/device/+/config")
-    agents = []
-    try:
-        for i in range(K):
-            agent = Agent(broker, work, f"fleet{i}", "self", "discovery = on\n")
-            agent.start()
-            agents.append(agent)
-        for agent in agents:
-            wait_online(client, agent.node)
+    with agents_on_broker([f"fleet{i}" for i in range(K)],
+                          ("profiler/+/status", "homeassistant/device/+/config"),
+                          extra_config="discovery = on\n") as (_, agents, client):
         time.sleep(0.5)
 
         one = agents[0].node
@@ -68,13 +54,6 @@ def main():
         fleet = wait_configs(client, [a.node for a in agents], t0)
         print(f"birth message to all {K} agents' configs re-published (ms): first "
               f"{fleet[0]:.0f}  last {fleet[-1]:.0f}  (designed: within 3000 ms)")
-    finally:
-        client.close()
-        for agent in agents:
-            if agent.proc:
-                agent.stop()
-        broker.stop()
-
 
 if __name__ == "__main__":
     main()

@@ -6,12 +6,9 @@ import json
 import os
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
-from conftest import Agent, Broker, Client, wait_online  # noqa: E402
+from common import agents_on_broker
 
 N = int(os.environ.get("N", "20"))
 ROUNDS = int(os.environ.get("ROUNDS", "20"))
@@ -19,16 +16,13 @@ TIMEOUT = 10.0
 
 
 def main():
-    work = tempfile.mkdtemp(prefix="bench-fleet-")
-    broker = Broker(work)
-    broker.start()
-    client = Client(broker.port)
-    client.subscribe("profiler/+/status")
-    agents = [Agent(broker, work, f"node{i:02d}", "self") for i in range(N)]
-    for a in agents:
-        a.start()
-    for a in agents:
-        wait_online(client, a.node)
+    with agents_on_broker([f"node{i:02d}" for i in range(N)],
+                          ("profiler/+/status",)) as (broker, _, client):
+        ping(broker, client)
+
+
+def ping(broker, client):
+    """Times ROUNDS broadcast pings (after a warm-up one) and prints the figures."""
     # Timed as a mosquitto_sub user sees it, as in roundtrip.py.
     sub = subprocess.Popen(["mosquitto_sub", "-p", str(broker.port), "-t", "profiler/+/result",
                             "-F", "%U %t %p"], stdout=subprocess.PIPE, text=True)
@@ -65,10 +59,6 @@ def main():
               f"{statistics.median(median):.2f} ms)")
     finally:
         sub.kill()
-        client.close()
-        for a in agents:
-            a.stop()
-        broker.stop()
 
 
 if __name__ == "__main__":

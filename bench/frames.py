@@ -8,29 +8,22 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
-from conftest import BUILD, Agent, Broker, Client, wait_online  # noqa: E402
+from common import bench_agent
 
 RUNS = int(os.environ.get("RUNS", "7"))
 THREADS = int(os.environ.get("THREADS", "200"))
 
 
 def main():
-    work = tempfile.mkdtemp(prefix="bench-frames-")
-    target = subprocess.Popen([os.path.join(BUILD, "workloads", "many_threads"), str(THREADS)],
-                              stdout=subprocess.PIPE, text=True)
-    assert target.stdout.readline().strip() == "ready"
-    broker = Broker(work)
-    broker.start()
-    client = Client(broker.port)
-    client.subscribe("profiler/bench/status")
-    agent = Agent(broker, work, "bench", f"pid:{target.pid}")
-    agent.start()
-    wait_online(client, "bench")
+    with bench_agent("many_threads", str(THREADS), topic="profiler/bench/status") as (_, target, s):
+        dump(target, s.broker, s.client)
+
+
+def dump(target, broker, client):
+    """Times RUNS dumps of target through the agent on broker (after a cold one) and as many of
+    eu-stack's, and prints the medians."""
     # The round trip is timed as a user of mosquitto_sub sees it: from just before the publish to
     # the arrival of the result, which comes after every record. paho's own per-message cost
     # (about 0.1 ms a record here) would otherwise dominate the figure.
@@ -87,11 +80,6 @@ def main():
             print("  eu-stack not installed (apt-get install elfutils)")
     finally:
         sub.kill()
-        client.close()
-        agent.stop()
-        broker.stop()
-        target.kill()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -6,27 +6,22 @@ import json
 import os
 import statistics
 import subprocess
-import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "integration"))
-from conftest import Agent, Broker, Client, wait_online  # noqa: E402
-from procstat import cpu_seconds, rss_mib  # noqa: E402
+from common import agents_on_broker
+from procstat import cpu_seconds, rss_mib
 
 N = int(os.environ.get("N", "1000"))
 IDLE_SECONDS = float(os.environ.get("IDLE_SECONDS", "10"))
 
 
 def main():
-    work = tempfile.mkdtemp(prefix="bench-roundtrip-")
-    broker = Broker(work)
-    broker.start()
-    client = Client(broker.port)
-    client.subscribe("profiler/bench/status")
-    agent = Agent(broker, work, "bench", "self")
-    agent.start()
-    wait_online(client, "bench")
+    with agents_on_broker(["bench"], ("profiler/bench/status",)) as (broker, agents, client):
+        measure(broker, agents[0], client)
+
+
+def measure(broker, agent, client):
+    """Prints the round trip's quantiles, then the idle agent's and mosquitto's figures."""
     # Timed as a mosquitto_sub user sees it (libmosquitto, like most clients); paho's own
     # per-message cost is kept out of the figure.
     sub = subprocess.Popen(["mosquitto_sub", "-p", str(broker.port), "-t", "profiler/bench/result",
@@ -64,9 +59,6 @@ def main():
               f"{rss_mib(broker.proc.pid):.1f} MiB, {mcpu:.3f}%")
     finally:
         sub.kill()
-        client.close()
-        agent.stop()
-        broker.stop()
 
 
 if __name__ == "__main__":

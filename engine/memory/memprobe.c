@@ -464,10 +464,13 @@ static int open_one(void *userdata, pid_t tid)
     return open_thread(userdata, tid);
 }
 
-/* Opens events for every listed thread not covered yet. *ret_new: how many were opened. */
-static int scan_threads(struct memprobe *p, size_t *ret_new)
+/* Opens events for every listed thread of the memprobe not covered yet. *ret_new: how many were
+ * opened. */
+static int scan_threads(void *userdata, size_t *ret_new)
 {
-    return perfring_scan_threads(p->pid, covered, open_one, p, ret_new);
+    const struct memprobe *p = userdata;
+
+    return perfring_scan_threads(p->pid, covered, open_one, userdata, ret_new);
 }
 
 /* Sets err to r and why opening the events failed. Returns r. */
@@ -492,7 +495,7 @@ static int open_failed(const struct memprobe *p, int r, struct error *err)
 int memprobe_open(pid_t pid, struct memprobe **ret, struct error *err)
 {
     struct memprobe *p = NULL;
-    size_t opened = 0, pages = RING_PAGES;
+    size_t pages = RING_PAGES;
     long page = sysconf(_SC_PAGESIZE);
     char st;
     int r;
@@ -542,17 +545,7 @@ int memprobe_open(pid_t pid, struct memprobe **ret, struct error *err)
         }
         p->pfds[i] = (struct pollfd){.fd = p->rc.rings[i].fd, .events = POLLIN};
     }
-    for (int scan = 0; scan < OPEN_SCANS_MAX; scan++) {
-        size_t n = 0;
-        r = scan_threads(p, &n);
-        if (r < 0)
-            break;
-        opened += n;
-        if (n == 0)
-            break;
-    }
-    if (r == 0 && opened == 0)
-        r = -ESRCH;
+    r = perfring_scan_settle(scan_threads, p, OPEN_SCANS_MAX);
     if (r < 0) {
         open_failed(p, r, err);
         goto out;

@@ -103,6 +103,13 @@ static void repr_reset(struct repr *r)
     r->buf[0] = '\0';
 }
 
+/* Closes the repr with its ">" and hands it to emit. */
+static int repr_emit(struct repr *r, int (*emit)(const char *, void *), void *userdata)
+{
+    repr_add(r, ">");
+    return emit(r->buf, userdata);
+}
+
 /* -ESRCH when ROOT/PID has gone, else err: tells a closed fd (skipped) from a dead process. */
 static int gone_or(const char *root, pid_t pid, int err)
 {
@@ -156,7 +163,6 @@ static enum objects_type classify(const char *link, uint64_t *ret_ino)
     return OBJECTS_OTHER_FD;
 }
 
-/* Every open fd of pid with its kind, ascending; fds closed while listing are left out. */
 /* Fills err for a failed read of ROOT/PID/FILE: the file says more than the errno, unless the
  * process has gone or memory ran out. Returns r. */
 static int read_failed(struct error *err, int r, const char *root, pid_t pid, const char *file)
@@ -166,6 +172,23 @@ static int read_failed(struct error *err, int r, const char *root, pid_t pid, co
     return error_set(err, r, "cannot read %s/%d/%s: %s", root, (int)pid, file, strerror(-r));
 }
 
+/* procfs_list_tasks and procfs_read_maps, a failure worded by read_failed. */
+static int list_tasks(const char *root, pid_t pid, pid_t **ret, size_t *ret_n, struct error *err)
+{
+    int r = procfs_list_tasks(root, pid, ret, ret_n);
+
+    return r < 0 ? read_failed(err, r, root, pid, "task") : 0;
+}
+
+static int read_maps(const char *root, pid_t pid, struct procfs_map **ret, size_t *ret_n,
+                     struct error *err)
+{
+    int r = procfs_read_maps(root, pid, ret, ret_n);
+
+    return r < 0 ? read_failed(err, r, root, pid, "maps") : 0;
+}
+
+/* Every open fd of pid with its kind, ascending; fds closed while listing are left out. */
 static int scan_fds(const char *root, pid_t pid, struct fdent **ret, size_t *ret_n,
                     struct error *err)
 {
@@ -649,8 +672,7 @@ static int dump_pipes(const char *root, pid_t pid, const struct fdent *ents, siz
         }
         if (!peers)
             repr_add(r, "not in this process");
-        repr_add(r, ">");
-        ret = emit(r->buf, userdata);
+        ret = repr_emit(r, emit, userdata);
         if (ret < 0)
             goto out;
     }
@@ -670,11 +692,9 @@ static int dump_threads(const char *root, pid_t pid, int (*emit)(const char *, v
     size_t n;
     int r;
 
-    r = procfs_list_tasks(root, pid, &tids, &n);
-    if (r < 0) {
-        read_failed(err, r, root, pid, "task");
+    r = list_tasks(root, pid, &tids, &n, err);
+    if (r < 0)
         goto out;
-    }
     for (size_t i = 0; i < n; i++) {
         char state;
         r = procfs_read_comm(root, pid, tids[i], comm);
@@ -713,11 +733,9 @@ static int dump_maps(const char *root, pid_t pid, int (*emit)(const char *, void
     r = malloc(sizeof(*r));
     if (!r)
         return -ENOMEM;
-    ret = procfs_read_maps(root, pid, &maps, &n);
-    if (ret < 0) {
-        read_failed(err, ret, root, pid, "maps");
+    ret = read_maps(root, pid, &maps, &n, err);
+    if (ret < 0)
         goto out;
-    }
     for (size_t i = 0; i < n; i++) {
         repr_reset(r);
         repr_add(r, "<mapping %" PRIx64 "-%" PRIx64 " %s%s%s>", maps[i].start, maps[i].end,
@@ -750,17 +768,13 @@ int objects_count(const char *root, pid_t pid, struct objects_count *ret, struct
         goto out;
     for (size_t i = 0; i < n; i++)
         c.n[ents[i].type]++;
-    r = procfs_list_tasks(root, pid, &tids, &n);
-    if (r < 0) {
-        read_failed(err, r, root, pid, "task");
+    r = list_tasks(root, pid, &tids, &n, err);
+    if (r < 0)
         goto out;
-    }
     c.n[OBJECTS_THREAD] = n;
-    r = procfs_read_maps(root, pid, &maps, &n_maps);
-    if (r < 0) {
-        read_failed(err, r, root, pid, "maps");
+    r = read_maps(root, pid, &maps, &n_maps, err);
+    if (r < 0)
         goto out;
-    }
     c.n[OBJECTS_MAPPING] = n_maps;
     *ret = c;
 out:
@@ -981,8 +995,7 @@ static int posix_timers(const char *root, pid_t pid, struct repr *r,
             repr_add(r, "/%lld", signo);
         if (target_len)
             repr_add(r, " target=%.*s", target_len, slash + 1);
-        repr_add(r, ">");
-        ret = emit(r->buf, userdata);
+        ret = repr_emit(r, emit, userdata);
         if (ret < 0)
             goto out;
     }

@@ -497,6 +497,19 @@ out:
     return r;
 }
 
+/* scan_threads as perfring_scan_settle calls it. */
+struct scan_ctx {
+    struct objsrc *s;
+    struct error *err;
+};
+
+static int scan_pass(void *userdata, size_t *ret_new)
+{
+    struct scan_ctx *c = userdata;
+
+    return scan_threads(c->s, ret_new, c->err);
+}
+
 void objsrc_close(struct objsrc *s)
 {
     if (!s)
@@ -516,7 +529,6 @@ void objsrc_close(struct objsrc *s)
 int objsrc_open(pid_t pid, struct objsrc **ret, struct error *err)
 {
     struct objsrc *s;
-    size_t opened = 0;
     int r;
 
     error_clear(err);
@@ -543,18 +555,9 @@ int objsrc_open(pid_t pid, struct objsrc **ret, struct error *err)
         r = s->epfd < 0 && s->last && s->known ? -errno : -ENOMEM;
         goto out;
     }
-    for (int scan = 0; scan < OPEN_SCANS_MAX; scan++) {
-        size_t n = 0;
-
-        r = scan_threads(s, &n, err);
-        if (r < 0)
-            goto out;
-        opened += n;
-        if (n == 0)
-            break;
-    }
-    if (opened == 0)
-        r = -ESRCH;
+    r = perfring_scan_settle(scan_pass, &(struct scan_ctx){s, err}, OPEN_SCANS_MAX);
+    if (r < 0)
+        goto out;
     s->next_scan_ns = now_ns() + RESCAN_NS;
 out:
     if (r < 0) {

@@ -200,6 +200,22 @@ out:
     return r;
 }
 
+int perfring_scan_settle(int (*scan)(void *userdata, size_t *ret_new), void *userdata, int passes)
+{
+    size_t opened = 0, n = 1;
+
+    for (int pass = 0; pass < passes && n > 0; pass++) {
+        int r;
+
+        n = 0;
+        r = scan(userdata, &n);
+        if (r < 0)
+            return r;
+        opened += n;
+    }
+    return opened > 0 ? 0 : -ESRCH;
+}
+
 int perfring_cpus_init(struct perfring_cpus *c)
 {
     char buf[CPU_LIST_MAX];

@@ -101,6 +101,11 @@ void perfring_consume(struct perfring *rg, size_t size);
  * opened. Stops at open's first other error. */
 int perfring_scan_threads(pid_t pid, bool (*covered)(void *userdata, pid_t tid),
                           int (*open)(void *userdata, pid_t tid), void *userdata, size_t *ret_new);
+/* Opening races with the threads the target starts meanwhile: scan(userdata, &n), one pass
+ * opening n new threads, is repeated until a pass opens none, at most passes times; threads
+ * started later are the caller's rescans'. -ESRCH when no pass opened any thread; else scan's
+ * first error, or 0. */
+int perfring_scan_settle(int (*scan)(void *userdata, size_t *ret_new), void *userdata, int passes);
 
 /* Reads the online CPUs and allocates a ring (not mapped) for each. c zeroed before. */
 int perfring_cpus_init(struct perfring_cpus *c);

@@ -22,6 +22,7 @@
 #include "agent.h"
 #include "config.h"
 #include "log.h"
+#include "fuzzcheck.h"
 
 #ifndef FUZZ_SCHEMA_DIR
 #define FUZZ_SCHEMA_DIR "schemas"
@@ -33,15 +34,6 @@
 /* A spec no process matches: every action that needs a target stops before it runs. */
 #define UNREACHABLE_PID "pid:2147483647"
 #define SAMPLE_FILE "profile.1.cprof"
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_command: invariant broken: " __VA_ARGS__);                       \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 /* What one command produced, written by the callbacks (a job thread among them). */
 struct observed {

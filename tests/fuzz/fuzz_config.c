@@ -12,15 +12,7 @@
 #include <unistd.h>
 
 #include "config.h"
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_config: invariant broken: " __VA_ARGS__);                        \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzzcheck.h"
 
 static int fd = -1;
 static char path[64];

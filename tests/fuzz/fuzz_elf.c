@@ -16,15 +16,7 @@
 #include <unistd.h>
 
 #include "unwind/symbols.h"
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_elf: invariant broken: " __VA_ARGS__);                           \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzzcheck.h"
 
 #define EH_LOOKUPS 16 /* .eh_frame_hdr entries whose functions are looked up */
 #define ADDRS_MAX 32  /* addresses asked about per input */

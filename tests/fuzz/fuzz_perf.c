@@ -16,15 +16,7 @@
 #include <string.h>
 
 #include "unwind/stacks.h"
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_perf: invariant broken: " __VA_ARGS__);                          \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzzcheck.h"
 
 #define HEADER_BYTES 11
 #define RING_MAX (64u << 10)

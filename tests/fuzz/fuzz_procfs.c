@@ -23,15 +23,7 @@
 #include "objects/objects.h"
 #include "objects/sockets.h"
 #include "os/procfs.h"
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_procfs: invariant broken: " __VA_ARGS__);                        \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "fuzzcheck.h"
 
 #define PID 4242
 #define TID 4243

@@ -19,6 +19,7 @@
 #include "python/pylayout.h"
 #include "python/pyline.h"
 #include "python/pywalk.h"
+#include "fuzzcheck.h"
 
 #define BASE 0x100000ull
 #define CODE_TYPE 0xc0de0000ull /* addresses of the type objects, as the seeds write them */
@@ -26,15 +27,6 @@
 #define BYTES_TYPE 0xb7e50000ull
 #define DICT_TYPE 0xd1c70000ull
 #define HEADER 2 /* layout selector, thread id */
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_pyframes: invariant broken: " __VA_ARGS__);                      \
-            fputc('\n', stderr);                                                                   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 struct image {
     const uint8_t *b;

@@ -24,6 +24,9 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 TIMEOUT = 10.0
 # The agent refuses to run as root without this; the tests run as root.
 ROOT_FLAGS = ["--allow-root"] if os.geteuid() == 0 else []
+# Runs a command as user nobody with no capabilities at all (needs root).
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+             "--bounding-set=-all"]
 
 
 def free_port():
@@ -236,15 +239,42 @@ def running_workload(name, *args, stdin=None):
 
 
 @contextlib.contextmanager
-def agent_session(workdir, node, target, extra_config="", broker=None):
+def unprivileged_session(node, target):
+    """An agent run as user nobody with no capabilities (AS_NOBODY; the caller checks it runs as
+    root), on a private broker, in a fresh work directory it can write, online, with a client
+    subscribed to its topics; everything started here is stopped on the way out."""
+    work = tempfile.mkdtemp(prefix=f"profiler-agent-{node}-")
+    os.chmod(work, 0o777)
+    broker = Broker(work)
+    broker.start()
+    agent = Agent(broker, work, node, target)
+    client = Client(broker.port)
+    client.subscribe(f"profiler/{node}/#")
+    try:
+        agent.stderr = open(agent.stderr_path, "ab")
+        agent.proc = subprocess.Popen(
+            AS_NOBODY + [AGENT, "--config", agent.config, "--broker", f"127.0.0.1:{broker.port}",
+                         "--database", agent.db, "--output-dir", os.path.join(work, "profiles")],
+            stdout=agent.stderr, stderr=agent.stderr)
+        wait_online(client, node)
+        yield Session(broker, agent, client)
+    finally:
+        client.close()
+        agent.stop()
+        broker.stop()
+
+
+@contextlib.contextmanager
+def agent_session(workdir, node, target, extra_config="", broker=None, topic=None):
     """An agent on broker (a private one when None), online, with a client subscribed to its
-    topics; everything started here is stopped on the way out."""
+    topics (to topic alone when given, which must cover its status); everything started here is
+    stopped on the way out."""
     own = broker is None
     if own:
         broker = Broker(workdir)
         broker.start()
     client = Client(broker.port)
-    client.subscribe(f"profiler/{node}/#")
+    client.subscribe(topic or f"profiler/{node}/#")
     agent = Agent(broker, workdir, node, target, extra_config)
     try:
         agent.start()
@@ -267,6 +297,14 @@ def demo():
 
 
 @pytest.fixture(scope="module")
+def leaky():
+    """build/workloads/leaky: pipes leaked at a known rate, a timerfd and an eventfd in an epoll
+    set, an unlinked log file."""
+    with running_workload("leaky") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
 def broker(workdir):
     b = Broker(workdir)
     b.start()
@@ -277,6 +315,36 @@ def broker(workdir):
 def wait_online(client, node, timeout=TIMEOUT):
     return client.wait_for(lambda m: m.topic == f"profiler/{node}/status" and
                            m.payload == b"online", timeout)
+
+
+def check_logger_ends_with_target(workdir, node, logger, name):
+    """start_log_LOGGER on a target that exits 1.5 s later: the logger says it stopped because the
+    target exited, is no longer running, and cannot start again on the gone pid. name: what the
+    logger's sentences call it ("Object logging")."""
+    sleeper = subprocess.Popen(["sleep", "1.5"])
+    with agent_session(workdir, node, f"pid:{sleeper.pid}") as s:
+        result, _ = s.command(f"start_log_{logger}", {"scan_interval": 1})
+        assert result["status"] == "ok", result
+        sleeper.wait()
+        m = s.client.wait_for(lambda m: m.topic.endswith("/log") and
+                              m.payload.startswith(f"{name} stopped:".encode()), 10)
+        assert b"has exited" in m.payload
+        stop, _ = s.command(f"stop_log_{logger}")
+        assert stop["error"] == f"{name} not running"
+        again, _ = s.command(f"start_log_{logger}", {"scan_interval": 1})
+        assert again["status"] == "error" and "no such process" in again["error"]
+
+
+def growth_records(s, start, count):
+    """The first count distinct "Memory Growth: [" log records after client.seen[start], as the
+    object loggers publish one a scan."""
+    growth = []
+    for _ in range(count):
+        m = s.client.wait_for(lambda m: m.topic.endswith("/log") and
+                              m.payload.startswith(b"Memory Growth: [") and
+                              m not in s.client.seen[:start] and m.payload not in growth)
+        growth.append(m.payload)
+    return growth
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,12 @@ from conftest import agent_session, running_workload
 
 
 @pytest.fixture(scope="module")
-def stuck():
-    """A target one of whose threads cannot be stopped: every dump of it waits for a timeout."""
-    with running_workload("stuck_vfork") as proc:
-        yield proc
-
-
-@pytest.fixture(scope="module")
-def slow_session(workdir, stuck):
-    with agent_session(workdir, "slow", f"pid:{stuck.pid}",
-                       "max_payload_bytes = 16777216\n") as s:
+def slow_session(workdir):
+    """An agent on a target one of whose threads cannot be stopped: every dump of it waits for a
+    timeout."""
+    with running_workload("stuck_vfork") as stuck, \
+            agent_session(workdir, "slow", f"pid:{stuck.pid}",
+                          "max_payload_bytes = 16777216\n") as s:
         yield s
 
 

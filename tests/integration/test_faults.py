@@ -21,7 +21,8 @@ from paho.mqtt.packettypes import PacketTypes
 import pytest
 
 from conftest import (AGENT, BUILD, ROOT_FLAGS, TIMEOUT, Agent, Broker, Client, Session,
-                      agent_session, free_port, running_workload, wait_online)
+                      agent_session, free_port, running_workload, unprivileged_session,
+                      wait_online)
 
 FINAL = re.compile(r"^(profile\.\d+\.cprof|callgrind\.out\.\d+|flamegraph\.\d+\.svg|"
                    r"heap_profile\.\d+\.hpy|massif\.out\.\d+)$")
@@ -79,31 +80,12 @@ def test_ping_names_missing_capabilities(workdir):
         assert result["summary"]["missing_capabilities"] == []
     if os.geteuid() != 0:
         pytest.skip("needs root to run the agent as another user")
-    work = tempfile.mkdtemp(prefix="profiler-agent-caps-")
-    os.chmod(work, 0o777)
-    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-            "--inh-caps=-all", "--bounding-set=-all"]
-    broker = Broker(work)
-    broker.start()
-    agent = Agent(broker, work, "capsnobody", "self")
-    client = Client(broker.port)
-    client.subscribe("profiler/capsnobody/#")
-    try:
-        agent.stderr = open(agent.stderr_path, "ab")
-        agent.proc = subprocess.Popen(
-            drop + [AGENT, "--config", agent.config, "--broker", f"127.0.0.1:{broker.port}",
-                    "--database", agent.db, "--output-dir", os.path.join(work, "profiles")],
-            stdout=agent.stderr, stderr=agent.stderr)
-        wait_online(client, "capsnobody")
-        result, _ = Session(broker, agent, client).command("ping")
+    with unprivileged_session("capsnobody", "self") as s:
+        result, _ = s.command("ping")
         assert result["status"] == "ok", result
         assert result["summary"]["uid"] == 65534
         assert sorted(result["summary"]["missing_capabilities"]) == [
             "CAP_DAC_READ_SEARCH", "CAP_PERFMON", "CAP_SYS_PTRACE"]
-    finally:
-        client.close()
-        agent.stop()
-        broker.stop()
 
 
 class PersistentClient:

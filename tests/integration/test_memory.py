@@ -67,6 +67,14 @@ def stop_and_check(proc):
     return int(m.group(1))
 
 
+def hooked_mid_run(s, payload):
+    """Sends a memory command without waiting for its result; returns once it reports progress,
+    its hooks then installed."""
+    s.client.drain()
+    s.client.publish(f"{s.prefix}/memory", payload)
+    assert s.client.wait_for(lambda m: m.topic.endswith("/progress"), timeout=20)
+
+
 @pytest.fixture
 def allocs():
     with running_workload("allocs") as proc:
@@ -140,9 +148,7 @@ def test_static_binary_falls_back_to_uprobes(workdir):
 def test_agent_killed_mid_run_leaves_the_target_working(workdir, allocs):
     before = malloc_binding(allocs.pid)
     with agent_session(workdir, "memk", f"pid:{allocs.pid}") as s:
-        s.client.drain()
-        s.client.publish("profiler/memk/memory", '{"seconds": 60}')
-        assert s.client.wait_for(lambda m: m.topic.endswith("/progress"), timeout=20)
+        hooked_mid_run(s, '{"seconds": 60}')
         assert malloc_binding(allocs.pid) != before     # hooked now
         s.agent.proc.kill()
         s.agent.proc.wait()
@@ -175,9 +181,7 @@ def test_refusals(workdir, allocs):
 def test_clean_stop_mid_run_restores_at_once_and_answers(workdir, allocs):
     before = malloc_binding(allocs.pid)
     with agent_session(workdir, "memc", f"pid:{allocs.pid}") as s:
-        s.client.drain()
-        s.client.publish("profiler/memc/memory", '{"seconds": 60, "request_id": "long"}')
-        assert s.client.wait_for(lambda m: m.topic.endswith("/progress"), timeout=20)
+        hooked_mid_run(s, '{"seconds": 60, "request_id": "long"}')
         assert malloc_binding(allocs.pid) != before
         s.agent.stop()
         assert malloc_binding(allocs.pid) == before

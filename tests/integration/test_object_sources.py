@@ -6,21 +6,14 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 import time
 
 import pytest
 
-from conftest import (AGENT, BUILD, Agent, Broker, Client, Session, agent_session,
-                      running_workload, wait_online)
+from conftest import (AS_NOBODY, BUILD, agent_session, check_logger_ends_with_target,
+                      growth_records, unprivileged_session)
 
 NEW = re.compile(r"New object: (\w+) (<.*>) from:\nThread \[([^\]]*)\]: tid=(\d+)\n(.*)", re.S)
-
-
-@pytest.fixture(scope="module")
-def leaky():
-    with running_workload("leaky") as proc:
-        yield proc
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +44,7 @@ def test_sources_start_records_stop(srcs, leaky):
     assert again["status"] == "error"
     assert again["error"] == "Object source logging already started"
     # Four scans: the first counts everything, each later one has about ten new pipes.
-    growth = []
-    for _ in range(4):
-        m = srcs.client.wait_for(lambda m: m.topic.endswith("/log") and
-                                 m.payload.startswith(b"Memory Growth: [") and
-                                 m not in srcs.client.seen[:start] and m.payload not in growth)
-        growth.append(m.payload)
+    growth_records(srcs, start, 4)
     logs = logs_since(srcs, start)
     scans, current = [], None
     for text in logs:
@@ -128,18 +116,7 @@ def test_default_max_objects_and_bad_values(srcs):
 
 
 def test_sources_stop_when_the_target_exits(workdir):
-    sleeper = subprocess.Popen(["sleep", "1.5"])
-    with agent_session(workdir, "srcexit", f"pid:{sleeper.pid}") as s:
-        result, _ = s.command("start_log_object_sources", {"scan_interval": 1})
-        assert result["status"] == "ok", result
-        sleeper.wait()
-        m = s.client.wait_for(lambda m: m.topic.endswith("/log") and
-                              m.payload.startswith(b"Object source logging stopped:"), 10)
-        assert b"has exited" in m.payload
-        stop, _ = s.command("stop_log_object_sources")
-        assert stop["error"] == "Object source logging not running"
-        again, _ = s.command("start_log_object_sources", {"scan_interval": 1})
-        assert again["status"] == "error" and "no such process" in again["error"]
+    check_logger_ends_with_target(workdir, "srcexit", "object_sources", "Object source logging")
 
 
 def test_not_permitted_says_what_is_needed():
@@ -147,34 +124,16 @@ def test_not_permitted_says_what_is_needed():
     tracepoints are root's, so the start fails with a sentence naming what is missing."""
     if os.geteuid() != 0:
         pytest.skip("needs root to run the agent as another user")
-    work = tempfile.mkdtemp(prefix="profiler-agent-nopriv-")
-    os.chmod(work, 0o777)
-    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-            "--inh-caps=-all", "--bounding-set=-all"]
-    target = subprocess.Popen(drop + ["sleep", "60"])
-    broker = Broker(work)
-    broker.start()
-    agent = Agent(broker, work, "nopriv", f"pid:{target.pid}")
-    client = Client(broker.port)
-    client.subscribe("profiler/nopriv/#")
+    target = subprocess.Popen(AS_NOBODY + ["sleep", "60"])
     try:
-        agent.stderr = open(agent.stderr_path, "ab")
-        agent.proc = subprocess.Popen(
-            drop + [AGENT, "--config", agent.config, "--broker", f"127.0.0.1:{broker.port}",
-                    "--database", agent.db, "--output-dir", os.path.join(work, "profiles")],
-            stdout=agent.stderr, stderr=agent.stderr)
-        wait_online(client, "nopriv")
-        s = Session(broker, agent, client)
-        result, _ = s.command("start_log_object_sources", {"scan_interval": 1})
-        assert result["status"] == "error", result
-        assert result["error"].startswith("Object source logging is not permitted"), result
-        assert "CAP_PERFMON" in result["error"] and "/sys/kernel/tracing" in result["error"]
-        stop, _ = s.command("stop_log_object_sources")
-        assert stop["error"] == "Object source logging not running"
+        with unprivileged_session("nopriv", f"pid:{target.pid}") as s:
+            result, _ = s.command("start_log_object_sources", {"scan_interval": 1})
+            assert result["status"] == "error", result
+            assert result["error"].startswith("Object source logging is not permitted"), result
+            assert "CAP_PERFMON" in result["error"] and "/sys/kernel/tracing" in result["error"]
+            stop, _ = s.command("stop_log_object_sources")
+            assert stop["error"] == "Object source logging not running"
     finally:
-        client.close()
-        agent.stop()
-        broker.stop()
         target.kill()
         target.wait()
 

@@ -2,17 +2,10 @@
 scheduled, on a workload that leaks pipes at a known rate and runs a timerfd in an epoll set."""
 import json
 import re
-import subprocess
 
 import pytest
 
-from conftest import agent_session, running_workload
-
-
-@pytest.fixture(scope="module")
-def leaky():
-    with running_workload("leaky") as proc:
-        yield proc
+from conftest import agent_session, check_logger_ends_with_target, growth_records
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +24,7 @@ def test_growth_logging_start_stop(objs):
     assert result["status"] == "ok", result
     again, _ = objs.command("start_log_objects", {"scan_interval": 1})
     assert again["status"] == "error" and again["error"] == "Object logging already started"
-    start = len(objs.client.seen)
-    growth = []
-    for _ in range(3):
-        m = objs.client.wait_for(lambda m: m.topic.endswith("/log") and
-                                 m.payload.startswith(b"Memory Growth: [") and
-                                 m not in objs.client.seen[:start] and m.payload not in growth)
-        growth.append(m.payload)
+    growth = growth_records(objs, len(objs.client.seen), 3)
     # After the first scan, only what grew is listed: the leaked pipes, by about 10 a second.
     later = growth[-1].decode()
     assert re.fullmatch(r"Memory Growth: \[\('pipe', \d+, \d+\)(, \('\w+', \d+, \d+\))*\]", later)
@@ -81,15 +68,4 @@ def test_log_event_loop_scheduled(objs):
 
 
 def test_logger_stops_when_the_target_exits(workdir):
-    sleeper = subprocess.Popen(["sleep", "1.5"])
-    with agent_session(workdir, "objexit", f"pid:{sleeper.pid}") as s:
-        result, _ = s.command("start_log_objects", {"scan_interval": 1})
-        assert result["status"] == "ok"
-        sleeper.wait()
-        m = s.client.wait_for(lambda m: m.topic.endswith("/log") and
-                              m.payload.startswith(b"Object logging stopped:"), 10)
-        assert b"has exited" in m.payload
-        stop, _ = s.command("stop_log_objects")
-        assert stop["error"] == "Object logging not running"
-        again, _ = s.command("start_log_objects", {"scan_interval": 1})
-        assert again["status"] == "error" and "no such process" in again["error"]
+    check_logger_ends_with_target(workdir, "objexit", "objects", "Object logging")

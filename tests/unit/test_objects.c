@@ -27,62 +27,38 @@
 #include <cmocka.h>
 #include "objects/objects.h"
 #include "os/procfs.h"
-
-#define LINES_MAX 16384
-
-struct lines {
-    size_t n;
-    char *v[LINES_MAX];
-    int stop_after; /* emit returns -ECANCELED after that many; 0: never */
-};
+#include "testutil.h"
 
 struct leaky {
     pid_t pid;
     int timerfd, eventfd, epoll, file;
 };
 
-static int collect(const char *line, void *userdata)
+/* Checks that a dump of pid's objects of type t has a line starting with the formatted text. */
+static void expect_dumped(pid_t pid, enum objects_type t, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void expect_dumped(pid_t pid, enum objects_type t, const char *fmt, ...)
 {
-    struct lines *l = userdata;
+    struct testutil_lines l = {0};
+    char want[512];
+    va_list ap;
 
-    assert_true(l->n < LINES_MAX);
-    l->v[l->n] = strdup(line);
-    assert_non_null(l->v[l->n]);
-    l->n++;
-    return l->stop_after && (int)l->n == l->stop_after ? -ECANCELED : 0;
-}
-
-static struct lines *lines_new(void)
-{
-    struct lines *l = calloc(1, sizeof(*l));
-
-    assert_non_null(l);
-    return l;
-}
-
-static void lines_free(struct lines *l)
-{
-    for (size_t i = 0; i < l->n; i++)
-        free(l->v[i]);
-    free(l);
-}
-
-static const char *find_prefix(const struct lines *l, const char *prefix)
-{
-    for (size_t i = 0; i < l->n; i++)
-        if (strncmp(l->v[i], prefix, strlen(prefix)) == 0)
-            return l->v[i];
-    return NULL;
+    va_start(ap, fmt);
+    vsnprintf(want, sizeof(want), fmt, ap);
+    va_end(ap);
+    assert_int_equal(objects_dump(PROCFS_ROOT, pid, t, testutil_collect, &l, NULL), 0);
+    assert_non_null(testutil_find_prefix(&l, want));
+    testutil_lines_clear(&l);
 }
 
 static void leaky_start(struct leaky *lk)
 {
-    const char *b = getenv("BUILD");
     char path[PATH_MAX], line[256];
     int out[2];
     FILE *f;
 
-    snprintf(path, sizeof(path), "%s/workloads/leaky", b && *b ? b : "build");
+    testutil_workload_path("leaky", path, sizeof(path));
     assert_int_equal(pipe(out), 0);
     lk->pid = fork();
     assert_true(lk->pid >= 0);
@@ -173,13 +149,14 @@ static void test_count_growth(void **state)
     /* A file that cannot be read is named: the fixture's pid 300 has no fd directory. */
     assert_int_equal(objects_count("tests/unit/fixtures/proc", 300, &a, &e), -ENOENT);
     assert_non_null(strstr(e.reason, "tests/unit/fixtures/proc/300/fd"));
-    assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_PIPE, collect, NULL, NULL), -ESRCH);
-    assert_int_equal(objects_scheduled(PROCFS_ROOT, lk.pid, collect, NULL, NULL), -ESRCH);
+    assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_PIPE, testutil_collect, NULL, NULL),
+                     -ESRCH);
+    assert_int_equal(objects_scheduled(PROCFS_ROOT, lk.pid, testutil_collect, NULL, NULL), -ESRCH);
 }
 
 static void test_leaky_reprs(void **state)
 {
-    struct lines *l = lines_new();
+    struct testutil_lines l = {0};
     char want[512], link[PATH_MAX];
     struct leaky lk;
     regex_t re;
@@ -193,48 +170,43 @@ static void test_leaky_reprs(void **state)
 
     fd_link(lk.pid, lk.timerfd, link, sizeof(link));
     assert_string_equal(link, "anon_inode:[timerfd]");
-    assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_TIMERFD, collect, l, NULL), 0);
-    assert_int_equal(l->n, 1);
+    assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_TIMERFD, testutil_collect, &l, NULL),
+                     0);
+    assert_int_equal(l.n, 1);
     snprintf(want, sizeof(want),
              "^<timerfd fd=%d clock=monotonic next=([0-9]+\\.[0-9]{3})s "
              "interval=7s>$",
              lk.timerfd);
     assert_int_equal(regcomp(&re, want, REG_EXTENDED), 0);
-    assert_int_equal(regexec(&re, l->v[0], 2, m, 0), 0);
+    assert_int_equal(regexec(&re, l.v[0], 2, m, 0), 0);
     regfree(&re);
-    next = strtod(l->v[0] + m[1].rm_so, NULL);
+    next = strtod(l.v[0] + m[1].rm_so, NULL);
     assert_true(next > 0 && next <= 7.0);
-    lines_free(l);
+    testutil_lines_clear(&l);
 
-    l = lines_new();
-    assert_int_equal(objects_scheduled(PROCFS_ROOT, lk.pid, collect, l, NULL), 0);
+    assert_int_equal(objects_scheduled(PROCFS_ROOT, lk.pid, testutil_collect, &l, NULL), 0);
     snprintf(want, sizeof(want), "<timerfd fd=%d clock=monotonic next=", lk.timerfd);
-    assert_non_null(find_prefix(l, want));
+    assert_non_null(testutil_find_prefix(&l, want));
     snprintf(want, sizeof(want),
              "<epoll fd=%d watches fd=%d (timerfd) events=EPOLLIN, fd=%d "
              "(eventfd) events=EPOLLIN|EPOLLET>",
              lk.epoll, lk.timerfd, lk.eventfd);
-    assert_non_null(find_prefix(l, want));
-    lines_free(l);
+    assert_non_null(testutil_find_prefix(&l, want));
+    testutil_lines_clear(&l);
 
-    l = lines_new();
-    assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_FILE, collect, l, NULL), 0);
-    snprintf(want, sizeof(want),
-             "<file fd=%d path=/tmp/leaky.%d.log (deleted) pos=4096 "
-             "flags=O_WRONLY|",
-             lk.file, (int)lk.pid);
-    assert_non_null(find_prefix(l, want));
-    lines_free(l);
+    expect_dumped(lk.pid, OBJECTS_FILE,
+                  "<file fd=%d path=/tmp/leaky.%d.log (deleted) pos=4096 flags=O_WRONLY|", lk.file,
+                  (int)lk.pid);
 
     /* Each leaked pipe: read end fd R, write end R+1, each naming the other. */
-    l = lines_new();
-    assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_PIPE, collect, l, NULL), 0);
-    assert_true(l->n >= 2);
-    for (size_t i = 0; i < l->n; i++) {
+    assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_PIPE, testutil_collect, &l, NULL),
+                     0);
+    assert_true(l.n >= 2);
+    for (size_t i = 0; i < l.n; i++) {
         int fd, other;
         unsigned long ino;
         char peer[256];
-        if (sscanf(l->v[i], "<pipe fd=%d inode=%lu read end, other end: pid %*d fd %d>", &fd, &ino,
+        if (sscanf(l.v[i], "<pipe fd=%d inode=%lu read end, other end: pid %*d fd %d>", &fd, &ino,
                    &other) != 3)
             continue;
         fd_link(lk.pid, fd, link, sizeof(link));
@@ -242,24 +214,24 @@ static void test_leaky_reprs(void **state)
         assert_string_equal(link, want);
         snprintf(peer, sizeof(peer), "<pipe fd=%d inode=%lu write end, other end: pid %d fd %d>",
                  other, ino, (int)lk.pid, fd);
-        assert_non_null(find_prefix(l, peer));
+        assert_non_null(testutil_find_prefix(&l, peer));
         pairs++;
     }
-    assert_true(pairs >= 2 && pairs * 2 <= l->n);
-    lines_free(l);
+    assert_true(pairs >= 2 && pairs * 2 <= l.n);
+    testutil_lines_clear(&l);
 
-    l = lines_new();
-    assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_THREAD, collect, l, NULL), 0);
-    assert_int_equal(l->n, 3);
+    assert_int_equal(objects_dump(PROCFS_ROOT, lk.pid, OBJECTS_THREAD, testutil_collect, &l, NULL),
+                     0);
+    assert_int_equal(l.n, 3);
     snprintf(want, sizeof(want), "<thread tid=%d name=leaky state=", (int)lk.pid);
-    assert_non_null(find_prefix(l, want));
-    lines_free(l);
+    assert_non_null(testutil_find_prefix(&l, want));
+    testutil_lines_clear(&l);
     leaky_stop(&lk);
 }
 
 static void test_own_objects(void **state)
 {
-    struct lines *l;
+    struct testutil_lines l = {0};
     char want[512], path[] = "/tmp/test_objects.XXXXXX";
     struct sigevent sev = {.sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGUSR2};
     struct stat st;
@@ -288,66 +260,47 @@ static void test_own_objects(void **state)
     assert_true(inotify_add_watch(ifd, "/", IN_CREATE) >= 0);
     assert_int_equal(timer_create(CLOCK_MONOTONIC, &sev, &timer), 0);
 
-    l = lines_new();
-    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_PIPE, collect, l, NULL), 0);
+    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_PIPE, testutil_collect, &l, NULL),
+                     0);
     assert_int_equal(fstat(p[0], &st), 0);
     snprintf(want, sizeof(want), "<pipe fd=%d inode=%lu read end, other end: pid %d fd %d>", p[0],
              (unsigned long)st.st_ino, (int)getpid(), p[1]);
-    assert_non_null(find_prefix(l, want));
+    assert_non_null(testutil_find_prefix(&l, want));
     assert_int_equal(fstat(q[0], &st), 0);
     snprintf(want, sizeof(want),
              "<pipe fd=%d inode=%lu read end, other end: not in this "
              "process>",
              q[0], (unsigned long)st.st_ino);
-    assert_non_null(find_prefix(l, want));
-    lines_free(l);
+    assert_non_null(testutil_find_prefix(&l, want));
+    testutil_lines_clear(&l);
 
-    l = lines_new();
-    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_FILE, collect, l, NULL), 0);
-    snprintf(want, sizeof(want), "<file fd=%d path=%s pos=10 flags=O_RDWR|O_APPEND", fd, path);
-    assert_non_null(find_prefix(l, want));
-    lines_free(l);
+    expect_dumped(getpid(), OBJECTS_FILE, "<file fd=%d path=%s pos=10 flags=O_RDWR|O_APPEND", fd,
+                  path);
+    expect_dumped(getpid(), OBJECTS_EVENTFD, "<eventfd fd=%d count=5>", efd);
+    expect_dumped(getpid(), OBJECTS_SIGNALFD, "<signalfd fd=%d sigmask=SIGUSR1|SIGTERM>", sfd);
+    expect_dumped(getpid(), OBJECTS_INOTIFY, "<inotify fd=%d watches=2>", ifd);
 
-    l = lines_new();
-    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_EVENTFD, collect, l, NULL), 0);
-    snprintf(want, sizeof(want), "<eventfd fd=%d count=5>", efd);
-    assert_non_null(find_prefix(l, want));
-    lines_free(l);
+    assert_int_equal(
+        objects_dump(PROCFS_ROOT, getpid(), OBJECTS_MAPPING, testutil_collect, &l, NULL), 0);
+    assert_true(l.n > 5);
+    assert_non_null(testutil_find_prefix(&l, "<mapping "));
+    testutil_lines_clear(&l);
 
-    l = lines_new();
-    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_SIGNALFD, collect, l, NULL), 0);
-    snprintf(want, sizeof(want), "<signalfd fd=%d sigmask=SIGUSR1|SIGTERM>", sfd);
-    assert_non_null(find_prefix(l, want));
-    lines_free(l);
-
-    l = lines_new();
-    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_INOTIFY, collect, l, NULL), 0);
-    snprintf(want, sizeof(want), "<inotify fd=%d watches=2>", ifd);
-    assert_non_null(find_prefix(l, want));
-    lines_free(l);
-
-    l = lines_new();
-    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_MAPPING, collect, l, NULL), 0);
-    assert_true(l->n > 5);
-    assert_non_null(find_prefix(l, "<mapping "));
-    lines_free(l);
-
-    l = lines_new();
-    assert_int_equal(objects_scheduled(PROCFS_ROOT, getpid(), collect, l, NULL), 0);
+    assert_int_equal(objects_scheduled(PROCFS_ROOT, getpid(), testutil_collect, &l, NULL), 0);
     snprintf(want, sizeof(want),
              "<posix timer id=%ld clock=monotonic notify=signal/%d "
              "target=pid.%d>",
              (long)(intptr_t)timer, SIGUSR2, (int)getpid());
-    assert_non_null(find_prefix(l, want));
-    lines_free(l);
+    assert_non_null(testutil_find_prefix(&l, want));
+    testutil_lines_clear(&l);
 
     /* emit's negative value stops the dump and is returned. */
-    l = lines_new();
-    l->stop_after = 1;
-    assert_int_equal(objects_dump(PROCFS_ROOT, getpid(), OBJECTS_MAPPING, collect, l, NULL),
-                     -ECANCELED);
-    assert_int_equal(l->n, 1);
-    lines_free(l);
+    l.stop_after = 1;
+    assert_int_equal(
+        objects_dump(PROCFS_ROOT, getpid(), OBJECTS_MAPPING, testutil_collect, &l, NULL),
+        -ECANCELED);
+    assert_int_equal(l.n, 1);
+    testutil_lines_clear(&l);
 
     timer_delete(timer);
     unlink(path);

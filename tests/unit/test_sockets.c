@@ -31,48 +31,21 @@
 #include <cmocka.h>
 #include "os/procfs.h"
 #include "objects/sockets.h"
+#include "testutil.h"
 
 #include <linux/in6.h> /* after netinet/in.h, to which it defers */
 
 #define FIX "tests/unit/fixtures/proc"
-#define LINES_MAX 256
 #define LIVE_ROOT "/proc/." /* the same procfs, but not PROCFS_ROOT: the table path */
 #define FDS_MAX 32
 
-struct lines {
-    size_t n;
-    char *v[LINES_MAX];
-    int stop_after; /* emit returns -ECANCELED after that many; 0: never */
-};
-
-static int collect(const char *line, void *userdata)
-{
-    struct lines *l = userdata;
-
-    assert_true(l->n < LINES_MAX);
-    l->v[l->n] = strdup(line);
-    assert_non_null(l->v[l->n]);
-    l->n++;
-    return l->stop_after && (int)l->n == l->stop_after ? -ECANCELED : 0;
-}
-
-static void lines_free(struct lines *l)
-{
-    for (size_t i = 0; i < l->n; i++)
-        free(l->v[i]);
-    l->n = 0;
-}
-
 /* The line of fd, or NULL. */
-static const char *line_of(const struct lines *l, int fd)
+static const char *line_of(const struct testutil_lines *l, int fd)
 {
     char prefix[48];
 
     snprintf(prefix, sizeof(prefix), "<socket.socket fd=%d, ", fd);
-    for (size_t i = 0; i < l->n; i++)
-        if (strncmp(l->v[i], prefix, strlen(prefix)) == 0)
-            return l->v[i];
-    return NULL;
+    return testutil_find_prefix(l, prefix);
 }
 
 static int fd_of(const char *line)
@@ -120,32 +93,32 @@ static void test_fixture(void **state)
         "<socket.socket fd=19, family=2, type=2, proto=17, laddr=('127.0.0.1', 53), "
         "raddr=('127.0.0.1', 54)>",
     };
-    struct lines l = {0};
+    struct testutil_lines l = {0};
     struct error e;
 
     (void)state;
     if (!little_endian())
         skip();
-    assert_int_equal(sockets_dump(FIX, 400, collect, &l, NULL), 0);
+    assert_int_equal(sockets_dump(FIX, 400, testutil_collect, &l, NULL), 0);
     for (size_t i = 0; i < l.n && i < sizeof(expect) / sizeof(expect[0]); i++)
         assert_string_equal(l.v[i], expect[i]);
     assert_int_equal(l.n, sizeof(expect) / sizeof(expect[0]));
-    lines_free(&l);
+    testutil_lines_clear(&l);
 
     l.stop_after = 2;
-    assert_int_equal(sockets_dump(FIX, 400, collect, &l, NULL), -ECANCELED);
+    assert_int_equal(sockets_dump(FIX, 400, testutil_collect, &l, NULL), -ECANCELED);
     assert_int_equal(l.n, 2);
-    lines_free(&l);
+    testutil_lines_clear(&l);
 
     /* No sockets, no fd directory, no process. */
-    assert_int_equal(sockets_dump(FIX, 100, collect, &l, NULL), 0);
+    assert_int_equal(sockets_dump(FIX, 100, testutil_collect, &l, NULL), 0);
     assert_int_equal(l.n, 1); /* fd 3 is a socket in no table: 100 has none */
     assert_string_equal(l.v[0], "<socket.socket fd=3, family=?, type=?, proto=?, inode=1234>");
-    lines_free(&l);
-    assert_int_equal(sockets_dump(FIX, 300, collect, &l, &e), -ENOENT);
+    testutil_lines_clear(&l);
+    assert_int_equal(sockets_dump(FIX, 300, testutil_collect, &l, &e), -ENOENT);
     assert_int_equal(e.code, -ENOENT);
     assert_non_null(strstr(e.reason, FIX "/300/fd"));
-    assert_int_equal(sockets_dump(FIX, 999, collect, &l, NULL), -ESRCH);
+    assert_int_equal(sockets_dump(FIX, 999, testutil_collect, &l, NULL), -ESRCH);
     assert_int_equal(l.n, 0);
 }
 
@@ -308,7 +281,7 @@ static void test_live(void **state)
     socklen_t sl = sizeof(in), abslen;
     int lst, cli, udp, udpc, pair[2], ul, uc, ua, nlb, fds_before;
     struct live lv = {0};
-    struct lines l = {0};
+    struct testutil_lines l = {0};
 
     (void)state;
     lst = socket(AF_INET, SOCK_STREAM, 0);
@@ -356,7 +329,7 @@ static void test_live(void **state)
     keep(&lv, nlb, DIFFERENT);
 
     fds_before = count_fds();
-    assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), collect, &l, NULL), 0);
+    assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), testutil_collect, &l, NULL), 0);
     assert_int_equal(count_fds(), fds_before);
     for (int i = 0; i < lv.n; i++) {
         const char *got = line_of(&l, lv.fd[i]);
@@ -367,10 +340,10 @@ static void test_live(void **state)
     /* Lines come in fd order. */
     for (size_t i = 1; i < l.n; i++)
         assert_true(fd_of(l.v[i - 1]) < fd_of(l.v[i]));
-    lines_free(&l);
+    testutil_lines_clear(&l);
 
     /* The tables, on the same sockets: what they can tell, they tell alike. */
-    assert_int_equal(sockets_dump(LIVE_ROOT, getpid(), collect, &l, NULL), 0);
+    assert_int_equal(sockets_dump(LIVE_ROOT, getpid(), testutil_collect, &l, NULL), 0);
     for (int i = 0; i < lv.n; i++) {
         const char *got = line_of(&l, lv.fd[i]);
         assert_non_null(got);
@@ -384,24 +357,24 @@ static void test_live(void **state)
             assert_string_equal(got, expect);
         }
     }
-    lines_free(&l);
+    testutil_lines_clear(&l);
 
     /* Stopped by emit: no duplicate stays open either. */
     l.stop_after = 3;
-    assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), collect, &l, NULL), -ECANCELED);
+    assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), testutil_collect, &l, NULL), -ECANCELED);
     assert_int_equal(l.n, 3);
     assert_int_equal(count_fds(), fds_before);
-    lines_free(&l);
+    testutil_lines_clear(&l);
     l.stop_after = 0;
 
     for (int i = 0; i < lv.n; i++)
         close(lv.fd[i]);
     unlink(path);
     unlink(lpath);
-    assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), collect, &l, NULL), 0);
+    assert_int_equal(sockets_dump(PROCFS_ROOT, getpid(), testutil_collect, &l, NULL), 0);
     for (int i = 0; i < lv.n; i++)
         assert_null(line_of(&l, lv.fd[i]));
-    lines_free(&l);
+    testutil_lines_clear(&l);
 }
 
 /* Python describes its own sockets; the dump of that process must say the same, line for line.
@@ -453,7 +426,7 @@ static void test_python(void **state)
     int in[2], out[2], fds_before;
     char buf[16384];
     size_t len = 0;
-    struct lines l = {0};
+    struct testutil_lines l = {0};
     size_t checked = 0;
     bool ended = false;
     pid_t pid;
@@ -488,7 +461,7 @@ static void test_python(void **state)
     buf[len] = '\0';
     assert_true(ended);
     fds_before = count_fds();
-    assert_int_equal(sockets_dump(PROCFS_ROOT, pid, collect, &l, NULL), 0);
+    assert_int_equal(sockets_dump(PROCFS_ROOT, pid, testutil_collect, &l, NULL), 0);
     assert_int_equal(count_fds(), fds_before);
     for (char *line = buf, *nl; *line; line = nl + 1) {
         const char *got;
@@ -503,11 +476,11 @@ static void test_python(void **state)
     /* Python's sockets, and no others: its stdin and stdout are pipes. */
     assert_true(checked >= 14);
     assert_int_equal(l.n, checked);
-    lines_free(&l);
+    testutil_lines_clear(&l);
     close(in[1]);
     fclose(f);
     assert_int_equal(waitpid(pid, NULL, 0), pid);
-    assert_int_equal(sockets_dump(PROCFS_ROOT, pid, collect, &l, NULL), -ESRCH);
+    assert_int_equal(sockets_dump(PROCFS_ROOT, pid, testutil_collect, &l, NULL), -ESRCH);
 }
 
 /* Takes the capabilities in drop out of this process's effective and permitted sets. */
@@ -538,7 +511,7 @@ static void test_refused(void **state)
     struct sockaddr_in in = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     int hold[2], ready[2], out[2], udp, unbound, probe = -1, rc = 1;
     char buf[4096], expect[512], c;
-    struct lines l = {0};
+    struct testutil_lines l = {0};
     pid_t target, dumper;
     size_t len = 0;
     ssize_t n;
@@ -603,7 +576,7 @@ static void test_refused(void **state)
         *nl = '\0';
         if (sscanf(line, "probe=%d", &probe) == 1 || sscanf(line, "rc=%d", &rc) == 1)
             continue;
-        collect(line, &l);
+        assert_int_equal(testutil_collect(line, &l), 0);
     }
     if (probe < 0)
         skip(); /* the dumper could not set itself up */
@@ -615,7 +588,7 @@ static void test_refused(void **state)
     unlisted_repr(unbound, expect, sizeof(expect));
     assert_non_null(line_of(&l, unbound));
     assert_string_equal(line_of(&l, unbound), expect);
-    lines_free(&l);
+    testutil_lines_clear(&l);
     close(udp);
     close(unbound);
 }

@@ -1,13 +1,16 @@
-/* Helpers the C unit tests share: where the test workloads are built, and reading a workload's
- * "ready" line without waiting forever. Header-only: each test is one translation unit. */
+/* Helpers the C unit tests share: where the test workloads are built, reading a workload's
+ * "ready" line without waiting forever, and collecting the lines a dump emits. Header-only: each
+ * test is one translation unit. */
 #ifndef TESTUTIL_H
 #define TESTUTIL_H
 
+#include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 #include <sys/wait.h>
 
@@ -99,6 +102,54 @@ static inline int testutil_parked_query(struct testutil_child *c, long *sleeps, 
     if (write(c->in, "q", 1) != 1 || testutil_read_line(c->out, line, sizeof(line), 5000))
         return -1;
     return sscanf(line, "sleeps=%ld reads=%ld", sleeps, reads) == 2 ? 0 : -1;
+}
+
+/* The lines an emit callback (objects_dump, sockets_dump) was handed, copied; zeroed to start. */
+struct testutil_lines {
+    char **v;
+    size_t n, cap;
+    int stop_after; /* testutil_collect returns -ECANCELED after that many; 0: never */
+};
+
+/* An emit callback appending to a struct testutil_lines: -ENOMEM, which the dump returns and
+ * the test then sees, when a copy cannot be made. */
+static inline int testutil_collect(const char *line, void *userdata)
+{
+    struct testutil_lines *l = userdata;
+
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 64;
+        char **v = realloc(l->v, cap * sizeof(*v));
+
+        if (!v)
+            return -ENOMEM;
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n] = strdup(line);
+    if (!l->v[l->n])
+        return -ENOMEM;
+    l->n++;
+    return l->stop_after && (int)l->n == l->stop_after ? -ECANCELED : 0;
+}
+
+/* Frees the copies; l is empty again, stop_after kept. */
+static inline void testutil_lines_clear(struct testutil_lines *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
+}
+
+/* The first line starting with prefix, or NULL. */
+static inline const char *testutil_find_prefix(const struct testutil_lines *l, const char *prefix)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (strncmp(l->v[i], prefix, strlen(prefix)) == 0)
+            return l->v[i];
+    return NULL;
 }
 
 #endif
