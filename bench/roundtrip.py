@@ -16,7 +16,9 @@ IDLE_SECONDS = float(os.environ.get("IDLE_SECONDS", "10"))
 
 
 def main():
-    with agents_on_broker(["bench"], ("profiler/bench/status",)) as (broker, agents, client):
+    # The rate limit (60 a minute by default) would refuse most of the N commands.
+    with agents_on_broker(["bench"], ("profiler/bench/status",),
+                          extra_config="rate_limit = 0\n") as (broker, agents, client):
         measure(broker, agents[0], client)
 
 
