@@ -30,8 +30,8 @@ WORKLOADS  := $(patsubst tests/workloads/%.c,$(BUILD)/workloads/%,$(wildcard tes
 VERSION  := $(shell cat VERSION 2>/dev/null || echo 0.1.0)
 CFLAGS   += -DPROFILER_AGENT_VERSION='"$(VERSION)"'
 
-# Installed layout (`make install PREFIX=/usr DESTDIR=/tmp/root`). The agent finds its schemas
-# and hook library beside its executable first (a build tree), then here.
+# Installed layout (`make install PREFIX=/usr DESTDIR=/tmp/root`). The agent finds its schemas,
+# Python scripts and hook library beside its executable first (a build tree), then here.
 PREFIX     ?= /usr/local
 BINDIR     ?= $(PREFIX)/bin
 LIBDIR     ?= $(PREFIX)/lib/profiler-agent
@@ -39,7 +39,8 @@ DATADIR    ?= $(PREFIX)/share/profiler-agent
 MANDIR     ?= $(PREFIX)/share/man
 SYSCONFDIR ?= /etc
 UNITDIR    ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,$(PREFIX)/lib/systemd/system)
-CFLAGS     += -DPROFILER_AGENT_LIBDIR='"$(LIBDIR)"' -DPROFILER_AGENT_SCHEMADIR='"$(DATADIR)/schemas"'
+CFLAGS     += -DPROFILER_AGENT_LIBDIR='"$(LIBDIR)"' -DPROFILER_AGENT_SCHEMADIR='"$(DATADIR)/schemas"' \
+              -DPROFILER_AGENT_PYSCRIPTDIR='"$(DATADIR)/pyscripts"'
 
 HOOKLIB  := $(BUILD)/libprofiler-agent-memhook.so
 
@@ -47,8 +48,9 @@ HOOKLIB  := $(BUILD)/libprofiler-agent-memhook.so
         clean install deb FORCE
 all: $(BUILD)/profiler-agent $(HOOKLIB) $(WORKLOADS)
 
-# The compiled-in paths change with PREFIX: rebuild the two objects that use them when it does.
-$(BUILD)/agent/main.o $(BUILD)/agent/actions/memory.o: $(BUILD)/paths.stamp
+# The compiled-in paths change with PREFIX: rebuild the objects that use them when it does.
+$(BUILD)/agent/main.o $(BUILD)/agent/actions/memory.o $(BUILD)/agent/actions/lru_stats.o: \
+    $(BUILD)/paths.stamp
 $(BUILD)/paths.stamp: FORCE
 	@mkdir -p $(dir $@)
 	@echo '$(LIBDIR) $(DATADIR)' | cmp -s - $@ || echo '$(LIBDIR) $(DATADIR)' > $@
@@ -186,10 +188,12 @@ bench: all
 # an existing config is never overwritten.
 install: $(BUILD)/profiler-agent $(HOOKLIB)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(DATADIR)/schemas \
+	    $(DESTDIR)$(DATADIR)/pyscripts \
 	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/profiler-agent $(DESTDIR)$(UNITDIR)
 	install -m 0755 $(BUILD)/profiler-agent $(DESTDIR)$(BINDIR)/profiler-agent
 	install -m 0644 $(HOOKLIB) $(DESTDIR)$(LIBDIR)/
 	install -m 0644 schemas/*.json $(DESTDIR)$(DATADIR)/schemas/
+	install -m 0644 pyscripts/*.py $(DESTDIR)$(DATADIR)/pyscripts/
 	install -m 0644 packaging/profiler-agent.8 $(DESTDIR)$(MANDIR)/man8/profiler-agent.8
 	sed -e 's|/usr/bin/profiler-agent|$(BINDIR)/profiler-agent|' \
 	    -e 's|/etc/profiler-agent/|$(SYSCONFDIR)/profiler-agent/|' \
@@ -209,7 +213,8 @@ deb:
 	test "$$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)" = "$(VERSION)" || \
 	    { echo "packaging/debian/changelog is not at VERSION $(VERSION)" >&2; exit 1; }
 	rm -rf $(DEBTMP) && mkdir -p $(DEBTMP)/profiler-agent
-	cp -r Makefile VERSION config.example agent engine schemas packaging $(DEBTMP)/profiler-agent/
+	cp -r Makefile VERSION config.example agent engine schemas pyscripts packaging \
+	    $(DEBTMP)/profiler-agent/
 	cp -r packaging/debian $(DEBTMP)/profiler-agent/debian
 	cd $(DEBTMP)/profiler-agent && dpkg-buildpackage -us -uc -b
 	mv $(DEBTMP)/profiler-agent_*.deb $(BUILD)/

@@ -56,6 +56,8 @@ static const struct key keys[] = {
     {"retention_max_bytes", LONG(retention_max_bytes, 0, 1LL << 50)},
     {"schema_dir", STR(schema_dir)},
     {"log_level", KEY_LEVEL, offsetof(struct config, log_level), 0, 0, 0},
+    {"python_exec", KEY_BOOL, offsetof(struct config, python_exec), 0, 0, 0},
+    {"python_timeout", INT(python_timeout, 1, 300)},
 };
 
 const char *const config_keys[] = {
@@ -64,7 +66,7 @@ const char *const config_keys[] = {
     "mqtt_version",   "node_id",       "topic_prefix", "discovery",       "discovery_prefix",
     "output_dir",     "database",      "target",       "allowed_targets", "max_payload_bytes",
     "max_file_bytes", "max_jobs",      "rate_limit",   "retention_days",  "retention_max_bytes",
-    "schema_dir",     "log_level",     NULL,
+    "schema_dir",     "log_level",     "python_exec",  "python_timeout",  NULL,
 };
 
 static const char *const level_names[] = {"debug", "info", "warning", "error"};
@@ -118,6 +120,8 @@ void config_defaults(struct config *c)
     c->retention_days = 30;
     c->retention_max_bytes = 1LL << 30;
     c->log_level = CONFIG_LOG_INFO;
+    c->python_exec = true;
+    c->python_timeout = 10;
 }
 
 static int parse_long(const char *value, long long min, long long max, long long *ret)

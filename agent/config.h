@@ -42,7 +42,9 @@ struct config {
     int retention_days;            /* runs and files older are deleted; 0: kept */
     long long retention_max_bytes; /* result files beyond this go, oldest first; 0: no cap */
     char schema_dir[PATH_MAX];
-    int log_level; /* enum config_log_level */
+    int log_level;      /* enum config_log_level */
+    bool python_exec;   /* actions may run the agent's scripts inside a Python target */
+    int python_timeout; /* seconds a Python target has to run such a script */
 };
 
 /* Fills every field with its documented default (node_id from the host name). */

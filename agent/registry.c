@@ -24,8 +24,13 @@ static struct registry_action actions[] = {
      .long_running = true,
      .run = action_dump_sockets},
     {.name = "lru_stats",
-     .help = "log hit/miss statistics of the agent's caches",
+     .help = "log hit/miss statistics of the target's functools.lru_cache\n"
+             "and lru-dict caches, read inside a Python target at a safe\n"
+             "point (python_exec); else the agent's own caches",
      .button = "Cache statistics",
+     .needs_target = true,
+     /* Waiting up to python_timeout for the target's safe point: not on the network thread. */
+     .long_running = true,
      .run = action_lru_stats},
     {.name = "log_current_tasks",
      .help = "log the target's asyncio tasks (Python 3.14 on), with their\n"

@@ -21,6 +21,7 @@
 #include "memory/memprobe.h"
 #include "memory/memprof.h"
 #include "memory/memring.h"
+#include "memory/targetfile.h"
 #include "os/procfs.h"
 
 #define SITE_NONE UINT32_MAX
@@ -487,51 +488,6 @@ static int probe_event(const struct memprobe_event *e, void *userdata)
 
 /* ---- setting up: the ring file and the hooks ---- */
 
-static bool same_mount_ns(pid_t pid)
-{
-    char path[64];
-    struct stat a, b;
-    snprintf(path, sizeof(path), "/proc/%d/ns/mnt", (int)pid);
-    return stat("/proc/self/ns/mnt", &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino &&
-           a.st_dev == b.st_dev;
-}
-
-/* Where a file the target must open goes: "DIR/NAME" as the target sees it and the agent's
- * path to the same file. */
-static int place_file(pid_t pid, bool same_ns, const char *const *dirs, const char *name,
-                      char *target_path, size_t tlen, char *agent_path, size_t alen)
-{
-    for (size_t i = 0; dirs[i]; i++) {
-        struct stat st;
-        if (same_ns)
-            snprintf(agent_path, alen, "%s/%s", dirs[i], name);
-        else
-            snprintf(agent_path, alen, "/proc/%d/root%s/%s", (int)pid, dirs[i], name);
-        char *slash = strrchr(agent_path, '/');
-        *slash = '\0';
-        int ok = stat(agent_path, &st) == 0 && S_ISDIR(st.st_mode);
-        *slash = '/';
-        if (!ok)
-            continue;
-        snprintf(target_path, tlen, "%s/%s", dirs[i], name);
-        return 0;
-    }
-    return -ENOENT;
-}
-
-/* Makes a file the target's user can open when it is not ours: ours to chown as root, else
- * readable (and for the ring writable) by anyone for the moment until it is unlinked. */
-static void give_to_target(int fd, pid_t pid, mode_t fallback)
-{
-    char path[32];
-    struct stat st;
-    snprintf(path, sizeof(path), "/proc/%d", (int)pid);
-    if (stat(path, &st) < 0 || st.st_uid == geteuid())
-        return;
-    if (fchown(fd, st.st_uid, st.st_gid) < 0)
-        fchmod(fd, fallback);
-}
-
 static int ring_create(struct memprof *m, bool same_ns, char *tpath, size_t tlen, char *apath,
                        size_t alen)
 {
@@ -543,7 +499,7 @@ static int ring_create(struct memprof *m, bool same_ns, char *tpath, size_t tlen
 
     snprintf(name, sizeof(name), "profiler-agent-ring.%d.%u", (int)getpid(),
              __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
-    r = place_file(m->pid, same_ns, dirs, name, tpath, tlen, apath, alen);
+    r = targetfile_place(m->pid, same_ns, dirs, name, tpath, tlen, apath, alen);
     if (r < 0)
         return r;
     int fd = open(apath, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -554,7 +510,7 @@ static int ring_create(struct memprof *m, bool same_ns, char *tpath, size_t tlen
         r = -errno;
         goto fail;
     }
-    give_to_target(fd, m->pid, 0666);
+    targetfile_give(fd, m->pid, 0666);
     void *p = mmap(NULL, m->ring_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) {
         r = -errno;
@@ -595,7 +551,7 @@ static int copy_file(const char *from, const char *to, pid_t pid)
         r = -errno;
         goto out;
     }
-    give_to_target(out, pid, 0644);
+    targetfile_give(out, pid, 0644);
     for (;;) {
         ssize_t n = read(in, buf, sizeof(buf));
         if (n < 0) {
@@ -688,7 +644,7 @@ static int hooks_install(struct memprof *m, struct error *err)
     char ring_t[PATH_MAX], ring_a[PATH_MAX], lib_t[PATH_MAX], lib_a[PATH_MAX] = "";
     uint64_t dlopen_fn, dlsym_fn, dlerror_fn, handle = 0, start_fn = 0, rc = 0;
     struct inject *in = NULL;
-    bool same_ns = same_mount_ns(m->pid);
+    bool same_ns = targetfile_same_ns(m->pid);
     bool loaded = mapped_path(m->pid, is_hooks, lib_t, sizeof(lib_t)) == 0;
     int r;
 
@@ -703,7 +659,8 @@ static int hooks_install(struct memprof *m, struct error *err)
             snprintf(lib_t, sizeof(lib_t), "%s", m->opt.hook_path);
         } else {
             snprintf(name, sizeof(name), HOOK_NAME_TAG ".%d.so", (int)getpid());
-            r = place_file(m->pid, same_ns, dirs, name, lib_t, sizeof(lib_t), lib_a, sizeof(lib_a));
+            r = targetfile_place(m->pid, same_ns, dirs, name, lib_t, sizeof(lib_t), lib_a,
+                                 sizeof(lib_a));
             if (r == 0) {
                 unlink(lib_a);
                 r = copy_file(m->opt.hook_path, lib_a, m->pid);

@@ -26,6 +26,9 @@ struct shape {
     uint16_t str_state, str_length, str_ascii; /* unicode_object.state, length,
                                                   asciiobject_size */
     uint16_t ht_cached_keys_at; /* heap_type_object.ht_cached_keys (3.15 on), else 0 and... */
+    /* sys.remote_exec's fields (3.14 on, else 0): interpreter_state.size and threads_main,
+     * thread_state.size, and debugger_support, the last member (six values). */
+    uint16_t is_size, is_threads_main, ts_size, debugger;
     /* Facts _Py_DebugOffsets does not carry, from the same headers: */
     uint16_t ht_cached_keys;       /* ...offsetof(PyHeapTypeObject, ht_cached_keys) */
     uint8_t owner_shim, owner_max; /* enum _frameowner: see pylayout.h */
@@ -110,6 +113,10 @@ static const struct shape shapes[] = {
      .str_length = 632,
      .str_ascii = 640,
      .ht_cached_keys = 880,
+     .is_size = 48,
+     .is_threads_main = 80,
+     .ts_size = 176,
+     .debugger = 712,
      .owner_shim = 3,
      .owner_max = 4,
      .code_mask = ~(uint64_t)3},
@@ -149,6 +156,10 @@ static const struct shape shapes[] = {
      .str_length = 728,
      .str_ascii = 736,
      .ht_cached_keys_at = 536,
+     .is_size = 48,
+     .is_threads_main = 80,
+     .ts_size = 176,
+     .debugger = 840,
      .owner_shim = 3,
      .owner_max = 3,
      .code_mask = ~(uint64_t)3},
@@ -169,11 +180,13 @@ static uint32_t off(const unsigned char *b, size_t pos)
     return v <= PYLAYOUT_FIELD_MAX ? (uint32_t)v : UINT32_MAX;
 }
 
-int pydebug_layout(const unsigned char *b, size_t len, struct pylayout *ret, struct error *err)
+/* The shape of the _Py_DebugOffsets in b: by its cookie and version, checked against values that
+ * would be other numbers if the shape were not the one assumed. */
+static int find_shape(const unsigned char *b, size_t len, const struct shape **ret,
+                      struct error *err)
 {
     const size_t nshapes = sizeof(shapes) / sizeof(shapes[0]);
     const struct shape *s = NULL;
-    struct pylayout l = {0};
 
     if (len < 24 || memcmp(b, COOKIE, 8) != 0)
         return error_set(err, -EOPNOTSUPP,
@@ -206,6 +219,19 @@ int pydebug_layout(const unsigned char *b, size_t len, struct pylayout *ret, str
                          "the _Py_DebugOffsets of Python 3.%u has a shape not "
                          "known here",
                          minor);
+    *ret = s;
+    return 0;
+}
+
+int pydebug_layout(const unsigned char *b, size_t len, struct pylayout *ret, struct error *err)
+{
+    const struct shape *s;
+    struct pylayout l = {0};
+
+    int r = find_shape(b, len, &s, err);
+    if (r < 0)
+        return r;
+    unsigned minor = (unsigned)(u64(b, 8) >> 16) & 0xff;
     l.minor = minor;
     l.rt_interp_head = off(b, s->interp_head);
     l.is_next = off(b, s->is_next);
@@ -261,5 +287,45 @@ int pydebug_layout(const unsigned char *b, size_t len, struct pylayout *ret, str
         return error_set(err, -EOPNOTSUPP, "its _Py_DebugOffsets fail the layout checks: %s",
                          why.reason);
     *ret = l;
+    return 0;
+}
+
+int pydebug_remote(const unsigned char *b, size_t len, struct pydebug_remote *ret,
+                   struct error *err)
+{
+    const struct shape *s;
+    struct pydebug_remote d;
+
+    int r = find_shape(b, len, &s, err);
+    if (r < 0)
+        return r;
+    if (!s->debugger)
+        return error_set(err, -EOPNOTSUPP,
+                         "Python 3.%u has no remote debugging support (PEP 768 came "
+                         "with 3.14)",
+                         s->minor);
+    /* debugger_support {eval_breaker, remote_debugger_support, remote_debugging_enabled,
+     * debugger_pending_call, debugger_script_path, debugger_script_path_size}. */
+    uint32_t ts_size = off(b, s->ts_size), is_size = off(b, s->is_size);
+    uint32_t support = off(b, s->debugger + 8);
+    uint32_t pending = off(b, s->debugger + 24), path = off(b, s->debugger + 32);
+    d.ts_eval_breaker = off(b, s->debugger);
+    d.is_enabled = off(b, s->debugger + 16);
+    d.script_path_size = off(b, s->debugger + 40);
+    d.is_threads_main = off(b, s->is_threads_main);
+    d.ts_pending = support + pending;
+    d.ts_script_path = support + path;
+    /* Every field must lie inside the struct the target says it belongs to (the sums cannot
+     * wrap: each term is at most PYLAYOUT_FIELD_MAX). */
+    if (ts_size > PYLAYOUT_FIELD_MAX || is_size > PYLAYOUT_FIELD_MAX ||
+        d.script_path_size < PYDEBUG_SCRIPT_PATH_MIN ||
+        d.script_path_size > PYDEBUG_SCRIPT_PATH_MAX || (uint64_t)d.ts_eval_breaker + 8 > ts_size ||
+        (uint64_t)d.ts_pending + 4 > ts_size ||
+        (uint64_t)d.ts_script_path + d.script_path_size > ts_size ||
+        (uint64_t)d.is_enabled + 4 > is_size || (uint64_t)d.is_threads_main + 8 > is_size)
+        return error_set(err, -EOPNOTSUPP,
+                         "its _Py_DebugOffsets gives remote debugging fields outside "
+                         "their structs");
+    *ret = d;
     return 0;
 }

@@ -1,0 +1,112 @@
+"""profiler-agent's lru_stats, run inside a Python process: the agent copies this file into the
+target's /tmp and has the interpreter run it at a safe point (between bytecodes, holding the GIL),
+adding one line that calls main() with the three paths; it is never imported. It finds every
+functools.lru_cache wrapper and, when the lru-dict module is already loaded, every lru.LRU among
+the objects the garbage collector tracks, and writes their statistics as JSON. Its limits come
+from the input file, as data. It stops at the object or time limit and says so, runs no code of
+the target's objects beyond cache_info() and get_stats(), and imports nothing but json.
+"""
+
+
+def describe(func):
+    """repr() of plain functions (as the Profiler logs them); a generic form for other callables,
+    whose own __repr__ could do anything."""
+    import types
+
+    if type(func) in (types.FunctionType, types.BuiltinFunctionType, types.MethodType):
+        return repr(func)
+    return "<%s object at %#x>" % (type(func).__name__, id(func))
+
+
+def absfile(func):
+    """What inspect.getabsfile gives for a function: its code's file, made absolute."""
+    import os
+    import types
+
+    if type(func) is not types.FunctionType:
+        return None
+    return os.path.normcase(os.path.abspath(func.__code__.co_filename))
+
+
+def collect(limits, started):
+    import functools
+    import gc
+    import sys
+    import time
+
+    wrapper = functools._lru_cache_wrapper
+    lru_module = sys.modules.get("lru")
+    lru_type = vars(lru_module).get("LRU") if lru_module is not None else None
+    caches, stopped, scanned = [], None, 0
+    objects = gc.get_objects()
+    try:
+        for obj in objects:
+            if scanned >= limits["max_objects"]:
+                stopped = "stopped after %d of %d objects (the object limit)" % (
+                    scanned, len(objects))
+                break
+            if scanned % 4096 == 0 and time.perf_counter() - started > limits["budget_s"]:
+                stopped = "stopped after %d of %d objects (the time limit, %.1f s)" % (
+                    scanned, len(objects), limits["budget_s"])
+                break
+            scanned += 1
+            kind = type(obj)
+            if kind is wrapper:
+                info = obj.cache_info()
+                func = vars(obj).get("__wrapped__")
+                caches.append({"kind": "lru_cache", "name": describe(func),
+                               "file": absfile(func), "hits": info.hits, "misses": info.misses,
+                               "maxsize": info.maxsize, "currsize": info.currsize})
+            elif lru_type is not None and kind is lru_type:
+                hits, misses = obj.get_stats()
+                caches.append({"kind": "LRU", "name": repr(kind), "file": None,
+                               "hits": hits, "misses": misses})
+            if len(caches) >= limits["max_caches"]:
+                stopped = "stopped at %d caches (the cache limit)" % len(caches)
+                break
+    finally:
+        del objects
+    return {"caches": caches, "scanned": scanned, "stopped": stopped}
+
+
+def main(script_path, input_path, output_path):
+    import os
+    import time
+
+    started = time.perf_counter()
+    out = None
+    try:
+        with open(input_path, "rb") as f:
+            raw = f.read()
+        out = os.open(output_path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        pass  # the agent withdrew the request: nothing to answer
+    finally:
+        # Gone before any work, so that nothing is left behind whoever waits for the answer.
+        for path in (script_path, input_path, output_path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    if out is None:
+        return
+    import json
+
+    try:
+        answer = collect(json.loads(raw), started)
+    except KeyboardInterrupt:
+        import _thread
+
+        _thread.interrupt_main()  # the target's own Ctrl-C: delivered again once we are done
+        answer = {"error": "KeyboardInterrupt: the target was interrupted meanwhile"}
+    except BaseException:
+        import traceback
+
+        answer = {"error": traceback.format_exc()}
+    answer["held_ms"] = (time.perf_counter() - started) * 1000.0
+    data = (json.dumps(answer) + "\n").encode()
+    try:
+        while data:
+            data = data[os.write(out, data):]
+    finally:
+        os.close(out)

@@ -1,0 +1,248 @@
+"""lru_stats answered from inside a Python target through a real broker: the agent's script runs
+in the target at a safe point (3.11 and 3.13: a pending call placed with ptrace; 3.14 on: PEP 768)
+and its answer must equal what the target says of itself. Then what must not hurt the target: a
+script that raises, a target that exits meanwhile, an agent killed with -9 mid-request, a target
+that reaches no safe point in time or refuses remote debugging, and a non-Python target. After
+each, no file of the agent is left in the target's /tmp."""
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import AGENT, ROOT, agent_session
+from test_python_tasks import pyroot
+
+HERE = os.path.dirname(__file__)
+WORKLOADS = os.path.realpath(os.path.join(HERE, "..", "workloads"))
+PY_LRU = os.path.join(WORKLOADS, "py_lru.py")
+LINE = re.compile(r"^Cache stats for lru_cache (<function \S+ at 0x[0-9a-f]+>) at (\S+): "
+                  r"(CacheInfo\(.*\))$")
+
+
+class Target:
+    """py_lru.py running (under a chroot when root is given); .pid, .caches (its own report),
+    .tmp (its /tmp as we see it)."""
+
+    def __init__(self, python="/usr/bin/python3", root=None, args=(), env=None):
+        if root:
+            script = ('mount -t proc proc "$1/proc" && mount --bind "$2" "$1/mnt" && '
+                      'shift 2 && exec chroot "$R" "$@"')
+            cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", root,
+                   WORKLOADS, "env", *(env or []), python, "/mnt/py_lru.py", *args]
+            self.tmp = os.path.join(root, "tmp")
+            environ = dict(os.environ, R=root)
+        else:
+            cmd = ["env", *(env or []), python, PY_LRU, *args]
+            self.tmp = "/tmp"
+            environ = None
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=environ)
+        ready = self.proc.stdout.readline().split()
+        assert len(ready) == 2 and ready[0] == "ready", (ready, self.proc.stderr.read())
+        self.pid = int(ready[1])
+        line = self.proc.stdout.readline()
+        assert line.startswith("caches "), line
+        self.caches = json.loads(line[len("caches "):])
+
+    def alive(self):
+        """Still running Python: answers a ping from its main thread."""
+        self.proc.stdin.write("p\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip() == "pong"
+
+    def leftovers(self):
+        return glob.glob(os.path.join(self.tmp, "profiler-agent-py.*"))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.stderr.read()
+
+
+@pytest.fixture
+def target(request):
+    t = Target(*getattr(request, "param", ()))
+    yield t
+    t.stop()
+
+
+def session_for(workdir, node, pid, extra=""):
+    return agent_session(workdir, node, f"pid:{pid}", extra)
+
+
+def reported(logs):
+    return {m.group(1): (m.group(2), m.group(3)) for m in map(LINE.match, logs) if m}
+
+
+def check_equal(target, result, logs, method):
+    assert result["status"] == "ok", result
+    assert "warnings" not in result, result
+    got = reported(logs)
+    for name, info in target.caches.items():
+        assert name in got, (name, logs)
+        assert got[name][1] == info
+        assert got[name][0].endswith("py_lru.py")
+    s = result["summary"]
+    assert s["method"] == method and s["held_ms"] > 0 and s["caches"] >= len(target.caches)
+    assert {"schemas", "targets"} <= set(s["agent_caches"])
+    assert not any(r.startswith("Cache stats for schemas:") for r in logs)
+
+
+def test_python311_answers_as_the_target_itself(workdir, target):
+    with session_for(workdir, "pyx311", target.pid) as s:
+        result, logs = s.command("lru_stats")
+        check_equal(target, result, logs, "pending_call")
+        assert result["summary"]["python"] == "3.11"
+        # Again: the first request's copy of the text was freed, the queue is empty again.
+        result, logs = s.command("lru_stats")
+        check_equal(target, result, logs, "pending_call")
+    assert target.alive() and not target.leftovers()
+    assert "Traceback" not in target.stop()
+
+
+@pytest.mark.parametrize("python", ["python3.13", "python3.14", "python3.15"])
+def test_chrooted_target_gets_its_files_in_its_own_tmp(workdir, python):
+    root = pyroot(python)
+    t = Target(f"/usr/bin/{python}", root)
+    try:
+        with session_for(workdir, "pyxroot", t.pid) as s:
+            result, logs = s.command("lru_stats")
+            check_equal(t, result, logs, "pending_call" if python == "python3.13"
+                        else "remote_exec")
+            assert result["summary"]["python"] == python[len("python"):]
+            # The file names are the target's own: its functions were defined in /mnt.
+            assert all(f.startswith("/mnt/") for f, _ in reported(logs).values()
+                       if f.endswith("py_lru.py"))
+        assert t.alive() and not t.leftovers()
+    finally:
+        assert "Traceback" not in t.stop()
+
+
+def test_a_script_that_raises_gives_its_traceback(workdir, target):
+    """An agent installed elsewhere, beside a pyscripts/ whose lru_stats.py fails in its search."""
+    inst = os.path.join(workdir, "raising")
+    os.makedirs(os.path.join(inst, "bin"), exist_ok=True)
+    os.makedirs(os.path.join(inst, "pyscripts"), exist_ok=True)
+    shutil.copy(AGENT, os.path.join(inst, "bin", "profiler-agent"))
+    with open(os.path.join(ROOT, "pyscripts", "lru_stats.py")) as f:
+        text = f.read()
+    with open(os.path.join(inst, "pyscripts", "lru_stats.py"), "w") as f:
+        f.write(text + "\n\ndef collect(limits, started):\n"
+                "    raise ValueError('boom from the test')\n")
+    import conftest
+    saved = conftest.AGENT
+    conftest.AGENT = os.path.join(inst, "bin", "profiler-agent")
+    try:
+        with session_for(workdir, "pyxraise", target.pid,
+                         f"schema_dir = {os.path.join(ROOT, 'schemas')}\n") as s:
+            result, logs = s.command("lru_stats")
+    finally:
+        conftest.AGENT = saved
+    assert result["status"] == "error", result
+    assert result["error"].startswith("the lru_stats script raised inside the target: Traceback")
+    assert "ValueError: boom from the test" in result["error"]
+    assert any("ValueError: boom from the test" in r for r in logs)
+    assert target.alive() and not target.leftovers()
+
+
+def test_target_that_exits_meanwhile(workdir):
+    t = Target(args=["--nap", "30"])
+    try:
+        with session_for(workdir, "pyxexit", t.pid) as s:
+            s.client.publish(f"{s.prefix}/lru_stats", {"request_id": "exit1"})
+            time.sleep(1)
+            t.proc.kill()
+            t.proc.wait()
+            msg = s.client.wait_for(lambda m: m.topic.endswith("/result") and
+                                    json.loads(m.payload).get("request_id") == "exit1", 5)
+            result = json.loads(msg.payload)
+            assert result["status"] == "error" and "exited" in result["error"], result
+        assert not t.leftovers()
+    finally:
+        t.stop()
+
+
+def test_no_safe_point_in_time_withdraws_and_a_late_run_is_harmless(workdir):
+    """The main thread sleeps 4 s: the request (1 s deadline) is withdrawn; when the target wakes,
+    the queued call finds no script and does nothing."""
+    t = Target(args=["--nap", "4"])
+    try:
+        with session_for(workdir, "pyxlate", t.pid, "python_timeout = 1\n") as s:
+            t0 = time.monotonic()
+            result, logs = s.command("lru_stats")
+            assert time.monotonic() - t0 < 4
+            assert result["status"] == "ok", result
+            assert any("reached no safe point in 1.0 s" in w for w in result["warnings"]), result
+            assert any(r.startswith("Cache stats for schemas:") for r in logs)
+            assert not t.leftovers()
+            time.sleep(4)
+            assert t.alive()
+            result, logs = s.command("lru_stats")
+            check_equal(t, result, logs, "pending_call")
+    finally:
+        assert "Traceback" not in t.stop()
+
+
+@pytest.mark.parametrize("python", ["/usr/bin/python3", "python3.14"])
+def test_agent_killed_mid_request(workdir, python):
+    """kill -9 while the target has not reached its safe point: once it does, it runs the script,
+    which removes its files first; the target carries on."""
+    root = pyroot(python) if python.startswith("python") else None
+    t = Target(f"/usr/bin/{python}" if root else python, root, ["--nap", "3"])
+    try:
+        with session_for(workdir, "pyxkill", t.pid, "") as s:
+            s.client.publish(f"{s.prefix}/lru_stats", {"request_id": "k1"})
+            deadline = time.monotonic() + 5
+            while not t.leftovers() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert t.leftovers(), "the request never reached the target"
+            s.agent.proc.send_signal(signal.SIGKILL)
+            s.agent.proc.wait(5)
+        time.sleep(4)
+        assert t.alive() and not t.leftovers()
+    finally:
+        assert "Traceback" not in t.stop()
+
+
+def test_remote_debugging_disabled(workdir):
+    root = pyroot("python3.14")
+    t = Target("/usr/bin/python3.14", root, env=["PYTHON_DISABLE_REMOTE_DEBUG=1"])
+    try:
+        with session_for(workdir, "pyxoff", t.pid) as s:
+            t0 = time.monotonic()
+            result, logs = s.command("lru_stats")
+            assert time.monotonic() - t0 < 10
+            assert result["status"] == "ok", result
+            assert any("remote debugging is disabled in the target" in w
+                       for w in result["warnings"]), result
+            assert any(r.startswith("Cache stats for schemas:") for r in logs)
+        assert t.alive() and not t.leftovers()
+    finally:
+        t.stop()
+
+
+def test_python_exec_off_keeps_the_outside_view(workdir, target):
+    with session_for(workdir, "pyxcfg", target.pid, "python_exec = off\n") as s:
+        result, logs = s.command("lru_stats")
+    assert result["status"] == "ok" and "warnings" not in result
+    assert any(r.startswith("Cache stats for schemas:") for r in logs)
+    assert not reported(logs)
+
+
+def test_non_python_target_keeps_todays_answer(workdir, demo):
+    with session_for(workdir, "pyxc", demo.pid) as s:
+        result, logs = s.command("lru_stats")
+    assert result["status"] == "ok" and "warnings" not in result, result
+    assert any(r.startswith("Cache stats for schemas: CacheInfo(") for r in logs)
+    assert result["summary"] == {}
