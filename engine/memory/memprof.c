@@ -17,11 +17,11 @@
 #include <dlfcn.h>
 #include "formats/hpy.h"
 #include "formats/massif.h"
-#include "memory/inject.h"
+#include "os/inject.h"
 #include "memory/memprobe.h"
 #include "memory/memprof.h"
 #include "memory/memring.h"
-#include "memory/targetfile.h"
+#include "os/targetfile.h"
 #include "os/procfs.h"
 
 #define SITE_NONE UINT32_MAX

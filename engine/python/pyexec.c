@@ -59,8 +59,8 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-#include "memory/inject.h"
-#include "memory/targetfile.h"
+#include "os/inject.h"
+#include "os/targetfile.h"
 #include "os/procfs.h"
 #include "python/pydebug.h"
 #include "python/pyexec.h"

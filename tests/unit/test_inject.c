@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <cmocka.h>
-#include "memory/inject.h"
+#include "os/inject.h"
 #include "os/procfs.h"
 #include "testutil.h"
 

@@ -28,7 +28,7 @@
 
 #include <cmocka.h>
 
-#include "memory/inject.h"
+#include "os/inject.h"
 #include "memory/memprof.h"
 #include "memory/memring.h"
 #include "os/procfs.h"

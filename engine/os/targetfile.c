@@ -4,7 +4,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include "memory/targetfile.h"
+#include "os/targetfile.h"
 
 bool targetfile_same_ns(pid_t pid)
 {

@@ -22,7 +22,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include "memory/inject.h"
+#include "os/inject.h"
 #include "os/procfs.h"
 
 #define RED_ZONE 128
