@@ -115,7 +115,7 @@ unit-check: $(TEST_BIN)
 # on a free port and its own directory, and most of their time is spent waiting, so two workers
 # take 0.6 of the time of one (213 s to 128 s under ASan) and pay for tsan-check.
 PYTEST_JOBS ?= 2
-PYTEST      := $(PYTHON) -m pytest -q -n $(PYTEST_JOBS)
+PYTEST      := $(PYTHON) -m pytest -q -n $(PYTEST_JOBS) --dist loadgroup
 
 # The unit tests and the integration tests again, against a daemon built with ASan and UBSan.
 # BUILD is given to the inner make explicitly: a BUILD on the command line would win otherwise.

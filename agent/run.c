@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include "privs.h"
 #include "run.h"
 
@@ -166,4 +167,27 @@ int run_output_dir(struct run *run, char *dir)
     if (!realpath(want, dir))
         return run_fail(run, "cannot use output_dir %s: %s", want, strerror(errno));
     return 0;
+}
+
+int run_shipped_file(const char *name, const char *const *rel, size_t nrel, const char *installed,
+                     char *buf, size_t len)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    char *slash;
+
+    if (n > 0) {
+        exe[n] = '\0';
+        slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            for (size_t i = 0; i < nrel; i++)
+                if ((size_t)snprintf(buf, len, "%s%s/%s", exe, rel[i], name) < len &&
+                    access(buf, R_OK) == 0)
+                    return 0;
+        }
+    }
+    if ((size_t)snprintf(buf, len, "%s/%s", installed, name) >= len)
+        return -ENAMETOOLONG;
+    return access(buf, R_OK) == 0 ? 0 : -ENOENT;
 }

@@ -116,6 +116,12 @@ void run_warn(struct run *run, const char *fmt, ...) __attribute__((format(print
 /* For actions that write files: output_dir, created when missing, as an absolute path in dir
  * (PATH_MAX bytes); fails the run with the reason otherwise. */
 int run_output_dir(struct run *run, char *dir);
+/* A file shipped with the agent (the hook library, a Python script): NAME in the executable's
+ * folder plus each of rel[0..nrel) (a build tree, an installed tree unpacked anywhere), else in
+ * installed (where `make install` put it). The first readable one goes to buf; -ENOENT (buf
+ * then names the installed path) or -ENAMETOOLONG. */
+int run_shipped_file(const char *name, const char *const *rel, size_t nrel, const char *installed,
+                     char *buf, size_t len);
 /* A JSON number printed with `decimals` digits after the point, not as a binary fraction. */
 struct json_object *run_json_decimal(double v, int decimals);
 

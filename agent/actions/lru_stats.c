@@ -57,23 +57,9 @@ static void agent_cache_summary(const struct cachestat *c, void *userdata)
 static int script_path(char *buf, size_t len)
 {
     static const char *const rel[] = {"/../pyscripts", "/../share/profiler-agent/pyscripts"};
-    char exe[PATH_MAX - 64];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 
-    if (n > 0) {
-        exe[n] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
-                snprintf(buf, len, "%s%s/%s", exe, rel[i], SCRIPT);
-                if (access(buf, R_OK) == 0)
-                    return 0;
-            }
-        }
-    }
-    snprintf(buf, len, "%s/%s", PROFILER_AGENT_PYSCRIPTDIR, SCRIPT);
-    return access(buf, R_OK) == 0 ? 0 : -ENOENT;
+    return run_shipped_file(SCRIPT, rel, sizeof(rel) / sizeof(rel[0]), PROFILER_AGENT_PYSCRIPTDIR,
+                            buf, len);
 }
 
 /* A string from the target for a record: cut, and no control characters (no forged lines). */

@@ -43,23 +43,9 @@ void action_memory_release(struct run *run)
 static int hook_library(char *buf, size_t len)
 {
     static const char *const rel[] = {"", "/../lib/profiler-agent"};
-    char exe[PATH_MAX - sizeof(MEMPROF_HOOK_LIB) - 32];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 
-    if (n > 0) {
-        exe[n] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            for (size_t i = 0; i < sizeof(rel) / sizeof(rel[0]); i++) {
-                snprintf(buf, len, "%s%s/%s", exe, rel[i], MEMPROF_HOOK_LIB);
-                if (access(buf, R_OK) == 0)
-                    return 0;
-            }
-        }
-    }
-    snprintf(buf, len, "%s/%s", PROFILER_AGENT_LIBDIR, MEMPROF_HOOK_LIB);
-    return access(buf, R_OK) == 0 ? 0 : -ENOENT;
+    return run_shipped_file(MEMPROF_HOOK_LIB, rel, sizeof(rel) / sizeof(rel[0]),
+                            PROFILER_AGENT_LIBDIR, buf, len);
 }
 
 /* The target's command line with spaces between arguments, for massif's `cmd:` line. */

@@ -20,6 +20,9 @@ from test_python_tasks import pyroot
 
 HERE = os.path.dirname(__file__)
 WORKLOADS = os.path.realpath(os.path.join(HERE, "..", "workloads"))
+# Every test here checks that no script file is left in a shared /tmp: on one xdist worker, in
+# turn, none sees another's files in flight (`make` runs pytest with --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("python_exec")
 PY_LRU = os.path.join(WORKLOADS, "py_lru.py")
 LINE = re.compile(r"^Cache stats for lru_cache (<function \S+ at 0x[0-9a-f]+>) at (\S+): "
                   r"(CacheInfo\(.*\))$")
