@@ -57,7 +57,9 @@ static const char usage_head[] =
     "rate_limit (60 commands a minute per action; 0: none), retention_days (30) and\n"
     "retention_max_bytes (1073741824): older runs' files and rows, then the oldest\n"
     "files beyond the byte cap, are deleted at start and hourly (0: keep); schema_dir,\n"
-    "log_level. An unknown key is an error naming the key and line.\n"
+    "log_level, python_exec (on: actions such as lru_stats run a shipped script inside\n"
+    "a Python target at a safe point; off: outside only), python_timeout (10 s to reach\n"
+    "that safe point). An unknown key is an error naming the key and line.\n"
     "\n"
     "Actions (payload: a JSON object; every action also takes request_id and target):\n";
 
