@@ -135,13 +135,14 @@ sanitize-check:
 # cancelled and stopped, the broker lost and found, loggers); the rest run one command at a time,
 # which the ASan build covers, and all of them would double the time of `make check`. They run
 # on one worker: TSan makes the agent several times slower, and two would meet their timeouts.
-# Left out: the two that dump a thread stuck in vfork; under TSan that dump outlives the test's
-# wait. Not yet explained: the dump ends on a timer signal, which TSan delivers late.
+# Left out: the one that dumps a thread stuck in vfork and expects the other thread's stack. The
+# snapshot's tracer, a child forked from the agent, gives up on a thread that will not stop when
+# its SIGALRM handler runs; TSan defers signal handlers in such a child and never runs it, so
+# there the parent's own deadline kills the tracer and the dump fails whole instead.
 TSAN_BUILD ?= build-tsan
 TSAN_TESTS ?= tests/integration/test_concurrency.py tests/integration/test_lifecycle.py \
               tests/integration/test_faults.py tests/integration/test_objects.py \
-              -k 'not test_cheap_commands_are_answered_while_a_dump_runs and not \
-                  test_state_lists_the_running_job'
+              -k 'not test_cheap_commands_are_answered_while_a_dump_runs'
 TSAN_ENV   := TSAN_OPTIONS="suppressions=$(CURDIR)/tsan.supp second_deadlock_stack=1 \
               log_path=$(CURDIR)/$(TSAN_BUILD)/tsan/report"
 tsan-check:

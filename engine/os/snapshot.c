@@ -11,6 +11,7 @@
  * wrappers (no malloc, no locks), as a child forked from a threaded process must. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/ptrace.h>
 #include <sys/time.h>
 #include <sys/uio.h>
@@ -30,6 +32,9 @@
 
 #define TRACER_SOFT_MS SNAPSHOT_STOP_TIMEOUT_MS
 #define TRACER_HARD_S 2 /* then the tracer is killed by its own alarm */
+/* And if its alarm never comes (its handler never ran: a sanitizer runtime that defers signals
+ * in a forked child does that), the parent kills it this long after it started. */
+#define TRACER_KILL_MS (TRACER_SOFT_MS + TRACER_HARD_S * 1000 + 500)
 
 enum rec_state { REC_NONE, REC_SEIZED, REC_STOPPED, REC_DONE };
 
@@ -371,15 +376,35 @@ void snapshot_free(struct snapshot *s)
     free(s);
 }
 
+/* Milliseconds left until deadline_ns (CLOCK_MONOTONIC), 0 when past it. */
+static int ms_left(uint64_t deadline_ns)
+{
+    uint64_t now = now_ns();
+
+    return now >= deadline_ns ? 0 : (int)((deadline_ns - now + 999999) / 1000000);
+}
+
+/* Waits until fd is readable or deadline_ns: 1 readable, 0 not in time. */
+static int wait_readable(int fd, uint64_t deadline_ns)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int r;
+
+    while ((r = poll(&p, 1, ms_left(deadline_ns))) < 0 && errno == EINTR)
+        ;
+    return r > 0;
+}
+
 /* The parent's side of a hold: waits until the tracer holds the threads (or has given up:
- * EOF), runs fn, and lets the tracer go on. */
-static void hold_run(int fd, const struct snapshot_hold *hold)
+ * EOF, or its deadline), runs fn, and lets the tracer go on. */
+static void hold_run(int fd, const struct snapshot_hold *hold, uint64_t deadline_ns)
 {
     char c;
-    ssize_t got;
+    ssize_t got = -1;
 
-    while ((got = read(fd, &c, 1)) < 0 && errno == EINTR)
-        ;
+    if (wait_readable(fd, deadline_ns))
+        while ((got = read(fd, &c, 1)) < 0 && errno == EINTR)
+            ;
     hold->fn(hold->ctx);
     c = 'r';
     /* A tracer past its deadline has stopped listening: nothing to tell it. */
@@ -417,16 +442,26 @@ static int run_tracer(struct hdr *h, pid_t pid, int self, const struct snapshot_
         prctl(PR_SET_PTRACER, child, 0, 0, 0);
     close(fds[1]);
     fds[1] = -1;
+    uint64_t deadline = now_ns() + (uint64_t)TRACER_KILL_MS * 1000000;
     if (hold)
-        hold_run(hfds[0], hold);
-    int st;
+        hold_run(hfds[0], hold, deadline);
+    /* The tracer's own alarms bound its life; a pidfd lets the parent bound it too. */
+    int st, killed = 0, pfd = (int)syscall(SYS_pidfd_open, child, 0);
+    if (pfd >= 0) {
+        if (!wait_readable(pfd, deadline)) {
+            kill(child, SIGKILL);
+            killed = 1;
+        }
+        close(pfd);
+    }
     pid_t w;
     while ((w = waitpid(child, &st, 0)) < 0 && errno == EINTR)
         ;
     if (self)
         prctl(PR_SET_PTRACER, 0, 0, 0, 0);
     if (!h->done)
-        r = (w == child && WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM) ? -ETIMEDOUT : -ECHILD;
+        r = killed || (w == child && WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM) ? -ETIMEDOUT
+                                                                                 : -ECHILD;
 out:
     if (fds[0] >= 0)
         close(fds[0]);
