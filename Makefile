@@ -49,7 +49,7 @@ HOOKLIB  := $(BUILD)/libprofiler-agent-memhook.so
 all: $(BUILD)/profiler-agent $(HOOKLIB) $(WORKLOADS)
 
 # The compiled-in paths change with PREFIX: rebuild the objects that use them when it does.
-$(BUILD)/agent/main.o $(BUILD)/agent/actions/memory.o $(BUILD)/agent/actions/lru_stats.o: \
+$(BUILD)/agent/main.o $(BUILD)/agent/actions/memory.o $(BUILD)/agent/inside.o: \
     $(BUILD)/paths.stamp
 $(BUILD)/paths.stamp: FORCE
 	@mkdir -p $(dir $@)

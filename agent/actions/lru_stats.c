@@ -14,14 +14,9 @@
 #include <unistd.h>
 #include "actions.h"
 #include "os/cachestat.h"
-#include "python/pyexec.h"
+#include "inside.h"
 #include "run.h"
 
-#ifndef PROFILER_AGENT_PYSCRIPTDIR
-#define PROFILER_AGENT_PYSCRIPTDIR "/usr/share/profiler-agent/pyscripts"
-#endif
-
-#define SCRIPT "lru_stats.py"
 #define MAX_OBJECTS 20000000 /* objects the script looks at before it stops */
 #define MAX_CACHES 10000     /* caches it reports */
 #define BUDGET_MAX_S 2.0     /* the most it may hold the target's interpreter */
@@ -50,16 +45,6 @@ static void agent_cache_summary(const struct cachestat *c, void *userdata)
     json_object_object_add(o, "maxsize", c->maxsize ? json_object_new_uint64(c->maxsize) : NULL);
     json_object_object_add(o, "currsize", json_object_new_uint64(atomic_load(&c->currsize)));
     json_object_object_add(userdata, c->name, o);
-}
-
-/* The script: beside the agent's executable (a build tree), in ../share/profiler-agent from it
- * (an installed tree unpacked anywhere), else where it was installed; as the schemas are found. */
-static int script_path(char *buf, size_t len)
-{
-    static const char *const rel[] = {"/../pyscripts", "/../share/profiler-agent/pyscripts"};
-
-    return run_shipped_file(SCRIPT, rel, sizeof(rel) / sizeof(rel[0]), PROFILER_AGENT_PYSCRIPTDIR,
-                            buf, len);
 }
 
 /* A string from the target for a record: cut, and no control characters (no forged lines). */
@@ -103,86 +88,42 @@ static void cache_record(struct run *run, struct json_object *c)
                    n, f, field(c, "hits"), field(c, "misses"), max, field(c, "currsize"));
 }
 
-/* The script's answer: its error, or a record per cache and the summary. */
-static int report(struct run *run, const struct pyexec_result *res)
+/* A record per cache the script found, and the summary. */
+static void report(struct run *run, struct json_object *a)
 {
-    struct json_object *a = json_tokener_parse(res->output), *v, *caches = NULL;
-    struct json_object *s = run->summary;
-    char version[16];
+    struct json_object *v, *caches = NULL;
 
-    if (!json_object_is_type(a, json_type_object)) {
-        json_object_put(a);
-        return run_fail(run, "the lru_stats script inside the target gave no valid answer");
-    }
-    snprintf(version, sizeof(version), "3.%u", res->minor);
-    json_object_object_add(s, "python", json_object_new_string(version));
-    json_object_object_add(s, "method", json_object_new_string(res->method));
-    json_object_object_add(s, "thread", json_object_new_int(res->tid));
-    json_object_object_add(s, "wait_ms", run_json_decimal(res->wait_ms, 1));
-    if (json_object_object_get_ex(a, "held_ms", &v))
-        json_object_object_add(s, "held_ms", run_json_decimal(json_object_get_double(v), 3));
-    if (json_object_object_get_ex(a, "error", &v)) {
-        const char *tb = json_object_get_string(v);
-        run_record(run, "lru_stats.py raised inside the target:\n%s", tb);
-        run_fail(run, "the lru_stats script raised inside the target: %s", tb);
-        json_object_put(a);
-        return -EINVAL;
-    }
     json_object_object_get_ex(a, "caches", &caches);
     size_t n = json_object_is_type(caches, json_type_array) ? json_object_array_length(caches) : 0;
     for (size_t i = 0; i < n && i < MAX_CACHES; i++)
         if (json_object_is_type(json_object_array_get_idx(caches, i), json_type_object))
             cache_record(run, json_object_array_get_idx(caches, i));
-    json_object_object_add(s, "caches", json_object_new_uint64(n));
+    json_object_object_add(run->summary, "caches", json_object_new_uint64(n));
     if (json_object_object_get_ex(a, "scanned", &v))
-        json_object_object_add(s, "objects_scanned",
+        json_object_object_add(run->summary, "objects_scanned",
                                json_object_new_int64(json_object_get_int64(v)));
     if (json_object_object_get_ex(a, "stopped", &v) && v)
         run_warn(run, "the search inside the target %s", json_object_get_string(v));
-    json_object_put(a);
-    return 0;
 }
 
 /* Runs the script in the target: 1 when it answered (records made), 0 when the agent's own
  * caches must stand in (a warning says why when the target is Python), or the run's failure. */
 static int from_inside(struct run *run)
 {
-    const struct config *c = run->host->config;
-    struct pyexec_result res = {0};
-    struct error e;
-    char script[PATH_MAX], input[128];
+    struct json_object *a;
+    char input[128];
+    double budget = run->host->config->python_timeout / 4.0;
 
-    if (!c->python_exec || !run->has_target || run->target.pid == getpid())
-        return 0;
-    double budget = c->python_timeout / 4.0;
     if (budget > BUDGET_MAX_S)
         budget = BUDGET_MAX_S;
     snprintf(input, sizeof(input), "{\"max_objects\": %d, \"max_caches\": %d, \"budget_s\": %.2f}",
              MAX_OBJECTS, MAX_CACHES, budget);
-    struct pyexec_request req = {.input = input,
-                                 .script = script,
-                                 .timeout_ms = c->python_timeout * 1000,
-                                 .cancel = &run->cancel};
-    if (script_path(script, sizeof(script)) < 0) {
-        run_warn(run,
-                 "cannot answer from inside the target: %s is not installed (looked beside "
-                 "the agent and in %s); these are the agent's own caches",
-                 SCRIPT, PROFILER_AGENT_PYSCRIPTDIR);
-        return 0;
-    }
-    int r = pyexec_run(run->target.pid, &req, &res, &e);
-    if (r == -ENOENT)
-        return 0; /* not a Python process */
-    if (r == -ESRCH)
-        return run_engine_fail_error(run, "lru_stats inside the target", &e);
-    if (r < 0) {
-        run_warn(run, "cannot answer from inside the target: %s; these are the agent's own caches",
-                 e.reason[0] ? e.reason : strerror(-r));
-        return 0;
-    }
-    r = report(run, &res);
-    free(res.output);
-    return r < 0 ? r : 1;
+    int r = inside_run(run, "lru_stats", input, "these are the agent's own caches", &a);
+    if (r <= 0)
+        return r;
+    report(run, a);
+    json_object_put(a);
+    return 1;
 }
 
 int action_lru_stats(struct run *run)
