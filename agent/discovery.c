@@ -211,10 +211,18 @@ static int build_config(struct discovery *d, char *err, size_t errlen)
     }
     for (unsigned i = 0; (act = registry_at(i)); i++)
         for (s = act->settings; s && s->id && r == 0; s++) {
-            o = component(cmps, s->unit ? "number" : "text", s->id, s->title, uid_prefix, base);
+            /* A field the schema gives a list of values for is a select of them. */
+            struct json_object *doc, *p = schema_property(c->schema_dir, act->name, s->field, &doc);
+            struct json_object *options = NULL;
+            bool select = !s->unit && p && json_object_object_get_ex(p, "enum", &options);
+            o = component(cmps,
+                          s->unit  ? "number"
+                          : select ? "select"
+                                   : "text",
+                          s->id, s->title, uid_prefix, base);
             snprintf(text, sizeof(text), "~/set/%s", s->id);
             add_str(o, "cmd_t", text);
-            if (s->unit)
+            if (s->unit || select)
                 snprintf(text, sizeof(text), "{{ value_json.settings.%s.%s }}", act->name,
                          s->field);
             else
@@ -226,9 +234,12 @@ static int build_config(struct discovery *d, char *err, size_t errlen)
                 add_str(o, "mode", "box");
                 add_str(o, "unit_of_meas", s->unit);
                 r = add_range(o, c->schema_dir, act, s);
+            } else if (select) {
+                json_object_object_add(o, "ops", json_object_get(options));
             } else {
                 r = add_text_rules(o, c->schema_dir, act, s);
             }
+            json_object_put(doc);
             if (r < 0)
                 snprintf(err, errlen,
                          "cannot describe setting %s: schemas/%s.json has no usable "

@@ -48,14 +48,16 @@ static struct registry_action actions[] = {
                                                .state = "value_json.debug"},
      .run = action_set_asyncio_debug},
     {.name = "start",
-     .help = "{\"seconds\": 60, \"frequency\": 199}: CPU profile of the\n"
-             "target; writes profile.T.cprof (pstats), callgrind.out.T\n"
+     .help = "{\"seconds\": 60, \"frequency\": 199, \"mode\": \"cpu\"}: CPU\n"
+             "profile of the target (mode wall: wall-clock time, waiting\n"
+             "included); writes profile.T.cprof (pstats), callgrind.out.T\n"
              "and flamegraph.T.svg in output_dir, progress on P/N/progress",
      .button = "CPU profile",
      .settings =
          (const struct registry_setting[]){
              {"start_seconds", "seconds", "CPU profile seconds", "s"},
              {"start_frequency", "frequency", "CPU profile frequency", "Hz"},
+             {"start_mode", "mode", "CPU profile mode", NULL},
              {NULL, NULL, NULL, NULL}},
      .outputs =
          (const struct registry_output[]){

@@ -12,8 +12,9 @@
 struct run;
 struct schema;
 
-/* A Home Assistant number (with unit) or text (unit NULL) entity that sets the default of one
- * field of the action, on P/N/set/ID. */
+/* A Home Assistant number (with unit), select (unit NULL, a field whose schema lists its values
+ * in an enum) or text (unit NULL) entity that sets the default of one field of the action, on
+ * P/N/set/ID. */
 struct registry_setting {
     const char *id, *field, *title, *unit;
 };

@@ -85,12 +85,26 @@ static void add_summary(struct run *run, const struct cpuprof_result *res)
     json_object_object_add(s, "seconds", run_json_decimal(res->elapsed, 3));
     json_object_object_add(s, "frequency", json_object_new_int((int)res->stats.frequency));
     json_object_object_add(s, "method", json_object_new_string(res->stats.method));
+    json_object_object_add(s, "mode", json_object_new_string(res->wall ? "wall" : "cpu"));
+    if (res->wall) {
+        static const char *const names[CPUPROF_NSTATES] = {
+            [CPUPROF_RUNNING] = "running", [CPUPROF_SYSCALL] = "syscall", [CPUPROF_GIL] = "gil"};
+        struct json_object *st = json_object_new_object();
+        for (int i = 0; i < CPUPROF_NSTATES; i++)
+            json_object_object_add(st, names[i], json_object_new_int64((int64_t)res->states[i]));
+        json_object_object_add(s, "states", st);
+    }
     json_object_object_add(s, "unwind_us_per_sample",
                            run_json_decimal(res->unwind_us_per_sample, 2));
     if (res->python[0]) {
         json_object_object_add(s, "python", json_object_new_string(res->python));
         json_object_object_add(s, "python_samples",
                                json_object_new_int64((int64_t)res->python_samples));
+        json_object_object_add(s, "python_unpaired",
+                               json_object_new_int64((int64_t)res->python_unpaired));
+    } else if (res->python_error.code && res->python_version[0]) {
+        json_object_object_add(s, "python", json_object_new_string(res->python_version));
+        json_object_object_add(s, "python_samples", json_object_new_int64(0));
     }
     add_top(run, res->profile);
 }
@@ -139,6 +153,8 @@ int action_start(struct run *run)
     o.seconds = json_object_get_double(v);
     json_object_object_get_ex(run->params, "frequency", &v);
     o.frequency = (unsigned)json_object_get_int(v);
+    o.wall = json_object_object_get_ex(run->params, "mode", &v) &&
+             strcmp(json_object_get_string(v), "wall") == 0;
     r = unwinders_get(&run->target, UNWINDERS_PROFILE, &u);
     if (r < 0)
         return run_engine_fail(run, "CPU profile", r);
@@ -149,6 +165,17 @@ int action_start(struct run *run)
     if (res.stats.fallback.code)
         run_warn(run, "%s; sampling with ptrace snapshots at %u Hz instead",
                  res.stats.fallback.reason, res.stats.frequency);
+    if (res.python_error.code)
+        run_warn(run, "%s%s; the profile has native frames only",
+                 res.python_error.reason[0] ? res.python_error.reason
+                                            : "Python frames cannot be read: ",
+                 res.python_error.reason[0] ? "" : strerror(-res.python_error.code));
+    if (res.python_fallback.code)
+        run_warn(run,
+                 "%s; Python stacks are read while ptrace snapshots hold the threads, at %u Hz",
+                 res.python_fallback.reason[0] ? res.python_fallback.reason
+                                               : strerror(-res.python_fallback.code),
+                 res.stats.frequency);
     if (res.stats.target_exited)
         run_warn(run, "the target exited after %.1f s; the profile covers that time", res.elapsed);
     if (res.cancelled)

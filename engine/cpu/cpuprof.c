@@ -7,7 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <libunwind.h>
+#include <sys/uio.h>
 #include "cpu/cpuprof.h"
+#include "cpu/offcpu.h"
 #include "os/procfs.h"
 #include "python/pyframes.h"
 
@@ -17,6 +20,10 @@
 #define NAMES_MAX 4096              /* threads named at once; past it the table starts over */
 #define NAMES_SLOTS (2 * NAMES_MAX) /* open addressing, at most half full */
 #define UNKNOWN_THREAD "[unknown]"
+#define PY_THREADS_NS 1000000000ull   /* the copier's thread table is read again this often */
+#define PY_THREADS_MIN_NS 50000000ull /* and at most this often when a thread is missing */
+/* A record timed before a poll began may still be on its way into a ring: this much older. */
+#define HORIZON_SLACK_NS 1000000ull
 
 struct name_slot {
     pid_t tid; /* 0: empty */
@@ -29,9 +36,34 @@ struct run {
     struct profile *prof;
     struct name_slot *names;
     size_t nnames;
-    uint64_t samples, truncated, unwind_ns, python_samples;
+    uint64_t samples, truncated, unwind_ns, python_samples, python_unpaired;
     struct pyframes *py; /* a CPython target's interpreter, else NULL */
+    struct sampler *smp;
+    /* The in-kernel copier's threads: when their table was last read, and the threads told. */
+    uint64_t py_threads_ns;
+    pid_t *py_tids;
+    size_t npy_tids;
+    /* ptrace: the Python stacks read while this tick's threads were stopped. */
+    struct pyframes_thread *held;
+    size_t nheld;
+    /* Wall-clock profiles: the stretches off the CPU, and samples per state. */
+    struct offcpu *off;
+    bool off_failed; /* out of memory in a callback that cannot say so */
+    uint64_t states[CPUPROF_NSTATES];
+    unsigned freq;
     struct stacks_frame frames[STACKS_MAX_FRAMES];
+    uint64_t sps[STACKS_MAX_FRAMES];
+};
+
+/* A sample's stack as it goes into the profile: its native frames, or those merged with the
+ * Python frames of the same moment. */
+struct stack {
+    const struct stacks_frame *frames;
+    size_t n;
+    int truncated;
+    struct stacks_thread *merged;
+    struct pyframes_thread pt; /* decoded for this sample (pt_owned), else lent */
+    bool pt_owned;
 };
 
 static uint64_t now_ns(void)
@@ -82,13 +114,39 @@ static const char *name_of(struct run *r, pid_t tid)
     return slot_of(r, tid)->name;
 }
 
-/* The module of the interpreter's eval loop in this stack, or NULL. */
-static const char *eval_module(const struct stacks_frame *f, size_t n)
+/* Whether the stack runs in the interpreter: an eval-loop frame by name, or any frame of its
+ * file (a stripped interpreter names none). */
+static bool in_interpreter(const struct stacks_frame *f, size_t n, const char *interp)
 {
     for (size_t i = 0; i < n; i++)
-        if (f[i].func && !strcmp(f[i].func, PYFRAMES_EVAL_FUNC))
-            return f[i].module ? f[i].module : "";
-    return NULL;
+        if (pyframes_is_eval(f[i].func) || (f[i].module && !strcmp(f[i].module, interp)))
+            return true;
+    return false;
+}
+
+/* Where each native frame's stack starts in the sample's copy: sp[0] is the sampled sp, sp[i]
+ * lies just above the slot holding the return address into frame i, found scanning up the copy
+ * from sp[i - 1]; 0 from the first one not found (beyond the copy). */
+static void frame_sps(const struct sampler_sample *smp, const struct stacks_frame *f, size_t n,
+                      uint64_t *sp)
+{
+    size_t off = 0;
+
+    memset(sp, 0, n * sizeof(*sp));
+    if (n == 0 || !smp->stack)
+        return;
+    sp[0] = smp->stack_addr;
+    for (size_t i = 1; i < n; i++) {
+        bool found = false;
+        for (; !found && off + sizeof(uint64_t) <= smp->stack_len; off += sizeof(uint64_t)) {
+            uint64_t w;
+            memcpy(&w, smp->stack + off, sizeof(w));
+            found = w == f[i].ip;
+        }
+        if (!found)
+            return;
+        sp[i] = smp->stack_addr + off;
+    }
 }
 
 static bool is_libc(const char *module)
@@ -117,18 +175,115 @@ static size_t interpreter_inner(const struct stacks_thread *t, const char *inter
     return k;
 }
 
-/* A sample inside the interpreter is attributed to the Python functions it runs: the thread's
- * Python stack is read now, a moment after the sample (perf copies only the C stack; Python's
- * frames live on the heap). A function that runs for more than a few microseconds is still the
- * one running; the attribution test checks the shares. */
-static int add_python(struct run *r, const struct sampler_sample *smp, size_t n, int truncated,
-                      const char *interp)
+/* Tells the in-kernel copier where every Python thread's state is, and forgets threads gone.
+ * Once a second, and sooner (not more than every PY_THREADS_MIN_NS) when a sample of the
+ * interpreter came without Python frames: a thread started since the last read. */
+static void py_threads_refresh(struct run *r, uint64_t now)
 {
-    struct stacks_thread *native = malloc(sizeof(*native) + n * sizeof(native->frames[0]));
-    struct stacks_thread *merged = NULL;
-    struct pyframes_thread pt;
-    int e;
+    struct pyframes_thread *ts;
+    size_t n, kept = 0;
 
+    r->py_threads_ns = now;
+    if (pyframes_read(r->py, &ts, &n) < 0)
+        return;
+    for (size_t i = 0; i < r->npy_tids; i++) {
+        bool alive = false;
+        for (size_t k = 0; k < n && !alive; k++)
+            alive = ts[k].tid == r->py_tids[i];
+        if (!alive)
+            sampler_python_thread(r->smp, r->py_tids[i], 0);
+    }
+    pid_t *tids = realloc(r->py_tids, (n ? n : 1) * sizeof(*tids));
+    if (tids) {
+        r->py_tids = tids;
+        for (size_t k = 0; k < n; k++)
+            if (sampler_python_thread(r->smp, ts[k].tid, ts[k].tstate) == 0)
+                tids[kept++] = ts[k].tid;
+        r->npy_tids = kept;
+    }
+    pyframes_threads_free(ts, n);
+}
+
+static void on_held(const pid_t *tids, size_t n, void *userdata)
+{
+    struct run *r = userdata;
+    (void)tids;
+    (void)n;
+    pyframes_threads_free(r->held, r->nheld);
+    r->held = NULL;
+    r->nheld = 0;
+    if (pyframes_read(r->py, &r->held, &r->nheld) < 0) {
+        r->held = NULL;
+        r->nheld = 0;
+    }
+}
+
+/* The Python stack of the sample's own moment into *pt: copied in the kernel at the sample, or
+ * read while the ptrace backend held the thread (lent: 1). -ENOENT when there is none: the
+ * sample's native and Python parts would be of different moments, so they are not merged. */
+static int python_of_sample(struct run *r, const struct sampler_sample *smp,
+                            struct pyframes_thread *pt)
+{
+    if (smp->has_python)
+        return pyframes_decode(r->py, smp->tid, smp->python, smp->npython, smp->python_truncated,
+                               pt);
+    if (!smp->held)
+        return -ENOENT;
+    for (size_t i = 0; i < r->nheld; i++) {
+        if (r->held[i].tid != smp->tid)
+            continue;
+        *pt = r->held[i];
+        return 1;
+    }
+    return -ENOENT;
+}
+
+static void stack_clear(struct stack *st)
+{
+    free(st->merged);
+    if (st->pt_owned)
+        pyframes_thread_clear(&st->pt);
+}
+
+/* The stack of smp into *out (stack_clear it): unwound, and on a CPython target merged with
+ * the Python stack of the same moment, given (a blocked thread's, read while it stayed blocked)
+ * or the sample's own. A sample inside the interpreter without one is counted and kept native. */
+static int sample_stack(struct run *r, const struct sampler_sample *smp,
+                        const struct pyframes_thread *given, struct stack *out)
+{
+    size_t n = 0;
+    int truncated = 0, e = 0;
+    uint64_t t0 = now_ns();
+
+    memset(out, 0, sizeof(*out));
+    if (stacks_unwind_regs(r->s, smp->regs, smp->stack_addr, smp->stack, smp->stack_len, r->frames,
+                           STACKS_MAX_FRAMES, &n, &truncated) < 0) {
+        n = 0; /* a malformed sample still took time: [unknown] */
+        truncated = 1;
+    }
+    r->unwind_ns += now_ns() - t0;
+    r->samples++;
+    r->truncated += truncated != 0;
+    out->frames = r->frames;
+    out->n = n;
+    out->truncated = truncated;
+    if (!r->py)
+        return 0;
+    const char *interp = pyframes_module(r->py);
+    if (given)
+        out->pt = *given;
+    else
+        e = python_of_sample(r, smp, &out->pt);
+    out->pt_owned = !given && e == 0;
+    if (e == -ENOENT && in_interpreter(r->frames, n, interp)) {
+        r->python_unpaired++;
+        if (!smp->held && r->npy_tids < PYFRAMES_MAX_THREADS &&
+            now_ns() - r->py_threads_ns > PY_THREADS_MIN_NS)
+            py_threads_refresh(r, now_ns());
+    }
+    if (e < 0)
+        return e == -ENOMEM ? e : 0;
+    struct stacks_thread *native = malloc(sizeof(*native) + n * sizeof(native->frames[0]));
     if (!native)
         return -ENOMEM;
     memset(native, 0, sizeof(*native));
@@ -136,42 +291,99 @@ static int add_python(struct run *r, const struct sampler_sample *smp, size_t n,
     native->truncated = truncated;
     native->nframes = n;
     memcpy(native->frames, r->frames, n * sizeof(r->frames[0]));
-    if (pyframes_read_tid(r->py, smp->tid, &pt) < 0) {
-        e = profile_add(r->prof, name_of(r, smp->tid), r->frames, n, truncated, smp->period_ns);
-        free(native);
-        return e;
-    }
-    e = pyframes_merge(native, &pt, &merged);
-    if (e == 0) {
-        size_t skip = interpreter_inner(merged, interp);
-        r->python_samples++;
-        e = profile_add(r->prof, name_of(r, smp->tid), merged->frames + skip,
-                        merged->nframes - skip, truncated, smp->period_ns);
-    }
-    free(merged);
-    pyframes_thread_clear(&pt);
+    frame_sps(smp, r->frames, n, r->sps);
+    e = pyframes_merge_at(native, r->sps, &out->pt, &out->merged);
     free(native);
-    return e;
+    if (e < 0)
+        return e;
+    size_t skip = interpreter_inner(out->merged, interp);
+    r->python_samples++;
+    out->frames = out->merged->frames + skip;
+    out->n = out->merged->nframes - skip;
+    return 0;
+}
+
+/* A closed off-CPU stretch (offcpu_sink), counted in samples of the run's rate. */
+static int add_stretch(void *ctx, pid_t tid, const struct stacks_frame *frames, size_t n,
+                       int truncated, enum cpuprof_state st, uint64_t weight_ns)
+{
+    struct run *r = ctx;
+    r->states[st] += (weight_ns * r->freq + 500000000u) / 1000000000u;
+    return profile_add(r->prof, name_of(r, tid), frames, n, truncated, weight_ns);
 }
 
 static int on_sample(const struct sampler_sample *smp, void *userdata)
 {
     struct run *r = userdata;
-    size_t n = 0;
-    int truncated = 0;
-    uint64_t t0 = now_ns();
-    if (stacks_unwind_regs(r->s, smp->regs, smp->stack_addr, smp->stack, smp->stack_len, r->frames,
-                           STACKS_MAX_FRAMES, &n, &truncated) < 0) {
-        n = 0; /* a malformed sample still took CPU time: [unknown] */
-        truncated = 1;
+    struct stack st;
+    int e = sample_stack(r, smp, NULL, &st);
+
+    if (e == 0 && r->off && smp->off_cpu) {
+        e = offcpu_begin(r->off, smp->tid, smp->time_ns, offcpu_state(r->off, smp->regs), st.frames,
+                         st.n, st.truncated);
+    } else if (e == 0) {
+        if (r->off)
+            e = offcpu_back(r->off, smp->tid, smp->time_ns);
+        r->states[CPUPROF_RUNNING]++;
+        if (e == 0)
+            e = profile_add(r->prof, name_of(r, smp->tid), st.frames, st.n, st.truncated,
+                            smp->period_ns);
     }
-    r->unwind_ns += now_ns() - t0;
-    r->samples++;
-    r->truncated += truncated != 0;
-    const char *interp = r->py ? eval_module(r->frames, n) : NULL;
-    if (interp)
-        return add_python(r, smp, n, truncated, interp);
-    return profile_add(r->prof, name_of(r, smp->tid), r->frames, n, truncated, smp->period_ns);
+    stack_clear(&st);
+    return e;
+}
+
+static void on_switch_in(pid_t tid, uint64_t time_ns, void *userdata)
+{
+    struct run *r = userdata;
+    if (offcpu_back(r->off, tid, time_ns) < 0)
+        r->off_failed = true;
+}
+
+/* Wall-clock profiles: the threads blocked in a system call when sampling began leave no
+ * switch sample; each opens a stretch from what /proc says of it and its stack as it is, read
+ * without stopping it and kept only when the call is still the same afterwards (so both halves
+ * are of one moment). */
+static int blocked_threads(struct run *r, uint64_t start)
+{
+    pid_t *tids = NULL;
+    size_t n = 0;
+    unsigned char *stack = malloc(SAMPLER_STACK_BYTES);
+    int e = stack ? procfs_list_tasks(PROCFS_ROOT, r->pid, &tids, &n) : -ENOMEM;
+
+    for (size_t i = 0; e == 0 && i < n; i++) {
+        struct offcpu_syscall sc, again;
+        struct pyframes_thread pt = {0};
+        struct stack st;
+        bool have_pt = false;
+
+        if (offcpu_read_syscall(PROCFS_ROOT, r->pid, tids[i], &sc) < 0)
+            continue;
+        struct iovec local = {stack, SAMPLER_STACK_BYTES};
+        struct iovec remote = {(void *)(uintptr_t)sc.sp, SAMPLER_STACK_BYTES};
+        ssize_t got = process_vm_readv(r->pid, &local, 1, &remote, 1, 0);
+        if (got <= 0)
+            continue;
+        if (r->py)
+            have_pt = pyframes_read_tid(r->py, tids[i], &pt) == 0;
+        if (offcpu_read_syscall(PROCFS_ROOT, r->pid, tids[i], &again) == 0 &&
+            !memcmp(&sc, &again, sizeof(sc))) {
+            struct sampler_sample smp = {
+                .tid = tids[i], .stack_addr = sc.sp, .stack = stack, .stack_len = (size_t)got};
+            smp.regs[UNW_X86_64_RIP] = sc.pc;
+            smp.regs[UNW_X86_64_RSP] = sc.sp;
+            e = sample_stack(r, &smp, have_pt ? &pt : NULL, &st);
+            if (e == 0)
+                e = offcpu_begin(r->off, tids[i], start, offcpu_syscall_state(r->off, &sc),
+                                 st.frames, st.n, st.truncated);
+            stack_clear(&st);
+        }
+        if (have_pt)
+            pyframes_thread_clear(&pt);
+    }
+    free(tids);
+    free(stack);
+    return e;
 }
 
 static void on_maps_changed(void *userdata)
@@ -185,6 +397,29 @@ static void on_thread_name(pid_t tid, const char *name, void *userdata)
     set_name(userdata, tid, name && name[0] ? name : UNKNOWN_THREAD);
 }
 
+static unsigned smp_frequency(const struct sampler *smp)
+{
+    struct sampler_stats st;
+    sampler_get_stats(smp, &st);
+    return st.frequency;
+}
+
+static const char *smp_method(const struct sampler *smp)
+{
+    struct sampler_stats st;
+    sampler_get_stats(smp, &st);
+    return st.method;
+}
+
+/* Whether the sampler copies Python frames in the kernel; if not, why into why. */
+static bool smp_python_in_kernel(const struct sampler *smp, struct error *why)
+{
+    struct sampler_stats st;
+    sampler_get_stats(smp, &st);
+    *why = st.python_fallback;
+    return st.python_in_kernel;
+}
+
 static void report(const struct cpuprof_options *o, const struct run *r, uint64_t start)
 {
     if (!o->progress)
@@ -196,10 +431,19 @@ static void report(const struct cpuprof_options *o, const struct run *r, uint64_
 int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
                 struct cpuprof_result *ret, struct error *err)
 {
-    static const struct sampler_callbacks cb = {on_sample, on_maps_changed, on_thread_name};
+    static const struct sampler_callbacks plain = {on_sample, on_maps_changed, on_thread_name, NULL,
+                                                   NULL};
+    static const struct sampler_callbacks held = {on_sample, on_maps_changed, on_thread_name,
+                                                  on_held, NULL};
+    static const struct sampler_callbacks wall = {on_sample, on_maps_changed, on_thread_name, NULL,
+                                                  on_switch_in};
+    const struct sampler_callbacks *cb = &plain;
+    struct error pyfallback = {0};
     struct sampler *smp = NULL;
     struct run *r = NULL;
-    bool exited = false, cancelled = false;
+    bool exited = false, cancelled = false, pyerr_keep = false;
+    char pyversion[PYFRAMES_VERSION_MAX];
+    struct error pyerr = {0};
     int e;
 
     error_clear(err);
@@ -221,18 +465,49 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
     e = profile_new(&r->prof);
     if (e < 0)
         goto out;
-    /* Not CPython, or a version we cannot read: native frames only. */
-    if (pyframes_open(pid, ret->python, sizeof(ret->python), &r->py) < 0) {
+    /* Not CPython, or a version we cannot read: native frames only, and for the latter the
+     * reason goes out with the result. */
+    e = pyframes_attach(pid, pyversion, sizeof(pyversion), &r->py, &pyerr);
+    if (e < 0)
         r->py = NULL;
-        ret->python[0] = '\0';
+    if (e < 0 && e != -ENOENT && e != -ESRCH && e != -ENOMEM)
+        pyerr_keep = true;
+    if (o->wall) {
+        uint64_t lo = 0, hi = 0;
+        if (r->py)
+            pyframes_gil_range(r->py, &lo, &hi);
+        e = offcpu_new(pid, lo, hi, &r->off);
+        if (e < 0)
+            goto out;
+        cb = &wall;
     }
     e = sampler_open(pid, o->frequency,
-                     (o->force_ptrace ? SAMPLER_FORCE_PTRACE : 0) | (r->py ? SAMPLER_PROMPT : 0),
-                     &smp, err);
+                     (o->force_ptrace ? SAMPLER_FORCE_PTRACE : 0) | (o->wall ? SAMPLER_WALL : 0),
+                     r->py ? pyframes_layout(r->py) : NULL, &smp, err);
+    if (e == 0 && r->py && strcmp(smp_method(smp), "perf_event") == 0 &&
+        !smp_python_in_kernel(smp, &pyfallback)) {
+        /* Python frames read after the sample would be of a later moment: snapshots instead,
+         * whose threads stay stopped while their Python stacks are read. */
+        sampler_close(smp);
+        smp = NULL;
+        e = sampler_open(pid, o->frequency, SAMPLER_FORCE_PTRACE, NULL, &smp, err);
+    }
     if (e < 0)
         goto out;
+    r->smp = smp;
+    r->freq = smp_frequency(smp);
+    if (r->py && strcmp(smp_method(smp), "ptrace") == 0)
+        cb = &held;
+    else if (r->py)
+        py_threads_refresh(r, now_ns());
 
     uint64_t start = now_ns(), duration = (uint64_t)(o->seconds * 1e9);
+    if (r->off) {
+        offcpu_start(r->off, start);
+        e = blocked_threads(r, start);
+        if (e < 0)
+            goto out;
+    }
     uint64_t next_progress = start + PROGRESS_NS;
     for (;;) {
         uint64_t now = now_ns();
@@ -251,7 +526,19 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
         if (next_progress - now < wait)
             wait = next_progress - now;
         uint64_t ms = (wait + 999999) / 1000000;
-        e = sampler_poll(smp, ms > POLL_MAX_MS ? POLL_MAX_MS : (int)ms, &cb, r);
+        if (r->py && cb == &plain && now - r->py_threads_ns >= PY_THREADS_NS)
+            py_threads_refresh(r, now);
+        /* Every ring is read past this time by the poll: switches up to it can be ordered. */
+        uint64_t horizon = now_ns() - HORIZON_SLACK_NS;
+        e = sampler_poll(smp, ms > POLL_MAX_MS ? POLL_MAX_MS : (int)ms, cb, r);
+        if (r->off && (e == 0 || e == -ESRCH)) {
+            struct offcpu_sink sink = {add_stretch, r};
+            int e2 = r->off_failed ? -ENOMEM : offcpu_settle(r->off, horizon, &sink);
+            if (e2 < 0) {
+                e = e2;
+                goto out;
+            }
+        }
         if (e == -ESRCH) {
             exited = true;
             break;
@@ -261,19 +548,32 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
     }
     /* Samples taken before the end that are still queued belong to the run. */
     if (!exited) {
-        e = sampler_poll(smp, 0, &cb, r);
+        e = sampler_poll(smp, 0, cb, r);
         if (e == -ESRCH)
             exited = true;
         else if (e < 0)
             goto out;
     }
+    if (r->off) {
+        uint64_t end = now_ns();
+        struct offcpu_sink sink = {add_stretch, r};
+        e = offcpu_end_all(r->off, end < start + duration ? end : start + duration, &sink);
+        if (e < 0)
+            goto out;
+    }
     report(o, r, start);
 
-    char python[sizeof(ret->python)];
-    snprintf(python, sizeof(python), "%s", r->py ? ret->python : "");
     memset(ret, 0, sizeof(*ret));
-    snprintf(ret->python, sizeof(ret->python), "%s", python);
+    ret->wall = r->off != NULL;
+    memcpy(ret->states, r->states, sizeof(ret->states));
+    snprintf(ret->python, sizeof(ret->python), "%s", r->py ? pyversion : "");
+    if (pyerr_keep) {
+        ret->python_error = pyerr;
+        snprintf(ret->python_version, sizeof(ret->python_version), "%s", pyversion);
+    }
     ret->python_samples = r->python_samples;
+    ret->python_unpaired = r->python_unpaired;
+    ret->python_fallback = pyfallback;
     sampler_get_stats(smp, &ret->stats);
     /* Our own literals: the sampler's strings go with it. */
     ret->stats.method =
@@ -291,6 +591,9 @@ out:
         error_fill(err, e);
     sampler_close(smp);
     if (r) {
+        offcpu_free(r->off);
+        pyframes_threads_free(r->held, r->nheld);
+        free(r->py_tids);
         pyframes_free(r->py);
         profile_free(r->prof);
         free(r->names);

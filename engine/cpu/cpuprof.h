@@ -1,6 +1,8 @@
 /* One CPU profile run: the sampler feeding the snapshot unwinder feeding the profile, for a
  * number of seconds or until cancelled or the target exits, with progress about once a second.
- * No files here: the caller writes what the profile holds. */
+ * CPU time (on-CPU samples), or wall-clock time (on-CPU samples plus each thread's stretches
+ * off the CPU, weighed by their length, as cProfile measures). No files here: the caller
+ * writes what the profile holds. */
 #ifndef CPUPROF_H
 #define CPUPROF_H
 
@@ -18,9 +20,21 @@ struct cpuprof_progress {
     uint64_t samples;
 };
 
+/* What a thread was doing at a sample of a wall-clock profile. */
+enum cpuprof_state {
+    CPUPROF_RUNNING, /* on a CPU, or runnable (preempted) */
+    CPUPROF_SYSCALL, /* blocked in a system call */
+    CPUPROF_GIL,     /* a CPython thread waiting to take the GIL */
+    CPUPROF_NSTATES
+};
+
 struct cpuprof_options {
     double seconds;
     unsigned frequency;
+    /* Wall-clock time rather than CPU time: every thread counts all the time, off the CPU too
+     * (perf_event only: the stacks threads leave the CPU with come from context switch
+     * samples). */
+    bool wall;
     bool force_ptrace;  /* tests: use the fallback sampler */
     atomic_int *cancel; /* set: stop early, keep what was sampled */
     void (*progress)(const struct cpuprof_progress *p, void *userdata); /* ~1/s, may be NULL */
@@ -36,6 +50,21 @@ struct cpuprof_result {
     bool cancelled;
     char python[32];         /* "3.11.2" when Python frames were attributed, else "" */
     uint64_t python_samples; /* samples attributed to Python functions */
+    /* Why a CPython target's frames could not be read (its version in python_version); code 0
+     * when they were, or when the target is not CPython. */
+    struct error python_error;
+    char python_version[32];
+    /* Samples inside the interpreter whose Python stack was not of the sample's moment (a
+     * thread not known to the copier yet, a snapshot released early): kept with native frames
+     * only, never merged with a later Python stack. */
+    uint64_t python_unpaired;
+    /* Why Python frames are not copied in the kernel at each sample (so ptrace snapshots were
+     * used), code 0 when they were or the target is not CPython. */
+    struct error python_fallback;
+    bool wall;
+    /* Wall-clock profiles: samples per state, off-CPU stretches counted as the samples the rate
+     * would have taken in them. */
+    uint64_t states[CPUPROF_NSTATES];
 };
 
 /* Profiles pid with the unwinder state s (kept per target by the caller). -EINVAL (a length

@@ -153,8 +153,8 @@ static int try_backend(struct sampler *s, const struct sampler_ops *ops, unsigne
     return ops->open(s);
 }
 
-int sampler_open(pid_t pid, unsigned freq_hz, unsigned flags, struct sampler **ret,
-                 struct error *err)
+int sampler_open(pid_t pid, unsigned freq_hz, unsigned flags, const struct pylayout *py,
+                 struct sampler **ret, struct error *err)
 {
     int r;
     pid_t tgid;
@@ -174,8 +174,13 @@ int sampler_open(pid_t pid, unsigned freq_hz, unsigned flags, struct sampler **r
     if (!s)
         return error_set(err, -ENOMEM, NULL);
     s->pid = pid;
-    s->prompt = flags & SAMPLER_PROMPT;
+    s->python = py;
+    s->wall = flags & SAMPLER_WALL;
     unsigned ptrace_freq = freq_hz < SAMPLER_PTRACE_MAX_FREQ ? freq_hz : SAMPLER_PTRACE_MAX_FREQ;
+    if (s->wall && (flags & SAMPLER_FORCE_PTRACE)) {
+        r = error_set(err, -EOPNOTSUPP, "a wall-clock profile needs perf_event");
+        goto out;
+    }
     if (!(flags & SAMPLER_FORCE_PTRACE)) {
         r = try_backend(s, &sampler_perf_ops, freq_hz);
         if (r == 0)
@@ -183,6 +188,13 @@ int sampler_open(pid_t pid, unsigned freq_hz, unsigned flags, struct sampler **r
         if (r != -EACCES && r != -EPERM && r != -ENOENT && r != -ENOSYS && r != -EOPNOTSUPP)
             goto out;
         explain_fallback(s, r);
+        /* Off-CPU stacks come from the kernel's context switch samples: no snapshot fallback,
+         * which would stop the target at every tick. */
+        if (s->wall) {
+            r = error_set(err, r, "a wall-clock profile needs perf_event: %s",
+                          s->stats.fallback.reason);
+            goto out;
+        }
     }
     r = try_backend(s, &sampler_ptrace_ops, ptrace_freq);
     /* ptrace refused too: why perf_event was, since either would have done. The agent words why
@@ -207,6 +219,11 @@ int sampler_poll(struct sampler *s, int timeout_ms, const struct sampler_callbac
     if (timeout_ms < 0)
         timeout_ms = 0;
     return s->ops->poll(s, timeout_ms, cb, userdata);
+}
+
+int sampler_python_thread(struct sampler *s, pid_t tid, uint64_t tstate)
+{
+    return s->ops->python_thread ? s->ops->python_thread(s, tid, tstate) : -EOPNOTSUPP;
 }
 
 void sampler_get_stats(const struct sampler *s, struct sampler_stats *ret)

@@ -20,6 +20,8 @@ struct sampler_ops {
     int (*poll)(struct sampler *s, int timeout_ms, const struct sampler_callbacks *cb,
                 void *userdata);
     void (*close)(struct sampler *s);
+    /* sampler_python_thread; NULL: -EOPNOTSUPP. */
+    int (*python_thread)(struct sampler *s, pid_t tid, uint64_t tstate);
 };
 
 /* A thread of the target the sampler knows of. chain: the perf backend's event chain this
@@ -34,7 +36,8 @@ struct sampler_thread {
 struct sampler {
     pid_t pid;
     unsigned freq;
-    bool prompt; /* SAMPLER_PROMPT */
+    const struct pylayout *python; /* sampler_open's py */
+    bool wall;                     /* SAMPLER_WALL */
     const struct sampler_ops *ops;
     void *priv;
     struct sampler_stats stats;

@@ -31,6 +31,7 @@
 #include <sys/mman.h>
 #include "os/perfring.h"
 #include "os/procfs.h"
+#include "cpu/pybpf.h"
 #include "cpu/sampler_ops.h"
 
 #define EVENTS_MAX 65536 /* event fds: threads at start x online CPUs */
@@ -52,7 +53,7 @@ _Static_assert(SAMPLER_NREGS == PERFRING_NREGS, "register numbering");
 
 struct perf {
     struct perfring_cpus rc; /* the rings, one per online CPU */
-    int *tmpfds;             /* rc.n */
+    int *tmpfds;             /* 2 * rc.n */
     struct perfring_evs evs; /* tag unused; hup: no longer polled */
     struct pollfd *pfds;
     size_t npfds;
@@ -61,6 +62,20 @@ struct perf {
     bool exited;
     size_t ring_pages;
     uint64_t next_scan_ns;
+    /* A CPython target's in-kernel frame copier (NULL: none), the ids of its output event on
+     * each ring (0: not opened yet), and per ring the record waiting for its sample. */
+    struct pybpf *bpf;
+    uint64_t *bpf_ids;
+    struct pending *pending;
+};
+
+/* A frame copier's record, until the sample right behind it in the same ring. */
+struct pending {
+    bool valid;
+    bool truncated;
+    pid_t tid;
+    size_t n;
+    struct pyframes_raw_frame frames[PYBPF_FRAMES_MAX];
 };
 
 /* What perf_poll hands each record with. */
@@ -87,45 +102,61 @@ static size_t ring_pages_for(unsigned freq, size_t ncpus, long page)
     return pages;
 }
 
+/* What an event is for (perfring_ev.tag). */
+enum { EV_CLOCK, EV_SWITCH };
+
+/* The attributes of an event of kind. EV_SWITCH, the wall-clock profile's second event, samples
+ * each switch away from the CPU with the user registers and stack the thread leaves with (the
+ * kernel runs it with kernel registers, so kernel samples must be allowed for it to fire; the
+ * copies are still the user ones). */
 static void fill_attr(struct perf_event_attr *a, const struct sampler *s, const struct perf *p,
-                      long page)
+                      long page, int kind)
 {
     memset(a, 0, sizeof(*a));
     a->size = sizeof(*a);
     a->type = PERF_TYPE_SOFTWARE;
-    a->config = PERF_COUNT_SW_CPU_CLOCK;
-    a->freq = 1;
-    a->sample_freq = s->freq;
     a->sample_type = PERF_SAMPLE_IDENTIFIER | PERF_SAMPLE_TID | PERF_SAMPLE_TIME |
                      PERF_SAMPLE_PERIOD | PERF_SAMPLE_REGS_USER | PERF_SAMPLE_STACK_USER;
     a->sample_regs_user = PERFRING_REGS_MASK;
     a->sample_stack_user = SAMPLER_STACK_BYTES;
     a->disabled = 1; /* enabled once its output goes to the ring */
     a->inherit = 1;  /* inherit_thread too: forked processes are not ours */
-    a->exclude_kernel = 1;
     a->exclude_hv = 1;
+    a->sample_id_all = 1;
+    a->use_clockid = 1;
+    a->clockid = CLOCK_MONOTONIC;
+    a->watermark = 1;
+    a->wakeup_watermark = (uint32_t)(p->ring_pages * (size_t)page / 4);
+    if (kind == EV_SWITCH) {
+        a->config = PERF_COUNT_SW_CONTEXT_SWITCHES;
+        a->sample_period = 1;
+        return;
+    }
+    a->config = PERF_COUNT_SW_CPU_CLOCK;
+    a->freq = 1;
+    a->sample_freq = s->freq;
+    a->exclude_kernel = 1;
     a->mmap = 1; /* without mmap_data: executable mappings only */
     a->mmap2 = 1;
     a->comm = 1;
     a->task = 1;
-    a->sample_id_all = 1;
-    a->use_clockid = 1;
-    a->clockid = CLOCK_MONOTONIC;
-    if (s->prompt) {
-        a->wakeup_events = 1;
-    } else {
-        a->watermark = 1;
-        a->wakeup_watermark = (uint32_t)(p->ring_pages * (size_t)page / 4);
-    }
+    a->context_switch = s->wall; /* PERF_RECORD_SWITCH: when an off-CPU stretch ends */
 }
 
 /* One event for tid on the CPU at index ci. */
 static int event_open(const struct sampler *s, struct perf *p, pid_t tid, size_t ci, long page,
-                      int *ret_fd)
+                      int kind, int *ret_fd)
 {
     struct perf_event_attr a;
-    fill_attr(&a, s, p, page);
-    return perfring_event_open_inherit(&a, tid, p->rc.cpus[ci], &p->inherit_thread, ret_fd);
+    fill_attr(&a, s, p, page, kind);
+    int r = perfring_event_open_inherit(&a, tid, p->rc.cpus[ci], &p->inherit_thread, ret_fd);
+    /* Copies inherited by new threads run the same program. */
+    if (r == 0 && p->bpf && ioctl(*ret_fd, PERF_EVENT_IOC_SET_BPF, pybpf_prog_fd(p->bpf)) < 0) {
+        r = -errno;
+        close(*ret_fd);
+        *ret_fd = -1;
+    }
+    return r;
 }
 
 /* Maps the ring of CPU index ci from the event *fd. The kernel may refuse the size (the
@@ -139,7 +170,7 @@ static int ring_map(const struct sampler *s, struct perf *p, pid_t tid, size_t c
         /* A smaller ring was settled on after this event was opened for a bigger one. */
         close(*fd);
         *fd = -1;
-        r = event_open(s, p, tid, ci, page, fd);
+        r = event_open(s, p, tid, ci, page, EV_CLOCK, fd);
         if (r < 0)
             return r;
     }
@@ -149,7 +180,7 @@ static int ring_map(const struct sampler *s, struct perf *p, pid_t tid, size_t c
             return r;
         close(*fd);
         *fd = -1;
-        r = event_open(s, p, tid, ci, page, fd);
+        r = event_open(s, p, tid, ci, page, EV_CLOCK, fd);
         if (r < 0)
             return r;
     }
@@ -179,7 +210,7 @@ static int open_thread(struct sampler *s, struct perf *p, pid_t tid)
     size_t pages_at_open = p->ring_pages;
     struct sampler_thread *t;
 
-    if (p->evs.n + p->rc.n > EVENTS_MAX)
+    if (p->evs.n + (s->wall ? 2 : 1) * p->rc.n > EVENTS_MAX)
         return -EMFILE;
     r = perfring_evs_chain_reserve(&p->evs);
     if (r < 0)
@@ -188,7 +219,7 @@ static int open_thread(struct sampler *s, struct perf *p, pid_t tid)
     uint32_t chain = (uint32_t)p->evs.nchains++;
     p->evs.chains[chain] = (struct perfring_chain){.tid = tid, .disabled = true};
     for (; opened < p->rc.n; opened++) {
-        r = event_open(s, p, tid, opened, page, &p->tmpfds[opened]);
+        r = event_open(s, p, tid, opened, page, EV_CLOCK, &p->tmpfds[opened]);
         if (r < 0)
             goto out;
     }
@@ -205,11 +236,34 @@ static int open_thread(struct sampler *s, struct perf *p, pid_t tid)
         if (r < 0)
             goto out;
     }
+    /* Into the rings the clock events opened: behind their owners. */
+    for (; s->wall && opened < 2 * p->rc.n; opened++) {
+        size_t i = opened - p->rc.n;
+        uint64_t id;
+        r = event_open(s, p, tid, i, page, EV_SWITCH, &p->tmpfds[opened]);
+        if (r == 0 && ioctl(p->tmpfds[opened], PERF_EVENT_IOC_SET_OUTPUT, p->rc.rings[i].fd) < 0)
+            r = -errno;
+        if (r == 0 && ioctl(p->tmpfds[opened], PERF_EVENT_IOC_ID, &id) < 0)
+            r = -errno;
+        if (r == 0 && (r = perfring_evs_add(&p->evs, id, p->tmpfds[opened], chain, EV_SWITCH)) == 0)
+            p->pfds_stale = true;
+        if (r < 0) {
+            if (p->tmpfds[opened] >= 0)
+                close(p->tmpfds[opened]); /* not in evs yet */
+            p->tmpfds[opened] = -1;
+            goto out;
+        }
+    }
+    for (size_t i = 0; p->bpf && i < p->rc.n && r == 0; i++)
+        if (!p->bpf_ids[i] && p->rc.rings[i].fd >= 0)
+            r = pybpf_output_open(p->bpf, p->rc.cpus[i], p->rc.rings[i].fd, &p->bpf_ids[i]);
+    if (r < 0)
+        goto out;
     p->evs.chains[chain].disabled = false;
     t = sampler_thread_find(s, tid);
     if (t || sampler_thread_add(s, tid, &t) == 0)
         t->chain = chain;
-    for (size_t i = 0; i < p->rc.n; i++)
+    for (size_t i = 0; i < opened; i++)
         ioctl(p->tmpfds[i], PERF_EVENT_IOC_ENABLE, 0);
 out:
     if (r < 0)
@@ -253,7 +307,25 @@ static void perf_free(struct perf *p)
     free(p->tmpfds);
     perfring_evs_destroy(&p->evs);
     free(p->pfds);
+    pybpf_free(p->bpf);
+    free(p->bpf_ids);
+    free(p->pending);
     free(p);
+}
+
+/* The in-kernel frame copier of a CPython target. Refused (no CAP_BPF, a kernel without BPF,
+ * a verifier that disagrees): sampling goes on without it, and stats say why. */
+static int python_open(struct sampler *s, struct perf *p)
+{
+    p->bpf_ids = calloc(p->rc.n, sizeof(*p->bpf_ids));
+    p->pending = calloc(p->rc.n, sizeof(*p->pending));
+    if (!p->bpf_ids || !p->pending)
+        return -ENOMEM;
+    int r = pybpf_new(s->python, &p->bpf, &s->stats.python_fallback);
+    if (r == -ENOMEM)
+        return r;
+    s->stats.python_in_kernel = r == 0;
+    return 0;
 }
 
 static int perf_open(struct sampler *s)
@@ -268,12 +340,19 @@ static int perf_open(struct sampler *s)
     r = perfring_cpus_init(&p->rc);
     if (r < 0)
         goto out;
-    p->tmpfds = calloc(p->rc.n, sizeof(*p->tmpfds));
+    p->tmpfds = calloc(2 * p->rc.n, sizeof(*p->tmpfds)); /* clock, then switch events */
     if (!p->tmpfds) {
         r = -ENOMEM;
         goto out;
     }
-    p->ring_pages = ring_pages_for(s->freq, p->rc.n, page);
+    if (s->python) {
+        r = python_open(s, p);
+        if (r < 0)
+            goto out;
+    }
+    /* A wall-clock profile also samples every context switch, at a rate the target sets: the
+     * largest rings. */
+    p->ring_pages = ring_pages_for(s->wall ? SAMPLER_MAX_FREQ * 4 : s->freq, p->rc.n, page);
     /* The kernel's ceiling (lowered by itself when sampling takes too long) refuses more. */
     FILE *f = fopen("/proc/sys/kernel/perf_event_max_sample_rate", "re");
     if (f) {
@@ -348,18 +427,54 @@ static struct sampler_thread *thread_of(struct sampler *s, pid_t tid, uint32_t c
     return t;
 }
 
-static int on_sample(struct sampler *s, struct perf *p, const unsigned char *rec, size_t size,
-                     const struct sampler_callbacks *cb, void *userdata)
+/* A frame copier's record (IDENTIFIER, TID, RAW), kept for the sample behind it. */
+static void on_python(struct sampler *s, struct pending *pd, struct perfring_rd *d)
+{
+    uint32_t pid, tid, len;
+    const unsigned char *raw;
+    pid_t rtid;
+
+    pd->valid = false;
+    if (!perfring_rd_u32(d, &pid) || !perfring_rd_u32(d, &tid) || !perfring_rd_u32(d, &len) ||
+        !perfring_rd_bytes(d, len, &raw) ||
+        pybpf_parse(raw, len, &rtid, pd->frames, &pd->n, &pd->truncated) < 0 ||
+        rtid != (pid_t)tid) {
+        s->stats.lost++;
+        return;
+    }
+    pd->tid = (pid_t)tid;
+    pd->valid = (pid_t)pid == s->pid;
+}
+
+static int on_sample(struct sampler *s, struct perf *p, size_t ci, const unsigned char *rec,
+                     size_t size, const struct sampler_callbacks *cb, void *userdata)
 {
     struct perfring_rd d;
     uint64_t id, time, period, abi;
     uint32_t pid, tid;
-    struct sampler_sample smp;
+    struct sampler_sample smp = {0};
 
     perfring_rd_init(&d, rec, size);
-    if (!perfring_rd_u64(&d, &id) || !perfring_rd_u32(&d, &pid) || !perfring_rd_u32(&d, &tid) ||
-        !perfring_rd_u64(&d, &time) || !perfring_rd_u64(&d, &period) || !perfring_rd_u64(&d, &abi))
+    if (!perfring_rd_u64(&d, &id))
         goto bad;
+    if (p->bpf && id == p->bpf_ids[ci]) {
+        on_python(s, &p->pending[ci], &d);
+        return 0;
+    }
+    if (!perfring_rd_u32(&d, &pid) || !perfring_rd_u32(&d, &tid) || !perfring_rd_u64(&d, &time) ||
+        !perfring_rd_u64(&d, &period) || !perfring_rd_u64(&d, &abi))
+        goto bad;
+    /* The copier's record is written in the same interrupt, right before its sample. */
+    if (p->pending && p->pending[ci].valid) {
+        struct pending *pd = &p->pending[ci];
+        pd->valid = false;
+        if (pd->tid == (pid_t)tid) {
+            smp.has_python = true;
+            smp.python = pd->frames;
+            smp.npython = pd->n;
+            smp.python_truncated = pd->truncated;
+        }
+    }
     if ((pid_t)pid != s->pid)
         return 0; /* a forked child's copy, where inherit_thread is unknown */
     if (abi != PERF_SAMPLE_REGS_ABI_64)
@@ -369,6 +484,7 @@ static int on_sample(struct sampler *s, struct perf *p, const unsigned char *rec
     struct perfring_ev *ev = perfring_evs_find(&p->evs, id);
     if (!ev)
         goto bad;
+    smp.off_cpu = ev->tag == EV_SWITCH;
     struct sampler_thread *t = thread_of(s, (pid_t)tid, ev->chain);
     if (t) {
         if (!chain_accept(p, t, ev->chain))
@@ -437,6 +553,25 @@ static void on_mmap2(struct sampler *s, const struct perf_event_header *h, const
         cb->maps_changed(userdata);
 }
 
+/* PERF_RECORD_SWITCH (wall-clock profiles): a thread back on a CPU ends its off-CPU stretch. */
+static void on_switch(struct sampler *s, const struct perf_event_header *h,
+                      const unsigned char *rec, const struct sampler_callbacks *cb, void *userdata)
+{
+    uint64_t time, id;
+    uint32_t pid, tid;
+    if (h->size < sizeof(*h) + TRAILER_BYTES) {
+        s->stats.lost++;
+        return;
+    }
+    const unsigned char *tr = rec + h->size - TRAILER_BYTES;
+    memcpy(&pid, tr, 4);
+    memcpy(&tid, tr + 4, 4);
+    memcpy(&time, tr + 8, 8);
+    memcpy(&id, tr + 16, 8);
+    if ((pid_t)pid == s->pid && !(h->misc & PERF_RECORD_MISC_SWITCH_OUT) && cb->switch_in)
+        cb->switch_in((pid_t)tid, time, userdata);
+}
+
 /* FORK and EXIT: pid, ppid, tid, ptid, time. */
 static void on_task(struct sampler *s, struct perf *p, const struct perf_event_header *h,
                     const unsigned char *rec)
@@ -470,11 +605,10 @@ static int on_record(void *arg, size_t ci, const unsigned char *rec, size_t size
     const struct poll_ctx *c = arg;
     struct sampler *s = c->s;
     struct perf_event_header h;
-    (void)ci;
     memcpy(&h, rec, sizeof(h));
     switch (h.type) {
     case PERF_RECORD_SAMPLE:
-        return on_sample(s, c->p, rec, size, c->cb, c->userdata);
+        return on_sample(s, c->p, ci, rec, size, c->cb, c->userdata);
     case PERF_RECORD_LOST:
         s->stats.lost += perfring_lost(rec, size);
         break;
@@ -483,6 +617,9 @@ static int on_record(void *arg, size_t ci, const unsigned char *rec, size_t size
         break;
     case PERF_RECORD_MMAP2:
         on_mmap2(s, &h, rec, c->cb, c->userdata);
+        break;
+    case PERF_RECORD_SWITCH:
+        on_switch(s, &h, rec, c->cb, c->userdata);
         break;
     case PERF_RECORD_FORK:
     case PERF_RECORD_EXIT:
@@ -570,9 +707,16 @@ static void perf_close(struct sampler *s)
     s->priv = NULL;
 }
 
+static int perf_python_thread(struct sampler *s, pid_t tid, uint64_t tstate)
+{
+    struct perf *p = s->priv;
+    return p->bpf ? pybpf_set_thread(p->bpf, tid, tstate) : -EOPNOTSUPP;
+}
+
 const struct sampler_ops sampler_perf_ops = {
     .name = "perf_event",
     .open = perf_open,
     .poll = perf_poll,
     .close = perf_close,
+    .python_thread = perf_python_thread,
 };

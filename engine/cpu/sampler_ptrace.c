@@ -185,6 +185,20 @@ out:
     return 0;
 }
 
+/* What a tick's callers read while the threads are stopped (sampler_callbacks.held). */
+struct held {
+    const struct sampler_callbacks *cb;
+    const pid_t *tids;
+    size_t n;
+    void *userdata;
+};
+
+static void run_held(void *ctx)
+{
+    const struct held *h = ctx;
+    h->cb->held(h->tids, h->n, h->userdata);
+}
+
 static int tick(struct sampler *s, struct ptr *t, const struct sampler_callbacks *cb,
                 void *userdata)
 {
@@ -205,7 +219,10 @@ static int tick(struct sampler *s, struct ptr *t, const struct sampler_callbacks
     r = list_running(s, t, &n);
     if (r < 0 || n == 0)
         return r;
-    r = snapshot_capture(t->snap, s->pid, t->running, n, t->ranges, t->nranges);
+    struct held h = {cb, t->running, n, userdata};
+    struct snapshot_hold hold = {run_held, &h};
+    r = snapshot_capture_hold(t->snap, s->pid, t->running, n, t->ranges, t->nranges,
+                              cb->held ? &hold : NULL);
     if (r < 0)
         return r == -ESRCH ? 0 : r;
     uint64_t now = sampler_now_ns();
@@ -222,6 +239,7 @@ static int tick(struct sampler *s, struct ptr *t, const struct sampler_callbacks
             .time_ns = now,
             .period_ns = 1000000000ull / s->freq,
             .stack_addr = th->regs[UNW_X86_64_RSP],
+            .held = cb->held && t->snap->held,
         };
         memcpy(smp.regs, th->regs, sizeof(smp.regs));
         /* The copy starts below sp (red zone); hand out from sp, like perf. */

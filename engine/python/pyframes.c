@@ -30,7 +30,8 @@ static const char *const sym_names[NSYMS] = {
 struct pyframes {
     pid_t pid;
     char version[PYFRAMES_VERSION_MAX];
-    uint64_t sym[NSYMS]; /* addresses in the target */
+    char module[PATH_MAX]; /* the mapped file holding _PyRuntime, as /proc/PID/maps names it */
+    uint64_t sym[NSYMS];   /* addresses in the target */
     struct pylayout layout;
     struct pywalk *walk;
     bool other_ns; /* the target's thread ids are another PID namespace's */
@@ -365,6 +366,8 @@ int pyframes_attach(pid_t pid, char *version, size_t version_len, struct pyframe
                 seen = maps[j].inode == m->inode && strcmp(maps[j].path, m->path) == 0;
             if (!seen)
                 r = try_module(p, m, err);
+            if (!seen && r == 0)
+                snprintf(p->module, sizeof(p->module), "%s", m->path);
         }
     }
     if (version && version_len)
@@ -445,6 +448,34 @@ int pyframes_read_tid(struct pyframes *p, pid_t tid, struct pyframes_thread *ret
     return r;
 }
 
+const char *pyframes_module(const struct pyframes *p)
+{
+    return p->module;
+}
+
+/* struct _gil_runtime_state (Include/internal/pycore_gil.h, 3.11-3.15, x86-64 glibc): interval,
+ * last_holder, locked, switch_number, cond, mutex, switch_cond, switch_mutex: 208 bytes. */
+#define GIL_BYTES 208
+/* 3.11: the GIL is _PyRuntime.ceval.gil, which ends 8 bytes before gilstate.tstate_current
+ * (struct _gilstate_runtime_state starts with an int, padded). */
+#define GIL_311_BEFORE_TSTATE 8
+
+int pyframes_gil_range(const struct pyframes *p, uint64_t *ret_lo, uint64_t *ret_hi)
+{
+    const struct pylayout *l = &p->layout;
+    uint64_t gil = 0, interp = 0;
+
+    if (l->rt_gil_tstate) {
+        gil = p->sym[SYM_RUNTIME] + l->rt_gil_tstate - GIL_311_BEFORE_TSTATE - GIL_BYTES;
+    } else if (rd_u64(p, p->sym[SYM_RUNTIME] + l->rt_interp_head, &interp) < 0 ||
+               rd_u64(p, interp + l->is_gil, &gil) < 0 || gil == 0) {
+        return -ENOENT;
+    }
+    *ret_lo = gil;
+    *ret_hi = gil + GIL_BYTES;
+    return 0;
+}
+
 const struct pylayout *pyframes_layout(const struct pyframes *p)
 {
     return &p->layout;
@@ -467,46 +498,112 @@ int pyframes_format_frame(const struct pyframes_frame *f, char *buf, size_t len)
     return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
+bool pyframes_is_eval(const char *func)
+{
+    size_t n = strlen(PYFRAMES_EVAL_FUNC);
+    return func && strncmp(func, PYFRAMES_EVAL_FUNC, n) == 0 && (func[n] == '\0' || func[n] == '.');
+}
+
+/* The native frame whose stack holds addr: i with sp[i] <= addr < sp[i + 1], both known; -1. */
+static ssize_t frame_holding(const uint64_t *sp, size_t n, uint64_t addr)
+{
+    for (size_t i = 0; addr && i + 1 < n && sp[i] && sp[i + 1]; i++)
+        if (sp[i] <= addr && addr < sp[i + 1])
+            return (ssize_t)i;
+    return -1;
+}
+
+static void put_python(struct stacks_thread *t, const struct pyframes_frame *pf)
+{
+    t->frames[t->nframes++] = (struct stacks_frame){.file = pf->filename,
+                                                    .func = pf->funcname,
+                                                    .line = pf->line,
+                                                    .func_line = pf->firstlineno,
+                                                    .python = true};
+}
+
+static void put_native(struct stacks_thread *t, const struct stacks_thread *native, size_t from,
+                       size_t to)
+{
+    for (size_t i = from; i < to; i++)
+        t->frames[t->nframes++] = native->frames[i];
+}
+
 /* CPython 3.11 on runs nested Python calls inside one _PyEval_EvalFrameDefault call; each call
- * of it starts at an entry frame. So, going outwards, the Python frames up to and including the
- * next entry frame replace the next native _PyEval_EvalFrameDefault frame. */
+ * of it starts at an entry frame. So the Python frames cut after each entry frame are runs,
+ * innermost first, and each replaces the native frame of the eval-loop call that runs it:
+ * first where the run's shim frame lies on the C stack (3.12 on, with sp), which finds that
+ * call whatever C sits between and whatever its symbol (a stripped interpreter, GCC's .cold
+ * part); then, in order, the native frames named as the eval loop. A run left without one goes
+ * just inside the next run out that has one; outermost runs left over go at the outer end when
+ * the native stack ends early, else just outside the last placed run (or innermost), never
+ * under the program's entry point. */
+int pyframes_merge_at(const struct stacks_thread *native, const uint64_t *sp,
+                      const struct pyframes_thread *py, struct stacks_thread **ret)
+{
+    size_t max = native->nframes + py->nframes, nruns = 0, pos = 0;
+    struct stacks_thread *t = malloc(sizeof(*t) + (max ? max : 1) * sizeof(t->frames[0]));
+    size_t *end = malloc((py->nframes + 1) * sizeof(*end)); /* run j: [end[j-1], end[j]) */
+    ssize_t *host = malloc((py->nframes + 1) * sizeof(*host));
+
+    if (!t || !end || !host) {
+        free(t);
+        free(end);
+        free(host);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < py->nframes; i++)
+        if (py->frames[i].is_entry || i + 1 == py->nframes)
+            end[nruns++] = i + 1;
+    /* Hosts by the shim frames' place, kept only while they go outwards. */
+    ssize_t last = -1;
+    for (size_t j = 0; j < nruns; j++) {
+        host[j] = sp ? frame_holding(sp, native->nframes, py->frames[end[j] - 1].entry_at) : -1;
+        if (host[j] >= 0 && host[j] <= last)
+            host[j] = -1;
+        if (host[j] >= 0)
+            last = host[j];
+    }
+    /* Then by name, between the hosts found. */
+    size_t e = 0;
+    for (size_t j = 0; j < nruns; j++) {
+        if (host[j] >= 0) {
+            e = (size_t)host[j] + 1;
+            continue;
+        }
+        size_t limit = native->nframes;
+        for (size_t k = j + 1; k < nruns && limit == native->nframes; k++)
+            if (host[k] >= 0)
+                limit = (size_t)host[k];
+        while (e < limit && !pyframes_is_eval(native->frames[e].func))
+            e++;
+        if (e < limit)
+            host[j] = (ssize_t)e++;
+    }
+    *t = *native;
+    t->nframes = 0;
+    for (size_t j = 0; j < nruns;) {
+        size_t k = j; /* runs j..k-1 have no host, run k has */
+        while (k < nruns && host[k] < 0)
+            k++;
+        size_t at = k < nruns ? (size_t)host[k] : native->truncated ? native->nframes : pos;
+        size_t through = k < nruns ? k : nruns - 1;
+        put_native(t, native, pos, at);
+        for (; j <= through; j++)
+            for (size_t i = j ? end[j - 1] : 0; i < end[j]; i++)
+                put_python(t, &py->frames[i]);
+        pos = k < nruns ? at + 1 : at; /* past the eval-loop frame run k replaced */
+    }
+    put_native(t, native, pos, native->nframes);
+    t->truncated = native->truncated && py->truncated;
+    free(end);
+    free(host);
+    *ret = t;
+    return 0;
+}
+
 int pyframes_merge(const struct stacks_thread *native, const struct pyframes_thread *py,
                    struct stacks_thread **ret)
 {
-    size_t max = native->nframes + py->nframes, n = 0, pi = 0;
-    struct stacks_thread *t = malloc(sizeof(*t) + (max ? max : 1) * sizeof(t->frames[0]));
-
-    if (!t)
-        return -ENOMEM;
-    *t = *native;
-    for (size_t i = 0; i < native->nframes; i++) {
-        const struct stacks_frame *nf = &native->frames[i];
-        if (!nf->func || strcmp(nf->func, PYFRAMES_EVAL_FUNC) || pi == py->nframes) {
-            t->frames[n++] = *nf;
-            continue;
-        }
-        bool entry;
-        do {
-            const struct pyframes_frame *pf = &py->frames[pi++];
-            t->frames[n++] = (struct stacks_frame){.file = pf->filename,
-                                                   .func = pf->funcname,
-                                                   .line = pf->line,
-                                                   .func_line = pf->firstlineno,
-                                                   .python = true};
-            entry = pf->is_entry;
-        } while (!entry && pi < py->nframes);
-    }
-    /* The native stack ended early: the rest of the Python stack is further out. */
-    while (pi < py->nframes) {
-        const struct pyframes_frame *pf = &py->frames[pi++];
-        t->frames[n++] = (struct stacks_frame){.file = pf->filename,
-                                               .func = pf->funcname,
-                                               .line = pf->line,
-                                               .func_line = pf->firstlineno,
-                                               .python = true};
-    }
-    t->nframes = n;
-    t->truncated = native->truncated && py->truncated;
-    *ret = t;
-    return 0;
+    return pyframes_merge_at(native, NULL, py, ret);
 }

@@ -27,12 +27,15 @@
 #define PYFRAMES_EVAL_FUNC "_PyEval_EvalFrameDefault"
 
 struct pyframes_frame {
-    char *filename;  /* co_filename, UTF-8 */
-    char *funcname;  /* co_qualname, UTF-8 */
-    int line;        /* of the current instruction; 0 when unknown */
-    int firstlineno; /* co_firstlineno */
-    bool is_entry;   /* the first frame of a _PyEval_EvalFrameDefault call (3.11's is_entry;
-                        3.12 on: the frame next to the shim frame that call pushed) */
+    char *filename;    /* co_filename, UTF-8 */
+    char *funcname;    /* co_qualname, UTF-8 */
+    int line;          /* of the current instruction; 0 when unknown */
+    int firstlineno;   /* co_firstlineno */
+    bool is_entry;     /* the first frame of a _PyEval_EvalFrameDefault call (3.11's is_entry;
+                          3.12 on: the frame next to the shim frame that call pushed) */
+    uint64_t entry_at; /* 3.12 on, of an entry frame: the address of that shim frame, which
+                          lives on the C stack of the eval-loop call running this frame and
+                          the ones inside it; 0 when unknown */
 };
 
 struct pyframes_thread {
@@ -85,13 +88,19 @@ void pyframes_thread_clear(struct pyframes_thread *t);
 void pyframes_threads_free(struct pyframes_thread *threads, size_t n);
 
 /* One _PyInterpreterFrame as copied by a reader that does not decode (the sampler's in-kernel
- * copier): its code object (masked as the layout says), instruction pointer and owner. */
+ * copier): its address, code object (masked as the layout says), instruction pointer and
+ * owner. */
 struct pyframes_raw_frame {
-    uint64_t code, instr;
+    uint64_t code, instr, addr; /* addr: of the frame itself */
     uint8_t owner;
     bool is_entry; /* 3.11's field; later versions mark entries with shim frames */
 };
 
+/* The interpreter's file (libpython or the executable), as /proc/PID/maps names it. */
+const char *pyframes_module(const struct pyframes *p);
+/* Where the main interpreter's GIL lies in the target, [*ret_lo, *ret_hi): a thread blocked
+ * on a futex in there waits for the GIL. -ENOENT when it cannot be told. */
+int pyframes_gil_range(const struct pyframes *p, uint64_t *ret_lo, uint64_t *ret_hi);
 /* The layout p reads the target with (for such a reader). */
 const struct pylayout *pyframes_layout(const struct pyframes *p);
 /* The Python stack of thread tid from raw frames (innermost first, shim frames included), as
@@ -105,10 +114,21 @@ int pyframes_decode(struct pyframes *p, pid_t tid, const struct pyframes_raw_fra
  * small (buf then holds the truncated line). */
 int pyframes_format_frame(const struct pyframes_frame *f, char *buf, size_t len);
 
-/* One thread's stack as a reader wants it: native frames, with each native
- * _PyEval_EvalFrameDefault frame replaced by the Python frames it runs (innermost first, like
- * both inputs). Python frames left over when the native stack ends early go at the outer end.
- * The result's strings point into native and py, which must outlive it; free() it. */
+/* Whether func names the eval loop: _PyEval_EvalFrameDefault, or a part of it the compiler
+ * split off (_PyEval_EvalFrameDefault.cold). */
+bool pyframes_is_eval(const char *func);
+
+/* One thread's stack as a reader wants it: native frames, with the native frame of each
+ * eval-loop call replaced by the Python frames it runs (innermost first, like both inputs).
+ * sp (may be NULL) tells where each native frame's stack starts (sp[i] the lowest address of
+ * frame i, ascending; 0 from the first unknown one): with it a run of Python frames finds its
+ * eval-loop call by where that call's shim frame lies (3.12 on), whatever the call's symbol;
+ * otherwise by the name (pyframes_is_eval). Python frames left over when the native stack ends
+ * early go at the outer end. The result's strings point into native and py, which must
+ * outlive it; free() it. */
+int pyframes_merge_at(const struct stacks_thread *native, const uint64_t *sp,
+                      const struct pyframes_thread *py, struct stacks_thread **ret);
+/* pyframes_merge_at without sp. */
 int pyframes_merge(const struct stacks_thread *native, const struct pyframes_thread *py,
                    struct stacks_thread **ret);
 

@@ -115,15 +115,6 @@ int pywalk_new(const struct pylayout *l, const struct pywalk_addrs *a,
     return 0;
 }
 
-void pywalk_free(struct pywalk *w)
-{
-    if (!w)
-        return;
-    free(w->table);
-    free(w->cache);
-    free(w);
-}
-
 /* ---- objects ---- */
 
 static int put_utf8(char *out, size_t cap, size_t *pos, uint32_t c)
@@ -289,6 +280,17 @@ static void cache_clear(struct pywalk *w)
     w->name_keys = 0;
 }
 
+/* pywalk_decode keeps code objects from one call to the next: the cache may hold some. */
+void pywalk_free(struct pywalk *w)
+{
+    if (!w)
+        return;
+    cache_clear(w);
+    free(w->table);
+    free(w->cache);
+    free(w);
+}
+
 /* ---- frames ---- */
 
 static void frame_clear(struct pyframes_frame *f)
@@ -408,14 +410,16 @@ static int read_frame(struct pywalk *w, uint64_t addr, struct pyframes_frame *f,
                         fr[l->if_owner], l->has_is_entry && fr[l->if_is_entry] != 0, f, ret_kind);
 }
 
-/* Appends f (of kind) to t: a shim frame marks the frame before it (the first its eval loop
- * call ran) as an entry frame, as 3.11's is_entry does; an incomplete one is left out. Only
- * allocation fails (f is then freed). */
-static int add_frame(struct pyframes_thread *t, size_t *cap, enum frame_kind kind,
+/* Appends f (of kind, at addr) to t: a shim frame marks the frame before it (the first its eval
+ * loop call ran) as an entry frame, as 3.11's is_entry does, and says where that call's C stack
+ * is; an incomplete one is left out. Only allocation fails (f is then freed). */
+static int add_frame(struct pyframes_thread *t, size_t *cap, enum frame_kind kind, uint64_t addr,
                      struct pyframes_frame *f)
 {
-    if (kind == FRAME_SHIM && t->nframes)
+    if (kind == FRAME_SHIM && t->nframes) {
         t->frames[t->nframes - 1].is_entry = true;
+        t->frames[t->nframes - 1].entry_at = addr;
+    }
     if (kind != FRAME_PYTHON)
         return 0;
     if (t->nframes == *cap) {
@@ -446,14 +450,15 @@ static int read_frames(struct pywalk *w, uint64_t addr, struct pyframes_thread *
             t->truncated = true;
             break;
         }
-        int r = read_frame(w, addr, &f, &addr, &kind);
+        uint64_t at = addr;
+        int r = read_frame(w, at, &f, &addr, &kind);
         if (r == -ENOMEM)
             return r;
         if (r < 0) {
             t->truncated = true;
             break;
         }
-        if (add_frame(t, &cap, kind, &f) < 0)
+        if (add_frame(t, &cap, kind, at, &f) < 0)
             return -ENOMEM;
     }
     return 0;
@@ -937,7 +942,7 @@ int pywalk_decode(struct pywalk *w, const struct pyframes_raw_frame *raw, size_t
             break;
         }
         if (r == 0)
-            r = add_frame(&t, &cap, kind, &f);
+            r = add_frame(&t, &cap, kind, raw[i].addr, &f);
     }
     if (r < 0) {
         pyframes_thread_clear(&t);

@@ -24,7 +24,8 @@ ABBREVIATIONS = {
     "en": "enabled_by_default", "ent_cat": "entity_category", "evt_typ": "event_types",
     "ic": "icon", "json_attr_t": "json_attributes_topic",
     "json_attr_tpl": "json_attributes_template", "max": "max", "min": "min", "mode": "mode",
-    "name": "name", "o": "origin", "p": "platform", "pl_avail": "payload_available",
+    "name": "name", "o": "origin", "ops": "options", "p": "platform",
+    "pl_avail": "payload_available",
     "pl_not_avail": "payload_not_available", "pl_off": "payload_off", "pl_on": "payload_on",
     "pl_prs": "payload_press", "ptrn": "pattern", "stat_cla": "state_class",
     "stat_off": "state_off", "stat_on": "state_on", "stat_t": "state_topic", "step": "step",
@@ -161,7 +162,7 @@ def test_config_follows_home_assistants_rules(ha):
     uids = [c["unique_id"] for c in comps.values()]
     assert len(uids) == len(set(uids)) and all(ID.match(u) and NODE in u for u in uids)
     for cid, c in comps.items():
-        assert c["platform"] in {"button", "number", "text", "switch", "sensor",
+        assert c["platform"] in {"button", "number", "select", "text", "switch", "sensor",
                                  "binary_sensor", "event"}, cid
         assert c["availability"] == [{"topic": f"{P}/status", "payload_available": "online",
                                       "payload_not_available": "offline"}], cid
@@ -171,9 +172,10 @@ def test_config_follows_home_assistants_rules(ha):
                 assert "~" not in value and value.startswith(f"{P}/"), (cid, key)
         # Every key is one Home Assistant knows by its full name once expanded.
         assert set(c) <= set(ABBREVIATIONS.values()) | {"qos"}, cid
-        if c["platform"] in {"button", "number", "text", "switch"}:
+        if c["platform"] in {"button", "number", "select", "text", "switch"}:
             assert "command_topic" in c, cid
-        if c["platform"] in {"sensor", "binary_sensor", "switch", "number", "text", "event"}:
+        if c["platform"] in {"sensor", "binary_sensor", "switch", "number", "select", "text",
+                             "event"}:
             assert "state_topic" in c, cid
         if c["platform"] == "sensor" and "entity_category" in c:
             assert c["entity_category"] == "diagnostic", cid
@@ -186,6 +188,8 @@ def test_config_follows_home_assistants_rules(ha):
     numbers = by_platform["number"]
     assert {(c["min"], c["max"]) for c in numbers.values()} >= {(1, 3600), (1, 4999),
                                                                  (0, 1073741824)}
+    mode, = by_platform["select"].values()
+    assert mode["options"] == ["cpu", "wall"]
     text, = by_platform["text"].values()
     assert text["max"] <= 255 and re.match(text["pattern"], "pipe")
     assert not re.match(text["pattern"], "bogus")
@@ -240,7 +244,8 @@ def test_numbers_set_what_the_cpu_profile_button_does(ha):
     seconds, frequency = comps["start_seconds"], comps["start_frequency"]
     ha.client.publish(seconds["command_topic"], "1")
     ha.client.publish(frequency["command_topic"], "47")
-    state = latest_state(ha, lambda st: st["settings"]["start"] == {"seconds": 1, "frequency": 47})
+    state = latest_state(ha, lambda st: st["settings"]["start"] == {"seconds": 1, "frequency": 47,
+                                                                    "mode": "cpu"})
     assert render(seconds["value_template"], state) == "1"
     result = press(ha, comps["start"]["command_topic"], comps["start"]["payload_press"])
     assert result["status"] == "ok"

@@ -171,3 +171,41 @@ def test_stop_mid_profile_writes_files_and_marks_interrupted(workdir, split):
         assert db.execute("SELECT status FROM runs WHERE id = ?",
                           (result["run_id"],)).fetchone()[0] == "interrupted"
         db.close()
+
+
+def test_wall_mode_counts_every_thread_all_the_time(workdir):
+    # parked: threads blocked in read, nanosleep and pthread_cond_wait since before the run (read
+    # from /proc without stopping them), and one spinning. Each counts its whole time.
+    with running_workload("parked", stdin=subprocess.PIPE) as parked:
+        p, result = run_start(workdir, {"seconds": 2, "frequency": 199, "mode": "wall"},
+                              f"pid:{parked.pid}")
+    assert p.returncode == 0 and result["status"] == "ok", result
+    s = result["summary"]
+    assert s["mode"] == "wall" and s["method"] == "perf_event", s
+    states = s["states"]
+    # Six threads blocked and one running, for 2 s at 199 Hz.
+    assert states["syscall"] > 3 * states["running"] > 0, states
+    assert states["gil"] == 0, states
+    total = sum(states.values())
+    assert 0.8 * 7 * 2 * 199 < total < 1.2 * 7 * 2 * 199, states
+    shares = pstats_shares(result["files"][0])
+    script = r"""
+import json, pstats, sys
+st = pstats.Stats(sys.argv[1])
+tot = sum(v[2] for v in st.stats.values())
+print(json.dumps({k[2]: v[3] / tot for k, v in st.stats.items()}))
+"""
+    p = subprocess.run(["/usr/bin/python3", "-c", script, result["files"][0]],
+                       capture_output=True, text=True)
+    cum = json.loads(p.stdout)
+    for func in ("main_park_b", "park_read_b", "park_sleep_b", "park_cond_a", "park_spin_b"):
+        assert 0.08 < cum.get(func, 0) < 0.25, (func, cum.get(func), shares["funcs"])
+
+
+def test_wall_mode_is_refused_without_perf_event(workdir, split):
+    p, result = run_start(workdir, {"seconds": 1, "mode": "wall"}, f"pid:{split.pid}",
+                          wrapper=(NO_PERF,))
+    assert result["status"] == "error" and "wall-clock profile needs perf_event" in \
+        result["error"], result
+    p, result = run_start(workdir, {"seconds": 1, "mode": "both"}, f"pid:{split.pid}")
+    assert result["status"] == "error" and "mode" in result["error"], result

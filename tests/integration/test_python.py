@@ -109,3 +109,173 @@ def marker_def(path, name):
             if line.startswith(f"def {name}("):
                 return no
     raise KeyError(name)
+
+
+# ---- Python and native stacks of one moment, and wall-clock profiles ----
+
+ALTERNATE = os.path.join(WORKLOADS, "py_alternate.py")
+GENEXPR = os.path.join(WORKLOADS, "py_genexpr.py")
+# Debian's 3.11, and a 3.14 from tests/pyroot.sh's root, stripped (its eval loop has no name).
+PYTHONS = ["python3.11", "python3.14"]
+# Shares are compared with the program's own timing of each phase; a loaded 2-core machine
+# keeps them within this many points.
+TOLERANCE = 0.05
+NATIVE_ENTRY = ("_start", "__libc_start_main", "Py_BytesMain", "Py_RunMain")
+
+
+def debian_root():
+    """tests/pyroot.sh's root with python3.14 and root to chroot into it, or a skip."""
+    if os.geteuid() != 0:
+        pytest.skip("running a target under chroot needs root")
+    p = subprocess.run(["sh", os.path.join(WORKLOADS, "..", "pyroot.sh")], capture_output=True,
+                       text=True, timeout=600)
+    root = p.stdout.strip().splitlines()[-1] if p.returncode == 0 and p.stdout.strip() else ""
+    if not root or not os.access(os.path.join(root, "usr/bin/python3.14"), os.X_OK):
+        pytest.skip(f"no Debian root with python3.14: {p.stderr.strip()!r}")
+    return root
+
+
+def python_cmd(python, script, *args):
+    """How to run a workload on python: Debian's own, or under chroot with the workloads
+    bind-mounted at /mnt in a private mount namespace (the root is left as it is)."""
+    if python == "python3.11":
+        return ["/usr/bin/python3", script, *args]
+    root = debian_root()
+    script_in_root = os.path.join("/mnt", os.path.basename(script))
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            'root=$1 dir=$2; shift 2; mount --bind "$dir" "$root/mnt" && exec chroot "$root" "$@"',
+            "sh", root, WORKLOADS, f"/usr/bin/{python}", script_in_root, *args]
+
+
+def spawn(cmd):
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        proc.kill()
+        raise AssertionError(f"{cmd} did not start: {line!r}")
+    return proc
+
+
+def profile_alternate(workdir, python, mode, payload, unit="0.1"):
+    """A profile of py_alternate.py MODE next to the program's own timing of the same stretch:
+    (result, {function: (self, cumulative) share}, its own {"cpu": ..., "wall": ...})."""
+    proc = spawn(python_cmd(python, ALTERNATE, mode, unit))
+    try:
+        with agent_session(workdir, f"alt{mode}", f"pid:{proc.pid}") as s:
+            proc.stdin.write("reset\n")
+            proc.stdin.flush()
+            result, _ = s.command("start", payload, timeout=60)
+            proc.stdin.write("report\n")
+            proc.stdin.flush()
+            own = json.loads(proc.stdout.readline())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert result["status"] == "ok", result
+    return result, python_shares(result["files"][0], "py_alternate.py"), own
+
+
+def python_shares(path, source):
+    """{function: [self share, cumulative share]} of the functions of source, and the Python
+    callers of the native program entry frames ("entry callers": none when merged right)."""
+    script = r"""
+import json, pstats, sys
+st = pstats.Stats(sys.argv[1])
+tot = sum(v[2] for v in st.stats.values())
+out, bad = {}, 0
+for (f, line, name), v in st.stats.items():
+    if f.endswith(sys.argv[2]):
+        out.setdefault(name, [0, 0])
+        out[name][0] += v[2] / tot
+        out[name][1] += v[3] / tot
+    if name in sys.argv[3:] and not f.endswith(".py"):
+        bad += sum(c[3] for k, c in v[4].items() if k[0].endswith(".py"))
+out["entry callers"] = [bad / tot, bad / tot]
+print(json.dumps(out))
+"""
+    p = subprocess.run(["/usr/bin/python3", "-c", script, path, source, *NATIVE_ENTRY],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def split(shares, own, a, b):
+    """a's share of a + b in the profile (cumulative) and by the program's own clock."""
+    sa, sb = shares.get(a, [0, 0])[1], shares.get(b, [0, 0])[1]
+    got = sa / (sa + sb)
+    want = own[a] / (own[a] + own[b])
+    return got, want
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_cpu_profile_python_and_native_of_one_moment(workdir, python):
+    # A pure-Python loop and sha256 (C) in 0.1 ms turns: a Python stack read even a moment after
+    # the sample would charge hashing to the loop.
+    result, shares, own = profile_alternate(workdir, python, "hash",
+                                            {"seconds": 3, "frequency": 999})
+    sm = result["summary"]
+    assert sm["method"] == "perf_event" and sm["mode"] == "cpu", sm
+    assert sm["python_samples"] > 0.9 * sm["samples"], sm
+    assert sm["python_unpaired"] <= 0.02 * sm["samples"], sm
+    got, want = split(shares, own["cpu"], "hash_data", "py_loop")
+    assert abs(got - want) < TOLERANCE, (got, want, shares)
+    assert shares["entry callers"][0] == 0, shares
+
+    result, shares, own = profile_alternate(workdir, python, "py",
+                                            {"seconds": 3, "frequency": 999})
+    got, want = split(shares, own["cpu"], "a", "b")
+    assert abs(got - want) < TOLERANCE, (got, want, shares)
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_python_run_by_a_c_builtin_stays_in_place(workdir, python):
+    # sum(genexpr) and " ".join(genexpr): each run of Python frames at the eval-loop call that
+    # runs it, the C builtin between; never Python frames above the program's entry point.
+    proc = spawn(python_cmd(python, GENEXPR))
+    try:
+        with agent_session(workdir, "genexpr", f"pid:{proc.pid}") as s:
+            result, _ = s.command("start", {"seconds": 2, "frequency": 999}, timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert result["status"] == "ok", result
+    shares = python_shares(result["files"][0], "py_genexpr.py")
+    assert shares["entry callers"][0] == 0, shares
+    script = r"""
+import json, pstats, sys
+st = pstats.Stats(sys.argv[1])
+print(json.dumps(sorted({k[2] for (f, l, n), v in st.stats.items() if n == "is_prime"
+                         for k in v[4]})))
+"""
+    p = subprocess.run(["/usr/bin/python3", "-c", script, result["files"][0]],
+                       capture_output=True, text=True)
+    assert json.loads(p.stdout) == ["primes.<locals>.<genexpr>"], p.stdout
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_wall_profile_counts_waiting(workdir, python):
+    # busy() 3 units, pause() (time.sleep) 1 unit: wall mode shares are of time, sleep included,
+    # against the program's own wall clock; cpu mode hardly sees the pause.
+    result, shares, own = profile_alternate(workdir, python, "sleep",
+                                            {"seconds": 3, "frequency": 499, "mode": "wall"},
+                                            unit="1")
+    sm = result["summary"]
+    assert sm["mode"] == "wall" and sm["states"]["running"] > 0, sm
+    assert sm["states"]["syscall"] > 0, sm
+    got, want = split(shares, own["wall"], "busy", "pause")
+    assert abs(got - want) < TOLERANCE, (got, want, shares)
+
+    result, shares, own = profile_alternate(workdir, python, "sleep",
+                                            {"seconds": 2, "frequency": 499}, unit="1")
+    assert "states" not in result["summary"]
+    got, _ = split(shares, own["cpu"], "busy", "pause")
+    assert got > 0.9, shares
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_wall_profile_sees_threads_waiting_for_the_gil(workdir, python):
+    result, shares, own = profile_alternate(workdir, python, "gil",
+                                            {"seconds": 2, "frequency": 499, "mode": "wall"})
+    states = result["summary"]["states"]
+    # Two threads in pure Python: one runs, the other waits for the GIL, turn by turn.
+    assert states["gil"] > 0.2 * states["running"], states

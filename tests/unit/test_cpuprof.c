@@ -1,6 +1,8 @@
 /* Tests of the CPU profile run against build/workloads/cpu_split (work_a 75% and work_b 25% of
  * self time, both reached through dispatch): with perf_event where this host allows it, with
- * the forced ptrace fallback, a target that exits mid-run, a cancelled run, a gone target. */
+ * the forced ptrace fallback, a target that exits mid-run, a cancelled run, a gone target; and
+ * against tests/workloads/py_alternate.py on Debian's python3: Python stacks of each sample's
+ * own moment, and wall-clock profiles with their states. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -285,12 +287,125 @@ static void test_bad_runs(void **state)
     stacks_free(s);
 }
 
+/* The cumulative share of func (all of its rows: Python functions of several lines). */
+static double total_share(const struct profile *p, const char *func)
+{
+    struct profile_top top[TOP_MAX];
+    size_t n;
+    uint64_t total = profile_samples(p), t = 0;
+    assert_int_equal(profile_top(p, TOP_MAX, top, &n), 0);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(top[i].func, func) == 0 && top[i].total_samples > t)
+            t = top[i].total_samples;
+    return total ? (double)t / (double)total : 0;
+}
+
+/* py_alternate.py MODE UNIT_MS on Debian's python3, its stdin a pipe kept open in c->out's
+ * place of honour: closing it ends the program. */
+static void spawn_python(struct child *c, int *in, const char *mode, const char *unit)
+{
+    char line[64];
+    int out[2], inp[2];
+    assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(inp, O_CLOEXEC), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(inp[0], 0);
+        dup2(out[1], 1);
+        execl("/usr/bin/python3", "python3", "tests/workloads/py_alternate.py", mode, unit,
+              (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    close(inp[0]);
+    c->pid = pid;
+    c->out = out[0];
+    *in = inp[1];
+    assert_int_equal(testutil_read_line(c->out, line, sizeof(line), 20000), 0);
+    assert_string_equal(line, "ready");
+}
+
+static void run_python(const char *mode, const char *unit, bool force_ptrace, bool wall,
+                       struct cpuprof_result *res)
+{
+    struct child c;
+    struct stacks *s;
+    int in;
+    struct error e;
+    struct cpuprof_options o = {
+        .seconds = 2, .frequency = 499, .force_ptrace = force_ptrace, .wall = wall};
+    spawn_python(&c, &in, mode, unit);
+    assert_int_equal(stacks_new(c.pid, &s), 0);
+    int r = cpuprof_run(c.pid, s, &o, res, &e);
+    stacks_free(s);
+    close(in);
+    stop_split(&c);
+    if (r < 0)
+        fail_msg("cpuprof_run: %s", e.reason);
+}
+
+/* A CPython target: Python frames copied in the kernel at each sample (or, under the forced
+ * fallback, read while the snapshot holds the threads), so every sample in the interpreter is
+ * paired with the Python stack of its own moment. */
+static void test_python_of_the_same_moment(void **state)
+{
+    (void)state;
+    struct cpuprof_result res;
+    run_python("py", "0.1", false, false, &res);
+    double a = total_share(res.profile, "a"), b = total_share(res.profile, "b");
+    print_message("%s, Python in kernel: %llu of %llu samples in Python, %llu unpaired; "
+                  "a %.1f%%, b %.1f%%\n",
+                  res.stats.method, (unsigned long long)res.python_samples,
+                  (unsigned long long)res.stats.samples, (unsigned long long)res.python_unpaired,
+                  100 * a, 100 * b);
+    assert_true(res.python[0] != '\0');
+    if (res.python_fallback.code)
+        print_message("in-kernel reader refused: %s\n", res.python_fallback.reason);
+    assert_true(res.python_samples > 0.9 * (double)res.stats.samples);
+    assert_true(res.python_unpaired <= 0.02 * (double)res.stats.samples);
+    /* a runs 3 units for b's 1, in turns of 0.3 and 0.1 ms. */
+    assert_true(a / (a + b) > 0.69 && a / (a + b) < 0.81);
+    assert_false(res.wall);
+    profile_free(res.profile);
+
+    run_python("py", "0.1", true, false, &res);
+    assert_string_equal(res.stats.method, "ptrace");
+    assert_true(res.python_samples > 0);
+    assert_true(res.python_unpaired <= 0.1 * (double)res.stats.samples);
+    profile_free(res.profile);
+}
+
+/* Wall-clock time: a thread that sleeps a quarter of its time is seen sleeping, in a system
+ * call; the samples of each state are counted. */
+static void test_wall(void **state)
+{
+    (void)state;
+    struct cpuprof_result res;
+    run_python("sleep", "1", false, true, &res);
+    double busy = total_share(res.profile, "busy"), pause = total_share(res.profile, "pause");
+    print_message("wall: busy %.1f%%, pause %.1f%%; running %llu, syscall %llu, gil %llu\n",
+                  100 * busy, 100 * pause, (unsigned long long)res.states[CPUPROF_RUNNING],
+                  (unsigned long long)res.states[CPUPROF_SYSCALL],
+                  (unsigned long long)res.states[CPUPROF_GIL]);
+    assert_true(res.wall);
+    assert_true(res.states[CPUPROF_RUNNING] > 0 && res.states[CPUPROF_SYSCALL] > 0);
+    /* Time.sleep(0.001) takes a little more than asked: a quarter or more of the turn. */
+    assert_true(pause / (busy + pause) > 0.15 && pause / (busy + pause) < 0.5);
+    profile_free(res.profile);
+
+    run_python("gil", "0.1", false, true, &res);
+    assert_true(res.states[CPUPROF_GIL] > 0.2 * (double)res.states[CPUPROF_RUNNING]);
+    profile_free(res.profile);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split),        cmocka_unit_test(test_split_ptrace),
         cmocka_unit_test(test_target_exits), cmocka_unit_test(test_cancel),
-        cmocka_unit_test(test_bad_runs),
+        cmocka_unit_test(test_bad_runs),     cmocka_unit_test(test_python_of_the_same_moment),
+        cmocka_unit_test(test_wall),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

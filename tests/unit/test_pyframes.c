@@ -457,7 +457,7 @@ static void test_libpython(void **state)
 
 static void test_format(void **state)
 {
-    struct pyframes_frame f = {"/srv/app/event.py", "Loop.run_action", 1175, 1170, false};
+    struct pyframes_frame f = {"/srv/app/event.py", "Loop.run_action", 1175, 1170, false, 0};
     char buf[128], small[16];
 
     (void)state;

@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 #include <cmocka.h>
 #include "os/procfs.h"
+#include "cpu/pybpf.h"
 #include "cpu/sampler.h"
 #include "testutil.h"
 
@@ -226,7 +227,7 @@ static void on_name(pid_t tid, const char *name, void *userdata)
     v->names_churnling += strcmp(name, "churnling") == 0;
 }
 
-static const struct sampler_callbacks callbacks = {on_sample, NULL, on_name};
+static const struct sampler_callbacks callbacks = {.sample = on_sample, .thread_name = on_name};
 
 /* Polls for ms milliseconds or until an error; returns the first non-zero result. */
 static int run_for(struct sampler *s, struct seen *v, int ms)
@@ -246,7 +247,7 @@ static struct sampler *open_perf(pid_t pid, unsigned freq)
 {
     struct sampler *s;
     struct sampler_stats st;
-    assert_int_equal(sampler_open(pid, freq, 0, &s, NULL), 0);
+    assert_int_equal(sampler_open(pid, freq, 0, NULL, &s, NULL), 0);
     sampler_get_stats(s, &st);
     if (strcmp(st.method, "perf_event") != 0) {
         print_message("perf_event not usable here: %s\n", st.fallback.reason);
@@ -360,8 +361,8 @@ static void check_exit(bool force_ptrace)
     spawn(&c, "--exit-after", "0.5", NULL);
     seen_init(&v, c.pid);
     struct sampler *s;
-    assert_int_equal(sampler_open(c.pid, 999, force_ptrace ? SAMPLER_FORCE_PTRACE : 0, &s, NULL),
-                     0);
+    assert_int_equal(
+        sampler_open(c.pid, 999, force_ptrace ? SAMPLER_FORCE_PTRACE : 0, NULL, &s, NULL), 0);
     v.t0 = now_ns();
     int r = run_for(s, &v, 5000);
     uint64_t took = v.t1 - v.t0;
@@ -417,7 +418,7 @@ static void test_ptrace_fallback(void **state)
     spawn(&c, "--threads", "1", NULL);
     int fds = count_fds();
     seen_init(&v, c.pid);
-    assert_int_equal(sampler_open(c.pid, 999, SAMPLER_FORCE_PTRACE, &s, NULL), 0);
+    assert_int_equal(sampler_open(c.pid, 999, SAMPLER_FORCE_PTRACE, NULL, &s, NULL), 0);
     v.t0 = now_ns();
     assert_int_equal(run_for(s, &v, 1000), 0);
     sampler_get_stats(s, &st);
@@ -462,7 +463,7 @@ static void test_callback_error(void **state)
     seen_init(&v, c.pid);
     v.fail_after = 3;
     struct sampler *s;
-    assert_int_equal(sampler_open(c.pid, 999, 0, &s, NULL), 0);
+    assert_int_equal(sampler_open(c.pid, 999, 0, NULL, &s, NULL), 0);
     v.t0 = now_ns();
     assert_int_equal(run_for(s, &v, 2000), -ECANCELED);
     assert_int_equal(v.samples, 3);
@@ -481,23 +482,134 @@ static void test_bad_arguments(void **state)
     struct error e;
     pid_t *tids;
     size_t n;
-    assert_int_equal(sampler_open(0, 99, 0, &s, NULL), -EINVAL);
-    assert_int_equal(sampler_open(getpid(), 0, 0, &s, &e), -EINVAL);
+    assert_int_equal(sampler_open(0, 99, 0, NULL, &s, NULL), -EINVAL);
+    assert_int_equal(sampler_open(getpid(), 0, 0, NULL, &s, &e), -EINVAL);
     assert_int_equal(e.code, -EINVAL);
     assert_non_null(strstr(e.reason, "sampling rate"));
-    assert_int_equal(sampler_open(getpid(), SAMPLER_MAX_FREQ + 1, 0, &s, NULL), -EINVAL);
+    assert_int_equal(sampler_open(getpid(), SAMPLER_MAX_FREQ + 1, 0, NULL, &s, NULL), -EINVAL);
     spawn(&c, "--threads", "1", NULL);
     /* A thread id is not a process. */
     assert_int_equal(procfs_list_tasks(PROCFS_ROOT, c.pid, &tids, &n), 0);
     assert_int_equal(n, 2);
-    assert_int_equal(sampler_open(tids[0] == c.pid ? tids[1] : tids[0], 99, 0, &s, NULL), -EINVAL);
+    assert_int_equal(sampler_open(tids[0] == c.pid ? tids[1] : tids[0], 99, 0, NULL, &s, NULL),
+                     -EINVAL);
     free(tids);
     reap(&c);
     /* Reaped: gone. */
-    assert_int_equal(sampler_open(c.pid, 99, 0, &s, NULL), -ESRCH);
-    assert_int_equal(sampler_open(c.pid, 99, SAMPLER_FORCE_PTRACE, &s, NULL), -ESRCH);
+    assert_int_equal(sampler_open(c.pid, 99, 0, NULL, &s, NULL), -ESRCH);
+    assert_int_equal(sampler_open(c.pid, 99, SAMPLER_FORCE_PTRACE, NULL, &s, NULL), -ESRCH);
     assert_null(s);
     sampler_close(NULL);
+}
+
+/* What a wall-clock sampler hands out for a thread that sleeps 1 ms at a time. */
+struct wall_seen {
+    uint64_t on_cpu, off_cpu, back, back_after_off, bad;
+    pid_t tid;
+    uint64_t last_off;
+};
+
+static int wall_sample(const struct sampler_sample *s, void *userdata)
+{
+    struct wall_seen *w = userdata;
+    w->off_cpu += s->off_cpu;
+    w->on_cpu += !s->off_cpu;
+    w->bad += s->stack_addr != s->regs[UNW_X86_64_RSP] || s->stack_len > SAMPLER_STACK_BYTES;
+    if (s->off_cpu && s->tid == w->tid)
+        w->last_off = s->time_ns;
+    return 0;
+}
+
+static void wall_back(pid_t tid, uint64_t time_ns, void *userdata)
+{
+    struct wall_seen *w = userdata;
+    w->back++;
+    w->back_after_off += tid == w->tid && w->last_off && time_ns > w->last_off;
+}
+
+static void test_perf_wall(void **state)
+{
+    (void)state;
+    static const struct sampler_callbacks cb = {.sample = wall_sample, .switch_in = wall_back};
+    struct wall_seen w = {0};
+    struct sampler *s;
+    struct sampler_stats st;
+    char line[64];
+    int out[2], in[2];
+    assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+    assert_int_equal(pipe2(in, O_CLOEXEC), 0); /* it exits at the end of its input */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        execl("/usr/bin/python3", "python3", "tests/workloads/py_alternate.py", "sleep", "1",
+              (char *)NULL);
+        _exit(127);
+    }
+    close(out[1]);
+    close(in[0]);
+    assert_int_equal(testutil_read_line(out[0], line, sizeof(line), 20000), 0);
+    assert_string_equal(line, "ready");
+    w.tid = pid;
+    assert_int_equal(sampler_open(pid, 499, SAMPLER_WALL, NULL, &s, NULL), 0);
+    sampler_get_stats(s, &st);
+    assert_string_equal(st.method, "perf_event");
+    uint64_t end = now_ns() + 1000000000u;
+    while (now_ns() < end)
+        assert_int_equal(sampler_poll(s, 100, &cb, &w), 0);
+    sampler_close(s);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    close(out[0]);
+    close(in[1]);
+    print_message("wall: %llu on CPU, %llu switches away, %llu back\n",
+                  (unsigned long long)w.on_cpu, (unsigned long long)w.off_cpu,
+                  (unsigned long long)w.back);
+    /* About 250 sleeps a second (1 ms each after 3 ms of work). */
+    assert_true(w.on_cpu > 0 && w.off_cpu > 50 && w.back > 50 && w.back_after_off > 0);
+    assert_int_equal(w.bad, 0);
+    /* No snapshot fallback for it: that would stop the target at every tick. */
+    assert_int_equal(
+        sampler_open(getpid(), 99, SAMPLER_WALL | SAMPLER_FORCE_PTRACE, NULL, &s, NULL),
+        -EOPNOTSUPP);
+}
+
+/* The in-kernel copier's records are checked before use: counts within the record. */
+static void test_pybpf_records(void **state)
+{
+    (void)state;
+    static struct pybpf_record rec;
+    static struct pyframes_raw_frame out[PYBPF_FRAMES_MAX];
+    size_t n;
+    bool truncated;
+    pid_t tid;
+    size_t head = offsetof(struct pybpf_record, frames);
+
+    memset(&rec, 0, sizeof(rec));
+    rec.tid = 42;
+    rec.nframes = 2;
+    rec.frames[0] =
+        (struct pybpf_frame){.code = 0x1000, .instr = 0x1010, .addr = 0x7000, .owner = 1};
+    rec.frames[1] =
+        (struct pybpf_frame){.code = 0x2000, .instr = 0x2020, .addr = 0x7100, .is_entry = 1};
+    size_t len = head + 2 * sizeof(rec.frames[0]);
+    assert_int_equal(pybpf_parse((const unsigned char *)&rec, len, &tid, out, &n, &truncated), 0);
+    assert_int_equal(tid, 42);
+    assert_int_equal(n, 2);
+    assert_false(truncated);
+    assert_int_equal(out[0].code, 0x1000);
+    assert_int_equal(out[0].owner, 1);
+    assert_int_equal(out[1].addr, 0x7100);
+    assert_true(out[1].is_entry);
+    /* Shorter than its count says, a count past the limit, no header. */
+    assert_int_equal(pybpf_parse((const unsigned char *)&rec, len - 1, &tid, out, &n, &truncated),
+                     -EBADMSG);
+    rec.nframes = PYBPF_FRAMES_MAX + 1;
+    assert_int_equal(
+        pybpf_parse((const unsigned char *)&rec, sizeof(rec), &tid, out, &n, &truncated), -EBADMSG);
+    assert_int_equal(pybpf_parse((const unsigned char *)&rec, head - 1, &tid, out, &n, &truncated),
+                     -EBADMSG);
 }
 
 int main(void)
@@ -506,7 +618,8 @@ int main(void)
         cmocka_unit_test(test_bad_arguments),    cmocka_unit_test(test_perf_one_thread),
         cmocka_unit_test(test_perf_new_threads), cmocka_unit_test(test_perf_target_exits),
         cmocka_unit_test(test_ptrace_fallback),  cmocka_unit_test(test_ptrace_target_exits),
-        cmocka_unit_test(test_callback_error),
+        cmocka_unit_test(test_callback_error),   cmocka_unit_test(test_perf_wall),
+        cmocka_unit_test(test_pybpf_records),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
