@@ -52,7 +52,6 @@ struct run {
     uint64_t states[CPUPROF_NSTATES];
     unsigned freq;
     struct stacks_frame frames[STACKS_MAX_FRAMES];
-    uint64_t sps[STACKS_MAX_FRAMES];
 };
 
 /* A sample's stack as it goes into the profile: its native frames, or those merged with the
@@ -122,31 +121,6 @@ static bool in_interpreter(const struct stacks_frame *f, size_t n, const char *i
         if (pyframes_is_eval(f[i].func) || (f[i].module && !strcmp(f[i].module, interp)))
             return true;
     return false;
-}
-
-/* Where each native frame's stack starts in the sample's copy: sp[0] is the sampled sp, sp[i]
- * lies just above the slot holding the return address into frame i, found scanning up the copy
- * from sp[i - 1]; 0 from the first one not found (beyond the copy). */
-static void frame_sps(const struct sampler_sample *smp, const struct stacks_frame *f, size_t n,
-                      uint64_t *sp)
-{
-    size_t off = 0;
-
-    memset(sp, 0, n * sizeof(*sp));
-    if (n == 0 || !smp->stack)
-        return;
-    sp[0] = smp->stack_addr;
-    for (size_t i = 1; i < n; i++) {
-        bool found = false;
-        for (; !found && off + sizeof(uint64_t) <= smp->stack_len; off += sizeof(uint64_t)) {
-            uint64_t w;
-            memcpy(&w, smp->stack + off, sizeof(w));
-            found = w == f[i].ip;
-        }
-        if (!found)
-            return;
-        sp[i] = smp->stack_addr + off;
-    }
 }
 
 static bool is_libc(const char *module)
@@ -291,8 +265,7 @@ static int sample_stack(struct run *r, const struct sampler_sample *smp,
     native->truncated = truncated;
     native->nframes = n;
     memcpy(native->frames, r->frames, n * sizeof(r->frames[0]));
-    frame_sps(smp, r->frames, n, r->sps);
-    e = pyframes_merge_at(native, r->sps, &out->pt, &out->merged);
+    e = pyframes_merge(native, &out->pt, &out->merged);
     free(native);
     if (e < 0)
         return e;

@@ -504,11 +504,14 @@ bool pyframes_is_eval(const char *func)
     return func && strncmp(func, PYFRAMES_EVAL_FUNC, n) == 0 && (func[n] == '\0' || func[n] == '.');
 }
 
-/* The native frame whose stack holds addr: i with sp[i] <= addr < sp[i + 1], both known; -1. */
-static ssize_t frame_holding(const uint64_t *sp, size_t n, uint64_t addr)
+/* The native frame whose stack holds addr: i with sp(i) <= addr < sp(i + 1), both known (the
+ * unwinder's stack pointers); -1. */
+static ssize_t frame_holding(const struct stacks_thread *native, uint64_t addr)
 {
-    for (size_t i = 0; addr && i + 1 < n && sp[i] && sp[i + 1]; i++)
-        if (sp[i] <= addr && addr < sp[i + 1])
+    const struct stacks_frame *f = native->frames;
+
+    for (size_t i = 0; addr && i + 1 < native->nframes && f[i].sp && f[i + 1].sp; i++)
+        if (f[i].sp <= addr && addr < f[i + 1].sp)
             return (ssize_t)i;
     return -1;
 }
@@ -532,14 +535,14 @@ static void put_native(struct stacks_thread *t, const struct stacks_thread *nati
 /* CPython 3.11 on runs nested Python calls inside one _PyEval_EvalFrameDefault call; each call
  * of it starts at an entry frame. So the Python frames cut after each entry frame are runs,
  * innermost first, and each replaces the native frame of the eval-loop call that runs it:
- * first where the run's shim frame lies on the C stack (3.12 on, with sp), which finds that
- * call whatever C sits between and whatever its symbol (a stripped interpreter, GCC's .cold
+ * first where the run's shim frame lies on the C stack (3.12 on, by the frames' sp), which finds
+ * that call whatever C sits between and whatever its symbol (a stripped interpreter, GCC's .cold
  * part); then, in order, the native frames named as the eval loop. A run left without one goes
  * just inside the next run out that has one; outermost runs left over go at the outer end when
  * the native stack ends early, else just outside the last placed run (or innermost), never
  * under the program's entry point. */
-int pyframes_merge_at(const struct stacks_thread *native, const uint64_t *sp,
-                      const struct pyframes_thread *py, struct stacks_thread **ret)
+int pyframes_merge(const struct stacks_thread *native, const struct pyframes_thread *py,
+                   struct stacks_thread **ret)
 {
     size_t max = native->nframes + py->nframes, nruns = 0, pos = 0;
     struct stacks_thread *t = malloc(sizeof(*t) + (max ? max : 1) * sizeof(t->frames[0]));
@@ -558,7 +561,7 @@ int pyframes_merge_at(const struct stacks_thread *native, const uint64_t *sp,
     /* Hosts by the shim frames' place, kept only while they go outwards. */
     ssize_t last = -1;
     for (size_t j = 0; j < nruns; j++) {
-        host[j] = sp ? frame_holding(sp, native->nframes, py->frames[end[j] - 1].entry_at) : -1;
+        host[j] = frame_holding(native, py->frames[end[j] - 1].entry_at);
         if (host[j] >= 0 && host[j] <= last)
             host[j] = -1;
         if (host[j] >= 0)
@@ -600,10 +603,4 @@ int pyframes_merge_at(const struct stacks_thread *native, const uint64_t *sp,
     free(host);
     *ret = t;
     return 0;
-}
-
-int pyframes_merge(const struct stacks_thread *native, const struct pyframes_thread *py,
-                   struct stacks_thread **ret)
-{
-    return pyframes_merge_at(native, NULL, py, ret);
 }

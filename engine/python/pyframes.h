@@ -120,15 +120,10 @@ bool pyframes_is_eval(const char *func);
 
 /* One thread's stack as a reader wants it: native frames, with the native frame of each
  * eval-loop call replaced by the Python frames it runs (innermost first, like both inputs).
- * sp (may be NULL) tells where each native frame's stack starts (sp[i] the lowest address of
- * frame i, ascending; 0 from the first unknown one): with it a run of Python frames finds its
- * eval-loop call by where that call's shim frame lies (3.12 on), whatever the call's symbol;
- * otherwise by the name (pyframes_is_eval). Python frames left over when the native stack ends
- * early go at the outer end. The result's strings point into native and py, which must
- * outlive it; free() it. */
-int pyframes_merge_at(const struct stacks_thread *native, const uint64_t *sp,
-                      const struct pyframes_thread *py, struct stacks_thread **ret);
-/* pyframes_merge_at without sp. */
+ * With the native frames' sp (the unwinder's), a run of Python frames finds its eval-loop call
+ * by where that call's shim frame lies (3.12 on), whatever the call's symbol; otherwise by the
+ * name (pyframes_is_eval). Python frames left over when the native stack ends early go at the
+ * outer end. The result's strings point into native and py, which must outlive it; free() it. */
 int pyframes_merge(const struct stacks_thread *native, const struct pyframes_thread *py,
                    struct stacks_thread **ret);
 

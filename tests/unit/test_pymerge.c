@@ -1,4 +1,4 @@
-/* Tests of pyframes_merge_at, where each run of Python frames goes in a native stack: at the
+/* Tests of pyframes_merge, where each run of Python frames goes in a native stack: at the
  * eval-loop call that runs it, found by name or (stripped interpreters, 3.12 on) by where its
  * shim frame lies on the C stack, whatever C sits between; never under the program's entry
  * point when the native stack is complete. Stacks are made up here: no process is read. */
@@ -69,8 +69,10 @@ static void check(const char *const *nat, int truncated, const char *const *pyf,
     struct stacks_thread *m;
 
     native_of(&n, nat, truncated);
+    for (size_t i = 0; sp && i < n.t.nframes; i++)
+        n.f[i].sp = sp[i];
     python_of(&py, fr, names, pyf, entry_at);
-    assert_int_equal(pyframes_merge_at(&n.t, sp, &py, &m), 0);
+    assert_int_equal(pyframes_merge(&n.t, &py, &m), 0);
     merged_names(m, got, sizeof(got));
     free(m);
     if (strcmp(got, want))
