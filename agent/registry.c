@@ -33,19 +33,25 @@ static struct registry_action actions[] = {
      .long_running = true,
      .run = action_lru_stats},
     {.name = "log_current_tasks",
-     .help = "log the target's asyncio tasks (Python 3.14 on), with their\n"
-             "coroutine stacks and awaiters; else the agent's running jobs",
+     .help = "log the target's asyncio tasks with their stacks: read from\n"
+             "outside on Python 3.14 on, from inside on 3.11-3.13\n"
+             "(python_exec); else the agent's running jobs",
      .button = "Current tasks",
      .needs_target = true,
-     /* Thousands of tasks are many reads of the target: not on the network thread. */
+     /* Thousands of tasks are many reads of the target, or a wait for its safe point: not on
+      * the network thread. */
      .long_running = true,
      .run = action_log_current_tasks},
     {.name = "set_asyncio_debug",
-     .help = "{\"enabled\": true|false}: time every dispatch, warn when\n"
-             "one holds the network loop longer than 100 ms",
+     .help = "{\"enabled\": true|false}: a Python target's event loop debug\n"
+             "mode (python_exec); else the agent's: time every dispatch,\n"
+             "warn when one holds the network loop longer than 100 ms",
      .toggle = &(const struct registry_switch){.id = "debug",
                                                .title = "Debug mode",
                                                .state = "value_json.debug"},
+     .needs_target = true,
+     /* Waiting up to python_timeout for the target's safe point: not on the network thread. */
+     .long_running = true,
      .run = action_set_asyncio_debug},
     {.name = "start",
      .help = "{\"seconds\": 60, \"frequency\": 199, \"mode\": \"cpu\"}: CPU\n"
@@ -89,7 +95,9 @@ static struct registry_action actions[] = {
      .long_running = true,
      .run = action_dump_log_objects},
     {.name = "log_event_loop_scheduled",
-     .help = "log the target's timerfds, POSIX timers and epoll sets",
+     .help = "log what a Python target's event loop has scheduled, read\n"
+             "from inside (python_exec); else the target's timerfds, POSIX\n"
+             "timers and epoll sets",
      .button = "Scheduled events",
      .needs_target = true,
      .long_running = true,

@@ -1,14 +1,20 @@
-/* The `log_current_tasks` action. On a Python target (3.14 on), its asyncio tasks read from
- * outside, one record each: repr(task) as Home Assistant's Profiler logs it, then the coroutine
- * stack and the awaited-by chains `python -m asyncio ps` shows; the agent's own work goes to the
- * summary. On any other target, and with none configured (self), the agent's own work as
- * records: this command, the runs on job threads and the background object loggers. */
+/* The `log_current_tasks` action. On a Python target, its asyncio tasks, one record each:
+ * repr(task) as Home Assistant's Profiler logs it (`Task: <Task pending name=...>`), then the
+ * task's stack. 3.14 on, read from outside (engine/python/pytasks): the coroutine stack and the
+ * awaited-by chains `python -m asyncio ps` shows. 3.11 to 3.13, whose tasks only code inside the
+ * process can walk, read from inside (pyscripts/event_loop.py, python_exec on): the
+ * task.print_stack() lines; when the target cannot run the script, a warning says why and there are
+ * no task records. The agent's own work goes to the summary. On any other target, and with none
+ * configured (self), the agent's own work as records: this command, the runs on job threads and the
+ * background object loggers. */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "actions.h"
 #include "clock.h"
+#include "event_loop.h"
 #include "python/pyframes.h"
 #include "python/pytasks.h"
 #include "run.h"
@@ -113,6 +119,64 @@ static int task_record(struct run *run, const struct pytasks_task *ts, size_t n,
     return 0;
 }
 
+/* A record per task of the answer: its repr as the Profiler logs it, then its print_stack lines,
+ * indented (so none reads as a record of its own), up to RECORD_MAX bytes. */
+static int inside_records(struct run *run, struct json_object *a)
+{
+    struct json_object *tasks, *t, *v, *stack;
+    size_t n = event_loop_array(a, "tasks", EVENT_LOOP_ITEMS_MAX, &tasks);
+    char buf[EVENT_LOOP_TEXT_MAX];
+
+    for (size_t i = 0; i < n; i++) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+
+        if (!f)
+            return -ENOMEM;
+        t = json_object_array_get_idx(tasks, i);
+        json_object_object_get_ex(t, "repr", &v);
+        fprintf(f, "Task: %s", event_loop_text(v, "?", buf, sizeof(buf)));
+        size_t lines = event_loop_array(t, "stack", SIZE_MAX, &stack);
+        for (size_t j = 0; j < lines; j++) {
+            if (ftell(f) > RECORD_MAX) {
+                fprintf(f, "\n  ... %zu more lines", lines - j);
+                break;
+            }
+            fprintf(f, "\n  %s",
+                    event_loop_text(json_object_array_get_idx(stack, j), "?", buf, sizeof(buf)));
+        }
+        if (fclose(f) != 0) {
+            free(text);
+            return -ENOMEM;
+        }
+        run_record(run, "%s", text);
+        free(text);
+    }
+    json_object_object_add(run->summary, "tasks", json_object_new_uint64(n));
+    return 0;
+}
+
+/* Before 3.14: the tasks from inside when the target can run the script (1), else 0 (a warning
+ * says why) or the run's failure. */
+static int inside_tasks(struct run *run, struct pyframes *p)
+{
+    struct json_object *a;
+    const char *v = pyframes_version(p);
+    long minor = strncmp(v, "3.", 2) ? 0 : strtol(v + 2, NULL, 10);
+
+    if (minor < 11 || minor >= 14)
+        return 0;
+    int r = event_loop_inside(run, "tasks", false, "its tasks are not listed", &a);
+    if (r <= 0)
+        return r;
+    r = inside_records(run, a);
+    json_object_put(a);
+    if (r < 0)
+        return run_engine_fail(run, "asyncio tasks", r);
+    return 1;
+}
+
 /* The target's tasks as records, the agent's work in the summary; a CPython whose tasks cannot
  * be read (before 3.14, or without asyncio) is a warning with no task records. */
 static int python_tasks(struct run *run, struct pyframes *p)
@@ -124,8 +188,13 @@ static int python_tasks(struct run *run, struct pyframes *p)
     int r = pytasks_read(p, run->target.pid, &ts, &n, &e);
 
     agent_jobs(run, add_line, jobs);
-    json_object_object_add(run->summary, "python", json_object_new_string(pyframes_version(p)));
+    int in = r == -EOPNOTSUPP ? inside_tasks(run, p) : 0;
+
     json_object_object_add(run->summary, "agent_jobs", jobs);
+    /* The whole version: the answer from inside gave only 3.MINOR. */
+    json_object_object_add(run->summary, "python", json_object_new_string(pyframes_version(p)));
+    if (in != 0)
+        return in < 0 ? in : 0;
     if (r == -ENOENT || r == -EOPNOTSUPP) {
         run_warn(run, "%s", e.reason[0] ? e.reason : strerror(-r));
         json_object_object_add(run->summary, "tasks", json_object_new_int(0));
