@@ -115,7 +115,9 @@ static struct registry_action actions[] = {
     {.name = "stop_log_object_sources", .help = "stop it", .run = action_stop_log_object_sources},
     {.name = "memory",
      .help = "{\"seconds\": 60, \"sample_bytes\": 0}: allocation profile;\n"
-             "writes heap_profile.T.hpy and massif.out.T in output_dir",
+             "writes heap_profile.T.hpy and massif.out.T in output_dir; on a\n"
+             "Python target the .hpy is its heap by kind, the native sites\n"
+             "go to heap_native.T.hpy",
      .button = "Memory profile",
      .settings =
          (const struct registry_setting[]){
@@ -123,6 +125,7 @@ static struct registry_action actions[] = {
              {"memory_sample_bytes", "sample_bytes", "Memory sample bytes", "B"},
              {NULL, NULL, NULL, NULL}},
      .outputs = (const struct registry_output[]){{"heap_profile.", ".hpy"},
+                                                 {"heap_native.", ".hpy"},
                                                  {"massif.out.", ""},
                                                  {NULL, NULL}},
      .needs_target = true,

@@ -1,9 +1,12 @@
 /* The `memory` action: an allocation profile of the target for `seconds`, written as
  * heap_profile.T.hpy (guppy's stat dump) and massif.out.T in output_dir, with a summary of what
- * was allocated and what is still live, by site. One allocation profile per target at a time;
- * progress about once a second; a clean stop of the agent ends the run early with what it has,
- * and the hooks are taken out of the target on every path. Not the hooks or the writers
- * (engine/memory/, engine/formats/). */
+ * was allocated and what is still live, by site. On a Python target (python_exec on), at the end
+ * the agent's pyscripts/heap.py counts the Python heap by kind from inside, as guppy's
+ * hpy().heap() partitions it: that goes to heap_profile.T.hpy, what a Home Assistant user opens
+ * with guppy, and the native sites to heap_native.T.hpy. One allocation profile per target at a
+ * time; progress about once a second; a clean stop of the agent ends the run early with what it
+ * has, and the hooks are taken out of the target on every path. Not the hooks, the writers or the
+ * counting (engine/memory/, engine/formats/, the script). */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -14,11 +17,16 @@
 #include "claims.h"
 #include "clock.h"
 #include "formats/hpy.h"
+#include "inside.h"
 #include "memory/memprof.h"
 #include "run.h"
 #include "unwinders.h"
 
 #define TOP_SITES 5
+#define TOP_KINDS 5
+#define PY_MAX_OBJECTS 20000000 /* objects heap.py counts before it stops */
+#define PY_MAX_KINDS 10000      /* rows it answers with; the rest add up to one more */
+#define PY_BUDGET_MAX_S 5.0     /* the most it may hold the target's interpreter */
 #define POLL_MS 100
 #define CMDLINE_MAX 1024
 
@@ -155,10 +163,18 @@ static void add_warnings(struct run *run, const struct memprof_stats *st, bool c
                  (unsigned long long)sample_bytes);
 }
 
-static int write_files(struct run *run, struct memprof *m)
+/* The Python heap heap.py answered with: its rows (kinds point into answer). */
+struct py_heap {
+    struct json_object *answer;
+    struct hpy_kind_row *rows;
+    size_t nrows;
+};
+
+static int write_files(struct run *run, struct memprof *m, const struct py_heap *py)
 {
     char dir[PATH_MAX], path[PATH_MAX + 64], cmd[CMDLINE_MAX];
     long long t = (long long)run->started_us;
+    double timemade = (double)run->started_us / 1e6;
     struct error e;
     int r;
 
@@ -166,10 +182,20 @@ static int write_files(struct run *run, struct memprof *m)
     if (r < 0)
         return r;
     snprintf(path, sizeof(path), "%s/heap_profile.%lld.hpy", dir, t);
-    r = memprof_write_hpy(m, path, (double)run->started_us / 1e6, &e);
+    if (py->answer)
+        r = hpy_write_kinds(path, py->rows, py->nrows, HPY_KINDHEADER_CLASS, timemade, &e);
+    else
+        r = memprof_write_hpy(m, path, timemade, &e);
     if (r < 0)
         goto fail;
     json_object_array_add(run->files, json_object_new_string(path));
+    if (py->answer) {
+        snprintf(path, sizeof(path), "%s/heap_native.%lld.hpy", dir, t);
+        r = memprof_write_hpy(m, path, timemade, &e);
+        if (r < 0)
+            goto fail;
+        json_object_array_add(run->files, json_object_new_string(path));
+    }
     read_cmdline(run->target.pid, cmd, sizeof(cmd));
     if (!cmd[0])
         snprintf(cmd, sizeof(cmd), "%s (pid %d)", run->target.name, (int)run->target.pid);
@@ -183,6 +209,98 @@ fail:
     /* A file the user asked for, not the process, failed: said as such, not through
      * run_engine_fail_error's words about the target. */
     return run_fail(run, "cannot write %s: %s", path, e.reason[0] ? e.reason : strerror(-e.code));
+}
+
+/* The rows of heap.py's answer: ["KIND", COUNT, SIZE] each; others are left out. */
+static int py_rows(struct py_heap *py)
+{
+    struct json_object *kinds = NULL;
+
+    json_object_object_get_ex(py->answer, "kinds", &kinds);
+    size_t n = json_object_is_type(kinds, json_type_array) ? json_object_array_length(kinds) : 0;
+    if (n > PY_MAX_KINDS + 1)
+        n = PY_MAX_KINDS + 1;
+    py->rows = calloc(n ? n : 1, sizeof(*py->rows));
+    if (!py->rows)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        struct json_object *k = json_object_array_get_idx(kinds, i);
+        if (!json_object_is_type(k, json_type_array) || json_object_array_length(k) != 3)
+            continue;
+        struct json_object *name = json_object_array_get_idx(k, 0),
+                           *count = json_object_array_get_idx(k, 1),
+                           *size = json_object_array_get_idx(k, 2);
+        if (!json_object_is_type(name, json_type_string) ||
+            !json_object_is_type(count, json_type_int) ||
+            !json_object_is_type(size, json_type_int) || json_object_get_int64(count) < 0 ||
+            json_object_get_int64(size) < 0)
+            continue;
+        py->rows[py->nrows++] = (struct hpy_kind_row){json_object_get_string(name),
+                                                      (uint64_t)json_object_get_int64(count),
+                                                      (uint64_t)json_object_get_int64(size)};
+    }
+    return 0;
+}
+
+/* summary.python_heap: what inside_run put in the summary (moved there, as the allocation
+ * profile has a `method` of its own), the totals and the largest kinds. */
+static void py_summary(struct run *run, const struct py_heap *py)
+{
+    static const char *const moved[] = {"python", "method", "thread", "wait_ms", "held_ms"};
+    struct json_object *s = run->summary, *o = json_object_new_object(), *v,
+                       *top = json_object_new_array();
+
+    for (size_t i = 0; i < sizeof(moved) / sizeof(moved[0]); i++)
+        if (json_object_object_get_ex(s, moved[i], &v)) {
+            json_object_object_add(o, moved[i], json_object_get(v));
+            json_object_object_del(s, moved[i]);
+        }
+    static const char *const totals[] = {"objects", "size"};
+    for (size_t i = 0; i < sizeof(totals) / sizeof(totals[0]); i++)
+        if (json_object_object_get_ex(py->answer, totals[i], &v))
+            json_object_object_add(o, totals[i], json_object_new_int64(json_object_get_int64(v)));
+    json_object_object_add(o, "kinds", json_object_new_uint64(py->nrows));
+    /* heap.py lists them largest first. */
+    for (size_t i = 0; i < py->nrows && i < TOP_KINDS; i++) {
+        struct json_object *k = json_object_new_object();
+
+        json_object_object_add(k, "kind", json_object_new_string(py->rows[i].kind));
+        json_object_object_add(k, "count", json_object_new_uint64(py->rows[i].count));
+        json_object_object_add(k, "size", json_object_new_uint64(py->rows[i].size));
+        json_object_array_add(top, k);
+    }
+    json_object_object_add(o, "top", top);
+    json_object_object_add(s, "python_heap", o);
+}
+
+/* The Python heap from inside the target: 1 with py filled, 0 when the target cannot answer (a
+ * warning says why when it is Python), or the run's failure. */
+static int py_heap(struct run *run, struct py_heap *py)
+{
+    char input[128];
+    struct json_object *v;
+    double budget = run->host->config->python_timeout / 2.0;
+
+    if (budget > PY_BUDGET_MAX_S)
+        budget = PY_BUDGET_MAX_S;
+    snprintf(input, sizeof(input), "{\"max_objects\": %d, \"max_kinds\": %d, \"budget_s\": %.2f}",
+             PY_MAX_OBJECTS, PY_MAX_KINDS, budget);
+    int r = inside_run(run, "heap", input,
+                       "heap_profile.T.hpy holds the native allocation sites instead", &py->answer);
+    if (r <= 0)
+        return r;
+    if (py_rows(py) < 0) {
+        json_object_put(py->answer);
+        py->answer = NULL;
+        return run_fail(run, "out of memory for the Python heap's rows");
+    }
+    py_summary(run, py);
+    if (json_object_object_get_ex(py->answer, "stopped", &v) && v)
+        run_warn(run,
+                 "the Python heap count inside the target %s; heap_profile.T.hpy has what "
+                 "was counted",
+                 json_object_get_string(v));
+    return 1;
 }
 
 int action_memory(struct run *run)
@@ -241,13 +359,22 @@ int action_memory(struct run *run)
                  "remove themselves at the target's next allocation",
                  fe.reason[0] ? fe.reason : strerror(-fe.code));
     memprof_get_stats(m, &st);
+    /* After the hooks are out, so that the count's own allocations are not in the profile;
+     * its `method` in the summary is moved aside before the profile's own is added. */
+    struct py_heap py = {0};
+    int pr = 0;
+    if (r >= 0 && !cancelled && !st.target_exited)
+        pr = py_heap(run, &py);
     add_warnings(run, &st, cancelled, o.sample_bytes);
     add_summary(run, m, &st, o.sample_bytes);
     if (r < 0 && r != -ESRCH)
         r = run_engine_fail_error(run, "allocation profile", &e);
     else
-        r = write_files(run, m);
+        r = write_files(run, m, &py);
+    json_object_put(py.answer);
+    free(py.rows);
     memprof_free(m);
     unwinders_put(u);
-    return r;
+    /* A failed count inside (a traceback, say) fails the run, with the native files written. */
+    return pr < 0 ? pr : r;
 }

@@ -1,14 +1,24 @@
 /* heap_profile.T.hpy, the `memory` action's file for guppy (heapy): its stat dump, written from
- * the allocation sites of formats/heap.h, and the KIND text that names a site in it (the
- * action's summary uses the same words). Only formats; not the Massif file (massif.h). */
+ * the allocation sites of formats/heap.h or from rows of kinds the caller counted (a Python heap
+ * by class), and the KIND text that names a site in it (the action's summary uses the same
+ * words). Only formats; not the Massif file (massif.h), nor the counting. */
 #ifndef HPY_H
 #define HPY_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "formats/heap.h"
 #include "os/error.h"
 
-#define HPY_KIND_FRAMES 8 /* frames named in a KIND; deeper ones read "..." */
+#define HPY_KIND_FRAMES 8    /* frames named in a KIND; deeper ones read "..." */
+#define HPY_MAX_KINDS 100000 /* rows hpy_write_kinds takes; more: -E2BIG */
+/* guppy's header for its default partition, hpy().heap()'s */
+#define HPY_KINDHEADER_CLASS "Kind (class / dict of class)"
+
+struct hpy_kind_row { /* one kind of object and what its objects take */
+    const char *kind; /* e.g. "str", "dict of module.Class" */
+    uint64_t count, size;
+};
 
 /* A site's KIND as the hpy file names it: "func <- caller <- ...", malloc'd (NULL: -ENOMEM). */
 char *hpy_kind(const struct stacks_frame *frames, size_t nframes);
@@ -27,5 +37,14 @@ char *hpy_kind(const struct stacks_frame *frames, size_t nframes);
  * too (may be NULL), with a reason where the errno does not say it. */
 int hpy_write(const char *path, const struct heap_site *sites, size_t nsites, double timemade,
               struct error *err);
+
+/* The same dump from rows the caller counted, as guppy dumps a partition by kind
+ * (hpy().heap().dump(path) with kindheader HPY_KINDHEADER_CLASS): KIND and kindheader cleaned as
+ * above (at most HEAP_NAME_MAX bytes each, then "..."; an empty KIND reads `?`), rows of one KIND
+ * merged, rows of size 0 left out, the same order and totals. -EINVAL (NULL path or kindheader,
+ * rows NULL with nrows > 0, a row's kind NULL, a bad timemade), -E2BIG past HPY_MAX_KINDS,
+ * -EOVERFLOW, -ENOMEM, or atomicfile's errors; in err too (may be NULL). */
+int hpy_write_kinds(const char *path, const struct hpy_kind_row *rows, size_t nrows,
+                    const char *kindheader, double timemade, struct error *err);
 
 #endif

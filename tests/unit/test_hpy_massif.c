@@ -26,13 +26,14 @@
 #define TINY 150
 
 static const char DEMO[] = "/usr/bin/demo";
-static const struct stacks_frame MAKE_BUF_12 = {0x401010,          DEMO, 0x1010, "make_buf",
-                                                "/src/demo/buf.c", 12,   10,     false};
-static const struct stacks_frame MAKE_BUF_14 = {0x401020,          DEMO, 0x1020, "make_buf",
-                                                "/src/demo/buf.c", 14,   10,     false};
+static const struct stacks_frame MAKE_BUF_12 = {0x401010,          0,  DEMO, 0x1010, "make_buf",
+                                                "/src/demo/buf.c", 12, 10,   false};
+static const struct stacks_frame MAKE_BUF_14 = {0x401020,          0,  DEMO, 0x1020, "make_buf",
+                                                "/src/demo/buf.c", 14, 10,   false};
 static const struct stacks_frame HANDLE = {
-    0x402000, DEMO, 0x2000, "handle(struct request *)", "/src/demo/server.c", 40, 30, false};
+    0x402000, 0, DEMO, 0x2000, "handle(struct request *)", "/src/demo/server.c", 40, 30, false};
 static const struct stacks_frame NEW = {0x7f0000403000,
+                                        0,
                                         "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
                                         0x9a000,
                                         "operator new(unsigned long)",
@@ -42,6 +43,7 @@ static const struct stacks_frame NEW = {0x7f0000403000,
                                         false};
 static const struct stacks_frame PUSH = {
     0x404000,
+    0,
     DEMO,
     0x4000,
     "std::vector<int, std::allocator<int> >::push_back(int const&)",
@@ -49,13 +51,13 @@ static const struct stacks_frame PUSH = {
     1287,
     1280,
     false};
-static const struct stacks_frame MAIN_A = {0x405000,           DEMO, 0x5000, "main",
-                                           "/src/demo/main.c", 20,   5,      false};
-static const struct stacks_frame MAIN_B = {0x405010,           DEMO, 0x5010, "main",
-                                           "/src/demo/main.c", 22,   5,      false};
+static const struct stacks_frame MAIN_A = {0x405000,           0,  DEMO, 0x5000, "main",
+                                           "/src/demo/main.c", 20, 5,    false};
+static const struct stacks_frame MAIN_B = {0x405010,           0,  DEMO, 0x5010, "main",
+                                           "/src/demo/main.c", 22, 5,    false};
 static const struct stacks_frame NOSYM = {
-    0x7f0000001a2b, "/usr/lib/libfoo.so.1", 0x1a2b, NULL, NULL, 0, 0, false};
-static const struct stacks_frame NOTHING = {0xdead0000, NULL, 0, NULL, NULL, 0, 0, false};
+    0x7f0000001a2b, 0, "/usr/lib/libfoo.so.1", 0x1a2b, NULL, NULL, 0, 0, false};
+static const struct stacks_frame NOTHING = {0xdead0000, 0, NULL, 0, NULL, NULL, 0, 0, false};
 
 enum { S_BUF12, S_BUF14, S_NEW, S_NOSYM, S_DEEP, S_SHORT, S_NOFRAMES, S_ZERO, NSITES };
 
@@ -93,14 +95,9 @@ static int setup(void **state)
     fx->s7[0] = MAIN_B;
     for (i = 0; i < DEEP; i++) {
         snprintf(fx->deep_names[i], sizeof(fx->deep_names[i]), "level_%zu", i);
-        fx->deep[i] = (struct stacks_frame){0x500000 + 16 * i,
-                                            DEMO,
-                                            0x100000 + 16 * i,
-                                            fx->deep_names[i],
-                                            "/src/demo/deep.c",
-                                            (int)i + 1,
-                                            1,
-                                            false};
+        fx->deep[i] = (struct stacks_frame){
+            0x500000 + 16 * i, 0, DEMO, 0x100000 + 16 * i, fx->deep_names[i], "/src/demo/deep.c",
+            (int)i + 1,        1, false};
     }
     fx->sites[S_BUF12] = (struct heap_site){fx->s0, 3, 4000, 4};
     fx->sites[S_BUF14] = (struct heap_site){fx->s1, 3, 2000, 2};
@@ -253,8 +250,8 @@ static void test_hpy_huge_and_dirty(void **state)
 {
     struct fixture *fx = *state;
     char path[128], name[2000], *text, *rows[4];
-    struct stacks_frame fr[2] = {{0x1, DEMO, 1, name, NULL, 0, 0, false},
-                                 {0x2, DEMO, 2, "tmpl<#1> (x)\n\tnext", NULL, 0, 0, false}};
+    struct stacks_frame fr[2] = {{0x1, 0, DEMO, 1, name, NULL, 0, 0, false},
+                                 {0x2, 0, DEMO, 2, "tmpl<#1> (x)\n\tnext", NULL, 0, 0, false}};
     struct heap_site s[2] = {{fr, 2, UINT64_MAX - 10, UINT64_MAX - 1}, {&fr[1], 1, 10, 1}};
 
     memset(name, 'x', sizeof(name) - 1);
@@ -299,6 +296,57 @@ static void test_hpy_errors(void **state)
     assert_int_equal(hpy_write("/nonexistent/dir/x.hpy", fx->sites, NSITES, 0, &e), -ENOENT);
     assert_int_equal(e.code, -ENOENT);
     assert_string_equal(e.reason, "");
+}
+
+/* Kinds as the memory action gets them from a Python target: merged, cleaned, 0-size ones left
+ * out, guppy's order and header, read back as guppy does. */
+static void test_hpy_kinds(void **state)
+{
+    struct fixture *fx = *state;
+    char path[128], name[2000], *text, *rows[8];
+    const struct hpy_kind_row k[] = {
+        {"str", 300, 9000},
+        {"dict of __main__.Widget", 5000, 920000},
+        {"__main__.Widget", 5000, 280000},
+        {"str", 2, 100},          /* merged with the first */
+        {"bad\nname\x01", 1, 10}, /* no forged line */
+        {"", 1, 5},
+        {"int", 7, 0}, /* no bytes: left out, as guppy has no such row */
+        {name, 1, 1},
+    };
+    struct error e;
+
+    memset(name, 'y', sizeof(name) - 1);
+    name[sizeof(name) - 1] = '\0';
+    path_in(fx, "heap_profile.2.hpy", path, sizeof(path));
+    assert_int_equal(hpy_write_kinds(path, k, sizeof(k) / sizeof(k[0]), HPY_KINDHEADER_CLASS,
+                                     1732485600.5, NULL),
+                     0);
+    assert_hpy_ok(path, 6, 10305, 1209116);
+    text = slurp(path);
+    assert_non_null(strstr(text, ".kindname: \n.kindheader: Kind (class / dict of class)\n"));
+    assert_int_equal(hpy_rows(text, rows, 8), 6);
+    assert_string_equal(rows[0], "5000 920000 dict of __main__.Widget");
+    assert_string_equal(rows[1], "5000 280000 __main__.Widget");
+    assert_string_equal(rows[2], "302 9100 str");
+    assert_string_equal(rows[3], "1 10 bad?name?");
+    assert_string_equal(rows[4], "1 5 ?");
+    assert_non_null(strstr(rows[5], "yyy..."));
+    assert_true(strlen(rows[5]) < HEAP_NAME_MAX + 20);
+    free(text);
+
+    assert_int_equal(hpy_write_kinds(path, NULL, 0, "Kind", 0, NULL), 0);
+    assert_hpy_ok(path, 0, 0, 0);
+    const struct hpy_kind_row big[] = {{"a", 1, UINT64_MAX}, {"b", 1, 1}}, null[] = {{NULL, 1, 1}};
+    assert_int_equal(hpy_write_kinds(path, big, 2, "Kind", 0, &e), -EOVERFLOW);
+    assert_true(e.reason[0] != '\0');
+    assert_int_equal(hpy_write_kinds(path, null, 1, "Kind", 0, NULL), -EINVAL);
+    assert_int_equal(hpy_write_kinds(path, NULL, 1, "Kind", 0, NULL), -EINVAL);
+    assert_int_equal(hpy_write_kinds(path, k, 1, NULL, 0, NULL), -EINVAL);
+    assert_int_equal(hpy_write_kinds(NULL, k, 1, "Kind", 0, NULL), -EINVAL);
+    assert_int_equal(hpy_write_kinds(path, k, 1, "Kind", NAN, NULL), -EINVAL);
+    assert_int_equal(hpy_write_kinds(path, k, HPY_MAX_KINDS + 1, "Kind", 0, &e), -E2BIG);
+    assert_non_null(strstr(e.reason, "kinds"));
 }
 
 /* ---- massif ---- */
@@ -539,8 +587,8 @@ static void test_massif_folds_small_children(void **state)
 
     assert_non_null(out);
     for (i = 0; i < TINY + 2; i++) {
-        tiny[i] =
-            (struct stacks_frame){0x600000 + i, DEMO, i, "tiny", "/src/t.c", (int)i + 1, 1, false};
+        tiny[i] = (struct stacks_frame){0x600000 + i, 0,          DEMO, i,    "tiny",
+                                        "/src/t.c",   (int)i + 1, 1,    false};
         sites[i] = (struct heap_site){&tiny[i], 1, 3, 1};
         bytes[i] = 3;
     }
@@ -685,6 +733,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hpy_empty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hpy_huge_and_dirty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hpy_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hpy_kinds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_massif_snapshots, setup, teardown),
         cmocka_unit_test_setup_teardown(test_massif_folds_small_children, setup, teardown),
         cmocka_unit_test_setup_teardown(test_massif_edges, setup, teardown),
