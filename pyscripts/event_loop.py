@@ -1,7 +1,7 @@
 """profiler-agent's event-loop actions, run inside a Python process: the agent copies this file into
 the target's /tmp and has the interpreter run it at a safe point (between bytecodes, holding the
-GIL), adding one line that calls main() with the three paths; it is never imported. The input's
-"op" chooses what it does to the target's running asyncio event loop(s), as Home Assistant's
+GIL), after _prelude.py, whose main() calls work() with the input; it is never imported. The
+input's "op" chooses what it does to the target's running asyncio event loop(s), as Home Assistant's
 Profiler does to its own loop:
   scheduled  the repr of every handle not cancelled in loop._scheduled (timers), then loop._ready;
   set_debug  loop.set_debug(enabled);
@@ -163,7 +163,7 @@ def tasks(asyncio, loop, index, answer, limits):
     return found
 
 
-def collect(limits, started):
+def work(limits, started):
     import sys
 
     asyncio = sys.modules.get("asyncio")
@@ -197,46 +197,3 @@ def collect(limits, started):
         out["tasks"] = found_tasks
     out["stopped"] = stopped or answer.stopped
     return out
-
-
-def main(script_path, input_path, output_path):
-    import os
-    import time
-
-    started = time.perf_counter()
-    out = None
-    try:
-        with open(input_path, "rb") as f:
-            raw = f.read()
-        out = os.open(output_path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        pass  # the agent withdrew the request: nothing to answer
-    finally:
-        # Gone before any work, so that nothing is left behind whoever waits for the answer.
-        for path in (script_path, input_path, output_path):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-    if out is None:
-        return
-    import json
-
-    try:
-        answer = collect(json.loads(raw), started)
-    except KeyboardInterrupt:
-        import _thread
-
-        _thread.interrupt_main()  # the target's own Ctrl-C: delivered again once we are done
-        answer = {"error": "KeyboardInterrupt: the target was interrupted meanwhile"}
-    except BaseException:
-        import traceback
-
-        answer = {"error": traceback.format_exc()}
-    answer["held_ms"] = (time.perf_counter() - started) * 1000.0
-    data = (json.dumps(answer) + "\n").encode()
-    try:
-        while data:
-            data = data[os.write(out, data):]
-    finally:
-        os.close(out)

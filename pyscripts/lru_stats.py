@@ -1,6 +1,6 @@
 """profiler-agent's lru_stats, run inside a Python process: the agent copies this file into the
 target's /tmp and has the interpreter run it at a safe point (between bytecodes, holding the GIL),
-adding one line that calls main() with the three paths; it is never imported. It finds every
+after _prelude.py, whose main() calls work() with the input; it is never imported. It finds every
 functools.lru_cache wrapper and, when the lru-dict module is already loaded, every lru.LRU among
 the objects the garbage collector tracks, and writes their statistics as JSON. Its limits come
 from the input file, as data. It stops at the object or time limit and says so, runs no code of
@@ -28,7 +28,7 @@ def absfile(func):
     return os.path.normcase(os.path.abspath(func.__code__.co_filename))
 
 
-def collect(limits, started):
+def work(limits, started):
     import functools
     import gc
     import sys
@@ -67,46 +67,3 @@ def collect(limits, started):
     finally:
         del objects
     return {"caches": caches, "scanned": scanned, "stopped": stopped}
-
-
-def main(script_path, input_path, output_path):
-    import os
-    import time
-
-    started = time.perf_counter()
-    out = None
-    try:
-        with open(input_path, "rb") as f:
-            raw = f.read()
-        out = os.open(output_path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        pass  # the agent withdrew the request: nothing to answer
-    finally:
-        # Gone before any work, so that nothing is left behind whoever waits for the answer.
-        for path in (script_path, input_path, output_path):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-    if out is None:
-        return
-    import json
-
-    try:
-        answer = collect(json.loads(raw), started)
-    except KeyboardInterrupt:
-        import _thread
-
-        _thread.interrupt_main()  # the target's own Ctrl-C: delivered again once we are done
-        answer = {"error": "KeyboardInterrupt: the target was interrupted meanwhile"}
-    except BaseException:
-        import traceback
-
-        answer = {"error": traceback.format_exc()}
-    answer["held_ms"] = (time.perf_counter() - started) * 1000.0
-    data = (json.dumps(answer) + "\n").encode()
-    try:
-        while data:
-            data = data[os.write(out, data):]
-    finally:
-        os.close(out)

@@ -870,6 +870,7 @@ static const struct fdent *find_fd(const struct fdent *ents, size_t n, int fd)
 struct watch {
     int fd;
     uint32_t events;
+    uint64_t ino; /* of the file watched, which fd may no longer be */
 };
 
 static int cmp_watch(const void *a, const void *b)
@@ -879,30 +880,28 @@ static int cmp_watch(const void *a, const void *b)
     return x->fd < y->fd ? -1 : x->fd > y->fd;
 }
 
-/* "<epoll fd=4 watches fd=8 (timerfd) events=EPOLLIN, ...>" from its fdinfo lines
- * "tfd: %8d events: %8x data: %16llx  pos:... ino:... sdev:...", in fd order (the kernel lists
- * them in the order of its tree, by file address). A watched fd not open in pid any more (closed
- * after a dup, or registered by another process) is shown "(closed)". */
-static int epoll_sched_repr(const char *info, int fd, const struct fdent *ents, size_t n,
-                            struct repr *r)
+/* The fds an epoll set watches, in fd order, from its fdinfo lines
+ * "tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x" (the kernel lists them in the
+ * order of its tree, by file address). -EBADMSG when info is not an epoll fdinfo (the fd was
+ * closed and reused). */
+static int epoll_watches(const char *info, struct watch **ret, size_t *ret_n)
 {
     size_t total = count_lines(info, "tfd:"), m = 0;
     struct watch *w;
-    int ret = 0;
 
     w = calloc(total ? total : 1, sizeof(*w));
     if (!w)
         return -ENOMEM;
     for (const char *p = info; p && *p && m < total; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
         uint64_t tfd, ev;
-        const char *q;
+        const char *q, *ino, *eol;
         if (strncmp(p, "tfd:", 4) != 0)
             continue;
         q = p + 4;
         while (*q == ' ')
             q++;
         if (procfs_parse_u64(&q, 10, 10, &tfd) < 0 || tfd > INT_MAX)
-            break; /* m < total: not epoll fdinfo */
+            break;
         while (*q == ' ')
             q++;
         if (strncmp(q, "events:", 7) != 0)
@@ -912,14 +911,52 @@ static int epoll_sched_repr(const char *info, int fd, const struct fdent *ents, 
             q++;
         if (procfs_parse_u64(&q, 16, 8, &ev) < 0)
             break;
+        ino = strstr(q, " ino:");
+        eol = strchr(q, '\n');
+        if (ino && (!eol || ino < eol)) {
+            ino += 5;
+            if (procfs_parse_u64(&ino, 16, 16, &w[m].ino) < 0)
+                w[m].ino = 0;
+        }
         w[m].fd = (int)tfd;
         w[m++].events = (uint32_t)ev;
     }
     if (m < total) {
-        ret = -EBADMSG;
-        goto out;
+        free(w);
+        return -EBADMSG;
     }
     qsort(w, m, sizeof(*w), cmp_watch);
+    *ret = w;
+    *ret_n = m;
+    return 0;
+}
+
+/* The watches of the epoll set at fd of pid (epoll_watches). 0: none to read, the fd was closed
+ * or reused meanwhile; 1: *ret and *ret_n, free(*ret); negative: an error, err filled. */
+static int read_epoll(const char *root, pid_t pid, int fd, struct watch **ret, size_t *ret_n,
+                      struct error *err)
+{
+    char *info = NULL, file[32];
+    int r = read_fdinfo(root, pid, fd, &info);
+
+    if (r == -ENOENT)
+        return 0;
+    if (r < 0) {
+        snprintf(file, sizeof(file), "fdinfo/%d", fd);
+        return read_failed(err, r, root, pid, file);
+    }
+    r = epoll_watches(info, ret, ret_n);
+    free(info);
+    if (r == -EBADMSG)
+        return 0;
+    return r < 0 ? r : 1;
+}
+
+/* "<epoll fd=4 watches fd=8 (timerfd) events=EPOLLIN, ...>", in fd order. A watched fd not open
+ * in pid any more (closed after a dup, or registered by another process) is shown "(closed)". */
+static void epoll_sched_repr(const struct watch *w, size_t m, int fd, const struct fdent *ents,
+                             size_t n, struct repr *r)
+{
     repr_reset(r);
     repr_add(r, "<epoll fd=%d watches", fd);
     for (size_t i = 0; i < m; i++) {
@@ -936,9 +973,6 @@ static int epoll_sched_repr(const char *info, int fd, const struct fdent *ents, 
     if (!m)
         repr_add(r, " nothing");
     repr_add(r, ">");
-out:
-    free(w);
-    return ret;
 }
 
 /* ROOT/PID/timers: blocks of "ID: %d", "signal: %d/%px", "notify: %s/%s.%d", "ClockID: %d".
@@ -1010,7 +1044,6 @@ int objects_scheduled(const char *root, pid_t pid, int (*emit)(const char *repr,
 {
     struct fdent *ents = NULL;
     struct repr *r = NULL;
-    char *info = NULL, file[32];
     size_t n = 0;
     int ret;
 
@@ -1030,23 +1063,17 @@ int objects_scheduled(const char *root, pid_t pid, int (*emit)(const char *repr,
     if (ret < 0)
         goto out;
     for (size_t i = 0; i < n; i++) {
+        struct watch *w;
+        size_t m;
         if (ents[i].type != OBJECTS_EPOLL)
             continue;
-        free(info);
-        info = NULL;
-        ret = read_fdinfo(root, pid, ents[i].fd, &info);
-        if (ret == -ENOENT)
-            continue;
-        if (ret < 0) {
-            snprintf(file, sizeof(file), "fdinfo/%d", ents[i].fd);
-            read_failed(err, ret, root, pid, file);
-            goto out;
-        }
-        ret = epoll_sched_repr(info, ents[i].fd, ents, n, r);
-        if (ret == -EBADMSG)
-            continue; /* not an epoll fdinfo: closed and reused */
+        ret = read_epoll(root, pid, ents[i].fd, &w, &m, err);
         if (ret < 0)
             goto out;
+        if (ret == 0)
+            continue;
+        epoll_sched_repr(w, m, ents[i].fd, ents, n, r);
+        free(w);
         ret = emit(r->buf, userdata);
         if (ret < 0)
             goto out;
@@ -1055,8 +1082,108 @@ int objects_scheduled(const char *root, pid_t pid, int (*emit)(const char *repr,
 out:
     if (ret < 0)
         error_fill(err, ret);
-    free(info);
     free(r);
     free(ents);
     return ret;
+}
+
+#define SELFPIPE_ASK_MAX 64 /* epoll-watched sockets whose peer is asked of sock_diag */
+
+static int cmp_u64(const void *a, const void *b)
+{
+    const uint64_t *x = a, *y = b;
+
+    return *x < *y ? -1 : *x > *y;
+}
+
+/* Whether ino is in the sorted v. */
+static bool has_u64(const uint64_t *v, size_t n, uint64_t ino)
+{
+    return bsearch(&ino, v, n, sizeof(*v), cmp_u64) != NULL;
+}
+
+/* The inodes of every file an epoll set of pid watches, sorted. */
+static int watched_inodes(const char *root, pid_t pid, const struct fdent *ents, size_t n,
+                          uint64_t **ret, size_t *ret_n, struct error *err)
+{
+    uint64_t *v = NULL;
+    size_t len = 0, cap = 0;
+    int r = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        struct watch *w;
+        size_t m;
+        if (ents[i].type != OBJECTS_EPOLL)
+            continue;
+        r = read_epoll(root, pid, ents[i].fd, &w, &m, err);
+        if (r < 0)
+            goto out;
+        if (r == 0)
+            continue;
+        if (len + m > cap) {
+            size_t want = (len + m) * 2;
+            uint64_t *grown = realloc(v, want * sizeof(*v));
+            if (!grown) {
+                free(w);
+                r = -ENOMEM;
+                goto out;
+            }
+            v = grown;
+            cap = want;
+        }
+        for (size_t j = 0; j < m; j++)
+            v[len++] = w[j].ino;
+        free(w);
+    }
+    if (len)
+        qsort(v, len, sizeof(*v), cmp_u64);
+    *ret = v;
+    *ret_n = len;
+    v = NULL;
+    r = 0;
+out:
+    free(v);
+    return r;
+}
+
+int objects_selfpipes(const char *root, pid_t pid, struct objects_selfpipe *ret, size_t max,
+                      size_t *ret_n, struct error *err)
+{
+    struct fdent *ents = NULL;
+    uint64_t *watched = NULL;
+    size_t n = 0, n_watched = 0, found = 0, asked = 0;
+    int r;
+
+    error_clear(err);
+    r = scan_fds(root, pid, &ents, &n, err);
+    if (r == 0)
+        r = watched_inodes(root, pid, ents, n, &watched, &n_watched, err);
+    if (r < 0)
+        goto out;
+    for (size_t i = 0; i < n && found < max && asked < SELFPIPE_ASK_MAX; i++) {
+        uint64_t peer;
+        if (ents[i].type != OBJECTS_SOCKET || !has_u64(watched, n_watched, ents[i].ino))
+            continue;
+        asked++;
+        /* The write end: connected to this read end, open in pid, watched by no epoll set. */
+        if (sockets_unix_peer(ents[i].ino, &peer) < 0 || has_u64(watched, n_watched, peer))
+            continue;
+        for (size_t j = 0; j < n; j++) {
+            if (ents[j].type != OBJECTS_SOCKET || ents[j].ino != peer)
+                continue;
+            bool seen = false;
+            for (size_t k = 0; k < found; k++)
+                seen |= ret[k].ino == peer;
+            if (!seen)
+                ret[found++] = (struct objects_selfpipe){ents[j].fd, peer};
+            break;
+        }
+    }
+    *ret_n = found;
+out:
+    if (r < 0)
+        error_fill(err, r);
+    free(watched);
+    free(ents);
+    return r;
 }

@@ -2,7 +2,8 @@
  * descriptors by kind (pipe, socket, eventfd, timerfd, epoll, signalfd, inotify, file, and
  * "other"), threads and memory mappings; a repr of each object for dump_log_objects; and what the
  * process has scheduled (timerfds, POSIX timers, epoll sets and what they watch) for
- * log_event_loop_scheduled. Everything comes from /proc/PID: no ptrace, nothing injected. */
+ * log_event_loop_scheduled; the self-pipes of its event loops, for waking them. Everything comes
+ * from /proc/PID (and sock_diag, for a unix socket's peer): no ptrace, nothing injected. */
 #ifndef OBJECTS_H
 #define OBJECTS_H
 
@@ -60,5 +61,18 @@ int objects_dump(const char *root, pid_t pid, enum objects_type t,
  * `<epoll fd=4 watches fd=8 (timerfd) events=EPOLLIN, fd=5 (pipe) events=EPOLLIN|EPOLLET>`. */
 int objects_scheduled(const char *root, pid_t pid, int (*emit)(const char *repr, void *userdata),
                       void *userdata, struct error *err);
+
+struct objects_selfpipe {
+    int fd;       /* the write end, in pid */
+    uint64_t ino; /* its socket's inode: a duplicate taken later must still have it */
+};
+
+/* The write ends of pid's self-pipes, as asyncio's selector loop keeps one (loop._csock): a unix
+ * SOCK_STREAM socket of pid whose peer, also pid's, is watched by one of pid's epoll sets while
+ * it is watched by none. Up to max into ret, ascending by their peer's fd; *ret_n how many.
+ * Peers are asked of sock_diag (sockets_unix_peer), so a target in another network namespace has
+ * none found. Only finds them: writing to one is the caller's decision. */
+int objects_selfpipes(const char *root, pid_t pid, struct objects_selfpipe *ret, size_t max,
+                      size_t *ret_n, struct error *err);
 
 #endif

@@ -8,6 +8,10 @@
 #include <limits.h>
 #include <linux/if_packet.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <linux/sock_diag.h>
+#include <linux/unix_diag.h>
+#include <linux/inet_diag.h>
 #include <linux/vm_sockets.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -609,5 +613,67 @@ out:
     free(socks);
     free(fds);
     free(line);
+    return r;
+}
+
+int sockets_unix_peer(uint64_t inode, uint64_t *ret_peer)
+{
+    struct {
+        struct nlmsghdr nlh;
+        struct unix_diag_req req;
+    } ask = {
+        .nlh = {.nlmsg_len = sizeof(ask),
+                .nlmsg_type = SOCK_DIAG_BY_FAMILY,
+                .nlmsg_flags = NLM_F_REQUEST},
+        .req = {.sdiag_family = AF_UNIX,
+                .udiag_states = UINT32_MAX,
+                .udiag_ino = (uint32_t)inode,
+                .udiag_show = UDIAG_SHOW_PEER,
+                .udiag_cookie = {INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE}},
+    };
+    union {
+        struct nlmsghdr nlh;
+        char buf[512];
+    } reply;
+    int fd, r = -ENOENT;
+
+    if (inode == 0 || inode > UINT32_MAX)
+        return -ENOENT; /* unix_diag's inodes are 32 bits */
+    fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (fd < 0)
+        return -errno;
+    if (send(fd, &ask, sizeof(ask), 0) < 0) {
+        r = -errno;
+        goto out;
+    }
+    /* The kernel answers an exact lookup within send: the reply is queued already. */
+    ssize_t len = recv(fd, &reply, sizeof(reply), MSG_DONTWAIT);
+    if (len < 0) {
+        r = -errno;
+        goto out;
+    }
+    const struct nlmsghdr *h = &reply.nlh;
+    if (!NLMSG_OK(h, (size_t)len))
+        goto out;
+    /* An NLMSG_ERROR (no such socket, or no unix_diag in the kernel) fails the type check. */
+    const struct unix_diag_msg *m = NLMSG_DATA(h);
+    if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(*m)) ||
+        m->udiag_ino != (uint32_t)inode || m->udiag_type != SOCK_STREAM)
+        goto out;
+    int left = (int)(h->nlmsg_len - NLMSG_LENGTH(sizeof(*m)));
+    for (const struct rtattr *a = (const struct rtattr *)(m + 1); RTA_OK(a, left);
+         a = RTA_NEXT(a, left)) {
+        uint32_t peer;
+        if (a->rta_type != UNIX_DIAG_PEER || RTA_PAYLOAD(a) < sizeof(peer))
+            continue;
+        memcpy(&peer, RTA_DATA(a), sizeof(peer));
+        if (peer) {
+            *ret_peer = peer;
+            r = 0;
+        }
+        break;
+    }
+out:
+    close(fd);
     return r;
 }

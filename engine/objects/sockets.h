@@ -8,6 +8,7 @@
 #define SOCKETS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include "os/error.h"
 
@@ -39,5 +40,12 @@
  *   `<socket.socket fd=9, family=?, type=?, proto=?, inode=12345>`. */
 int sockets_dump(const char *root, pid_t pid, int (*emit)(const char *line, void *userdata),
                  void *userdata, struct error *err);
+
+/* The peer of the unix SOCK_STREAM socket with this inode, asked of sock_diag (UNIX_DIAG_PEER,
+ * as `ss -x` does) in the agent's own network namespace: a socket of a target in another one is
+ * not found. 0 and *ret_peer, the peer's inode; -ENOENT when there is no such socket, it is not a
+ * connected stream socket, has no peer, or the kernel has no unix_diag; -errno when sock_diag
+ * cannot be asked. */
+int sockets_unix_peer(uint64_t inode, uint64_t *ret_peer);
 
 #endif

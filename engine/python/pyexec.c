@@ -4,9 +4,10 @@
  * sees it: through /proc/PID/root when it lives in another mount namespace), three files named
  * profiler-agent-py.RANDOM.{py,in.json,out.json}, created O_EXCL, mode 0600, given to the target's
  * user (no fallback to wider modes: the output holds the target's data). The script copy is the
- * shipped script with one line added, `main(SCRIPT, INPUT, OUTPUT)`: under PEP 768 the script runs
- * from a fresh namespace without its own path, so the paths (our random names, checked to be
- * plain) are the only thing the agent writes that is not the shipped text. The script opens its
+ * shipped prelude (the main() every script shares), the shipped script, and one line,
+ * `main(SCRIPT, INPUT, OUTPUT)`: under PEP 768 the script runs from a fresh namespace without its
+ * own path, so the paths (our random names, checked to be plain) are the only thing the agent
+ * writes that is not the shipped text. The script opens its
  * input and output, then unlinks all three before it works, so a run the agent no longer waits for
  * (the agent killed with -9) still cleans up; the agent holds the directory and the output file
  * open, reads the answer through its own descriptor when the script closes it (inotify), and
@@ -42,7 +43,12 @@
  * code. A queued call cannot be taken back: withdrawing deletes the script, which makes the text
  * a no-op (its open fails, swallowed), and leaves the copy (under 1 KiB) allocated, since the
  * queue still points at it; after an answer, the copy is freed (PyRun_SimpleString parsed it
- * before the script ran, and never reads it again). */
+ * before the script ran, and never reads it again).
+ *
+ * Either way the request is taken only when the thread runs bytecode: an idle event loop, in
+ * epoll_wait with no timer due, never would. So, until the script has started, the caller's
+ * wake (see pyexec.h; the agent writes one byte to the loop's self-pipe) is called a few times,
+ * bounded; this module itself never touches the target's fds. */
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -107,46 +113,62 @@ static int write_all(int fd, const char *data, size_t len)
     return 0;
 }
 
-/* The shipped script, with the line that calls its main() with the three paths. The paths are
- * ours (a fixed directory and random hex), checked to need no quoting. */
-static int script_text(const char *script, const struct files *f, char **ret, struct error *err)
+/* Appends the shipped file path to *text (of *len bytes, grown). */
+static int append_file(const char *path, char **text, size_t *len, struct error *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return error_set(err, -errno, "cannot read the script %s: %s", path, strerror(errno));
+    struct stat st;
+    int r = 0;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > PYEXEC_SCRIPT_MAX) {
+        r = error_set(err, -EFBIG, "the script %s is not a file of at most %u bytes", path,
+                      PYEXEC_SCRIPT_MAX);
+        goto out;
+    }
+    size_t size = (size_t)st.st_size;
+    char *grown = realloc(*text, *len + size + 1);
+    if (!grown) {
+        r = error_set(err, -ENOMEM, NULL);
+        goto out;
+    }
+    *text = grown;
+    if (read(fd, grown + *len, size) != (ssize_t)size) {
+        r = error_set(err, -EIO, "cannot read the script %s", path);
+        goto out;
+    }
+    *len += size;
+    grown[(*len)++] = '\n'; /* a file without a final newline ends before the next one starts */
+out:
+    close(fd);
+    return r;
+}
+
+/* The prelude, then the shipped script, then the line that calls main() with the three paths.
+ * The paths are ours (a fixed directory and random hex), checked to need no quoting. */
+static int script_text(const struct pyexec_request *req, const struct files *f, char **ret,
+                       struct error *err)
 {
     for (int i = 0; i < 3; i++)
         for (const char *p = f->path[i]; *p; p++)
             if (!isalnum((unsigned char)*p) && !strchr("/._-", *p))
                 return error_set(err, -EINVAL, "the target's temporary directory %s needs quoting",
                                  f->dir);
-    int fd = open(script, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return error_set(err, -errno, "cannot read the script %s: %s", script, strerror(errno));
-    struct stat st;
     char *text = NULL;
-    int r = 0;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > PYEXEC_SCRIPT_MAX) {
-        r = error_set(err, -EFBIG, "the script %s is not a file of at most %u bytes", script,
-                      PYEXEC_SCRIPT_MAX);
-        goto out;
-    }
-    size_t tail = sizeof(f->path) + 64, len = (size_t)st.st_size;
-    text = malloc(len + tail);
-    if (!text) {
+    size_t len = 0, tail = sizeof(f->path) + 64;
+    int r = req->prelude ? append_file(req->prelude, &text, &len, err) : 0;
+    if (r == 0)
+        r = append_file(req->script, &text, &len, err);
+    char *grown = r == 0 ? realloc(text, len + tail) : NULL;
+    if (r == 0 && !grown)
         r = error_set(err, -ENOMEM, NULL);
-        goto out;
-    }
-    ssize_t n = read(fd, text, len);
-    if (n != (ssize_t)len) {
-        r = error_set(err, -EIO, "cannot read the script %s", script);
-        goto out;
-    }
-    snprintf(text + len, tail, "\nmain(\"%s\", \"%s\", \"%s\")\n", f->path[SCRIPT], f->path[INPUT],
-             f->path[OUTPUT]);
-out:
-    close(fd);
     if (r < 0) {
         free(text);
         return r;
     }
-    *ret = text;
+    snprintf(grown + len, tail, "main(\"%s\", \"%s\", \"%s\")\n", f->path[SCRIPT], f->path[INPUT],
+             f->path[OUTPUT]);
+    *ret = grown;
     return 0;
 }
 
@@ -199,7 +221,7 @@ static void files_remove(struct files *f)
 
 /* The three files in the target's temporary directory. The directory stays open: the files can
  * be removed even once the target (and with it /proc/PID/root) is gone. */
-static int files_make(struct files *f, pid_t pid, const char *script, const char *input,
+static int files_make(struct files *f, pid_t pid, const struct pyexec_request *req,
                       struct error *err)
 {
     static const char *const dirs[] = {"/tmp", "/var/tmp", "/dev/shm", NULL};
@@ -229,11 +251,11 @@ static int files_make(struct files *f, pid_t pid, const char *script, const char
     f->dirfd = open(agent_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (f->dirfd < 0)
         return error_set(err, -errno, "cannot open the target's %s: %s", f->dir, strerror(errno));
-    r = script_text(script, f, &text, err);
+    r = script_text(req, f, &text, err);
     if (r == 0)
         r = make_file(f, SCRIPT, pid, text, NULL, err);
     if (r == 0)
-        r = make_file(f, INPUT, pid, input, NULL, err);
+        r = make_file(f, INPUT, pid, req->input, NULL, err);
     if (r == 0)
         r = make_file(f, OUTPUT, pid, "", &f->outfd, err);
     free(text);
@@ -271,18 +293,28 @@ static bool target_alive(pid_t pid, uint64_t starttime)
 }
 
 /* Waits for the script's answer until deadline (monotonic ms). The watch was set before the
- * request went out, so no close is missed. */
+ * request went out, so no close is missed. Until the script has started (it removes its own
+ * file first), req->wake is called, bounded: the first at once. */
 static int wait_answer(struct files *f, int ifd, pid_t pid, uint64_t starttime, int64_t deadline,
-                       atomic_int *cancel, char **ret)
+                       const struct pyexec_request *req, char **ret)
 {
+    int64_t next_wake = mono_ms();
+    int wakes = 0;
+
     for (;;) {
-        int64_t left = deadline - mono_ms();
-        if (cancel && atomic_load(cancel))
+        int64_t now = mono_ms(), left = deadline - now;
+        if (req->cancel && atomic_load(req->cancel))
             return -ECANCELED;
         if (!target_alive(pid, starttime))
             return -ESRCH;
         if (left <= 0)
             return -ETIMEDOUT;
+        if (req->wake && wakes < PYEXEC_WAKES && now >= next_wake &&
+            faccessat(f->dirfd, f->name[SCRIPT], F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+            req->wake(pid, req->wake_userdata);
+            wakes++;
+            next_wake = now + PYEXEC_WAKE_MS;
+        }
         struct pollfd pfd = {.fd = ifd, .events = POLLIN};
         int n = poll(&pfd, 1, (int)(left < SLICE_MS ? left : SLICE_MS));
         if (n < 0 && errno != EINTR)
@@ -644,7 +676,7 @@ int pyexec_run(pid_t pid, const struct pyexec_request *req, struct pyexec_result
     if (r < 0)
         return r;
     unsigned minor = pyframes_layout(p)->minor;
-    r = files_make(&f, pid, req->script, req->input, err);
+    r = files_make(&f, pid, req, err);
     if (r < 0)
         goto out;
     ifd = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
@@ -659,7 +691,7 @@ int pyexec_run(pid_t pid, const struct pyexec_request *req, struct pyexec_result
     if (r < 0)
         goto out;
     asked = true;
-    r = wait_answer(&f, ifd, pid, starttime, deadline, req->cancel, &out);
+    r = wait_answer(&f, ifd, pid, starttime, deadline, req, &out);
     if (r == -ETIMEDOUT)
         error_set(err, r,
                   "the target reached no safe point in %.1f s (busy in C code, blocked waiting, "

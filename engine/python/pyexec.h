@@ -16,14 +16,24 @@
 #include "os/error.h"
 
 #define PYEXEC_OUTPUT_MAX (4u << 20) /* bytes of the script's answer read back */
-#define PYEXEC_SCRIPT_MAX (1u << 20) /* bytes of a shipped script */
+#define PYEXEC_SCRIPT_MAX (1u << 20) /* bytes of a shipped script, and of a prelude */
 #define PYEXEC_TIMEOUT_MAX_MS 300000
+#define PYEXEC_WAKES 3     /* calls of a request's wake, at most */
+#define PYEXEC_WAKE_MS 100 /* between two of them */
 
 struct pyexec_request {
-    const char *script; /* the shipped script's path (the agent's view) */
-    const char *input;  /* JSON text the script reads as data */
-    int timeout_ms;     /* to reach a safe point and finish, 1..PYEXEC_TIMEOUT_MAX_MS */
-    atomic_int *cancel; /* may be NULL: set, the request is withdrawn at once */
+    const char *script;  /* the shipped script's path (the agent's view) */
+    const char *prelude; /* may be NULL: a shipped file placed before the script (the common
+                          * main() that calls the script's work) */
+    const char *input;   /* JSON text the script reads as data */
+    int timeout_ms;      /* to reach a safe point and finish, 1..PYEXEC_TIMEOUT_MAX_MS */
+    atomic_int *cancel;  /* may be NULL: set, the request is withdrawn at once */
+    /* May be NULL. Called once the request is queued, then every PYEXEC_WAKE_MS while the script
+     * has not started, PYEXEC_WAKES times at most: a thread blocked waiting (an idle event loop)
+     * checks no eval breaker until something wakes it. The caller knows what may wake pid
+     * without harm (engine/python does not read its fds); it must not block. */
+    void (*wake)(pid_t pid, void *userdata);
+    void *wake_userdata;
 };
 
 struct pyexec_result {

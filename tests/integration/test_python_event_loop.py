@@ -3,7 +3,8 @@ Assistant's Profiler answers them in its own process: log_event_loop_scheduled (
 the running loop), set_asyncio_debug (the loop's debug mode) and, before 3.14, log_current_tasks
 (every task with its print_stack). The target, tests/workloads/py_loop.py, prints its own view at
 the point where the agent's script runs (see there); our records must equal it. Runs on Debian's
-python3.11 and, under chroot, 3.13 and 3.14 (tests/pyroot.sh). Then what is kept: a non-Python
+python3.11 and, under chroot, 3.13 and 3.14 (tests/pyroot.sh). An idle loop (asleep in
+epoll_wait, nothing due) is woken through its self-pipe and answers at once. Then what is kept: a non-Python
 target, python_exec off, a Python target without an event loop. After each, no file of the agent
 is left in the target's /tmp."""
 import glob
@@ -173,6 +174,35 @@ def test_set_asyncio_debug_on_then_off(workdir, loop):
         states = [json.loads(m.payload) for m in s.client.seen if m.topic.endswith("/state")]
         assert states and not any(st["debug"] for st in states)
     assert not loop.leftovers()
+
+
+@pytest.mark.parametrize("version", ["3.11", "3.14"])
+def test_idle_loop_is_woken_and_keeps_working(workdir, version):
+    """py_idle_loop.py's thread sleeps in epoll_wait with nothing due: no bytecode runs, so
+    without a wake-up no request would be taken before python_timeout. One byte to its
+    self-pipe (loop._csock) wakes it; the loop drains it and carries on."""
+    python, in_root, method = PYTHONS[version]
+    root = pyroot(os.path.basename(python)) if in_root else None
+    t = Loop(python, root, script="py_idle_loop.py")
+    try:
+        with agent_session(workdir, "pyloopw", f"pid:{t.pid}", "python_timeout = 10\n") as s:
+            for action in ("lru_stats", "log_event_loop_scheduled"):
+                t0 = time.monotonic()
+                result, logs = s.command(action)
+                took = time.monotonic() - t0
+                assert result["status"] == "ok" and "warnings" not in result, result
+                assert result["summary"]["method"] == method, result
+                assert result["summary"]["python"].startswith(version), result
+                assert took < 3, (action, took, result)
+            assert result["summary"]["scheduled"] == 0 and logs == [], (result, logs)
+        t.proc.stdin.write("c\n")
+        t.proc.stdin.flush()
+        line = t.proc.stdout.readline()
+        assert line.startswith("checked "), (line, t.proc.stderr.read())
+        assert json.loads(line[len("checked "):]) == {"ok": True, "pending": 0}
+        assert not t.leftovers()
+    finally:
+        assert "Traceback" not in t.stop()
 
 
 def test_non_python_target_keeps_todays_answers(workdir, demo):

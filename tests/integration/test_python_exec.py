@@ -138,10 +138,11 @@ def test_a_script_that_raises_gives_its_traceback(workdir, target):
     os.makedirs(os.path.join(inst, "bin"), exist_ok=True)
     os.makedirs(os.path.join(inst, "pyscripts"), exist_ok=True)
     shutil.copy(AGENT, os.path.join(inst, "bin", "profiler-agent"))
+    shutil.copy(os.path.join(ROOT, "pyscripts", "_prelude.py"), os.path.join(inst, "pyscripts"))
     with open(os.path.join(ROOT, "pyscripts", "lru_stats.py")) as f:
         text = f.read()
     with open(os.path.join(inst, "pyscripts", "lru_stats.py"), "w") as f:
-        f.write(text + "\n\ndef collect(limits, started):\n"
+        f.write(text + "\n\ndef work(limits, started):\n"
                 "    raise ValueError('boom from the test')\n")
     import conftest
     saved = conftest.AGENT

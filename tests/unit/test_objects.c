@@ -15,11 +15,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -321,6 +323,39 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+/* asyncio's self-pipe, here in this process: a socketpair whose read end an epoll set watches.
+ * Its write end is found; a pair neither end of which is watched, and a pair whose both ends are,
+ * give nothing. */
+static void test_selfpipes(void **state)
+{
+    (void)state;
+    struct objects_selfpipe found[4];
+    struct epoll_event ev = {.events = EPOLLIN};
+    struct stat st;
+    size_t n = 99;
+    int loop[2], idle[2], both[2];
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+
+    assert_true(ep >= 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, loop), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, idle), 0);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, both), 0);
+    assert_int_equal(epoll_ctl(ep, EPOLL_CTL_ADD, loop[0], &ev), 0);
+    assert_int_equal(epoll_ctl(ep, EPOLL_CTL_ADD, both[0], &ev), 0);
+    assert_int_equal(epoll_ctl(ep, EPOLL_CTL_ADD, both[1], &ev), 0);
+    assert_int_equal(objects_selfpipes(PROCFS_ROOT, getpid(), found, 4, &n, NULL), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(found[0].fd, loop[1]);
+    assert_int_equal(fstat(loop[1], &st), 0);
+    assert_int_equal(found[0].ino, st.st_ino);
+    for (int i = 0; i < 2; i++) {
+        close(loop[i]);
+        close(idle[i]);
+        close(both[i]);
+    }
+    close(ep);
+}
+
 /* A child holding 5000 pipes (10,000 fds): the count is meant to run every second. */
 static void test_count_cost(void **state)
 {
@@ -372,7 +407,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_type_names),  cmocka_unit_test(test_count_growth),
         cmocka_unit_test(test_leaky_reprs), cmocka_unit_test(test_own_objects),
-        cmocka_unit_test(test_count_cost),
+        cmocka_unit_test(test_count_cost),  cmocka_unit_test(test_selfpipes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

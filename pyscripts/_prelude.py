@@ -1,0 +1,52 @@
+"""profiler-agent's prelude to the scripts it runs inside a Python process: the agent places one
+file in the target's /tmp, this prelude, then the script (lru_stats.py, event_loop.py...), then one
+line calling main() with the three paths, and has the interpreter run it at a safe point (between
+bytecodes, holding the GIL), in a fresh namespace; it is never imported. A script defines
+work(request, started): the input file's JSON (data only: limits and options) and
+time.perf_counter() at the start, returning a JSON-able dict. main() removes the three files before
+any work, so that nothing is left behind whoever waits for the answer; a script's error becomes
+{"error": traceback}; "held_ms" is added. A script that still defines its own main() replaces this
+one (it comes later in the file)."""
+
+
+def main(script_path, input_path, output_path):
+    import os
+    import time
+
+    started = time.perf_counter()
+    out = None
+    try:
+        with open(input_path, "rb") as f:
+            raw = f.read()
+        out = os.open(output_path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        pass  # the agent withdrew the request: nothing to answer
+    finally:
+        # Gone before any work, so that nothing is left behind whoever waits for the answer.
+        for path in (script_path, input_path, output_path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    if out is None:
+        return
+    import json
+
+    try:
+        answer = work(json.loads(raw), started)
+    except KeyboardInterrupt:
+        import _thread
+
+        _thread.interrupt_main()  # the target's own Ctrl-C: delivered again once we are done
+        answer = {"error": "KeyboardInterrupt: the target was interrupted meanwhile"}
+    except BaseException:
+        import traceback
+
+        answer = {"error": traceback.format_exc()}
+    answer["held_ms"] = (time.perf_counter() - started) * 1000.0
+    data = (json.dumps(answer) + "\n").encode()
+    try:
+        while data:
+            data = data[os.write(out, data):]
+    finally:
+        os.close(out)
