@@ -1,7 +1,6 @@
-"""profiler-agent's Python heap for the memory action, run inside a Python process: the agent
-copies this file into the target's /tmp and has the interpreter run it at a safe point (between
-bytecodes, holding the GIL), adding one line that calls main() with the three paths; it is never
-imported. It counts the target's objects by kind as guppy's hpy().heap() partitions them ("by
+"""profiler-agent's Python heap for the memory action, run inside a Python process after
+_prelude.py (which reads the input, removes the files and calls work()) at a safe point (between
+bytecodes, holding the GIL); it is never imported. It counts the target's objects by kind as guppy's hpy().heap() partitions them ("by
 class / dict of class"): `str`, `module.Class`, `dict of module.Class` for an instance's
 __dict__, `dict of type`, `dict of module`, `dict (no owner)`, with sys.getsizeof sizes, and
 writes the rows as JSON.
@@ -165,7 +164,7 @@ class Census:
                 return
 
 
-def collect(limits, started):
+def work(limits, started):
     import gc
 
     census = Census(limits, started)
@@ -189,46 +188,3 @@ def collect(limits, started):
             "size": sum(r[2] for r in rows), "stopped": census.stopped,
             "counted": "objects the garbage collector tracks and what they reach through "
                        "objects it does not track"}
-
-
-def main(script_path, input_path, output_path):
-    import os
-    import time
-
-    started = time.perf_counter()
-    out = None
-    try:
-        with open(input_path, "rb") as f:
-            raw = f.read()
-        out = os.open(output_path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        pass  # the agent withdrew the request: nothing to answer
-    finally:
-        # Gone before any work, so that nothing is left behind whoever waits for the answer.
-        for path in (script_path, input_path, output_path):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-    if out is None:
-        return
-    import json
-
-    try:
-        answer = collect(json.loads(raw), started)
-    except KeyboardInterrupt:
-        import _thread
-
-        _thread.interrupt_main()  # the target's own Ctrl-C: delivered again once we are done
-        answer = {"error": "KeyboardInterrupt: the target was interrupted meanwhile"}
-    except BaseException:
-        import traceback
-
-        answer = {"error": traceback.format_exc()}
-    answer["held_ms"] = (time.perf_counter() - started) * 1000.0
-    data = (json.dumps(answer) + "\n").encode()
-    try:
-        while data:
-            data = data[os.write(out, data):]
-    finally:
-        os.close(out)
