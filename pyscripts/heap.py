@@ -1,9 +1,9 @@
-"""profiler-agent's Python heap for the memory action, run inside a Python process after
-_prelude.py (which reads the input, removes the files and calls work()) at a safe point (between
-bytecodes, holding the GIL); it is never imported. It counts the target's objects by kind as
-guppy's hpy().heap() partitions them ("by class / dict of class"): `str`, `module.Class`, `dict of module.Class` for an instance's
-__dict__, `dict of type`, `dict of module`, `dict (no owner)`, with sys.getsizeof sizes, and
-writes the rows as JSON.
+"""profiler-agent's Python heap for the memory action, run inside a Python process after _prelude.py
+(which reads the input, removes the files and calls work()) at a safe point (between bytecodes,
+holding the GIL); it is never imported. It counts the target's objects by kind as guppy's
+hpy().heap() partitions them ("by class / dict of class"): `str`, `module.Class`, `dict of
+module.Class` for an instance's __dict__, `dict of type`, `dict of module`, `dict (no owner)`, with
+sys.getsizeof sizes, and writes the rows as JSON.
 
 What it counts: every object the garbage collector tracks, and every object reached from those
 through objects it does not track (str, int, float, and tuples and dicts of only those). guppy

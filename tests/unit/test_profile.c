@@ -44,7 +44,13 @@ static char tmpdir[64];
 static struct stacks_frame fr(const char *module, const char *func, const char *file, int line,
                               int func_line)
 {
-    struct stacks_frame f = {0x1000, module, 0x100, func, file, line, func_line, false};
+    struct stacks_frame f = {.ip = 0x1000,
+                             .module = module,
+                             .offset = 0x100,
+                             .func = func,
+                             .file = file,
+                             .line = line,
+                             .func_line = func_line};
     return f;
 }
 
