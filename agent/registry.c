@@ -76,7 +76,8 @@ static struct registry_action actions[] = {
      .release = action_start_release},
     {.name = "start_log_objects",
      .help = "{\"scan_interval\": 30}: every interval, log the growth of\n"
-             "the target's objects (fds by kind, threads, mappings)",
+             "the target's objects (fds by kind, threads, mappings; on a\n"
+             "Python target its Python objects by type too)",
      .toggle =
          &(const struct registry_switch){
              .id = "object_logging",
@@ -87,7 +88,8 @@ static struct registry_action actions[] = {
      .run = action_start_log_objects},
     {.name = "stop_log_objects", .help = "stop it", .run = action_stop_log_objects},
     {.name = "dump_log_objects",
-     .help = "{\"type\": \"pipe\"}: log every object of that type",
+     .help = "{\"type\": \"pipe\", \"max_objects\": 1000}: log every object of\n"
+             "that type (on a Python target also a Python type: dict, Widget)",
      .button = "Dump objects",
      .settings = (const struct registry_setting[]){{"dump_type", "type", "Object type", NULL},
                                                    {NULL, NULL, NULL, NULL}},
@@ -104,7 +106,8 @@ static struct registry_action actions[] = {
      .run = action_log_event_loop_scheduled},
     {.name = "start_log_object_sources",
      .help = "{\"scan_interval\": 30, \"max_objects\": 5}: growth, and\n"
-             "where up to max_objects new objects per scan came from",
+             "where up to max_objects new objects per scan came from (on a\n"
+             "Python target also the referrers holding new Python objects)",
      .toggle = &(const struct registry_switch){.id = "object_source_logging",
                                                .title = "Object source logging",
                                                .off = "stop_log_object_sources",

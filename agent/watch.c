@@ -2,12 +2,17 @@
  * a condition variable with a deadline, so a stop wakes it at once and nothing polls. The source
  * logger's thread sleeps in poll on the tracer's descriptor and an eventfd that a stop writes;
  * between scans it queues the traced creations (with their stack copies, a bounded number) and
- * at each scan matches them with what the census finds still there, live objects first. */
+ * at each scan matches them with what the census finds still there, live objects first. On a
+ * Python target each scan also runs pyscripts/objects.py inside it (agent/inside.h), one run per
+ * scan: the logger keeps what the next scan compares with (objgraph's peaks, the seen filter) and
+ * hands it over as data, so nothing stays behind in the target. dump_log_objects' Python dump runs
+ * the same script, so its input and records are made here, once. */
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,16 +21,30 @@
 #include <unistd.h>
 #include <sys/eventfd.h>
 #include "clock.h"
+#include "inside.h"
 #include "objects/objects.h"
 #include "objects/objsrc.h"
 #include "unwind/stacks.h"
 #include "unwinders.h"
 #include "watch.h"
 
-#define GROWTH_TEXT_MAX 2048
-#define QUEUE_MIN 64        /* creations kept per scan interval: 4 x max_objects, */
-#define QUEUE_MAX 1024      /* within these (a stack copy is up to 8 KiB each) */
-#define RESCAN_WAIT_MS 1000 /* the tracer picks up uncovered threads this often */
+#define GROWTH_LIMIT                                                                               \
+    1000 /* types in a growth record: objgraph.growth(limit=1000), as the Profiler */
+#define TEXT_MAX (256u << 10) /* bytes of one record built from the target's names and reprs */
+/* The Python census (pyscripts/objects.py): what one run may look at and hand back. */
+#define PY_MAX_SCAN 20000000  /* objects it looks at before it stops */
+#define PY_BUDGET_MAX_S 2.0   /* the most it may hold the target's interpreter */
+#define PY_MAX_TYPES 20000    /* type counts it hands back, largest first */
+#define PY_PEAK_MAX 50000     /* type names a logger remembers the peak of */
+#define PY_NAME_MAX 256       /* bytes of a type name in a record */
+#define PY_REPR_MAX 300       /* of a new object's repr (the Profiler's reprlib limit) */
+#define PY_LINK_REPR_MAX 100  /* of each referrer's, in its chain */
+#define PY_DUMP_REPR_MAX 2000 /* of a dumped object's */
+#define PY_CHAIN_DEPTH 8      /* referrers between a new object and a module */
+#define PY_CHAIN_VISITS 64    /* gc.get_referrers calls per new object (each walks the heap) */
+#define QUEUE_MIN 64          /* creations kept per scan interval: 4 x max_objects, */
+#define QUEUE_MAX 1024        /* within these (a stack copy is up to 8 KiB each) */
+#define RESCAN_WAIT_MS 1000   /* the tracer picks up uncovered threads this often */
 
 /* One traced creation waiting for the next scan. */
 struct queued {
@@ -67,6 +86,12 @@ struct logger {
     struct queued *queue;
     size_t nqueue, qcap;
     uint64_t traced, logged; /* read under lock for the state */
+    /* Python objects, counted inside the target: owned by the logger's thread while it runs. */
+    bool py_off;                 /* not Python (or python_exec off): not asked again */
+    struct json_object *py_peak; /* type name -> the most counted, objgraph's peak_stats */
+    struct json_object *py_seen; /* the last scan's seen filter, for the next one's new objects */
+    char py_warning[RUN_ERROR_MAX]; /* the last one logged: a repeated one is logged once */
+    struct run py_run;              /* what inside_run needs; a stop sets its cancel */
 };
 
 static struct logger objlog = {.kind = "objects", .what = "Object logging", .wakefd = -1};
@@ -80,11 +105,168 @@ static void emit(struct logger *l, const char *text)
     l->host->out.record(NULL, text, l->host->out.userdata);
 }
 
+/* A record's text, grown as needed up to TEXT_MAX; what comes from the target is added cut and
+ * with its control characters replaced (no forged lines). */
+struct text {
+    char *s;
+    size_t len, cap;
+};
+
+static void text_put(struct text *t, const char *s, size_t n, bool clean)
+{
+    if (t->len + n + 1 > TEXT_MAX)
+        n = TEXT_MAX - 1 - t->len;
+    if (t->len + n + 1 > t->cap) {
+        size_t cap = t->cap ? t->cap : 256;
+        char *p;
+
+        while (cap < t->len + n + 1)
+            cap *= 2;
+        p = realloc(t->s, cap);
+        if (!p)
+            return;
+        t->s = p;
+        t->cap = cap;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        t->s[t->len++] = clean && (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+    }
+    t->s[t->len] = '\0';
+}
+
+/* From the target: at most max bytes of s. */
+static void text_clean(struct text *t, const char *s, size_t max)
+{
+    size_t n = strnlen(s ? s : "?", max);
+
+    text_put(t, s ? s : "?", n, true);
+}
+
+static void text_addf(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void text_addf(struct text *t, const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        text_put(t, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1, false);
+}
+
+static const char *json_str(struct json_object *o, const char *key)
+{
+    struct json_object *v;
+
+    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
+        return NULL;
+    return json_object_get_string(v);
+}
+
+static int64_t json_int(struct json_object *o, const char *key)
+{
+    struct json_object *v;
+
+    return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
+}
+
+/* Runs pyscripts/objects.py in run's target: req (consumed) gets the limits every operation
+ * shares. 1: *ret is the answer; 0: answer from outside (inside_run's warning says why);
+ * negative: the run failed. */
+static int objects_script(struct run *run, struct json_object *req, const char *instead,
+                          struct json_object **ret)
+{
+    struct json_object *qualify = json_object_new_array();
+    double budget = run->host->config->python_timeout / 4.0;
+    int r;
+
+    /* Held with the target's interpreter stopped: a fraction of python_timeout, and never long. */
+    if (budget > PY_BUDGET_MAX_S)
+        budget = PY_BUDGET_MAX_S;
+    for (int t = 0; t < OBJECTS_NTYPES; t++)
+        json_object_array_add(qualify, json_object_new_string(objects_type_name(t)));
+    json_object_object_add(req, "qualify", qualify);
+    json_object_object_add(req, "max_scan", json_object_new_int(PY_MAX_SCAN));
+    json_object_object_add(req, "max_types", json_object_new_int(PY_MAX_TYPES));
+    json_object_object_add(req, "budget_s", run_json_decimal(budget, 2));
+    r = inside_run(run, "objects", json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN),
+                   instead, ret);
+    json_object_put(req);
+    return r;
+}
+
+int watch_python_dump(struct run *run, const char *type, unsigned max_objects)
+{
+    struct json_object *req = json_object_new_object(), *a, *objs = NULL;
+    char prefix[PY_NAME_MAX + 32];
+    int r;
+
+    json_object_object_add(req, "op", json_object_new_string("dump"));
+    json_object_object_add(req, "type", json_object_new_string(type));
+    json_object_object_add(req, "max_objects", json_object_new_int((int)max_objects));
+    json_object_object_add(req, "repr_max", json_object_new_int(PY_DUMP_REPR_MAX));
+    r = objects_script(run, req, "only its fds, threads and mappings can be listed", &a);
+    if (r <= 0)
+        return r;
+    snprintf(prefix, sizeof(prefix), "%s object in memory: ", type);
+    json_object_object_get_ex(a, "objects", &objs);
+    size_t n = json_object_is_type(objs, json_type_array) ? json_object_array_length(objs) : 0;
+    if (n > max_objects)
+        n = max_objects;
+    for (size_t i = 0; i < n; i++) {
+        struct text t = {0};
+
+        text_clean(&t, json_object_get_string(json_object_array_get_idx(objs, i)),
+                   PY_DUMP_REPR_MAX);
+        if (t.s)
+            run_record(run, "%s%s", prefix, t.s);
+        free(t.s);
+    }
+    int64_t matched = json_int(a, "matched");
+    json_object_object_add(run->summary, "objects", json_object_new_uint64(n));
+    json_object_object_add(run->summary, "matched", json_object_new_int64(matched));
+    json_object_object_add(run->summary, "objects_scanned",
+                           json_object_new_int64(json_int(a, "scanned")));
+    if (json_str(a, "stopped"))
+        run_warn(run, "the search inside the target %s", json_str(a, "stopped"));
+    if (matched > (int64_t)n)
+        run_warn(run, "logged %zu of %lld objects of type %s (max_objects)", n, (long long)matched,
+                 type);
+    json_object_put(a);
+    return 1;
+}
+
+/* One type's growth: fd kinds since the last scan, Python types past their peak (objgraph). */
 struct growth {
-    enum objects_type type;
+    const char *name;
     uint64_t count;
     uint64_t increase;
+    size_t order; /* fd kinds in their order, then Python types largest first */
 };
+
+struct growths {
+    struct growth *v;
+    size_t n, cap;
+};
+
+static void growth_add(struct growths *g, const char *name, uint64_t count, uint64_t increase)
+{
+    if (g->n == g->cap) {
+        size_t cap = g->cap ? g->cap * 2 : OBJECTS_NTYPES + 64;
+        struct growth *v = realloc(g->v, cap * sizeof(*v));
+
+        if (!v)
+            return;
+        g->v = v;
+        g->cap = cap;
+    }
+    g->v[g->n] = (struct growth){name, count, increase, g->n};
+    g->n++;
+}
 
 static int by_increase(const void *x, const void *y)
 {
@@ -92,33 +274,199 @@ static int by_increase(const void *x, const void *y)
 
     if (a->increase != b->increase)
         return a->increase < b->increase ? 1 : -1;
-    return (int)a->type - (int)b->type;
+    return a->order < b->order ? -1 : a->order > b->order;
 }
 
-/* objgraph.growth()'s form: types that grew since the last scan, largest increase first. */
-static void log_growth(struct logger *l, const struct objects_count *now)
+/* objgraph.growth()'s form: types that grew, largest increase first. */
+static void log_growth(struct logger *l, struct growths *g)
 {
-    struct growth g[OBJECTS_NTYPES];
-    char text[GROWTH_TEXT_MAX];
-    size_t n = 0, len;
+    struct text t = {0};
 
-    for (int t = 0; t < OBJECTS_NTYPES; t++) {
-        uint64_t before = l->have_last ? l->last.n[t] : 0;
-
-        if (now->n[t] > before)
-            g[n++] = (struct growth){t, now->n[t], now->n[t] - before};
-    }
-    if (n == 0)
+    if (g->n == 0)
         return;
-    qsort(g, n, sizeof(g[0]), by_increase);
-    len = (size_t)snprintf(text, sizeof(text), "Memory Growth: [");
-    for (size_t i = 0; i < n && len < sizeof(text); i++)
-        len += (size_t)snprintf(text + len, sizeof(text) - len, "%s('%s', %llu, %llu)",
-                                i ? ", " : "", objects_type_name(g[i].type),
-                                (unsigned long long)g[i].count, (unsigned long long)g[i].increase);
-    if (len < sizeof(text))
-        snprintf(text + len, sizeof(text) - len, "]");
+    qsort(g->v, g->n, sizeof(g->v[0]), by_increase);
+    text_addf(&t, "Memory Growth: [");
+    for (size_t i = 0; i < g->n && i < GROWTH_LIMIT; i++) {
+        text_addf(&t, "%s('", i ? ", " : "");
+        text_clean(&t, g->v[i].name, PY_NAME_MAX);
+        text_addf(&t, "', %llu, %llu)", (unsigned long long)g->v[i].count,
+                  (unsigned long long)g->v[i].increase);
+    }
+    text_addf(&t, "]");
+    if (t.s)
+        emit(l, t.s);
+    free(t.s);
+}
+
+/* The Python types of answer a that grew past their peak, which move up. */
+static void python_growth(struct logger *l, struct json_object *a, struct growths *g)
+{
+    struct json_object *types = NULL;
+
+    json_object_object_get_ex(a, "types", &types);
+    size_t n = json_object_is_type(types, json_type_array) ? json_object_array_length(types) : 0;
+    for (size_t i = 0; i < n && i < PY_MAX_TYPES; i++) {
+        struct json_object *row = json_object_array_get_idx(types, i), *v;
+
+        if (!json_object_is_type(row, json_type_array) || json_object_array_length(row) != 2)
+            continue;
+        const char *name = json_object_get_string(json_object_array_get_idx(row, 0));
+        int64_t count = json_object_get_int64(json_object_array_get_idx(row, 1));
+        int64_t peak =
+            json_object_object_get_ex(l->py_peak, name, &v) ? json_object_get_int64(v) : 0;
+        if (count <= peak)
+            continue;
+        growth_add(g, name, (uint64_t)count, (uint64_t)(count - peak));
+        /* Bounded: names past the limit are not remembered (they show as new each scan). */
+        if (v || json_object_object_length(l->py_peak) < PY_PEAK_MAX)
+            json_object_object_add(l->py_peak, name, json_object_new_int64(count));
+    }
+}
+
+/* A warning of inside_run for the log: once, not every scan. */
+static void python_note(struct logger *l, const char *text)
+{
+    if (!strcmp(text, l->py_warning))
+        return;
+    snprintf(l->py_warning, sizeof(l->py_warning), "%s", text);
     emit(l, text);
+}
+
+/* One run of the script for a scan: 1 with *ret its answer, 0 when this scan has no Python part
+ * (the reason logged, unless the target is simply not Python), or after a stop. */
+static int python_scan(struct logger *l, struct json_object **ret)
+{
+    struct run *run = &l->py_run;
+    struct json_object *req = json_object_new_object(), *w;
+    char note[RUN_ERROR_MAX + 64];
+    bool sources = l == &srclog;
+    int r;
+
+    *ret = NULL;
+    json_object_put(run->summary);
+    json_object_put(run->warnings);
+    run->summary = json_object_new_object();
+    run->warnings = NULL;
+    run->error[0] = '\0';
+    run->ok = true;
+    json_object_object_add(req, "op", json_object_new_string(sources ? "sources" : "counts"));
+    if (sources) {
+        json_object_object_add(req, "last", json_object_get(l->py_peak));
+        if (l->py_seen) {
+            json_object_object_foreach(l->py_seen, key, v)
+                json_object_object_add(req, key, json_object_get(v));
+        }
+        json_object_object_add(req, "max_objects", json_object_new_int((int)l->max_objects));
+        json_object_object_add(req, "max_depth", json_object_new_int(PY_CHAIN_DEPTH));
+        json_object_object_add(req, "max_visits", json_object_new_int(PY_CHAIN_VISITS));
+        json_object_object_add(req, "repr_max", json_object_new_int(PY_REPR_MAX));
+        json_object_object_add(req, "link_repr_max", json_object_new_int(PY_LINK_REPR_MAX));
+    }
+    r = objects_script(run, req, "this scan counts the target's fds, threads and mappings only",
+                       ret);
+    if (atomic_load(&run->cancel)) {
+        json_object_put(*ret);
+        *ret = NULL;
+        return 0;
+    }
+    if (r < 0) {
+        snprintf(note, sizeof(note), "Python objects: %s", run->error);
+        python_note(l, note);
+        return 0;
+    }
+    if (r == 0) {
+        if (!run->warnings)
+            l->py_off = true; /* not Python, the agent itself, or python_exec off */
+        else if ((w = json_object_array_get_idx(run->warnings, 0)))
+            python_note(l, json_object_get_string(w));
+        return 0;
+    }
+    if (json_str(*ret, "stopped")) {
+        snprintf(note, sizeof(note),
+                 "Python objects: the count inside the target %s; this scan leaves them out",
+                 json_str(*ret, "stopped"));
+        python_note(l, note);
+        json_object_put(*ret);
+        *ret = NULL;
+        return 0;
+    }
+    l->py_warning[0] = '\0';
+    return 1;
+}
+
+/* Where a new Python object is held: the file of a function, else its referrers nearest first. */
+static void python_where(struct text *t, struct json_object *o)
+{
+    struct json_object *links = NULL;
+
+    if (json_str(o, "file")) {
+        text_clean(t, json_str(o, "file"), PY_NAME_MAX);
+        return;
+    }
+    if (json_str(o, "chain_stopped")) {
+        text_addf(t, "(not searched: ");
+        text_clean(t, json_str(o, "chain_stopped"), PY_NAME_MAX);
+        text_addf(t, ")");
+        return;
+    }
+    json_object_object_get_ex(o, "chain", &links);
+    size_t n = json_object_is_type(links, json_type_array) ? json_object_array_length(links) : 0;
+    if (n == 0)
+        text_addf(t, "(no referrer found)");
+    for (size_t i = 0; i < n && i < PY_CHAIN_DEPTH; i++) {
+        struct json_object *link = json_object_array_get_idx(links, i);
+
+        text_addf(t, "%s", i ? " <- " : "");
+        text_clean(t, json_str(link, "type"), PY_NAME_MAX);
+        text_addf(t, " ");
+        text_clean(t, json_str(link, "repr"), PY_LINK_REPR_MAX);
+    }
+}
+
+/* The Profiler's records of new objects: `New object TYPE (PEAK/NOW) at WHERE: REPR`, then the
+ * overflow by type, or that nothing new grew. The first scan only sets the baseline. */
+static void log_python_sources(struct logger *l, struct json_object *a, bool baseline)
+{
+    struct json_object *news = NULL, *over = NULL;
+    struct text t = {0};
+
+    json_object_object_get_ex(a, "new", &news);
+    json_object_object_get_ex(a, "overflow", &over);
+    size_t n = json_object_is_type(news, json_type_array) ? json_object_array_length(news) : 0;
+    for (size_t i = 0; i < n && i < l->max_objects; i++) {
+        struct json_object *o = json_object_array_get_idx(news, i);
+
+        t.len = 0;
+        text_addf(&t, "New object ");
+        text_clean(&t, json_str(o, "type"), PY_NAME_MAX);
+        text_addf(&t, " (%lld/%lld) at ", (long long)json_int(o, "before"),
+                  (long long)json_int(o, "now"));
+        python_where(&t, o);
+        text_addf(&t, ": ");
+        text_clean(&t, json_str(o, "repr"), PY_REPR_MAX);
+        if (t.s)
+            emit(l, t.s);
+    }
+    t.len = 0;
+    if (json_object_is_type(over, json_type_object) && json_object_object_length(over) > 0) {
+        size_t k = 0;
+
+        text_addf(&t, "New objects overflowed by {");
+        json_object_object_foreach(over, name, count)
+        {
+            if (k == PY_MAX_TYPES)
+                break;
+            text_addf(&t, "%s'", k++ ? ", " : "");
+            text_clean(&t, name, PY_NAME_MAX);
+            text_addf(&t, "': %lld", (long long)json_object_get_int64(count));
+        }
+        text_addf(&t, "}");
+    } else if (n == 0 && !baseline) {
+        text_addf(&t, "No new object growth found");
+    }
+    if (t.len && t.s)
+        emit(l, t.s);
+    free(t.s);
 }
 
 /* Logs the end of a logger that stops by itself, with the engine's reason e. Called unlocked. */
@@ -140,22 +488,51 @@ static void end_logger(struct logger *l, const struct error *e)
         l->host->out.state_changed(l->agent, l->host->out.userdata);
 }
 
-/* One census and its growth record. */
+/* One census (fds, threads and mappings; on a Python target its objects too) and its growth
+ * record; for the source logger, the new Python objects' records. */
 static int scan_growth(struct logger *l, struct error *err)
 {
     struct objects_count now;
+    struct growths g = {0};
+    struct json_object *py = NULL;
     int r;
 
+    if (!l->py_off)
+        python_scan(l, &py);
     r = objects_count(PROCFS_ROOT, l->target.pid, &now, err);
     if (r < 0)
-        return r;
-    log_growth(l, &now);
+        goto out;
+    for (int t = 0; t < OBJECTS_NTYPES; t++) {
+        uint64_t before = l->have_last ? l->last.n[t] : 0;
+
+        if (now.n[t] > before)
+            growth_add(&g, objects_type_name(t), now.n[t], now.n[t] - before);
+    }
+    if (py)
+        python_growth(l, py, &g);
+    log_growth(l, &g);
+    if (py && l == &srclog) {
+        struct json_object *s, *bits;
+
+        log_python_sources(l, py, l->py_seen == NULL);
+        /* The seen filter the next scan compares with. */
+        if (json_object_object_get_ex(py, "seen", &s) &&
+            json_object_object_get_ex(py, "seen_bits", &bits)) {
+            json_object_put(l->py_seen);
+            l->py_seen = json_object_new_object();
+            json_object_object_add(l->py_seen, "seen", json_object_get(s));
+            json_object_object_add(l->py_seen, "seen_bits", json_object_get(bits));
+        }
+    }
     pthread_mutex_lock(&lock);
     l->last = now;
     l->have_last = true;
     l->scans++;
     pthread_mutex_unlock(&lock);
-    return 0;
+out:
+    free(g.v);
+    json_object_put(py);
+    return r;
 }
 
 static void *objlog_main(void *arg)
@@ -527,6 +904,11 @@ static void reap_locked(struct logger *l)
         if (l->wakefd >= 0)
             close(l->wakefd);
         l->wakefd = -1;
+        json_object_put(l->py_peak);
+        json_object_put(l->py_seen);
+        json_object_put(l->py_run.summary);
+        json_object_put(l->py_run.warnings);
+        l->py_peak = l->py_seen = l->py_run.summary = l->py_run.warnings = NULL;
     }
 }
 
@@ -545,6 +927,14 @@ static void prepare(struct logger *l, const struct run *run, double interval)
     snprintf(l->spec, sizeof(l->spec), "%s", run->target_spec);
     l->interval = interval;
     l->started_mono_us = clock_monotonic_us();
+    l->py_peak = json_object_new_object();
+    l->py_run.host = run->host;
+    l->py_run.agent = run->agent;
+    l->py_run.has_target = true;
+    l->py_run.target = run->target;
+    snprintf(l->py_run.target_spec, sizeof(l->py_run.target_spec), "%s", run->target_spec);
+    snprintf(l->py_run.action_name, sizeof(l->py_run.action_name), "%s",
+             l == &srclog ? "start_log_object_sources" : "start_log_objects");
 }
 
 int watch_start_objects(struct run *run, double interval, char *err, size_t errlen)
@@ -673,6 +1063,7 @@ static int stop_logger(struct logger *l)
         return -ENOENT;
     }
     l->stop = true;
+    atomic_store(&l->py_run.cancel, 1); /* a Python scan under way is withdrawn at once */
     pthread_cond_broadcast(&wake);
     if (l->wakefd >= 0 && write(l->wakefd, &one, sizeof(one)) < 0)
         one = 0; /* the counter is full: it is readable anyway */

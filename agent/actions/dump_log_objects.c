@@ -1,10 +1,13 @@
 /* The `dump_log_objects` action: `TYPE object in memory: <repr>` for every object of `type` in
- * the target (fds by kind, threads, mappings). Not the census (engine/objects/). */
+ * the target: fds by kind, threads and mappings from /proc; on a Python target, any other type
+ * names its Python objects (up to max_objects), listed from inside it (watch.h). Not the census
+ * (engine/objects/) nor the script (pyscripts/objects.py). */
 #include <stdio.h>
 #include <string.h>
 #include "actions.h"
 #include "objects/objects.h"
 #include "run.h"
+#include "watch.h"
 
 int action_dump_log_objects(struct run *run)
 {
@@ -13,11 +16,18 @@ int action_dump_log_objects(struct run *run)
     enum objects_type type;
     struct json_object *v;
     const char *name;
+    unsigned max_objects = 1000;
     struct error e;
 
     json_object_object_get_ex(run->params, "type", &v);
     name = json_object_get_string(v);
+    if (json_object_object_get_ex(run->params, "max_objects", &v))
+        max_objects = (unsigned)json_object_get_int(v);
     if (objects_type_parse(name, &type) < 0) {
+        int r = watch_python_dump(run, name, max_objects);
+
+        if (r != 0)
+            return r < 0 ? r : 0;
         for (int t = 0; t < OBJECTS_NTYPES; t++)
             snprintf(known + strlen(known), sizeof(known) - strlen(known), "%s%s", t ? ", " : "",
                      objects_type_name(t));
