@@ -459,8 +459,10 @@ static void test_action_defaults(void **state)
     assert_true(json_object_get_double(v) == 60.0);
     assert_true(json_object_object_get_ex(p, "frequency", &v));
     assert_int_equal(json_object_get_int64(v), 99); /* present fields are kept */
+    assert_true(json_object_object_get_ex(p, "mode", &v));
+    assert_string_equal(json_object_get_string(v), "cpu");
     assert_false(json_object_object_get_ex(p, "request_id", NULL));
-    assert_int_equal(json_object_object_length(p), 2);
+    assert_int_equal(json_object_object_length(p), 3);
     json_object_put(p);
     schema_free(start);
 
