@@ -293,6 +293,7 @@ struct payload_case {
 };
 
 #define TARGET_PATTERN "^(self|pid:[0-9]+|comm:.+|exe:/.+|pidfile:/.+)$"
+#define DUMP_PATTERN "^[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)*$"
 
 static const struct payload_case payload_cases[] = {
     {"start", "{}", NULL},
@@ -366,14 +367,18 @@ static const struct payload_case payload_cases[] = {
     {"dump_log_objects", "{}", "type: required field is missing"},
     {"dump_log_objects", "{\"request_id\": \"r\"}", "type: required field is missing"},
     {"dump_log_objects", "{\"type\": \"\"}", "type: must be at least 1 character"},
-    {"dump_log_objects", "{\"type\": \"Pipe\"}", "type: does not match pattern ^[a-z_]+$"},
-    {"dump_log_objects", "{\"type\": \"a b\"}", "type: does not match pattern ^[a-z_]+$"},
-    {"dump_log_objects", "{\"type\": \"pipe\\u0000x\"}", "type: does not match pattern ^[a-z_]+$"},
-    {"dump_log_objects", "{\"type\": \"pipe\\n\"}", "type: does not match pattern ^[a-z_]+$"},
+    /* Python type names too, dotted or not (objgraph's by_type). */
+    {"dump_log_objects", "{\"type\": \"Pipe\"}", NULL},
+    {"dump_log_objects", "{\"type\": \"homeassistant.core.State\"}", NULL},
+    {"dump_log_objects", "{\"type\": \"a b\"}", "type: does not match pattern " DUMP_PATTERN},
+    {"dump_log_objects", "{\"type\": \"a..b\"}", "type: does not match pattern " DUMP_PATTERN},
+    {"dump_log_objects", "{\"type\": \"1abc\"}", "type: does not match pattern " DUMP_PATTERN},
+    {"dump_log_objects", "{\"type\": \"pipe\\u0000x\"}",
+     "type: does not match pattern " DUMP_PATTERN},
+    {"dump_log_objects", "{\"type\": \"pipe\\n\"}", "type: does not match pattern " DUMP_PATTERN},
     {"dump_log_objects", "{\"type\": 7}", "type: must be a string"},
-    {"dump_log_objects",
-     "{\"type\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}",
-     "type: must be at most 64 characters"},
+    {"dump_log_objects", "{\"type\": \"pipe\", \"max_objects\": 0}",
+     "max_objects: must be at least 1"},
     {"dump_log_objects", "{\"type\": \"pipe\", \"kind\": \"x\"}", "unknown field 'kind'"},
     {"log_thread_frames", "{}", NULL},
     {"log_thread_frames", "{\"target\": \"comm:python3\"}", NULL},
@@ -427,6 +432,24 @@ static void test_action_payloads(void **state)
             failures++;
         }
         json_object_put(payload);
+    }
+    /* A type name is bounded: 256 characters pass, 257 do not. */
+    char name[258], json[300], err[SCHEMA_ERR_MAX];
+    int r;
+    memset(name, 'a', sizeof(name) - 1);
+    for (size_t len = 256; len <= 257; len++) {
+        name[len] = '\0';
+        snprintf(json, sizeof(json), "{\"type\": \"%s\"}", name);
+        struct json_object *payload = parse(json);
+        size_t a = 0;
+        while (strcmp(actions[a], "dump_log_objects") != 0)
+            a++;
+        r = schema_validate(schemas[a], payload, err, sizeof(err));
+        assert_int_equal(r, len == 256 ? 0 : -EINVAL);
+        if (r)
+            assert_string_equal(err, "type: must be at most 256 characters");
+        json_object_put(payload);
+        name[len] = 'a';
     }
     for (size_t i = 0; i < N_ACTIONS; i++)
         schema_free(schemas[i]);
@@ -486,7 +509,9 @@ static void test_action_defaults(void **state)
     char err[SCHEMA_ERR_MAX] = "";
     p = json_object_new_object();
     assert_int_equal(schema_apply_defaults(dump, p), 0);
-    assert_int_equal(json_object_object_length(p), 0); /* `type` has no default */
+    /* `type` has no default; max_objects (Python objects) has. */
+    assert_int_equal(json_object_object_length(p), 1);
+    assert_int_equal(json_object_get_int64(json_object_object_get(p, "max_objects")), 1000);
     assert_int_equal(schema_validate(dump, p, err, sizeof(err)), -EINVAL);
     assert_string_equal(err, "type: required field is missing");
     json_object_put(p);
