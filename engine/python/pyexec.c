@@ -11,7 +11,10 @@
  * input and output, then unlinks all three before it works, so a run the agent no longer waits for
  * (the agent killed with -9) still cleans up; the agent holds the directory and the output file
  * open, reads the answer through its own descriptor when the script closes it (inotify), and
- * unlinks whatever is left on every path.
+ * unlinks whatever is left on every path. Between the files' creation and the request, only a
+ * guard removes them if the agent dies there: a child forked before the first file is made,
+ * waiting on a pipe; told "placed", it leaves them to the script; at EOF (the agent gone, or done
+ * and clean) it unlinks them.
  *
  * 3.14 on (PEP 768, as sys.remote_exec and `pdb -p` do it: Python/remote_debugging.c
  * send_exec_to_proc_handle; the target side is Python/ceval_gil.c _PyRunRemoteDebugger): the
@@ -63,6 +66,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include "os/inject.h"
@@ -83,6 +87,8 @@
 
 struct files {
     int dirfd, outfd;
+    int guard_fd;                     /* write end of the guard's pipe, -1 when none */
+    pid_t guard;                      /* the guard child, 0 when none */
     char dir[PATH_BYTES];             /* as the target sees it */
     char name[3][80];                 /* script, input, output */
     char path[3][PATH_BYTES + 160];   /* as the target sees them */
@@ -207,6 +213,60 @@ fail:
     return r;
 }
 
+/* The guard: forked from a threaded process, so only async-signal-safe calls (read, unlinkat,
+ * _exit) from here on. Until the parent writes a byte it owns the files' removal. */
+static __attribute__((noreturn)) void guard_main(const struct files *f, int fd)
+{
+    char c;
+    ssize_t got;
+
+    while ((got = read(fd, &c, 1)) < 0 && errno == EINTR)
+        ;
+    if (got != 1)
+        for (int i = 0; i < 3; i++)
+            unlinkat(f->dirfd, f->name[i], 0);
+    _exit(0);
+}
+
+/* Starts the guard of f's files (names and directory known, no file made yet). */
+static int guard_start(struct files *f, struct error *err)
+{
+    int fds[2];
+
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return error_set(err, -errno, "cannot make a pipe: %s", strerror(errno));
+    pid_t child = fork();
+    if (child < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return error_set(err, -errno, "cannot start a process: %s", strerror(errno));
+    }
+    if (child == 0) {
+        close(fds[1]);
+        guard_main(f, fds[0]);
+    }
+    close(fds[0]);
+    f->guard = child;
+    f->guard_fd = fds[1];
+    return 0;
+}
+
+/* Ends the guard: placed, the files are the script's to remove (a request in the target will
+ * run it); else the guard removes them, as the parent does anyway. */
+static void guard_end(struct files *f, bool placed)
+{
+    if (!f->guard)
+        return;
+    if (placed && write(f->guard_fd, "p", 1) != 1) {
+        /* The guard is gone already: nothing waits for the byte. */
+    }
+    close(f->guard_fd);
+    while (waitpid(f->guard, NULL, 0) < 0 && errno == EINTR)
+        ;
+    f->guard = 0;
+    f->guard_fd = -1;
+}
+
 static void files_remove(struct files *f)
 {
     for (int i = 0; i < 3; i++)
@@ -252,6 +312,8 @@ static int files_make(struct files *f, pid_t pid, const struct pyexec_request *r
     if (f->dirfd < 0)
         return error_set(err, -errno, "cannot open the target's %s: %s", f->dir, strerror(errno));
     r = script_text(req, f, &text, err);
+    if (r == 0)
+        r = guard_start(f, err);
     if (r == 0)
         r = make_file(f, SCRIPT, pid, text, NULL, err);
     if (r == 0)
@@ -654,7 +716,7 @@ static void pending_free(pid_t pid, struct pending *pc)
 int pyexec_run(pid_t pid, const struct pyexec_request *req, struct pyexec_result *ret,
                struct error *err)
 {
-    struct files f = {.dirfd = -1, .outfd = -1};
+    struct files f = {.dirfd = -1, .outfd = -1, .guard_fd = -1};
     struct pyframes *p = NULL;
     struct remote rm = {0};
     struct pending pc = {0};
@@ -691,6 +753,7 @@ int pyexec_run(pid_t pid, const struct pyexec_request *req, struct pyexec_result
     if (r < 0)
         goto out;
     asked = true;
+    guard_end(&f, true);
     r = wait_answer(&f, ifd, pid, starttime, deadline, req, &out);
     if (r == -ETIMEDOUT)
         error_set(err, r,
@@ -703,6 +766,7 @@ out:
     if (asked && r < 0 && minor >= 14)
         remote_withdraw(pid, &rm, &f);
     files_remove(&f);
+    guard_end(&f, false);
     if (asked && r == 0 && minor < 14)
         pending_free(pid, &pc);
     if (ifd >= 0)
