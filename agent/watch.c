@@ -354,7 +354,9 @@ static int python_scan(struct logger *l, struct json_object **ret)
         json_object_object_add(req, "last", json_object_get(l->py_peak));
         if (l->py_seen) {
             json_object_object_foreach(l->py_seen, key, v)
+            {
                 json_object_object_add(req, key, json_object_get(v));
+            }
         }
         json_object_object_add(req, "max_objects", json_object_new_int((int)l->max_objects));
         json_object_object_add(req, "max_depth", json_object_new_int(PY_CHAIN_DEPTH));
