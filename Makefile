@@ -183,6 +183,7 @@ bench: all
 	$(PYTHON) bench/object_sources.py
 	$(PYTHON) bench/fleet.py
 	$(PYTHON) bench/python.py
+	$(PYTHON) bench/python_inside.py
 	$(PYTHON) bench/discovery.py
 
 # The daemon's config keeps its state under /var/lib/profiler-agent (the unit's StateDirectory);
