@@ -1,8 +1,9 @@
 """asyncio tasks of a Python target through a real broker: log_current_tasks reads them from outside
 and is compared, on the same target in the same test, with CPython's own out-of-process reader
 (`python3.X -m asyncio ps PID`, run in the Debian root the target runs in) and with what the
-target says of itself (repr of every task of asyncio.all_tasks()). On 3.11 the result says, as a
-warning, why the tasks cannot be read."""
+target says of itself (repr of every task of asyncio.all_tasks()), also with the target in a PID
+namespace of its own and the agent outside. On 3.11 the result says, as a warning, why the tasks
+cannot be read."""
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import subprocess
 import pytest
 
 from conftest import agent_session
+from test_python import IN_PID_NAMESPACE, ns_child
 
 HERE = os.path.dirname(__file__)
 WORKLOADS = os.path.realpath(os.path.join(HERE, "..", "workloads"))
@@ -34,7 +36,7 @@ def pyroot(python):
 
 
 def start(cmd):
-    """Starts py_tasks.py by cmd; returns (process, pid, its own task list)."""
+    """Starts py_tasks.py by cmd; returns (process, its pid as it sees it, its own task list)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ready = proc.stdout.readline().split()
     if len(ready) != 2 or ready[0] != "ready":
@@ -48,26 +50,30 @@ def start(cmd):
 @pytest.fixture
 def in_root(request):
     """py_tasks.py under `chroot ROOT python3.X`, in a private mount namespace that has /proc
-    and the workloads (at /mnt) mounted in the root, so that `asyncio ps` can run there too."""
-    python = request.param
+    and the workloads (at /mnt) mounted in the root, so that `asyncio ps` can run there too; in a
+    PID namespace of its own for "python3.X-pidns". Yields (python, pid here, pid in its own
+    PID namespace, its own task list)."""
+    python, _, pidns = request.param.partition("-")
     root = pyroot(python)
     script = ('mount -t proc proc "$1/proc" && mount --bind "$2" "$1/mnt" && '
               'exec chroot "$1" "$3" /mnt/py_tasks.py')
-    proc, pid, own = start(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
-                            "sh", root, WORKLOADS, python])
+    proc, own_pid, own = start([*(IN_PID_NAMESPACE if pidns else []), "unshare", "-m",
+                                "--propagation", "private", "sh", "-c", script, "sh", root,
+                                WORKLOADS, python])
     try:
-        yield python, pid, own
+        yield python, ns_child(proc.pid) if pidns else own_pid, own_pid, own
     finally:
         proc.kill()
         proc.wait()
 
 
-def asyncio_ps(python, pid):
-    """The rows of `python -m asyncio ps PID`, run in the target's own root and mount namespace:
+def asyncio_ps(python, pid, own_pid):
+    """The rows of `python -m asyncio ps PID`, run in the target's own root, mount and PID
+    namespaces (where it is own_pid):
     (task id, task name, coroutine stack, awaiter chain, awaiter name, awaiter id). Its columns
     are left-aligned to fixed widths (Lib/asyncio/tools.py), which the names here fit."""
-    p = subprocess.run(["nsenter", "-t", str(pid), "-m", "-r", python, "-m", "asyncio", "ps",
-                        str(pid)], capture_output=True, text=True, timeout=60)
+    p = subprocess.run(["nsenter", "-t", str(pid), "-m", "-r", "-p", python, "-m", "asyncio",
+                        "ps", str(own_pid)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     lines = p.stdout.splitlines()
     assert lines[0].startswith("tid") and set(lines[1]) == {"-"}, p.stdout
@@ -104,9 +110,10 @@ def parse_records(records):
     return tasks
 
 
-@pytest.mark.parametrize("in_root", ["python3.14", "python3.15"], indirect=True)
+@pytest.mark.parametrize("in_root", ["python3.14", "python3.15", "python3.14-pidns"],
+                         indirect=True)
 def test_tasks_match_asyncio_ps(workdir, in_root):
-    python, pid, own = in_root
+    python, pid, own_pid, own = in_root
     with agent_session(workdir, "pytasks", f"pid:{pid}") as s:
         result, records = s.command("log_current_tasks")
     assert result["status"] == "ok", result
@@ -118,7 +125,7 @@ def test_tasks_match_asyncio_ps(workdir, in_root):
     assert len(ours) == ALL
 
     # Every task asyncio ps lists, with the same name, coroutine stack and awaiters.
-    ps = asyncio_ps(python, pid)
+    ps = asyncio_ps(python, pid, own_pid)
     want = {}
     for task, name, stack, chain, awaiter_name, awaiter in ps:
         w = want.setdefault(task, (name, stack, set()))
@@ -143,7 +150,7 @@ def test_python_311_says_why_not(workdir):
     proc, pid, own = start(["/usr/bin/python3", TASKS])
     try:
         assert own["version"].startswith("3.11."), own
-        with agent_session(workdir, "pytasks311", f"pid:{pid}") as s:
+        with agent_session(workdir, "pytasks311", f"pid:{pid}", "python_exec = off\n") as s:
             result, records = s.command("log_current_tasks")
     finally:
         proc.kill()
