@@ -42,6 +42,7 @@
 #include "memory/memring.h"
 #include "os/perfring.h"
 #include "os/procfs.h"
+#include "os/targetfile.h"
 #include "memory/memprobe.h"
 
 #define PMU_DIR "/sys/bus/event_source/devices/uprobe"
@@ -300,11 +301,15 @@ static int find_allocator(struct memprobe *p, struct error *err)
     for (size_t k = 0; k < ncand; k++) {
         const struct procfs_map *m = cand[k];
         uint64_t offs[FN_COUNT];
+        char own[PATH_MAX];
         struct stat st;
+        /* maps names a chrooted target's libraries ROOT/usr/lib/... (our view), and
+         * /proc/PID/root already leads to ROOT: the rest of the path is the target's own. */
         if (k == 0 && have_exe && m->inode == exe.st_ino)
             snprintf(p->kpath, sizeof(p->kpath), "%s", exepath);
-        else if (snprintf(p->kpath, sizeof(p->kpath), "/proc/%d/root%s", (int)p->pid, m->path) >=
-                 (int)sizeof(p->kpath))
+        else if (targetfile_own_path(p->pid, m->path, own, sizeof(own)) < 0 ||
+                 snprintf(p->kpath, sizeof(p->kpath), "/proc/%d/root%s", (int)p->pid, own) >=
+                     (int)sizeof(p->kpath))
             continue;
         if (stat(p->kpath, &st) < 0 || st.st_ino != m->inode ||
             st.st_dev != makedev(m->dev_major, m->dev_minor) || elf_lookup(p->kpath, offs) < 0 ||

@@ -585,7 +585,8 @@ static bool is_libc(const char *path)
     return base && (!strncmp(base + 1, "libc.so", 7) || !strncmp(base + 1, "libc-2.", 7));
 }
 
-/* The path of pid's first mapping that match accepts, " (deleted)" cut off (an earlier run's
+/* The path of pid's first mapping that match accepts as maps shows it to us (not necessarily
+ * the target's name for it: see targetfile_own_path), " (deleted)" cut off (an earlier run's
  * hook library was unlinked once loaded). */
 static int mapped_path(pid_t pid, bool (*match)(const char *path), char *buf, size_t len)
 {
@@ -642,10 +643,11 @@ static int call_str(struct inject *in, uint64_t fn, const char *s, uint64_t arg,
 static int hooks_install(struct memprof *m, struct error *err)
 {
     char ring_t[PATH_MAX], ring_a[PATH_MAX], lib_t[PATH_MAX], lib_a[PATH_MAX] = "";
+    char lib_seen[PATH_MAX]; /* an earlier run's library, as maps shows it to us */
     uint64_t dlopen_fn, dlsym_fn, dlerror_fn, handle = 0, start_fn = 0, rc = 0;
     struct inject *in = NULL;
     bool same_ns = targetfile_same_ns(m->pid);
-    bool loaded = mapped_path(m->pid, is_hooks, lib_t, sizeof(lib_t)) == 0;
+    bool loaded = mapped_path(m->pid, is_hooks, lib_seen, sizeof(lib_seen)) == 0;
     int r;
 
     error_clear(err);
@@ -685,19 +687,32 @@ static int hooks_install(struct memprof *m, struct error *err)
     r = inject_attach(m->pid, &in, err);
     if (r < 0)
         goto out;
-    r = call_str(in, dlopen_fn, lib_t, RTLD_NOW | (loaded ? RTLD_NOLOAD : 0), false, &handle);
-    if (r == 0 && !handle) {
-        char dlerr[256] = "no reason given";
-        uint64_t msg = 0;
-        if (dlerror_fn && inject_call(in, dlerror_fn, NULL, 0, &msg) == 0 && msg)
-            inject_read_string(m->pid, msg, dlerr, sizeof(dlerr));
-        r = error_set(err, -ENOEXEC, "the target could not load the hook library: %s", dlerr);
-        goto out;
+    if (loaded) {
+        /* An earlier run's library: its entry points are read from the mapped file itself, not
+         * asked of the loader by name. The name the loader knows it by is whatever that run
+         * passed to dlopen in the target's own view (its /tmp under a chroot or in a container),
+         * while maps shows the agent's view (ROOT/tmp/..., or a path only the target's mount
+         * namespace resolves) of a file that is unlinked by now; no translation of one into the
+         * other is sure to give back the exact name. inject_symbol reads the file through
+         * /proc/PID/map_files, whatever namespace or root the target has. */
+        if (inject_symbol(m->pid, lib_seen, "memhook_start", &start_fn) < 0 ||
+            inject_symbol(m->pid, lib_seen, "memhook_stop", &m->stop_fn) < 0)
+            start_fn = 0;
+    } else {
+        r = call_str(in, dlopen_fn, lib_t, RTLD_NOW, false, &handle);
+        if (r == 0 && !handle) {
+            char dlerr[256] = "no reason given";
+            uint64_t msg = 0;
+            if (dlerror_fn && inject_call(in, dlerror_fn, NULL, 0, &msg) == 0 && msg)
+                inject_read_string(m->pid, msg, dlerr, sizeof(dlerr));
+            r = error_set(err, -ENOEXEC, "the target could not load the hook library: %s", dlerr);
+            goto out;
+        }
+        if (r == 0)
+            r = call_str(in, dlsym_fn, "memhook_start", handle, true, &start_fn);
+        if (r == 0)
+            r = call_str(in, dlsym_fn, "memhook_stop", handle, true, &m->stop_fn);
     }
-    if (r == 0)
-        r = call_str(in, dlsym_fn, "memhook_start", handle, true, &start_fn);
-    if (r == 0)
-        r = call_str(in, dlsym_fn, "memhook_stop", handle, true, &m->stop_fn);
     if (r == 0 && (!start_fn || !m->stop_fn)) {
         r = error_set(err, -ENOEXEC, "the hook library in the target has no memhook_start");
         goto out;

@@ -9,8 +9,15 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-/* Whether pid shares the calling process's mount namespace. */
+/* Whether pid opens a path as the calling process does: the same mount namespace and the same
+ * root. A chroot in our namespace does not: its /tmp is our ROOT/tmp. */
 bool targetfile_same_ns(pid_t pid);
+/* The path the target knows a mapped file by, from the one /proc/PID/maps shows us: the kernel
+ * writes maps in the reader's view, so a chrooted target's files read ROOT/usr/lib/... there.
+ * Cuts off the target's root as we see it (readlink /proc/PID/root; "/" for a container that
+ * pivoted into its own namespace, whose maps already read as it sees them) and " (deleted)".
+ * -ENAMETOOLONG when buf is too small. */
+int targetfile_own_path(pid_t pid, const char *seen, char *buf, size_t len);
 /* Where a file the target must open goes: the first of dirs (NULL-terminated, absolute, as the
  * target sees them) that is a directory, as "DIR/NAME" for the target (target_path) and the
  * agent's path to the same file (agent_path). -ENOENT when none is. */

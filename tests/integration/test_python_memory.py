@@ -133,3 +133,23 @@ def test_python_exec_off_keeps_the_native_sites(workdir):
         assert os.path.basename(massif).startswith("massif.out.")
     finally:
         assert "Traceback" not in target.stop()
+
+
+def test_chrooted_target_memory_twice(workdir):
+    """The second run finds the first run's hook library still loaded (it is never unloaded) and
+    must start it again although maps names it by our path (ROOT/tmp/...), not the target's."""
+    target = Target("/usr/bin/python3.14", pyroot("python3.14"))
+    try:
+        with agent_session(workdir, "pymemtwice", f"pid:{target.pid}") as s:
+            ours = f".{s.agent.proc.pid}."  # in the names of its hook library and rings
+            for run in range(2):
+                result, _ = s.command("memory", {"seconds": 1}, timeout=90)
+                assert result["status"] == "ok", (run, result)
+                sm = result["summary"]
+                assert sm["method"] == "inject" and sm["allocations"] > 0, (run, sm)
+                assert "warnings" not in result, (run, result["warnings"])
+                left = [f for f in os.listdir(target.tmp) if ours in f and "profiler-agent" in f]
+                assert not left and not target.leftovers(), (run, left)
+        assert target.ask("p") == "pong"
+    finally:
+        assert "Traceback" not in target.stop()
