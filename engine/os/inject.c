@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include "os/inject.h"
 #include "os/procfs.h"
+#include "os/targetfile.h"
 
 #define RED_ZONE 128
 #define STOP_TIMEOUT_MS 300
@@ -519,10 +520,13 @@ int inject_symbol(pid_t pid, const char *path, const char *name, uint64_t *ret)
         r = -ENOENT;
         goto out;
     }
-    /* The file as the target sees it (its mount namespace); a deleted one through map_files. */
+    /* The file through the target's root (maps give our view of its path: made its own first),
+     * or, deleted or not found there, through map_files. */
     int fd = -1;
-    if (strcmp(m->path + plen, " (deleted)")) {
-        snprintf(file, sizeof(file), "/proc/%d/root%s", (int)pid, path);
+    char own[PATH_MAX];
+    if (strcmp(m->path + plen, " (deleted)") &&
+        targetfile_own_path(pid, path, own, sizeof(own)) == 0) {
+        snprintf(file, sizeof(file), "/proc/%d/root%s", (int)pid, own);
         fd = open(file, O_RDONLY | O_CLOEXEC);
     }
     if (fd < 0) {
