@@ -9,6 +9,33 @@ any work, so that nothing is left behind whoever waits for the answer; a script'
 one (it comes later in the file)."""
 
 
+
+def scan_objects(limits, started, visit):
+    """Calls visit(obj) on each object the garbage collector tracks until visit returns true or a
+    limit is reached: limits["max_objects"] objects, or limits["budget_s"] seconds since started
+    (looked at every 4096 objects). Returns (objects visited, which limit stopped it or None)."""
+    import gc
+    import time
+
+    scanned, stopped = 0, None
+    objects = gc.get_objects()
+    try:
+        for obj in objects:
+            if scanned >= limits["max_objects"]:
+                stopped = "stopped after %d of %d objects (the object limit)" % (
+                    scanned, len(objects))
+                break
+            if scanned % 4096 == 0 and time.perf_counter() - started > limits["budget_s"]:
+                stopped = "stopped after %d of %d objects (the time limit, %.1f s)" % (
+                    scanned, len(objects), limits["budget_s"])
+                break
+            scanned += 1
+            if visit(obj):
+                break
+    finally:
+        del objects
+    return scanned, stopped
+
 def main(script_path, input_path, output_path):
     import os
     import time

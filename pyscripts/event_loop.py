@@ -70,33 +70,20 @@ class Answer:
 def running_loops(asyncio, limits, started):
     """The loop running on this thread; else every running loop the garbage collector tracks.
     Returns (loops, how, scanned, stopped)."""
-    import gc
-    import time
-
     loop = asyncio.events._get_running_loop()
     if loop is not None:
         return [loop], "this thread", 0, None
     base = asyncio.events.AbstractEventLoop
-    loops, stopped, scanned = [], None, 0
-    objects = gc.get_objects()
-    try:
-        for obj in objects:
-            if scanned >= limits["max_objects"]:
-                stopped = "stopped after %d of %d objects (the object limit)" % (
-                    scanned, len(objects))
-                break
-            if scanned % 4096 == 0 and time.perf_counter() - started > limits["budget_s"]:
-                stopped = "stopped after %d of %d objects (the time limit, %.1f s)" % (
-                    scanned, len(objects), limits["budget_s"])
-                break
-            scanned += 1
-            # type(), not isinstance(): an object's own __class__ could run code.
-            if issubclass(type(obj), base) and obj.is_running():
-                loops.append(obj)
-                if len(loops) >= limits["max_loops"]:
-                    break
-    finally:
-        del objects
+    loops = []
+
+    def visit(obj):
+        # type(), not isinstance(): an object's own __class__ could run code.
+        if issubclass(type(obj), base) and obj.is_running():
+            loops.append(obj)
+            return len(loops) >= limits["max_loops"]
+        return False
+
+    scanned, stopped = scan_objects(limits, started, visit)
     return loops, "scan", scanned, stopped
 
 

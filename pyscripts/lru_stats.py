@@ -30,40 +30,28 @@ def absfile(func):
 
 def work(limits, started):
     import functools
-    import gc
     import sys
-    import time
 
     wrapper = functools._lru_cache_wrapper
     lru_module = sys.modules.get("lru")
     lru_type = vars(lru_module).get("LRU") if lru_module is not None else None
-    caches, stopped, scanned = [], None, 0
-    objects = gc.get_objects()
-    try:
-        for obj in objects:
-            if scanned >= limits["max_objects"]:
-                stopped = "stopped after %d of %d objects (the object limit)" % (
-                    scanned, len(objects))
-                break
-            if scanned % 4096 == 0 and time.perf_counter() - started > limits["budget_s"]:
-                stopped = "stopped after %d of %d objects (the time limit, %.1f s)" % (
-                    scanned, len(objects), limits["budget_s"])
-                break
-            scanned += 1
-            kind = type(obj)
-            if kind is wrapper:
-                info = obj.cache_info()
-                func = vars(obj).get("__wrapped__")
-                caches.append({"kind": "lru_cache", "name": describe(func),
-                               "file": absfile(func), "hits": info.hits, "misses": info.misses,
-                               "maxsize": info.maxsize, "currsize": info.currsize})
-            elif lru_type is not None and kind is lru_type:
-                hits, misses = obj.get_stats()
-                caches.append({"kind": "LRU", "name": repr(kind), "file": None,
-                               "hits": hits, "misses": misses})
-            if len(caches) >= limits["max_caches"]:
-                stopped = "stopped at %d caches (the cache limit)" % len(caches)
-                break
-    finally:
-        del objects
+    caches = []
+
+    def visit(obj):
+        kind = type(obj)
+        if kind is wrapper:
+            info = obj.cache_info()
+            func = vars(obj).get("__wrapped__")
+            caches.append({"kind": "lru_cache", "name": describe(func),
+                           "file": absfile(func), "hits": info.hits, "misses": info.misses,
+                           "maxsize": info.maxsize, "currsize": info.currsize})
+        elif lru_type is not None and kind is lru_type:
+            hits, misses = obj.get_stats()
+            caches.append({"kind": "LRU", "name": repr(kind), "file": None,
+                           "hits": hits, "misses": misses})
+        return len(caches) >= limits["max_caches"]
+
+    scanned, stopped = scan_objects(limits, started, visit)
+    if stopped is None and len(caches) >= limits["max_caches"]:
+        stopped = "stopped at %d caches (the cache limit)" % len(caches)
     return {"caches": caches, "scanned": scanned, "stopped": stopped}

@@ -4,7 +4,6 @@
  * frames decoded for it. Open stretches are one per blocked thread: an array searched
  * linearly. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +12,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include "cpu/offcpu.h"
+#include "os/procfs.h"
 
 #define SYSCALL_LINE_MAX 256
 #define INSN_CACHE 64 /* instruction pointers known to follow a syscall instruction, or not */
@@ -273,24 +273,19 @@ static int parse_num(const char **p, uint64_t *ret)
 
 int offcpu_read_syscall(const char *root, pid_t pid, pid_t tid, struct offcpu_syscall *ret)
 {
-    char path[128], buf[SYSCALL_LINE_MAX];
+    char buf[SYSCALL_LINE_MAX];
     struct offcpu_syscall sc;
     uint64_t nr;
+    size_t len;
 
-    snprintf(path, sizeof(path), "%s/%d/task/%d/syscall", root, (int)pid, (int)tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? -ESRCH : -errno;
-    ssize_t len = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (len < 0)
-        return -errno;
-    buf[len] = '\0';
+    int r = procfs_read_head(root, pid, tid, "syscall", buf, sizeof(buf), &len);
+    if (r < 0)
+        return r;
     /* "running", or "-1 SP PC" (blocked, not in a system call): nothing to stand for. */
     if (strncmp(buf, "running", 7) == 0 || buf[0] == '-')
         return -EAGAIN;
     const char *p = buf;
-    int r = parse_num(&p, &nr);
+    r = parse_num(&p, &nr);
     for (size_t i = 0; r == 0 && i < 6; i++)
         r = parse_num(&p, &sc.args[i]);
     if (r == 0)

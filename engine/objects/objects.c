@@ -952,6 +952,31 @@ static int read_epoll(const char *root, pid_t pid, int fd, struct watch **ret, s
     return r < 0 ? r : 1;
 }
 
+/* Calls fn with the watches of each epoll set among ents (those closed meanwhile passed over);
+ * stops at the first error, read_epoll's (err filled) or fn's. */
+static int each_epoll(const char *root, pid_t pid, const struct fdent *ents, size_t n,
+                      int (*fn)(const struct watch *w, size_t m, int fd, void *arg), void *arg,
+                      struct error *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct watch *w = NULL;
+        size_t m = 0;
+        int r;
+        if (ents[i].type != OBJECTS_EPOLL)
+            continue;
+        r = read_epoll(root, pid, ents[i].fd, &w, &m, err);
+        if (r == 0)
+            continue;
+        if (r < 0)
+            return r;
+        r = fn(w, m, ents[i].fd, arg);
+        free(w);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
 /* "<epoll fd=4 watches fd=8 (timerfd) events=EPOLLIN, ...>", in fd order. A watched fd not open
  * in pid any more (closed after a dup, or registered by another process) is shown "(closed)". */
 static void epoll_sched_repr(const struct watch *w, size_t m, int fd, const struct fdent *ents,
@@ -1039,6 +1064,23 @@ out:
     return ret;
 }
 
+/* objects_scheduled's each_epoll callback: one record an epoll set. */
+struct sched_emit {
+    const struct fdent *ents;
+    size_t n;
+    struct repr *r;
+    int (*emit)(const char *, void *);
+    void *userdata;
+};
+
+static int emit_epoll(const struct watch *w, size_t m, int fd, void *arg)
+{
+    struct sched_emit *to = arg;
+
+    epoll_sched_repr(w, m, fd, to->ents, to->n, to->r);
+    return to->emit(to->r->buf, to->userdata);
+}
+
 int objects_scheduled(const char *root, pid_t pid, int (*emit)(const char *repr, void *userdata),
                       void *userdata, struct error *err)
 {
@@ -1062,23 +1104,8 @@ int objects_scheduled(const char *root, pid_t pid, int (*emit)(const char *repr,
     ret = posix_timers(root, pid, r, emit, userdata, err);
     if (ret < 0)
         goto out;
-    for (size_t i = 0; i < n; i++) {
-        struct watch *w;
-        size_t m;
-        if (ents[i].type != OBJECTS_EPOLL)
-            continue;
-        ret = read_epoll(root, pid, ents[i].fd, &w, &m, err);
-        if (ret < 0)
-            goto out;
-        if (ret == 0)
-            continue;
-        epoll_sched_repr(w, m, ents[i].fd, ents, n, r);
-        free(w);
-        ret = emit(r->buf, userdata);
-        if (ret < 0)
-            goto out;
-    }
-    ret = 0;
+    struct sched_emit to = {ents, n, r, emit, userdata};
+    ret = each_epoll(root, pid, ents, n, emit_epoll, &to, err);
 out:
     if (ret < 0)
         error_fill(err, ret);
@@ -1102,47 +1129,46 @@ static bool has_u64(const uint64_t *v, size_t n, uint64_t ino)
     return bsearch(&ino, v, n, sizeof(*v), cmp_u64) != NULL;
 }
 
+/* watched_inodes' growing list. */
+struct inodes {
+    uint64_t *v;
+    size_t len, cap;
+};
+
+static int add_watched(const struct watch *w, size_t m, int fd, void *arg)
+{
+    struct inodes *in = arg;
+
+    (void)fd;
+    if (in->len + m > in->cap) {
+        size_t want = (in->len + m) * 2;
+        uint64_t *grown = realloc(in->v, want * sizeof(*in->v));
+        if (!grown)
+            return -ENOMEM;
+        in->v = grown;
+        in->cap = want;
+    }
+    for (size_t j = 0; j < m; j++)
+        in->v[in->len++] = w[j].ino;
+    return 0;
+}
+
 /* The inodes of every file an epoll set of pid watches, sorted. */
 static int watched_inodes(const char *root, pid_t pid, const struct fdent *ents, size_t n,
                           uint64_t **ret, size_t *ret_n, struct error *err)
 {
-    uint64_t *v = NULL;
-    size_t len = 0, cap = 0;
-    int r = 0;
+    struct inodes in = {0};
+    int r = each_epoll(root, pid, ents, n, add_watched, &in, err);
 
-    for (size_t i = 0; i < n; i++) {
-        struct watch *w;
-        size_t m;
-        if (ents[i].type != OBJECTS_EPOLL)
-            continue;
-        r = read_epoll(root, pid, ents[i].fd, &w, &m, err);
-        if (r < 0)
-            goto out;
-        if (r == 0)
-            continue;
-        if (len + m > cap) {
-            size_t want = (len + m) * 2;
-            uint64_t *grown = realloc(v, want * sizeof(*v));
-            if (!grown) {
-                free(w);
-                r = -ENOMEM;
-                goto out;
-            }
-            v = grown;
-            cap = want;
-        }
-        for (size_t j = 0; j < m; j++)
-            v[len++] = w[j].ino;
-        free(w);
-    }
-    if (len)
-        qsort(v, len, sizeof(*v), cmp_u64);
-    *ret = v;
-    *ret_n = len;
-    v = NULL;
-    r = 0;
+    if (r < 0)
+        goto out;
+    if (in.len)
+        qsort(in.v, in.len, sizeof(*in.v), cmp_u64);
+    *ret = in.v;
+    *ret_n = in.len;
+    in.v = NULL;
 out:
-    free(v);
+    free(in.v);
     return r;
 }
 

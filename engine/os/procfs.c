@@ -97,6 +97,31 @@ static int read_pid_file(const char *root, pid_t pid, pid_t tid, const char *fil
     return 0;
 }
 
+int procfs_read_head(const char *root, pid_t pid, pid_t tid, const char *file, char *buf,
+                     size_t size, size_t *ret_len)
+{
+    char path[PATH_MAX];
+    ssize_t n;
+    int fd, r;
+
+    r = fmt_path(path, sizeof(path), root, pid, tid, file);
+    if (r < 0)
+        return r;
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return gone_or(root, pid, tid, -errno);
+    do
+        n = read(fd, buf, size - 1);
+    while (n < 0 && errno == EINTR);
+    r = n < 0 ? gone_or(root, pid, tid, -errno) : 0;
+    close(fd);
+    if (r == 0) {
+        buf[n] = '\0';
+        *ret_len = (size_t)n;
+    }
+    return r;
+}
+
 int procfs_parse_u64(const char **p, int base, unsigned maxdigits, uint64_t *ret)
 {
     const char *s = *p;
@@ -317,29 +342,15 @@ int procfs_read_state(const char *root, pid_t pid, pid_t tid, char *ret)
 int procfs_read_tgid(const char *root, pid_t pid, pid_t *ret)
 {
     char buf[TGID_STATUS_MAX + 1];
-    char path[PATH_MAX];
     const char *p;
     uint64_t v;
-    ssize_t n;
     size_t len;
-    int fd, r;
+    int r;
 
-    r = fmt_path(path, sizeof(path), root, pid, 0, "status");
+    /* Only the head is needed. */
+    r = procfs_read_head(root, pid, 0, "status", buf, sizeof(buf), &len);
     if (r < 0)
         return r;
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return gone_or(root, pid, 0, -errno);
-    /* Only the head is needed; status is generated in one go, so one read returns it whole. */
-    do
-        n = read(fd, buf, TGID_STATUS_MAX);
-    while (n < 0 && errno == EINTR);
-    r = n < 0 ? gone_or(root, pid, 0, -errno) : 0;
-    close(fd);
-    if (n < 0)
-        return r;
-    len = (size_t)n;
-    buf[len] = '\0';
     if (strlen(buf) != len)
         return -EBADMSG;
     p = strncmp(buf, "Tgid:", 5) == 0 ? buf : strstr(buf, "\nTgid:");

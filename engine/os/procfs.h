@@ -32,6 +32,11 @@ struct procfs_map {
 /* Strict unsigned parser for /proc text: digits of base (10 or 16) only, no sign or space, at
  * most maxdigits, no overflow; -EBADMSG otherwise. *p is advanced past the digits. */
 int procfs_parse_u64(const char **p, int base, unsigned maxdigits, uint64_t *ret);
+/* The head of ROOT/PID/FILE (ROOT/PID/task/TID/FILE when tid is not 0): one read of at most
+ * size - 1 bytes into buf, NUL-terminated, its length in *ret_len. For files the kernel generates
+ * in one go (status, syscall) whose first bytes are all a caller needs. -ESRCH when gone. */
+int procfs_read_head(const char *root, pid_t pid, pid_t tid, const char *file, char *buf,
+                     size_t size, size_t *ret_len);
 /* Thread ids of pid, from ROOT/PID/task, ascending. *ret_tids is malloc'd. -ESRCH when gone. */
 int procfs_list_tasks(const char *root, pid_t pid, pid_t **ret_tids, size_t *ret_n);
 /* Name from ROOT/PID/task/TID/comm (or ROOT/PID/comm when tid is 0), newline stripped. */

@@ -242,18 +242,12 @@ static int try_module(struct pyframes *p, const struct procfs_map *m, struct err
  * ours, first). 0 and the count, or -ESRCH and such. */
 static int read_nspid(pid_t pid, pid_t tid, pid_t ids[NSPID_MAX], size_t *ret_n)
 {
-    char path[64], buf[4096];
-    size_t n = 0;
+    char buf[4096];
+    size_t n = 0, len;
 
-    snprintf(path, sizeof(path), PROCFS_ROOT "/%d/task/%d/status", (int)pid, (int)tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? -ESRCH : -errno;
-    ssize_t len = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (len < 0)
-        return -errno;
-    buf[len] = '\0';
+    int r = procfs_read_head(PROCFS_ROOT, pid, tid, "status", buf, sizeof(buf), &len);
+    if (r < 0)
+        return r;
     const char *s = strstr(buf, "\nNSpid:");
     if (!s)
         return -ENOENT; /* a kernel before 4.1: no namespaces to tell apart */

@@ -7,65 +7,34 @@ python3.11 and, under chroot, 3.13 and 3.14 (tests/pyroot.sh). An idle loop (asl
 epoll_wait, nothing due) is woken through its self-pipe and answers at once. Then what is kept: a non-Python
 target, python_exec off, a Python target without an event loop. After each, no file of the agent
 is left in the target's /tmp."""
-import glob
 import json
 import os
 import re
-import subprocess
 import time
 
 import pytest
 
 from conftest import agent_session
-from test_python_exec import Target
+from pytarget import PyTarget
 from test_python_tasks import pyroot
 
-HERE = os.path.dirname(__file__)
-WORKLOADS = os.path.realpath(os.path.join(HERE, "..", "workloads"))
 # Every test here checks that no script file is left in a shared /tmp: on one xdist worker, in
 # turn, none sees another's files in flight (`make` runs pytest with --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("python_exec")
 FAILED = "Failed to serialize <class 'asyncio.events.TimerHandle'>"
 
 
-class Loop(Target):
-    """py_loop.py (or another workload) running, under a chroot when root is given; .pid,
-    .tmp (its /tmp as we see it); stop() as test_python_exec's."""
+class Loop(PyTarget):
+    """py_loop.py (or another workload) running, under a chroot when root is given. Another
+    agent's files in flight (a run of this project's tests elsewhere on the machine) are gone
+    within their python_timeout: ours are leftovers only if still there after it."""
 
     def __init__(self, python="/usr/bin/python3", root=None, script="py_loop.py"):
-        if root:
-            sh = ('mount -t proc proc "$1/proc" && mount --bind "$2" "$1/mnt" && '
-                  'exec chroot "$1" "$3" "/mnt/$4"')
-            cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", sh, "sh", root,
-                   WORKLOADS, python, script]
-            self.tmp = os.path.join(root, "tmp")
-        else:
-            cmd = [python, os.path.join(WORKLOADS, script)]
-            self.tmp = "/tmp"
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        ready = self.proc.stdout.readline().split()
-        assert len(ready) == 2 and ready[0] == "ready", (ready, self.proc.stderr.read())
-        self.pid = int(ready[1])
+        super().__init__(script, python, root, linger=12)
 
     def view(self):
         """The program's own view (py_loop.py's "v")."""
-        self.proc.stdin.write("v\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line.startswith("view "), (line, self.proc.stderr.read())
-        return json.loads(line[len("view "):])
-
-    def leftovers(self):
-        """The agent's files in the target's /tmp. Another agent's in flight (a run of this
-        project's tests elsewhere on the machine) are gone within their python_timeout: ours
-        are left only if still there after it."""
-        deadline = time.monotonic() + 12
-        while True:
-            files = glob.glob(os.path.join(self.tmp, "profiler-agent-py.*"))
-            if not files or time.monotonic() > deadline:
-                return files
-            time.sleep(0.2)
+        return self.ask_json("v", "view")
 
 
 # (python, in the Debian root, how the script reaches the target)
@@ -195,11 +164,7 @@ def test_idle_loop_is_woken_and_keeps_working(workdir, version):
                 assert result["summary"]["python"].startswith(version), result
                 assert took < 3, (action, took, result)
             assert result["summary"]["scheduled"] == 0 and logs == [], (result, logs)
-        t.proc.stdin.write("c\n")
-        t.proc.stdin.flush()
-        line = t.proc.stdout.readline()
-        assert line.startswith("checked "), (line, t.proc.stderr.read())
-        assert json.loads(line[len("checked "):]) == {"ok": True, "pending": 0}
+        assert t.ask_json("c", "checked") == {"ok": True, "pending": 0}
         assert not t.leftovers()
     finally:
         assert "Traceback" not in t.stop()

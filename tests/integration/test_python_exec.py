@@ -4,73 +4,32 @@ and its answer must equal what the target says of itself. Then what must not hur
 script that raises, a target that exits meanwhile, an agent killed with -9 mid-request, a target
 that reaches no safe point in time or refuses remote debugging, and a non-Python target. After
 each, no file of the agent is left in the target's /tmp."""
-import glob
 import json
 import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 
 import pytest
 
 from conftest import AGENT, ROOT, agent_session
+from pytarget import PyTarget
 from test_python_tasks import pyroot
 
-HERE = os.path.dirname(__file__)
-WORKLOADS = os.path.realpath(os.path.join(HERE, "..", "workloads"))
 # Every test here checks that no script file is left in a shared /tmp: on one xdist worker, in
 # turn, none sees another's files in flight (`make` runs pytest with --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("python_exec")
-PY_LRU = os.path.join(WORKLOADS, "py_lru.py")
 LINE = re.compile(r"^Cache stats for lru_cache (<function \S+ at 0x[0-9a-f]+>) at (\S+): "
                   r"(CacheInfo\(.*\))$")
 
 
-class Target:
-    """py_lru.py running (under a chroot when root is given); .pid, .caches (its own report),
-    .tmp (its /tmp as we see it)."""
+class Target(PyTarget):
+    """py_lru.py running (under a chroot when root is given); .caches: its own report."""
 
-    def __init__(self, python="/usr/bin/python3", root=None, args=(), env=None):
-        if root:
-            script = ('mount -t proc proc "$1/proc" && mount --bind "$2" "$1/mnt" && '
-                      'shift 2 && exec chroot "$R" "$@"')
-            cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", root,
-                   WORKLOADS, "env", *(env or []), python, "/mnt/py_lru.py", *args]
-            self.tmp = os.path.join(root, "tmp")
-            environ = dict(os.environ, R=root)
-        else:
-            cmd = ["env", *(env or []), python, PY_LRU, *args]
-            self.tmp = "/tmp"
-            environ = None
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=environ)
-        ready = self.proc.stdout.readline().split()
-        assert len(ready) == 2 and ready[0] == "ready", (ready, self.proc.stderr.read())
-        self.pid = int(ready[1])
-        line = self.proc.stdout.readline()
-        assert line.startswith("caches "), line
-        self.caches = json.loads(line[len("caches "):])
-
-    def alive(self):
-        """Still running Python: answers a ping from its main thread."""
-        self.proc.stdin.write("p\n")
-        self.proc.stdin.flush()
-        return self.proc.stdout.readline().strip() == "pong"
-
-    def leftovers(self):
-        return glob.glob(os.path.join(self.tmp, "profiler-agent-py.*"))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.stderr.read()
+    def __init__(self, python="/usr/bin/python3", root=None, args=(), env=()):
+        super().__init__("py_lru.py", python, root, args, env)
+        self.caches = self.read_json("caches")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ and the agent killed with -9 at several points of a request, on Debian's 3.11 (a
 and a chrooted 3.14 (PEP 768). After each the target still runs Python, says the same of
 itself, and keeps no file of the agent in its /tmp."""
 import contextlib
-import glob
 import json
 import os
 import signal
@@ -29,13 +28,6 @@ def started(version, script="py_big.py"):
     t = Loop(python, pyroot(python.rsplit("/", 1)[1]) if in_root else None, script)
     t.method = method
     return t
-
-
-def ask(t, line):
-    """The line py_big.py answers line with."""
-    t.proc.stdin.write(line + "\n")
-    t.proc.stdin.flush()
-    return t.proc.stdout.readline().strip()
 
 
 def check_caches(t, result, logs):
@@ -114,7 +106,7 @@ def test_heap_beyond_the_bounds(workdir, version):
     in a warning, and the target is fine after."""
     t = started(version)
     try:
-        assert ask(t, "grow 8000000").startswith("grown ")
+        assert t.ask("grow 8000000").startswith("grown ")
         with agent_session(workdir, "pybig", f"pid:{t.pid}", "python_timeout = 1\n") as s:
             for action, payload in (("lru_stats", {}), ("dump_log_objects", {"type": "dict"}),
                                     ("memory", {"seconds": 1})):
@@ -131,24 +123,19 @@ def test_heap_beyond_the_bounds(workdir, version):
         assert "Traceback" not in t.stop()
 
 
-def script_files(t):
-    """The agent's files in t's /tmp now."""
-    return glob.glob(os.path.join(t.tmp, "profiler-agent-py.*"))
-
-
 def kill_during_request(s, t, point):
     """Sends lru_stats on s and kills its agent with -9 point seconds after, or (point "files")
     as soon as the script's files appear in t's /tmp; returns the files there once it is dead."""
     send(s, "lru_stats", "kill")
     if point == "files":
         deadline = time.monotonic() + 5
-        while not script_files(t) and time.monotonic() < deadline:
+        while not t.files() and time.monotonic() < deadline:
             pass
     else:
         time.sleep(point)
     s.agent.proc.send_signal(signal.SIGKILL)
     s.agent.proc.wait(5)
-    return script_files(t)
+    return t.files()
 
 
 @pytest.mark.parametrize("point", [0, 0.05, 0.2, "files"])
@@ -161,7 +148,7 @@ def test_agent_killed_during_a_request(workdir, version, point):
     t = started(version)
     files = []
     try:
-        assert ask(t, "grow 1000000").startswith("grown ")
+        assert t.ask("grow 1000000").startswith("grown ")
         with agent_session(workdir, "pykill", f"pid:{t.pid}") as s:
             files = kill_during_request(s, t, point)
         check_unharmed(t)

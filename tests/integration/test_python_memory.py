@@ -4,69 +4,30 @@ partitions it, in heap_profile.T.hpy; the native sites in heap_native.T.hpy. Bot
 that reads them as guppy's _load_stat does; the counts must equal what the target says of itself
 through gc. Under Debian's python3 (3.11, a pending call) and a chrooted 3.14 (PEP 768); with
 python_exec off, today's files."""
-import json
 import os
 import re
-import subprocess
 
 import pytest
 
 from conftest import agent_session
+from pytarget import PyTarget
 from hpy import load_hpy
 from test_python_tasks import pyroot
 
-HERE = os.path.dirname(__file__)
-WORKLOADS = os.path.realpath(os.path.join(HERE, "..", "workloads"))
 # Like test_python_exec.py: each checks that no script file is left in a shared /tmp.
 pytestmark = pytest.mark.xdist_group("python_exec")
 CLASS_HEADER = "Kind (class / dict of class)"
 
 
-class Target:
-    """py_heap.py running (under a chroot when root is given); .pid, .tmp (its /tmp as we see
-    it)."""
+class Target(PyTarget):
+    """py_heap.py running (under a chroot when root is given)."""
 
     def __init__(self, python="/usr/bin/python3", root=None):
-        if root:
-            script = ('mount -t proc proc "$1/proc" && mount --bind "$2" "$1/mnt" && '
-                      'shift 2 && exec chroot "$R" "$@"')
-            cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", root,
-                   WORKLOADS, python, "/mnt/py_heap.py"]
-            self.tmp = os.path.join(root, "tmp")
-            environ = dict(os.environ, R=root)
-        else:
-            cmd = [python, os.path.join(WORKLOADS, "py_heap.py")]
-            self.tmp = "/tmp"
-            environ = None
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=environ)
-        ready = self.proc.stdout.readline().split()
-        assert len(ready) == 2 and ready[0] == "ready", (ready, self.proc.stderr.read())
-        self.pid = int(ready[1])
-
-    def ask(self, line):
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        return self.proc.stdout.readline().strip()
+        super().__init__("py_heap.py", python, root)
 
     def counts(self):
         """What the target says of itself: {kind: count}."""
-        line = self.ask("c")
-        assert line.startswith("counts "), line
-        return json.loads(line[len("counts "):])
-
-    def leftovers(self):
-        return [f for f in os.listdir(self.tmp) if f.startswith("profiler-agent-py.")]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.stderr.read()
+        return self.ask_json("c", "counts")
 
 
 def check_heap(target, node, workdir, method, version):
@@ -102,7 +63,7 @@ def check_heap(target, node, workdir, method, version):
     assert ph["objects"] >= stat.header["count"] and ph["kinds"] == stat.header["numrows"], ph
     assert [k["kind"] for k in ph["top"]] == [r.kind for r in stat.rows[:5]], ph
     assert "warnings" not in result, result["warnings"]
-    assert target.ask("p") == "pong" and not target.leftovers()
+    assert target.alive() and not target.leftovers()
 
 
 def test_python311_heap_by_kind(workdir):
@@ -150,6 +111,6 @@ def test_chrooted_target_memory_twice(workdir):
                 assert "warnings" not in result, (run, result["warnings"])
                 left = [f for f in os.listdir(target.tmp) if ours in f and "profiler-agent" in f]
                 assert not left and not target.leftovers(), (run, left)
-        assert target.ask("p") == "pong"
+        assert target.alive()
     finally:
         assert "Traceback" not in target.stop()

@@ -5,83 +5,32 @@ count Python types as the target's own gc view does and show Widget +100 after i
 dump_log_objects lists Python objects by name, module-qualified name, bounded by max_objects;
 start_log_object_sources names the list that holds new Widgets. A non-Python target keeps its
 fd answers (test_objects.py and test_object_sources.py too)."""
-import glob
-import json
-import os
 import re
-import subprocess
-import time
 
 import pytest
 
 from conftest import agent_session, growth_records
+from pytarget import PyTarget
 from test_python_tasks import pyroot
 
-HERE = os.path.dirname(__file__)
-WORKLOADS = os.path.realpath(os.path.join(HERE, "..", "workloads"))
 # The script's files pass through the target's /tmp: one xdist worker runs these in turn.
 pytestmark = pytest.mark.xdist_group("python_exec")
 ITEM = re.compile(r"\('([^']*)', (\d+), (\d+)\)")
 
 
-class Target:
-    """py_objects.py running (under a chroot for a pyroot python); .pid, .tmp."""
-
-    def __init__(self, python):
-        if python.startswith("python"):
-            root = pyroot(python)
-            script = ('mount -t proc proc "$1/proc" && mount --bind "$2" "$1/mnt" && '
-                      'shift 2 && exec chroot "$R" "$@"')
-            cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", root,
-                   WORKLOADS, f"/usr/bin/{python}", "/mnt/py_objects.py"]
-            self.tmp = os.path.join(root, "tmp")
-            env = dict(os.environ, R=root)
-        else:
-            cmd = [python, os.path.join(WORKLOADS, "py_objects.py")]
-            self.tmp = "/tmp"
-            env = None
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
-        ready = self.proc.stdout.readline().split()
-        assert len(ready) == 2 and ready[0] == "ready", (ready, self.proc.stderr.read())
-        self.pid = int(ready[1])
-
-    def ask(self, cmd, answer):
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line.split(" ")[0].strip() == answer, line
-        return line[len(answer) + 1:]
-
-    def counts(self):
-        return json.loads(self.ask("c", "counts"))
-
-    def leftovers(self):
-        """The agent's files still in the target's /tmp after 3 s: other test runs on this
-        machine may pass their own through the same /tmp meanwhile, each for a moment."""
-        deadline = time.monotonic() + 3
-        while True:
-            left = glob.glob(os.path.join(self.tmp, "profiler-agent-py.*"))
-            if not left or time.monotonic() > deadline:
-                return left
-            time.sleep(0.1)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.stderr.read()
+def started(python):
+    """py_objects.py on python: a path is run as it is, a name ("python3.14") chrooted to the
+    pyroot that has it. Its leftovers() wait 3 s (see PyTarget)."""
+    if python.startswith("python"):
+        return PyTarget("py_objects.py", f"/usr/bin/{python}", pyroot(python), linger=3)
+    return PyTarget("py_objects.py", python, linger=3)
 
 
 @pytest.fixture(params=["/usr/bin/python3", "python3.14"])
 def target(request):
-    t = Target(request.param)
+    t = started(request.param)
     yield t
-    t.ask("p", "pong")  # its main thread still runs Python
+    assert t.alive()  # its main thread still runs Python
     assert not t.leftovers()
     assert "Traceback" not in t.stop()
 
@@ -102,7 +51,7 @@ def test_growth_counts_python_types(workdir, target):
         # The script's first run imports what it uses (json, zlib, ...) into the target for good:
         # the target's own count is taken after it, and compared with the next.
         s.command("dump_log_objects", {"type": "Widget", "max_objects": 1})
-        own = target.counts()
+        own = target.ask_json("c", "counts")
         start = len(s.client.seen)
         result, _ = s.command("start_log_objects", {"scan_interval": 1})
         assert result["status"] == "ok", result
@@ -116,7 +65,7 @@ def test_growth_counts_python_types(workdir, target):
         for name, n in own.items():
             assert n - 5 <= first.get(name, (0, 0))[0] <= n + 5, (name, first.get(name), n)
         assert "pipe" in first  # the fd kinds beside them, in one record
-        assert target.ask("g", "grown") == "150\n"
+        assert target.ask("g") == "grown 150\n"
         seen = len(s.client.seen)
         rec = s.client.wait_for(lambda m: m.topic.endswith("/log") and
                                 m.payload.startswith(b"Memory Growth: [") and
@@ -171,7 +120,7 @@ def test_object_sources_name_the_holder(workdir, target):
                                                            "max_objects": 200})
         assert result["status"] == "ok", result
         growth_records(s, start, 1)
-        assert target.ask("g", "grown") == "150\n"
+        assert target.ask("g") == "grown 150\n"
         seen = len(s.client.seen)
         s.client.wait_for(lambda m: m.topic.endswith("/log") and
                           m.payload.startswith(b"New object Widget ") and

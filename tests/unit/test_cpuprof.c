@@ -25,38 +25,12 @@
 #define TOP_MAX 32
 #define IDS_MAX 65536
 
-struct child {
-    pid_t pid;
-    int out;
-};
-
-static void spawn_split(struct child *c, const char *arg1, const char *arg2)
+/* cpu_split with up to two arguments, once it is ready. */
+static void spawn_split(struct testutil_child *c, const char *arg1, const char *arg2)
 {
-    char path[256], line[64];
-    int out[2];
-    testutil_workload_path("cpu_split", path, sizeof(path));
-    assert_int_equal(access(path, X_OK), 0);
-    assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(out[1], 1);
-        execl(path, path, arg1, arg2, (char *)NULL);
-        _exit(127);
-    }
-    close(out[1]);
-    c->pid = pid;
-    c->out = out[0];
-    assert_int_equal(testutil_read_line(c->out, line, sizeof(line), 10000), 0);
+    char line[64];
+    assert_int_equal(testutil_spawn_args(c, "cpu_split", arg1, arg2, NULL, line, sizeof(line)), 0);
     assert_string_equal(line, "ready");
-}
-
-static void stop_split(struct child *c)
-{
-    int st;
-    close(c->out);
-    kill(c->pid, SIGKILL);
-    waitpid(c->pid, &st, 0);
 }
 
 struct progress_log {
@@ -142,7 +116,7 @@ static int has_edge(const struct profile *p, const char *caller, const char *cal
 static void run_split(bool force_ptrace, struct cpuprof_result *res, size_t nruns,
                       struct progress_log *log, double seconds, const char *arg1, const char *arg2)
 {
-    struct child c;
+    struct testutil_child c;
     struct stacks *s;
     spawn_split(&c, arg1, arg2);
     assert_int_equal(stacks_new(c.pid, &s), 0);
@@ -157,7 +131,7 @@ static void run_split(bool force_ptrace, struct cpuprof_result *res, size_t nrun
         log->last_samples = 0;
         int r = cpuprof_run(c.pid, s, &o, &res[i], NULL);
         if (r < 0)
-            stop_split(&c);
+            testutil_reap(&c);
         assert_int_equal(r, 0);
         assert_false(log->backwards);
         assert_non_null(res[i].profile);
@@ -166,7 +140,7 @@ static void run_split(bool force_ptrace, struct cpuprof_result *res, size_t nrun
         assert_true(res[i].stats.samples == 0 || res[i].unwind_us_per_sample > 0);
     }
     stacks_free(s);
-    stop_split(&c);
+    testutil_reap(&c);
     assert_true(log->calls >= 1);
 }
 
@@ -269,7 +243,7 @@ static void test_cancel(void **state)
 static void test_bad_runs(void **state)
 {
     (void)state;
-    struct child c;
+    struct testutil_child c;
     struct stacks *s;
     struct cpuprof_result res;
     struct cpuprof_options o = {.seconds = 1, .frequency = 99};
@@ -283,7 +257,7 @@ static void test_bad_runs(void **state)
     o.seconds = -1;
     assert_int_equal(cpuprof_run(c.pid, s, &o, &res, NULL), -EINVAL);
     o.seconds = 1;
-    stop_split(&c);
+    testutil_reap(&c);
     /* Reaped: the sampler finds nothing to open. */
     assert_int_equal(cpuprof_run(c.pid, s, &o, &res, NULL), -ESRCH);
     stacks_free(s);
@@ -302,29 +276,13 @@ static double total_share(const struct profile *p, const char *func)
     return total ? (double)t / (double)total : 0;
 }
 
-/* py_alternate.py MODE UNIT_MS on Debian's python3, its stdin a pipe kept open in c->out's
- * place of honour: closing it ends the program. */
-static void spawn_python(struct child *c, int *in, const char *mode, const char *unit)
+/* py_alternate.py MODE UNIT_MS on Debian's python3; closing its stdin (c->in) ends it. */
+static void spawn_python(struct testutil_child *c, const char *mode, const char *unit)
 {
     char line[64];
-    int out[2], inp[2];
-    assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-    assert_int_equal(pipe2(inp, O_CLOEXEC), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(inp[0], 0);
-        dup2(out[1], 1);
-        execl("/usr/bin/python3", "python3", "tests/workloads/py_alternate.py", mode, unit,
-              (char *)NULL);
-        _exit(127);
-    }
-    close(out[1]);
-    close(inp[0]);
-    c->pid = pid;
-    c->out = out[0];
-    *in = inp[1];
-    assert_int_equal(testutil_read_line(c->out, line, sizeof(line), 20000), 0);
+    char *const argv[] = {"python3", "tests/workloads/py_alternate.py", (char *)mode, (char *)unit,
+                          NULL};
+    assert_int_equal(testutil_start(c, "/usr/bin/python3", argv, line, sizeof(line), 20000), 0);
     assert_string_equal(line, "ready");
 }
 
@@ -346,26 +304,24 @@ static double own_cpu(const char *report, const char *name)
 static void run_python(const char *mode, const char *unit, bool force_ptrace, bool wall,
                        struct cpuprof_result *res, double *own_a)
 {
-    struct child c;
+    struct testutil_child c;
     struct stacks *s;
-    int in;
     struct error e;
     char report[4096];
     struct cpuprof_options o = {
         .seconds = 2, .frequency = 499, .force_ptrace = force_ptrace, .wall = wall};
-    spawn_python(&c, &in, mode, unit);
+    spawn_python(&c, mode, unit);
     assert_int_equal(stacks_new(c.pid, &s), 0);
-    assert_int_equal(write(in, "reset\n", 6), 6);
+    assert_int_equal(write(c.in, "reset\n", 6), 6);
     int r = cpuprof_run(c.pid, s, &o, res, &e);
-    assert_int_equal(write(in, "report\n", 7), 7);
+    assert_int_equal(write(c.in, "report\n", 7), 7);
     assert_int_equal(testutil_read_line(c.out, report, sizeof(report), 20000), 0);
     if (own_a) {
         double a = own_cpu(report, "a"), b = own_cpu(report, "b");
         *own_a = a + b > 0 ? a / (a + b) : 0;
     }
     stacks_free(s);
-    close(in);
-    stop_split(&c);
+    testutil_reap(&c);
     if (r < 0)
         fail_msg("cpuprof_run: %s", e.reason);
 }

@@ -27,11 +27,6 @@
 
 #define MAX_TIDS 4096
 
-struct child {
-    pid_t pid;
-    int out;
-};
-
 struct range {
     uint64_t start, end;
 };
@@ -60,32 +55,11 @@ static uint64_t now_ns(void)
 }
 
 /* Starts cpu_split with up to three arguments and waits for its "ready". */
-static void spawn(struct child *c, const char *a1, const char *a2, const char *a3)
+static void spawn(struct testutil_child *c, const char *a1, const char *a2, const char *a3)
 {
-    char path[256], line[64];
-    int out[2];
-    testutil_workload_path("cpu_split", path, sizeof(path));
-    assert_int_equal(access(path, X_OK), 0);
-    assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(out[1], 1);
-        execl(path, path, a1, a2, a3, (char *)NULL);
-        _exit(127);
-    }
-    close(out[1]);
-    c->pid = pid;
-    c->out = out[0];
-    assert_int_equal(testutil_read_line(c->out, line, sizeof(line), 10000), 0);
+    char line[64];
+    assert_int_equal(testutil_spawn_args(c, "cpu_split", a1, a2, a3, line, sizeof(line)), 0);
     assert_string_equal(line, "ready");
-}
-
-static void reap(struct child *c)
-{
-    kill(c->pid, SIGKILL);
-    waitpid(c->pid, NULL, 0);
-    close(c->out);
 }
 
 static int count_fds(void)
@@ -260,7 +234,7 @@ static struct sampler *open_perf(pid_t pid, unsigned freq)
 static void test_perf_one_thread(void **state)
 {
     (void)state;
-    struct child c;
+    struct testutil_child c;
     struct seen v;
     struct sampler_stats st;
     int fds = count_fds();
@@ -268,7 +242,7 @@ static void test_perf_one_thread(void **state)
     seen_init(&v, c.pid);
     struct sampler *s = open_perf(c.pid, 999);
     if (!s) {
-        reap(&c);
+        testutil_reap(&c);
         skip();
     }
     v.t0 = now_ns();
@@ -277,7 +251,7 @@ static void test_perf_one_thread(void **state)
     uint64_t cpu = cpu_ns(c.pid) - cpu0;
     sampler_get_stats(s, &st);
     sampler_close(s);
-    reap(&c);
+    testutil_reap(&c);
     assert_int_equal(count_fds(), fds);
 
     print_message("%lu samples in %.2f s, target CPU %.2f s, lost %lu; work_a %lu, work_b %lu\n",
@@ -318,7 +292,7 @@ static bool contains(const pid_t *tids, size_t n, pid_t tid)
 static void test_perf_new_threads(void **state)
 {
     (void)state;
-    struct child c;
+    struct testutil_child c;
     struct seen v;
     struct sampler_stats st;
     pid_t *before;
@@ -328,7 +302,7 @@ static void test_perf_new_threads(void **state)
     seen_init(&v, c.pid);
     struct sampler *s = open_perf(c.pid, 999);
     if (!s) {
-        reap(&c);
+        testutil_reap(&c);
         skip();
     }
     assert_int_equal(procfs_list_tasks(PROCFS_ROOT, c.pid, &before, &nbefore), 0);
@@ -336,7 +310,7 @@ static void test_perf_new_threads(void **state)
     assert_int_equal(run_for(s, &v, 1500), 0);
     sampler_get_stats(s, &st);
     sampler_close(s);
-    reap(&c);
+    testutil_reap(&c);
     assert_int_equal(count_fds(), fds);
     for (size_t i = 0; i < v.ntids; i++)
         fresh += !contains(before, nbefore, v.tids[i]);
@@ -354,7 +328,7 @@ static void test_perf_new_threads(void **state)
 
 static void check_exit(bool force_ptrace)
 {
-    struct child c;
+    struct testutil_child c;
     struct seen v;
     struct sampler_stats st;
     int fds = count_fds();
@@ -376,7 +350,7 @@ static void check_exit(bool force_ptrace)
     assert_int_equal(sampler_poll(s, 1000, &callbacks, &v), -ESRCH);
     assert_true(now_ns() - v.t1 < 1000000000ull);
     sampler_close(s);
-    reap(&c);
+    testutil_reap(&c);
     assert_int_equal(count_fds(), fds);
 }
 
@@ -409,7 +383,7 @@ static int tracer_of(pid_t pid, pid_t tid)
 static void test_ptrace_fallback(void **state)
 {
     (void)state;
-    struct child c;
+    struct testutil_child c;
     struct seen v;
     struct sampler_stats st;
     struct sampler *s;
@@ -450,14 +424,14 @@ static void test_ptrace_fallback(void **state)
     struct timespec ts = {0, 100000000};
     nanosleep(&ts, NULL);
     assert_true(cpu_ns(c.pid) > cpu0);
-    reap(&c);
+    testutil_reap(&c);
 }
 
 /* A failing callback stops the poll with its error; sampling goes on afterwards. */
 static void test_callback_error(void **state)
 {
     (void)state;
-    struct child c;
+    struct testutil_child c;
     struct seen v;
     spawn(&c, NULL, NULL, NULL);
     seen_init(&v, c.pid);
@@ -471,14 +445,14 @@ static void test_callback_error(void **state)
     assert_int_equal(run_for(s, &v, 300), 0);
     assert_true(v.samples > 3);
     sampler_close(s);
-    reap(&c);
+    testutil_reap(&c);
 }
 
 static void test_bad_arguments(void **state)
 {
     (void)state;
     struct sampler *s = NULL;
-    struct child c;
+    struct testutil_child c;
     struct error e;
     pid_t *tids;
     size_t n;
@@ -494,7 +468,7 @@ static void test_bad_arguments(void **state)
     assert_int_equal(sampler_open(tids[0] == c.pid ? tids[1] : tids[0], 99, 0, NULL, &s, NULL),
                      -EINVAL);
     free(tids);
-    reap(&c);
+    testutil_reap(&c);
     /* Reaped: gone. */
     assert_int_equal(sampler_open(c.pid, 99, 0, NULL, &s, NULL), -ESRCH);
     assert_int_equal(sampler_open(c.pid, 99, SAMPLER_FORCE_PTRACE, NULL, &s, NULL), -ESRCH);
@@ -534,35 +508,20 @@ static void test_perf_wall(void **state)
     struct wall_seen w = {0};
     struct sampler *s;
     struct sampler_stats st;
+    struct testutil_child c;
     char line[64];
-    int out[2], in[2];
-    assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-    assert_int_equal(pipe2(in, O_CLOEXEC), 0); /* it exits at the end of its input */
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        execl("/usr/bin/python3", "python3", "tests/workloads/py_alternate.py", "sleep", "1",
-              (char *)NULL);
-        _exit(127);
-    }
-    close(out[1]);
-    close(in[0]);
-    assert_int_equal(testutil_read_line(out[0], line, sizeof(line), 20000), 0);
+    char *const argv[] = {"python3", "tests/workloads/py_alternate.py", "sleep", "1", NULL};
+    assert_int_equal(testutil_start(&c, "/usr/bin/python3", argv, line, sizeof(line), 20000), 0);
     assert_string_equal(line, "ready");
-    w.tid = pid;
-    assert_int_equal(sampler_open(pid, 499, SAMPLER_WALL, NULL, &s, NULL), 0);
+    w.tid = c.pid;
+    assert_int_equal(sampler_open(c.pid, 499, SAMPLER_WALL, NULL, &s, NULL), 0);
     sampler_get_stats(s, &st);
     assert_string_equal(st.method, "perf_event");
     uint64_t end = now_ns() + 1000000000u;
     while (now_ns() < end)
         assert_int_equal(sampler_poll(s, 100, &cb, &w), 0);
     sampler_close(s);
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    close(out[0]);
-    close(in[1]);
+    testutil_reap(&c);
     print_message("wall: %llu on CPU, %llu switches away, %llu back\n",
                   (unsigned long long)w.on_cpu, (unsigned long long)w.off_cpu,
                   (unsigned long long)w.back);

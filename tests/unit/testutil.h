@@ -47,16 +47,15 @@ struct testutil_child {
     int in, out; /* its stdin (we write), its stdout (we read) */
 };
 
-/* Starts BUILD/workloads/NAME with one optional argument and reads its first line into line.
- * 0 on success; -1 (with everything started cleaned up) otherwise. */
-static inline int testutil_spawn(struct testutil_child *c, const char *name, const char *arg,
-                                 char *line, size_t len)
+/* Starts path with argv (argv[0] first, NULL-terminated), its stdin and stdout piped to the test,
+ * and reads its first line into line within timeout_ms a byte. 0 on success; -1 (with
+ * everything started cleaned up) otherwise. */
+static inline int testutil_start(struct testutil_child *c, const char *path, char *const argv[],
+                                 char *line, size_t len, int timeout_ms)
 {
-    char path[256];
     int in[2], out[2];
 
-    testutil_workload_path(name, path, sizeof(path));
-    if (access(path, X_OK) || pipe2(in, O_CLOEXEC))
+    if (pipe2(in, O_CLOEXEC))
         return -1;
     if (pipe2(out, O_CLOEXEC)) {
         close(in[0]);
@@ -67,14 +66,14 @@ static inline int testutil_spawn(struct testutil_child *c, const char *name, con
     if (c->pid == 0) {
         dup2(in[0], 0);
         dup2(out[1], 1);
-        execl(path, path, arg, (char *)NULL);
+        execv(path, argv);
         _exit(127);
     }
     close(in[0]);
     close(out[1]);
     c->in = in[1];
     c->out = out[0];
-    if (c->pid < 0 || testutil_read_line(c->out, line, len, 10000)) {
+    if (c->pid < 0 || testutil_read_line(c->out, line, len, timeout_ms)) {
         close(c->in);
         close(c->out);
         if (c->pid > 0) {
@@ -84,6 +83,26 @@ static inline int testutil_spawn(struct testutil_child *c, const char *name, con
         return -1;
     }
     return 0;
+}
+
+/* testutil_start for BUILD/workloads/NAME with up to three arguments (a NULL ends them), 10 s a
+ * byte of its first line. */
+static inline int testutil_spawn_args(struct testutil_child *c, const char *name, const char *a1,
+                                      const char *a2, const char *a3, char *line, size_t len)
+{
+    char path[256];
+
+    testutil_workload_path(name, path, sizeof(path));
+    char *const argv[] = {path, (char *)a1, (char *)a2, (char *)a3, NULL};
+    return access(path, X_OK) ? -1 : testutil_start(c, path, argv, line, len, 10000);
+}
+
+/* Starts BUILD/workloads/NAME with one optional argument and reads its first line into line.
+ * 0 on success; -1 (with everything started cleaned up) otherwise. */
+static inline int testutil_spawn(struct testutil_child *c, const char *name, const char *arg,
+                                 char *line, size_t len)
+{
+    return testutil_spawn_args(c, name, arg, NULL, NULL, line, len);
 }
 
 static inline void testutil_reap(struct testutil_child *c)

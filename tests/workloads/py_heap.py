@@ -10,9 +10,8 @@ something to see."""
 import gc
 import json
 import os
-import sys
-import threading
-import time
+
+from _stdin_loop import serve
 
 WIDGETS, GADGETS, SLOTTED = 5000, 3000, 2000
 
@@ -50,24 +49,8 @@ def main():
     keep = ([Widget(i) for i in range(WIDGETS)], [Gadget(i) for i in range(GADGETS)],
             [Slotted(i) for i in range(SLOTTED)])
     print("ready", os.getpid(), flush=True)
-    lines = []
-    done = threading.Event()
-
-    def read():
-        for line in sys.stdin:
-            lines.append(line.strip())
-        done.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    while not done.is_set():
-        while lines:
-            line = lines.pop(0)
-            if line == "c":
-                print("counts", json.dumps(counts()), flush=True)
-            elif line == "p":
-                print("pong", flush=True)
-        bytes(65536)
-        time.sleep(0.01)
+    serve({"c": lambda: print("counts", json.dumps(counts()), flush=True)},
+          tick=lambda: bytes(65536))
     return keep
 
 

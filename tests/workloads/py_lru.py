@@ -9,8 +9,8 @@ import functools
 import json
 import os
 import sys
-import threading
-import time
+
+from _stdin_loop import serve
 
 
 @functools.lru_cache(maxsize=32)
@@ -51,22 +51,7 @@ def main():
     caches = {repr(f.__wrapped__): str(f.cache_info()) for f in (square, fib, tiny, Shape.area)}
     print("ready", os.getpid(), flush=True)
     print("caches", json.dumps(caches), flush=True)
-    lines = []
-    done = threading.Event()
-
-    def read():
-        for line in sys.stdin:
-            lines.append(line.strip())
-        done.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if len(sys.argv) == 3 and sys.argv[1] == "--nap":
-        time.sleep(float(sys.argv[2]))
-    while not done.is_set():
-        while lines:
-            if lines.pop(0) == "p":
-                print("pong", flush=True)
-        time.sleep(0.01)
+    serve({}, float(sys.argv[2]) if len(sys.argv) == 3 and sys.argv[1] == "--nap" else 0.0)
     return keep
 
 

@@ -1,16 +1,14 @@
 """Test target for the object actions from inside: objects of known classes, held where a
 referrer chain can name them (Widgets in the module-level list HELD, Gadgets in the dict PARTS).
-Prints "ready PID", then idles in a loop of short sleeps (each turn a safe point) while a thread
-reads stdin, so the main thread runs each command: "g" grows Widget by 100 and prints
-"grown N"; "c" prints "counts JSON", its own gc view ({type(o).__name__: count} over
-gc.get_objects(), as objgraph counts, but for the tuples the collector untracks at its next pass,
-as the agent leaves them out); "p" prints "pong"; EOF exits."""
+Prints "ready PID", then runs each command read from stdin in its main thread (_stdin_loop.py):
+"g" grows Widget by 100 and prints "grown N"; "c" prints "counts JSON", its own gc view
+({type(o).__name__: count} over gc.get_objects(), as objgraph counts, but for the tuples the
+collector untracks at its next pass, as the agent leaves them out); "p" prints "pong"; EOF exits."""
 import gc
 import json
 import os
-import sys
-import threading
-import time
+
+from _stdin_loop import serve
 
 
 class Widget:
@@ -40,29 +38,15 @@ def counts():
     return seen
 
 
+def grow():
+    base = len(HELD)
+    HELD.extend(Widget(base + n) for n in range(100))
+    print("grown", len(HELD), flush=True)
+
+
 def main():
     print("ready", os.getpid(), flush=True)
-    lines = []
-    done = threading.Event()
-
-    def read():
-        for line in sys.stdin:
-            lines.append(line.strip())
-        done.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    while not done.is_set():
-        while lines:
-            cmd = lines.pop(0)
-            if cmd == "g":
-                base = len(HELD)
-                HELD.extend(Widget(base + n) for n in range(100))
-                print("grown", len(HELD), flush=True)
-            elif cmd == "c":
-                print("counts", json.dumps(counts()), flush=True)
-            elif cmd == "p":
-                print("pong", flush=True)
-        time.sleep(0.01)
+    serve({"g": grow, "c": lambda: print("counts", json.dumps(counts()), flush=True)})
 
 
 main()
