@@ -809,6 +809,24 @@ static int emit_fds(const char *root, pid_t pid, const struct fdent *ents, size_
     return 0;
 }
 
+/* The fds of pid (*ret_ents, *ret_n) and the reprs of those of type t emitted, with the repr
+ * buffer left in *ret_r for more: the first step of a dump and of the scheduled list. The
+ * caller frees both, on failure too. */
+static int fds_emitted(const char *root, pid_t pid, enum objects_type t, struct fdent **ret_ents,
+                       size_t *ret_n, struct repr **ret_r,
+                       int (*emit)(const char *repr, void *userdata), void *userdata,
+                       struct error *err)
+{
+    int ret = scan_fds(root, pid, ret_ents, ret_n, err);
+
+    if (ret < 0)
+        return ret;
+    *ret_r = malloc(sizeof(**ret_r));
+    if (!*ret_r)
+        return -ENOMEM;
+    return emit_fds(root, pid, *ret_ents, *ret_n, t, *ret_r, emit, userdata);
+}
+
 int objects_dump(const char *root, pid_t pid, enum objects_type t,
                  int (*emit)(const char *repr, void *userdata), void *userdata, struct error *err)
 {
@@ -830,19 +848,13 @@ int objects_dump(const char *root, pid_t pid, enum objects_type t,
         ret = dump_maps(root, pid, emit, userdata, err);
         goto out;
     }
-    ret = scan_fds(root, pid, &ents, &n, err);
-    if (ret < 0)
-        goto out;
     if (t == OBJECTS_PIPE) {
-        ret = dump_pipes(root, pid, ents, n, emit, userdata);
+        ret = scan_fds(root, pid, &ents, &n, err);
+        if (ret == 0)
+            ret = dump_pipes(root, pid, ents, n, emit, userdata);
         goto out;
     }
-    r = malloc(sizeof(*r));
-    if (!r) {
-        ret = -ENOMEM;
-        goto out;
-    }
-    ret = emit_fds(root, pid, ents, n, t, r, emit, userdata);
+    ret = fds_emitted(root, pid, t, &ents, &n, &r, emit, userdata, err);
 out:
     if (ret < 0)
         error_fill(err, ret);
@@ -1090,15 +1102,7 @@ int objects_scheduled(const char *root, pid_t pid, int (*emit)(const char *repr,
     int ret;
 
     error_clear(err);
-    ret = scan_fds(root, pid, &ents, &n, err);
-    if (ret < 0)
-        goto out;
-    r = malloc(sizeof(*r));
-    if (!r) {
-        ret = -ENOMEM;
-        goto out;
-    }
-    ret = emit_fds(root, pid, ents, n, OBJECTS_TIMERFD, r, emit, userdata);
+    ret = fds_emitted(root, pid, OBJECTS_TIMERFD, &ents, &n, &r, emit, userdata, err);
     if (ret < 0)
         goto out;
     ret = posix_timers(root, pid, r, emit, userdata, err);

@@ -183,17 +183,23 @@ def test_non_python_target_has_no_python_summary(session):
     assert result["status"] == "ok" and "python" not in result["summary"]
 
 
-@pytest.mark.parametrize("python", PYTHONS)
-def test_cpu_profile_attributes_samples_to_python_functions(workdir, python):
-    split = os.path.realpath(os.path.join(WORKLOADS, "py_split.py"))
-    proc = spawn(python_cmd(python, split))
+def profile_of(workdir, python, script, node, payload):
+    """The result of `start` with payload on SCRIPT run by python, the target then killed."""
+    proc = spawn(python_cmd(python, script))
     try:
-        with agent_session(workdir, "pyprof", f"pid:{proc.target}") as s:
-            result, _ = s.command("start", {"seconds": 3, "frequency": 499}, timeout=60)
+        with agent_session(workdir, node, f"pid:{proc.target}") as s:
+            result, _ = s.command("start", payload, timeout=60)
     finally:
         proc.kill()
         proc.wait()
     assert result["status"] == "ok", result
+    return result
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_cpu_profile_attributes_samples_to_python_functions(workdir, python):
+    split = os.path.realpath(os.path.join(WORKLOADS, "py_split.py"))
+    result = profile_of(workdir, python, split, "pyprof", {"seconds": 3, "frequency": 499})
     sm = result["summary"]
     assert sm["python"].startswith(python[len("python"):].split("-")[0] + "."), sm
     assert sm["python_samples"] > 0.9 * sm["samples"], sm
@@ -304,14 +310,7 @@ def test_cpu_profile_python_and_native_of_one_moment(workdir, python):
 def test_python_run_by_a_c_builtin_stays_in_place(workdir, python):
     # sum(genexpr) and " ".join(genexpr): each run of Python frames at the eval-loop call that
     # runs it, the C builtin between; never Python frames above the program's entry point.
-    proc = spawn(python_cmd(python, GENEXPR))
-    try:
-        with agent_session(workdir, "genexpr", f"pid:{proc.target}") as s:
-            result, _ = s.command("start", {"seconds": 2, "frequency": 999}, timeout=60)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert result["status"] == "ok", result
+    result = profile_of(workdir, python, GENEXPR, "genexpr", {"seconds": 2, "frequency": 999})
     shares = python_shares(result["files"][0], "py_genexpr.py")
     assert shares["entry callers"][0] == 0, shares
     script = r"""
