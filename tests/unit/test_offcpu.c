@@ -43,6 +43,33 @@ static int add(void *ctx, pid_t tid, const struct stacks_frame *frames, size_t n
     return 0;
 }
 
+/* A fresh off-CPU tracker and the sink that records what it hands out: each test's state. */
+struct rig {
+    struct offcpu *o;
+    struct got g;
+    struct offcpu_sink sink;
+};
+
+static int rig_up(void **state)
+{
+    struct rig *r = calloc(1, sizeof(*r));
+
+    assert_non_null(r);
+    r->sink = (struct offcpu_sink){add, &r->g};
+    assert_int_equal(offcpu_new(getpid(), 0, 0, &r->o), 0);
+    *state = r;
+    return 0;
+}
+
+static int rig_down(void **state)
+{
+    struct rig *r = *state;
+
+    offcpu_free(r->o);
+    free(r);
+    return 0;
+}
+
 static void away(struct offcpu *o, pid_t tid, uint64_t t, const char *func, enum cpuprof_state st)
 {
     /* A stack-owned name: the stretch must keep its own copy. */
@@ -55,11 +82,9 @@ static void away(struct offcpu *o, pid_t tid, uint64_t t, const char *func, enum
 
 static void test_out_of_order(void **state)
 {
-    (void)state;
-    struct offcpu *o;
-    struct got g = {0};
-    struct offcpu_sink sink = {add, &g};
-    assert_int_equal(offcpu_new(getpid(), 0, 0, &o), 0);
+    struct rig *r = *state;
+    struct offcpu *o = r->o;
+    struct got *g = &r->g;
     /* CPU 1's ring read first: the thread is back at 150 and 350... */
     assert_int_equal(offcpu_back(o, 7, 150), 0);
     assert_int_equal(offcpu_back(o, 7, 350), 0);
@@ -68,48 +93,44 @@ static void test_out_of_order(void **state)
     away(o, 7, 300, "sleep_b", CPUPROF_GIL);
     /* Beyond the horizon: kept for later. */
     away(o, 7, 500, "late", CPUPROF_SYSCALL);
-    assert_int_equal(offcpu_settle(o, 400, &sink), 0);
-    assert_int_equal(g.n, 2);
-    assert_string_equal(g.v[0].func, "sleep_a");
-    assert_int_equal(g.v[0].weight, 50);
-    assert_int_equal(g.v[0].st, CPUPROF_SYSCALL);
-    assert_string_equal(g.v[1].func, "sleep_b");
-    assert_int_equal(g.v[1].weight, 50);
-    assert_int_equal(g.v[1].st, CPUPROF_GIL);
+    assert_int_equal(offcpu_settle(o, 400, &r->sink), 0);
+    assert_int_equal(g->n, 2);
+    assert_string_equal(g->v[0].func, "sleep_a");
+    assert_int_equal(g->v[0].weight, 50);
+    assert_int_equal(g->v[0].st, CPUPROF_SYSCALL);
+    assert_string_equal(g->v[1].func, "sleep_b");
+    assert_int_equal(g->v[1].weight, 50);
+    assert_int_equal(g->v[1].st, CPUPROF_GIL);
     /* Still off at the end of the run: up to the end. */
-    assert_int_equal(offcpu_end_all(o, 800, &sink), 0);
-    assert_int_equal(g.n, 3);
-    assert_string_equal(g.v[2].func, "late");
-    assert_int_equal(g.v[2].weight, 300);
-    offcpu_free(o);
+    assert_int_equal(offcpu_end_all(o, 800, &r->sink), 0);
+    assert_int_equal(g->n, 3);
+    assert_string_equal(g->v[2].func, "late");
+    assert_int_equal(g->v[2].weight, 300);
 }
 
 /* Away, then away again with the switch back between lost: the first stretch is not weighed
  * across the time the thread spent on a CPU. Threads do not mix. */
 static void test_lost_switch_back(void **state)
 {
-    (void)state;
-    struct offcpu *o;
-    struct got g = {0};
-    struct offcpu_sink sink = {add, &g};
-    assert_int_equal(offcpu_new(getpid(), 0, 0, &o), 0);
+    struct rig *r = *state;
+    struct offcpu *o = r->o;
+    struct got *g = &r->g;
     away(o, 7, 100, "first", CPUPROF_SYSCALL);
     away(o, 8, 120, "other", CPUPROF_SYSCALL);
     away(o, 7, 1000, "second", CPUPROF_SYSCALL);
     assert_int_equal(offcpu_back(o, 7, 1010), 0);
     assert_int_equal(offcpu_back(o, 8, 130), 0);
-    assert_int_equal(offcpu_settle(o, 2000, &sink), 0);
-    assert_int_equal(g.n, 2);
-    for (size_t i = 0; i < g.n; i++) {
-        if (g.v[i].tid == 7) {
-            assert_string_equal(g.v[i].func, "second");
-            assert_int_equal(g.v[i].weight, 10);
+    assert_int_equal(offcpu_settle(o, 2000, &r->sink), 0);
+    assert_int_equal(g->n, 2);
+    for (size_t i = 0; i < g->n; i++) {
+        if (g->v[i].tid == 7) {
+            assert_string_equal(g->v[i].func, "second");
+            assert_int_equal(g->v[i].weight, 10);
         } else {
-            assert_string_equal(g.v[i].func, "other");
-            assert_int_equal(g.v[i].weight, 10);
+            assert_string_equal(g->v[i].func, "other");
+            assert_int_equal(g->v[i].weight, 10);
         }
     }
-    offcpu_free(o);
 }
 
 static void write_file(const char *path, const char *text)
@@ -150,19 +171,23 @@ static void test_read_syscall(void **state)
     assert_int_equal(offcpu_syscall_state(o, &sc), CPUPROF_SYSCALL);
     offcpu_free(o);
 
-    write_file(path, "running\n");
-    assert_int_equal(offcpu_read_syscall(root, 10, 11, &sc), -EAGAIN);
-    write_file(path, "-1 0x7ffd1000 0x7f12345\n");
-    assert_int_equal(offcpu_read_syscall(root, 10, 11, &sc), -EAGAIN);
-    /* Corrupt: too few fields, garbage, a number that does not fit. */
-    write_file(path, "202 0x1 0x2\n");
-    assert_int_equal(offcpu_read_syscall(root, 10, 11, &sc), -EBADMSG);
-    write_file(path, "202 zz 0x189 0x0 0x0 0x0 0x0 0x1 0x2\n");
-    assert_int_equal(offcpu_read_syscall(root, 10, 11, &sc), -EBADMSG);
-    write_file(path, "202 0x1ffffffffffffffff 0 0 0 0 0 1 2\n");
-    assert_int_equal(offcpu_read_syscall(root, 10, 11, &sc), -EBADMSG);
-    write_file(path, "");
-    assert_int_equal(offcpu_read_syscall(root, 10, 11, &sc), -EBADMSG);
+    /* Not in a system call; then corrupt: too few fields, garbage, a number that does not fit,
+     * nothing. */
+    static const struct {
+        const char *text;
+        int r;
+    } cases[] = {
+        {"running\n", -EAGAIN},
+        {"-1 0x7ffd1000 0x7f12345\n", -EAGAIN},
+        {"202 0x1 0x2\n", -EBADMSG},
+        {"202 zz 0x189 0x0 0x0 0x0 0x0 0x1 0x2\n", -EBADMSG},
+        {"202 0x1ffffffffffffffff 0 0 0 0 0 1 2\n", -EBADMSG},
+        {"", -EBADMSG},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        write_file(path, cases[i].text);
+        assert_int_equal(offcpu_read_syscall(root, 10, 11, &sc), cases[i].r);
+    }
     assert_int_equal(offcpu_read_syscall(root, 10, 12, &sc), -ESRCH);
 
     unlink(path);
@@ -177,8 +202,8 @@ static void test_read_syscall(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_out_of_order),
-        cmocka_unit_test(test_lost_switch_back),
+        cmocka_unit_test_setup_teardown(test_out_of_order, rig_up, rig_down),
+        cmocka_unit_test_setup_teardown(test_lost_switch_back, rig_up, rig_down),
         cmocka_unit_test(test_read_syscall),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
