@@ -666,7 +666,9 @@ static const char *lookup(struct logger *l, struct table *tables, enum objects_t
         tb->loaded = true;
         if (objects_dump(PROCFS_ROOT, l->target.pid, t, collect_repr, &c, NULL) < 0)
             return NULL;
-        qsort(tb->v, tb->n, sizeof(*tb->v), by_key);
+        /* No object of that type: no array at all, and qsort(NULL) is undefined. */
+        if (tb->n)
+            qsort(tb->v, tb->n, sizeof(*tb->v), by_key);
     }
     hi = tb->n;
     /* The last entry that starts at or before key. */
