@@ -352,3 +352,14 @@ def session(broker, workdir, demo):
     with agent_session(workdir, "testnode", f"pid:{demo.pid}",
                        "allowed_targets = self, comm:demo_service\n", broker) as s:
         yield s
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (`make check` runs --dist loadgroup), the tests of one file go to one
+    worker, in file order: some build on what an earlier test left in their module's fixtures
+    (test_fleet's file fetched from the profile of the test before). Files whose tests must not
+    overlap with others' (the python_exec ones check a shared /tmp) name a common group."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
