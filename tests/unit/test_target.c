@@ -50,10 +50,13 @@ static void make_sleeper(const char *name, char *path, size_t len)
     copy_file("/bin/sleep", path);
 }
 
-/* Starts path and returns once the exec is done (its exe link names path). */
+/* Starts path and returns once the exec is done: its exe link, its comm and its argv[0] all
+ * name path (the kernel sets the exe link a little before the name and the arguments, and a
+ * loaded machine showed the window). */
 static pid_t spawn(const char *path)
 {
-    char exe[PATH_MAX];
+    char exe[PATH_MAX], comm[PROCFS_COMM_MAX], argv0[PATH_MAX];
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
     pid_t pid = fork();
 
     assert_true(pid >= 0);
@@ -64,7 +67,11 @@ static pid_t spawn(const char *path)
         _exit(127);
     }
     for (int i = 0; i < 2000; i++) {
-        if (procfs_read_exe(PROCFS_ROOT, pid, exe, sizeof(exe)) == 0 && strcmp(exe, path) == 0)
+        if (procfs_read_exe(PROCFS_ROOT, pid, exe, sizeof(exe)) == 0 && strcmp(exe, path) == 0 &&
+            procfs_read_comm(PROCFS_ROOT, pid, 0, comm) == 0 &&
+            strncmp(comm, base, PROCFS_COMM_MAX - 1) == 0 &&
+            procfs_read_argv0(PROCFS_ROOT, pid, argv0, sizeof(argv0)) == 0 &&
+            strcmp(argv0, path) == 0)
             return pid;
         usleep(1000);
     }
