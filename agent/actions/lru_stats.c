@@ -6,12 +6,9 @@
  * cannot run it (no safe point in python_timeout, remote debugging disabled, ...), and on any
  * other target, the agent's own caches as records (engine/os/cachestat.h), with a warning saying
  * why in the first case. Not the mechanism (pyexec) nor the search (the script). */
-#include <errno.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include "actions.h"
 #include "os/cachestat.h"
 #include "inside.h"

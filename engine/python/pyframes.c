@@ -390,11 +390,6 @@ out:
     return r;
 }
 
-int pyframes_open(pid_t pid, char *version, size_t version_len, struct pyframes **ret)
-{
-    return pyframes_attach(pid, version, version_len, ret, NULL);
-}
-
 void pyframes_free(struct pyframes *p)
 {
     if (!p)

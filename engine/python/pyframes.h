@@ -64,8 +64,6 @@ struct procfs_map;
  * known); -ESRCH: pid is gone; -ENOMEM; open/read errors passed through. err may be NULL. */
 int pyframes_attach(pid_t pid, char *version, size_t version_len, struct pyframes **ret,
                     struct error *err);
-/* pyframes_attach without the reason (agent/inspect.c until it moves to pyframes_attach). */
-int pyframes_open(pid_t pid, char *version, size_t version_len, struct pyframes **ret);
 void pyframes_free(struct pyframes *p);
 /* The walker of p's runtime, for readers of other interpreter state (pytasks.h); owned by p. */
 struct pywalk *pyframes_walker(struct pyframes *p);

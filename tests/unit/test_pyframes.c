@@ -305,7 +305,7 @@ static void test_parked(void **state)
 
     (void)state;
     spawn_parked(&c, "0", NULL, tids, sizeof(tids));
-    assert_int_equal(pyframes_open(c.pid, version, sizeof(version), &p), 0);
+    assert_int_equal(pyframes_attach(c.pid, version, sizeof(version), &p, NULL), 0);
     assert_string_equal(version, pyframes_version(p));
     assert_memory_equal(version, "3.11.", 5);
     read_until(p, tids, 7, check_parked);
@@ -364,7 +364,7 @@ static void test_oracle(void **state)
 
     (void)state;
     spawn_parked(&c, "10", NULL, tids, sizeof(tids));
-    assert_int_equal(pyframes_open(c.pid, NULL, 0, &p), 0);
+    assert_int_equal(pyframes_attach(c.pid, NULL, 0, &p, NULL), 0);
     read_until(p, tids, 17, check_parked);
     check_oracle(&c, p, 17);
     pyframes_free(p);
@@ -384,7 +384,7 @@ static void test_deep(void **state)
 
     (void)state;
     spawn_parked(&c, "0", "deep", tids, sizeof(tids));
-    assert_int_equal(pyframes_open(c.pid, NULL, 0, &p), 0);
+    assert_int_equal(pyframes_attach(c.pid, NULL, 0, &p, NULL), 0);
     int def = line_of(PARKED, 1, "def deep(");
     int deeper = line_of(PARKED, def, "# @deeper"), park = line_of(PARKED, def, "# @deep\n");
     for (;;) {
@@ -435,7 +435,7 @@ static void test_libpython(void **state)
     int r;
     do {
         sleep_ms(50);
-        r = pyframes_open(pid, version, sizeof(version), &p);
+        r = pyframes_attach(pid, version, sizeof(version), &p, NULL);
     } while (r == -ENOENT && now_ms() < end);
     assert_int_equal(r, 0);
     assert_memory_equal(version, "3.11.", 5);
@@ -473,16 +473,16 @@ static void test_not_python(void **state)
     char version[PYFRAMES_VERSION_MAX] = "x";
 
     (void)state;
-    assert_int_equal(pyframes_open(getpid(), version, sizeof(version), &p), -ENOENT);
+    assert_int_equal(pyframes_attach(getpid(), version, sizeof(version), &p, NULL), -ENOENT);
     assert_string_equal(version, "");
     assert_null(p);
-    assert_int_equal(pyframes_open(0, NULL, 0, &p), -EINVAL);
+    assert_int_equal(pyframes_attach(0, NULL, 0, &p, NULL), -EINVAL);
     pid_t dead = fork();
     if (dead == 0)
         _exit(0);
     assert_true(dead > 0);
     assert_int_equal(waitpid(dead, NULL, 0), dead);
-    assert_int_equal(pyframes_open(dead, NULL, 0, &p), -ESRCH);
+    assert_int_equal(pyframes_attach(dead, NULL, 0, &p, NULL), -ESRCH);
     assert_null(p);
 }
 
@@ -579,7 +579,7 @@ static void test_exit_midread(void **state)
         int r;
 
         spawn_parked(&c, "20", round % 3 == 2 ? "deep" : NULL, tids, sizeof(tids));
-        assert_int_equal(pyframes_open(c.pid, NULL, 0, &p), 0);
+        assert_int_equal(pyframes_attach(c.pid, NULL, 0, &p, NULL), 0);
         if (round % 2)
             kill(c.pid, SIGKILL);
         else
@@ -629,7 +629,7 @@ static void test_time_50(void **state)
 
     (void)state;
     spawn_parked(&c, "43", NULL, tids, sizeof(tids));
-    assert_int_equal(pyframes_open(c.pid, NULL, 0, &p), 0);
+    assert_int_equal(pyframes_attach(c.pid, NULL, 0, &p, NULL), 0);
     read_until(p, tids, 50, check_parked);
     for (int i = 0; i < 50; i++) {
         struct pyframes_thread *t;
@@ -667,7 +667,7 @@ static void test_split(void **state)
     (void)state;
     spawn_py(&c, SPLIT, NULL, NULL, line, sizeof(line));
     assert_string_equal(line, "ready");
-    assert_int_equal(pyframes_open(c.pid, NULL, 0, &p), 0);
+    assert_int_equal(pyframes_attach(c.pid, NULL, 0, &p, NULL), 0);
     srand(1);
     for (int i = 0; i < 600; i++) {
         struct pyframes_thread *t;
