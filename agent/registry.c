@@ -120,7 +120,8 @@ static struct registry_action actions[] = {
      .help = "{\"seconds\": 60, \"sample_bytes\": 0}: allocation profile;\n"
              "writes heap_profile.T.hpy and massif.out.T in output_dir; on a\n"
              "Python target the .hpy is its heap by kind, the native sites\n"
-             "go to heap_native.T.hpy",
+             "go to heap_native.T.hpy, and tracemalloc's largest live\n"
+             "tracebacks of the run are logged (\"tracemalloc\": false: not)",
      .button = "Memory profile",
      .settings =
          (const struct registry_setting[]){

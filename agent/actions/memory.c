@@ -27,6 +27,9 @@
 #define PY_MAX_OBJECTS 20000000 /* objects heap.py counts before it stops */
 #define PY_MAX_KINDS 10000      /* rows it answers with; the rest add up to one more */
 #define PY_BUDGET_MAX_S 5.0     /* the most it may hold the target's interpreter */
+#define PY_TRACE_FRAMES 16      /* frames tracemalloc keeps per allocation */
+#define PY_TRACE_SITES 20       /* tracebacks in the answer, the largest */
+#define PY_GUARD_MARGIN_S 10.0  /* after the run's end, the guard stops a trace left on */
 #define POLL_MS 100
 #define CMDLINE_MAX 1024
 
@@ -242,19 +245,28 @@ static int py_rows(struct py_heap *py)
     return 0;
 }
 
+/* Moves what inside_run put in the summary (python, method, thread, wait_ms, held_ms) into o:
+ * the allocation profile has a `method` of its own, and a run asks the target more than once. */
+static void move_inside(struct run *run, struct json_object *o)
+{
+    static const char *const moved[] = {"python", "method", "thread", "wait_ms", "held_ms"};
+    struct json_object *v;
+
+    for (size_t i = 0; i < sizeof(moved) / sizeof(moved[0]); i++)
+        if (json_object_object_get_ex(run->summary, moved[i], &v)) {
+            json_object_object_add(o, moved[i], json_object_get(v));
+            json_object_object_del(run->summary, moved[i]);
+        }
+}
+
 /* summary.python_heap: what inside_run put in the summary (moved there, as the allocation
  * profile has a `method` of its own), the totals and the largest kinds. */
 static void py_summary(struct run *run, const struct py_heap *py)
 {
-    static const char *const moved[] = {"python", "method", "thread", "wait_ms", "held_ms"};
     struct json_object *s = run->summary, *o = json_object_new_object(), *v,
                        *top = json_object_new_array();
 
-    for (size_t i = 0; i < sizeof(moved) / sizeof(moved[0]); i++)
-        if (json_object_object_get_ex(s, moved[i], &v)) {
-            json_object_object_add(o, moved[i], json_object_get(v));
-            json_object_object_del(s, moved[i]);
-        }
+    move_inside(run, o);
     static const char *const totals[] = {"objects", "size"};
     for (size_t i = 0; i < sizeof(totals) / sizeof(totals[0]); i++)
         if (json_object_object_get_ex(py->answer, totals[i], &v))
@@ -271,6 +283,141 @@ static void py_summary(struct run *run, const struct py_heap *py)
     }
     json_object_object_add(o, "top", top);
     json_object_object_add(s, "python_heap", o);
+}
+
+/* tracemalloc over the run (pyscripts/tracemalloc.py): on when the target runs it, started when
+ * the run started it (else the target's own trace, read and left on). */
+struct py_trace {
+    bool on, started;
+    double start_held_ms;
+};
+
+/* 1: tracing; 0: not (not Python, python_exec off, tracemalloc off; a warning says why when
+ * the target is Python); negative: the run failed. */
+static int trace_start(struct run *run, double seconds, struct py_trace *t)
+{
+    struct json_object *a = NULL, *v, *junk = json_object_new_object();
+    char input[128];
+    double guard = seconds + 2.0 * run->host->config->python_timeout + PY_GUARD_MARGIN_S;
+
+    snprintf(input, sizeof(input), "{\"op\": \"start\", \"frames\": %d, \"guard_s\": %.1f}",
+             PY_TRACE_FRAMES, guard);
+    int r = inside_run(run, "tracemalloc", input,
+                       "the run has no Python allocations, only the native sites", &a);
+    move_inside(run, junk);
+    if (json_object_object_get_ex(junk, "held_ms", &v))
+        t->start_held_ms = json_object_get_double(v);
+    json_object_put(junk);
+    if (r <= 0)
+        return r;
+    t->on = true;
+    t->started = json_object_object_get_ex(a, "started", &v) && json_object_get_boolean(v);
+    json_object_put(a);
+    return 1;
+}
+
+/* tracemalloc's size form (tracemalloc._format_size): "12.3 KiB", "512 B". */
+static void trace_size(uint64_t size, char *buf, size_t len)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)size;
+
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (v < 100.0 && i > 0) {
+            snprintf(buf, len, "%.1f %s", v, units[i]);
+            return;
+        }
+        if (v < 10.0 * 1024.0 || i == 4) {
+            snprintf(buf, len, "%.0f %s", v, units[i]);
+            return;
+        }
+        v /= 1024.0;
+    }
+}
+
+/* One traceback of the answer as tracemalloc prints a Statistic and its Traceback.format():
+ * the allocating line first, then the frames, outermost first. */
+static void trace_record(struct run *run, struct json_object *site)
+{
+    struct json_object *tb = NULL, *v;
+    char size[32], avg[32];
+    uint64_t bytes = 0, count = 0;
+
+    if (json_object_object_get_ex(site, "size", &v))
+        bytes = (uint64_t)json_object_get_int64(v);
+    if (json_object_object_get_ex(site, "count", &v))
+        count = (uint64_t)json_object_get_int64(v);
+    json_object_object_get_ex(site, "traceback", &tb);
+    size_t n = json_object_is_type(tb, json_type_array) ? json_object_array_length(tb) : 0;
+    if (n == 0 || count == 0)
+        return;
+    struct json_object *top = json_object_array_get_idx(tb, 0);
+    trace_size(bytes, size, sizeof(size));
+    trace_size(bytes / count, avg, sizeof(avg));
+    run_record(run, "%s:%d: size=%s, count=%llu, average=%s",
+               json_object_get_string(json_object_array_get_idx(top, 0)),
+               json_object_get_int(json_object_array_get_idx(top, 1)), size,
+               (unsigned long long)count, avg);
+    for (size_t i = n; i-- > 0;) {
+        struct json_object *f = json_object_array_get_idx(tb, i);
+
+        run_record(run, "  File \"%s\", line %d",
+                   json_object_get_string(json_object_array_get_idx(f, 0)),
+                   json_object_get_int(json_object_array_get_idx(f, 1)));
+    }
+}
+
+/* Reads what tracemalloc saw and stops the trace the run started: summary.python_allocations
+ * and one record per traceback, the largest first. 0, or the run's failure. */
+static int trace_stop(struct run *run, const struct py_trace *t)
+{
+    struct json_object *a = NULL, *o = json_object_new_object(), *v, *top = NULL;
+    char input[128];
+    double budget = run->host->config->python_timeout / 2.0;
+
+    if (budget > PY_BUDGET_MAX_S)
+        budget = PY_BUDGET_MAX_S;
+    snprintf(input, sizeof(input),
+             "{\"op\": \"stop\", \"started\": %s, \"max_sites\": %d, \"budget_s\": %.2f}",
+             t->started ? "true" : "false", PY_TRACE_SITES, budget);
+    int r = inside_run(run, "tracemalloc", input,
+                       "the run has no Python allocations, only the native sites", &a);
+    move_inside(run, o);
+    if (r <= 0) {
+        json_object_put(o);
+        return r;
+    }
+    if (json_object_object_get_ex(a, "tracing", &v) && !json_object_get_boolean(v)) {
+        run_warn(run, "tracemalloc was stopped inside the target during the run; the run has no "
+                      "Python allocations");
+        json_object_put(o);
+        json_object_put(a);
+        return 0;
+    }
+    json_object_object_add(o, "start_held_ms", run_json_decimal(t->start_held_ms, 3));
+    json_object_object_add(o, "started_by_run", json_object_new_boolean(t->started));
+    static const char *const keys[] = {"current", "peak", "sites"};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        if (json_object_object_get_ex(a, keys[i], &v))
+            json_object_object_add(o, keys[i], json_object_new_int64(json_object_get_int64(v)));
+    if (json_object_object_get_ex(a, "top", &top) && json_object_is_type(top, json_type_array)) {
+        size_t n = json_object_array_length(top);
+
+        run_record(run, "Python allocations over the run still live at its end (tracemalloc, "
+                        "by traceback, the largest first):");
+        for (size_t i = 0; i < n && i < PY_TRACE_SITES; i++)
+            trace_record(run, json_object_array_get_idx(top, i));
+        json_object_object_add(o, "top", json_object_get(top));
+    }
+    if (!t->started)
+        run_warn(run, "the target was tracing with tracemalloc already: its own trace was read "
+                      "and left on");
+    if (json_object_object_get_ex(a, "stopped", &v) && v)
+        run_warn(run, "reading tracemalloc's traces inside the target %s",
+                 json_object_get_string(v));
+    json_object_object_add(run->summary, "python_allocations", o);
+    json_object_put(a);
+    return 0;
 }
 
 /* The Python heap from inside the target: 1 with py filled, 0 when the target cannot answer (a
@@ -332,9 +479,13 @@ int action_memory(struct run *run)
         unwinders_put(u);
         return run_engine_fail_error(run, "allocation profile", &e);
     }
+    /* After the hooks are in: a failed start leaves nothing running in the target to undo. */
+    struct py_trace trace = {0};
+    json_object_object_get_ex(run->params, "tracemalloc", &v);
+    int tr = json_object_get_boolean(v) ? trace_start(run, o.seconds, &trace) : 0;
     int64_t next_progress = clock_monotonic_us() + 1000000;
     bool cancelled = false;
-    for (;;) {
+    for (; tr >= 0;) {
         memprof_get_stats(m, &st);
         if ((double)st.elapsed_ms >= o.seconds * 1000.0)
             break;
@@ -362,8 +513,11 @@ int action_memory(struct run *run)
     /* After the hooks are out, so that the count's own allocations are not in the profile;
      * its `method` in the summary is moved aside before the profile's own is added. */
     struct py_heap py = {0};
-    int pr = 0;
-    if (r >= 0 && !cancelled && !st.target_exited)
+    int pr = tr < 0 ? tr : 0;
+    /* Stopped whatever happened, cancelled or not: a trace left on slows every allocation. */
+    if (trace.on && !st.target_exited)
+        pr = trace_stop(run, &trace);
+    if (r >= 0 && pr >= 0 && !cancelled && !st.target_exited)
         pr = py_heap(run, &py);
     add_warnings(run, &st, cancelled, o.sample_bytes);
     add_summary(run, m, &st, o.sample_bytes);

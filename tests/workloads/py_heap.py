@@ -6,10 +6,12 @@ process says of itself through gc: {kind as guppy names it: count}, a __dict__ c
 exists among its owner's referents (asking for it would make one); "p" prints "pong" (from the
 main thread: it still runs Python); EOF exits. The main thread idles in short sleeps (each turn
 a safe point), each turn a 64 KiB block from malloc and back, so that the allocation profile has
-something to see."""
+something to see. "g" starts growing: each turn then keeps a 4 KiB bytearray made in grow(), the
+line tracemalloc must name; "t" prints "tracing true|false", whether tracemalloc traces."""
 import gc
 import json
 import os
+import tracemalloc
 
 from _stdin_loop import serve
 
@@ -45,12 +47,28 @@ def counts():
     return got
 
 
+GROWN = []
+GROWING = []
+
+
+def grow():
+    GROWN.append(bytearray(4096))  # the line tracemalloc names
+
+
+def tick():
+    bytes(65536)
+    if GROWING:
+        grow()
+
+
 def main():
     keep = ([Widget(i) for i in range(WIDGETS)], [Gadget(i) for i in range(GADGETS)],
             [Slotted(i) for i in range(SLOTTED)])
     print("ready", os.getpid(), flush=True)
-    serve({"c": lambda: print("counts", json.dumps(counts()), flush=True)},
-          tick=lambda: bytes(65536))
+    serve({"c": lambda: print("counts", json.dumps(counts()), flush=True),
+           "g": lambda: GROWING.append(True),
+           "t": lambda: print("tracing", json.dumps(tracemalloc.is_tracing()), flush=True)},
+          tick=tick)
     return keep
 
 
