@@ -10,31 +10,40 @@ one (it comes later in the file)."""
 
 
 
-def scan_objects(limits, started, visit):
-    """Calls visit(obj) on each object the garbage collector tracks until visit returns true or a
-    limit is reached: limits["max_objects"] objects, or limits["budget_s"] seconds since started
-    (looked at every 4096 objects). Returns (objects visited, which limit stopped it or None)."""
+def scan_objects(limits, started, wanted, visit):
+    """Calls visit(obj) on each object the garbage collector tracks whose type is in wanted (types,
+    compared by id: a metaclass's own __hash__ or __eq__ is the target's code) until visit
+    returns true or a limit is reached: limits["max_objects"] objects, or limits["budget_s"]
+    seconds since started (looked at every CHUNK objects). The types are picked by a
+    comprehension, as fast as the Profiler's own scans, rather than by a call per object.
+    Returns (objects looked at, which limit stopped it or None)."""
     import gc
     import time
 
+    chunk = 65536
+    ids = {id(t) for t in wanted}
     scanned, stopped = 0, None
     objects = gc.get_objects()
     try:
-        for obj in objects:
-            if scanned >= limits["max_objects"]:
-                stopped = "stopped after %d of %d objects (the object limit)" % (
-                    scanned, len(objects))
+        total = len(objects)
+        for at in range(0, total, chunk):
+            if at >= limits["max_objects"]:
+                stopped = "stopped after %d of %d objects (the object limit)" % (scanned, total)
                 break
-            if scanned % 4096 == 0 and time.perf_counter() - started > limits["budget_s"]:
+            if time.perf_counter() - started > limits["budget_s"]:
                 stopped = "stopped after %d of %d objects (the time limit, %.1f s)" % (
-                    scanned, len(objects), limits["budget_s"])
+                    scanned, total, limits["budget_s"])
                 break
-            scanned += 1
-            if visit(obj):
+            part = objects[at:min(at + chunk, limits["max_objects"])]
+            scanned += len(part)
+            picked = [o for o in part if id(type(o)) in ids]
+            del part
+            if any(visit(o) for o in picked):
                 break
     finally:
         del objects
     return scanned, stopped
+
 
 def main(script_path, input_path, output_path):
     import os

@@ -77,13 +77,21 @@ def running_loops(asyncio, limits, started):
     loops = []
 
     def visit(obj):
-        # type(), not isinstance(): an object's own __class__ could run code.
-        if issubclass(type(obj), base) and obj.is_running():
+        if obj.is_running():
             loops.append(obj)
             return len(loops) >= limits["max_loops"]
         return False
 
-    scanned, stopped = scan_objects(limits, started, visit)
+    # Every loop class, by type's own __subclasses__ (not a metaclass's): type(), not
+    # isinstance(), as an object's own __class__ could run code.
+    wanted, pending = {}, [base]
+    while pending and len(wanted) < 4096:
+        t = pending.pop()
+        if id(t) not in wanted:
+            wanted[id(t)] = t
+            pending.extend(type.__subclasses__(t))
+    wanted = wanted.values()
+    scanned, stopped = scan_objects(limits, started, wanted, visit)
     return loops, "scan", scanned, stopped
 
 

@@ -30,24 +30,30 @@ class Census:
         import sys
         import time
 
+        import types
+
         self.gc, self.sys, self.time = gc, sys, time
+        self.module_type = types.ModuleType
         self.limits, self.started = limits, started
         self.attr = {name: type.__dict__[name].__get__ for name in TYPE_ATTRS}
         self.rows = {}  # kind -> [count, size]
         self.seen = set()  # ids of the untracked objects counted
         self.owned = {}  # id(a __dict__) -> its kind, "dict of ..."
-        self.types = {}  # id(type) -> (type, name, sizer, whether instances own a __dict__)
+        # id(type) -> (type, name, sizer, the kind of its instances' own __dict__ or None)
+        self.types = {}
         self.counted = 0
         self.stopped = None
         self.gc_header = sys.getsizeof([]) - [].__sizeof__()
 
     def describe(self, t):
-        """(name, sizer, owns_dict) of type t, found once per type. sizer is None when
+        """(t, name, sizer, owner) of type t, found once per type. sizer is None when
         sys.getsizeof runs only built-in code for t, else the built-in __sizeof__ under the
-        class's own."""
+        class's own; owner is the kind of the __dict__ its instances own: `dict of
+        module.Class` for an instance of a class, `dict of type` for a class, `dict of module`
+        for a module, None when they own none."""
         got = self.types.get(id(t))
         if got is not None:
-            return got[1:]
+            return got
         a = self.attr
         module, qualname = a["__module__"](t), a["__qualname__"](t)
         if not isinstance(qualname, str):
@@ -74,10 +80,18 @@ class Census:
         heap = bool(a["__flags__"](t) & HEAPTYPE) and not issubclass(t, type)
         # Only without value __slots__ is the one dict among an instance's referents its
         # __dict__ (a slot may hold another dict).
-        owns = heap and a["__dictoffset__"](t) != 0 and not value_slots
-        got = (t, name[:NAME_MAX], sizer, owns)
+        name = name[:NAME_MAX]
+        if t is self.module_type:
+            owner = "dict of module"
+        elif issubclass(t, type):  # a metaclass: its instances are classes
+            owner = "dict of type"
+        elif heap and a["__dictoffset__"](t) != 0 and not value_slots:
+            owner = "dict of " + name
+        else:
+            owner = None
+        got = (t, name, sizer, owner)
         self.types[id(t)] = got
-        return got[1:]
+        return got
 
     def size_of(self, o, sizer):
         """sys.getsizeof(o), or what it would say with the built-in __sizeof__ under a class's
@@ -86,34 +100,6 @@ class Census:
             return self.sys.getsizeof(o, 0)
         return sizer(o) + (self.gc_header if self.gc.is_tracked(o) else 0)
 
-    def own_dicts(self, objects):
-        """The kind of each __dict__ an object of objects has: `dict of module.Class` for an
-        instance of a class, `dict of type` for a class, `dict of module` for a module."""
-        import types
-
-        gc, owned = self.gc, self.owned
-        module_type = types.ModuleType
-        for n, o in enumerate(objects):
-            if n % 4096 == 0 and self.late():
-                return False
-            t = type(o)
-            if t is module_type:
-                kind = "dict of module"
-            elif issubclass(t, type):  # isinstance could ask o's own __class__
-                kind = "dict of type"
-            else:
-                name, _, owns = self.describe(t)
-                if not owns:
-                    continue
-                kind = "dict of " + name
-            # The owner's referents: its __dict__ is the only dict among them for a class,
-            # a module and an instance whose class has no __slots__ holding other dicts.
-            for r in gc.get_referents(o):
-                if type(r) is dict:
-                    owned.setdefault(id(r), kind)
-                    break
-        return True
-
     def late(self):
         if self.time.perf_counter() - self.started > self.limits["budget_s"]:
             self.stopped = "stopped after %d objects (the time limit, %.1f s)" % (
@@ -121,47 +107,69 @@ class Census:
             return True
         return False
 
-    def count(self, o):
-        t = type(o)
-        if t is dict:
-            kind, sizer = self.owned.get(id(o), "dict (no owner)"), None
-        else:
-            kind, sizer, _ = self.describe(t)
-        try:
-            size = self.size_of(o, sizer)
-        except Exception:
-            size = 0
-        row = self.rows.get(kind)
-        if row is None:
-            self.rows[kind] = [1, size]
-        else:
-            row[0] += 1
-            row[1] += size
-        self.counted += 1
-
     def walk(self, objects, mine):
-        """Counts objects (but those in mine) and what they reach through untracked objects,
-        each once: a tracked one is counted in its own turn."""
-        gc, seen = self.gc, self.seen
-        is_tracked, get_referents = gc.is_tracked, gc.get_referents
+        """One pass: counts objects (but those in mine) and what they reach through untracked
+        objects, each once (a tracked one is counted in its own turn), and notes each owner's
+        __dict__ among its referents: the only dict among them for a class, a module and an
+        instance whose class has no __slots__ holding other dicts. Dicts are counted at the end,
+        when every owner has been met."""
+        gc, seen, rows, types = self.gc, self.seen, self.rows, self.types
+        is_tracked, get_referents, getsizeof = gc.is_tracked, gc.get_referents, self.sys.getsizeof
+        owned, dicts = self.owned, []
+        # By id: hashing a type runs its metaclass's __hash__, the target's code.
+        leaves = {id(t) for t in (str, int, float, bytes, bool, complex, type(None))}
         limit = self.limits["max_objects"]
         for n, o in enumerate(objects):
             if n % 4096 == 0 and self.late():
-                return
+                break
             if id(o) in mine:
                 continue
-            self.count(o)
-            pending = get_referents(o)
+            pending = [o]
             while pending:
                 r = pending.pop()
-                if is_tracked(r) or id(r) in seen:
-                    continue
-                seen.add(id(r))
-                self.count(r)
-                pending.extend(get_referents(r))
+                t = type(r)
+                # str, int, float, bytes... refer to nothing: no call to ask.
+                referents = () if id(t) in leaves else get_referents(r)
+                if t is dict:
+                    dicts.append((id(r), getsizeof(r, 0)))
+                else:
+                    got = types.get(id(t))
+                    if got is None:
+                        got = self.describe(t)
+                    kind, sizer, owner = got[1], got[2], got[3]
+                    try:
+                        size = getsizeof(r, 0) if sizer is None else self.size_of(r, sizer)
+                    except Exception:
+                        size = 0
+                    row = rows.get(kind)
+                    if row is None:
+                        rows[kind] = [1, size]
+                    else:
+                        row[0] += 1
+                        row[1] += size
+                    if owner is not None:
+                        for d in referents:
+                            if type(d) is dict:
+                                owned.setdefault(id(d), owner)
+                                break
+                self.counted += 1
+                for d in referents:
+                    if not is_tracked(d):
+                        i = id(d)
+                        if i not in seen:
+                            seen.add(i)
+                            pending.append(d)
             if self.counted >= limit:
                 self.stopped = "stopped after %d objects (the object limit)" % self.counted
-                return
+                break
+        for key, size in dicts:
+            kind = owned.get(key, "dict (no owner)")
+            row = rows.get(kind)
+            if row is None:
+                rows[kind] = [1, size]
+            else:
+                row[0] += 1
+                row[1] += size
 
 
 def work(limits, started):
@@ -173,8 +181,7 @@ def work(limits, started):
         # The census's own containers are not the target's heap.
         mine = {id(x) for x in (objects, census, census.rows, census.seen, census.owned,
                                 census.types, census.attr, vars(census), limits)}
-        if census.own_dicts(objects):
-            census.walk(objects, mine)
+        census.walk(objects, mine)
     finally:
         del objects
     # The order of the agent's hpy writer: largest size, then count, then kind.

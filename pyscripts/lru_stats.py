@@ -38,20 +38,20 @@ def work(limits, started):
     caches = []
 
     def visit(obj):
-        kind = type(obj)
-        if kind is wrapper:
+        if type(obj) is wrapper:
             info = obj.cache_info()
             func = vars(obj).get("__wrapped__")
             caches.append({"kind": "lru_cache", "name": describe(func),
                            "file": absfile(func), "hits": info.hits, "misses": info.misses,
                            "maxsize": info.maxsize, "currsize": info.currsize})
-        elif lru_type is not None and kind is lru_type:
+        else:
             hits, misses = obj.get_stats()
-            caches.append({"kind": "LRU", "name": repr(kind), "file": None,
+            caches.append({"kind": "LRU", "name": repr(lru_type), "file": None,
                            "hits": hits, "misses": misses})
         return len(caches) >= limits["max_caches"]
 
-    scanned, stopped = scan_objects(limits, started, visit)
+    wanted = (wrapper,) if lru_type is None else (wrapper, lru_type)
+    scanned, stopped = scan_objects(limits, started, wanted, visit)
     if stopped is None and len(caches) >= limits["max_caches"]:
         stopped = "stopped at %d caches (the cache limit)" % len(caches)
     return {"caches": caches, "scanned": scanned, "stopped": stopped}
