@@ -66,6 +66,7 @@ int agent_init(struct agent *a, struct config *c, bool use_store, const struct r
     a->host.config = c;
     a->host.out = *out;
     a->host.started_mono_us = clock_monotonic_us();
+    atomic_init(&a->host.target_debug, -1);
     a->host.known_action = registry_known;
     pthread_mutex_init(&a->host.lock, NULL);
     pthread_cond_init(&a->jobs_done, NULL);
@@ -723,6 +724,9 @@ char *agent_state_json(struct agent *a)
     json_object_object_add(o, "jobs", jobs);
     json_object_object_add(o, "loggers", loggers);
     json_object_object_add(o, "debug", json_object_new_boolean(atomic_load(&a->host.debug)));
+    int target_debug = atomic_load(&a->host.target_debug);
+    json_object_object_add(o, "target_debug",
+                           target_debug < 0 ? NULL : json_object_new_boolean(target_debug));
     /* A copy, not a reference: json-c counts references without atomics and caches a string
      * in each object it prints, and this state is printed and dropped after the unlock while a
      * job thread may replace and drop last_result. A shared reference lost a decrement now and

@@ -48,7 +48,10 @@ static struct registry_action actions[] = {
              "warn when one holds the network loop longer than 100 ms",
      .toggle = &(const struct registry_switch){.id = "debug",
                                                .title = "Debug mode",
-                                               .state = "value_json.debug"},
+                                               /* The target's loops once switched. */
+                                               .state = "(value_json.target_debug if "
+                                                        "value_json.target_debug is not none "
+                                                        "else value_json.debug)"},
      .needs_target = true,
      /* Waiting up to python_timeout for the target's safe point: not on the network thread. */
      .long_running = true,

@@ -54,7 +54,8 @@ struct run_host {
     struct config *config;
     struct store *store; /* NULL in `run` mode, or when it cannot be opened */
     struct run_output out;
-    atomic_bool debug; /* set_asyncio_debug */
+    atomic_bool debug;       /* set_asyncio_debug on the agent itself */
+    atomic_int target_debug; /* what it last set a target's loops to: 1, 0, -1 never */
     int64_t started_mono_us;
     /* Whether name is an action of the table (runs checks its filter with it). */
     bool (*known_action)(const char *name);

@@ -5,8 +5,9 @@
  * "target"). On any other target, with none configured (self), and where the target cannot run
  * the script (a warning says why), the agent's own debug mode instead, asyncio's loop debug for
  * the agent: while on, the MQTT session times every dispatch and warns of one that holds the
- * network loop too long (mqtt.c). The two are separate switches; P/N/state's debug is the
- * agent's. */
+ * network loop too long (mqtt.c). The two are separate modes: P/N/state's debug is the
+ * agent's, its target_debug what the action last set the target's loops to, and the Home
+ * Assistant switch shows the target's once it has one. */
 #include "actions.h"
 #include "event_loop.h"
 #include "run.h"
@@ -27,6 +28,7 @@ static void report(struct run *run, struct json_object *a, bool on)
     if (unchanged)
         run_warn(run, "%zu of the target's %zu event loops kept their debug mode", unchanged, n);
     json_object_object_add(run->summary, "switched", json_object_new_string("target"));
+    atomic_store(&run->host->target_debug, on && unchanged < n);
     json_object_object_add(run->summary, "debug", states);
 }
 

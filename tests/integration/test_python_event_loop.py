@@ -139,7 +139,13 @@ def test_set_asyncio_debug_on_then_off(workdir, loop):
         assert logs == ["Setting asyncio debug to False"]
         assert result["summary"]["debug"] == [False]
         assert loop.view()["debug"] is False
-        # The agent's own switch was not touched.
+        # The state says what the target's loops were set to (Home Assistant's switch shows
+        # that); the agent's own mode was not touched.
+        on = s.client.wait_for(lambda m: m.topic.endswith("/state") and
+                               json.loads(m.payload)["target_debug"] is True)
+        s.client.wait_for(lambda m: m.topic.endswith("/state") and
+                          s.client.seen.index(m) > s.client.seen.index(on) and
+                          json.loads(m.payload)["target_debug"] is False)
         states = [json.loads(m.payload) for m in s.client.seen if m.topic.endswith("/state")]
         assert states and not any(st["debug"] for st in states)
     assert not loop.leftovers()
