@@ -59,7 +59,8 @@ static struct registry_action actions[] = {
     {.name = "start",
      .help = "{\"seconds\": 60, \"frequency\": 199, \"mode\": \"cpu\"}: CPU\n"
              "profile of the target (mode wall: wall-clock time, waiting\n"
-             "included); writes profile.T.cprof (pstats), callgrind.out.T\n"
+             "included; off: only the time blocked, by where); writes profile.T.cprof (pstats), "
+             "callgrind.out.T\n"
              "and flamegraph.T.svg in output_dir, progress on P/N/progress",
      .button = "CPU profile",
      .settings =

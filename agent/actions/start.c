@@ -85,7 +85,10 @@ static void add_summary(struct run *run, const struct cpuprof_result *res)
     json_object_object_add(s, "seconds", run_json_decimal(res->elapsed, 3));
     json_object_object_add(s, "frequency", json_object_new_int((int)res->stats.frequency));
     json_object_object_add(s, "method", json_object_new_string(res->stats.method));
-    json_object_object_add(s, "mode", json_object_new_string(res->wall ? "wall" : "cpu"));
+    json_object_object_add(s, "mode",
+                           json_object_new_string(res->off_only ? "off"
+                                                  : res->wall   ? "wall"
+                                                                : "cpu"));
     if (res->wall) {
         static const char *const names[CPUPROF_NSTATES] = {
             [CPUPROF_RUNNING] = "running", [CPUPROF_SYSCALL] = "syscall", [CPUPROF_GIL] = "gil"};
@@ -153,8 +156,10 @@ int action_start(struct run *run)
     o.seconds = json_object_get_double(v);
     json_object_object_get_ex(run->params, "frequency", &v);
     o.frequency = (unsigned)json_object_get_int(v);
-    o.wall = json_object_object_get_ex(run->params, "mode", &v) &&
-             strcmp(json_object_get_string(v), "wall") == 0;
+    const char *mode =
+        json_object_object_get_ex(run->params, "mode", &v) ? json_object_get_string(v) : "cpu";
+    o.off_only = strcmp(mode, "off") == 0;
+    o.wall = o.off_only || strcmp(mode, "wall") == 0;
     r = unwinders_get(&run->target, UNWINDERS_PROFILE, &u);
     if (r < 0)
         return run_engine_fail(run, "CPU profile", r);

@@ -49,6 +49,7 @@ struct run {
     /* Wall-clock profiles: the stretches off the CPU, and samples per state. */
     struct offcpu *off;
     bool off_failed; /* out of memory in a callback that cannot say so */
+    bool off_only;   /* cpuprof_options.off_only */
     uint64_t states[CPUPROF_NSTATES];
     unsigned freq;
     struct stacks_frame frames[STACKS_MAX_FRAMES];
@@ -297,8 +298,9 @@ static int on_sample(const struct sampler_sample *smp, void *userdata)
     } else if (e == 0) {
         if (r->off)
             e = offcpu_back(r->off, smp->tid, smp->time_ns);
-        r->states[CPUPROF_RUNNING]++;
-        if (e == 0)
+        if (!r->off_only)
+            r->states[CPUPROF_RUNNING]++;
+        if (e == 0 && !r->off_only)
             e = profile_add(r->prof, name_of(r, smp->tid), st.frames, st.n, st.truncated,
                             smp->period_ns);
     }
@@ -453,6 +455,7 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
         if (e < 0)
             goto out;
         cb = &wall;
+        r->off_only = o->off_only;
     }
     e = sampler_open(pid, o->frequency,
                      (o->force_ptrace ? SAMPLER_FORCE_PTRACE : 0) | (o->wall ? SAMPLER_WALL : 0),
@@ -538,6 +541,7 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
 
     memset(ret, 0, sizeof(*ret));
     ret->wall = r->off != NULL;
+    ret->off_only = r->off_only;
     memcpy(ret->states, r->states, sizeof(ret->states));
     snprintf(ret->python, sizeof(ret->python), "%s", r->py ? pyversion : "");
     if (pyerr_keep) {

@@ -35,6 +35,9 @@ struct cpuprof_options {
      * (perf_event only: the stacks threads leave the CPU with come from context switch
      * samples). */
     bool wall;
+    /* With wall: only the time off the CPU (mode "off"), each stretch weighed by how long it
+     * lasted, under the stack the thread left the CPU with; on-CPU samples only close them. */
+    bool off_only;
     bool force_ptrace;  /* tests: use the fallback sampler */
     atomic_int *cancel; /* set: stop early, keep what was sampled */
     void (*progress)(const struct cpuprof_progress *p, void *userdata); /* ~1/s, may be NULL */
@@ -61,7 +64,7 @@ struct cpuprof_result {
     /* Why Python frames are not copied in the kernel at each sample (so ptrace snapshots were
      * used), code 0 when they were or the target is not CPython. */
     struct error python_fallback;
-    bool wall;
+    bool wall, off_only;
     /* Wall-clock profiles: samples per state, off-CPU stretches counted as the samples the rate
      * would have taken in them. */
     uint64_t states[CPUPROF_NSTATES];

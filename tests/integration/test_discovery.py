@@ -189,7 +189,7 @@ def test_config_follows_home_assistants_rules(ha):
     assert {(c["min"], c["max"]) for c in numbers.values()} >= {(1, 3600), (1, 4999),
                                                                  (0, 1073741824)}
     mode, = by_platform["select"].values()
-    assert mode["options"] == ["cpu", "wall"]
+    assert mode["options"] == ["cpu", "wall", "off"]
     text, = by_platform["text"].values()
     assert text["max"] <= 255 and re.match(text["pattern"], "pipe")
     assert not re.match(text["pattern"], "bogus")

@@ -209,3 +209,26 @@ def test_wall_mode_is_refused_without_perf_event(workdir, split):
         result["error"], result
     p, result = run_start(workdir, {"seconds": 1, "mode": "both"}, f"pid:{split.pid}")
     assert result["status"] == "error" and "mode" in result["error"], result
+
+
+def test_off_mode_weighs_where_threads_block(workdir):
+    # sleep_split: one thread asleep 30 ms in sleep_long, then 10 ms in sleep_short, over and
+    # over: off-CPU time 75% / 25%, whatever the sampling rate.
+    with running_workload("sleep_split") as sleeper:
+        p, result = run_start(workdir, {"seconds": 3, "frequency": 49, "mode": "off"},
+                              f"pid:{sleeper.pid}")
+    assert p.returncode == 0 and result["status"] == "ok", result
+    s = result["summary"]
+    assert s["mode"] == "off" and s["method"] == "perf_event", s
+    assert s["states"]["syscall"] > 0 and s["states"]["gil"] == 0, s["states"]
+    script = r"""
+import json, pstats, sys
+st = pstats.Stats(sys.argv[1])
+tot = sum(v[2] for v in st.stats.values())
+print(json.dumps({k[2]: v[3] / tot for k, v in st.stats.items()}))
+"""
+    p = subprocess.run(["/usr/bin/python3", "-c", script, result["files"][0]],
+                       capture_output=True, text=True)
+    cum = json.loads(p.stdout)
+    assert abs(cum.get("sleep_long", 0) - 0.75) <= 0.03, cum
+    assert abs(cum.get("sleep_short", 0) - 0.25) <= 0.03, cum
