@@ -763,32 +763,19 @@ static int read_task(struct reader *c, struct pytasks_task *t)
 
 /* ---- the interface ---- */
 
-int pytasks_read(struct pyframes *p, pid_t pid, struct pytasks_task **ret, size_t *ret_n,
+int pytasks_walk(struct pywalk *w, uint64_t debug_addr, struct pytasks_task **ret, size_t *ret_n,
                  struct error *err)
 {
     struct reader *c = calloc(1, sizeof(*c));
-    uint64_t at = 0;
     int r;
 
     error_clear(err);
     if (!c)
         return error_set(err, -ENOMEM, NULL);
-    c->w = pyframes_walker(p);
-    c->l = pywalk_layout(c->w);
-    if (c->l->minor < 14) {
-        r = error_set(err, -EOPNOTSUPP,
-                      "asyncio tasks of Python %s cannot be read from outside: before 3.14, "
-                      "_asyncio publishes no offsets of its Task objects, and keeps its tasks "
-                      "in weak sets only code inside the process can walk",
-                      pyframes_version(p));
-        goto out;
-    }
-    r = find_asyncio_debug(pid, &at);
-    if (r == -ENOENT)
-        r = error_set(err, r, "the target has not imported asyncio (no %s section is mapped)",
-                      SECTION);
-    if (r == 0)
-        r = read_offsets(c, at, err);
+    c->w = w;
+    c->l = pywalk_layout(w);
+    r = c->l->minor < 14 ? error_set(err, -EOPNOTSUPP, "no asyncio offsets before Python 3.14")
+                         : read_offsets(c, debug_addr, err);
     if (r == 0)
         r = pywalk_each_thread(c->w, on_thread, c);
     /* Tasks of threads that have exited move to their interpreter's list. */
@@ -811,11 +798,32 @@ int pytasks_read(struct pyframes *p, pid_t pid, struct pytasks_task **ret, size_
         c->tasks = NULL;
         c->n = 0;
     }
-out:
     pytasks_free(c->tasks, c->n);
     free(c->ids);
     free(c);
     return r < 0 ? error_fill(err, r) : 0;
+}
+
+int pytasks_read(struct pyframes *p, pid_t pid, struct pytasks_task **ret, size_t *ret_n,
+                 struct error *err)
+{
+    uint64_t at = 0;
+    int r;
+
+    error_clear(err);
+    if (pywalk_layout(pyframes_walker(p))->minor < 14)
+        return error_set(err, -EOPNOTSUPP,
+                         "asyncio tasks of Python %s cannot be read from outside: before 3.14, "
+                         "_asyncio publishes no offsets of its Task objects, and keeps its tasks "
+                         "in weak sets only code inside the process can walk",
+                         pyframes_version(p));
+    r = find_asyncio_debug(pid, &at);
+    if (r == -ENOENT)
+        return error_set(err, r, "the target has not imported asyncio (no %s section is mapped)",
+                         SECTION);
+    if (r < 0)
+        return error_set(err, r, NULL);
+    return pytasks_walk(pyframes_walker(p), at, ret, ret_n, err);
 }
 
 void pytasks_free(struct pytasks_task *tasks, size_t n)

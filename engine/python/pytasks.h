@@ -15,6 +15,7 @@
 #include <sys/types.h>
 #include "os/error.h"
 #include "python/pyframes.h"
+#include "python/pywalk.h"
 
 #define PYTASKS_MAX_TASKS 10000  /* tasks read per call */
 #define PYTASKS_MAX_DEPTH 64     /* coroutines followed down one task's await chain */
@@ -31,7 +32,8 @@ struct pytasks_task {
     bool running; /* the task its thread is running now */
     char name[PYTASKS_NAME_MAX];
     enum pytasks_state state;
-    char *repr; /* "<Task pending name='...' coro=<...> wait_for=<...>>", cut to fit */
+    char *repr; /* "<Task pending name='...' coro=<...> wait_for=<...>>", cut to fit; NULL
+                   when the task object itself could not be read (truncated is set) */
     /* The coroutine chain the task runs, innermost first (asyncio ps's coroutine stack). */
     size_t nstack;
     struct pyframes_frame *stack;
@@ -46,6 +48,10 @@ struct pytasks_task {
  * the checks; -ENOENT when the target has not loaded _asyncio; -ESRCH when it is gone; -ENOMEM.
  * A target that changes during the pass gives fewer tasks or tasks marked truncated. */
 int pytasks_read(struct pyframes *p, pid_t pid, struct pytasks_task **ret, size_t *ret_n,
+                 struct error *err);
+/* The same from a walker over any memory (pywalk.h's reader: tests and the fuzzer feed it an
+ * image), with _AsyncioDebug's address given: a 3.14 or later layout, or -EOPNOTSUPP. */
+int pytasks_walk(struct pywalk *w, uint64_t debug_addr, struct pytasks_task **ret, size_t *ret_n,
                  struct error *err);
 void pytasks_free(struct pytasks_task *tasks, size_t n);
 
