@@ -179,6 +179,7 @@ bench: all
 	$(PYTHON) bench/frames.py
 	$(PYTHON) bench/roundtrip.py
 	$(PYTHON) bench/cpu_profile.py
+	$(PYTHON) bench/stripped.py
 	$(PYTHON) bench/memory.py
 	$(PYTHON) bench/object_sources.py
 	$(PYTHON) bench/fleet.py

@@ -143,9 +143,10 @@ static struct symfile *get_file(struct modules *m, struct module *old, size_t no
     char mf[96];
     snprintf(mf, sizeof(mf), "/proc/%d/map_files/%llx-%llx", (int)m->pid,
              (unsigned long long)p->start, (unsigned long long)p->end);
-    if (symfile_open("", mf, 0, 0, &f) == 0)
-        return f;
-    return NULL;
+    if (symfile_open("", mf, 0, 0, &f) < 0)
+        return NULL;
+    symfile_set_module_name(f, p->path);
+    return f;
 }
 
 static int cmp_mod(const void *a, const void *b)

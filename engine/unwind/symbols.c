@@ -1,9 +1,12 @@
 /* ELF files for unwinding and symbolization (see symbols.h). The file is mapped privately and
  * read through libelf; symbol names and DWARF strings point into that mapping or into libdw's
- * data, so they live exactly as long as the struct symfile. Symbols and DWARF are loaded on first
- * use: most mapped files only ever serve unwind tables. */
+ * data, and names made for functions without a symbol are kept in a table of the file, so all
+ * live exactly as long as the struct symfile. Symbols and DWARF are loaded on first use: most
+ * mapped files only ever serve unwind tables. Function boundaries of stripped code come from the
+ * .eh_frame FDEs (a small reader of their first fields, not a CFI interpreter: libunwind is). */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +23,10 @@
 #define MAX_LOADS 64
 #define BUILD_ID_MAX 64
 #define PAGE_MASK_4K 0xfffull
+#define LABEL_MAX 128    /* module name kept for made names; longer ones are cut */
+#define FDE_HEAD_MAX 64  /* bytes of an FDE read: length, CIE pointer, pc_begin, pc_range */
+#define CIE_HEAD_MAX 256 /* bytes of a CIE read: up to its augmentation data */
+#define AUG_MAX 8        /* augmentation string characters understood ("zPLRSB" and the like) */
 
 struct load {
     uint64_t vaddr, offset, filesz, memsz;
@@ -55,6 +62,12 @@ struct symfile {
 
     int dwarf_tried;
     Dwarf *dw;
+
+    char label[LABEL_MAX]; /* the module's name in made names: "liblzma.so.5" */
+    int eh_state;          /* 0 not looked up, 1 found, <0 none */
+    uint64_t eh_hdr, eh_table, eh_count;
+    struct sym *made; /* open-addressed by addr, name NULL when free; names malloc'd */
+    size_t made_cap, nmade, made_bytes;
 };
 
 CACHESTAT_DEFINE(symbols_stat, "symbols", 0)
@@ -115,6 +128,27 @@ static void read_build_id(Elf *elf, unsigned char *out, size_t *out_len)
             }
         }
     }
+}
+
+/* The basename of path, less the " (deleted)" that maps adds to a replaced file's name. */
+static void set_label(struct symfile *f, const char *path)
+{
+    static const char deleted[] = " (deleted)";
+    const size_t dl = sizeof(deleted) - 1;
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    size_t n = strlen(base);
+    if (n >= dl && strcmp(base + n - dl, deleted) == 0)
+        n -= dl;
+    if (n >= sizeof(f->label))
+        n = sizeof(f->label) - 1;
+    memcpy(f->label, base, n);
+    f->label[n] = '\0';
+}
+
+void symfile_set_module_name(struct symfile *f, const char *module_path)
+{
+    set_label(f, module_path);
 }
 
 static int symfile_init(struct symfile *f)
@@ -200,6 +234,7 @@ int symfile_open(const char *root, const char *path, dev_t dev, ino_t ino, struc
         r = -ENOMEM;
         goto out;
     }
+    set_label(f, path);
     r = symfile_init(f);
     if (r < 0)
         goto out;
@@ -221,6 +256,7 @@ int symfile_from_image(unsigned char *image, size_t len, struct symfile **ret)
     }
     f->image = image;
     f->len = len;
+    set_label(f, "[vdso]");
     int r = symfile_init(f);
     if (r < 0) {
         symfile_free(f);
@@ -251,6 +287,9 @@ void symfile_free(struct symfile *f)
     else
         free(f->image);
     free(f->syms);
+    for (size_t i = 0; i < f->made_cap; i++)
+        free((char *)f->made[i].name);
+    free(f->made);
     free(f->root);
     free(f->path);
     free(f);
@@ -342,6 +381,28 @@ static int try_debug_file(struct symfile *f, const char *root, const char *candi
     return 0;
 }
 
+/* The debuginfod client's downloads (elfutils' debuginfod-client.c lays them out so), where the
+ * agent's own environment has them: $DEBUGINFOD_CACHE_PATH, then $XDG_CACHE_HOME's or ~/.cache's
+ * debuginfod_client, each BUILDID/debuginfo. Our caches only: the target's root has no say. */
+static int try_debuginfod(struct symfile *f, const char *hex)
+{
+    static const char *const fmts[3] = {"%s/%s/debuginfo", "%s/debuginfod_client/%s/debuginfo",
+                                        "%s/.cache/debuginfod_client/%s/debuginfo"};
+    const char *dirs[3] = {getenv("DEBUGINFOD_CACHE_PATH"), getenv("XDG_CACHE_HOME"), NULL};
+    char cand[PATH_MAX];
+
+    if (!dirs[1] || !*dirs[1])
+        dirs[2] = getenv("HOME");
+    for (int i = 0; i < 3; i++) {
+        if (!dirs[i] || !*dirs[i] ||
+            (size_t)snprintf(cand, sizeof(cand), fmts[i], dirs[i], hex) >= sizeof(cand))
+            continue;
+        if (try_debug_file(f, "", cand) == 0)
+            return 0;
+    }
+    return -ENOENT;
+}
+
 static void find_debug_file(struct symfile *f)
 {
     char cand[PATH_MAX];
@@ -357,6 +418,8 @@ static void find_debug_file(struct symfile *f)
         for (int i = 0; i < 2; i++)
             if (try_debug_file(f, roots[i], cand) == 0)
                 return;
+        if (try_debuginfod(f, hex) == 0)
+            return;
     }
     size_t shstrndx;
     if (elf_getshdrstrndx(f->elf, &shstrndx) != 0)
@@ -463,7 +526,263 @@ static void load_symbols(struct symfile *f)
         qsort(f->syms, f->nsyms, sizeof(*f->syms), cmp_sym);
 }
 
-static struct sym *find_sym(struct symfile *f, uint64_t vaddr)
+/* A reader over bytes of the file at a virtual address: every read checks it stays inside. */
+struct cursor {
+    const unsigned char *p, *end;
+    uint64_t vaddr; /* of p, for pc-relative pointers */
+};
+
+static int cur_bytes(struct cursor *c, void *out, size_t n)
+{
+    if ((size_t)(c->end - c->p) < n)
+        return -1;
+    memcpy(out, c->p, n);
+    c->p += n;
+    c->vaddr += n;
+    return 0;
+}
+
+/* Reads a ULEB128; an SLEB128 is skipped the same way. */
+static int cur_uleb(struct cursor *c, uint64_t *ret)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; c->p < c->end; shift += 7) {
+        unsigned char b = *c->p++;
+        c->vaddr++;
+        if (shift < 64)
+            v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *ret = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* A DW_EH_PE_* encoded pointer; pc-relative ones resolved when apply is set. The encodings
+ * linkers and compilers write for FDE addresses on x86-64 (pcrel or absolute, fixed size);
+ * textrel, datarel, funcrel, aligned, indirect and sleb128 are refused. */
+static int cur_pointer(struct cursor *c, unsigned char enc, int apply, uint64_t *ret)
+{
+    uint64_t at = c->vaddr, v = 0;
+    unsigned char b[8];
+    size_t size;
+
+    switch (enc & 0x0f) {
+    case 0x01: /* uleb128 */
+        if (cur_uleb(c, &v) < 0)
+            return -1;
+        size = 0;
+        break;
+    case 0x00: /* absptr */
+    case 0x04: /* udata8 */
+    case 0x0c: /* sdata8 */
+        size = 8;
+        break;
+    case 0x02: /* udata2 */
+    case 0x0a: /* sdata2 */
+        size = 2;
+        break;
+    case 0x03: /* udata4 */
+    case 0x0b: /* sdata4 */
+        size = 4;
+        break;
+    default:
+        return -1;
+    }
+    if (size) {
+        if (cur_bytes(c, b, size) < 0)
+            return -1;
+        for (size_t i = size; i-- > 0;)
+            v = v << 8 | b[i];
+        if ((enc & 0x08) && size < 8 && (v >> (8 * size - 1)) & 1)
+            v |= ~0ull << (8 * size); /* sign-extended */
+    }
+    if (apply) {
+        if (enc & 0x80)
+            return -1;
+        if ((enc & 0x70) == 0x10)
+            v += at;
+        else if (enc & 0x70)
+            return -1;
+    }
+    *ret = v;
+    return 0;
+}
+
+/* A cursor on the .eh_frame record (CIE or FDE) at vaddr, past its length, over at most max of
+ * its bytes. 64-bit records and the terminator are refused: no x86-64 toolchain writes the
+ * former into .eh_frame. */
+static int cur_record(const struct symfile *f, uint64_t vaddr, size_t max, struct cursor *c)
+{
+    const unsigned char *p = symfile_data(f, vaddr, 4);
+    uint32_t len;
+
+    if (!p)
+        return -1;
+    memcpy(&len, p, 4);
+    if (len == 0 || len == 0xffffffff)
+        return -1;
+    size_t n = len < max ? len : max;
+    if (!(p = symfile_data(f, vaddr + 4, n)))
+        return -1;
+    *c = (struct cursor){p, p + n, vaddr + 4};
+    return 0;
+}
+
+/* The FDE pointer encoding of the CIE at vaddr (its 'R' augmentation; absolute without one). */
+static int cie_fde_encoding(const struct symfile *f, uint64_t vaddr, unsigned char *ret)
+{
+    struct cursor c;
+    uint32_t id;
+    unsigned char version, b;
+    char aug[AUG_MAX + 1];
+    size_t n = 0;
+    uint64_t skip;
+
+    if (cur_record(f, vaddr, CIE_HEAD_MAX, &c) < 0 || cur_bytes(&c, &id, 4) < 0 || id != 0 ||
+        cur_bytes(&c, &version, 1) < 0 || (version != 1 && version != 3))
+        return -1;
+    do {
+        if (n > AUG_MAX || cur_bytes(&c, &aug[n], 1) < 0)
+            return -1;
+    } while (aug[n++]);
+    /* code alignment, data alignment, return address register */
+    if (cur_uleb(&c, &skip) < 0 || cur_uleb(&c, &skip) < 0 ||
+        (version == 1 ? cur_bytes(&c, &b, 1) : cur_uleb(&c, &skip)) < 0)
+        return -1;
+    *ret = 0;
+    if (aug[0] != 'z')
+        return aug[0] ? -1 : 0; /* "eh" and other forms older than 'z' */
+    if (cur_uleb(&c, &skip) < 0)
+        return -1;
+    for (size_t i = 1; aug[i]; i++) {
+        switch (aug[i]) {
+        case 'R':
+            return cur_bytes(&c, ret, 1);
+        case 'L':
+            if (cur_bytes(&c, &b, 1) < 0)
+                return -1;
+            break;
+        case 'P':
+            if (cur_bytes(&c, &b, 1) < 0 || cur_pointer(&c, b, 0, &skip) < 0)
+                return -1;
+            break;
+        case 'S':
+        case 'B':
+            break;
+        default:
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The .eh_frame_hdr entry with the greatest start at or below vaddr: that start and the address
+ * of its FDE. -1 when there is no table or vaddr is below its first entry. */
+static int eh_entry(struct symfile *f, uint64_t vaddr, uint64_t *ret_start, uint64_t *ret_fde)
+{
+    uint64_t lo = 0, hi;
+    int found = -1;
+
+    if (f->eh_state == 0)
+        f->eh_state = symfile_eh_table(f, &f->eh_hdr, &f->eh_table, &f->eh_count) == 0 ? 1 : -1;
+    if (f->eh_state < 0)
+        return -1;
+    hi = f->eh_count;
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        const unsigned char *e = symfile_data(f, f->eh_table + 8 * mid, 8);
+        int32_t rel[2];
+        if (!e)
+            return -1;
+        memcpy(rel, e, 8);
+        uint64_t start = f->eh_hdr + (uint64_t)(int64_t)rel[0];
+        if (start > vaddr) {
+            hi = mid;
+            continue;
+        }
+        *ret_start = start;
+        *ret_fde = f->eh_hdr + (uint64_t)(int64_t)rel[1];
+        found = 0;
+        lo = mid + 1;
+    }
+    return found;
+}
+
+/* Whether the FDE at fde, which the table says starts at start, covers vaddr: its pc_begin must
+ * be that start and vaddr below pc_begin + pc_range. */
+static int fde_covers(const struct symfile *f, uint64_t start, uint64_t fde, uint64_t vaddr)
+{
+    struct cursor c;
+    uint32_t cie;
+    unsigned char enc;
+    uint64_t begin, range;
+
+    if (cur_record(f, fde, FDE_HEAD_MAX, &c) < 0)
+        return 0;
+    uint64_t at = c.vaddr;
+    if (cur_bytes(&c, &cie, 4) < 0 || cie == 0 || cie_fde_encoding(f, at - cie, &enc) < 0 ||
+        cur_pointer(&c, enc, 1, &begin) < 0 || cur_pointer(&c, enc & 0x0f, 0, &range) < 0)
+        return 0;
+    return begin == start && vaddr - begin < range;
+}
+
+static uint64_t hash_addr(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    return x ^ (x >> 33);
+}
+
+/* The entry for the function without a symbol that starts at addr, made on first use and named
+ * as perf and objdump name an offset in a module: "liblzma.so.5+0x1c2a0". NULL once the file's
+ * made names would hold more than SYMBOLS_MADE_MAX bytes, or out of memory. */
+static struct sym *made_get(struct symfile *f, uint64_t addr)
+{
+    size_t i, mask = f->made_cap - 1;
+    char *name;
+
+    if (f->made_cap)
+        for (i = hash_addr(addr) & mask; f->made[i].name; i = (i + 1) & mask)
+            if (f->made[i].addr == addr)
+                return &f->made[i];
+    size_t cap =
+        2 * (f->nmade + 1) > f->made_cap ? (f->made_cap ? 2 * f->made_cap : 64) : f->made_cap;
+    int len = asprintf(&name, "%s+0x%" PRIx64, f->label, addr);
+    if (len < 0)
+        return NULL;
+    if (cap * sizeof(struct sym) + f->made_bytes + (size_t)len + 1 > SYMBOLS_MADE_MAX)
+        goto fail;
+    if (cap != f->made_cap) {
+        struct sym *t = calloc(cap, sizeof(*t));
+        if (!t)
+            goto fail;
+        for (size_t k = 0; k < f->made_cap; k++) {
+            if (!f->made[k].name)
+                continue;
+            for (i = hash_addr(f->made[k].addr) & (cap - 1); t[i].name; i = (i + 1) & (cap - 1))
+                ;
+            t[i] = f->made[k];
+        }
+        free(f->made);
+        f->made = t;
+        f->made_cap = cap;
+        mask = cap - 1;
+    }
+    for (i = hash_addr(addr) & mask; f->made[i].name; i = (i + 1) & mask)
+        ;
+    f->made[i] = (struct sym){addr, 0, name, 0};
+    f->nmade++;
+    f->made_bytes += (size_t)len + 1;
+    return &f->made[i];
+fail:
+    free(name);
+    return NULL;
+}
+
+/* How many symbols start at or below vaddr: the index of the first one above it. */
+static size_t syms_upto(const struct symfile *f, uint64_t vaddr)
 {
     size_t lo = 0, hi = f->nsyms;
     while (lo < hi) {
@@ -473,8 +792,28 @@ static struct sym *find_sym(struct symfile *f, uint64_t vaddr)
         else
             hi = mid;
     }
-    if (lo == 0)
-        return NULL;
+    return lo;
+}
+
+/* The first unsized symbol at addr, NULL if none. */
+static struct sym *unsized_at(struct symfile *f, uint64_t addr)
+{
+    for (size_t i = addr ? syms_upto(f, addr - 1) : 0; i < f->nsyms && f->syms[i].addr == addr; i++)
+        if (f->syms[i].size == 0)
+            return &f->syms[i];
+    return NULL;
+}
+
+/* What names the function holding vaddr, best first: a symbol whose size covers it; else the
+ * .eh_frame FDE that covers it (one function, whatever symbols sit inside), named by an unsized
+ * symbol at its start or else by a made name; else the nearest unsized symbol below (hand-written
+ * assembly without .size), unless a function known from the FDE table starts between them: the
+ * symbol's code has ended there. NULL when nothing does. */
+static struct sym *resolve(struct symfile *f, uint64_t vaddr)
+{
+    size_t lo = syms_upto(f, vaddr);
+    uint64_t start = 0, fde = 0;
+
     /* The nearest symbols below may be unsized or end before vaddr while an enclosing one (a
      * function with a local alias inside) still holds it: look back a little. */
     for (size_t i = lo, k = 0; i > 0 && k < 8; i--, k++) {
@@ -482,8 +821,15 @@ static struct sym *find_sym(struct symfile *f, uint64_t vaddr)
         if (s->size && vaddr - s->addr < s->size)
             return s;
     }
-    struct sym *s = &f->syms[lo - 1];
-    return s->size == 0 ? s : NULL;
+    int in_table = eh_entry(f, vaddr, &start, &fde) == 0;
+    if (in_table && fde_covers(f, start, fde, vaddr)) {
+        struct sym *s = unsized_at(f, start);
+        return s ? s : made_get(f, start);
+    }
+    struct sym *s = lo ? &f->syms[lo - 1] : NULL;
+    if (s && s->size == 0 && !(in_table && start > s->addr))
+        return s;
+    return NULL;
 }
 
 const char *symfile_func(struct symfile *f, uint64_t vaddr)
@@ -494,7 +840,7 @@ const char *symfile_func(struct symfile *f, uint64_t vaddr)
         cachestat_miss(&symbols_stat);
         load_symbols(f);
     }
-    struct sym *s = find_sym(f, vaddr);
+    struct sym *s = resolve(f, vaddr);
     return s ? s->name : NULL;
 }
 
@@ -558,7 +904,7 @@ int symfile_func_line(struct symfile *f, uint64_t vaddr)
 {
     if (!f->syms_loaded)
         load_symbols(f);
-    struct sym *s = find_sym(f, vaddr);
+    struct sym *s = resolve(f, vaddr);
     if (s && s->func_line)
         return s->func_line > 0 ? s->func_line : 0;
     int line = dwarf_func_line(f, vaddr);

@@ -154,6 +154,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK((r_file == 0) == (r_img == 0), "symfile_open %d, symfile_from_image %d", r_file,
               r_img);
     if (img) {
+        symfile_set_module_name(img, path); /* names made for unnamed code agree with file's */
         n = pick_addrs(img, data, size, addrs);
         query(img, addrs, n, image, size, names_image);
         if (file) {
