@@ -1,5 +1,6 @@
 /* Unwinder state lent to jobs (see unwinders.h). A fixed table: small, and lookups are rare
- * (once per job), so a linear scan under one mutex is the simple right choice. */
+ * (once per job), so a linear scan under one mutex is the simple right choice. An entry's use
+ * is the one it was last lent for. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -23,9 +24,9 @@ static pthread_cond_t returned = PTHREAD_COND_INITIALIZER;
 static uint64_t use_clock;
 CACHESTAT_DEFINE(unwinder_stats, "unwinders", UNWINDERS_MAX)
 
-static bool matches(const struct unwinder *u, const struct target *t, enum unwinders_use use)
+static bool same_target(const struct unwinder *u, const struct target *t)
 {
-    return u->stacks && u->pid == t->pid && u->starttime == t->starttime && u->use == use;
+    return u->stacks && u->pid == t->pid && u->starttime == t->starttime;
 }
 
 int unwinders_get(const struct target *t, enum unwinders_use use, struct unwinder **ret)
@@ -36,17 +37,23 @@ int unwinders_get(const struct target *t, enum unwinders_use use, struct unwinde
 
     pthread_mutex_lock(&lock);
     for (;;) {
+        bool busy = false;
+
         u = victim = NULL;
         for (int i = 0; i < UNWINDERS_MAX; i++) {
             struct unwinder *c = &table[i];
 
-            if (matches(c, t, use))
+            if (same_target(c, t) && !c->lent && (!u || c->use == use))
                 u = c;
+            else if (same_target(c, t) && c->lent && c->use == use)
+                busy = true;
             else if (!c->lent && (!victim || (victim->stacks &&
                                               (!c->stacks || c->last_used < victim->last_used))))
                 victim = c;
         }
-        if (!u || !u->lent)
+        /* The warm state of the same use is worth the wait; another use's running job (a
+         * minute-long profile) is not: that one gets an entry of its own. */
+        if (u || !busy)
             break;
         pthread_cond_wait(&returned, &lock);
     }
@@ -64,9 +71,9 @@ int unwinders_get(const struct target *t, enum unwinders_use use, struct unwinde
             goto out;
         victim->pid = t->pid;
         victim->starttime = t->starttime;
-        victim->use = use;
         u = victim;
     }
+    u->use = use;
     u->lent = true;
     u->last_used = ++use_clock;
     for (int i = 0; i < UNWINDERS_MAX; i++)

@@ -17,6 +17,7 @@ time limit and says so, and imports nothing but what the standard library has lo
 
 HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement, not built in
 NAME_MAX = 512  # characters kept of a kind's name
+CHUNK = 65536  # referents of one object looked at between two looks at the clock
 # Read through type's own descriptors: a metaclass's property of the same name is target code.
 TYPE_ATTRS = ("__module__", "__qualname__", "__mro__", "__dict__", "__flags__", "__dictoffset__")
 
@@ -100,8 +101,11 @@ class Census:
             return self.sys.getsizeof(o, 0)
         return sizer(o) + (self.gc_header if self.gc.is_tracked(o) else 0)
 
+    def over(self):
+        return self.time.perf_counter() - self.started > self.limits["budget_s"]
+
     def late(self):
-        if self.time.perf_counter() - self.started > self.limits["budget_s"]:
+        if self.over():
             self.stopped = "stopped after %d objects (the time limit, %.1f s)" % (
                 self.counted, self.limits["budget_s"])
             return True
@@ -112,20 +116,23 @@ class Census:
         objects, each once (a tracked one is counted in its own turn), and notes each owner's
         __dict__ among its referents: the only dict among them for a class, a module and an
         instance whose class has no __slots__ holding other dicts. Dicts are counted at the end,
-        when every owner has been met."""
+        when every owner has been met. The time limit is looked at every 4096 objects counted,
+        inside one object's referents too (one list can hold millions)."""
         gc, seen, rows, types = self.gc, self.seen, self.rows, self.types
         is_tracked, get_referents, getsizeof = gc.is_tracked, gc.get_referents, self.sys.getsizeof
         owned, dicts = self.owned, []
         # By id: hashing a type runs its metaclass's __hash__, the target's code.
         leaves = {id(t) for t in (str, int, float, bytes, bool, complex, type(None))}
         limit = self.limits["max_objects"]
-        for n, o in enumerate(objects):
-            if n % 4096 == 0 and self.late():
+        for o in objects:
+            if self.stopped:
                 break
             if id(o) in mine:
                 continue
             pending = [o]
             while pending:
+                if self.counted % 4096 == 0 and self.late():
+                    break
                 r = pending.pop()
                 t = type(r)
                 # str, int, float, bytes... refer to nothing: no call to ask.
@@ -153,16 +160,25 @@ class Census:
                                 owned.setdefault(id(d), owner)
                                 break
                 self.counted += 1
-                for d in referents:
-                    if not is_tracked(d):
-                        i = id(d)
-                        if i not in seen:
-                            seen.add(i)
-                            pending.append(d)
+                # What it reaches, a slice at a time: one list may refer to millions.
+                parts = (referents,) if len(referents) <= CHUNK else \
+                    [referents[at:at + CHUNK] for at in range(0, len(referents), CHUNK)]
+                for k, part in enumerate(parts):
+                    if k and self.late():
+                        break
+                    for d in part:
+                        if not is_tracked(d):
+                            i = id(d)
+                            if i not in seen:
+                                seen.add(i)
+                                pending.append(d)
             if self.counted >= limit:
                 self.stopped = "stopped after %d objects (the object limit)" % self.counted
+        for n, (key, size) in enumerate(dicts):
+            if n % 4096 == 0 and self.over():
+                self.stopped = self.stopped or "stopped after %d objects (the time limit, %.1f s)" % (
+                    self.counted, self.limits["budget_s"])
                 break
-        for key, size in dicts:
             kind = owned.get(key, "dict (no owner)")
             row = rows.get(kind)
             if row is None:

@@ -100,7 +100,7 @@ static void add_summary(struct run *run, struct memprof *m, const struct memprof
                         uint64_t sample_bytes)
 {
     struct json_object *s = run->summary, *top = json_object_new_array();
-    const struct memprof_site *sites;
+    struct hpy_row *rows = NULL;
     size_t n = 0;
 
     json_object_object_add(s, "method", json_object_new_string(st->method));
@@ -115,20 +115,18 @@ static void add_summary(struct run *run, struct memprof *m, const struct memprof
     json_object_object_add(s, "peak_seconds", run_json_decimal((double)st->peak_ms / 1000.0, 3));
     json_object_object_add(s, "lost", json_object_new_int64((int64_t)st->lost));
     json_object_object_add(s, "sites", json_object_new_int64((int64_t)st->sites));
-    if (memprof_sites(m, &sites, &n) < 0)
+    /* The hpy file's rows: the summary never groups sites otherwise than the file. */
+    if (memprof_rows(m, &rows, &n, NULL) < 0)
         n = 0;
     for (size_t i = 0; i < n && i < TOP_SITES; i++) {
         struct json_object *o = json_object_new_object();
-        char *kind = hpy_kind(sites[i].frames, sites[i].nframes);
 
-        json_object_object_add(o, "site", kind ? json_object_new_string(kind) : NULL);
-        free(kind);
-        json_object_object_add(o, "live_bytes",
-                               json_object_new_int64((int64_t)sites[i].live_bytes));
-        json_object_object_add(o, "live_blocks",
-                               json_object_new_int64((int64_t)sites[i].live_blocks));
+        json_object_object_add(o, "site", json_object_new_string(rows[i].kind));
+        json_object_object_add(o, "live_bytes", json_object_new_int64((int64_t)rows[i].size));
+        json_object_object_add(o, "live_blocks", json_object_new_int64((int64_t)rows[i].count));
         json_object_array_add(top, o);
     }
+    hpy_rows_free(rows, n);
     json_object_object_add(s, "top", top);
 }
 

@@ -1,9 +1,11 @@
 /* The profile's call tree as one self-contained interactive flame graph SVG: "all" at the bottom,
- * a root per thread name above it, callers below callees, widths proportional to samples.
+ * a root per thread name above it, callers below callees, widths proportional to samples. A
+ * frame's label is its function; hovering it tells the function's module and file:line too.
  * Zoom, search and hover details are a small script embedded in the file; nothing is fetched.
  * Frames narrower than a tenth of a pixel are left out (and so are absent when zoomed in). */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "formats/profile_priv.h"
@@ -16,13 +18,16 @@
 #define CHAR_W 7 /* of the 12px monospace font, for fitting names in frames */
 #define MIN_FRAME_W 0.1
 #define THREAD_PREFIX "thread "
+#define LABEL_CAP (PROFILE_MAX_NAME + sizeof(THREAD_PREFIX) + 2)
 
-/* The script works from each frame's title ("NAME (N samples, P%)") and its rect. */
+/* The script works from each frame's label (data-name), its title ("LABEL in MODULE at FILE:LINE
+ * (N samples, P%)", what a search looks through) and its rect. */
 static const char script[] =
     "\"use strict\";\n"
     "var details, matched, unzoombtn, frames, fullw;\n"
     "function rect(g) { return g.getElementsByTagName(\"rect\")[0]; }\n"
-    "function fname(g) {\n"
+    "function fname(g) { return g.getAttribute(\"data-name\"); }\n"
+    "function about(g) {\n"
     "  var t = g.getElementsByTagName(\"title\")[0].textContent;\n"
     "  return t.replace(/ \\(\\d+ samples, [0-9.]+%\\)$/, \"\");\n"
     "}\n"
@@ -93,7 +98,7 @@ static const char script[] =
     "    return;\n"
     "  try { re = new RegExp(term); } catch (e) { alert(\"Bad expression: \" + e); return; }\n"
     "  for (var i = 0; i < frames.length; i++) {\n"
-    "    var g = frames[i], r = rect(g), hit = term !== \"\" && re.test(fname(g));\n"
+    "    var g = frames[i], r = rect(g), hit = term !== \"\" && re.test(about(g));\n"
     "    r.setAttribute(\"fill\", hit ? \"rgb(230,0,230)\" : r.getAttribute(\"data-fill\"));\n"
     "    if (hit)\n"
     "      spans.push([+g.getAttribute(\"data-x\"), +g.getAttribute(\"data-w\")]);\n"
@@ -225,35 +230,75 @@ static void node_color(const struct profile *p, uint32_t n, unsigned char rgb[3]
     }
 }
 
+/* A frame's label into buf (LABEL_CAP bytes): "all", "thread NAME", the function's name, or for
+ * a function without a symbol its module's base name in brackets, as perf's flame graphs name
+ * it ("[libx.so.1]"). */
+static void frame_label(const struct profile *p, uint32_t n, char *buf)
+{
+    const struct profile_func *fn = n && p->node[n].depth > 1 ? &p->func[p->node[n].id] : NULL;
+    const char *base;
+
+    if (n && !fn) {
+        snprintf(buf, LABEL_CAP, "%s%s", THREAD_PREFIX, node_name(p, n));
+    } else if (fn && fn->name == p->s_unknown && fn->module != p->s_unknown) {
+        base = strrchr(p->str[fn->module], '/');
+        snprintf(buf, LABEL_CAP, "[%s]", base && base[1] ? base + 1 : p->str[fn->module]);
+    } else {
+        snprintf(buf, LABEL_CAP, "%s", node_name(p, n));
+    }
+}
+
+/* What hovering a function's frame adds to its label: " in MODULE" (unless unknown, or the
+ * Python file that stands for it) and " at FILE:LINE" (its first line; FILE alone without). */
+static void put_whereabouts(struct fg *c, uint32_t n)
+{
+    const struct profile *p = c->p;
+    const struct profile_func *fn;
+
+    if (n == 0 || p->node[n].depth == 1)
+        return;
+    fn = &p->func[p->node[n].id];
+    if (fn->module != p->s_unknown && fn->module != fn->file) {
+        atomicfile_printf(c->f, " in ");
+        put_xml(c->f, p->str[fn->module], SIZE_MAX);
+    }
+    if (fn->file) {
+        atomicfile_printf(c->f, " at ");
+        put_xml(c->f, p->str[fn->file], SIZE_MAX);
+        if (fn->func_line > 0)
+            atomicfile_printf(c->f, ":%d", fn->func_line);
+    }
+}
+
 static void put_frame(struct fg *c, uint32_t n, double scale, unsigned height)
 {
     const struct profile *p = c->p;
     const struct profile_node *nd = &p->node[n];
-    const char *name = node_name(p, n);
     double x = PAD_X + (double)c->x[n] * scale, w = (double)nd->samples * scale;
     double y = height - BOTTOM_H - (double)(nd->depth + 1) * FRAME_H;
-    size_t fit = w > 6 ? (size_t)((w - 6) / CHAR_W) : 0, len = utf8_chars(name);
+    size_t fit = w > 6 ? (size_t)((w - 6) / CHAR_W) : 0, len;
     unsigned char rgb[3];
+    char label[LABEL_CAP];
 
+    frame_label(p, n, label);
+    len = utf8_chars(label);
     node_color(p, n, rgb);
-    atomicfile_printf(c->f, "<g class=\"f\"><title>%s", nd->depth == 1 ? THREAD_PREFIX : "");
-    put_xml(c->f, name, SIZE_MAX);
+    atomicfile_printf(c->f, "<g class=\"f\" data-name=\"");
+    put_xml(c->f, label, SIZE_MAX);
+    atomicfile_printf(c->f, "\"><title>");
+    put_xml(c->f, label, SIZE_MAX);
+    put_whereabouts(c, n);
     atomicfile_printf(c->f,
                       " (%" PRIu64 " samples, %.2f%%)</title>"
                       "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%d\" rx=\"2\" "
                       "fill=\"rgb(%u,%u,%u)\"/><text x=\"%.1f\" y=\"%.1f\">",
                       nd->samples, 100.0 * (double)nd->samples / (double)p->node[0].samples, x, y,
                       w, FRAME_H - 1, rgb[0], rgb[1], rgb[2], x + 3, y + 11.5);
-    if (nd->depth == 1)
-        len += strlen(THREAD_PREFIX);
     if (fit >= 3 && len <= fit) {
-        put_xml(c->f, nd->depth == 1 ? THREAD_PREFIX : "", SIZE_MAX);
-        put_xml(c->f, name, SIZE_MAX);
+        put_xml(c->f, label, SIZE_MAX);
     } else if (fit >= 3) {
         /* Shortened as the script does it on zoom. */
-        size_t keep = fit - 2, pre = nd->depth == 1 ? strlen(THREAD_PREFIX) : 0;
-        put_xml(c->f, nd->depth == 1 ? THREAD_PREFIX : "", keep);
-        put_xml(c->f, name, keep > pre ? keep - pre : 0);
+        put_xml(c->f, label, fit - 2);
         atomicfile_printf(c->f, "..");
     }
     atomicfile_printf(c->f, "</text></g>\n");

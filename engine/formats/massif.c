@@ -1,6 +1,7 @@
 /* Valgrind's Massif format from allocation sites and snapshots (see massif.h). The trie of all
- * sites' stacks is built once; each detailed snapshot sums its bytes up that trie and prints it
- * in pre-order. Names are cleaned by formats/heap.c. */
+ * sites' stacks is built once, with one more node under the root for the heap in use before the
+ * run; each detailed snapshot sums its bytes up that trie and prints it in pre-order. Names are
+ * cleaned by formats/heap.c. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -11,12 +12,17 @@
 
 #define ROOT_DETAILS "(heap allocation functions) malloc/new/new[], --alloc-fns, etc."
 #define NO_CALLER_DETAILS "0x0: ??? (no caller recorded)"
+#define BEFORE_DETAILS "0x0: ??? (" MASSIF_BEFORE_WHAT ")"
 #define NONE UINT32_MAX
+#define PATH_MAX_FRAMES (HEAP_ALLOC_PATH_MAX + MASSIF_DEPTH) /* a site's frames in the tree */
+
+enum { NODE_FRAME, NODE_NO_CALLER, NODE_BEFORE }; /* what a node other than the root is */
 
 struct mnode {
     uint32_t parent, first, next;     /* first child, next sibling */
     uint32_t end;                     /* the "no caller recorded" child, once made */
-    const struct stacks_frame *frame; /* NULL for the root and "no caller recorded" nodes */
+    const struct stacks_frame *frame; /* NODE_FRAME's, else NULL */
+    int kind;
 };
 
 struct tree {
@@ -25,6 +31,7 @@ struct tree {
     struct mnode *node;
     size_t nnodes;
     uint32_t *site_node; /* the node each site's bytes are counted in */
+    uint32_t before;     /* the node of the heap in use before the run */
     uint64_t *bytes;     /* per node, in the snapshot being written */
     uint32_t *scratch;   /* children being printed, one run per tree level */
     struct atomicfile *f;
@@ -52,9 +59,11 @@ static int cmp_frame(const struct stacks_frame *a, const struct stacks_frame *b)
     return cmp_str(a->module, b->module);
 }
 
+/* The allocator's own path does not count against MASSIF_DEPTH (see heap_alloc_path). */
 static size_t tree_depth(const struct heap_site *s)
 {
-    return s->nframes < MASSIF_DEPTH ? s->nframes : MASSIF_DEPTH;
+    size_t max = heap_alloc_path(s->frames, s->nframes) + MASSIF_DEPTH;
+    return s->nframes < max ? s->nframes : max;
 }
 
 /* Stacks in lexicographic order, innermost frame first, a prefix before what extends it. */
@@ -71,11 +80,12 @@ static int cmp_site_stack(const void *a, const void *b, void *ctx)
     return nx == ny ? 0 : nx < ny ? -1 : 1;
 }
 
-static uint32_t add_node(struct tree *t, uint32_t parent, const struct stacks_frame *frame)
+static uint32_t add_node(struct tree *t, uint32_t parent, const struct stacks_frame *frame,
+                         int kind)
 {
     uint32_t v = (uint32_t)t->nnodes++;
 
-    t->node[v] = (struct mnode){parent, NONE, t->node[parent].first, NONE, frame};
+    t->node[v] = (struct mnode){parent, NONE, t->node[parent].first, NONE, frame, kind};
     t->node[parent].first = v;
     return v;
 }
@@ -84,19 +94,21 @@ static uint32_t add_node(struct tree *t, uint32_t parent, const struct stacks_fr
  * shares the nodes of its common prefix with the one before it. */
 static int build_tree(struct tree *t)
 {
-    uint32_t *order = NULL, path[MASSIF_DEPTH];
+    uint32_t *order = NULL, path[PATH_MAX_FRAMES];
     size_t prev_n = 0, i, d, n, common;
     const struct heap_site *prev = NULL;
     int r = -ENOMEM;
 
-    /* The root, a node per frame, and a "no caller recorded" node per site at most. */
-    t->node = malloc((1 + t->nsites * (MASSIF_DEPTH + 1)) * sizeof(*t->node));
+    /* The root, the heap before the run, a node per frame, and a "no caller recorded" node per
+     * site at most. */
+    t->node = malloc((2 + t->nsites * (PATH_MAX_FRAMES + 1)) * sizeof(*t->node));
     t->site_node = malloc((t->nsites ? t->nsites : 1) * sizeof(*t->site_node));
     order = malloc((t->nsites ? t->nsites : 1) * sizeof(*order));
     if (!t->node || !t->site_node || !order)
         goto out;
-    t->node[0] = (struct mnode){NONE, NONE, NONE, NONE, NULL};
+    t->node[0] = (struct mnode){NONE, NONE, NONE, NONE, NULL, NODE_FRAME};
     t->nnodes = 1;
+    t->before = add_node(t, 0, NULL, NODE_BEFORE);
     for (i = 0; i < t->nsites; i++)
         order[i] = (uint32_t)i;
     qsort_r(order, t->nsites, sizeof(*order), cmp_site_stack, (void *)t->sites);
@@ -108,7 +120,7 @@ static int build_tree(struct tree *t)
             if (cmp_frame(&s->frames[common], &prev->frames[common]))
                 break;
         for (d = common; d < n; d++)
-            path[d] = add_node(t, d ? path[d - 1] : 0, &s->frames[d]);
+            path[d] = add_node(t, d ? path[d - 1] : 0, &s->frames[d], NODE_FRAME);
         t->site_node[order[i]] = n ? path[n - 1] : 0;
         prev = s;
         prev_n = n;
@@ -121,7 +133,7 @@ static int build_tree(struct tree *t)
         if (v && t->node[v].first == NONE)
             continue;
         if (t->node[v].end == NONE)
-            t->node[v].end = add_node(t, v, NULL);
+            t->node[v].end = add_node(t, v, NULL, NODE_NO_CALLER);
         t->site_node[i] = t->node[v].end;
     }
     t->bytes = malloc(t->nnodes * sizeof(*t->bytes));
@@ -143,10 +155,11 @@ static void put_details(struct tree *t, uint32_t v)
         return;
     }
     if (!fr) {
-        atomicfile_printf(t->f, "%s\n", NO_CALLER_DETAILS);
+        atomicfile_printf(t->f, "%s\n",
+                          t->node[v].kind == NODE_BEFORE ? BEFORE_DETAILS : NO_CALLER_DETAILS);
         return;
     }
-    atomicfile_printf(t->f, "0x%" PRIX64 ": ", fr->ip);
+    atomicfile_printf(t->f, "0x%" PRIX64 ": ", heap_call_site(fr->ip));
     len = 0;
     heap_put_clean(buf, &len, fr->func && *fr->func ? fr->func : "???", true);
     atomicfile_write(t->f, buf, len);
@@ -173,7 +186,7 @@ static int cmp_child(const void *a, const void *b, void *ctx)
     if (t->bytes[x] != t->bytes[y])
         return t->bytes[x] > t->bytes[y] ? -1 : 1;
     if (!fx || !fy)
-        return fx ? -1 : fy ? 1 : 0;
+        return fx ? -1 : fy ? 1 : t->node[x].kind - t->node[y].kind;
     return cmp_frame(fx, fy);
 }
 
@@ -213,6 +226,8 @@ static void put_tree(struct tree *t, const struct heap_snapshot *s)
     uint32_t v;
 
     memset(t->bytes, 0, t->nnodes * sizeof(*t->bytes));
+    t->bytes[t->before] = s->before_bytes;
+    t->bytes[0] = s->before_bytes;
     for (i = 0; i < t->nsites; i++) {
         if (!s->site_bytes[i])
             continue;
@@ -254,9 +269,11 @@ static int check_snapshots(const struct heap_snapshot *snaps, size_t nsnaps, siz
         if (i && snaps[i].time < snaps[i - 1].time)
             return -EINVAL;
         peaks += snaps[i].tree == HEAP_TREE_PEAK;
+        if (snaps[i].before_bytes > snaps[i].heap_bytes)
+            return -EINVAL;
         if (snaps[i].tree == HEAP_TREE_EMPTY)
             continue;
-        for (j = 0, sum = 0; j < nsites; j++)
+        for (j = 0, sum = snaps[i].before_bytes; j < nsites; j++)
             if (__builtin_add_overflow(sum, snaps[i].site_bytes[j], &sum))
                 return error_set(err, -EOVERFLOW,
                                  "the live bytes of heap snapshot %zu add up to more than 2^64", i);
@@ -269,7 +286,7 @@ static int check_snapshots(const struct heap_snapshot *snaps, size_t nsnaps, siz
 int massif_write(const char *path, const char *cmd, const struct heap_site *sites, size_t nsites,
                  const struct heap_snapshot *snaps, size_t nsnaps, struct error *err)
 {
-    static const struct heap_snapshot none = {0, 0, 0, HEAP_TREE_EMPTY, NULL};
+    static const struct heap_snapshot none = {.tree = HEAP_TREE_EMPTY};
     struct tree t = {.sites = sites, .nsites = nsites};
     char buf[HEAP_TEXT_CAP];
     size_t len = 0, i;

@@ -81,6 +81,7 @@ struct memprof {
     size_t site_index_cap;
     uint64_t live_bytes, live_extra;
     double live_blocks;
+    uint64_t start_heap; /* the [heap] Rss when the run started: in every massif snapshot */
     uint64_t *peak_site_bytes;
     size_t peak_nsites;
     uint64_t peak_extra;
@@ -579,10 +580,20 @@ static bool is_hooks(const char *path)
     return strstr(path, HOOK_NAME_TAG) != NULL;
 }
 
+static bool is_musl(const char *path)
+{
+    const char *base = strrchr(path, '/');
+    /* Alpine maps /lib/ld-musl-ARCH.so.1 (libc.musl-ARCH.so.1 links to it), Debian's musl-gcc
+     * programs /usr/lib/ARCH-linux-musl/libc.so: the dynamic loader is the C library. */
+    return base && (!strncmp(base + 1, "ld-musl-", 8) || !strncmp(base + 1, "libc.musl-", 10) ||
+                    !strcmp(base + 1, "libc.so"));
+}
+
 static bool is_libc(const char *path)
 {
     const char *base = strrchr(path, '/');
-    return base && (!strncmp(base + 1, "libc.so", 7) || !strncmp(base + 1, "libc-2.", 7));
+    return base &&
+           (!strncmp(base + 1, "libc.so", 7) || !strncmp(base + 1, "libc-2.", 7) || is_musl(path));
 }
 
 /* The path of pid's first mapping that match accepts as maps shows it to us (not necessarily
@@ -609,13 +620,11 @@ static int mapped_path(pid_t pid, bool (*match)(const char *path), char *buf, si
     return r;
 }
 
-/* dlopen and dlsym in the target: public in glibc 2.34 and later, private names before. */
-static int loader_symbols(pid_t pid, uint64_t *dlopen_fn, uint64_t *dlsym_fn, uint64_t *dlerr)
+/* dlopen and dlsym in the target's C library (libc, path as maps shows it): public in glibc 2.34
+ * and later, private names before; musl's have always been public. */
+static int loader_symbols(pid_t pid, const char *libc, uint64_t *dlopen_fn, uint64_t *dlsym_fn,
+                          uint64_t *dlerr)
 {
-    char libc[PATH_MAX];
-    int r = mapped_path(pid, is_libc, libc, sizeof(libc));
-    if (r < 0)
-        return r;
     if (inject_symbol(pid, libc, "dlopen", dlopen_fn) < 0 &&
         inject_symbol(pid, libc, "__libc_dlopen_mode", dlopen_fn) < 0)
         return -ENOENT;
@@ -624,6 +633,27 @@ static int loader_symbols(pid_t pid, uint64_t *dlopen_fn, uint64_t *dlsym_fn, ui
         return -ENOENT;
     if (inject_symbol(pid, libc, "dlerror", dlerr) < 0)
         *dlerr = 0;
+    return 0;
+}
+
+/* The hook library built for the target's C library into buf: the glibc build the agent was
+ * given, or the musl build beside it. -ENOENT, with why in err, when that is not installed. */
+static int hook_library(const struct memprof *m, bool musl, char *buf, size_t len,
+                        struct error *err)
+{
+    const char *path = m->opt.hook_path, *slash = strrchr(path, '/');
+    if (!musl) {
+        snprintf(buf, len, "%s", path);
+        return 0;
+    }
+    int dir = slash ? (int)(slash - path + 1) : 0;
+    if ((size_t)snprintf(buf, len, "%.*s%s", dir, path, MEMPROF_HOOK_LIB_MUSL) >= len)
+        return error_set(err, -ENAMETOOLONG, "the hook library's path is too long");
+    if (access(buf, R_OK) < 0)
+        return error_set(err, -ENOENT,
+                         "the target links musl, and the musl build of the hook library (%s) "
+                         "is not installed",
+                         buf);
     return 0;
 }
 
@@ -644,6 +674,7 @@ static int hooks_install(struct memprof *m, struct error *err)
 {
     char ring_t[PATH_MAX], ring_a[PATH_MAX], lib_t[PATH_MAX], lib_a[PATH_MAX] = "";
     char lib_seen[PATH_MAX]; /* an earlier run's library, as maps shows it to us */
+    char libc[PATH_MAX], hooks[PATH_MAX];
     uint64_t dlopen_fn, dlsym_fn, dlerror_fn, handle = 0, start_fn = 0, rc = 0;
     struct inject *in = NULL;
     bool same_ns = targetfile_same_ns(m->pid);
@@ -651,21 +682,27 @@ static int hooks_install(struct memprof *m, struct error *err)
     int r;
 
     error_clear(err);
-    r = loader_symbols(m->pid, &dlopen_fn, &dlsym_fn, &dlerror_fn);
+    r = mapped_path(m->pid, is_libc, libc, sizeof(libc));
+    if (r == 0)
+        r = loader_symbols(m->pid, libc, &dlopen_fn, &dlsym_fn, &dlerror_fn);
     if (r < 0)
         return error_set(err, r, "the target has no C library with dlopen (a static binary?)");
     if (!loaded) {
         static const char *const dirs[] = {"/tmp", "/dev/shm", "/var/tmp", NULL};
         char name[96];
-        if (same_ns && m->opt.hook_path[0] == '/') {
-            snprintf(lib_t, sizeof(lib_t), "%s", m->opt.hook_path);
+
+        r = hook_library(m, is_musl(libc), hooks, sizeof(hooks), err);
+        if (r < 0)
+            return r;
+        if (same_ns && hooks[0] == '/') {
+            snprintf(lib_t, sizeof(lib_t), "%s", hooks);
         } else {
             snprintf(name, sizeof(name), HOOK_NAME_TAG ".%d.so", (int)getpid());
             r = targetfile_place(m->pid, same_ns, dirs, name, lib_t, sizeof(lib_t), lib_a,
                                  sizeof(lib_a));
             if (r == 0) {
                 unlink(lib_a);
-                r = copy_file(m->opt.hook_path, lib_a, m->pid);
+                r = copy_file(hooks, lib_a, m->pid);
             }
             if (r < 0) {
                 lib_a[0] = '\0';
@@ -837,7 +874,11 @@ int memprof_open(pid_t pid, struct stacks *stacks, const struct memprof_options 
         m->stats.method = "uprobes";
     }
     m->start_ns = mono_ns();
-    take_snapshot(m, 0, false);
+    /* The hooks see only what is allocated from now on: massif states the heap already in use
+     * as one node (no [heap], or smaps unreadable: none). */
+    if (procfs_read_heap_rss(PROCFS_ROOT, pid, &m->start_heap) < 0)
+        m->start_heap = 0;
+    take_snapshot(m, 0, true);
     m->next_snap_ms = m->snap_every_ms;
     *ret = m;
     return 0;
@@ -1006,6 +1047,16 @@ static struct heap_site *file_sites(struct memprof *m)
     return fs;
 }
 
+int memprof_rows(struct memprof *m, struct hpy_row **ret, size_t *ret_n, struct error *err)
+{
+    struct heap_site *fs = file_sites(m);
+    if (!fs)
+        return error_set(err, -ENOMEM, NULL);
+    int r = hpy_rows_new(fs, m->nsites, ret, ret_n, err);
+    free(fs);
+    return r;
+}
+
 int memprof_write_hpy(struct memprof *m, const char *path, double timemade, struct error *err)
 {
     struct heap_site *fs = file_sites(m);
@@ -1045,7 +1096,8 @@ int memprof_write_massif(struct memprof *m, const char *path, const char *cmd, s
                 goto out;
             owned[nowned++] = w;
             hs[k++] = (struct heap_snapshot){.time = m->stats.peak_ms,
-                                             .heap_bytes = m->stats.peak_bytes,
+                                             .heap_bytes = m->stats.peak_bytes + m->start_heap,
+                                             .before_bytes = m->start_heap,
                                              .heap_extra_bytes = m->peak_extra,
                                              .tree = HEAP_TREE_PEAK,
                                              .site_bytes = w};
@@ -1054,8 +1106,11 @@ int memprof_write_massif(struct memprof *m, const char *path, const char *cmd, s
         if (i == m->nsnaps)
             break;
         const struct snap *s = &m->snaps[i];
-        hs[k] = (struct heap_snapshot){
-            .time = s->ms, .heap_bytes = s->bytes, .heap_extra_bytes = s->extra, .tree = s->tree};
+        hs[k] = (struct heap_snapshot){.time = s->ms,
+                                       .heap_bytes = s->bytes + m->start_heap,
+                                       .heap_extra_bytes = s->extra,
+                                       .tree = s->tree,
+                                       .before_bytes = m->start_heap};
         if (s->tree != HEAP_TREE_EMPTY) {
             uint64_t *w = widen(s->site_bytes, s->nsites, m->nsites);
             if (!w)

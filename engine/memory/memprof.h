@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "formats/hpy.h"
 #include "os/error.h"
 #include "unwind/stacks.h"
 
@@ -23,12 +24,14 @@
 #define MEMPROF_RING_EVENTS (1u << 18)
 #define MEMPROF_RING_STACKS 2048
 #define MEMPROF_HOOK_LIB "libprofiler-agent-memhook.so"
+/* The musl build, beside it, for targets linked with musl. */
+#define MEMPROF_HOOK_LIB_MUSL "libprofiler-agent-memhook-musl.so"
 #define MEMPROF_SILENT_MS 1000 /* a run this long with no allocation is worth a warning */
 
 struct memprof_options {
     uint64_t sample_bytes; /* 0: every allocation */
     double seconds;        /* planned length, to space the snapshots */
-    const char *hook_path; /* the hook library on the agent's side */
+    const char *hook_path; /* the hook library on the agent's side (its glibc build) */
     bool force_uprobes;    /* skip injection (tests, and users who ask) */
 };
 
@@ -78,6 +81,9 @@ int memprof_finish(struct memprof *m, struct error *err);
 void memprof_get_stats(const struct memprof *m, struct memprof_stats *ret);
 /* Sites with live bytes at the end, largest first; valid until memprof_free. */
 int memprof_sites(struct memprof *m, const struct memprof_site **ret, size_t *ret_n);
+/* The rows heap_profile.T.hpy lists (hpy_rows_new's, largest first): what a summary names as
+ * the top sites, grouped as the file groups them. Free with hpy_rows_free. */
+int memprof_rows(struct memprof *m, struct hpy_row **ret, size_t *ret_n, struct error *err);
 /* heap_profile.T.hpy and massif.out.T (cmd: the target's command line, for massif's header),
  * with formats/hpy.h's and formats/massif.h's errors, in err too (may be NULL). */
 int memprof_write_hpy(struct memprof *m, const char *path, double timemade, struct error *err);

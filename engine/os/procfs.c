@@ -420,68 +420,122 @@ static int parse_map_line(const char *line, struct procfs_map *m)
     return m->path ? 0 : -ENOMEM;
 }
 
-int procfs_read_maps(const char *root, pid_t pid, struct procfs_map **ret, size_t *ret_n)
+/* Calls fn(line, arg) on each line of ROOT/PID/FILE, newline stripped, until fn returns other
+ * than 0: a negative errno ends the read with it, 1 ends it with 0. */
+static int each_line(const char *root, pid_t pid, const char *file,
+                     int (*fn)(char *line, void *arg), void *arg)
 {
-    char path[PATH_MAX];
-    char *line = NULL;
-    struct procfs_map *maps = NULL;
-    size_t n = 0, cap = 0;
-    FILE *f = NULL;
+    char path[PATH_MAX], *line;
+    FILE *f;
     int r;
 
-    r = fmt_path(path, sizeof(path), root, pid, 0, "maps");
+    r = fmt_path(path, sizeof(path), root, pid, 0, file);
     if (r < 0)
         return r;
     f = fopen(path, "re");
     if (!f)
         return gone_or(root, pid, 0, -errno);
     line = malloc(MAPS_LINE_MAX);
-    if (!line) {
-        r = -ENOMEM;
-        goto out;
-    }
-    while (fgets(line, MAPS_LINE_MAX, f)) {
+    r = line ? 0 : -ENOMEM;
+    while (r == 0 && fgets(line, MAPS_LINE_MAX, f)) {
         size_t len = strlen(line);
         if (len == 0 || line[len - 1] != '\n') {
             /* Too long, a NUL inside, or cut short: not what the kernel writes. */
             r = -EBADMSG;
-            goto out;
+            break;
         }
         line[len - 1] = '\0';
-        if (n == PROCFS_MAPS_MAX) {
-            r = -E2BIG;
-            goto out;
-        }
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 64;
-            struct procfs_map *t;
-            if (ncap > PROCFS_MAPS_MAX)
-                ncap = PROCFS_MAPS_MAX;
-            t = reallocarray(maps, ncap, sizeof(*maps));
-            if (!t) {
-                r = -ENOMEM;
-                goto out;
-            }
-            maps = t;
-            cap = ncap;
-        }
-        r = parse_map_line(line, &maps[n]);
-        if (r < 0)
-            goto out;
-        n++;
+        r = fn(line, arg);
     }
-    if (ferror(f)) {
+    if (r == 0 && ferror(f))
         r = gone_or(root, pid, 0, errno ? -errno : -EIO);
-        goto out;
-    }
-    *ret = maps;
-    *ret_n = n;
-    maps = NULL;
-out:
-    procfs_maps_free(maps, n);
     free(line);
     fclose(f);
+    return r < 0 ? r : 0;
+}
+
+struct heap_rss {
+    bool in_heap; /* the lines of the [heap] entry */
+    uint64_t kb;
+};
+
+/* One line of smaps: each entry is its maps line, then "Field:   value [kB]" lines. */
+static int heap_rss_line(char *line, void *arg)
+{
+    struct heap_rss *h = arg;
+    size_t hex = strspn(line, "0123456789abcdef");
+    const char *p = line + 4;
+
+    if (hex && line[hex] == '-') {
+        struct procfs_map m;
+        int r = parse_map_line(line, &m);
+        if (r < 0)
+            return r;
+        h->in_heap = !strcmp(m.path, "[heap]");
+        free(m.path);
+        return 0;
+    }
+    if (!h->in_heap || strncmp(line, "Rss:", 4))
+        return 0;
+    while (*p == ' ')
+        p++;
+    if (procfs_parse_u64(&p, 10, 20, &h->kb) < 0 || strcmp(p, " kB") || h->kb > UINT64_MAX / 1024)
+        return -EBADMSG;
+    return 1;
+}
+
+int procfs_read_heap_rss(const char *root, pid_t pid, uint64_t *ret)
+{
+    struct heap_rss h = {false, 0};
+    int r = each_line(root, pid, "smaps", heap_rss_line, &h);
+
+    if (r == 0)
+        *ret = h.kb * 1024;
     return r;
+}
+
+struct maps_read {
+    struct procfs_map *maps;
+    size_t n, cap;
+};
+
+static int maps_line(char *line, void *arg)
+{
+    struct maps_read *m = arg;
+    int r;
+
+    if (m->n == PROCFS_MAPS_MAX)
+        return -E2BIG;
+    if (m->n == m->cap) {
+        size_t ncap = m->cap ? m->cap * 2 : 64;
+        struct procfs_map *t;
+        if (ncap > PROCFS_MAPS_MAX)
+            ncap = PROCFS_MAPS_MAX;
+        t = reallocarray(m->maps, ncap, sizeof(*m->maps));
+        if (!t)
+            return -ENOMEM;
+        m->maps = t;
+        m->cap = ncap;
+    }
+    r = parse_map_line(line, &m->maps[m->n]);
+    if (r < 0)
+        return r;
+    m->n++;
+    return 0;
+}
+
+int procfs_read_maps(const char *root, pid_t pid, struct procfs_map **ret, size_t *ret_n)
+{
+    struct maps_read m = {NULL, 0, 0};
+    int r = each_line(root, pid, "maps", maps_line, &m);
+
+    if (r < 0) {
+        procfs_maps_free(m.maps, m.n);
+        return r;
+    }
+    *ret = m.maps;
+    *ret_n = m.n;
+    return 0;
 }
 
 void procfs_maps_free(struct procfs_map *maps, size_t n)

@@ -51,6 +51,9 @@ int procfs_read_state(const char *root, pid_t pid, pid_t tid, char *ret);
 /* ROOT/PID/maps, in file order. Free with procfs_maps_free. */
 int procfs_read_maps(const char *root, pid_t pid, struct procfs_map **ret, size_t *ret_n);
 void procfs_maps_free(struct procfs_map *maps, size_t n);
+/* Bytes resident in the [heap] mapping (the brk heap: malloc's main arena), from the Rss line of
+ * its entry in ROOT/PID/smaps; 0 when there is no such mapping. */
+int procfs_read_heap_rss(const char *root, pid_t pid, uint64_t *ret);
 /* The target of ROOT/PID/exe, or of /proc/PID/fd/FD ("socket:[1234]", "pipe:[5]", paths). */
 int procfs_read_exe(const char *root, pid_t pid, char *buf, size_t len);
 int procfs_read_fd_link(const char *root, pid_t pid, int fd, char *buf, size_t len);

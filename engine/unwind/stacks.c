@@ -17,9 +17,7 @@
 #include "unwind/stacks.h"
 
 /* libunwind's x86-64 numbering, as snapshot.h and sampler.h keep registers. */
-#define REG_IP 16
-#define REG_SP 7
-_Static_assert(SNAPSHOT_NREGS == 17 && REG_IP < SNAPSHOT_NREGS, "register numbering");
+_Static_assert(SNAPSHOT_NREGS == 17, "stacks_unwind_regs takes 17 registers");
 #define REFRESH_MIN_NS (100 * 1000 * 1000ull)
 #define SYMCACHE_BITS 12 /* symbolized frames kept for samples, direct-mapped by ip */
 
@@ -155,6 +153,7 @@ static int build_thread(struct stacks *s, const struct snapshot_thread *st,
     for (size_t i = 0; i < n; i++) {
         symbolize(s, &uf[i], &t->frames[i]);
         t->frames[i].sp = uf[i].sp;
+        t->frames[i].scanned = uf[i].scanned;
     }
     *ret = t;
     return 0;
@@ -252,17 +251,6 @@ static int has_unknown(struct stacks *s, const struct unwind_frame *uf, size_t n
     return 0;
 }
 
-static void unwind_one(struct stacks *s, const struct snapshot_thread *t, struct unwind_frame *uf,
-                       size_t max, size_t *ret_n, int *ret_truncated)
-{
-    if (unwind_thread(s->uw, t, uf, max, ret_n, ret_truncated) == 0)
-        return;
-    /* Not even the first step: the sampled ip alone is still worth its sample. */
-    uf[0] = (struct unwind_frame){t->regs[REG_IP], 1, t->regs[REG_SP]};
-    *ret_n = 1;
-    *ret_truncated = 1;
-}
-
 static void symbolize_cached(struct stacks *s, const struct unwind_frame *uf,
                              struct stacks_frame *f)
 {
@@ -299,14 +287,16 @@ int stacks_unwind_regs(struct stacks *s, const uint64_t regs[17], uint64_t stack
      * taken with those mappings. */
     if (s->maps_stale)
         refresh(s);
-    unwind_one(s, &t, uf, max, &n, &truncated);
+    /* A sample that cannot be unwound at all still gives its ip as one frame. */
+    unwind_thread(s->uw, &t, uf, max, &n, &truncated);
     /* Code mapped since the last read (dlopen, a JIT) whose mmap event was missed or not yet
      * handled: look again, rate-limited, since addresses outside any file stay unknown. */
     if (has_unknown(s, uf, n) && now_ns() - s->refreshed_ns >= REFRESH_MIN_NS && refresh(s) > 0)
-        unwind_one(s, &t, uf, max, &n, &truncated);
+        unwind_thread(s->uw, &t, uf, max, &n, &truncated);
     for (size_t i = 0; i < n; i++) {
         symbolize_cached(s, &uf[i], &out[i]);
         out[i].sp = uf[i].sp;
+        out[i].scanned = uf[i].scanned;
     }
     *ret_n = n;
     *ret_truncated = truncated;
@@ -328,6 +318,8 @@ static void print_frame(FILE *f, const struct stacks_frame *fr)
         fprintf(f, " [%s+0x%llx]", fr->module, (unsigned long long)fr->offset);
     else
         fprintf(f, " [0x%llx]", (unsigned long long)fr->ip);
+    if (fr->scanned)
+        fprintf(f, " (scanned)");
 }
 
 int stacks_format_thread(const struct stacks_thread *t, char **ret)

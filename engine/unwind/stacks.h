@@ -1,10 +1,11 @@
 /* The snapshot unwinder: a consistent picture of every thread's native stack in a target.
  * Each dump seizes all threads (PTRACE_SEIZE + PTRACE_INTERRUPT), copies their registers
  * (PTRACE_GETREGSET) and live stacks (process_vm_readv), detaches at once, and then unwinds
- * offline with libunwind's remote API from the copy. One struct stacks per target keeps the
- * libunwind address space, module list, unwind tables and symbols across dumps; it is flushed
- * when the target's mappings change. Frames are symbolized from ELF .symtab/.dynsym and DWARF
- * lines (libdw), with separate debug files found by build-id. */
+ * offline from the copy (unwind.h). One struct stacks per target keeps the unwinder's state
+ * (CFI rows, libunwind's address space), module list, unwind tables and symbols across dumps,
+ * profiles and allocation samples; it is flushed when the target's mappings change. Frames
+ * are symbolized from ELF .symtab/.dynsym and DWARF lines (libdw), with separate debug files
+ * found by build-id. */
 #ifndef STACKS_H
 #define STACKS_H
 
@@ -33,6 +34,8 @@ struct stacks_frame {
     int func_line;      /* first line of the function (DWARF decl_line), 0 when unknown */
     bool python;        /* a Python-level frame (pyframes.h): file, line, func and
                            func_line only, no ip or module */
+    bool scanned;       /* found by scanning the stack below code without CFI (musl's libc):
+                           a return address that is likely this frame's, not certainly */
 };
 
 struct stacks_thread {
@@ -93,7 +96,8 @@ void stacks_maps_changed(struct stacks *s);
  * "Thread [NAME]: tid=TID" then frames outermost first. malloc'd. Lines are joined by '\n',
  * with no newline at the end. A frame is `  File "FILE", line N, in FUNC [MODULE+0xOFF]`
  * (FILE: DWARF source, else the module path; N: 0 when unknown; FUNC: `??` when no symbol;
- * OFF: ip minus load bias, an ELF virtual address as addr2line takes it); a frame outside any
+ * OFF: ip minus load bias, an ELF virtual address as addr2line takes it), followed by
+ * ` (scanned)` for a frame found by stack scanning; a frame outside any
  * file mapping ends in `[0xIP]` and names file "??"; a Python frame has no bracket at all, as in
  * Python's own tracebacks. A thread that could not be captured has
  * one line `  <unavailable: STRERROR>`; a truncated stack ends with the line

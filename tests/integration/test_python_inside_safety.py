@@ -109,11 +109,15 @@ def test_heap_beyond_the_bounds(workdir, version):
         assert t.ask("grow 8000000").startswith("grown ")
         with agent_session(workdir, "pybig", f"pid:{t.pid}", "python_timeout = 1\n") as s:
             for action, payload in (("lru_stats", {}), ("dump_log_objects", {"type": "dict"}),
-                                    ("memory", {"seconds": 1})):
+                                    # The census's bound: tracemalloc's start and stop
+                                    # would each wait for a safe point of their own, and a
+                                    # full collection of 8.5 million objects that the
+                                    # tracing's allocations set off can take longer than 1 s.
+                                    ("memory", {"seconds": 1, "tracemalloc": False})):
                 result, _ = s.command(action, payload, timeout=30)
                 assert result["status"] == "ok", result
                 assert any("stopped" in w and "time limit" in w
-                           for w in result.get("warnings", ())), (action, result)
+                           for w in result.get("warnings", ())), (action, result.get("warnings"))
                 held = result["summary"].get("python_heap", result["summary"])["held_ms"]
                 assert held < 1000, (action, result["summary"])
                 check_unharmed(t)

@@ -24,40 +24,38 @@
 #define HPY_PY "tests/integration/hpy.py"
 #define DEEP 40
 #define TINY 150
+/* A frame and a snapshot by the fields these tests set; the rest are 0. */
+#define FR(ip_, module_, offset_, func_, file_, line_, func_line_)                                 \
+    {                                                                                              \
+        .ip = (ip_), .module = (module_), .offset = (offset_), .func = (func_), .file = (file_),   \
+        .line = (line_), .func_line = (func_line_)                                                 \
+    }
+#define SNAP(time_, heap_, extra_, tree_, site_bytes_)                                             \
+    {                                                                                              \
+        .time = (time_), .heap_bytes = (heap_), .heap_extra_bytes = (extra_), .tree = (tree_),     \
+        .site_bytes = (site_bytes_)                                                                \
+    }
 
 static const char DEMO[] = "/usr/bin/demo";
-static const struct stacks_frame MAKE_BUF_12 = {0x401010,          0,  DEMO, 0x1010, "make_buf",
-                                                "/src/demo/buf.c", 12, 10,   false};
-static const struct stacks_frame MAKE_BUF_14 = {0x401020,          0,  DEMO, 0x1020, "make_buf",
-                                                "/src/demo/buf.c", 14, 10,   false};
-static const struct stacks_frame HANDLE = {
-    0x402000, 0, DEMO, 0x2000, "handle(struct request *)", "/src/demo/server.c", 40, 30, false};
-static const struct stacks_frame NEW = {0x7f0000403000,
-                                        0,
-                                        "/usr/lib/x86_64-linux-gnu/libstdc++.so.6",
-                                        0x9a000,
-                                        "operator new(unsigned long)",
-                                        NULL,
-                                        0,
-                                        0,
-                                        false};
-static const struct stacks_frame PUSH = {
-    0x404000,
-    0,
-    DEMO,
-    0x4000,
-    "std::vector<int, std::allocator<int> >::push_back(int const&)",
-    "/usr/include/c++/12/bits/stl_vector.h",
-    1287,
-    1280,
-    false};
-static const struct stacks_frame MAIN_A = {0x405000,           0,  DEMO, 0x5000, "main",
-                                           "/src/demo/main.c", 20, 5,    false};
-static const struct stacks_frame MAIN_B = {0x405010,           0,  DEMO, 0x5010, "main",
-                                           "/src/demo/main.c", 22, 5,    false};
-static const struct stacks_frame NOSYM = {
-    0x7f0000001a2b, 0, "/usr/lib/libfoo.so.1", 0x1a2b, NULL, NULL, 0, 0, false};
-static const struct stacks_frame NOTHING = {0xdead0000, 0, NULL, 0, NULL, NULL, 0, 0, false};
+static const struct stacks_frame MAKE_BUF_12 =
+    FR(0x401010, DEMO, 0x1010, "make_buf", "/src/demo/buf.c", 12, 10);
+static const struct stacks_frame MAKE_BUF_14 =
+    FR(0x401020, DEMO, 0x1020, "make_buf", "/src/demo/buf.c", 14, 10);
+static const struct stacks_frame HANDLE =
+    FR(0x402000, DEMO, 0x2000, "handle(struct request *)", "/src/demo/server.c", 40, 30);
+static const struct stacks_frame NEW =
+    FR(0x7f0000403000, "/usr/lib/x86_64-linux-gnu/libstdc++.so.6", 0x9a000,
+       "operator new(unsigned long)", NULL, 0, 0);
+static const struct stacks_frame PUSH =
+    FR(0x404000, DEMO, 0x4000, "std::vector<int, std::allocator<int> >::push_back(int const&)",
+       "/usr/include/c++/12/bits/stl_vector.h", 1287, 1280);
+static const struct stacks_frame MAIN_A =
+    FR(0x405000, DEMO, 0x5000, "main", "/src/demo/main.c", 20, 5);
+static const struct stacks_frame MAIN_B =
+    FR(0x405010, DEMO, 0x5010, "main", "/src/demo/main.c", 22, 5);
+static const struct stacks_frame NOSYM =
+    FR(0x7f0000001a2b, "/usr/lib/libfoo.so.1", 0x1a2b, NULL, NULL, 0, 0);
+static const struct stacks_frame NOTHING = FR(0xdead0000, NULL, 0, NULL, NULL, 0, 0);
 
 enum { S_BUF12, S_BUF14, S_NEW, S_NOSYM, S_DEEP, S_SHORT, S_NOFRAMES, S_ZERO, NSITES };
 
@@ -95,9 +93,8 @@ static int setup(void **state)
     fx->s7[0] = MAIN_B;
     for (i = 0; i < DEEP; i++) {
         snprintf(fx->deep_names[i], sizeof(fx->deep_names[i]), "level_%zu", i);
-        fx->deep[i] = (struct stacks_frame){
-            0x500000 + 16 * i, 0, DEMO, 0x100000 + 16 * i, fx->deep_names[i], "/src/demo/deep.c",
-            (int)i + 1,        1, false};
+        fx->deep[i] = (struct stacks_frame)FR(0x500000 + 16 * i, DEMO, 0x100000 + 16 * i,
+                                              fx->deep_names[i], "/src/demo/deep.c", (int)i + 1, 1);
     }
     fx->sites[S_BUF12] = (struct heap_site){fx->s0, 3, 4000, 4};
     fx->sites[S_BUF14] = (struct heap_site){fx->s1, 3, 2000, 2};
@@ -228,7 +225,8 @@ static void test_hpy_rows(void **state)
                                  "<- level_5 <- level_6 <- level_7 <- ...");
     snprintf(want, sizeof(want), "7 700 make_buf <- %s", HANDLE.func);
     assert_string_equal(rows[3], want);
-    assert_string_equal(rows[4], "1 500 libfoo.so.1+0x1a2b <- ??");
+    /* The call site, one byte before the return address. */
+    assert_string_equal(rows[4], "1 500 libfoo.so.1+0x1a2a <- ??");
     assert_string_equal(rows[5], "3 300 ??");
     free(text);
 }
@@ -250,8 +248,8 @@ static void test_hpy_huge_and_dirty(void **state)
 {
     struct fixture *fx = *state;
     char path[128], name[2000], *text, *rows[4];
-    struct stacks_frame fr[2] = {{0x1, 0, DEMO, 1, name, NULL, 0, 0, false},
-                                 {0x2, 0, DEMO, 2, "tmpl<#1> (x)\n\tnext", NULL, 0, 0, false}};
+    struct stacks_frame fr[2] = {FR(0x1, DEMO, 1, name, NULL, 0, 0),
+                                 FR(0x2, DEMO, 2, "tmpl<#1> (x)\n\tnext", NULL, 0, 0)};
     struct heap_site s[2] = {{fr, 2, UINT64_MAX - 10, UINT64_MAX - 1}, {&fr[1], 1, 10, 1}};
 
     memset(name, 'x', sizeof(name) - 1);
@@ -347,6 +345,154 @@ static void test_hpy_kinds(void **state)
     assert_int_equal(hpy_write_kinds(path, k, 1, "Kind", NAN, NULL), -EINVAL);
     assert_int_equal(hpy_write_kinds(path, k, HPY_MAX_KINDS + 1, "Kind", 0, &e), -E2BIG);
     assert_non_null(strstr(e.reason, "kinds"));
+}
+
+/* Allocation functions and their wrappers, told by name; other functions, whatever words their
+ * scopes or template arguments hold, are not. */
+static void test_alloc_path(void **state)
+{
+    static const char *const alloc[] = {
+        "malloc",
+        "calloc",
+        "__libc_realloc",
+        "xmalloc",
+        "g_malloc0",
+        "g_slice_alloc",
+        "sqlite3Malloc",
+        "sqlite3DbMallocRawNN",
+        "sqlite3DbStrNDup",
+        "PyMem_Malloc",
+        "pymalloc_alloc",
+        "PyType_GenericAlloc",
+        "__strdup",
+        "vasprintf",
+        "operator new(unsigned long)",
+        "operator new[](unsigned long, std::nothrow_t const&)",
+        "__gnu_cxx::new_allocator<int>::allocate(unsigned long, void const*)",
+        "std::_Vector_base<int, std::allocator<int> >::_M_allocate(unsigned long)"};
+    static const char *const other[] = {
+        "main",
+        "allocateBtreePage",
+        "object_dealloc",
+        "free",
+        "sqlite3VdbeMemGrow",
+        "std::vector<int, std::allocator<int> >::push_back(int const&)",
+        "operator<<(int)",
+        "libfoo.so.1+0x12zz",
+        "liballoc.so+0x10"};
+    const char *lib = "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0";
+    struct stacks_frame f[HEAP_ALLOC_PATH_MAX + 4] = {
+        FR(0x7f00000a7504, lib, 0xa7504, NULL, NULL, 0, 0),
+        FR(0x7f00000a7600, lib, 0xa7600, "sqlite3Malloc", NULL, 0, 0),
+        FR(0x7f00000a70f1, lib, 0xa70f1, "libsqlite3.so.0+0xa70e0", NULL, 0, 0),
+        FR(0x7f00000a8000, lib, 0xa8000, "sqlite3DbStrNDup", NULL, 0, 0),
+        FR(0x7f00000b0000, lib, 0xb0000, "sqlite3NameFromToken", NULL, 0, 0),
+        FR(0x7f00000b1000, lib, 0xb1000, "sqlite3DbMallocRaw", NULL, 0, 0)};
+    struct stacks_frame two[2] = {FR(0x1, DEMO, 1, NULL, NULL, 0, 0),
+                                  FR(0x2, "/usr/lib/liballoc.so", 2, NULL, NULL, 0, 0)};
+    size_t i;
+    (void)state;
+
+    for (i = 0; i < sizeof(alloc) / sizeof(alloc[0]); i++) {
+        two[0].func = alloc[i];
+        two[1].func = "caller";
+        if (heap_alloc_path(two, 2) != 1)
+            fail_msg("%s is not taken for an allocation function", alloc[i]);
+    }
+    for (i = 0; i < sizeof(other) / sizeof(other[0]); i++) {
+        two[0].func = other[i];
+        two[0].module = strstr(other[i], "liballoc") ? "/usr/lib/liballoc.so" : "/lib/libfoo.so.1";
+        two[1].func = "caller";
+        if (heap_alloc_path(two, 2) != 0)
+            fail_msg("%s is taken for an allocation function", other[i]);
+    }
+    /* Frames without a symbol count in the path only when an allocation function is above
+     * them; the first other function ends it, whatever comes after. */
+    assert_int_equal(heap_alloc_path(f, 6), 4);
+    assert_int_equal(heap_alloc_path(f, 1), 0);
+    assert_int_equal(heap_alloc_path(f, 3), 2);
+    assert_int_equal(heap_alloc_path(NULL, 0), 0);
+    for (i = 0; i < HEAP_ALLOC_PATH_MAX + 4; i++)
+        f[i] = (struct stacks_frame)FR(0x1000 + i, lib, i, "sqlite3Malloc", NULL, 0, 0);
+    assert_int_equal(heap_alloc_path(f, HEAP_ALLOC_PATH_MAX + 4), HEAP_ALLOC_PATH_MAX);
+}
+
+#define CALLERS 12
+
+/* Sites as sqlite3's allocate (its static allocator without a symbol, sqlite3Malloc, a
+ * stripped function, sqlite3DbStrNDup, then callers): the allocator's path does not use up a
+ * KIND's frames, and sites that read the same past HPY_KIND_FRAMES read on to the frame that
+ * tells them apart. The hpy rows are the ones hpy_rows_new gives (the summary's top). */
+static void test_hpy_labels(void **state)
+{
+    static const char *const callers[CALLERS] = {"sqlite3NameFromToken", "sqlite3SrcListAppend",
+                                                 "sqlite3Select",        "sqlite3BtreeInsert",
+                                                 "sqlite3VdbeExec",      "sqlite3_step",
+                                                 "sqlite3_exec",         "process_input",
+                                                 "do_meta_command",      "main_loop",
+                                                 "shell_main",           "main"};
+    struct fixture *fx = *state;
+    const char *lib = "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0";
+    struct stacks_frame a[4 + CALLERS], b[4 + CALLERS], c[4 + CALLERS], d[4 + 3];
+    struct heap_site sites[4] = {{a, 4 + CALLERS, 4000, 4},
+                                 {b, 4 + CALLERS, 3000, 3},
+                                 {c, 4 + CALLERS, 1000, 1},
+                                 {d, 4 + 3, 500, 5}};
+    struct hpy_row *rows;
+    char path[128], *text, *file_rows[8], want[1024], tail[512];
+    size_t n, i, len;
+
+    a[0] = (struct stacks_frame)FR(0x7f00000a7504, lib, 0xa7504, NULL, NULL, 0, 0);
+    a[1] = (struct stacks_frame)FR(0x7f00000a7600, lib, 0xa7600, "sqlite3Malloc", NULL, 0, 0);
+    a[2] = (struct stacks_frame)FR(0x7f00000a70f1, lib, 0xa70f1, "libsqlite3.so.0+0xa70e0", NULL, 0,
+                                   0);
+    a[3] = (struct stacks_frame)FR(0x7f00000a8000, lib, 0xa8000, "sqlite3DbStrNDup", NULL, 0, 0);
+    for (i = 0; i < CALLERS; i++)
+        a[4 + i] = (struct stacks_frame)FR(0x7f0000100000 + 0x1000 * i, lib, 0x100000 + 0x1000 * i,
+                                           callers[i], NULL, 0, 0);
+    memcpy(b, a, sizeof(a));
+    memcpy(c, a, sizeof(a));
+    memcpy(d, a, sizeof(d));
+    b[4 + 10].func = "other_shell_main"; /* b differs from a only at its 15th frame */
+    for (i = 0; i < 4 + CALLERS; i++)    /* c: the same functions, other call sites */
+        c[i].ip += 8, c[i].offset += 8;
+    c[0].offset = a[0].offset;
+
+    assert_int_equal(hpy_rows_new(sites, 4, &rows, &n, NULL), 0);
+    assert_int_equal(n, 3);
+    /* The path, then frames up to the first that differs: past HPY_KIND_FRAMES, as a and b
+     * read the same for 10 frames past the path. */
+    len = (size_t)snprintf(want, sizeof(want),
+                           "libsqlite3.so.0+0xa7503 <- sqlite3Malloc <- libsqlite3.so.0+0xa70e0 "
+                           "<- sqlite3DbStrNDup");
+    for (i = 0; i < 11; i++)
+        len += (size_t)snprintf(want + len, sizeof(want) - len, " <- %s", callers[i]);
+    snprintf(want + len, sizeof(want) - len, " <- ...");
+    assert_string_equal(rows[0].kind, want);
+    assert_int_equal(rows[0].size, 5000);
+    assert_int_equal(rows[0].count, 5);
+    assert_non_null(strstr(rows[0].kind, "sqlite3BtreeInsert <- sqlite3VdbeExec"));
+    snprintf(tail, sizeof(tail), "%s <- other_shell_main <- ...", callers[9]);
+    assert_non_null(strstr(rows[1].kind, tail));
+    assert_int_equal(rows[1].size, 3000);
+    /* d's stack is a part of a's: all of it, and no "...". */
+    assert_non_null(strstr(rows[2].kind, "sqlite3DbStrNDup <- sqlite3NameFromToken <- "
+                                         "sqlite3SrcListAppend <- sqlite3Select"));
+    assert_null(strstr(rows[2].kind, "..."));
+
+    path_in(fx, "heap_profile.labels.hpy", path, sizeof(path));
+    assert_int_equal(hpy_write(path, sites, 4, 1, NULL), 0);
+    assert_hpy_ok(path, 3, 13, 8500);
+    text = slurp(path);
+    assert_int_equal(hpy_rows(text, file_rows, 8), 3);
+    for (i = 0; i < n; i++) {
+        snprintf(want, sizeof(want), "%" PRIu64 " %" PRIu64 " %s", rows[i].count, rows[i].size,
+                 rows[i].kind);
+        assert_string_equal(file_rows[i], want);
+    }
+    free(text);
+    hpy_rows_free(rows, n);
+    hpy_rows_free(NULL, 0);
 }
 
 /* ---- massif ---- */
@@ -517,11 +663,11 @@ static void test_massif_snapshots(void **state)
         sum_half += half[i];
     }
     late[S_NEW] = fx->sites[S_NEW].bytes;
-    snaps[0] = (struct heap_snapshot){0, 0, 0, HEAP_TREE_EMPTY, NULL};
-    snaps[1] = (struct heap_snapshot){100, sum_half, 96, HEAP_TREE_DETAILED, half};
-    snaps[2] = (struct heap_snapshot){250, sum_full, 0, HEAP_TREE_PEAK, full};
-    snaps[3] = (struct heap_snapshot){300, 9000, 80, HEAP_TREE_EMPTY, NULL};
-    snaps[4] = (struct heap_snapshot){400, late[S_NEW], 8, HEAP_TREE_DETAILED, late};
+    snaps[0] = (struct heap_snapshot)SNAP(0, 0, 0, HEAP_TREE_EMPTY, NULL);
+    snaps[1] = (struct heap_snapshot)SNAP(100, sum_half, 96, HEAP_TREE_DETAILED, half);
+    snaps[2] = (struct heap_snapshot)SNAP(250, sum_full, 0, HEAP_TREE_PEAK, full);
+    snaps[3] = (struct heap_snapshot)SNAP(300, 9000, 80, HEAP_TREE_EMPTY, NULL);
+    snaps[4] = (struct heap_snapshot)SNAP(400, late[S_NEW], 8, HEAP_TREE_DETAILED, late);
     path_in(fx, "massif.out.1", path, sizeof(path));
     assert_int_equal(massif_write(path, "demo --serve 'x y' #1", fx->sites, NSITES, snaps, 5, NULL),
                      0);
@@ -533,13 +679,13 @@ static void test_massif_snapshots(void **state)
     text = slurp(path);
     assert_non_null(strstr(text, "\ncmd: demo --serve 'x y' ?1\n"));
     /* The truncated stack's bytes hang under handle, beside main's; the frameless site's under
-     * the root. */
-    assert_non_null(strstr(text, "\n  n2: 4700 0x402000: handle(struct request *) (server.c:40)\n"
-                                 "   n0: 4000 0x405000: main (main.c:20)\n"
+     * the root. Addresses are call sites: each frame's return address - 1. */
+    assert_non_null(strstr(text, "\n  n2: 4700 0x401FFF: handle(struct request *) (server.c:40)\n"
+                                 "   n0: 4000 0x404FFF: main (main.c:20)\n"
                                  "   n0: 700 0x0: ??? (no caller recorded)\n"));
     assert_non_null(strstr(text, "\n n0: 300 0x0: ??? (no caller recorded)\n"));
-    assert_non_null(strstr(text, "\n n1: 500 0x7F0000001A2B: ??? (in /usr/lib/libfoo.so.1)\n"
-                                 "  n0: 500 0xDEAD0000: ???\n"));
+    assert_non_null(strstr(text, "\n n1: 500 0x7F0000001A2A: ??? (in /usr/lib/libfoo.so.1)\n"
+                                 "  n0: 500 0xDEACFFFF: ???\n"));
     free(text);
 
     ms_print(path, out);
@@ -548,24 +694,24 @@ static void test_massif_snapshots(void **state)
     ms_line(sum_full, sum_full, "(heap allocation functions) malloc/new/new[], --alloc-fns, etc.",
             want, sizeof(want));
     assert_contains(out, want);
-    ms_line(full[S_BUF12] + full[S_SHORT], sum_full, "0x401010: make_buf (buf.c:12)", want,
+    ms_line(full[S_BUF12] + full[S_SHORT], sum_full, "0x40100F: make_buf (buf.c:12)", want,
             sizeof(want));
     assert_contains(out, want);
     ms_line(full[S_NEW], sum_full,
-            "0x7F0000403000: operator new(unsigned long) "
+            "0x7F0000402FFF: operator new(unsigned long) "
             "(in /usr/lib/x86_64-linux-gnu/libstdc++.so.6)",
             want, sizeof(want));
     assert_contains(out, want);
     ms_line(full[S_NEW], sum_full,
-            "0x404000: std::vector<int, std::allocator<int> >::push_back"
+            "0x403FFF: std::vector<int, std::allocator<int> >::push_back"
             "(int const&) (stl_vector.h:1287)",
             want, sizeof(want));
     assert_contains(out, want);
-    ms_line(full[S_DEEP], sum_full, "0x500000: level_0 (deep.c:1)", want, sizeof(want));
+    ms_line(full[S_DEEP], sum_full, "0x4FFFFF: level_0 (deep.c:1)", want, sizeof(want));
     assert_contains(out, want);
     /* The last snapshot's tree holds one site, against heap plus extra. */
     ms_line(late[S_NEW], late[S_NEW] + 8,
-            "0x404000: std::vector<int, std::allocator<int> >::"
+            "0x403FFF: std::vector<int, std::allocator<int> >::"
             "push_back(int const&) (stl_vector.h:1287)",
             want, sizeof(want));
     assert_contains(out, want);
@@ -580,15 +726,14 @@ static void test_massif_folds_small_children(void **state)
     struct stacks_frame tiny[TINY + 2];
     struct heap_site sites[TINY + 3];
     uint64_t bytes[TINY + 3];
-    struct heap_snapshot snap = {5, 0, 0, HEAP_TREE_PEAK, bytes};
+    struct heap_snapshot snap = SNAP(5, 0, 0, HEAP_TREE_PEAK, bytes);
     struct tree_check t;
     char path[128], *out = malloc(OUT_MAX), *text;
     size_t i;
 
     assert_non_null(out);
     for (i = 0; i < TINY + 2; i++) {
-        tiny[i] = (struct stacks_frame){0x600000 + i, 0,          DEMO, i,    "tiny",
-                                        "/src/t.c",   (int)i + 1, 1,    false};
+        tiny[i] = (struct stacks_frame)FR(0x600000 + i, DEMO, i, "tiny", "/src/t.c", (int)i + 1, 1);
         sites[i] = (struct heap_site){&tiny[i], 1, 3, 1};
         bytes[i] = 3;
     }
@@ -606,13 +751,13 @@ static void test_massif_folds_small_children(void **state)
     assert_int_equal(t.folded, 1);
     text = slurp(path);
     assert_non_null(strstr(text, "\nn3: 10600 (heap allocation functions)"));
-    assert_non_null(strstr(text, "\n n0: 106 0x600096: edge_in (t.c:151)\n"));
+    assert_non_null(strstr(text, "\n n0: 106 0x600095: edge_in (t.c:151)\n"));
     assert_null(strstr(text, "edge_out"));
     assert_non_null(strstr(text, "\n n0: 494 in 151 places, all below massif's threshold "
                                  "(1.00%)\n"));
     free(text);
     ms_print(path, out);
-    assert_contains(out, "->01.00% (106B) 0x600096: edge_in (t.c:151)\n");
+    assert_contains(out, "->01.00% (106B) 0x600095: edge_in (t.c:151)\n");
     assert_contains(out, "->04.66% (494B) in 151 places, all below massif's threshold (1.00%)");
 
     /* The threshold is of heap plus extra bytes, as ms_print's: now edge_in is under it. */
@@ -643,8 +788,8 @@ static void test_massif_edges(void **state)
     struct fixture *fx = *state;
     uint64_t big[2] = {UINT64_C(1) << 62, UINT64_C(1) << 62}, none = 0;
     struct heap_site sites[2] = {{fx->s0, 3, 0, 0}, {fx->s2, 3, 0, 0}};
-    struct heap_snapshot huge = {UINT64_MAX, UINT64_C(1) << 63, 1000, HEAP_TREE_PEAK, big};
-    struct heap_snapshot empty_tree = {0, 0, 0, HEAP_TREE_DETAILED, &none};
+    struct heap_snapshot huge = SNAP(UINT64_MAX, UINT64_C(1) << 63, 1000, HEAP_TREE_PEAK, big);
+    struct heap_snapshot empty_tree = SNAP(0, 0, 0, HEAP_TREE_DETAILED, &none);
     struct tree_check t;
     char path[128], *out = malloc(OUT_MAX), *text;
 
@@ -681,7 +826,59 @@ static void test_massif_edges(void **state)
     assert_int_equal(massif_write(path, "huge", sites, 2, &huge, 1, NULL), 0);
     assert_int_equal(check_massif(path, &t), 1);
     ms_print(path, out);
-    assert_contains(out, "50.00% (4,611,686,018,427,387,904B) 0x401010: make_buf (buf.c:12)");
+    assert_contains(out, "50.00% (4,611,686,018,427,387,904B) 0x40100F: make_buf (buf.c:12)");
+    free(out);
+}
+
+/* The heap in use before the run is one node under the root, counted in every snapshot's
+ * bytes; the allocator's path does not use up MASSIF_DEPTH. */
+static void test_massif_before_and_path(void **state)
+{
+    struct fixture *fx = *state;
+    struct stacks_frame f[3 + DEEP];
+    struct heap_site sites[2] = {{f, 3 + DEEP, 600, 6}, {fx->s0, 3, 400, 4}};
+    uint64_t none[2] = {0, 0}, some[2] = {600, 400};
+    struct heap_snapshot s[2] = {SNAP(0, 9000, 0, HEAP_TREE_DETAILED, none),
+                                 SNAP(10, 10000, 0, HEAP_TREE_PEAK, some)};
+    struct tree_check t;
+    char path[128], want[256], *out = malloc(OUT_MAX), *text;
+    size_t i;
+
+    assert_non_null(out);
+    f[0] = (struct stacks_frame)FR(0x7f0000001000, "/lib/libglib-2.0.so.0", 0x1000, "g_malloc",
+                                   NULL, 0, 0);
+    f[1] =
+        (struct stacks_frame)FR(0x7f0000002000, "/lib/libglib-2.0.so.0", 0x2000, NULL, NULL, 0, 0);
+    f[2] = (struct stacks_frame)FR(0x7f0000003000, "/lib/libglib-2.0.so.0", 0x3000, "g_strdup",
+                                   NULL, 0, 0);
+    memcpy(f + 3, fx->deep, sizeof(fx->deep));
+    s[0].before_bytes = s[1].before_bytes = 9000;
+    path_in(fx, "massif.before", path, sizeof(path));
+    assert_int_equal(massif_write(path, "before", sites, 2, s, 2, NULL), 0);
+    assert_int_equal(check_massif(path, &t), 2);
+    assert_int_equal(t.max_depth, 3 + MASSIF_DEPTH);
+    text = slurp(path);
+    assert_non_null(
+        strstr(text, "\nheap_tree=detailed\nn1: 9000 (heap allocation functions)"
+                     " malloc/new/new[], --alloc-fns, etc.\n n0: 9000 0x0: ??? (" MASSIF_BEFORE_WHAT
+                     ")\n"));
+    free(text);
+    ms_print(path, out);
+    ms_line(9000, 10000, "0x0: ??? (" MASSIF_BEFORE_WHAT ")", want, sizeof(want));
+    assert_contains(out, want);
+    ms_line(600, 10000, "0x7F0000000FFF: g_malloc (in /lib/libglib-2.0.so.0)", want, sizeof(want));
+    assert_contains(out, want);
+    for (i = 0; i < MASSIF_DEPTH; i++) {
+        snprintf(want, sizeof(want), ": level_%zu (deep.c:%zu)", i, i + 1);
+        assert_contains(out, want);
+    }
+    snprintf(want, sizeof(want), ": level_%d (", MASSIF_DEPTH);
+    assert_null(strstr(out, want));
+
+    s[1].before_bytes = 10001; /* more than the heap */
+    assert_int_equal(massif_write(path, "before", sites, 2, s, 2, NULL), -EINVAL);
+    s[1].before_bytes = 8999; /* the sites and it do not add up to the heap */
+    assert_int_equal(massif_write(path, "before", sites, 2, s, 2, NULL), -EINVAL);
     free(out);
 }
 
@@ -689,8 +886,8 @@ static void test_massif_errors(void **state)
 {
     struct fixture *fx = *state;
     uint64_t bytes[NSITES] = {0}, over[2] = {UINT64_MAX, 1};
-    struct heap_snapshot s[2] = {{10, 0, 0, HEAP_TREE_PEAK, bytes},
-                                 {20, 0, 0, HEAP_TREE_DETAILED, bytes}};
+    struct heap_snapshot s[2] = {SNAP(10, 0, 0, HEAP_TREE_PEAK, bytes),
+                                 SNAP(20, 0, 0, HEAP_TREE_DETAILED, bytes)};
     char path[128];
     struct error e;
 
@@ -734,9 +931,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hpy_huge_and_dirty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hpy_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hpy_kinds, setup, teardown),
+        cmocka_unit_test(test_alloc_path),
+        cmocka_unit_test_setup_teardown(test_hpy_labels, setup, teardown),
         cmocka_unit_test_setup_teardown(test_massif_snapshots, setup, teardown),
         cmocka_unit_test_setup_teardown(test_massif_folds_small_children, setup, teardown),
         cmocka_unit_test_setup_teardown(test_massif_edges, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_massif_before_and_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_massif_errors, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

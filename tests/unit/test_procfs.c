@@ -108,6 +108,40 @@ static void test_fixture_maps(void **state)
     procfs_maps_free(NULL, 0);
 }
 
+/* The [heap] entry's Rss, not that of a file whose name ends in " [heap]"; none is 0. */
+static void test_fixture_heap_rss(void **state)
+{
+    uint64_t rss = 1;
+
+    (void)state;
+    assert_int_equal(procfs_read_heap_rss(FIX, 100, &rss), 0);
+    assert_int_equal(rss, 40448ULL * 1024);
+    assert_int_equal(procfs_read_heap_rss(FIX, 200, &rss), 0);
+    assert_int_equal(rss, 0);
+    assert_int_equal(procfs_read_heap_rss(FIX, 300, &rss), -EBADMSG); /* a letter in a number */
+    assert_int_equal(procfs_read_heap_rss(FIX, 999, &rss), -ESRCH);
+}
+
+/* This process's heap after it touched 1 MiB of blocks small enough for malloc's brk heap. */
+static void test_live_heap_rss(void **state)
+{
+    enum { BLOCKS = 64, BLOCK = 16 << 10 };
+    char *b[BLOCKS];
+    uint64_t rss = 0;
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < BLOCKS; i++) {
+        b[i] = malloc(BLOCK);
+        assert_non_null(b[i]);
+        memset(b[i], 1, BLOCK);
+    }
+    assert_int_equal(procfs_read_heap_rss(PROCFS_ROOT, getpid(), &rss), 0);
+    assert_true(rss >= (uint64_t)BLOCKS * BLOCK);
+    for (i = 0; i < BLOCKS; i++)
+        free(b[i]);
+}
+
 static void test_fixture_lists(void **state)
 {
     pid_t *ids = NULL;
@@ -410,7 +444,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_fixture_links), cmocka_unit_test(test_fixture_tgid_argv0),
         cmocka_unit_test(test_live_tasks),    cmocka_unit_test(test_live_starttime_and_gone),
         cmocka_unit_test(test_live_maps),     cmocka_unit_test(test_live_fds),
-        cmocka_unit_test(test_live_argv0),
+        cmocka_unit_test(test_live_argv0),    cmocka_unit_test(test_fixture_heap_rss),
+        cmocka_unit_test(test_live_heap_rss),
     };
 
     (void)argc;

@@ -1,7 +1,8 @@
 /* GOT rewriting for the allocation hooks: finds the GOT slots (JUMP_SLOT and GLOB_DAT
  * relocations) of named functions in every loaded module, points them at hooks and remembers
  * each original value so it can be put back. It reads the dynamic sections the loader mapped;
- * it does not parse files, and it never touches the dynamic loader or this library. */
+ * it does not parse files, and it never touches this library, nor the dynamic loader unless the
+ * loader is the C library too (musl). Built against glibc and against musl. */
 #include <dlfcn.h>
 #include <elf.h>
 #include <errno.h>
@@ -51,10 +52,12 @@ struct patch_ctx {
     struct got_stats stats;
 };
 
+#ifdef DLFO_STRUCT_HAS_EH_DBASE
 /* glibc 2.35's _dl_find_object, looked up at run time so that 2.34 loads this library too: it
  * finds only objects whose loading completed (relocated, RELRO applied). */
 static int (*find_object)(void *pc, struct dl_find_object *ret);
 static int find_object_known;
+#endif
 
 /* All of this is used under the caller's lock (memhook.c). */
 static struct got_slot slots[GOT_MAX_SLOTS];
@@ -77,9 +80,12 @@ static bool module_has(const struct module *m, uintptr_t addr, size_t len, bool 
 }
 
 /* Ready: loaded and relocated, so its RELRO protection is final. Without _dl_find_object
- * (glibc 2.34) every listed module counts as ready. */
+ * (glibc 2.34) every listed module counts as ready. musl's dl_iterate_phdr reaches a module only
+ * through a link read under the loader's lock, which dlopen holds until relocation is done:
+ * every module it lists is ready. */
 static bool module_ready(const struct module *m)
 {
+#ifdef DLFO_STRUCT_HAS_EH_DBASE
     struct dl_find_object fo;
 
     if (!find_object)
@@ -88,6 +94,23 @@ static bool module_ready(const struct module *m)
         if (m->phdr[i].p_type == PT_LOAD && m->phdr[i].p_memsz > 0)
             return find_object((void *)(m->base + m->phdr[i].p_vaddr), &fo) == 0;
     return false;
+#else
+    (void)m;
+    return true;
+#endif
+}
+
+/* The dynamic loader is left alone, unless it is the C library defining the functions hooked
+ * too, as musl's is: its own calls of malloc (strdup, fopen...) go through its GOT, while the
+ * loader's part calls its internal allocator directly. */
+static bool loader_skipped(const struct patch_ctx *c, const struct module *m)
+{
+    if (!c->ldso || m->base != c->ldso)
+        return false;
+    for (size_t i = 0; i < c->ntargets; i++)
+        if (c->targets[i].real && module_has(m, c->targets[i].real, 1, false))
+            return false;
+    return true;
 }
 
 /* The loader relocates d_ptr values in place for most objects but not for read-only dynamic
@@ -357,7 +380,7 @@ static int patch_cb(struct dl_phdr_info *info, size_t size, void *arg)
     uint64_t before = c->stats.slots;
 
     (void)size;
-    if (module_has(&m, c->self, 1, false) || (c->ldso && m.base == c->ldso) || !module_ready(&m) ||
+    if (module_has(&m, c->self, 1, false) || loader_skipped(c, &m) || !module_ready(&m) ||
         !read_dynamic(&m, &d))
         return 0;
     patch_table(c, &m, &d, d.jmprel, d.pltrelsz);
@@ -376,12 +399,14 @@ int got_patch_all(const struct memhook_target *targets, size_t n, struct got_sta
         .ldso = getauxval(AT_BASE),
     };
 
+#ifdef DLFO_STRUCT_HAS_EH_DBASE
     if (!find_object_known) {
         void *f = dlsym(RTLD_DEFAULT, "_dl_find_object");
 
         memcpy(&find_object, &f, sizeof(find_object));
         find_object_known = 1;
     }
+#endif
     maps_cache = (struct maps_range){0, 0, 0};
     dl_iterate_phdr(patch_cb, &c);
     if (c.err)
@@ -394,43 +419,59 @@ struct binding_ctx {
     uintptr_t addr;
     const char *name;
     uintptr_t value;
+    bool canonical;
 };
+
+/* The JUMP_SLOT relocation of name in m, or NULL. */
+static const ElfW(Rela) *
+    plt_reloc(const struct module *m, const struct dyninfo *d, const char *name)
+{
+    const ElfW(Rela) *rel = (const ElfW(Rela) *)d->jmprel;
+
+    if (!d->jmprel || !module_has(m, d->jmprel, d->pltrelsz, false))
+        return NULL;
+    for (size_t i = 0; i < d->pltrelsz / sizeof(*rel); i++) {
+        const char *n = rel_name(m, d, &rel[i]);
+
+        if (ELF64_R_TYPE(rel[i].r_info) == R_X86_64_JUMP_SLOT && n && strcmp(n, name) == 0)
+            return &rel[i];
+    }
+    return NULL;
+}
 
 static int binding_cb(struct dl_phdr_info *info, size_t size, void *arg)
 {
     struct binding_ctx *c = arg;
     struct module m = {info->dlpi_addr, info->dlpi_phdr, info->dlpi_phnum};
     const ElfW(Rela) * rel;
+    const ElfW(Sym) * sym;
     struct dyninfo d;
+    uintptr_t slot, v;
 
     (void)size;
     if (!module_has(&m, c->addr, 1, false))
         return 0;
-    if (!read_dynamic(&m, &d) || !d.jmprel || !module_has(&m, d.jmprel, d.pltrelsz, false))
+    if (!read_dynamic(&m, &d) || !(rel = plt_reloc(&m, &d, c->name)))
         return 1;
-    rel = (const ElfW(Rela) *)d.jmprel;
-    for (size_t i = 0; i < d.pltrelsz / sizeof(*rel); i++) {
-        uintptr_t slot = m.base + rel[i].r_offset, v;
-        const char *name = rel_name(&m, &d, &rel[i]);
-
-        if (ELF64_R_TYPE(rel[i].r_info) != R_X86_64_JUMP_SLOT || !name ||
-            strcmp(name, c->name) != 0 || (slot & 7) ||
-            !module_has(&m, slot, sizeof(uintptr_t), true))
-            continue;
-        v = __atomic_load_n((uintptr_t *)slot, __ATOMIC_RELAXED);
-        /* Not bound yet, it points back into the module (lazy binding). */
-        if (!module_has(&m, v, 1, false))
-            c->value = v;
-        break;
-    }
+    /* rel_name checked the symbol is inside the table. */
+    sym = (const ElfW(Sym) *)d.symtab + ELF64_R_SYM(rel->r_info);
+    c->canonical = sym->st_shndx == SHN_UNDEF && sym->st_value && m.base + sym->st_value == c->addr;
+    slot = m.base + rel->r_offset;
+    if ((slot & 7) || !module_has(&m, slot, sizeof(uintptr_t), true))
+        return 1;
+    v = __atomic_load_n((uintptr_t *)slot, __ATOMIC_RELAXED);
+    /* Not bound yet, it points back into the module (lazy binding). */
+    if (!module_has(&m, v, 1, false))
+        c->value = v;
     return 1;
 }
 
-uintptr_t got_plt_binding(uintptr_t addr, const char *name)
+uintptr_t got_plt_binding(uintptr_t addr, const char *name, bool *ret_canonical)
 {
-    struct binding_ctx c = {addr, name, 0};
+    struct binding_ctx c = {addr, name, 0, false};
 
     dl_iterate_phdr(binding_cb, &c);
+    *ret_canonical = c.canonical;
     return c.value;
 }
 

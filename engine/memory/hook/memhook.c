@@ -5,7 +5,6 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <link.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
@@ -117,7 +116,15 @@ static struct {
     size_t tables_size;
 } g;
 
-static __thread struct thread_state tls __attribute__((tls_model("initial-exec")));
+/* glibc's __tls_get_addr may allocate, through the hooks, on a thread's first use of a dlopen'ed
+ * library's TLS: initial-exec never calls it. musl refuses initial-exec TLS in a dlopen'ed
+ * library, and its __tls_get_addr never allocates (dlopen gave every thread its block). */
+#ifdef __GLIBC__
+#define TLS_MODEL __attribute__((tls_model("initial-exec")))
+#else
+#define TLS_MODEL
+#endif
+static __thread struct thread_state tls TLS_MODEL;
 
 static uint64_t now_ns(void)
 {
@@ -672,15 +679,17 @@ static void atfork_child(void)
 static void resolve(struct memhook_target *t)
 {
     void *p = dlsym(RTLD_DEFAULT, t->name);
-    const ElfW(Sym) *sym = NULL;
-    Dl_info info;
+    bool canonical;
+    uintptr_t bound;
 
     t->real = (uintptr_t)p;
-    if (!p || !dladdr1(p, &info, (void **)&sym, RTLD_DL_SYMENT) || !sym ||
-        sym->st_shndx != SHN_UNDEF || info.dli_saddr != p)
+    if (!p)
+        return;
+    bound = got_plt_binding((uintptr_t)p, t->name, &canonical);
+    if (!canonical)
         return;
     t->canonical = (uintptr_t)p;
-    t->real = got_plt_binding((uintptr_t)p, t->name);
+    t->real = bound;
 }
 
 /* Resolves the real functions, maps the private tables and registers the fork handler, once. */

@@ -4,6 +4,7 @@
 #ifndef MEMHOOK_H
 #define MEMHOOK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,8 +39,9 @@ int got_patch_all(const struct memhook_target *targets, size_t n, struct got_sta
 /* Puts back the original value of every patched slot that still holds its hook. */
 int got_restore_all(void);
 /* What the PLT slot for name of the module holding addr is bound to; 0 when it has none or it
- * is not bound yet (lazy binding). */
-uintptr_t got_plt_binding(uintptr_t addr, const char *name);
+ * is not bound yet (lazy binding). *ret_canonical: addr is that module's canonical PLT entry
+ * for name (its undefined symbol name has addr as its value). */
+uintptr_t got_plt_binding(uintptr_t addr, const char *name, bool *ret_canonical);
 /* A counter that grows whenever a module gets loaded (dl_iterate_phdr's dlpi_adds). */
 uint64_t got_loads(void);
 
