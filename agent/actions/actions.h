@@ -6,9 +6,16 @@
 #ifndef ACTIONS_H
 #define ACTIONS_H
 
+#include <stdbool.h>
+#include <sys/types.h>
+
+struct profile;
 struct run;
 
 int action_log_thread_frames(struct run *run);
+/* The same, and a copy of thread tid's record into *ret_text (left alone when there is none):
+ * the stall watch's dump. */
+int action_log_thread_frames_of(struct run *run, pid_t tid, char **ret_text);
 int action_dump_sockets(struct run *run);
 int action_lru_stats(struct run *run);
 int action_log_current_tasks(struct run *run);
@@ -17,6 +24,12 @@ int action_set_asyncio_debug(struct run *run);
 int action_start(struct run *run);
 int action_start_admit(struct run *run);
 void action_start_release(struct run *run);
+/* start over a window of the flight recorder ("last", "from"/"to"): start_window.c. */
+bool action_start_is_window(const struct run *run);
+int action_start_window(struct run *run);
+/* The files start writes (the `formats` of run->params) of a profile of seconds, and its top
+ * functions in the summary: for profiles of the recorder's ring too. */
+int action_start_write(struct run *run, const struct profile *prof, double seconds);
 int action_start_log_objects(struct run *run);
 int action_stop_log_objects(struct run *run);
 int action_dump_log_objects(struct run *run);
@@ -29,5 +42,6 @@ void action_memory_release(struct run *run);
 int action_ping(struct run *run);
 int action_runs(struct run *run);
 int action_get_file(struct run *run);
+int action_recorder(struct run *run);
 
 #endif

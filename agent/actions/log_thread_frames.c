@@ -57,6 +57,11 @@ static const struct pyframes_thread *python_of(const struct pyframes_thread *py,
 
 int action_log_thread_frames(struct run *run)
 {
+    return action_log_thread_frames_of(run, 0, NULL);
+}
+
+int action_log_thread_frames_of(struct run *run, pid_t tid, char **ret_text)
+{
     struct stacks_dump *d = NULL;
     struct python_read pr = {0};
     struct snapshot_hold hold = {read_held, &pr};
@@ -99,7 +104,10 @@ int action_log_thread_frames(struct run *run)
         failed += t->err != 0;
         if (stacks_format_thread(t, &text) == 0) {
             run_record(run, "%s", text);
-            free(text);
+            if (ret_text && !*ret_text && tid && t->tid == tid)
+                *ret_text = text;
+            else
+                free(text);
         }
         free(merged);
     }

@@ -1,9 +1,11 @@
-/* The `start` action: a CPU profile of the target for `seconds` at `frequency` Hz, written as
- * profile.T.cprof, callgrind.out.T and flamegraph.T.svg in output_dir. One profile per target at
- * a time (two samplers on one process would double its cost and split nothing useful); progress
- * goes out about once a second; a clean stop of the agent ends the run early with what it has.
+/* The `start` action: a CPU profile of the target for `seconds` at `frequency` Hz, written in
+ * output_dir in the `formats` asked (by default profile.T.cprof, callgrind.out.T and
+ * flamegraph.T.svg). One profile per target at a time (two samplers on one process would double
+ * its cost and split nothing useful); progress goes out about once a second; a clean stop of the
+ * agent ends the run early with what it has.
  * Not the sampler or the writers (engine/cpu/, engine/formats/). */
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include "actions.h"
@@ -17,14 +19,16 @@
 
 static struct claims claims = CLAIMS_INIT("a CPU profile");
 
+/* A window of the recorder's ring samples nothing: no claim. */
 int action_start_admit(struct run *run)
 {
-    return claims_take(&claims, run);
+    return action_start_is_window(run) ? 0 : claims_take(&claims, run);
 }
 
 void action_start_release(struct run *run)
 {
-    claims_drop(&claims, run);
+    if (!action_start_is_window(run))
+        claims_drop(&claims, run);
 }
 
 static void progress(const struct cpuprof_progress *p, void *userdata)
@@ -34,7 +38,8 @@ static void progress(const struct cpuprof_progress *p, void *userdata)
 
     json_object_object_add(o, "run_id", json_object_new_int64(run->id));
     if (run->has_request_id)
-        json_object_object_add(o, "request_id", json_object_new_string(run->request_id));
+        json_object_object_add(
+            o, "request_id", json_object_new_string_len(run->request_id, (int)run->request_id_len));
     json_object_object_add(o, "action", json_object_new_string(run->action_name));
     json_object_object_add(o, "elapsed", run_json_decimal(p->elapsed, 3));
     json_object_object_add(o, "seconds", run_json_decimal(p->seconds, 3));
@@ -112,9 +117,56 @@ static void add_summary(struct run *run, const struct cpuprof_result *res)
     add_top(run, res->profile);
 }
 
-/* Writes the three files; a failure of one is an error naming it, files already written stay
- * listed. */
-static int write_files(struct run *run, const struct profile *prof)
+enum { PSTATS, CALLGRIND, FLAMEGRAPH, COLLAPSED, PPROF, SPEEDSCOPE, NFORMATS };
+
+/* What `formats` may ask for (schemas/start.json's enum), in the order the files are written
+ * and listed; each file is PREFIX T SUFFIX, as the registry's row says for retention. */
+static const struct {
+    const char *name, *prefix, *suffix;
+} formats[NFORMATS] = {
+    [PSTATS] = {"pstats", "profile.", ".cprof"},
+    [CALLGRIND] = {"callgrind", "callgrind.out.", ""},
+    [FLAMEGRAPH] = {"flamegraph", "flamegraph.", ".svg"},
+    [COLLAPSED] = {"collapsed", "profile.", ".collapsed"},
+    [PPROF] = {"pprof", "profile.", ".pb.gz"},
+    [SPEEDSCOPE] = {"speedscope", "profile.", ".speedscope.json"},
+};
+
+static int write_format(struct run *run, int format, const struct profile *prof, double seconds,
+                        const char *path, struct error *e)
+{
+    switch (format) {
+    case PSTATS:
+        return profile_write_pstats(prof, path, e);
+    case CALLGRIND:
+        return profile_write_callgrind(prof, path, run->target.name, run->target.pid, e);
+    case FLAMEGRAPH:
+        return profile_write_flamegraph(prof, path, run->target.name, e);
+    case COLLAPSED:
+        return profile_write_collapsed(prof, path, e);
+    case PPROF:
+        return profile_write_pprof(prof, path, (uint64_t)run->started_us * 1000,
+                                   (uint64_t)(seconds * 1e9), e);
+    default:
+        return profile_write_speedscope(prof, path, run->target.name, e);
+    }
+}
+
+static bool format_asked(struct run *run, const char *name)
+{
+    struct json_object *list;
+
+    if (!json_object_object_get_ex(run->params, "formats", &list))
+        return false;
+    for (size_t i = 0; i < json_object_array_length(list); i++)
+        if (strcmp(json_object_get_string(json_object_array_get_idx(list, i)), name) == 0)
+            return true;
+    return false;
+}
+
+/* Writes the files `formats` asks for, over seconds of sampling; a failure of one is an error
+ * naming it, files already written stay listed. */
+static int write_files(struct run *run, const struct profile *prof, double seconds)
 {
     char dir[PATH_MAX], path[PATH_MAX + 64];
     long long t = (long long)run->started_us;
@@ -124,23 +176,18 @@ static int write_files(struct run *run, const struct profile *prof)
     r = run_output_dir(run, dir);
     if (r < 0)
         return r;
-    snprintf(path, sizeof(path), "%s/profile.%lld.cprof", dir, t);
-    if (profile_write_pstats(prof, path, &e) < 0)
-        goto fail;
-    json_object_array_add(run->files, json_object_new_string(path));
-    snprintf(path, sizeof(path), "%s/callgrind.out.%lld", dir, t);
-    if (profile_write_callgrind(prof, path, run->target.name, run->target.pid, &e) < 0)
-        goto fail;
-    json_object_array_add(run->files, json_object_new_string(path));
-    snprintf(path, sizeof(path), "%s/flamegraph.%lld.svg", dir, t);
-    if (profile_write_flamegraph(prof, path, run->target.name, &e) < 0)
-        goto fail;
-    json_object_array_add(run->files, json_object_new_string(path));
+    for (int i = 0; i < NFORMATS; i++) {
+        if (!format_asked(run, formats[i].name))
+            continue;
+        snprintf(path, sizeof(path), "%s/%s%lld%s", dir, formats[i].prefix, t, formats[i].suffix);
+        if (write_format(run, i, prof, seconds, path, &e) < 0)
+            /* A file the user asked for, not the process, failed: said as such, not through
+             * run_engine_fail_error's words about the target. */
+            return run_fail(run, "cannot write %s: %s", path,
+                            e.reason[0] ? e.reason : strerror(-e.code));
+        json_object_array_add(run->files, json_object_new_string(path));
+    }
     return 0;
-fail:
-    /* A file the user asked for, not the process, failed: said as such, not through
-     * run_engine_fail_error's words about the target. */
-    return run_fail(run, "cannot write %s: %s", path, e.reason[0] ? e.reason : strerror(-e.code));
 }
 
 int action_start(struct run *run)
@@ -152,6 +199,8 @@ int action_start(struct run *run)
     struct error e;
     int r;
 
+    if (action_start_is_window(run))
+        return action_start_window(run);
     json_object_object_get_ex(run->params, "seconds", &v);
     o.seconds = json_object_get_double(v);
     json_object_object_get_ex(run->params, "frequency", &v);
@@ -195,7 +244,13 @@ int action_start(struct run *run)
     if (profile_samples(res.profile) == 0)
         r = run_fail(run, "no samples: the target used no CPU time in user space during the run");
     else
-        r = write_files(run, res.profile);
+        r = write_files(run, res.profile, res.elapsed);
     profile_free(res.profile);
     return r;
+}
+
+int action_start_write(struct run *run, const struct profile *prof, double seconds)
+{
+    add_top(run, prof);
+    return write_files(run, prof, seconds);
 }

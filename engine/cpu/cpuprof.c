@@ -14,7 +14,6 @@
 #include "os/procfs.h"
 #include "python/pyframes.h"
 
-#define CPUPROF_MAX_SECONDS (24 * 3600.0)
 #define POLL_MAX_MS 100 /* how long a cancel may go unnoticed */
 #define PROGRESS_NS 1000000000ull
 #define NAMES_MAX 4096              /* threads named at once; past it the table starts over */
@@ -32,6 +31,7 @@ struct name_slot {
 
 struct run {
     pid_t pid;
+    const struct cpuprof_options *o;
     struct stacks *s;
     struct profile *prof;
     struct name_slot *names;
@@ -66,11 +66,16 @@ struct stack {
     bool pt_owned;
 };
 
-static uint64_t now_ns(void)
+static uint64_t clock_ns(clockid_t clock)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_ns(void)
+{
+    return clock_ns(CLOCK_MONOTONIC);
 }
 
 static struct name_slot *slot_of(struct run *r, pid_t tid)
@@ -228,7 +233,9 @@ static int sample_stack(struct run *r, const struct sampler_sample *smp,
 {
     size_t n = 0;
     int truncated = 0, e = 0;
-    uint64_t t0 = now_ns();
+    /* The unwinder's own CPU time, not the wall clock: on a loaded machine the thread may wait
+     * for a CPU in the middle, which is not what unwinding costs. */
+    uint64_t t0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 
     memset(out, 0, sizeof(*out));
     if (stacks_unwind_regs(r->s, smp->regs, smp->stack_addr, smp->stack, smp->stack_len, r->frames,
@@ -236,7 +243,7 @@ static int sample_stack(struct run *r, const struct sampler_sample *smp,
         n = 0; /* a malformed sample still took time: [unknown] */
         truncated = 1;
     }
-    r->unwind_ns += now_ns() - t0;
+    r->unwind_ns += clock_ns(CLOCK_THREAD_CPUTIME_ID) - t0;
     r->samples++;
     r->truncated += truncated != 0;
     out->frames = r->frames;
@@ -286,6 +293,19 @@ static int add_stretch(void *ctx, pid_t tid, const struct stacks_frame *frames, 
     return profile_add(r->prof, name_of(r, tid), frames, n, truncated, weight_ns);
 }
 
+/* An on-CPU sample into the profile, or to the flight recorder's sink. */
+static int add_sample(struct run *r, const struct sampler_sample *smp, const struct stack *st)
+{
+    const char *thread = name_of(r, smp->tid);
+
+    if (r->o->sink) {
+        struct cpuprof_sample s = {smp->time_ns, smp->tid,      thread,        st->frames,
+                                   st->n,        st->truncated, smp->period_ns};
+        return r->o->sink(&s, r->o->userdata);
+    }
+    return profile_add(r->prof, thread, st->frames, st->n, st->truncated, smp->period_ns);
+}
+
 static int on_sample(const struct sampler_sample *smp, void *userdata)
 {
     struct run *r = userdata;
@@ -301,8 +321,7 @@ static int on_sample(const struct sampler_sample *smp, void *userdata)
         if (!r->off_only)
             r->states[CPUPROF_RUNNING]++;
         if (e == 0 && !r->off_only)
-            e = profile_add(r->prof, name_of(r, smp->tid), st.frames, st.n, st.truncated,
-                            smp->period_ns);
+            e = add_sample(r, smp, &st);
     }
     stack_clear(&st);
     return e;
@@ -427,10 +446,13 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
     if (!(o->seconds > 0) || o->seconds > CPUPROF_MAX_SECONDS)
         return error_set(err, -EINVAL, "a profile lasts more than 0 and at most %d seconds",
                          (int)CPUPROF_MAX_SECONDS);
+    if (o->sink && o->wall)
+        return error_set(err, -EINVAL, "a wall-clock profile cannot be recorded");
     r = calloc(1, sizeof(*r));
     if (!r)
         return error_set(err, -ENOMEM, NULL);
     r->pid = pid;
+    r->o = o;
     r->s = s;
     r->names = calloc(NAMES_SLOTS, sizeof(*r->names));
     if (!r->names) {
@@ -460,8 +482,22 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
     e = sampler_open(pid, o->frequency,
                      (o->force_ptrace ? SAMPLER_FORCE_PTRACE : 0) | (o->wall ? SAMPLER_WALL : 0),
                      r->py ? pyframes_layout(r->py) : NULL, &smp, err);
-    if (e == 0 && r->py && strcmp(smp_method(smp), "perf_event") == 0 &&
-        !smp_python_in_kernel(smp, &pyfallback)) {
+    if (e == 0 && o->no_ptrace && strcmp(smp_method(smp), "perf_event") != 0) {
+        struct sampler_stats st;
+
+        sampler_get_stats(smp, &st);
+        e = error_set(err, -EPERM, "%s", st.fallback.reason);
+    } else if (e == 0 && r->py && strcmp(smp_method(smp), "perf_event") == 0 &&
+               !smp_python_in_kernel(smp, &pyfallback) && o->no_ptrace) {
+        /* Snapshots would stop the target at every sample: native frames only, from a sampler
+         * that no longer holds the interpreter's layout. */
+        sampler_close(smp);
+        smp = NULL;
+        pyframes_free(r->py);
+        r->py = NULL;
+        e = sampler_open(pid, o->frequency, 0, NULL, &smp, err);
+    } else if (e == 0 && r->py && strcmp(smp_method(smp), "perf_event") == 0 &&
+               !smp_python_in_kernel(smp, &pyfallback)) {
         /* Python frames read after the sample would be of a later moment: snapshots instead,
          * whose threads stay stopped while their Python stacks are read. */
         sampler_close(smp);

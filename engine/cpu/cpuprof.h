@@ -14,6 +14,8 @@
 #include "cpu/sampler.h"
 #include "unwind/stacks.h"
 
+#define CPUPROF_MAX_SECONDS (24 * 3600.0) /* the longest run */
+
 struct cpuprof_progress {
     double elapsed; /* seconds since sampling began */
     double seconds; /* the run's length */
@@ -28,6 +30,18 @@ enum cpuprof_state {
     CPUPROF_NSTATES
 };
 
+/* One on-CPU sample as the flight recorder takes it (cpuprof_options.sink): its stack, merged
+ * with its Python frames where the target is CPython; everything lent for the call only. */
+struct cpuprof_sample {
+    uint64_t time_ns; /* CLOCK_MONOTONIC */
+    pid_t tid;
+    const char *thread;
+    const struct stacks_frame *frames; /* innermost first */
+    size_t n;
+    int truncated;
+    uint64_t weight_ns;
+};
+
 struct cpuprof_options {
     double seconds;
     unsigned frequency;
@@ -40,8 +54,15 @@ struct cpuprof_options {
     bool off_only;
     bool force_ptrace;  /* tests: use the fallback sampler */
     atomic_int *cancel; /* set: stop early, keep what was sampled */
+    /* The flight recorder: every sample goes here as it is unwound, not into the result's
+     * profile (left empty). A negative return ends the run with it. Not with wall. */
+    int (*sink)(const struct cpuprof_sample *s, void *userdata);
+    /* Never stop the target: perf_event or nothing (-EPERM, err says why), and on a CPython
+     * target whose frames the kernel cannot copy, native frames only (python_fallback says
+     * why) rather than ptrace snapshots. */
+    bool no_ptrace;
     void (*progress)(const struct cpuprof_progress *p, void *userdata); /* ~1/s, may be NULL */
-    void *userdata;
+    void *userdata;                                                     /* progress's and sink's */
 };
 
 struct cpuprof_result {
@@ -49,7 +70,7 @@ struct cpuprof_result {
     struct sampler_stats stats;
     uint64_t truncated; /* samples whose stack was not followed to its root */
     double elapsed;
-    double unwind_us_per_sample; /* mean unwind cost */
+    double unwind_us_per_sample; /* mean unwind cost, in the agent thread's CPU time */
     bool cancelled;
     char python[32];         /* "3.11.2" when Python frames were attributed, else "" */
     uint64_t python_samples; /* samples attributed to Python functions */

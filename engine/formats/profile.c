@@ -247,14 +247,17 @@ static int func_get(struct profile *p, const struct func_key *k, uint32_t *ret, 
     return 0;
 }
 
-/* A frame's function; a frame without a symbol is its module's "[unknown]", whatever its file. */
+/* A frame's function; a frame without a symbol is its module's "[unknown]", whatever its file.
+ * A Python function has no module of its own: its .py file stands for it, as the object that
+ * holds its code. */
 static int frame_func(struct profile *p, const struct stacks_frame *fr, uint32_t *ret, int *lost)
 {
     struct func_key k = {0, 0, PROFILE_NO_STRING, 0};
+    const char *module = fr->python ? (fr->file ? fr->file : PROFILE_PYTHON) : fr->module;
     int r;
 
     k.module = p->s_unknown;
-    if (fr->module && (r = intern(p, fr->module, &k.module, lost)) < 0)
+    if (module && (r = intern(p, module, &k.module, lost)) < 0)
         return r;
     k.name = p->s_unknown;
     if (fr->func) {
@@ -567,8 +570,10 @@ int profile_add(struct profile *p, const char *thread, const struct stacks_frame
         p->line[s->self_line].samples++;
         p->line[s->self_line].ns = sat_add(p->line[s->self_line].ns, weight_ns);
     }
-    for (i = 0; i < s->nnode; i++)
+    for (i = 0; i < s->nnode; i++) {
         p->node[s->node[i]].samples++;
+        p->node[s->node[i]].ns = sat_add(p->node[s->node[i]].ns, weight_ns);
+    }
 out:
     free(s);
     return r;
@@ -663,6 +668,10 @@ int profile_names_new(const struct profile *p, int by_line, int no_module_file, 
         uint32_t h = mix3(hash_str(loc), f->name, by_line ? (uint32_t)f->func_line : 0);
         int dup = 0;
 
+        /* Only functions a file lists can clash: the profile's own "[unknown]" without samples
+         * must not make a module's "[unknown]" take a longer name. */
+        if (!f->total_samples && i != p->f_truncated)
+            continue;
         if (index_reserve(&x) < 0)
             goto out;
         for (slot = h & x.mask; x.slot[slot]; slot = (slot + 1) & x.mask) {

@@ -1,8 +1,9 @@
 /* CPU profile aggregation and the files users open: samples (unwound stacks with a weight) are
  * folded into per-function self and cumulative time, caller -> callee edges, and a per-thread
  * call tree, then written as Python pstats (marshal), Callgrind and a self-contained flame graph
- * SVG. A function is (module, symbol, source file, first line). Recursion counts once per stack
- * for cumulative time and edges. The profile copies every string it keeps. */
+ * SVG. A function is (module, symbol, source file, first line); a Python function's module is its
+ * .py file. Recursion counts once per stack for cumulative time and edges. The profile copies
+ * every string it keeps. */
 #ifndef PROFILE_H
 #define PROFILE_H
 
@@ -46,14 +47,28 @@ int profile_top(const struct profile *p, size_t n, struct profile_top *out, size
  * - pstats: marshal of {(file, first line, func): (cc, nc, tt, ct, {caller: (nc, cc, tt, ct)})},
  *   as cProfile writes it; file is the source file, else the module path; calls are sample
  *   counts; times in seconds. Read by `python3 -m pstats`, SnakeViz, gprof2dot.
- * - callgrind: `events: Samples Nanoseconds`, ob=/fl=/fn= with name compression, self costs by
- *   source line, calls= lines with inclusive costs. Read by callgrind_annotate, KCachegrind.
- * - flamegraph: one SVG, no external resources; a root per thread name, hover titles with
- *   samples and percentages, click to zoom, search. cmd and pid go into the titles/headers. */
+ * - callgrind: `events: Samples Nanoseconds`, ob=/fl=/fn= with name compression (module in ob=,
+ *   "???" in fl= without a source file, the name alone in fn= unless callgrind_annotate would
+ *   merge two functions: then "name [module]"), self costs by source line, calls= lines with
+ *   inclusive costs. Read by callgrind_annotate, KCachegrind.
+ * - flamegraph: one SVG, no external resources; a root per thread name, frames labelled by
+ *   function ("[MODULE]" for one without a symbol), hover titles with its module, file:first
+ *   line, samples and percentages, click to zoom, search. cmd and pid go into the titles. */
 int profile_write_pstats(const struct profile *p, const char *path, struct error *err);
 int profile_write_callgrind(const struct profile *p, const char *path, const char *cmd, pid_t pid,
                             struct error *err);
 int profile_write_flamegraph(const struct profile *p, const char *path, const char *title,
+                             struct error *err);
+/* Whole stacks, one per call tree path with samples ending there (formats/callpaths.h):
+ * - collapsed: "thread NAME;outermost;...;innermost SAMPLES" lines. Read by flamegraph.pl,
+ *   inferno, speedscope.
+ * - pprof: gzipped profile.proto, values [samples count, cpu nanoseconds], a "thread" label;
+ *   start_ns (Unix time) and duration_ns go into its header. Read by `go tool pprof`, Pyroscope.
+ * - speedscope: speedscope's JSON file format, a "sampled" profile per thread name in ns. */
+int profile_write_collapsed(const struct profile *p, const char *path, struct error *err);
+int profile_write_pprof(const struct profile *p, const char *path, uint64_t start_ns,
+                        uint64_t duration_ns, struct error *err);
+int profile_write_speedscope(const struct profile *p, const char *path, const char *title,
                              struct error *err);
 
 #endif

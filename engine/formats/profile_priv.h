@@ -17,9 +17,10 @@
 #define PROFILE_MAX_NODES (4u << 20)
 #define PROFILE_MAX_STRINGS (3u << 20)
 #define PROFILE_MAX_STRING_BYTES (64u << 20)
-#define PROFILE_MAX_NAME 4096  /* bytes kept of one name, path or thread name */
-#define PROFILE_NO_STRING 0    /* string id of "unknown" (a file that is not known) */
-#define PROFILE_STR_CACHE 4096 /* recently interned caller pointers (a power of 2) */
+#define PROFILE_MAX_NAME 4096     /* bytes kept of one name, path or thread name */
+#define PROFILE_NO_STRING 0       /* string id of "unknown" (a file that is not known) */
+#define PROFILE_STR_CACHE 4096    /* recently interned caller pointers (a power of 2) */
+#define PROFILE_PYTHON "[python]" /* the module of a Python frame that names no file */
 
 /* A function: (module, symbol, source file, first line), as string ids. */
 struct profile_func {
@@ -61,7 +62,7 @@ struct profile_line {
  * string id), deeper nodes are functions (id is a function index), outermost first. */
 struct profile_node {
     uint32_t parent, id, depth;
-    uint64_t samples;
+    uint64_t samples, ns; /* the samples through it (its own and below), and their weight */
 };
 
 struct profile_index {
@@ -100,8 +101,10 @@ struct profile {
 
 /* Names that make each function's key unique for a reader that keys functions by (location,
  * name) or, with by_line, (location, first line, name); location is the source file, else the
- * module path, or with no_module_file "???" (Callgrind's unknown file). ret[i] is NULL when the
- * function's own name is unique, else a malloc'd "name [module]". */
+ * module path, or with no_module_file "???" (Callgrind's unknown file). Only functions with
+ * samples (and "[truncated]") are listed, so only they count. ret[i] is NULL when the
+ * function's own name is unique among them (the first of those that clash keeps it too), else
+ * a malloc'd "name [module]". */
 int profile_names_new(const struct profile *p, int by_line, int no_module_file, char ***ret);
 void profile_names_free(char **names, size_t n);
 const char *profile_func_name(const struct profile *p, char *const *names, uint32_t f);

@@ -3,6 +3,7 @@ known time split, through a real broker, written as files the real readers open.
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -10,7 +11,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import BUILD, ROOT_FLAGS, agent_session, running_workload
+from conftest import BUILD, ROOT, ROOT_FLAGS, agent_session, running_workload
 
 SPLIT = os.path.join(BUILD, "workloads", "cpu_split")
 NO_PERF = os.path.join(BUILD, "workloads", "no_perf")
@@ -232,3 +233,117 @@ print(json.dumps({k[2]: v[3] / tot for k, v in st.stats.items()}))
     cum = json.loads(p.stdout)
     assert abs(cum.get("sleep_long", 0) - 0.75) <= 0.03, cum
     assert abs(cum.get("sleep_short", 0) - 0.25) <= 0.03, cum
+
+
+def callgrind_names(path):
+    """Callgrind's compressed names as a reader resolves them: [(kind, name, ob in force)] for
+    each ob=/fl=/fn= (c-prefixed too), and {(kind, id): name}; fails on an id named twice or
+    used before it is named."""
+    names, out, ob = {}, [], None
+    for line in open(path):
+        m = re.match(r"^(c?)(ob|fl|fi|fe|fn)=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+        if not m:
+            continue
+        kind = "fl" if m.group(2) in ("fi", "fe") else m.group(2)
+        key = (kind, m.group(3))
+        if m.group(4) is not None:
+            assert key not in names, ("named twice", line)
+            names[key] = m.group(4)
+        assert key in names, ("used before it is named", line)
+        if not m.group(1) and kind == "ob":
+            ob = names[key]
+        out.append((m.group(1) + kind, names[key], ob))
+    return out, names
+
+
+def chromium_dom(svg, onload=None):
+    """The flame graph's DOM after Chromium loaded it and ran its script (and onload's code
+    after init, if given), from a copy of the file."""
+    text = open(svg).read()
+    if onload:
+        text = text.replace('onload="init(evt)"', f'onload="init(evt); {onload}"', 1)
+    copy = svg + ".chromium.svg"
+    with open(copy, "w") as f:
+        f.write(text)
+    p = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                        "--dump-dom", "file://" + copy], capture_output=True, text=True,
+                       timeout=120)
+    os.unlink(copy)
+    assert p.returncode == 0 and "<svg" in p.stdout, p.stderr[-2000:]
+    return ET.fromstring(p.stdout)
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="chromium is not installed")
+def test_each_viewer_shows_function_module_and_place(workdir, split):
+    p, result = run_start(workdir, {"seconds": 2, "frequency": 499}, f"pid:{split.pid}")
+    assert p.returncode == 0 and result["status"] == "ok", result
+    exe = os.path.realpath(SPLIT)
+    cprof, cg, svg = result["files"]
+
+    # Callgrind: each module named once in ob=, a function's name alone in fn=.
+    names, ids = callgrind_names(cg)
+    fns = [(n, ob) for kind, n, ob in names if kind == "fn"]
+    assert ("work_a", exe) in fns, fns
+    assert not [n for n, ob in fns if ob and n.endswith(f" [{ob}]")], fns
+    obs = [n for (kind, _), n in ids.items() if kind == "ob"]
+    assert len(obs) == len(set(obs)), obs
+    out = subprocess.run(["callgrind_annotate", "--inclusive=yes", cg], capture_output=True,
+                         text=True, check=True).stdout
+    assert f"cpu_split.c:work_a [{exe}]" in out, out
+    assert not re.search(r"\[([^\]]+)\] \[\1\]", out), out
+
+    # pstats: the module is the file part of a function without a source file.
+    stats = pstats_keys(cprof)
+    assert all(f for f, _, _ in stats), stats
+    assert [k for k in stats if k[2] == "work_a" and k[0].endswith("cpu_split.c")], stats
+
+    # The flame graph in Chromium: hovering work_a tells its module and file:line; zoomed in,
+    # frames are labelled by function alone.
+    ns = "{http://www.w3.org/2000/svg}"
+    dom = chromium_dom(svg)
+    frames = [g for g in dom.iter(ns + "g") if g.get("class") == "f"]
+    assert frames and all(g.get("data-x") for g in frames), "the script did not run"
+    titles = [g.find(ns + "title").text for g in frames]
+    # The place pstats has for it: its source file and first line (when DWARF gives one).
+    file, line = next((f, n) for f, n, name in stats if name == "work_a")
+    want = re.compile(rf"work_a in {re.escape(exe)} at {re.escape(file)}"
+                      rf"{':%d' % line if line else ''} \(\d+ samples, [\d.]+%\)$")
+    assert [t for t in titles if want.match(t)], titles
+    assert not [t for t in titles if t.startswith("[unknown] (")], titles
+    at = next(i for i, g in enumerate(frames) if g.get("data-name") == "work_a")
+    zoomed = chromium_dom(svg, f"zoom(frames[{at}]);")
+    shown = [g for g in zoomed.iter(ns + "g") if g.get("class") in ("f", "f parent")]
+    labels = {g.get("data-name"): (g.find(ns + "text").text or "") for g in shown
+              if g.get("style", "") == ""}
+    assert labels["work_a"] == "work_a", labels
+    assert all(" in /" not in text for text in labels.values()), labels
+
+
+def pstats_keys(path):
+    script = "import json, pstats, sys; print(json.dumps(list(pstats.Stats(sys.argv[1]).stats)))"
+    p = subprocess.run(["/usr/bin/python3", "-c", script, path], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return [tuple(k) for k in json.loads(p.stdout)]
+
+
+def test_python_functions_are_objects_of_their_files(workdir):
+    """Debian's python3 running py_split.py: its functions' object in callgrind is the .py file,
+    never [unknown], and the interpreter's own functions keep its module."""
+    script = os.path.realpath(os.path.join(ROOT, "tests", "workloads", "py_split.py"))
+    proc = subprocess.Popen(["/usr/bin/python3", script], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        p, result = run_start(workdir, {"seconds": 2, "frequency": 499}, f"pid:{proc.pid}")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert p.returncode == 0 and result["status"] == "ok", result
+    names, _ = callgrind_names(result["files"][1])
+    fns = {(n, ob) for kind, n, ob in names if kind == "fn"}
+    assert ("heavy", script) in fns and ("light", script) in fns, sorted(fns)
+    assert not [f for f in fns if f[1] == "[unknown]" and f[0] != "[truncated]"], sorted(fns)
+    out = subprocess.run(["callgrind_annotate", "--inclusive=yes", result["files"][1]],
+                         capture_output=True, text=True, check=True).stdout
+    assert f"py_split.py:heavy [{script}]" in out, out
+    assert "[[unknown]]" not in out.replace("[truncated] [[unknown]]", ""), out

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -339,17 +340,25 @@ static const char svg_check[] =
     "ns = '{http://www.w3.org/2000/svg}'\n"
     "titles = [t.text for t in root.iter(ns + 'title')]\n"
     "n = int(sys.argv[2])\n"
+    "app = ' in /usr/bin/app at '\n"
     "need = ['all (%d samples, 100.00%%)' % n,\n"
     "        'thread main (%d samples, %.2f%%)' % (110, 100 * 110 / n),\n"
     "        'thread worker (25 samples, %.2f%%)' % (100 * 25 / n),\n"
-    "        'compute (90 samples, %.2f%%)' % (100 * 90 / n),\n"
-    "        'leaf_a (60 samples, %.2f%%)' % (100 * 60 / n),\n"
-    "        'rec (10 samples, %.2f%%)' % (100 * 10 / n),\n"
-    "        'we\"ird\\\\name <tag>&amp; \\xe9\\u65e5\\u672c (2 samples, %.2f%%)'\n"
-    "        % (100 * 2 / n)]\n"
+    "        'compute' + app + '/src/a.c:20 (90 samples, %.2f%%)' % (100 * 90 / n),\n"
+    "        'leaf_a' + app + '/src/a.c:10 (60 samples, %.2f%%)' % (100 * 60 / n),\n"
+    "        'rec' + app + '/src/a.c:40 (10 samples, %.2f%%)' % (100 * 10 / n),\n"
+    "        '[libx.so] in /usr/lib/libx.so (3 samples, %.2f%%)' % (100 * 3 / n),\n"
+    "        'we\"ird\\\\name <tag>&amp; \\xe9\\u65e5\\u672c' + app +\n"
+    "        '/src/q\"uote\\'s.c:60 (2 samples, %.2f%%)' % (100 * 2 / n)]\n"
     "for t in need:\n"
     "    assert t in titles, (t, titles)\n"
-    "assert titles.count('rec (10 samples, %.2f%%)' % (100 * 10 / n)) == 3, titles\n"
+    "assert titles.count('rec' + app + '/src/a.c:40 (10 samples, %.2f%%)' % (100 * 10 / n)) == 3\n"
+    "labels = {g.get('data-name') for g in root.iter(ns + 'g') if g.get('class') == 'f'}\n"
+    "assert {'all', 'thread main', 'leaf_a', '[libx.so]', '[unknown]'} <= labels, labels\n"
+    "for g in root.iter(ns + 'g'):\n"
+    "    if g.get('class') == 'f':\n"
+    "        t = g.find(ns + 'title').text\n"
+    "        assert t.startswith(g.get('data-name') + ' ') or t == g.get('data-name'), t\n"
     "urls = set(re.findall(r'https?://[^\\s\"\\'<>]*', data))\n"
     "assert urls <= {'http://www.w3.org/2000/svg', 'http://www.w3.org/1999/xlink'}, urls\n"
     "assert 'href' not in data and '@import' not in data, 'external reference'\n"
@@ -382,6 +391,101 @@ static void test_flamegraph(void **state)
     } else {
         print_message("rsvg-convert missing: SVG rendering not checked\n");
     }
+    profile_free(p);
+}
+
+static struct stacks_frame pyfr(const char *func, const char *file, int line, int func_line)
+{
+    struct stacks_frame f = {
+        .func = func, .file = file, .line = line, .func_line = func_line, .python = true};
+    return f;
+}
+
+#define LIBA "/usr/lib/liba.so.1"
+#define LIBB "/opt/b/libb.so.2"
+#define PYEXE "/usr/bin/python3.11"
+
+/* What each reader keys a function by, for functions that share a name across modules (stripped
+ * ones, two mains, two inits of one source file) and for Python functions: pstats' (file, line,
+ * name) tells them all apart, with the module as the file when there is no source file;
+ * callgrind puts the module in ob= once and the name alone in fn=, a Python function's object
+ * is its .py file, and every compressed name is given once, then used by its id. */
+static const char modules_check[] =
+    "import sys, re, subprocess, collections, pstats\n"
+    "st = pstats.Stats(sys.argv[1]).stats\n"
+    "want = {('/usr/lib/liba.so.1', 0, '[unknown]'), ('/opt/b/libb.so.2', 0, '[unknown]'),\n"
+    "        ('/usr/lib/liba.so.1', 0, 'main'), ('/opt/b/libb.so.2', 0, 'main'),\n"
+    "        ('/app/srv.py', 10, 'handle'), ('/app/main.py', 1, '<module>'),\n"
+    "        ('/usr/bin/python3.11', 0, 'main'), ('/src/util.c', 5, 'init'),\n"
+    "        ('/src/util.c', 5, 'init [/opt/b/libb.so.2]')}\n"
+    "assert set(st) == want, sorted(set(st) ^ want)\n"
+    "text = open(sys.argv[2]).read()\n"
+    "names, ob = {}, None\n"
+    "for line in text.splitlines():\n"
+    "    m = re.match(r'^(c?)(ob|fl|fi|fn)=\\((\\d+)\\)(?: (.*))?$', line)\n"
+    "    if not m:\n"
+    "        continue\n"
+    "    kind = 'fl' if m.group(2) == 'fi' else m.group(2)\n"
+    "    key = (kind, m.group(3))\n"
+    "    if m.group(4) is not None:\n"
+    "        assert key not in names, ('named twice', line)\n"
+    "        names[key] = m.group(4)\n"
+    "    else:\n"
+    "        assert key in names, ('used before it is named', line)\n"
+    "    if not m.group(1) and kind == 'ob':\n"
+    "        ob = names[key]\n"
+    "    if not m.group(1) and kind == 'fn':\n"
+    "        fn = names[key]\n"
+    "        if fn == 'handle':\n"
+    "            assert ob == '/app/srv.py', ob\n"
+    "        if ' [' in fn:\n"
+    "            assert fn.endswith(' [%s]' % ob), (fn, ob)\n"
+    "        assert ob != '[unknown]' or fn == '[truncated]', (fn, ob)\n"
+    "obs = sorted(v for k, v in names.items() if k[0] == 'ob')\n"
+    "assert len(obs) == len(set(obs)), obs\n"
+    "fns = sorted(v for k, v in names.items() if k[0] == 'fn')\n"
+    "assert fns == ['<module>', '[truncated]', '[unknown]', '[unknown] [/opt/b/libb.so.2]',\n"
+    "               'handle', 'init', 'init [/opt/b/libb.so.2]', 'main',\n"
+    "               'main [/opt/b/libb.so.2]', 'main [/usr/lib/liba.so.1]'], fns\n"
+    "out = subprocess.run(['callgrind_annotate', '--inclusive=yes', sys.argv[2]],\n"
+    "                     capture_output=True, text=True, check=True).stdout\n"
+    "assert '[[unknown]]' not in out.replace('[truncated] [[unknown]]', ''), out\n"
+    "assert 'srv.py:handle [/app/srv.py]' in out, out\n"
+    "assert '???:main [/usr/bin/python3.11]' in out, out\n"
+    "assert '???:[unknown] [/usr/lib/liba.so.1]' in out, out\n"
+    "print(out)\n";
+
+static void test_modules(void **state)
+{
+    struct profile *p;
+    struct stacks_frame py[] = {pyfr("handle", "/app/srv.py", 12, 10),
+                                pyfr("<module>", "/app/main.py", 3, 1),
+                                fr(PYEXE, "main", NULL, 0, 0)};
+    struct stacks_frame a[] = {fr(LIBA, NULL, NULL, 0, 0), fr(LIBA, "main", NULL, 0, 0)};
+    struct stacks_frame b[] = {fr(LIBB, NULL, NULL, 0, 0), fr(LIBB, "main", NULL, 0, 0)};
+    struct stacks_frame u[] = {fr(LIBA, "init", "/src/util.c", 7, 5), fr(LIBA, "main", NULL, 0, 0)};
+    struct stacks_frame v[] = {fr(LIBB, "init", "/src/util.c", 7, 5), fr(LIBB, "main", NULL, 0, 0)};
+    struct profile_top top[8];
+    char cprof[128], cg[128];
+    size_t n, i;
+    (void)state;
+
+    assert_int_equal(profile_new(&p), 0);
+    add_n(p, "main", py, 3, 0, 4);
+    add_n(p, "main", a, 2, 0, 3);
+    add_n(p, "main", b, 2, 0, 3);
+    add_n(p, "main", u, 2, 0, 2);
+    add_n(p, "main", v, 2, 0, 2);
+    assert_int_equal(profile_top(p, 8, top, &n), 0);
+    for (i = 0; i < n && strcmp(top[i].func, "handle"); i++)
+        ;
+    assert_true(i < n);
+    assert_string_equal(top[i].module, "/app/srv.py");
+    path_in(cprof, sizeof(cprof), "modules.cprof");
+    path_in(cg, sizeof(cg), "callgrind.out.modules");
+    assert_int_equal(profile_write_pstats(p, cprof, NULL), 0);
+    assert_int_equal(profile_write_callgrind(p, cg, "modules", 1, NULL), 0);
+    python(modules_check, cprof, cg);
     profile_free(p);
 }
 
@@ -614,7 +718,7 @@ int main(void)
         cmocka_unit_test(test_callgrind),      cmocka_unit_test(test_flamegraph),
         cmocka_unit_test(test_marshal),        cmocka_unit_test(test_bad_utf8),
         cmocka_unit_test(test_write_errors),   cmocka_unit_test(test_function_limit),
-        cmocka_unit_test(test_figures),
+        cmocka_unit_test(test_modules),        cmocka_unit_test(test_figures),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -71,6 +71,7 @@ static const char *const actions[] = {
     "ping",
     "runs",
     "get_file",
+    "recorder",
 };
 #define N_ACTIONS (sizeof(actions) / sizeof(actions[0]))
 
@@ -303,6 +304,12 @@ static const struct payload_case payload_cases[] = {
     {"start", "{\"frequency\": 1}", NULL},
     {"start", "{\"frequency\": 4999}", NULL},
     {"start", "{\"frequency\": 100.0}", NULL},
+    {"start", "{\"last\": 300}", NULL},
+    {"start", "{\"from\": \"2026-11-24T22:00:00Z\", \"to\": \"2026-11-24T22:05:00Z\"}", NULL},
+    {"start", "{\"last\": 0}", "last: must be greater than 0"},
+    {"start", "{\"last\": 86401}", "last: must be at most 86400"},
+    {"recorder", "{\"enabled\": false}", NULL},
+    {"recorder", "{\"enabled\": \"on\"}", "enabled: must be a boolean"},
     {"start", "{\"seconds\": 0}", "seconds: must be greater than 0"},
     {"start", "{\"seconds\": -5}", "seconds: must be greater than 0"},
     {"start", "{\"seconds\": 3600.5}", "seconds: must be at most 3600"},
@@ -484,8 +491,11 @@ static void test_action_defaults(void **state)
     assert_int_equal(json_object_get_int64(v), 99); /* present fields are kept */
     assert_true(json_object_object_get_ex(p, "mode", &v));
     assert_string_equal(json_object_get_string(v), "cpu");
+    assert_true(json_object_object_get_ex(p, "formats", &v)); /* an array default */
+    assert_int_equal(json_object_array_length(v), 3);
+    assert_string_equal(json_object_get_string(json_object_array_get_idx(v, 2)), "flamegraph");
     assert_false(json_object_object_get_ex(p, "request_id", NULL));
-    assert_int_equal(json_object_object_length(p), 3);
+    assert_int_equal(json_object_object_length(p), 4);
     json_object_put(p);
     schema_free(start);
 

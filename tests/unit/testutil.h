@@ -123,6 +123,59 @@ static inline int testutil_parked_query(struct testutil_child *c, long *sleeps, 
     return sscanf(line, "sleeps=%ld reads=%ld", sleeps, reads) == 2 ? 0 : -1;
 }
 
+/* Runs argv (argv[0] a path) to its end, its stdin empty; what it prints on stdout and stderr
+ * goes to out (NUL-terminated, cut at outlen - 1). Its exit status; 128 when a signal ended it,
+ * -1 when it could not be started. */
+static inline int testutil_run(char *const argv[], char *out, size_t outlen)
+{
+    int o[2], status;
+    size_t n = 0;
+    ssize_t k;
+    pid_t pid;
+
+    if (pipe2(o, O_CLOEXEC))
+        return -1;
+    pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDONLY);
+        dup2(null, 0);
+        dup2(o[1], 1);
+        dup2(o[1], 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(o[1]);
+    while (pid > 0 && n + 1 < outlen && (k = read(o[0], out + n, outlen - 1 - n)) > 0)
+        n += (size_t)k;
+    out[n] = '\0';
+    close(o[0]);
+    if (pid < 0 || waitpid(pid, &status, 0) != pid)
+        return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+/* A fresh directory /tmp/NAME.XXXXXX for a test's files, its path in buf (64 bytes); 0 on
+ * success. */
+static inline int testutil_tmpdir(char *buf, const char *name)
+{
+    snprintf(buf, 64, "/tmp/%s.XXXXXX", name);
+    return mkdtemp(buf) ? 0 : -1;
+}
+
+/* Removes it with what it holds, unless PROFILE_KEEP is set: then it stays for a person to
+ * open the files. 0 on success. */
+static inline int testutil_tmpdir_remove(const char *dir)
+{
+    char cmd[128];
+
+    if (getenv("PROFILE_KEEP")) {
+        printf("files kept in %s\n", dir);
+        return 0;
+    }
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
 /* The lines an emit callback (objects_dump, sockets_dump) was handed, copied; zeroed to start. */
 struct testutil_lines {
     char **v;
