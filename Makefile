@@ -5,7 +5,7 @@
 
 CC       ?= gcc
 PYTHON   ?= /usr/bin/python3
-PKGS     := libmosquitto json-c libunwind-generic libdw libelf sqlite3
+PKGS     := libmosquitto json-c libunwind-generic libdw libelf sqlite3 zlib
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -fno-omit-frame-pointer \
             $(shell pkg-config --cflags $(PKGS)) -Iengine -Iagent
@@ -25,7 +25,8 @@ ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 AGENT_OBJ  := $(AGENT_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC   := $(wildcard tests/unit/test_*.c)
 TEST_BIN   := $(filter-out $(UNIT_SKIP:%=$(BUILD)/tests/%),$(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%))
-WORKLOADS  := $(patsubst tests/workloads/%.c,$(BUILD)/workloads/%,$(wildcard tests/workloads/*.c))
+WORKLOADS  := $(patsubst tests/workloads/%.c,$(BUILD)/workloads/%,$(wildcard tests/workloads/*.c)) \
+              $(BUILD)/workloads/allocs_musl
 
 VERSION  := $(shell cat VERSION 2>/dev/null || echo 0.1.0)
 CFLAGS   += -DPROFILER_AGENT_VERSION='"$(VERSION)"'
@@ -43,10 +44,12 @@ CFLAGS     += -DPROFILER_AGENT_LIBDIR='"$(LIBDIR)"' -DPROFILER_AGENT_SCHEMADIR='
               -DPROFILER_AGENT_PYSCRIPTDIR='"$(DATADIR)/pyscripts"'
 
 HOOKLIB  := $(BUILD)/libprofiler-agent-memhook.so
+HOOKLIB_MUSL := $(BUILD)/libprofiler-agent-memhook-musl.so
+MUSL_CC  ?= musl-gcc
 
 .PHONY: all check unit-check sanitize-check tsan-check integration-check format-check lint bench \
         clean install deb FORCE
-all: $(BUILD)/profiler-agent $(HOOKLIB) $(WORKLOADS)
+all: $(BUILD)/profiler-agent $(HOOKLIB) $(HOOKLIB_MUSL) $(WORKLOADS)
 
 # The compiled-in paths change with PREFIX: rebuild the objects that use them when it does.
 $(BUILD)/agent/main.o $(BUILD)/agent/actions/memory.o $(BUILD)/agent/inside.o: \
@@ -74,11 +77,19 @@ $(BUILD)/profiler-agent: $(BUILD)/agent/main.o $(BUILD)/libagent.a $(BUILD)/libe
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # The library `memory` loads into targets: never sanitized (a target has no sanitizer runtime),
-# libc its only dependency, nothing exported but its two entry points.
-$(HOOKLIB): $(wildcard engine/memory/hook/*.c engine/memory/hook/*.S engine/memory/hook/*.h) engine/memory/memring.h
+# libc its only dependency, nothing exported but its two entry points. Built twice: against
+# glibc, and against musl for the processes of Alpine images (Debian's musl-gcc).
+HOOK_SRC   := $(wildcard engine/memory/hook/*.c engine/memory/hook/*.S engine/memory/hook/*.h) \
+              engine/memory/memring.h
+HOOK_FLAGS := -std=gnu11 -O2 -g -fPIC -shared -fvisibility=hidden -Wall -Wextra -Werror \
+              -D_GNU_SOURCE -Wl,-z,defs -Iengine
+$(HOOKLIB): $(HOOK_SRC)
 	@mkdir -p $(dir $@)
-	$(CC) -std=gnu11 -O2 -g -fPIC -shared -fvisibility=hidden -Wall -Wextra -Werror \
-	    -D_GNU_SOURCE -Wl,-z,defs -Iengine -o $@ $(filter %.c %.S,$^)
+	$(CC) $(HOOK_FLAGS) -o $@ $(filter %.c %.S,$^)
+
+$(HOOKLIB_MUSL): $(HOOK_SRC)
+	@mkdir -p $(dir $@)
+	$(MUSL_CC) $(HOOK_FLAGS) -o $@ $(filter %.c %.S,$^)
 
 # Test workloads stand for the binaries users profile: Debian builds without frame pointers.
 $(BUILD)/workloads/%: tests/workloads/%.c
@@ -91,13 +102,27 @@ $(BUILD)/workloads/allocs_static: tests/workloads/allocs_static.c
 	$(CC) -std=gnu11 -O2 -g -fomit-frame-pointer -static -Wl,--eh-frame-hdr -Wall -Wextra -Werror \
 	    -o $@ $< -lpthread
 
+# Linked with musl, whose C library has no CFI, as every program in an Alpine image: musl-gcc's
+# specs leave out the .eh_frame_hdr that Alpine's own toolchain gives every program. musl_NAME
+# is written for musl; allocs_musl is allocs built against it, for the hooks' musl build.
+define musl_workload
+	@mkdir -p $(dir $@)
+	$(MUSL_CC) -std=gnu11 -O2 -g -fomit-frame-pointer -Wl,--eh-frame-hdr -Wall -Wextra -Werror \
+	    -o $@ $< -lpthread
+endef
+$(BUILD)/workloads/musl_%: tests/workloads/musl_%.c
+	$(musl_workload)
+$(BUILD)/workloads/allocs_musl: tests/workloads/allocs.c
+	$(musl_workload)
+
 # Not position-independent and taking malloc's address, as Debian's python3.11: malloc gets a
 # canonical PLT entry in the executable, which the hooks must tell from libc's malloc.
 $(BUILD)/workloads/canonical_plt: tests/workloads/canonical_plt.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -O2 -g -fomit-frame-pointer -fno-pie -no-pie -Wall -Wextra -Werror -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c Makefile $(BUILD)/libagent.a $(BUILD)/libengine.a $(WORKLOADS) $(HOOKLIB)
+$(BUILD)/tests/%: tests/unit/%.c Makefile $(BUILD)/libagent.a $(BUILD)/libengine.a $(WORKLOADS) $(HOOKLIB) \
+                  $(HOOKLIB_MUSL)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(DEPFLAGS) -MF $@.d -MT $@ $(LDFLAGS) -o $@ $< $(BUILD)/libagent.a \
 	    $(BUILD)/libengine.a $(LDLIBS) -lcmocka
@@ -180,6 +205,8 @@ bench: all
 	$(PYTHON) bench/roundtrip.py
 	$(PYTHON) bench/cpu_profile.py
 	$(PYTHON) bench/stripped.py
+	$(PYTHON) bench/unwind_cost.py
+	$(PYTHON) bench/recorder.py
 	$(PYTHON) bench/memory.py
 	$(PYTHON) bench/object_sources.py
 	$(PYTHON) bench/fleet.py
@@ -189,12 +216,12 @@ bench: all
 
 # The daemon's config keeps its state under /var/lib/profiler-agent (the unit's StateDirectory);
 # an existing config is never overwritten.
-install: $(BUILD)/profiler-agent $(HOOKLIB)
+install: $(BUILD)/profiler-agent $(HOOKLIB) $(HOOKLIB_MUSL)
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(DATADIR)/schemas \
 	    $(DESTDIR)$(DATADIR)/pyscripts \
 	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/profiler-agent $(DESTDIR)$(UNITDIR)
 	install -m 0755 $(BUILD)/profiler-agent $(DESTDIR)$(BINDIR)/profiler-agent
-	install -m 0644 $(HOOKLIB) $(DESTDIR)$(LIBDIR)/
+	install -m 0644 $(HOOKLIB) $(HOOKLIB_MUSL) $(DESTDIR)$(LIBDIR)/
 	install -m 0644 schemas/*.json $(DESTDIR)$(DATADIR)/schemas/
 	install -m 0644 pyscripts/*.py $(DESTDIR)$(DATADIR)/pyscripts/
 	install -m 0644 packaging/profiler-agent.8 $(DESTDIR)$(MANDIR)/man8/profiler-agent.8
@@ -241,7 +268,8 @@ FUZZ_BIN     := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(wildcard tests/fuzz/
 
 # The targets over what a profiled process controls need the engine alone; what a target links
 # leaves out a source it includes to reach its statics (fuzz_perf: sampler_perf.c's decoder).
-FUZZ_ENGINE_BIN := $(FUZZ_BUILD)/fuzz_procfs $(FUZZ_BUILD)/fuzz_elf $(FUZZ_BUILD)/fuzz_perf
+FUZZ_ENGINE_BIN := $(FUZZ_BUILD)/fuzz_procfs $(FUZZ_BUILD)/fuzz_elf $(FUZZ_BUILD)/fuzz_perf \
+                   $(FUZZ_BUILD)/fuzz_cfi
 FUZZ_LINK     = $(FUZZ_OBJ)
 $(FUZZ_ENGINE_BIN): FUZZ_LINK = $(FUZZ_ENGINE_OBJ)
 $(FUZZ_BUILD)/fuzz_perf: FUZZ_LINK = $(filter-out %/sampler_perf.o,$(FUZZ_ENGINE_OBJ))

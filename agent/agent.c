@@ -8,11 +8,13 @@
 #include <string.h>
 #include "agent.h"
 #include "clock.h"
+#include "flight.h"
 #include "log.h"
 #include "privs.h"
 #include "registry.h"
 #include "retention.h"
 #include "schema.h"
+#include "stall.h"
 #include "store.h"
 #include "watch.h"
 
@@ -140,19 +142,35 @@ static bool utf8_valid(const char *s, size_t n)
     return true;
 }
 
-static size_t utf8_chars(const char *s)
+static size_t utf8_chars(const char *s, size_t len)
 {
     size_t n = 0;
 
-    for (; *s; s++)
-        n += ((unsigned char)*s & 0xc0) != 0x80;
+    for (size_t i = 0; i < len; i++)
+        n += ((unsigned char)s[i] & 0xc0) != 0x80;
     return n;
+}
+
+/* The request_id, when a string json-c decoded is one: at most RUN_REQUEST_ID_MAX characters,
+ * kept byte for byte (U+0000 included) so the result echoes it exactly. */
+static void take_id(struct run *run, struct json_object *v)
+{
+    const char *s = json_object_get_string(v);
+    size_t n = (size_t)json_object_get_string_len(v);
+
+    if (!json_object_is_type(v, json_type_string) || n >= sizeof(run->request_id) ||
+        utf8_chars(s, n) > RUN_REQUEST_ID_MAX || !utf8_valid(s, n))
+        return;
+    memcpy(run->request_id, s, n);
+    run->request_id[n] = '\0';
+    run->request_id_len = n;
+    run->has_request_id = true;
 }
 
 /* Finds a top-level "request_id" string in a payload json-c could not parse (too deep, broken
  * later on), so that even a rejected command can be matched to its result. Only a well-formed
  * string of at most RUN_REQUEST_ID_MAX characters is taken. */
-static bool scan_request_id(const char *p, size_t len, char *out, size_t outlen)
+static void scan_request_id(struct run *run, const char *p, size_t len)
 {
     int depth = 0;
     bool expect_key = false;
@@ -176,7 +194,7 @@ static bool scan_request_id(const char *p, size_t len, char *out, size_t outlen)
                 if (p[j] == '\\')
                     j++;
             if (j >= len)
-                return false;
+                return;
             i = j;
             if (!(expect_key && depth == 1 && j - start - 1 == 10 &&
                   memcmp(p + start + 1, "request_id", 10) == 0)) {
@@ -187,36 +205,29 @@ static bool scan_request_id(const char *p, size_t len, char *out, size_t outlen)
             for (j = i + 1; j < len && strchr(" \t\r\n", p[j]); j++)
                 ;
             if (j >= len || p[j] != ':')
-                return false;
+                return;
             for (j++; j < len && strchr(" \t\r\n", p[j]); j++)
                 ;
             if (j >= len || p[j] != '"')
-                return false;
+                return;
             start = j;
             for (j = start + 1; j < len && p[j] != '"' && j - start < 6 * RUN_REQUEST_ID_MAX; j++)
                 if (p[j] == '\\')
                     j++;
             if (j >= len || p[j] != '"')
-                return false;
+                return;
             {
                 char *tok = strndup(p + start, j - start + 1);
                 struct json_object *s = tok ? json_tokener_parse(tok) : NULL;
-                bool ok =
-                    s && json_object_is_type(s, json_type_string) &&
-                    json_object_get_string_len(s) < (int)outlen &&
-                    strlen(json_object_get_string(s)) == (size_t)json_object_get_string_len(s) &&
-                    utf8_valid(json_object_get_string(s), (size_t)json_object_get_string_len(s)) &&
-                    utf8_chars(json_object_get_string(s)) <= RUN_REQUEST_ID_MAX;
 
-                if (ok)
-                    snprintf(out, outlen, "%s", json_object_get_string(s));
+                if (s)
+                    take_id(run, s);
                 json_object_put(s);
                 free(tok);
-                return ok;
+                return;
             }
         }
     }
-    return false;
 }
 
 /* A topic level cut to fit action_name may end inside a UTF-8 sequence; the result must stay
@@ -239,18 +250,9 @@ static void utf8_trim_partial(char *s)
 static void take_request_id(struct run *run, struct json_object *obj)
 {
     struct json_object *v;
-    const char *s;
 
-    if (!json_object_object_get_ex(obj, "request_id", &v) ||
-        !json_object_is_type(v, json_type_string))
-        return;
-    s = json_object_get_string(v);
-    /* An id with NUL in it could only be echoed cut short: a different id. */
-    if (strlen(s) != (size_t)json_object_get_string_len(v) || utf8_chars(s) > RUN_REQUEST_ID_MAX ||
-        strlen(s) >= sizeof(run->request_id))
-        return;
-    snprintf(run->request_id, sizeof(run->request_id), "%s", s);
-    run->has_request_id = true;
+    if (json_object_object_get_ex(obj, "request_id", &v))
+        take_id(run, v);
 }
 
 static struct json_object *run_result(struct run *run)
@@ -260,7 +262,8 @@ static struct json_object *run_result(struct run *run)
 
     json_object_object_add(o, "run_id", run->id ? json_object_new_int64(run->id) : NULL);
     if (run->has_request_id)
-        json_object_object_add(o, "request_id", json_object_new_string(run->request_id));
+        json_object_object_add(
+            o, "request_id", json_object_new_string_len(run->request_id, (int)run->request_id_len));
     json_object_object_add(o, "action", json_object_new_string(run->action_name));
     json_object_object_add(o, "status", json_object_new_string(run->ok ? "ok" : "error"));
     if (!run->ok)
@@ -284,11 +287,36 @@ static struct json_object *run_result(struct run *run)
     return o;
 }
 
+/* Before a run is recorded: a database deleted or replaced under the agent would take runs that
+ * no one can ever read again; the store opens the path afresh, and the run says so. */
+static void check_store_file(struct run *run)
+{
+    const char *db = run->host->config->database;
+    char what[64], text[PATH_MAX + 512];
+    int r = store_check_file(run->host->store, what, sizeof(what));
+
+    if (r == 0)
+        return;
+    if (r > 0)
+        snprintf(text, sizeof(text),
+                 "the run database %s %s while the agent was running: runs are recorded in a new "
+                 "one there from now on, and `runs` lists only those",
+                 db, what);
+    else
+        snprintf(text, sizeof(text),
+                 "the run database %s %s and cannot be created again (%s): runs are kept in "
+                 "memory until it can",
+                 db, what, store_errmsg(run->host->store));
+    log_msg(r > 0 ? CONFIG_LOG_WARNING : CONFIG_LOG_ERROR, "%s", text);
+    run_warn(run, "%s", text);
+}
+
 static void store_write(struct run *run, const char *status, bool insert)
 {
     struct store *st = run->host->store;
     struct store_run row = {
         .request_id = run->has_request_id ? run->request_id : NULL,
+        .request_id_len = run->request_id_len,
         .action = run->action_name,
         .params = run->params ? json_object_to_json_string_ext(run->params, RUN_JSON_FLAGS) : NULL,
         .target_spec = run->has_target ? run->target_spec : NULL,
@@ -306,9 +334,10 @@ static void store_write(struct run *run, const char *status, bool insert)
 
     if (!st)
         return;
-    if (insert)
+    if (insert) {
+        check_store_file(run);
         r = store_run_insert(st, &row, &run->id);
-    else if (run->id)
+    } else if (run->id)
         r = store_run_update(st, run->id, &row);
     else
         return;
@@ -320,6 +349,11 @@ static void store_write(struct run *run, const char *status, bool insert)
             run_warn(run, "the run is not recorded in the database %s: %s",
                      run->host->config->database, store_errmsg(st));
     }
+}
+
+void agent_store_run(struct run *run, const char *status)
+{
+    store_write(run, status, run->id == 0);
 }
 
 static void run_free(struct run *run)
@@ -548,14 +582,12 @@ static int prepare(struct run *run, const void *payload, size_t len)
     int r;
 
     if (len > (size_t)a->host.config->max_payload_bytes) {
-        run->has_request_id =
-            scan_request_id(payload, len, run->request_id, sizeof(run->request_id));
+        scan_request_id(run, payload, len);
         return run_fail(run, "payload is %zu bytes, larger than max_payload_bytes (%ld)", len,
                         a->host.config->max_payload_bytes);
     }
     if (!utf8_valid(payload, len)) {
-        run->has_request_id =
-            scan_request_id(payload, len, run->request_id, sizeof(run->request_id));
+        scan_request_id(run, payload, len);
         return run_fail(run, "payload is not valid JSON: it is not valid UTF-8");
     }
     if (len == 0) {
@@ -581,8 +613,7 @@ static int prepare(struct run *run, const void *payload, size_t len)
         json_tokener_free(tok);
         if (jerr != json_tokener_success || !obj) {
             json_object_put(obj);
-            run->has_request_id =
-                scan_request_id(payload, len, run->request_id, sizeof(run->request_id));
+            scan_request_id(run, payload, len);
             if (jerr == json_tokener_error_depth)
                 return run_fail(run, "payload is nested more than %d levels deep",
                                 PAYLOAD_MAX_DEPTH);
@@ -704,10 +735,19 @@ char *agent_state_json(struct agent *a)
     struct json_object *loggers = json_object_new_array();
     struct json_object *last = json_object_new_object(), *settings = NULL, *v;
     int64_t now = clock_monotonic_us();
+    char stamp[CLOCK_ISO_MAX];
     bool profiling = false;
     char *text;
 
     watch_describe(loggers);
+    flight_describe(o);
+    stall_describe(o);
+    /* When this was published: subscribers that cannot rely on the status topic's last will (on
+     * another node of a cluster) tell a silent agent by it. */
+    clock_iso8601(clock_realtime_us(), stamp, sizeof(stamp));
+    json_object_object_add(o, "last_seen", json_object_new_string(stamp));
+    if (a->host.out.connection)
+        a->host.out.connection(o, a->host.out.userdata);
     pthread_mutex_lock(&a->host.lock);
     for (struct run *r = a->host.jobs; r; r = r->next) {
         struct json_object *j = json_object_new_object();

@@ -54,6 +54,9 @@ void agent_command(struct agent *a, const char *action, const void *payload, siz
 unsigned agent_wait_jobs(struct agent *a, bool cancel, int timeout_ms);
 /* JSON text for P/N/state. Caller frees. */
 char *agent_state_json(struct agent *a);
+/* Writes the row of a run the agent began by itself (a stall): inserted the first time, run->id
+ * set, updated after. */
+void agent_store_run(struct run *run, const char *status);
 /* Makes value (owned from here on; NULL removes it) the default of action's field for commands
  * that omit the field. The caller has validated it against the action's schema. */
 void agent_set_default(struct agent *a, const char *action, const char *field,

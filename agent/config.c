@@ -13,7 +13,7 @@
 #define CONFIG_LINE_MAX 8192
 #define CONFIG_LINES_MAX 10000
 
-enum key_type { KEY_STR, KEY_INT, KEY_LONG, KEY_BOOL, KEY_LEVEL, KEY_VERSION };
+enum key_type { KEY_STR, KEY_INT, KEY_LONG, KEY_BOOL, KEY_LEVEL, KEY_VERSION, KEY_BROKERS };
 
 struct key {
     const char *name;
@@ -29,6 +29,8 @@ struct key {
     KEY_LONG, offsetof(struct config, f), sizeof(((struct config *)0)->f), lo, hi
 
 static const struct key keys[] = {
+    {"broker", KEY_BROKERS, offsetof(struct config, broker), sizeof(((struct config *)0)->broker),
+     0, 0},
     {"broker_host", STR(broker_host)},
     {"broker_port", INT(broker_port, 1, 65535)},
     {"username", STR(username)},
@@ -40,6 +42,8 @@ static const struct key keys[] = {
     {"client_id", STR(client_id)},
     {"keepalive", INT(keepalive, 5, 3600)},
     {"mqtt_version", KEY_VERSION, offsetof(struct config, mqtt_version), 0, 0, 0},
+    {"heartbeat_seconds", INT(heartbeat_seconds, 0, 86400)},
+    {"heartbeat_discovery", KEY_BOOL, offsetof(struct config, heartbeat_discovery), 0, 0, 0},
     {"node_id", STR(node_id)},
     {"topic_prefix", STR(topic_prefix)},
     {"discovery", KEY_BOOL, offsetof(struct config, discovery), 0, 0, 0},
@@ -58,15 +62,54 @@ static const struct key keys[] = {
     {"log_level", KEY_LEVEL, offsetof(struct config, log_level), 0, 0, 0},
     {"python_exec", KEY_BOOL, offsetof(struct config, python_exec), 0, 0, 0},
     {"python_timeout", INT(python_timeout, 1, 300)},
+    {"recorder", KEY_BOOL, offsetof(struct config, recorder), 0, 0, 0},
+    {"recorder_frequency", INT(recorder_frequency, 1, 999)},
+    {"recorder_minutes", INT(recorder_minutes, 1, 1440)},
+    {"recorder_max_mb", INT(recorder_max_mb, 1, 4096)},
+    {"stall_seconds", INT(stall_seconds, 0, 3600)},
+    {"stall_thread", STR(stall_thread)},
 };
 
 const char *const config_keys[] = {
-    "broker_host",    "broker_port",   "username",     "password",        "password_file",
-    "tls_ca_file",    "tls_cert_file", "tls_key_file", "client_id",       "keepalive",
-    "mqtt_version",   "node_id",       "topic_prefix", "discovery",       "discovery_prefix",
-    "output_dir",     "database",      "target",       "allowed_targets", "max_payload_bytes",
-    "max_file_bytes", "max_jobs",      "rate_limit",   "retention_days",  "retention_max_bytes",
-    "schema_dir",     "log_level",     "python_exec",  "python_timeout",  NULL,
+    "broker",
+    "broker_host",
+    "broker_port",
+    "username",
+    "password",
+    "password_file",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "client_id",
+    "keepalive",
+    "mqtt_version",
+    "heartbeat_seconds",
+    "heartbeat_discovery",
+    "node_id",
+    "topic_prefix",
+    "discovery",
+    "discovery_prefix",
+    "output_dir",
+    "database",
+    "target",
+    "allowed_targets",
+    "max_payload_bytes",
+    "max_file_bytes",
+    "max_jobs",
+    "rate_limit",
+    "retention_days",
+    "retention_max_bytes",
+    "schema_dir",
+    "log_level",
+    "python_exec",
+    "python_timeout",
+    "recorder",
+    "recorder_frequency",
+    "recorder_minutes",
+    "recorder_max_mb",
+    "stall_seconds",
+    "stall_thread",
+    NULL,
 };
 
 static const char *const level_names[] = {"debug", "info", "warning", "error"};
@@ -106,6 +149,7 @@ void config_defaults(struct config *c)
     c->broker_port = 1883;
     c->keepalive = 60;
     c->mqtt_version = 5;
+    c->heartbeat_seconds = 60;
     node_id_from_host(c->node_id, sizeof(c->node_id));
     snprintf(c->topic_prefix, sizeof(c->topic_prefix), "profiler");
     c->discovery = true;
@@ -122,6 +166,10 @@ void config_defaults(struct config *c)
     c->log_level = CONFIG_LOG_INFO;
     c->python_exec = true;
     c->python_timeout = 10;
+    c->recorder_frequency = 19;
+    c->recorder_minutes = 10;
+    c->recorder_max_mb = 16;
+    snprintf(c->stall_thread, sizeof(c->stall_thread), "MainThread");
 }
 
 static int parse_long(const char *value, long long min, long long max, long long *ret)
@@ -135,6 +183,98 @@ static int parse_long(const char *value, long long min, long long max, long long
         return -EINVAL;
     *ret = v;
     return 0;
+}
+
+static char *trim(char *s)
+{
+    char *end;
+
+    while (isspace((unsigned char)*s))
+        s++;
+    end = s + strlen(s);
+    while (end > s && isspace((unsigned char)end[-1]))
+        *--end = '\0';
+    return s;
+}
+
+/* One entry of `broker` (len bytes at text): HOST, HOST:PORT, [V6ADDR] or [V6ADDR]:PORT, with
+ * default_port when it names none. */
+static int parse_broker(const char *text, size_t len, int default_port, struct config_broker *ret,
+                        char *err, size_t errlen)
+{
+    char entry[CONFIG_STR_MAX + 16], *e, *end, *port = NULL;
+    long long v = default_port;
+
+    if (len >= sizeof(entry)) {
+        snprintf(err, errlen, "broker: an entry is longer than %zu characters", sizeof(entry) - 1);
+        return -EINVAL;
+    }
+    memcpy(entry, text, len);
+    entry[len] = '\0';
+    e = trim(entry);
+    if (!*e) {
+        snprintf(err, errlen, "broker: an empty entry (write HOST[:PORT], HOST[:PORT], ...)");
+        return -EINVAL;
+    }
+    if (*e == '[') {
+        end = strchr(e, ']');
+        if (!end || end == e + 1 || (end[1] && end[1] != ':')) {
+            snprintf(err, errlen, "broker: expected [ADDRESS]:PORT, got '%s'", e);
+            return -EINVAL;
+        }
+        if (end[1] == ':')
+            port = end + 2;
+        *end = '\0';
+        e++;
+    } else {
+        end = strchr(e, ':');
+        if (end && strchr(end + 1, ':')) {
+            snprintf(err, errlen, "broker: write an IPv6 address as [ADDRESS]:PORT, got '%s'", e);
+            return -EINVAL;
+        }
+        if (end) {
+            *end = '\0';
+            port = end + 1;
+        }
+    }
+    if (!*e || strpbrk(e, " \t,[]")) {
+        snprintf(err, errlen, "broker: '%.*s' is not HOST[:PORT]", (int)len, text);
+        return -EINVAL;
+    }
+    if (port && parse_long(port, 1, 65535, &v) < 0) {
+        snprintf(err, errlen, "broker: the port of '%s' must be an integer from 1 to 65535", e);
+        return -EINVAL;
+    }
+    if (strlen(e) >= sizeof(ret->host)) {
+        snprintf(err, errlen, "broker: a host name is longer than %zu characters",
+                 sizeof(ret->host) - 1);
+        return -EINVAL;
+    }
+    snprintf(ret->host, sizeof(ret->host), "%s", e);
+    ret->port = (int)v;
+    return 0;
+}
+
+/* `broker`: entries separated by commas, at most CONFIG_MAX_BROKERS. Returns how many. */
+static int parse_brokers(const char *text, int default_port, struct config_broker *list, char *err,
+                         size_t errlen)
+{
+    int n = 0, r;
+
+    for (const char *p = text;; p++) {
+        size_t len = strcspn(p, ",");
+
+        if (n == CONFIG_MAX_BROKERS) {
+            snprintf(err, errlen, "broker: at most %d brokers", CONFIG_MAX_BROKERS);
+            return -EINVAL;
+        }
+        r = parse_broker(p, len, default_port, &list[n++], err, errlen);
+        if (r < 0)
+            return r;
+        p += len;
+        if (!*p)
+            return n;
+    }
 }
 
 int config_set(struct config *c, const char *key, const char *value, char *err, size_t errlen)
@@ -202,20 +342,21 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
             return -EINVAL;
         }
         return 0;
+    case KEY_BROKERS: {
+        struct config_broker list[CONFIG_MAX_BROKERS];
+
+        /* Checked now, for an error with its line; the ports left out are known at the end. */
+        if (*value && parse_brokers(value, 1, list, err, errlen) < 0)
+            return -EINVAL;
+        if (strlen(value) >= k->size) {
+            snprintf(err, errlen, "%s: must be at most %zu characters", key, k->size - 1);
+            return -EINVAL;
+        }
+        snprintf(field, k->size, "%s", value);
+        return 0;
+    }
     }
     return -EINVAL;
-}
-
-static char *trim(char *s)
-{
-    char *end;
-
-    while (isspace((unsigned char)*s))
-        s++;
-    end = s + strlen(s);
-    while (end > s && isspace((unsigned char)end[-1]))
-        *--end = '\0';
-    return s;
 }
 
 int config_load_file(struct config *c, const char *path, char *err, size_t errlen)
@@ -294,6 +435,33 @@ out:
     return r;
 }
 
+/* The broker list from `broker`, else broker_host:broker_port; `broker` becomes its normal form,
+ * the one the log and ping show. */
+static int finish_brokers(struct config *c, char *err, size_t errlen)
+{
+    size_t n = 0;
+    int count = 1;
+
+    if (c->broker[0]) {
+        count = parse_brokers(c->broker, c->broker_port, c->brokers, err, errlen);
+        if (count < 0)
+            return count;
+    } else {
+        snprintf(c->brokers[0].host, sizeof(c->brokers[0].host), "%s", c->broker_host);
+        c->brokers[0].port = c->broker_port;
+    }
+    c->nbrokers = count;
+    c->broker[0] = '\0';
+    for (int i = 0; i < count && n < sizeof(c->broker); i++) {
+        const struct config_broker *b = &c->brokers[i];
+        bool v6 = strchr(b->host, ':') != NULL;
+
+        n += (size_t)snprintf(c->broker + n, sizeof(c->broker) - n, "%s%s%s%s:%d", i ? ", " : "",
+                              v6 ? "[" : "", b->host, v6 ? "]" : "", b->port);
+    }
+    return 0;
+}
+
 int config_finish(struct config *c, char *err, size_t errlen)
 {
     char spec[CONFIG_STR_MAX];
@@ -310,6 +478,9 @@ int config_finish(struct config *c, char *err, size_t errlen)
     }
     if (!c->client_id[0])
         snprintf(c->client_id, sizeof(c->client_id), "profiler-agent-%s", c->node_id);
+    r = finish_brokers(c, err, errlen);
+    if (r < 0)
+        return r;
     if (c->password_file[0]) {
         r = read_password_file(c, err, errlen);
         if (r < 0)

@@ -12,12 +12,24 @@
 #define CONFIG_STR_MAX 256
 /* The most max_jobs may be; the agent sizes its per-job tables by it. */
 #define CONFIG_MAX_JOBS 8
+/* The most brokers `broker` may list: a failover list, not a fleet's address book. */
+#define CONFIG_MAX_BROKERS 8
 
 enum config_log_level { CONFIG_LOG_DEBUG, CONFIG_LOG_INFO, CONFIG_LOG_WARNING, CONFIG_LOG_ERROR };
 
+/* One broker of the failover list. */
+struct config_broker {
+    char host[CONFIG_STR_MAX]; /* a name or an address, IPv6 without its brackets */
+    int port;
+};
+
 struct config {
-    char broker_host[CONFIG_STR_MAX];
-    int broker_port;
+    /* `broker` as given, and after config_finish the list it names, normalized ("h:1883, ...") */
+    char broker[CONFIG_MAX_BROKERS * (CONFIG_STR_MAX + 8)];
+    struct config_broker brokers[CONFIG_MAX_BROKERS]; /* in order of preference */
+    int nbrokers;                                     /* 1.. after config_finish */
+    char broker_host[CONFIG_STR_MAX];                 /* the one broker when `broker` is empty */
+    int broker_port; /* and the port of every `broker` entry that names none */
     char username[CONFIG_STR_MAX];
     char password[CONFIG_STR_MAX];
     char password_file[PATH_MAX];
@@ -26,7 +38,9 @@ struct config {
     char tls_key_file[PATH_MAX];
     char client_id[CONFIG_STR_MAX];
     int keepalive;
-    int mqtt_version; /* 5, or 4 for MQTT 3.1.1 */
+    int mqtt_version;         /* 5, or 4 for MQTT 3.1.1 */
+    int heartbeat_seconds;    /* status and state published again this often; 0: never */
+    bool heartbeat_discovery; /* the discovery config too */
     char node_id[64];
     char topic_prefix[CONFIG_STR_MAX];
     bool discovery;
@@ -45,6 +59,14 @@ struct config {
     int log_level;      /* enum config_log_level */
     bool python_exec;   /* actions may run the agent's scripts inside a Python target */
     int python_timeout; /* seconds a Python target has to run such a script */
+    /* The flight recorder (flight.c): always sampling the target, the last minutes kept. */
+    bool recorder;
+    int recorder_frequency; /* Hz */
+    int recorder_minutes;   /* what the ring keeps */
+    int recorder_max_mb;    /* and at most this much memory */
+    /* The stall watch (stall.c): a thread not back in its wait for stall_seconds (0: off). */
+    int stall_seconds;
+    char stall_thread[16]; /* MainThread, all, or a thread name (15 characters at most) */
 };
 
 /* Fills every field with its documented default (node_id from the host name). */
@@ -54,8 +76,9 @@ void config_defaults(struct config *c);
 int config_set(struct config *c, const char *key, const char *value, char *err, size_t errlen);
 /* Reads a `key = value` file. Errors name the file, line and key. */
 int config_load_file(struct config *c, const char *path, char *err, size_t errlen);
-/* Derives what depends on other keys (client_id, password from password_file) and checks the
- * whole (target spec syntax, allowed_targets). Call once after the file and flags. */
+/* Derives what depends on other keys (client_id, password from password_file, the broker list)
+ * and checks the whole (target spec syntax, allowed_targets). Call once after the file and
+ * flags. */
 int config_finish(struct config *c, char *err, size_t errlen);
 /* True when spec is the configured target or one of allowed_targets. */
 bool config_target_allowed(const struct config *c, const char *spec);

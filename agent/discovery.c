@@ -24,6 +24,8 @@
 #define SETTING_TEXT_MAX 256   /* a setting's payload, and its stored JSON text */
 #define BIRTH_DELAY_MIN_MS 500 /* spreads a fleet's answers to one birth message */
 #define BIRTH_DELAY_MAX_MS 3000
+/* Beyond half a heartbeat more: how late a heartbeat may be before its sensors expire. */
+#define EXPIRY_MARGIN_S 5
 #define JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
 
 struct discovery {
@@ -166,6 +168,17 @@ static void add_state(struct json_object *o, const char *value_template)
     add_str(o, "val_tpl", value_template);
 }
 
+/* A sensor's value turns unavailable when no state came for a heartbeat and a margin: the status
+ * topic's last will cannot say so when the agent's broker node died with it (a will is published
+ * by the node that held the connection). Only sensors and binary sensors have the option. */
+static void add_expiry(const struct config *c, struct json_object *o)
+{
+    if (c->heartbeat_seconds > 0)
+        json_object_object_add(
+            o, "exp_aft",
+            json_object_new_int(c->heartbeat_seconds + c->heartbeat_seconds / 2 + EXPIRY_MARGIN_S));
+}
+
 static int build_config(struct discovery *d, char *err, size_t errlen)
 {
     struct config *c = d->c;
@@ -209,6 +222,13 @@ static int build_config(struct discovery *d, char *err, size_t errlen)
         add_str(o, "cmd_t", text);
         add_str(o, "pl_prs", "{}");
     }
+    for (unsigned i = 0; (act = registry_at(i)); i++)
+        for (const struct registry_preset *p = act->presets; p && p->id; p++) {
+            o = component(cmps, "button", p->id, p->title, uid_prefix, base);
+            snprintf(text, sizeof(text), "~/%s", act->name);
+            add_str(o, "cmd_t", text);
+            add_str(o, "pl_prs", p->payload);
+        }
     for (unsigned i = 0; (act = registry_at(i)); i++)
         for (s = act->settings; s && s->id && r == 0; s++) {
             /* A field the schema gives a list of values for is a select of them. */
@@ -277,18 +297,33 @@ static int build_config(struct discovery *d, char *err, size_t errlen)
     add_str(o, "json_attr_t", "~/state");
     add_str(o, "json_attr_tpl", "{{ value_json.last | tojson }}");
     add_str(o, "ic", "mdi:history");
+    add_expiry(c, o);
     o = component(cmps, "sensor", "running_jobs", "Running jobs", uid_prefix, base);
     add_state(o, "{{ value_json.running }}");
     add_str(o, "stat_cla", "measurement");
     add_str(o, "ic", "mdi:progress-clock");
+    add_expiry(c, o);
     o = component(cmps, "binary_sensor", "profiling", "Profiling", uid_prefix, base);
     add_state(o, "{{ 'ON' if value_json.profiling else 'OFF' }}");
     add_str(o, "dev_cla", "running");
+    add_expiry(c, o);
+    /* Two event entities share P/N/event: each takes its own types, the other's are empty
+     * payloads to it (ignored), not invalid ones (a warning in Home Assistant's log). */
     o = component(cmps, "event", "run", "Run", uid_prefix, base);
     add_str(o, "stat_t", "~/event");
+    add_str(o, "val_tpl", "{{ value if value_json.event_type in ['finished', 'failed'] else '' }}");
     types = json_object_new_array();
     json_object_array_add(types, json_object_new_string("finished"));
     json_object_array_add(types, json_object_new_string("failed"));
+    json_object_object_add(o, "evt_typ", types);
+    o = component(cmps, "event", "stall", "Stall", uid_prefix, base);
+    add_str(o, "stat_t", "~/event");
+    add_str(o, "val_tpl",
+            "{{ value if value_json.event_type in ['stall', 'stall_ended'] else '' }}");
+    add_str(o, "ic", "mdi:timer-sand-paused");
+    types = json_object_new_array();
+    json_object_array_add(types, json_object_new_string("stall"));
+    json_object_array_add(types, json_object_new_string("stall_ended"));
     json_object_object_add(o, "evt_typ", types);
 
     json_object_object_add(root, "cmps", cmps);
@@ -491,6 +526,12 @@ const char *discovery_birth_topic(const struct discovery *d)
 void discovery_connected(struct discovery *d)
 {
     publish_config(d);
+}
+
+void discovery_heartbeat(struct discovery *d)
+{
+    if (d->config && d->c->heartbeat_discovery)
+        publish_config(d);
 }
 
 static unsigned random_ms(unsigned lo, unsigned hi)

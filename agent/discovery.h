@@ -1,5 +1,6 @@
 /* Home Assistant's view of the agent: one retained device-based discovery config on
- * DISCOVERY_PREFIX/device/NODE/config (buttons, numbers, a text, switches, sensors, an event),
+ * DISCOVERY_PREFIX/device/NODE/config (buttons, numbers, a text, switches, sensors that expire
+ * when the heartbeat stops, an event),
  * the settings its numbers and text set on P/N/set/NAME (kept in the run store and handed to the
  * agent as the defaults of commands that omit those fields), the event published after each long
  * run, and the re-publication after Home Assistant's birth message. Not the MQTT session: it
@@ -27,6 +28,9 @@ const char *discovery_birth_topic(const struct discovery *d);
 /* At every connect: publishes the config, or with discovery off an empty retained payload, which
  * removes what an earlier run published. */
 void discovery_connected(struct discovery *d);
+/* At every heartbeat: with heartbeat_discovery on, publishes the config again (a broker that
+ * keeps retained messages per node shows it to Home Assistant on another node this way). */
+void discovery_heartbeat(struct discovery *d);
 /* A message on the birth topic: `online` re-publishes the config after a random 0.5-3 s. */
 void discovery_birth(struct discovery *d, const void *payload, size_t len);
 /* A message on P/N/set/NAME: a number or text setting (validated against the action's schema;

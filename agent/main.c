@@ -12,9 +12,11 @@
 #include "agent.h"
 #include "clock.h"
 #include "config.h"
+#include "flight.h"
 #include "log.h"
 #include "mqtt.h"
 #include "registry.h"
+#include "stall.h"
 #include "store.h"
 #include "watch.h"
 
@@ -37,7 +39,8 @@ static const char usage_head[] =
     "\n"
     "Options (each overrides the same key of the config file):\n"
     "  --config FILE           read `key = value` settings from FILE\n"
-    "  --broker HOST[:PORT]    MQTT broker (broker_host, broker_port; 127.0.0.1:1883)\n"
+    "  --broker LIST           MQTT brokers, HOST[:PORT] separated by commas: the first\n"
+    "                          that answers (broker; 127.0.0.1:1883); IPv6 as [ADDR]:PORT\n"
     "  --node-id ID            this agent's name in topics (node_id; the host name)\n"
     "  --target SPEC           process to profile (target; self): self, pid:N,\n"
     "                          comm:NAME, exe:PATH or pidfile:PATH\n"
@@ -48,9 +51,10 @@ static const char usage_head[] =
     "  --version               print the version and exit\n"
     "  --help                  print this help and exit\n"
     "\n"
-    "Config keys (see config.example): broker_host, broker_port, username, password,\n"
-    "password_file, tls_ca_file, tls_cert_file, tls_key_file, client_id, keepalive,\n"
-    "mqtt_version (5 or 3.1.1), node_id, topic_prefix (profiler), discovery,\n"
+    "Config keys (see config.example): broker (a failover list), broker_host, broker_port,\n"
+    "username, password, password_file, tls_ca_file, tls_cert_file, tls_key_file,\n"
+    "client_id, keepalive, mqtt_version (5 or 3.1.1), heartbeat_seconds (60: status and\n"
+    "state published again; 0: off), heartbeat_discovery, node_id, topic_prefix, discovery,\n"
     "discovery_prefix, output_dir, database, target, allowed_targets (comma-separated\n"
     "specs a command's \"target\" field may name), max_payload_bytes (65536),\n"
     "max_file_bytes (8388608, get_file's limit), max_jobs (4, long jobs at once),\n"
@@ -59,7 +63,10 @@ static const char usage_head[] =
     "files beyond the byte cap, are deleted at start and hourly (0: keep); schema_dir,\n"
     "log_level, python_exec (on: actions such as lru_stats run a shipped script inside\n"
     "a Python target at a safe point; off: outside only), python_timeout (10 s to reach\n"
-    "that safe point). An unknown key is an error naming the key and line.\n"
+    "that safe point); recorder (off), recorder_frequency (19 Hz), recorder_minutes (10)\n"
+    "and recorder_max_mb (16): the flight recorder; stall_seconds (0: off) and\n"
+    "stall_thread (MainThread, all or a thread name): the stall watch. An unknown key\n"
+    "is an error naming the key and line.\n"
     "\n"
     "Actions (payload: a JSON object; every action also takes request_id and target):\n";
 
@@ -137,32 +144,6 @@ static int add_flag(struct cli *cli, const char *key, const char *value)
     return 0;
 }
 
-/* HOST, HOST:PORT, [V6ADDR] or [V6ADDR]:PORT. */
-static int parse_broker(struct cli *cli, const char *v)
-{
-    static char host[CONFIG_STR_MAX];
-    const char *port = NULL, *end;
-
-    if (v[0] == '[') {
-        end = strchr(v, ']');
-        if (!end || (end[1] && end[1] != ':'))
-            return usage_error("--broker: expected [ADDRESS]:PORT, got %s", v);
-        snprintf(host, sizeof(host), "%.*s", (int)(end - v - 1), v + 1);
-        if (end[1] == ':')
-            port = end + 2;
-    } else {
-        end = strchr(v, ':');
-        if (end && strchr(end + 1, ':'))
-            return usage_error("--broker: write an IPv6 address as [ADDRESS]:PORT, got %s", v);
-        snprintf(host, sizeof(host), "%.*s", end ? (int)(end - v) : (int)strlen(v), v);
-        if (end)
-            port = end + 1;
-    }
-    if (port && add_flag(cli, "broker_port", port) < 0)
-        return -EINVAL;
-    return add_flag(cli, "broker_host", host);
-}
-
 /* Returns 1 when the program should exit 0 (help, version), 0 to go on, <0 on a usage error. */
 static int parse_args(int argc, char **argv, struct cli *cli)
 {
@@ -170,7 +151,7 @@ static int parse_args(int argc, char **argv, struct cli *cli)
         const char *flag, *key;
     } map[] = {
         {"--node-id", "node_id"},   {"--target", "target"},       {"--output-dir", "output_dir"},
-        {"--database", "database"}, {"--log-level", "log_level"},
+        {"--database", "database"}, {"--log-level", "log_level"}, {"--broker", "broker"},
     };
     int i = 1;
 
@@ -202,10 +183,6 @@ static int parse_args(int argc, char **argv, struct cli *cli)
             return usage_error("unknown option or missing value: %s", a);
         if (!strcmp(a, "--config")) {
             cli->config_file = v;
-            matched = true;
-        } else if (!strcmp(a, "--broker")) {
-            if (parse_broker(cli, v) < 0)
-                return -EINVAL;
             matched = true;
         }
         for (size_t k = 0; !matched && k < sizeof(map) / sizeof(map[0]); k++)
@@ -362,9 +339,8 @@ static int run_daemon(struct config *c)
     unsigned nschemas = 0;
     while (registry_at(nschemas))
         nschemas++;
-    log_info("profiler-agent %s: node %s, target %s, broker %s:%d, %u schemas from %s",
-             PROFILER_AGENT_VERSION, c->node_id, c->target, c->broker_host, c->broker_port,
-             nschemas, c->schema_dir);
+    log_info("profiler-agent %s: node %s, target %s, broker %s, %u schemas from %s",
+             PROFILER_AGENT_VERSION, c->node_id, c->target, c->broker, nschemas, c->schema_dir);
     r = mqtt_start(session, &a, err, sizeof(err));
     if (r < 0) {
         log_error("%s", err);
@@ -372,11 +348,18 @@ static int run_daemon(struct config *c)
         mqtt_free(session);
         return EXIT_FAILURE;
     }
+    /* Failing to start either is logged, not fatal: the agent still answers commands. */
+    if (c->recorder && flight_start(&a.host, c->target, err, sizeof(err)) < 0)
+        log_error("%s", err);
+    if (stall_start(&a.host, &a, err, sizeof(err)) < 0)
+        log_error("%s", err);
     do
         sig = sigwaitinfo(&set, NULL);
     while (sig < 0 && errno == EINTR);
     log_info("stopping on %s", strsignal(sig));
     watch_stop_all();
+    stall_stop();
+    flight_stop();
     left = agent_wait_jobs(&a, true, 5000);
     if (left > 0) {
         log_warning("%u job(s) still running at stop; their runs are marked interrupted", left);

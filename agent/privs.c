@@ -76,7 +76,19 @@ pid_t privs_tracer(pid_t pid, char *name, size_t len)
         return 0;
     errno = 0;
     v = strtol(text, &end, 10);
-    if (errno || end == text || *end || v <= 0 || v > INT32_MAX || v == (long)getpid())
+    if (errno || end == text || *end || v <= 0 || v > INT32_MAX)
+        return 0;
+    /* TracerPid is the tracing thread: the tracer is its process, named by its main thread, and
+     * when that is this agent, one of its own runs holds the target, not a debugger. */
+    if (status_field((pid_t)v, "Tgid", text, sizeof(text)) == 0) {
+        long tgid;
+
+        errno = 0;
+        tgid = strtol(text, &end, 10);
+        if (!errno && end != text && !*end && tgid > 0 && tgid <= INT32_MAX)
+            v = tgid;
+    }
+    if (v == (long)getpid())
         return 0;
     if (status_field((pid_t)v, "Name", name, len) < 0)
         snprintf(name, len, "another process");

@@ -18,8 +18,8 @@ uint64_t privs_capabilities(void);
 /* Calls fn with the name of each capability the agent is meant to have (CAP_PERFMON,
  * CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH) that caps lacks. */
 void privs_missing(uint64_t caps, void (*fn)(const char *name, void *userdata), void *userdata);
-/* The process tracing pid, when it is not the agent: its pid, its name in name (len bytes).
- * Returns 0 when nobody else traces pid or its status cannot be read. */
+/* The process tracing pid, when it is not the agent (any of its threads): its pid, its name in
+ * name (len bytes). Returns 0 when nobody else traces pid or its status cannot be read. */
 pid_t privs_tracer(pid_t pid, char *name, size_t len);
 /* Why the kernel refused to let the agent trace pid (EPERM), as a clause to follow "not permitted
  * to trace process N: ": the debugger that holds it, or what the agent lacks. */

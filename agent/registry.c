@@ -61,23 +61,41 @@ static struct registry_action actions[] = {
              "profile of the target (mode wall: wall-clock time, waiting\n"
              "included; off: only the time blocked, by where); writes profile.T.cprof (pstats), "
              "callgrind.out.T\n"
-             "and flamegraph.T.svg in output_dir, progress on P/N/progress",
+             "and flamegraph.T.svg in output_dir, progress on P/N/progress;\n"
+             "\"formats\": [...] picks files, also collapsed, pprof, speedscope;\n"
+             "{\"last\": 300} or {\"from\": ISO, \"to\": ISO}: the same files at once,\n"
+             "from the flight recorder's samples of that window",
      .button = "CPU profile",
+     .presets = (const struct registry_preset[]){{"profile_last_5_minutes",
+                                                  "Profile the last 5 minutes", "{\"last\": 300}"},
+                                                 {NULL, NULL, NULL}},
      .settings =
          (const struct registry_setting[]){
              {"start_seconds", "seconds", "CPU profile seconds", "s"},
              {"start_frequency", "frequency", "CPU profile frequency", "Hz"},
              {"start_mode", "mode", "CPU profile mode", NULL},
              {NULL, NULL, NULL, NULL}},
-     .outputs =
-         (const struct registry_output[]){
-             {"profile.", ".cprof"}, {"callgrind.out.", ""}, {"flamegraph.", ".svg"}, {NULL, NULL}},
+     .outputs = (const struct registry_output[]){{"profile.", ".cprof"},
+                                                 {"callgrind.out.", ""},
+                                                 {"flamegraph.", ".svg"},
+                                                 {"profile.", ".collapsed"},
+                                                 {"profile.", ".pb.gz"},
+                                                 {"profile.", ".speedscope.json"},
+                                                 {NULL, NULL}},
      .needs_target = true,
      .long_running = true,
      .profiles = true,
      .run = action_start,
      .admit = action_start_admit,
      .release = action_start_release},
+    {.name = "recorder",
+     .help = "{\"enabled\": true|false}: the flight recorder, the target\n"
+             "sampled all the time at recorder_frequency, the last\n"
+             "recorder_minutes kept for start {\"last\": S} (state: P/N/state)",
+     .toggle = &(const struct registry_switch){.id = "recorder",
+                                               .title = "Flight recorder",
+                                               .state = "value_json.recorder.enabled"},
+     .run = action_recorder},
     {.name = "start_log_objects",
      .help = "{\"scan_interval\": 30}: every interval, log the growth of\n"
              "the target's objects (fds by kind, threads, mappings; on a\n"

@@ -26,6 +26,11 @@ struct registry_switch {
     const char *id, *title, *off, *state;
 };
 
+/* Another Home Assistant button of the action, sending it a fixed payload. */
+struct registry_preset {
+    const char *id, *title, *payload;
+};
+
 /* An output file name: prefix, the run's start T in microseconds, suffix. */
 struct registry_output {
     const char *prefix, *suffix;
@@ -37,6 +42,7 @@ struct registry_action {
     const char *button; /* the Home Assistant button's title; NULL: no button */
     const struct registry_setting *settings; /* ended by an id of NULL; NULL: none */
     const struct registry_switch *toggle;    /* NULL: none */
+    const struct registry_preset *presets;   /* ended by an id of NULL; NULL: none */
     const struct registry_output *outputs;   /* ended by a prefix of NULL; NULL: writes none */
     bool needs_target;                       /* resolve the target before running */
     bool long_running;                       /* run in a job thread, not on the network thread */

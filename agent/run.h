@@ -46,6 +46,11 @@ struct run_output {
     int (*file)(struct run *run, const char *name, const void *data, size_t len, void *userdata);
     /* Something shown in P/N/state changed. May be NULL. */
     void (*state_changed)(struct agent *a, void *userdata);
+    /* An event of the agent's own (a stall) as JSON text on P/N/event. May be NULL. */
+    void (*event)(const char *json, bool retain, void *userdata);
+    /* Adds `broker` to into: the broker in use, the MQTT version and since when (ping and state
+     * show it). May be NULL. */
+    void (*connection)(struct json_object *into, void *userdata);
     void *userdata;
 };
 
@@ -73,6 +78,7 @@ struct run {
     const struct registry_action *action;
     bool has_request_id;
     char request_id[RUN_REQUEST_ID_MAX * 4 + 1]; /* 128 characters of up to 4 UTF-8 bytes */
+    size_t request_id_len;                       /* it may hold U+0000 */
     struct json_object *params;                  /* the validated payload, defaults applied */
     char target_spec[TARGET_SPEC_MAX];
     bool has_target;

@@ -4,9 +4,11 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sqlite3.h>
 #include "clock.h"
 #include "store.h"
@@ -18,6 +20,9 @@ struct store {
     sqlite3_stmt *insert, *update;
     pthread_mutex_t lock;
     char errmsg[256];
+    char path[PATH_MAX];
+    dev_t dev; /* the file open, to notice it deleted or replaced; 0 and 0 for the stand-in */
+    ino_t ino; /* in memory used while no file can be opened */
 };
 
 static const char schema_sql[] =
@@ -144,6 +149,59 @@ int store_interrupt_running(struct store *s, int64_t finished_us, unsigned *ret_
     return rc;
 }
 
+/* Opens path as s->db with its statements; SQLite's code on failure (s->errmsg may say more). */
+static int open_db(struct store *s, const char *path)
+{
+    struct stat st;
+    int rc;
+
+    rc = sqlite3_open_v2(path, &s->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    /* Commands wait for the store on the network thread: a lock held elsewhere costs each one
+     * this long before its run goes unrecorded (and its result says so). */
+    sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
+    rc = sqlite3_exec(s->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL, NULL,
+                      NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = migrate(s);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_prepare_v2(s->db,
+                            "INSERT INTO runs (request_id, action, params, target_spec, "
+                            "target_pid, status, error, started, finished, files, summary, "
+                            "warnings) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                            -1, &s->insert, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_prepare_v2(s->db,
+                            "UPDATE runs SET request_id = ?1, action = ?2, params = ?3, "
+                            "target_spec = ?4, target_pid = ?5, status = ?6, error = ?7, "
+                            "started = ?8, finished = ?9, files = ?10, summary = ?11, "
+                            "warnings = ?12 WHERE id = ?13",
+                            -1, &s->update, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    s->dev = 0;
+    s->ino = 0;
+    if (stat(path, &st) == 0) {
+        s->dev = st.st_dev;
+        s->ino = st.st_ino;
+    }
+    return SQLITE_OK;
+}
+
+static void close_db(struct store *s)
+{
+    sqlite3_finalize(s->insert);
+    sqlite3_finalize(s->update);
+    sqlite3_close(s->db);
+    s->insert = s->update = NULL;
+    s->db = NULL;
+}
+
 int store_open(const char *path, struct store **ret, unsigned *ret_interrupted, char *err,
                size_t errlen)
 {
@@ -154,33 +212,13 @@ int store_open(const char *path, struct store **ret, unsigned *ret_interrupted, 
     if (!s)
         return -ENOMEM;
     pthread_mutex_init(&s->lock, NULL);
-    rc = sqlite3_open_v2(path, &s->db,
-                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
-    if (rc != SQLITE_OK)
-        goto fail;
-    /* Commands wait for the store on the network thread: a lock held elsewhere costs each one
-     * this long before its run goes unrecorded (and its result says so). */
-    sqlite3_busy_timeout(s->db, STORE_BUSY_MS);
-    rc = sqlite3_exec(s->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL, NULL,
-                      NULL);
-    if (rc != SQLITE_OK)
-        goto fail;
-    rc = migrate(s);
-    if (rc != SQLITE_OK)
-        goto fail;
-    rc = sqlite3_prepare_v2(s->db,
-                            "INSERT INTO runs (request_id, action, params, target_spec, "
-                            "target_pid, status, error, started, finished, files, summary, "
-                            "warnings) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                            -1, &s->insert, NULL);
-    if (rc != SQLITE_OK)
-        goto fail;
-    rc = sqlite3_prepare_v2(s->db,
-                            "UPDATE runs SET request_id = ?1, action = ?2, params = ?3, "
-                            "target_spec = ?4, target_pid = ?5, status = ?6, error = ?7, "
-                            "started = ?8, finished = ?9, files = ?10, summary = ?11, "
-                            "warnings = ?12 WHERE id = ?13",
-                            -1, &s->update, NULL);
+    if (strlen(path) >= sizeof(s->path)) {
+        snprintf(err, errlen, "cannot use the run database %s: the path is too long", path);
+        store_close(s);
+        return -ENAMETOOLONG;
+    }
+    snprintf(s->path, sizeof(s->path), "%s", path);
+    rc = open_db(s, path);
     if (rc != SQLITE_OK)
         goto fail;
     r = store_interrupt_running(s, clock_realtime_us(), ret_interrupted);
@@ -201,13 +239,47 @@ fail:
     return r ? r : -EIO;
 }
 
+int store_check_file(struct store *s, char *what, size_t len)
+{
+    struct stat st;
+    int rc, r = 1;
+    bool there;
+
+    pthread_mutex_lock(&s->lock);
+    there = stat(s->path, &st) == 0;
+    if ((there && st.st_dev == s->dev && st.st_ino == s->ino) || (!there && errno != ENOENT)) {
+        r = 0;
+        goto out;
+    }
+    snprintf(what, len, "%s",
+             !s->dev && !s->ino ? "could not be opened"
+             : there            ? "was replaced by another file"
+                                : "was deleted");
+    /* Closed first: the old connection's WAL and shared-memory files sit at the same paths. */
+    close_db(s);
+    s->errmsg[0] = '\0';
+    rc = open_db(s, s->path);
+    if (rc != SQLITE_OK) {
+        if (!s->errmsg[0])
+            snprintf(s->errmsg, sizeof(s->errmsg), "%s",
+                     s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        close_db(s);
+        r = errno_of(rc);
+        /* Runs are still recorded, and listed by `runs`, until a file can be opened. */
+        open_db(s, ":memory:");
+        s->dev = 0;
+        s->ino = 0;
+    }
+out:
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
 void store_close(struct store *s)
 {
     if (!s)
         return;
-    sqlite3_finalize(s->insert);
-    sqlite3_finalize(s->update);
-    sqlite3_close(s->db);
+    close_db(s);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
@@ -225,7 +297,10 @@ static void bind_run(sqlite3_stmt *st, const struct store_run *run)
     char started[CLOCK_ISO_MAX], finished[CLOCK_ISO_MAX];
 
     clock_iso8601(run->started_us, started, sizeof(started));
-    bind_text(st, 1, run->request_id);
+    if (run->request_id)
+        sqlite3_bind_text(st, 1, run->request_id, (int)run->request_id_len, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, 1);
     bind_text(st, 2, run->action);
     bind_text(st, 3, run->params);
     bind_text(st, 4, run->target_spec);
@@ -315,6 +390,7 @@ int store_runs_list(struct store *s, const struct store_query *q,
         struct store_row row = {
             .id = sqlite3_column_int64(st, 0),
             .request_id = column_text(st, 1),
+            .request_id_len = (size_t)sqlite3_column_bytes(st, 1),
             .action = column_text(st, 2),
             .target_spec = column_text(st, 3),
             .target_pid = (pid_t)sqlite3_column_int(st, 4),

@@ -14,7 +14,8 @@
 struct store;
 
 struct store_run {
-    const char *request_id; /* may be NULL */
+    const char *request_id; /* may be NULL, and hold U+0000 */
+    size_t request_id_len;
     const char *action;
     const char *params;      /* JSON text or NULL */
     const char *target_spec; /* NULL when no target was resolved */
@@ -33,6 +34,12 @@ struct store_run {
 int store_open(const char *path, struct store **ret, unsigned *ret_interrupted, char *err,
                size_t errlen);
 void store_close(struct store *s);
+/* Whether the file at the store's path is still the database it has open (same device and
+ * inode): 0 when it is (or cannot be told). When it was deleted or replaced, closes it, opens the
+ * path afresh (a new database, or the one put there) and returns 1 with what happened in what
+ * ("was deleted"); a negative errno when that fails (SQLite's reason in store_errmsg), the store
+ * then kept in memory until a later check can open the file. Thread-safe. */
+int store_check_file(struct store *s, char *what, size_t len);
 /* Inserts a run (usually status running) and returns its id. Thread-safe. */
 int store_run_insert(struct store *s, const struct store_run *run, int64_t *ret_id);
 /* Writes every field of run over the row id. Thread-safe. */
@@ -44,6 +51,7 @@ int store_interrupt_running(struct store *s, int64_t finished_us, unsigned *ret_
 struct store_row {
     int64_t id;
     const char *request_id, *action, *target_spec, *status, *error;
+    size_t request_id_len;
     const char *started, *finished; /* ISO 8601, as in results */
     const char *files;              /* JSON array text */
     pid_t target_pid;               /* 0 when none was recorded */

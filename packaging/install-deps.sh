@@ -15,3 +15,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -q
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+# The viewers the tests open files in that only the npm registry has (tests/viewers/package.json,
+# pinned by its package-lock.json): with the test list.
+for l in "$@"; do
+    if [ "$l" = test ]; then
+        # Debian's npm unless one is there already (a Node.js from elsewhere brings its own).
+        command -v npm >/dev/null ||
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends npm
+        npm ci --prefix ../tests/viewers --no-audit --no-fund
+    fi
+done

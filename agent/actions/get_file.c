@@ -1,7 +1,7 @@
 /* The `get_file` action: a finished run's files, or one file of output_dir, published over MQTT
- * on P/N/file/NAME, each only when it is a regular file inside output_dir once every link is
- * followed and no larger than max_file_bytes. Not the MQTT session: files leave through the
- * host's out.file. */
+ * on P/N/file/NAME, each only when it is a regular file inside output_dir once every symlink is
+ * followed, with no other hard link, owned by the agent's user and no larger than max_file_bytes.
+ * Not the MQTT session: files leave through the host's out.file. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -79,6 +79,20 @@ static int open_inside(struct run *run, const char *dir, const char *path, const
     }
     if (!S_ISREG(st.st_mode)) {
         r = run_fail(run, "%s: refused: not a regular file", name);
+        goto out;
+    }
+    /* A hard link is the same file under two names: one in output_dir says nothing of where the
+     * other is, and anyone who may write there could link a file of the agent's user in. */
+    if (st.st_nlink > 1) {
+        r = run_fail(run,
+                     "%s: refused: it has %lu hard links, and another may be outside "
+                     "output_dir",
+                     name, (unsigned long)st.st_nlink);
+        goto out;
+    }
+    if (st.st_uid != geteuid()) {
+        r = run_fail(run, "%s: refused: it belongs to uid %u, not to the agent's user", name,
+                     (unsigned)st.st_uid);
         goto out;
     }
     if (st.st_size > max) {

@@ -86,7 +86,8 @@ static void progress(struct run *run, const struct memprof_stats *st, double sec
 
     json_object_object_add(o, "run_id", json_object_new_int64(run->id));
     if (run->has_request_id)
-        json_object_object_add(o, "request_id", json_object_new_string(run->request_id));
+        json_object_object_add(
+            o, "request_id", json_object_new_string_len(run->request_id, (int)run->request_id_len));
     json_object_object_add(o, "action", json_object_new_string(run->action_name));
     json_object_object_add(o, "elapsed", run_json_decimal((double)st->elapsed_ms / 1000.0, 3));
     json_object_object_add(o, "seconds", run_json_decimal(seconds, 3));

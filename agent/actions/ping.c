@@ -1,6 +1,6 @@
-/* The `ping` action: what this agent is (version, node, uptime), the target it would act on, and
- * which kernel facilities work here and why not: perf_event, uprobes, ptrace, with the
- * capabilities it lacks. For fleets: one broadcast ping answers for every agent. */
+/* The `ping` action: what this agent is (version, node, uptime, the broker it is on), the target
+ * it would act on, and which kernel facilities work here and why not: perf_event, uprobes, ptrace,
+ * with the capabilities it lacks. For fleets: one broadcast ping answers for every agent. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -190,5 +190,7 @@ int action_ping(struct run *run)
     privs_missing(cap_bits, add_missing, missing);
     json_object_object_add(run->summary, "missing_capabilities", missing);
     json_object_object_add(run->summary, "uid", json_object_new_int((int)geteuid()));
+    if (h->out.connection)
+        h->out.connection(run->summary, h->out.userdata);
     return 0;
 }

@@ -15,7 +15,8 @@ static int add_run_row(const struct store_row *row, void *userdata)
 
     json_object_object_add(o, "run_id", json_object_new_int64(row->id));
     if (row->request_id)
-        json_object_object_add(o, "request_id", json_object_new_string(row->request_id));
+        json_object_object_add(
+            o, "request_id", json_object_new_string_len(row->request_id, (int)row->request_id_len));
     json_object_object_add(o, "action", text_or_null(row->action));
     json_object_object_add(o, "status", text_or_null(row->status));
     json_object_object_add(o, "started", text_or_null(row->started));

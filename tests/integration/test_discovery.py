@@ -1,7 +1,8 @@
 """Home Assistant's view of the agent: the device-based discovery config, expanded as Home
 Assistant expands it and checked against its rules; every button pressed; numbers, text and
 switches through P/N/set/NAME; settings kept across a restart; the config sent again after Home
-Assistant's birth message and removed by `discovery = off`; P/N/state and the run events."""
+Assistant's birth message and removed by `discovery = off`; P/N/state and the run events; sensors
+that expire without the heartbeat, and the config sent again with it when asked."""
 import json
 import re
 import sqlite3
@@ -22,6 +23,7 @@ ABBREVIATIONS = {
     "avty": "availability", "cmd_t": "command_topic", "cmd_tpl": "command_template",
     "cmps": "components", "dev": "device", "dev_cla": "device_class", "e": "encoding",
     "en": "enabled_by_default", "ent_cat": "entity_category", "evt_typ": "event_types",
+    "exp_aft": "expire_after",
     "ic": "icon", "json_attr_t": "json_attributes_topic",
     "json_attr_tpl": "json_attributes_template", "max": "max", "min": "min", "mode": "mode",
     "name": "name", "o": "origin", "ops": "options", "p": "platform",
@@ -101,7 +103,8 @@ def ha(workdir):
         client = Client(broker.port)
         client.subscribe(f"{P}/#")
         client.subscribe("homeassistant/#")
-        agent = Agent(broker, workdir, NODE, f"pid:{demo.pid}", "discovery = on\n")
+        # The recorder on: the button "Profile the last 5 minutes" has a ring to read.
+        agent = Agent(broker, workdir, NODE, f"pid:{demo.pid}", "discovery = on\nrecorder = on\n")
         agent.start()
         wait_online(client, NODE)
         s = Session(broker, agent, client)
@@ -193,11 +196,15 @@ def test_config_follows_home_assistants_rules(ha):
     text, = by_platform["text"].values()
     assert text["max"] <= 255 and re.match(text["pattern"], "pipe")
     assert not re.match(text["pattern"], "bogus")
-    assert len(by_platform["switch"]) == 3
+    assert len(by_platform["switch"]) == 4
     assert by_platform["binary_sensor"]["profiling"]["device_class"] == "running"
-    event, = by_platform["event"].values()
-    assert event["event_types"] == ["finished", "failed"]
-    assert event["state_topic"] == f"{P}/event"
+    # Unavailable when no state came for a heartbeat (60 s by default) and a half, plus 5 s.
+    for c in [*by_platform["sensor"].values(), *by_platform["binary_sensor"].values()]:
+        assert c["expire_after"] == 95, c
+    assert set(by_platform["event"]) == {"run", "stall"}
+    assert by_platform["event"]["run"]["event_types"] == ["finished", "failed"]
+    assert by_platform["event"]["stall"]["event_types"] == ["stall", "stall_ended"]
+    assert all(e["state_topic"] == f"{P}/event" for e in by_platform["event"].values())
 
 
 def test_templates_render_against_the_state(ha):
@@ -205,6 +212,14 @@ def test_templates_render_against_the_state(ha):
     state = latest_state(ha)
     for cid, c in comps.items():
         if "value_template" not in c:
+            continue
+        if c["platform"] == "event":
+            # An event entity's template sees events: its own types pass, the others' do not.
+            for other in comps.values():
+                for kind in other.get("event_types", []):
+                    ev = {"event_type": kind}
+                    out = render(c["value_template"], ev)
+                    assert out == (json.dumps(ev) if kind in c["event_types"] else ""), cid
             continue
         out = render(c["value_template"], state)
         if c["platform"] == "number":
@@ -236,7 +251,7 @@ def test_every_button_runs_its_action(ha):
         assert result["action"] == c["command_topic"].rsplit("/", 1)[1], cid
         assert result["status"] == "ok", (cid, result)
         pressed += 1
-    assert pressed == 8
+    assert pressed == 9
 
 
 def test_numbers_set_what_the_cpu_profile_button_does(ha):
@@ -388,3 +403,35 @@ def test_discovery_off_removes_the_config(ha):
     result = press(ha, f"{P}/set/object_logging", "ON")
     assert result["action"] == "start_log_objects" and result["status"] == "ok"
     assert press(ha, f"{P}/set/object_logging", "OFF")["status"] == "ok"
+
+
+def test_heartbeat_sends_the_config_again_when_asked(workdir):
+    broker = Broker(workdir)
+    broker.start()
+    client = Client(broker.port)
+    client.subscribe("homeassistant/device/beatha/config")
+    client.subscribe("profiler/beatha/status")
+    agent = Agent(broker, workdir, "beatha", "self",
+                  "discovery = on\nheartbeat_seconds = 1\nheartbeat_discovery = on\n")
+    quiet = Agent(broker, workdir, "quietha", "self", "discovery = on\nheartbeat_seconds = 0\n")
+    try:
+        agent.start()
+        wait_online(client, "beatha")
+        time.sleep(2.5)
+        client.drain()
+        configs = [m for m in client.seen if m.topic == "homeassistant/device/beatha/config"]
+        assert len(configs) >= 3, len(configs)  # at connect, then each heartbeat
+        _, comps = expand(configs[-1].payload)
+        assert comps["running_jobs"]["expire_after"] == 6  # 1 s, half of it in whole s, 5 s
+        # No heartbeat: sensors that never expire.
+        client.subscribe("homeassistant/device/quietha/config")
+        quiet.start()
+        m = client.wait_for(lambda m: m.topic == "homeassistant/device/quietha/config")
+        _, comps = expand(m.payload)
+        assert all("expire_after" not in c for c in comps.values())
+    finally:
+        client.close()
+        agent.stop()
+        if quiet.proc:
+            quiet.stop()
+        broker.stop()

@@ -1,16 +1,28 @@
 """Fleets and files end to end through a real mosquitto: `ping`, `runs` read back from SQLite,
 `get_file` publishing result files on P/N/file/NAME (byte for byte, never from outside
-output_dir, never above max_file_bytes), and a broadcast on P/ACTION answered by every agent."""
+output_dir, never a hard link or another user's file, never above max_file_bytes), a broadcast on
+P/ACTION answered by every agent; and what keeps a fleet connected: a list of brokers (failover
+and return), failed connects in the log, MQTT 3.1.1 sessions that keep commands, the heartbeat,
+results queued through an outage, and a run database deleted under a running agent."""
 import json
 import os
 import re
+import shutil
+import signal
 import sqlite3
+import subprocess
 import time
 import uuid
 
+import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import ROOT, TIMEOUT, Broker, Client, agent_session, running_workload
+from brokers import FailoverAgent
+from conftest import (ROOT, TIMEOUT, Agent, Broker, Client, Session, agent_session,
+                      running_workload, wait_online)
+from test_faults import PersistentClient
+
+ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +82,18 @@ def test_ping_reports_version_node_target_and_capabilities(fleet, demo):
         assert c["available"] or c["reason"]
     other, _ = fleet.command("ping", {"target": "pid:1"})
     assert other["summary"]["target"]["pid"] == 1 and other["target"]["pid"] == 1
+
+
+def test_ping_and_state_say_which_broker_and_since_when(fleet):
+    result, _ = fleet.command("ping")
+    broker = result["summary"]["broker"]
+    assert broker["address"] == f"127.0.0.1:{fleet.broker.port}"
+    assert broker["mqtt_version"] == "5" and broker["subscriptions_qos"] == 1
+    assert re.fullmatch(ISO, broker["connected_since"])
+    assert broker["connected_since"] <= result["started"]
+    state = json.loads(fleet.client.wait_for(lambda m: m.topic == f"{fleet.prefix}/state").payload)
+    assert state["broker"] == broker
+    assert re.fullmatch(ISO, state["last_seen"])
 
 
 def test_ping_of_a_missing_target_is_ok_and_says_why(workdir, broker):
@@ -181,11 +205,17 @@ def test_get_file_by_name(fleet):
         os.unlink(link)
 
 
+def outside_file(workdir, name):
+    """A file outside output_dir, that get_file must never publish."""
+    path = os.path.join(workdir, name)
+    with open(path, "w") as f:
+        f.write("not for MQTT\n")
+    return path
+
+
 def test_get_file_never_leaves_output_dir(fleet, workdir):
     d = out_dir(fleet)
-    secret = os.path.join(workdir, "secret.txt")
-    with open(secret, "w") as f:
-        f.write("not for MQTT\n")
+    secret = outside_file(workdir, "secret.txt")
     os.symlink(secret, os.path.join(d, "escape"))
     os.symlink("../secret.txt", os.path.join(d, "escape_rel"))
     os.symlink("/etc", os.path.join(d, "etcdir"))
@@ -293,3 +323,211 @@ def run_broadcast(workdir, broker):
                                                         "profiler/bc2/result"]
         finally:
             listener.close()
+
+
+def test_request_id_with_nul_is_echoed_exactly(fleet):
+    # Valid JSON, 3 characters: echoed as it came, escaped, and stored as it came.
+    result, _ = fleet.command("ping", raw='{"request_id": "a\\u0000b"}', rid="a\0b")
+    assert result["request_id"] == "a\0b"
+    runs, _ = fleet.command("runs", {"limit": 1})
+    assert runs["summary"]["runs"][0]["request_id"] == "a\0b"
+    with sqlite3.connect(fleet.agent.db) as db:
+        stored, = db.execute("SELECT request_id FROM runs WHERE id = ?",
+                             (result["run_id"],)).fetchone()
+    assert stored == "a\0b"
+
+
+def test_get_file_refuses_hard_links_and_other_users_files(fleet, workdir):
+    d = out_dir(fleet)
+    os.link(outside_file(workdir, "linked-secret.txt"), os.path.join(d, "hardlink.txt"))
+    foreign = os.path.join(d, "foreign.txt")
+    with open(foreign, "w") as f:
+        f.write("someone else's\n")
+    os.chown(foreign, 65534, 65534)
+    try:
+        result, since = get_file(fleet, {"name": "hardlink.txt"})
+        assert result["status"] == "error"
+        assert result["error"] == ("hardlink.txt: refused: it has 2 hard links, and another may "
+                                   "be outside output_dir")
+        result, since2 = get_file(fleet, {"name": "foreign.txt"})
+        assert result["error"] == ("foreign.txt: refused: it belongs to uid 65534, not to the "
+                                   "agent's user")
+        assert file_topics_after(fleet, since) == []
+    finally:
+        os.unlink(os.path.join(d, "hardlink.txt"))
+        os.unlink(foreign)
+
+
+def test_deleted_or_replaced_database_is_noticed_and_opened_again(workdir, broker):
+    with agent_session(workdir, "dbgone", "self", "", broker) as s:
+        first, _ = s.command("ping")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(s.agent.db + suffix):
+                os.unlink(s.agent.db + suffix)
+        after, _ = s.command("ping")
+        said = f"the run database {s.agent.db} was deleted while the agent was running"
+        assert any(w.startswith(said) for w in after["warnings"]), after
+        assert "was deleted while the agent was running" in s.agent.log_text()
+        runs, _ = s.command("runs", {"limit": 10})
+        assert [r["run_id"] for r in runs["summary"]["runs"]] == [after["run_id"]]
+        with sqlite3.connect(s.agent.db) as db:
+            assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 2
+        # Replaced by another database: the agent records in that one from then on.
+        other = os.path.join(workdir, "dbgone-other.db")
+        shutil.copy(s.agent.db, other)
+        os.replace(other, s.agent.db)
+        third, _ = s.command("ping")
+        assert any("was replaced by another file" in w for w in third["warnings"]), third
+        quiet, _ = s.command("ping")
+        assert "warnings" not in quiet, quiet
+        with sqlite3.connect(s.agent.db) as db:
+            ids = [r for r, in db.execute("SELECT id FROM runs ORDER BY id")]
+        assert quiet["run_id"] in ids and third["run_id"] in ids
+
+
+def test_failed_connects_are_logged_with_their_reason_once(workdir):
+    broker = Broker(workdir)
+    agent = Agent(broker, workdir, "nobroker", "self")
+    agent.start()
+    try:
+        line = f"INFO broker 127.0.0.1:{broker.port} does not answer (Connection refused)"
+        deadline = time.monotonic() + TIMEOUT
+        while line not in agent.log_text():
+            assert time.monotonic() < deadline, agent.log_text()
+            time.sleep(0.1)
+        # Tried again and again (1, then every 2 s), said once.
+        time.sleep(3.5)
+        assert agent.log_text().count(line) == 1, agent.log_text()
+        broker.start()
+        client = Client(broker.port)
+        client.subscribe("profiler/nobroker/status")
+        wait_online(client, "nobroker")
+        client.close()
+        assert "connected to broker" in agent.log_text()
+    finally:
+        agent.stop()
+        broker.stop()
+
+
+def test_failover_to_the_next_broker_and_back(workdir):
+    first, second = Broker(workdir), Broker(workdir)
+    first.start()
+    second.start()
+    agent = FailoverAgent([first.port, second.port], workdir, "fo", "self")
+    on_first, on_second = Client(first.port), Client(second.port)
+    try:
+        for c in (on_first, on_second):
+            c.subscribe("profiler/fo/#")
+        agent.start()
+        wait_online(on_first, "fo")
+        result, _ = Session(first, agent, on_first).command("ping")
+        assert result["summary"]["broker"]["address"] == f"127.0.0.1:{first.port}"
+        first.stop()
+        wait_online(on_second, "fo")
+        result, _ = Session(second, agent, on_second).command("ping")
+        assert result["summary"]["broker"]["address"] == f"127.0.0.1:{second.port}"
+        # The preferred broker back: the agent returns to it.
+        first.start()
+        on_first.close()
+        on_first = Client(first.port)
+        on_first.subscribe("profiler/fo/#")
+        wait_online(on_first, "fo", timeout=20)
+        result, _ = Session(first, agent, on_first).command("ping")
+        assert result["summary"]["broker"]["address"] == f"127.0.0.1:{first.port}"
+        log = agent.log_text()
+        assert f"broker 127.0.0.1:{first.port} answers again: moving back to it" in log
+    finally:
+        on_first.close()
+        on_second.close()
+        agent.stop()
+        first.stop()
+        second.stop()
+
+
+def test_mqtt_311_session_keeps_commands_while_the_agent_is_away(workdir):
+    broker = Broker(workdir)
+    broker.start()
+    client = Client(broker.port)
+    agent = Agent(broker, workdir, "keep311", "self", "mqtt_version = 3.1.1\n")
+    try:
+        client.subscribe("profiler/keep311/#")
+        agent.start()
+        wait_online(client, "keep311")
+        s = Session(broker, agent, client)
+        # Killed: its session stays, and keeps what is sent meanwhile.
+        agent.stop(signal.SIGKILL)
+        for rid in ("away1", "away2"):
+            client.publish("profiler/keep311/ping", {"request_id": rid})
+        agent.start()
+        for rid in ("away1", "away2"):
+            client.wait_for(lambda m: m.topic == "profiler/keep311/result" and
+                            json.loads(m.payload).get("request_id") == rid)
+        # Stopped cleanly: its session ends, and nothing sent meanwhile runs at the next start.
+        assert agent.stop() == 0
+        client.publish("profiler/keep311/ping", {"request_id": "stale"})
+        client.drain()
+        since = len(client.seen)
+        agent.start()
+        client.wait_for(lambda m: client.seen.index(m) >= since and
+                        m.topic == "profiler/keep311/status" and m.payload == b"online")
+        fresh, _ = s.command("ping")
+        assert fresh["status"] == "ok"
+        time.sleep(0.5)
+        client.drain()
+        assert "stale" not in [json.loads(m.payload).get("request_id") for m in client.seen
+                               if m.topic == "profiler/keep311/result"]
+    finally:
+        client.close()
+        if agent.proc:
+            agent.stop()
+        broker.stop()
+
+
+def test_heartbeat_publishes_status_and_state_again(workdir, broker):
+    with agent_session(workdir, "beat", "self", "heartbeat_seconds = 1\n", broker) as s:
+        start = len(s.client.seen)
+        seen = []
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            try:
+                m = s.client.wait_for(lambda m: m.topic == "profiler/beat/state" and
+                                      s.client.seen.index(m) >= start and m not in seen, 0.5)
+                seen.append(m)
+            except TimeoutError:
+                pass
+        stamps = [json.loads(m.payload)["last_seen"] for m in seen]
+        assert len(stamps) >= 2 and stamps == sorted(set(stamps)), stamps
+        statuses = [m for m in s.client.seen[start:] if m.topic == "profiler/beat/status"]
+        assert len(statuses) >= 2 and all(m.payload == b"online" for m in statuses)
+
+
+def test_result_of_a_run_ended_during_an_outage_is_queued_not_lost(workdir):
+    broker = Broker(workdir, persistent=True)
+    broker.start()
+    client = PersistentClient(broker.port, "profiler/outage/#")
+    with running_workload("cpu_split") as target:
+        agent = Agent(broker, workdir, "outage", f"pid:{target.pid}")
+        try:
+            agent.start()
+            deadline = time.monotonic() + TIMEOUT
+            while not any(m[1] == "profiler/outage/status" for m in client.messages):
+                assert time.monotonic() < deadline, "agent not online"
+                time.sleep(0.05)
+            time.sleep(1.5)  # the sessions saved by the broker's autosave
+            client.publish("profiler/outage/start", {"seconds": 3, "request_id": "during"})
+            while not any(m[1].endswith("/progress") for m in client.messages):
+                assert time.monotonic() < deadline, "no progress"
+                time.sleep(0.05)
+            broker.kill()
+            while "the result of start is queued" not in agent.log_text():
+                assert time.monotonic() < deadline + 10, agent.log_text()
+                time.sleep(0.1)
+            broker.start()
+            _, result = client.result("during", 15)
+            assert result["status"] == "ok", result
+            assert "cannot publish" not in agent.log_text()
+        finally:
+            client.close()
+            agent.stop()
+            broker.stop()
+
