@@ -174,6 +174,21 @@ def test_stop_mid_profile_writes_files_and_marks_interrupted(workdir, split):
         db.close()
 
 
+CUMULATIVE = r"""
+import json, pstats, sys
+st = pstats.Stats(sys.argv[1])
+tot = sum(v[2] for v in st.stats.values())
+print(json.dumps({k[2]: v[3] / tot for k, v in st.stats.items()}))
+"""
+
+
+def cumulative_shares(path):
+    """{function name: cumulative time / total self time}, as pstats reads the file."""
+    p = subprocess.run(["/usr/bin/python3", "-c", CUMULATIVE, path], capture_output=True,
+                       text=True)
+    return json.loads(p.stdout)
+
+
 def test_wall_mode_counts_every_thread_all_the_time(workdir):
     # parked: threads blocked in read, nanosleep and pthread_cond_wait since before the run (read
     # from /proc without stopping them), and one spinning. Each counts its whole time.
@@ -190,15 +205,7 @@ def test_wall_mode_counts_every_thread_all_the_time(workdir):
     total = sum(states.values())
     assert 0.8 * 7 * 2 * 199 < total < 1.2 * 7 * 2 * 199, states
     shares = pstats_shares(result["files"][0])
-    script = r"""
-import json, pstats, sys
-st = pstats.Stats(sys.argv[1])
-tot = sum(v[2] for v in st.stats.values())
-print(json.dumps({k[2]: v[3] / tot for k, v in st.stats.items()}))
-"""
-    p = subprocess.run(["/usr/bin/python3", "-c", script, result["files"][0]],
-                       capture_output=True, text=True)
-    cum = json.loads(p.stdout)
+    cum = cumulative_shares(result["files"][0])
     for func in ("main_park_b", "park_read_b", "park_sleep_b", "park_cond_a", "park_spin_b"):
         assert 0.08 < cum.get(func, 0) < 0.25, (func, cum.get(func), shares["funcs"])
 
@@ -222,15 +229,7 @@ def test_off_mode_weighs_where_threads_block(workdir):
     s = result["summary"]
     assert s["mode"] == "off" and s["method"] == "perf_event", s
     assert s["states"]["syscall"] > 0 and s["states"]["gil"] == 0, s["states"]
-    script = r"""
-import json, pstats, sys
-st = pstats.Stats(sys.argv[1])
-tot = sum(v[2] for v in st.stats.values())
-print(json.dumps({k[2]: v[3] / tot for k, v in st.stats.items()}))
-"""
-    p = subprocess.run(["/usr/bin/python3", "-c", script, result["files"][0]],
-                       capture_output=True, text=True)
-    cum = json.loads(p.stdout)
+    cum = cumulative_shares(result["files"][0])
     assert abs(cum.get("sleep_long", 0) - 0.75) <= 0.03, cum
     assert abs(cum.get("sleep_short", 0) - 0.25) <= 0.03, cum
 
