@@ -92,7 +92,7 @@ static struct run *new_run(int64_t started_us)
     run->host = st.host;
     run->started_us = started_us;
     run->started_mono_us = clock_monotonic_us();
-    snprintf(run->action_name, sizeof(run->action_name), "stall");
+    snprintf(run->action_name, sizeof(run->action_name), "%s", STALL_RUN_ACTION);
     run->params = json_object_new_object();
     if (start)
         schema_apply_defaults(start->schema, run->params);

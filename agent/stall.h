@@ -12,6 +12,10 @@
 #include <json-c/json.h>
 #include "run.h"
 
+/* The action name of a stall's run in the store: not an action one can send, but one `runs`
+ * filters by. */
+#define STALL_RUN_ACTION "stall"
+
 /* Starts watching with host's config; nothing when stall_seconds is 0. -errno with err. */
 int stall_start(struct run_host *host, struct agent *a, char *err, size_t errlen);
 /* Stops watching; stalls still open end as interrupted runs. Accepts not running. */

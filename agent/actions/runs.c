@@ -1,7 +1,9 @@
 /* The `runs` action: the last runs recorded in the run store, newest first, filtered by action
  * and status. Not the store (store.c). */
+#include <string.h>
 #include "actions.h"
 #include "run.h"
+#include "stall.h"
 #include "store.h"
 
 static struct json_object *text_or_null(const char *s)
@@ -56,8 +58,9 @@ int action_runs(struct run *run)
         q.limit = (unsigned)json_object_get_int(v);
     if (json_object_object_get_ex(run->params, "action", &v)) {
         q.action = json_object_get_string(v);
-        if (!run->host->known_action(q.action))
-            return run_fail(run, "action: unknown action '%s'", q.action);
+        if (!run->host->known_action(q.action) && strcmp(q.action, STALL_RUN_ACTION) != 0)
+            return run_fail(run, "action: unknown action '%s' (runs are of an action, or '%s')",
+                            q.action, STALL_RUN_ACTION);
     }
     if (json_object_object_get_ex(run->params, "status", &v))
         q.status = json_object_get_string(v);

@@ -179,8 +179,8 @@ class Generator:
         if r < 0.75:                    # not a string
             return action, b'{"request_id": ' + self.rng.choice(WRONG[1:]).encode() + b"}", \
                 None
-        if r < 0.85:                    # NUL inside: it could only be echoed cut short
-            return action, b'{"request_id": "' + base.encode() + b'\\u0000x"}', None
+        if r < 0.85:                    # NUL inside: valid JSON, echoed exactly (escaped)
+            return action, b'{"request_id": "' + base.encode() + b'\\u0000x"}', base + "\0x"
         # Given twice: json-c keeps the last one.
         return action, (b'{"request_id": "dup", "request_id": "' + self.rid(i).encode() +
                         b'"}'), self.rid(i)
