@@ -447,6 +447,10 @@ static int finish_brokers(struct config *c, char *err, size_t errlen)
         if (count < 0)
             return count;
     } else {
+        if (!c->broker_host[0]) {
+            snprintf(err, errlen, "broker_host: empty: name the broker (or list them in broker)");
+            return -EINVAL;
+        }
         snprintf(c->brokers[0].host, sizeof(c->brokers[0].host), "%s", c->broker_host);
         c->brokers[0].port = c->broker_port;
     }

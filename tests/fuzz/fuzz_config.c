@@ -45,7 +45,22 @@ static void check_strings(const struct config *c)
     TERMINATED(target);
     TERMINATED(allowed_targets);
     TERMINATED(schema_dir);
+    TERMINATED(broker);
+    TERMINATED(stall_thread);
 #undef TERMINATED
+}
+
+/* The failover list config_finish leaves: 1..CONFIG_MAX_BROKERS entries, each a host and a
+ * port that can be connected to. */
+static void check_brokers(const struct config *c)
+{
+    CHECK(c->nbrokers >= 1 && c->nbrokers <= CONFIG_MAX_BROKERS, "%d brokers", c->nbrokers);
+    for (int i = 0; i < c->nbrokers; i++) {
+        const struct config_broker *b = &c->brokers[i];
+
+        CHECK(memchr(b->host, '\0', sizeof(b->host)) && b->host[0], "broker %d: empty host", i);
+        CHECK(b->port >= 1 && b->port <= 65535, "broker %d: port %d", i, b->port);
+    }
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -93,6 +108,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(c.topic_prefix[0] && c.topic_prefix[0] != '/' && !strpbrk(c.topic_prefix, "+#"),
           "topic_prefix '%s' accepted", c.topic_prefix);
     CHECK(c.client_id[0], "no client_id");
+    check_brokers(&c);
     CHECK(config_target_allowed(&c, c.target), "the configured target is not allowed");
     CHECK(!config_target_allowed(&c, ""), "an empty target is allowed");
     return 0;

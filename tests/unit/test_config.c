@@ -93,6 +93,10 @@ static void test_broker_errors(void **state)
     config_defaults(&c);
     assert_int_equal(config_set(&c, "heartbeat_seconds", "-1", err, sizeof(err)), -EINVAL);
     assert_string_equal(err, "heartbeat_seconds: must be an integer from 0 to 86400");
+    /* An empty broker_host with no list is no broker at all (found by fuzz_config). */
+    config_defaults(&c);
+    assert_int_equal(set_and_finish(&c, "broker_host", "", err, sizeof(err)), -EINVAL);
+    assert_string_equal(err, "broker_host: empty: name the broker (or list them in broker)");
 }
 
 int main(void)
