@@ -25,6 +25,8 @@
 #include "mqtt.h"
 
 #define TOPIC_MAX 512
+/* What may wait in libmosquitto's queue, in memory, for a broker to come back. */
+#define OFFLINE_MAX_BYTES (16u << 20)
 #define OFFLINE_WAIT_MS 2000
 /* How long the broker keeps our session (subscriptions, and commands sent meanwhile) while we are
  * away: enough for a broker or agent restart, short enough that a command is not run an hour late.
@@ -65,6 +67,13 @@ struct link {
 
 enum attempt { ATTEMPT_FAILED, ATTEMPT_AGAIN, ATTEMPT_DEGRADE, ATTEMPT_ENDED };
 
+/* What publish() does with a message while no broker is connected. Results always wait: they are
+ * few and small, and the one thing a commander must get. A run's log records, files and events
+ * wait while the waiting messages stay under OFFLINE_MAX_BYTES, and are dropped and counted past
+ * it. Progress is stale by the time a broker is back, and state, status and discovery are
+ * published afresh on connecting: those are dropped at once. */
+enum offline { OFFLINE_KEEP, OFFLINE_BOUNDED, OFFLINE_DROP };
+
 struct mqtt {
     struct mosquitto *m;
     struct config *c;
@@ -77,6 +86,8 @@ struct mqtt {
     atomic_bool quit;     /* the threads leave */
     atomic_int go_back;   /* a preferred broker the watch thread found answering; -1: none */
     atomic_uint unacked;  /* QoS 1 messages the broker has not acknowledged, queued ones too */
+    atomic_size_t offline_bytes; /* queued while no broker was connected, since the last connect */
+    atomic_uint offline_dropped; /* and dropped past OFFLINE_MAX_BYTES */
     /* The network thread's alone. */
     bool acked;              /* the CONNACK of this attempt accepted us */
     int refusal;             /* or refused us with this code */
@@ -126,15 +137,27 @@ static int errno_of(int rc)
 }
 
 /* 0 when sent; 1 when queued: a QoS 1 message while no broker is connected stays in libmosquitto's
- * queue and goes out once one is; a negative errno when it is lost. */
+ * queue and goes out once one is; a negative errno when it is lost (-ENOTCONN: dropped, as
+ * offline says). */
 static int publish(struct mqtt *s, const char *topic, const void *payload, size_t len, bool retain,
-                   const struct reply_to *reply, int *mid)
+                   enum offline offline, const struct reply_to *reply, int *mid)
 {
     mosquitto_property *props = NULL;
     int rc;
 
     if (len > INT32_MAX)
         return -EMSGSIZE;
+    if (!atomic_load(&s->connected) && offline != OFFLINE_KEEP) {
+        if (offline == OFFLINE_DROP)
+            return -ENOTCONN;
+        if (atomic_fetch_add(&s->offline_bytes, len) + len > OFFLINE_MAX_BYTES) {
+            atomic_fetch_sub(&s->offline_bytes, len);
+            atomic_fetch_add(&s->offline_dropped, 1);
+            return -ENOTCONN;
+        }
+    } else if (!atomic_load(&s->connected)) {
+        atomic_fetch_add(&s->offline_bytes, len);
+    }
     if (reply && reply->correlation_len > 0 && atomic_load(&s->version) == MQTT_PROTOCOL_V5)
         mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, reply->correlation,
                                       (uint16_t)reply->correlation_len);
@@ -150,7 +173,7 @@ static void out_record(struct run *run, const char *text, void *userdata)
     struct mqtt *s = userdata;
 
     (void)run;
-    publish(s, s->t_log, text, strlen(text), false, NULL, NULL);
+    publish(s, s->t_log, text, strlen(text), false, OFFLINE_BOUNDED, NULL, NULL);
 }
 
 static void out_result(struct run *run, const char *json, void *userdata)
@@ -158,7 +181,7 @@ static void out_result(struct run *run, const char *json, void *userdata)
     struct mqtt *s = userdata;
     int r;
 
-    r = publish(s, s->t_result, json, strlen(json), false, NULL, NULL);
+    r = publish(s, s->t_result, json, strlen(json), false, OFFLINE_KEEP, NULL, NULL);
     if (r < 0)
         log_warning("cannot publish the result of %s: %s", run->action_name, strerror(-r));
     else if (r > 0)
@@ -166,14 +189,16 @@ static void out_result(struct run *run, const char *json, void *userdata)
                  "as one is",
                  run->action_name);
     if (run->reply.topic && atomic_load(&s->version) == MQTT_PROTOCOL_V5)
-        publish(s, run->reply.topic, json, strlen(json), false, &run->reply, NULL);
+        publish(s, run->reply.topic, json, strlen(json), false, OFFLINE_KEEP, &run->reply, NULL);
     discovery_run_finished(s->discovery, run);
 }
 
 static int discovery_publish(void *userdata, const char *topic, const void *payload, size_t len,
                              bool retain)
 {
-    return publish(userdata, topic, payload, len, retain, NULL, NULL);
+    /* Retained: a config, published afresh on connecting; else a run's event. */
+    return publish(userdata, topic, payload, len, retain, retain ? OFFLINE_DROP : OFFLINE_BOUNDED,
+                   NULL, NULL);
 }
 
 static void out_progress(struct run *run, const char *json, void *userdata)
@@ -181,7 +206,7 @@ static void out_progress(struct run *run, const char *json, void *userdata)
     struct mqtt *s = userdata;
 
     (void)run;
-    publish(s, s->t_progress, json, strlen(json), false, NULL, NULL);
+    publish(s, s->t_progress, json, strlen(json), false, OFFLINE_DROP, NULL, NULL);
 }
 
 static int out_file(struct run *run, const char *name, const void *data, size_t len, void *userdata)
@@ -195,7 +220,7 @@ static int out_file(struct run *run, const char *name, const void *data, size_t 
     if ((size_t)snprintf(topic, sizeof(topic), "%s/%s/file/%s", s->c->topic_prefix, s->c->node_id,
                          name) >= sizeof(topic))
         return -ENAMETOOLONG;
-    return publish(s, topic, data, len, false, NULL, NULL);
+    return publish(s, topic, data, len, false, OFFLINE_BOUNDED, NULL, NULL);
 }
 
 static void out_state(struct agent *a, void *userdata)
@@ -204,7 +229,7 @@ static void out_state(struct agent *a, void *userdata)
     char *json = agent_state_json(a);
 
     if (json)
-        publish(s, s->t_state, json, strlen(json), true, NULL, NULL);
+        publish(s, s->t_state, json, strlen(json), true, OFFLINE_DROP, NULL, NULL);
     free(json);
 }
 
@@ -214,7 +239,7 @@ static void out_event(const char *json, bool retain, void *userdata)
     char topic[TOPIC_MAX];
 
     snprintf(topic, sizeof(topic), "%s/%s/event", s->c->topic_prefix, s->c->node_id);
-    if (publish(s, topic, json, strlen(json), retain, NULL, NULL) < 0)
+    if (publish(s, topic, json, strlen(json), retain, OFFLINE_BOUNDED, NULL, NULL) < 0)
         log_warning("cannot publish an event on %s", topic);
 }
 
@@ -252,8 +277,7 @@ static void log_sink(int level, const char *text, void *userdata)
     struct mqtt *s = userdata;
 
     (void)level;
-    if (atomic_load(&s->connected))
-        publish(s, s->t_log, text, strlen(text), false, NULL, NULL);
+    publish(s, s->t_log, text, strlen(text), false, OFFLINE_DROP, NULL, NULL);
 }
 
 /* asyncio's debug rule: in debug mode every callback is timed, and one that holds the loop
@@ -272,7 +296,7 @@ static void loop_timing(struct mqtt *s, const char *what, int64_t t0)
         char text[300];
 
         snprintf(text, sizeof(text), "Executing <%s> took %.3f seconds", what, (double)us / 1e6);
-        publish(s, s->t_log, text, strlen(text), false, NULL, NULL);
+        publish(s, s->t_log, text, strlen(text), false, OFFLINE_DROP, NULL, NULL);
     }
 }
 
@@ -408,6 +432,12 @@ static void on_connect(struct mosquitto *m, void *userdata, int rc, int flags,
     log_info("connected to broker %s as %s (MQTT %s)%s", l->address, s->c->client_id,
              l->version == MQTT_PROTOCOL_V5 ? "5" : "3.1.1", s->was_connected ? " again" : "");
     s->was_connected = true;
+    atomic_store(&s->offline_bytes, 0);
+    unsigned dropped = atomic_exchange(&s->offline_dropped, 0);
+    if (dropped)
+        log_warning("%u log records, files or events of runs were dropped while no broker was "
+                    "connected: past the %u MiB kept for its return (results are all kept)",
+                    dropped, OFFLINE_MAX_BYTES >> 20);
     /* Retain-as-published lets a command published retained while we are subscribed be told
      * apart (the broker would clear the flag otherwise); send-retained-never keeps old ones away.
      */
@@ -426,7 +456,7 @@ static void on_connect(struct mosquitto *m, void *userdata, int rc, int flags,
     }
     if (s->sub_qos == 0)
         s->session_stale = true;
-    publish(s, s->t_status, "online", 6, true, NULL, NULL);
+    publish(s, s->t_status, "online", 6, true, OFFLINE_DROP, NULL, NULL);
     out_state(s->agent, s);
     discovery_connected(s->discovery);
     loop_timing(s, "Handle on_connect", t0);
@@ -672,7 +702,7 @@ static void heartbeat(struct mqtt *s)
 {
     if (!atomic_load(&s->connected))
         return;
-    publish(s, s->t_status, "online", 6, true, NULL, NULL);
+    publish(s, s->t_status, "online", 6, true, OFFLINE_DROP, NULL, NULL);
     out_state(s->agent, s);
     discovery_heartbeat(s->discovery);
 }
@@ -963,7 +993,7 @@ void mqtt_stop(struct mqtt *s)
         /* Held across the publish so on_publish, on the network thread, sees offline_mid. */
         pthread_mutex_lock(&s->lock);
         s->offline_done = false;
-        if (publish(s, s->t_status, "offline", 7, true, NULL, &mid) == 0) {
+        if (publish(s, s->t_status, "offline", 7, true, OFFLINE_DROP, NULL, &mid) == 0) {
             s->offline_mid = mid;
             clock_gettime(CLOCK_REALTIME, &deadline);
             deadline.tv_sec += OFFLINE_WAIT_MS / 1000;
