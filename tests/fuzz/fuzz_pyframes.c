@@ -58,6 +58,29 @@ static void check_thread(const struct pyframes_thread *t)
     }
 }
 
+/* sys.remote_exec's fields: the agent writes into the target where they point, so each must lie
+ * inside the struct the same bytes size, whatever the bytes. */
+static void check_remote(const struct image *im)
+{
+    struct pydebug_remote d;
+    struct error err = {0};
+
+    if (pydebug_remote(im->b, im->n, &d, &err) < 0) {
+        CHECK(err.code == -EOPNOTSUPP && err.reason[0], "error %d without a reason", err.code);
+        return;
+    }
+    CHECK(d.script_path_size >= PYDEBUG_SCRIPT_PATH_MIN &&
+              d.script_path_size <= PYDEBUG_SCRIPT_PATH_MAX,
+          "script path size %u", d.script_path_size);
+    CHECK(d.ts_eval_breaker <= PYLAYOUT_FIELD_MAX && d.is_enabled <= PYLAYOUT_FIELD_MAX &&
+              d.is_threads_main <= PYLAYOUT_FIELD_MAX &&
+              (uint64_t)d.ts_script_path + d.script_path_size <= PYLAYOUT_FIELD_MAX &&
+              d.ts_pending <= PYLAYOUT_FIELD_MAX,
+          "a field past any struct: breaker %u pending %u path %u+%u enabled %u main %u",
+          d.ts_eval_breaker, d.ts_pending, d.ts_script_path, d.script_path_size, d.is_enabled,
+          d.is_threads_main);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct image im = {data + HEADER, size > HEADER ? size - HEADER : 0};
@@ -77,6 +100,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(pylayout_check(&l, &err) == 0, "table refused: %s", err.reason);
         break;
     default:
+        check_remote(&im);
         if (pydebug_layout(im.b, im.n, &l, &err) < 0) {
             CHECK(err.code == -EOPNOTSUPP && err.reason[0], "error %d without a reason", err.code);
             return 0;
