@@ -77,7 +77,8 @@ $(BUILD)/profiler-agent: $(BUILD)/agent/main.o $(BUILD)/libagent.a $(BUILD)/libe
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # The library `memory` loads into targets: never sanitized (a target has no sanitizer runtime),
-# libc its only dependency, nothing exported but its two entry points. Built twice: against
+# libc its only dependency, nothing exported but its three entry points
+# (memhook_start, memhook_stop, memhook_release). Built twice: against
 # glibc, and against musl for the processes of Alpine images (Debian's musl-gcc).
 HOOK_SRC   := $(wildcard engine/memory/hook/*.c engine/memory/hook/*.S engine/memory/hook/*.h) \
               engine/memory/memring.h

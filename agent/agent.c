@@ -6,10 +6,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "actions/actions.h"
 #include "agent.h"
 #include "clock.h"
 #include "flight.h"
 #include "log.h"
+#include "memrelease.h"
 #include "privs.h"
 #include "registry.h"
 #include "retention.h"
@@ -94,6 +96,7 @@ int agent_init(struct agent *a, struct config *c, bool use_store, const struct r
 
 void agent_destroy(struct agent *a)
 {
+    memrelease_shutdown();
     retention_stop(a->retention);
     store_close(a->host.store);
     registry_free_schemas();

@@ -5,7 +5,8 @@
  * hpy().heap() partitions it: that goes to heap_profile.T.hpy, what a Home Assistant user opens
  * with guppy, and the native sites to heap_native.T.hpy. One allocation profile per target at a
  * time; progress about once a second; a clean stop of the agent ends the run early with what it
- * has, and the hooks are taken out of the target on every path. Not the hooks, the writers or the
+ * has, and the hooks are taken out of the target on every path. The ring the hooks keep mapped
+ * after a run is unmapped a little later (memrelease.h). Not the hooks, the writers or the
  * counting (engine/memory/, engine/formats/, the script). */
 #include <errno.h>
 #include <limits.h>
@@ -18,6 +19,7 @@
 #include "clock.h"
 #include "formats/hpy.h"
 #include "inside.h"
+#include "memrelease.h"
 #include "memory/memprof.h"
 #include "run.h"
 #include "unwinders.h"
@@ -41,7 +43,11 @@ static struct claims claims = CLAIMS_INIT("an allocation profile");
 
 int action_memory_admit(struct run *run)
 {
-    return claims_take(&claims, run);
+    int r = claims_take(&claims, run);
+
+    if (r == 0)
+        memrelease_cancel(&run->target);
+    return r;
 }
 
 void action_memory_release(struct run *run)
@@ -449,7 +455,7 @@ static int py_heap(struct run *run, struct py_heap *py)
     return 1;
 }
 
-int action_memory(struct run *run)
+static int allocation_profile(struct run *run)
 {
     struct memprof_options o = {0};
     struct memprof_stats st;
@@ -530,4 +536,12 @@ int action_memory(struct run *run)
     unwinders_put(u);
     /* A failed count inside (a traceback, say) fails the run, with the native files written. */
     return pr < 0 ? pr : r;
+}
+
+int action_memory(struct run *run)
+{
+    memrelease_wait(&run->target);
+    int r = allocation_profile(run);
+    memrelease_schedule(&run->target);
+    return r;
 }

@@ -26,9 +26,12 @@
 
 #define SITE_NONE UINT32_MAX
 #define HOOK_NAME_TAG "profiler-agent-memhook"
+#define RING_NAME_TAG "profiler-agent-ring"
 #define DRAIN_PAUSE_US 1000
 #define ALIVE_CHECK_MS 200
 #define FINISH_DRAIN_MS 200
+#define SETTLE_SAMPLES 5 /* looks at the threads' states before a release */
+#define SETTLE_PAUSE_US 10000
 
 struct block {
     uint64_t ptr;   /* 0: empty slot */
@@ -498,7 +501,7 @@ static int ring_create(struct memprof *m, bool same_ns, char *tpath, size_t tlen
     uint64_t nev = MEMPROF_RING_EVENTS, nst = MEMPROF_RING_STACKS;
     int r;
 
-    snprintf(name, sizeof(name), "profiler-agent-ring.%d.%u", (int)getpid(),
+    snprintf(name, sizeof(name), RING_NAME_TAG ".%d.%u", (int)getpid(),
              __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
     r = targetfile_place(m->pid, same_ns, dirs, name, tpath, tlen, apath, alen);
     if (r < 0)
@@ -811,15 +814,180 @@ static int hooks_remove(struct memprof *m, struct error *err)
     return error_fill(err, r);
 }
 
-/* ---- public ---- */
+/* ---- unmapping the ring of a finished run ---- */
 
 /* Gone, or a zombie its parent has not reaped yet: either way nothing will allocate again. */
-static bool target_alive(struct memprof *m)
+static bool process_alive(pid_t pid, uint64_t starttime)
 {
     uint64_t st;
     char state;
-    return procfs_read_starttime(PROCFS_ROOT, m->pid, &st) == 0 && st == m->starttime &&
-           procfs_read_state(PROCFS_ROOT, m->pid, 0, &state) == 0 && state != 'Z' && state != 'X';
+    return procfs_read_starttime(PROCFS_ROOT, pid, &st) == 0 && st == starttime &&
+           procfs_read_state(PROCFS_ROOT, pid, 0, &state) == 0 && state != 'Z' && state != 'X';
+}
+
+static bool is_ring(const char *path)
+{
+    return strstr(path, RING_NAME_TAG) != NULL;
+}
+
+/* Bytes of pid's rings, and whether addr lies in code of a hook library. */
+static int ring_bytes(pid_t pid, uint64_t addr, uint64_t *ret_bytes, bool *ret_in_hooks)
+{
+    struct procfs_map *maps;
+    uint64_t bytes = 0;
+    bool in_hooks = false;
+    size_t n;
+    int r = procfs_read_maps(PROCFS_ROOT, pid, &maps, &n);
+
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < n; i++) {
+        if (is_ring(maps[i].path))
+            bytes += maps[i].end - maps[i].start;
+        if (addr >= maps[i].start && addr < maps[i].end && maps[i].perms[2] == 'x' &&
+            is_hooks(maps[i].path))
+            in_hooks = true;
+    }
+    procfs_maps_free(maps, n);
+    *ret_bytes = bytes;
+    *ret_in_hooks = in_hooks;
+    return 0;
+}
+
+/* A thread of pid that may not have run for a while, so may still be inside a hook: stopped,
+ * traced, or in uninterruptible sleep at each of SETTLE_SAMPLES looks (a thread doing I/O is
+ * there now and then, one stuck in a page-in under memory pressure stays). *ret_tid is 0 when
+ * there is none. */
+static int unsettled_thread(pid_t pid, pid_t *ret_tid, char *ret_state)
+{
+    struct timespec pause = {0, SETTLE_PAUSE_US * 1000};
+    bool *stuck = NULL, any = true;
+    pid_t *tids;
+    size_t n;
+    int r = procfs_list_tasks(PROCFS_ROOT, pid, &tids, &n);
+
+    if (r < 0)
+        return r;
+    *ret_tid = 0;
+    stuck = calloc(n ? n : 1, sizeof(*stuck));
+    if (!stuck) {
+        r = -ENOMEM;
+        goto out;
+    }
+    for (unsigned k = 0; k < SETTLE_SAMPLES && any && !*ret_tid; k++) {
+        if (k)
+            nanosleep(&pause, NULL);
+        any = false;
+        for (size_t i = 0; i < n && !*ret_tid; i++) {
+            char st;
+
+            if (procfs_read_state(PROCFS_ROOT, pid, tids[i], &st) < 0)
+                st = 'X'; /* gone: not inside anything */
+            if (st == 'T' || st == 't') {
+                *ret_tid = tids[i];
+                *ret_state = st;
+            }
+            stuck[i] = st == 'D' && (k == 0 || stuck[i]);
+            any |= stuck[i];
+        }
+    }
+    for (size_t i = 0; i < n && any && !*ret_tid; i++)
+        if (stuck[i]) {
+            *ret_tid = tids[i];
+            *ret_state = 'D';
+        }
+out:
+    free(stuck);
+    free(tids);
+    return r;
+}
+
+/* What memhook_release's code says, for the agent's log. */
+static int release_result(int rc, struct error *err)
+{
+    switch (rc) {
+    case 0:
+    case -ENXIO:
+        return error_set(err, rc, NULL);
+    case -EBUSY:
+        return error_set(err, rc,
+                         "the hooks are on in the target: another allocation profile is "
+                         "under way there");
+    case -EAGAIN:
+    case -EDEADLK:
+        return error_set(err, -EAGAIN,
+                         "the hooks went off less than %llu s ago, or a thread of the target "
+                         "holds their lock",
+                         MEMRING_RELEASE_QUIET_NS / 1000000000ull);
+    default:
+        return error_set(err, rc, "the hook library in the target failed to unmap it: %s",
+                         strerror(-rc));
+    }
+}
+
+int memprof_release(pid_t pid, uint64_t starttime, uint64_t *ret_bytes, struct error *err)
+{
+    char lib[PATH_MAX], state = 0;
+    uint64_t fn = 0, rc = 0, before = 0, after = 0;
+    struct inject *in = NULL;
+    bool in_hooks;
+    pid_t tid;
+    int r, d;
+
+    error_clear(err);
+    if (pid == getpid())
+        return error_set(err, -EINVAL, NULL);
+    if (!process_alive(pid, starttime))
+        return error_set(err, -ESRCH, NULL);
+    /* Exec'd since (same pid and start time), or never hooked: no library, no ring, nothing. */
+    if (mapped_path(pid, is_hooks, lib, sizeof(lib)) < 0 ||
+        ring_bytes(pid, 0, &before, &in_hooks) < 0 || !before)
+        return error_set(err, -ENXIO, NULL);
+    r = inject_symbol(pid, lib, "memhook_release", &fn);
+    if (r < 0)
+        return error_set(err, r == -ENOENT ? -ENOEXEC : r,
+                         "the hook library loaded in the target (%s) cannot unmap it (%s): an "
+                         "older agent loaded it",
+                         lib, strerror(-r));
+    r = unsettled_thread(pid, &tid, &state);
+    if (r < 0)
+        return error_set(err, r, NULL);
+    if (tid)
+        return error_set(err, -EAGAIN,
+                         "thread %d of the target is %s, so it may still be inside a hook",
+                         (int)tid,
+                         state == 'D'   ? "in uninterruptible sleep"
+                         : state == 't' ? "stopped by a debugger"
+                                        : "stopped");
+    r = inject_attach(pid, &in, err);
+    if (r < 0)
+        return r;
+    /* With a thread seized the pid cannot go to another process; the same one may have exec'd
+     * since the look-up, which leaves no hook library at fn. */
+    if (!process_alive(pid, starttime))
+        r = error_set(err, -ESRCH, NULL);
+    else if (ring_bytes(pid, fn, &before, &in_hooks) < 0 || !in_hooks)
+        r = error_set(err, -ENXIO, NULL);
+    else if ((r = inject_call(in, fn, NULL, 0, &rc)) < 0)
+        error_set(err, r, "calling into the target failed: %s", strerror(-r));
+    d = inject_detach(in);
+    if (r == 0 && d < 0)
+        r = error_set(err, d, "the target's thread could not be restored: %s", strerror(-d));
+    if (r == 0)
+        r = release_result((int)rc, err);
+    if (r < 0)
+        return r;
+    if (ring_bytes(pid, 0, &after, &in_hooks) < 0 || after > before)
+        after = before;
+    *ret_bytes = before - after;
+    return 0;
+}
+
+/* ---- public ---- */
+
+static bool target_alive(struct memprof *m)
+{
+    return process_alive(m->pid, m->starttime);
 }
 
 int memprof_open(pid_t pid, struct stacks *stacks, const struct memprof_options *o,

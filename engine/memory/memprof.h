@@ -4,7 +4,9 @@
  * it falls back to uprobes (memprobe.c), much slower for the target. Either way the events end
  * up here: blocks allocated during the run are tracked until freed, their call stacks unwound
  * and symbolized once per call path, and live bytes per allocation site sampled over time for
- * the massif file. Only blocks allocated during the run and still live count. */
+ * the massif file. Only blocks allocated during the run and still live count. After a run the
+ * hooks keep the ring mapped in the target, inert, until memprof_release unmaps it or the next
+ * run replaces it. */
 #ifndef MEMPROF_H
 #define MEMPROF_H
 
@@ -90,5 +92,15 @@ int memprof_write_hpy(struct memprof *m, const char *path, double timemade, stru
 int memprof_write_massif(struct memprof *m, const char *path, const char *cmd, struct error *err);
 /* Frees everything; finishes first when memprof_finish was not called. Accepts NULL. */
 void memprof_free(struct memprof *m);
+
+/* Unmaps the ring a finished run left mapped in pid (the hooks keep it, inert, until the next
+ * run starts), with one short call into the target as memprof_open's, when pid is still the
+ * process that started at starttime. 0 with the bytes unmapped; -ESRCH: gone or replaced;
+ * -ENXIO: nothing to unmap (no ring, or it exec'd); -EAGAIN: not now, try later (a thread that
+ * may still be inside a hook because it is stopped or in uninterruptible sleep, the hooks off
+ * for less than MEMRING_RELEASE_QUIET_NS, no thread at a safe point); -EBUSY: the hooks are on
+ * (another run); else a failure. All but 0 and -ESRCH, -ENXIO come with a reason in err (may
+ * be NULL). */
+int memprof_release(pid_t pid, uint64_t starttime, uint64_t *ret_bytes, struct error *err);
 
 #endif

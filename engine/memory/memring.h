@@ -16,6 +16,9 @@
 /* The hooks wait for space while the agent's heartbeat is younger than this, then give up:
  * they restore every hook and record nothing more (the agent died or hangs). */
 #define MEMRING_HEARTBEAT_TIMEOUT_NS 2000000000ull
+/* memhook_release unmaps the ring only once the hooks have been off this long: a thread still
+ * inside a hook when they went off has left it by then unless it was not running. */
+#define MEMRING_RELEASE_QUIET_NS 2000000000ull
 
 enum memring_kind {
     MEMRING_ALLOC = 1, /* ptr, size: a block returned by malloc/calloc/realloc/... */

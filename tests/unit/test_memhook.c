@@ -1,10 +1,11 @@
 /* Tests of the injected allocation hooks (engine/memory/hook/): loads the built library into this
  * process as the agent's injection would, drains its ring as the agent does, and checks events,
- * stacks, sampling, the GOT after stop, the heartbeat timeout and fork. Then through the engine
- * (memprof.c injecting into another process), in both shapes of executable: a PIE one and
- * build/workloads/canonical_plt, not PIE and taking malloc's address (a canonical PLT entry, as
- * Debian's python3.11): every allocation is counted, the address the program sees as &malloc
- * stays what it was, and the GOTs are byte for byte as before once the hooks are gone. */
+ * stacks, sampling, the GOT after stop, the heartbeat timeout, fork and the ring's release. Then
+ * through the engine (memprof.c injecting into another process), in both shapes of executable: a
+ * PIE one and build/workloads/canonical_plt, not PIE and taking malloc's address (a canonical PLT
+ * entry, as Debian's python3.11): every allocation is counted, the address the program sees as
+ * &malloc stays what it was, and the GOTs are byte for byte as before once the hooks are gone;
+ * and the ring unmapped from outside (memprof_release) only when that is safe. */
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
@@ -60,6 +61,7 @@ struct live_entry {
 
 static int (*hook_start)(const char *path);
 static int (*hook_stop)(void);
+static int (*hook_release)(void);
 static char tmpdir[] = "/tmp/test_memhook.XXXXXX";
 static struct drained drained;
 static struct live_entry *live;
@@ -369,7 +371,8 @@ static int lib_setup(void **state)
     }
     hook_start = (int (*)(const char *))dlsym(lib, "memhook_start");
     hook_stop = (int (*)(void))dlsym(lib, "memhook_stop");
-    if (!hook_start || !hook_stop || !mkdtemp(tmpdir))
+    hook_release = (int (*)(void))dlsym(lib, "memhook_release");
+    if (!hook_start || !hook_stop || !hook_release || !mkdtemp(tmpdir))
         return -1;
     drained.ev = mmap(NULL, DRAIN_CAP * sizeof(*drained.ev), PROT_READ | PROT_WRITE,
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -406,6 +409,7 @@ static void test_stop_before_start(void **state)
 {
     (void)state;
     assert_int_equal(hook_stop(), -ENXIO);
+    assert_int_equal(hook_release(), -ENXIO);
 }
 
 static void test_rejects_bad_rings(void **state)
@@ -622,6 +626,59 @@ static void test_heartbeat_timeout(void **state)
     assert_int_equal(hook_stop(), 0);
     assert_int_equal(r.h->state, MEMRING_STATE_ABANDONED);
     ring_destroy(&r);
+}
+
+/* This process's mappings of path: the hooks' view of a ring, and the test's own. */
+static size_t mappings_of(const char *path)
+{
+    struct procfs_map *maps;
+    size_t n, found = 0;
+
+    assert_int_equal(procfs_read_maps(PROCFS_ROOT, getpid(), &maps, &n), 0);
+    for (size_t i = 0; i < n; i++)
+        found += strcmp(maps[i].path, path) == 0;
+    procfs_maps_free(maps, n);
+    return found;
+}
+
+/* The ring is unmapped only once the hooks have been off MEMRING_RELEASE_QUIET_NS, never while
+ * they are on; allocations after the release touch nothing of it, and a later start maps a new
+ * ring and records as before. */
+static void test_release(void **state)
+{
+    uintptr_t before = malloc_address();
+    struct timespec quiet = {(time_t)(MEMRING_RELEASE_QUIET_NS / 1000000000ull), 100000000};
+    struct ring r, r2;
+
+    (void)state;
+    ring_create(&r, "release", 1u << 10, 4, 0);
+    assert_int_equal(hook_start(r.path), 0);
+    assert_int_equal(hook_release(), -EBUSY);
+    /* Off through the stop flag, as a hook sees it, not through memhook_stop. */
+    r.h->stop = 1;
+    alloc_free(16);
+    assert_int_equal(r.h->state, MEMRING_STATE_STOPPED);
+    assert_int_equal(mappings_of(r.path), 2);
+    assert_int_equal(hook_release(), -EAGAIN);
+    assert_int_equal(mappings_of(r.path), 2);
+    nanosleep(&quiet, NULL);
+    assert_int_equal(hook_release(), 0);
+    assert_int_equal(mappings_of(r.path), 1);
+    assert_int_equal(hook_release(), -ENXIO);
+    assert_int_equal(hook_stop(), 0);
+    alloc_free(16);
+    assert_true(malloc_address() == before);
+    ring_destroy(&r);
+
+    ring_create(&r2, "release2", 1u << 10, 4, 0);
+    drained.n = 0;
+    assert_int_equal(hook_start(r2.path), 0);
+    alloc_free(4243);
+    assert_int_equal(hook_stop(), 0);
+    drain_all(&r2);
+    assert_int_equal(count_allocs(4243), 1);
+    assert_true(malloc_address() == before);
+    ring_destroy(&r2);
 }
 
 /* A full ring and a dead agent: a waiting thread gives up and restores the hooks. */
@@ -1044,6 +1101,51 @@ static void test_engine_silent_hooks(void **state)
 }
 
 /* Refusals say why: the agent itself, and a process that is gone. */
+/* The ring a run left in the target goes only when the hooks have been off long enough and no
+ * thread of the target is stopped, and only from the process the run profiled. */
+static void test_engine_release(void **state)
+{
+    struct timespec quiet = {(time_t)(MEMRING_RELEASE_QUIET_NS / 1000000000ull), 100000000};
+    struct stacks *stacks;
+    struct memprof *m;
+    uint64_t starttime, bytes = 0;
+    char line[128], st = 0;
+    struct error e;
+
+    (void)state;
+    assert_int_equal(testutil_spawn(&child, "canonical_plt", NULL, line, sizeof(line)), 0);
+    assert_int_equal(procfs_read_starttime(PROCFS_ROOT, child.pid, &starttime), 0);
+    assert_int_equal(memprof_release(child.pid, starttime, &bytes, &e), -ENXIO);
+    engine_open(child.pid, &stacks, &m);
+    assert_int_equal(memprof_release(child.pid, starttime, &bytes, &e), -EBUSY);
+    assert_non_null(strstr(e.reason, "under way"));
+    command(&child, "run 1000 10 64\n", line, sizeof(line));
+    assert_int_equal(memprof_finish(m, NULL), 0);
+    memprof_free(m);
+    stacks_free(stacks);
+    assert_int_equal(memprof_release(child.pid, starttime, &bytes, &e), -EAGAIN);
+    assert_non_null(strstr(e.reason, "went off less than"));
+    assert_int_equal(memprof_release(child.pid, starttime + 1, &bytes, &e), -ESRCH);
+    nanosleep(&quiet, NULL);
+    assert_int_equal(kill(child.pid, SIGSTOP), 0);
+    /* The signal takes effect when the child next runs. */
+    for (uint64_t t0 = now_ns(); procfs_read_state(PROCFS_ROOT, child.pid, 0, &st) == 0 &&
+                                 st != 'T' && now_ns() - t0 < ENGINE_WAIT_NS;)
+        sched_yield();
+    assert_int_equal(st, 'T');
+    assert_int_equal(memprof_release(child.pid, starttime, &bytes, &e), -EAGAIN);
+    print_message("%s\n", e.reason);
+    assert_non_null(strstr(e.reason, "is stopped"));
+    assert_int_equal(kill(child.pid, SIGCONT), 0);
+    assert_int_equal(memprof_release(child.pid, starttime, &bytes, &e), 0);
+    /* The whole mapping: the ring rounded up to pages. */
+    assert_int_equal(bytes, (memring_size(MEMPROF_RING_EVENTS, MEMPROF_RING_STACKS) + 4095) &
+                                ~(uint64_t)4095);
+    assert_int_equal(memprof_release(child.pid, starttime, &bytes, &e), -ENXIO);
+    command(&child, "run 1000 10 64\n", line, sizeof(line));
+    assert_non_null(strstr(line, "errors=0"));
+}
+
 static void test_engine_refusals(void **state)
 {
     struct memprof_options o = {.seconds = 1, .hook_path = "/nonexistent"};
@@ -1078,9 +1180,11 @@ int main(void)
         cmocka_unit_test_teardown(test_heartbeat_timeout, unhook_teardown),
         cmocka_unit_test_teardown(test_full_ring_dead_agent, unhook_teardown),
         cmocka_unit_test_teardown(test_fork_child_unhooked, unhook_teardown),
+        cmocka_unit_test_teardown(test_release, unhook_teardown),
         cmocka_unit_test_teardown(test_engine_pie, reap_teardown),
         cmocka_unit_test_teardown(test_engine_canonical_plt, reap_teardown),
         cmocka_unit_test_teardown(test_engine_silent_hooks, reap_teardown),
+        cmocka_unit_test_teardown(test_engine_release, reap_teardown),
         cmocka_unit_test(test_engine_refusals),
     };
 

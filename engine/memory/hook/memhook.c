@@ -1,7 +1,8 @@
 /* The allocation hooks injected into a profiled process: memhook_start() maps the agent's ring
  * (memring.h) and points the GOT slots of malloc and friends at hooks that record allocations,
- * frees and the caller's registers and stack; memhook_stop() puts the slots back. It allocates
- * nothing through the hooked functions, never unmaps its code, and does no symbolizing. */
+ * frees and the caller's registers and stack; memhook_stop() puts the slots back; a while later
+ * memhook_release() unmaps the ring. It allocates nothing through the hooked functions, never
+ * unmaps its code, and does no symbolizing. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -96,8 +97,8 @@ static struct {
 } real;
 
 static struct {
-    struct memring_header *ring; /* once set, stays mapped until the next start */
-    size_t ring_size;
+    struct memring_header *ring; /* the last run's ring, or parked.h once released */
+    size_t ring_size;            /* 0: ring is not a mapping of ours */
     struct memring_event *events;
     struct memring_stack *stacks;
     uint64_t mask; /* nevents - 1 */
@@ -107,7 +108,8 @@ static struct {
     uintptr_t pagesz;
     pid_t pid;
     uint32_t gen;
-    int on; /* hooks installed and recording */
+    int on;          /* hooks installed and recording */
+    uint64_t off_ns; /* CLOCK_MONOTONIC when the hooks last went off */
     int stacks_full;
     int lock_owner; /* tid holding the install lock, 0: free */
     struct stack_entry *stack_table;
@@ -115,6 +117,14 @@ static struct {
     uint8_t *filter;
     size_t tables_size;
 } g;
+
+/* What g points at once the ring is unmapped: a header that says stop, no stack slot, one event
+ * slot. A thread that reads g again after the release (see memhook_release) is sent back to the
+ * real function, or writes here, instead of into pages that are gone. */
+static struct {
+    struct memring_header h;
+    struct memring_event ev;
+} parked = {.h = {.stop = 1, .state = MEMRING_STATE_STOPPED}};
 
 /* glibc's __tls_get_addr may allocate, through the hooks, on a thread's first use of a dlopen'ed
  * library's TLS: initial-exec never calls it. musl refuses initial-exec TLS in a dlopen'ed
@@ -184,6 +194,8 @@ static bool heartbeat_stale(const struct memring_header *h, uint64_t now)
 /* The pages stay in the file for the agent to drain; only this process's view goes. */
 static void release_ring_pages(void)
 {
+    if (!g.ring_size)
+        return;
     uint64_t start = (memring_events_offset() + g.pagesz - 1) & ~(uint64_t)(g.pagesz - 1);
 
     if (start < g.ring_size)
@@ -198,6 +210,7 @@ static void unhook(uint32_t state)
     if (__atomic_load_n(&g.on, __ATOMIC_RELAXED)) {
         got_restore_all();
         __atomic_store_n(&g.on, 0, __ATOMIC_RELAXED);
+        g.off_ns = now_ns();
         __atomic_store_n(&g.ring->state, state, __ATOMIC_RELEASE);
         release_ring_pages();
     }
@@ -667,6 +680,7 @@ static void atfork_child(void)
         return;
     got_restore_all();
     g.on = 0;
+    g.off_ns = now_ns();
 }
 
 /* The definition that calls of t->name are bound to. A non-PIE executable that takes a
@@ -808,7 +822,7 @@ MEMHOOK_EXPORT int memhook_start(const char *ring_path)
         goto out;
     }
     /* A thread could still be inside a hook of the previous run; a whole run later, none is. */
-    if (g.ring)
+    if (g.ring_size)
         munmap(g.ring, g.ring_size);
     madvise(g.stack_table, g.tables_size, MADV_DONTNEED);
     g.ring = h;
@@ -830,6 +844,7 @@ MEMHOOK_EXPORT int memhook_start(const char *ring_path)
     if (r < 0) {
         got_restore_all();
         __atomic_store_n(&g.on, 0, __ATOMIC_RELAXED);
+        g.off_ns = now_ns();
         __atomic_store_n(&h->hook_error, r, __ATOMIC_RELAXED);
         __atomic_store_n(&h->state, MEMRING_STATE_NEW, __ATOMIC_RELEASE);
         goto out;
@@ -854,9 +869,51 @@ MEMHOOK_EXPORT int memhook_stop(void)
     if (g.on) {
         r = got_restore_all();
         __atomic_store_n(&g.on, 0, __ATOMIC_RELAXED);
+        g.off_ns = now_ns();
         __atomic_store_n(&g.ring->state, MEMRING_STATE_STOPPED, __ATOMIC_RELEASE);
     }
     release_ring_pages();
+out:
+    lock_release();
+    return r;
+}
+
+/* Unmaps the ring memhook_stop() left mapped, when no thread can still be using it. Counting the
+ * threads inside a hook would cost every allocation two atomic operations on a line all threads
+ * share; time is the cheap proof instead. Once the GOT is restored no call enters a hook, and a
+ * call that entered before leaves it within one call of the real function: ring_wait() gives up
+ * as soon as the state is not HOOKED, the lock is never waited for in a hook, the rest is
+ * straight-line code. So MEMRING_RELEASE_QUIET_NS after the hooks went off, only a thread that
+ * did not run all that time (stopped, traced, in uninterruptible sleep) could be inside one: the
+ * agent checks that none is before it calls (memprof_release). Should one be there all the same,
+ * g points at `parked` from here on, so whatever it reads from g again stops it harmlessly.
+ * 0: unmapped; -ENXIO: no ring is mapped; -EBUSY: the hooks are on (a run is under way);
+ * -EAGAIN: too early, or the lock is held (by the calling thread itself: -EDEADLK). */
+MEMHOOK_EXPORT int memhook_release(void)
+{
+    struct memring_header *ring;
+    int r = lock_take(true);
+
+    if (r < 0)
+        return r == -EBUSY ? -EAGAIN : r;
+    if (!g.ring_size)
+        r = -ENXIO;
+    else if (__atomic_load_n(&g.on, __ATOMIC_RELAXED))
+        r = -EBUSY;
+    else if (now_ns() - g.off_ns < MEMRING_RELEASE_QUIET_NS)
+        r = -EAGAIN;
+    if (r < 0)
+        goto out;
+    ring = g.ring;
+    /* Bounds first, the header last: a thread that reads parked.h from g also reads the bounds
+     * that keep it inside parked. */
+    __atomic_store_n(&g.stacks_full, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&g.nstacks, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&g.mask, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&g.events, &parked.ev, __ATOMIC_RELEASE);
+    __atomic_store_n(&g.ring, &parked.h, __ATOMIC_RELEASE);
+    munmap(ring, g.ring_size);
+    g.ring_size = 0;
 out:
     lock_release();
     return r;
