@@ -59,12 +59,14 @@ static struct registry_action actions[] = {
     {.name = "start",
      .help = "{\"seconds\": 60, \"frequency\": 199, \"mode\": \"cpu\"}: CPU\n"
              "profile of the target (mode wall: wall-clock time, waiting\n"
-             "included; off: only the time blocked, by where); writes profile.T.cprof (pstats), "
-             "callgrind.out.T\n"
-             "and flamegraph.T.svg in output_dir, progress on P/N/progress;\n"
-             "\"formats\": [...] picks files, also collapsed, pprof, speedscope;\n"
+             "included; off: only the time blocked, by where); writes\n"
+             "profile.T.cprof (pstats), callgrind.out.T and flamegraph.T.svg\n"
+             "in output_dir, progress on P/N/progress; \"formats\": [...]\n"
+             "picks files, also collapsed, pprof, speedscope;\n"
              "{\"last\": 300} or {\"from\": ISO, \"to\": ISO}: the same files at once,\n"
-             "from the flight recorder's samples of that window",
+             "from the flight recorder's samples of that window (also of a\n"
+             "target that has exited since); \"compare_to\": RUN_ID adds a\n"
+             "differential flame graph against that earlier run",
      .button = "CPU profile",
      .presets = (const struct registry_preset[]){{"profile_last_5_minutes",
                                                   "Profile the last 5 minutes", "{\"last\": 300}"},
@@ -81,6 +83,8 @@ static struct registry_action actions[] = {
                                                  {"profile.", ".collapsed"},
                                                  {"profile.", ".pb.gz"},
                                                  {"profile.", ".speedscope.json"},
+                                                 {"flamegraph.", ".diff.svg"},
+                                                 {"profile.", ".diff.folded"},
                                                  {NULL, NULL}},
      .needs_target = true,
      .long_running = true,

@@ -19,6 +19,9 @@
 #include "retention.h"
 #include "store.h"
 
+/* The runs' kept stacks (compare_to's) take at most this much of the database, compressed:
+ * the oldest runs' go first. About a thousand runs of a busy service. */
+#define RETENTION_STACKS_MAX_BYTES ((uint64_t)64 << 20)
 /* One pass looks at this many of our files at most, so its memory is bounded; a directory with
  * more is worked through over several passes. */
 #define RETENTION_MAX_FILES 100000
@@ -55,13 +58,14 @@ static bool output_name(const char *name, size_t len, long long *ret_t)
             nd = len - pl - sl;
             if (nd > 18)
                 continue;
-            for (size_t k = 0; k < nd; k++) {
-                char ch = name[pl + k];
+            size_t k = 0;
 
-                if (ch < '0' || ch > '9')
-                    return false;
-                t = t * 10 + (ch - '0');
-            }
+            for (; k < nd && name[pl + k] >= '0' && name[pl + k] <= '9'; k++)
+                t = t * 10 + (name[pl + k] - '0');
+            /* Not all digits: perhaps a name with a longer suffix of the same prefix
+             * ("flamegraph.T.diff.svg" after "flamegraph.T.svg"). */
+            if (k < nd)
+                continue;
             *ret_t = t;
             return true;
         }
@@ -196,6 +200,7 @@ int retention_apply(const struct config *c, struct store *store, struct retentio
     char dir[PATH_MAX], why[160];
     uint64_t total = 0;
     size_t n = 0, i;
+    unsigned trimmed = 0;
     int dfd, r;
 
     if (!realpath(c->output_dir, dir))
@@ -231,9 +236,17 @@ int retention_apply(const struct config *c, struct store *store, struct retentio
         i--;
     }
     st.kept_bytes = total;
+    /* An expired run's stacks go with its row (store.c's trigger). */
     if (store && cutoff && store_expire(store, cutoff, &st.expired_runs) < 0)
         log_warning("retention: cannot delete old runs from the database %s: %s", c->database,
                     store_errmsg(store));
+    if (store && store_stacks_trim(store, RETENTION_STACKS_MAX_BYTES, &trimmed) < 0)
+        log_warning("retention: cannot delete old stacks from the database %s: %s", c->database,
+                    store_errmsg(store));
+    else if (trimmed)
+        log_info("retention: deleted the kept stacks of the %u oldest run(s), to keep them under "
+                 "%llu bytes: those runs can no longer be compared with (compare_to)",
+                 trimmed, (unsigned long long)RETENTION_STACKS_MAX_BYTES);
     if (st.expired_files || st.capped_files || st.stale_tmp || st.expired_runs)
         log_info("retention: deleted %u file(s) older than %d days, %u more to stay under %lld "
                  "bytes (%llu bytes in all), %u stale temporary file(s) and %u old run(s); "

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sqlite3.h>
+#include <zlib.h>
 #include "clock.h"
 #include "store.h"
 
@@ -45,6 +46,19 @@ static const char schema_sql[] =
 
 static const char settings_sql[] =
     "CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);";
+
+/* A run's stacks go with it, however it is deleted (retention, or by hand with sqlite3). */
+static const char stacks_sql[] =
+    "CREATE TABLE IF NOT EXISTS stacks ("
+    " run_id INTEGER PRIMARY KEY,"
+    " mode TEXT NOT NULL,"
+    " samples INTEGER NOT NULL,"
+    " stacks INTEGER NOT NULL,"
+    " kept INTEGER NOT NULL,"
+    " length INTEGER NOT NULL,"
+    " folded BLOB NOT NULL);"
+    "CREATE TRIGGER IF NOT EXISTS runs_delete_stacks AFTER DELETE ON runs "
+    "BEGIN DELETE FROM stacks WHERE run_id = old.id; END;";
 
 static int errno_of(int rc)
 {
@@ -113,6 +127,10 @@ static int migrate(struct store *s)
         return SQLITE_MISMATCH;
     }
     rc = sqlite3_exec(s->db, schema_sql, NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    /* The stacks table, what compare_to compares with: no new version (store.h). */
+    rc = sqlite3_exec(s->db, stacks_sql, NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         return rc;
     /* 1 -> 2: the settings table, the values Home Assistant's number and text entities set. */
@@ -537,4 +555,143 @@ int store_file_removed(struct store *s, const char *path, const char *why, unsig
                       "AND json_valid(files) AND EXISTS (SELECT 1 FROM json_each(runs.files) "
                       "WHERE value = ?1)",
                       path, why, ret_count);
+}
+
+int store_stacks_put(struct store *s, int64_t run_id, const char *text,
+                     const struct store_stacks *info)
+{
+    uLongf zlen = compressBound((uLong)info->len);
+    unsigned char *z = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc, r;
+
+    /* uLong is 32 bits on some ABIs: a text it cannot count is refused, not cut. */
+    if ((size_t)(uLong)info->len != info->len || (size_t)zlen > INT_MAX)
+        return -EFBIG;
+    z = malloc(zlen ? zlen : 1);
+    if (!z)
+        return -ENOMEM;
+    /* Compressed before the lock is taken: the store is not held while zlib works. */
+    if (compress2(z, &zlen, (const Bytef *)text, (uLong)info->len, Z_DEFAULT_COMPRESSION) != Z_OK) {
+        free(z);
+        return -ENOMEM;
+    }
+    pthread_mutex_lock(&s->lock);
+    rc = sqlite3_prepare_v2(s->db,
+                            "INSERT OR REPLACE INTO stacks (run_id, mode, samples, stacks, kept, "
+                            "length, folded) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS "
+                            "(SELECT 1 FROM runs WHERE id = ?1)",
+                            -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, run_id);
+        sqlite3_bind_text(st, 2, info->mode, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64)info->samples);
+        sqlite3_bind_int64(st, 4, (sqlite3_int64)info->stacks);
+        sqlite3_bind_int64(st, 5, (sqlite3_int64)info->kept);
+        sqlite3_bind_int64(st, 6, (sqlite3_int64)info->len);
+        sqlite3_bind_blob(st, 7, z, (int)zlen, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_DONE)
+        r = sqlite3_changes(s->db) ? 0 : -ENOENT;
+    else
+        r = fail(s, rc);
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->lock);
+    free(z);
+    return r;
+}
+
+/* The stored blob of n bytes into the text of len bytes in *ret (malloc'd). */
+static int inflate_stacks(const void *blob, int n, size_t len, char **ret)
+{
+    uLongf out = (uLongf)len;
+    char *text = malloc(len + 1);
+
+    if (!text)
+        return -ENOMEM;
+    if (!blob || n <= 0 || uncompress((Bytef *)text, &out, blob, (uLong)n) != Z_OK ||
+        (size_t)out != len) {
+        free(text);
+        return -EBADMSG;
+    }
+    text[len] = '\0';
+    *ret = text;
+    return 0;
+}
+
+int store_stacks_get(struct store *s, int64_t run_id, size_t max_len, char **ret_text,
+                     struct store_stacks *ret_info)
+{
+    struct store_stacks info = {0};
+    sqlite3_stmt *st = NULL;
+    const unsigned char *mode;
+    sqlite3_int64 len;
+    int rc, r;
+
+    pthread_mutex_lock(&s->lock);
+    rc = sqlite3_prepare_v2(s->db,
+                            "SELECT mode, samples, stacks, kept, length, folded FROM stacks "
+                            "WHERE run_id = ?1",
+                            -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, run_id);
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_DONE) {
+        r = -ENOENT;
+        goto out;
+    }
+    if (rc != SQLITE_ROW) {
+        r = fail(s, rc);
+        goto out;
+    }
+    mode = sqlite3_column_text(st, 0);
+    snprintf(info.mode, sizeof(info.mode), "%s", mode ? (const char *)mode : "");
+    info.samples = (uint64_t)sqlite3_column_int64(st, 1);
+    info.stacks = (uint64_t)sqlite3_column_int64(st, 2);
+    info.kept = (uint64_t)sqlite3_column_int64(st, 3);
+    len = sqlite3_column_int64(st, 4);
+    r = 0;
+    if (len < 0 || (uint64_t)len > max_len) {
+        r = -EFBIG;
+        goto out;
+    }
+    info.len = (size_t)len;
+    if (ret_text)
+        r = inflate_stacks(sqlite3_column_blob(st, 5), sqlite3_column_bytes(st, 5), info.len,
+                           ret_text);
+    if (r == 0)
+        *ret_info = info;
+out:
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
+int store_stacks_trim(struct store *s, uint64_t max_bytes, unsigned *ret_count)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, r;
+
+    pthread_mutex_lock(&s->lock);
+    rc = sqlite3_prepare_v2(s->db,
+                            "DELETE FROM stacks WHERE run_id IN (SELECT run_id FROM (SELECT "
+                            "run_id, sum(length(folded)) OVER (ORDER BY run_id DESC) AS upto "
+                            "FROM stacks) WHERE upto > ?1)",
+                            -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, max_bytes > INT64_MAX ? INT64_MAX : (sqlite3_int64)max_bytes);
+        rc = sqlite3_step(st);
+    }
+    if (rc == SQLITE_DONE) {
+        if (ret_count)
+            *ret_count = (unsigned)sqlite3_changes(s->db);
+        r = 0;
+    } else {
+        r = fail(s, rc);
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->lock);
+    return r;
 }

@@ -1,7 +1,11 @@
 /* The run store: one SQLite row per command received, valid or not, in WAL mode so readers
  * (sqlite3, `runs` queries) never block the agent. The schema version is PRAGMA user_version.
  * Runs a crash left `running` are marked `interrupted` when the store is opened. Version 2 adds
- * the `settings` table: named JSON values (the agent's defaults that Home Assistant sets). */
+ * the `settings` table: named JSON values (the agent's defaults that Home Assistant sets).
+ * The `stacks` table, a CPU profile run's folded stacks (zlib-compressed) kept for a later run
+ * to compare with (`start`'s compare_to), came without a new version: it only adds, and its
+ * trigger deletes a run's stacks with the run, so an agent that knows nothing of it still opens
+ * the database and still takes the stacks along when it expires runs. */
 #ifndef STORE_H
 #define STORE_H
 
@@ -76,6 +80,27 @@ int store_runs_list(struct store *s, const struct store_query *q,
 int store_setting_get(struct store *s, const char *name, char *value, size_t len);
 /* Stores value under name, or deletes the setting when value is NULL. Thread-safe. */
 int store_setting_set(struct store *s, const char *name, const char *value);
+/* What is said of a run's kept stacks (its folded text aside). */
+struct store_stacks {
+    char mode[8];          /* the profile's mode: cpu, wall, off */
+    uint64_t samples;      /* all its samples */
+    uint64_t stacks, kept; /* its distinct stacks, and those the text has as lines of their own */
+    size_t len;            /* the text's length */
+};
+
+/* Keeps the folded stacks of run run_id (text, info->len bytes), compressed, in place of any it
+ * had. -ENOENT when there is no such run, -EFBIG when zlib cannot take that much at once.
+ * Thread-safe. */
+int store_stacks_put(struct store *s, int64_t run_id, const char *text,
+                     const struct store_stacks *info);
+/* What run_id's kept stacks are, into *ret_info, and when ret_text is not NULL the text itself
+ * (malloc'd, NUL-terminated). -ENOENT when the run kept none, -EFBIG when the text is longer
+ * than max_len, -EBADMSG when what is stored does not inflate to it. Thread-safe. */
+int store_stacks_get(struct store *s, int64_t run_id, size_t max_len, char **ret_text,
+                     struct store_stacks *ret_info);
+/* Deletes the stacks of the oldest runs until those left take at most max_bytes. ret_count:
+ * of how many runs. Thread-safe. */
+int store_stacks_trim(struct store *s, uint64_t max_bytes, unsigned *ret_count);
 /* Renames a damaged database (and its -wal and -shm files) to PATH.corrupt.T, T the time in
  * microseconds, so a new one can be created in its place; ret_path gets the new name. */
 int store_set_aside(const char *path, int64_t now_us, char *ret_path, size_t len);

@@ -1,6 +1,7 @@
 /* The `start` action: a CPU profile of the target for `seconds` at `frequency` Hz, written in
  * output_dir in the `formats` asked (by default profile.T.cprof, callgrind.out.T and
- * flamegraph.T.svg). One profile per target at a time (two samplers on one process would double
+ * flamegraph.T.svg), and with `compare_to` a differential flame graph against an earlier run
+ * (start_compare.c). One profile per target at a time (two samplers on one process would double
  * its cost and split nothing useful); progress goes out about once a second; a clean stop of the
  * agent ends the run early with what it has.
  * Not the sampler or the writers (engine/cpu/, engine/formats/). */
@@ -13,6 +14,7 @@
 #include "cpu/cpuprof.h"
 #include "formats/profile.h"
 #include "run.h"
+#include "start_compare.h"
 #include "unwinders.h"
 
 #define TOP_FUNCTIONS 5
@@ -164,8 +166,9 @@ static bool format_asked(struct run *run, const char *name)
     return false;
 }
 
-/* Writes the files `formats` asks for, over seconds of sampling; a failure of one is an error
- * naming it, files already written stay listed. */
+/* Writes the files `formats` asks for, over seconds of sampling, then keeps the stacks and
+ * compares them as compare_to asks; a failure of one file is an error naming it, files already
+ * written stay listed. */
 static int write_files(struct run *run, const struct profile *prof, double seconds)
 {
     char dir[PATH_MAX], path[PATH_MAX + 64];
@@ -187,7 +190,7 @@ static int write_files(struct run *run, const struct profile *prof, double secon
                             e.reason[0] ? e.reason : strerror(-e.code));
         json_object_array_add(run->files, json_object_new_string(path));
     }
-    return 0;
+    return start_compare_finish(run, prof, dir);
 }
 
 int action_start(struct run *run)
@@ -199,6 +202,10 @@ int action_start(struct run *run)
     struct error e;
     int r;
 
+    /* A run that cannot be compared with is said before the sampling, not a minute after. */
+    r = start_compare_check(run);
+    if (r < 0)
+        return r;
     if (action_start_is_window(run))
         return action_start_window(run);
     json_object_object_get_ex(run->params, "seconds", &v);

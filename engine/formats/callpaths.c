@@ -1,6 +1,7 @@
 /* The call tree as whole stacks (see callpaths.h): self costs, threads and labels computed once
  * for a writer, in passes over the nodes in index order (a node comes after its parent). */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,4 +136,111 @@ size_t callpaths_frames(const struct callpaths *c, uint32_t n, uint32_t *out)
     if (!k)
         out[k++] = p->f_dropped;
     return k;
+}
+
+int callpaths_text_add(struct callpaths_text *t, const char *s, size_t len)
+{
+    if (len >= t->cap - t->len || !t->s) {
+        size_t cap = t->cap ? t->cap : 256;
+        char *p;
+
+        while (cap - t->len <= len) {
+            if (cap > SIZE_MAX / 2)
+                return -ENOMEM;
+            cap *= 2;
+        }
+        p = realloc(t->s, cap);
+        if (!p)
+            return -ENOMEM;
+        t->s = p;
+        t->cap = cap;
+    }
+    memcpy(t->s + t->len, s, len);
+    t->len += len;
+    t->s[t->len] = '\0';
+    return 0;
+}
+
+int callpaths_text_printf(struct callpaths_text *t, const char *fmt, ...)
+{
+    char buf[128];
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    /* Only ever short figures: a longer text is a caller's mistake, refused whole. */
+    if (n < 0 || (size_t)n >= sizeof(buf))
+        return -EINVAL;
+    return callpaths_text_add(t, buf, (size_t)n);
+}
+
+/* len bytes of s with ';' as ':' and control characters as spaces: a ';' would split the frame
+ * and a line break end the line. Spaces are fine: readers take the count after the last one. */
+static int add_escaped(struct callpaths_text *t, const char *s, size_t len)
+{
+    static const char special[] = ";\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"
+                                  "\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e"
+                                  "\x1f\x7f";
+    const char *end = s + len;
+    int r = 0;
+
+    while (s < end && r == 0) {
+        size_t plain = strcspn(s, special);
+        if (plain > (size_t)(end - s))
+            plain = (size_t)(end - s);
+        r = callpaths_text_add(t, s, plain);
+        s += plain;
+        if (s < end && r == 0)
+            r = callpaths_text_add(t, *s++ == ';' ? ":" : " ", 1);
+    }
+    return r;
+}
+
+/* Where s ends in whitespace and a number ("worker 2", "x 1.5"): flamegraph.pl reads a stack
+ * ending so as a differential profile's first count. The whitespace's offset, else len. */
+static size_t count_like_tail(const char *s, size_t len)
+{
+    size_t i = len, digits;
+
+    while (i > 0 && s[i - 1] >= '0' && s[i - 1] <= '9')
+        i--;
+    if (i > 0 && s[i - 1] == '.')
+        i--;
+    for (digits = 0; i > 0 && s[i - 1] >= '0' && s[i - 1] <= '9'; digits++)
+        i--;
+    if (i == len || (s[i] == '.' && !digits) || i == 0)
+        return len;
+    return (unsigned char)s[i - 1] <= ' ' ? i - 1 : len;
+}
+
+int callpaths_fold_frame(struct callpaths_text *t, const char *label, bool innermost)
+{
+    size_t len = strlen(label), k = innermost ? count_like_tail(label, len) : len;
+    int r = add_escaped(t, label, k);
+
+    if (r == 0 && k < len) {
+        r = callpaths_text_add(t, "_", 1);
+        if (r == 0)
+            r = add_escaped(t, label + k + 1, len - k - 1);
+    }
+    return r;
+}
+
+int callpaths_fold(const struct callpaths *c, uint32_t n, struct callpaths_text *t)
+{
+    const struct profile *p = c->p;
+    uint32_t frames[CALLPATHS_MAX_FRAMES];
+    size_t k = callpaths_frames(c, n, frames);
+    int r = callpaths_text_add(t, "thread ", 7);
+
+    if (r == 0)
+        r = add_escaped(t, p->str[c->thread[n]], strlen(p->str[c->thread[n]]));
+    while (r == 0 && k-- > 0) {
+        r = callpaths_text_add(t, ";", 1);
+        if (r == 0)
+            r = callpaths_fold_frame(t, c->label[frames[k]], k == 0);
+    }
+    return r;
 }

@@ -1,10 +1,12 @@
 /* The profile's call tree as whole stacks, for the writers whose readers take one stack per
- * sample (collapsed, pprof, speedscope): each call tree node's self cost, its thread, the
- * functions on its path, and a label per function that tells apart two functions of one name.
+ * sample (collapsed, pprof, speedscope, the differential flame graph): each call tree node's
+ * self cost, its thread, the functions on its path, a label per function that tells apart two
+ * functions of one name, and a path as one line of Brendan Gregg's folded (collapsed) stacks.
  * Internal to engine/formats/ like profile_priv.h; it writes no file itself. */
 #ifndef CALLPATHS_H
 #define CALLPATHS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "formats/profile_priv.h"
@@ -31,5 +33,25 @@ void callpaths_destroy(struct callpaths *c);
  * returns how many, at least one: a sample that kept no function in the tree (its limits were
  * reached) gets the "[dropped]" function. */
 size_t callpaths_frames(const struct callpaths *c, uint32_t n, uint32_t *out);
+
+/* Text built a piece at a time: s (malloc'd, NUL-terminated once anything was added) holds len
+ * bytes; free(s) when done. */
+struct callpaths_text {
+    char *s;
+    size_t len, cap;
+};
+
+/* Appends label as one frame of a folded line, as flamegraph.pl splits lines (frames between
+ * ';', the count after the last space): a ';' in it becomes ':', control characters spaces,
+ * and an innermost frame ending in whitespace and a number ("worker 2", which flamegraph.pl
+ * would read as a differential line's first count) has that whitespace as '_'. -ENOMEM. */
+int callpaths_fold_frame(struct callpaths_text *t, const char *label, bool innermost);
+/* Appends node n's path as a folded line without its count: "thread NAME;outermost;...;
+ * innermost". -ENOMEM. */
+int callpaths_fold(const struct callpaths *c, uint32_t n, struct callpaths_text *t);
+/* Appends len bytes of s, or printf's text. -ENOMEM. */
+int callpaths_text_add(struct callpaths_text *t, const char *s, size_t len);
+int callpaths_text_printf(struct callpaths_text *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 #endif

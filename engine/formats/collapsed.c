@@ -1,68 +1,37 @@
 /* The profile as Brendan Gregg's collapsed stacks, the input of flamegraph.pl, inferno and
  * speedscope: one line per call tree path with samples ending there, "thread NAME;outermost;...;
- * innermost COUNT", COUNT in samples. Not a flame graph itself (flamegraph.c draws one). */
+ * innermost COUNT", COUNT in samples; as a file, or as text in memory that a run keeps for a
+ * later comparison (diffgraph.c). Not a flame graph itself (flamegraph.c draws one); the lines
+ * are callpaths_fold's. */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include "formats/callpaths.h"
 
-/* A frame is text between ';' up to the line's last space: a ';' in a name would split it (it
- * becomes ':', as stackcollapse-perf.pl does) and a line break would end the line. Spaces are
- * fine: readers take the count after the last one. */
-static void put_text(struct atomicfile *f, const char *s, size_t len)
+/* What the last line of a cut text says, and room for it with its count. */
+#define NOT_KEPT "[stacks not kept]"
+#define NOT_KEPT_ROOM (sizeof(NOT_KEPT) + 24)
+
+/* Node n's whole line into t (emptied first). */
+static int line_of(const struct callpaths *c, uint32_t n, struct callpaths_text *t)
 {
-    static const char special[] = ";\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"
-                                  "\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e"
-                                  "\x1f\x7f";
-    const char *end = s + len;
+    int r;
 
-    while (s < end) {
-        size_t plain = strcspn(s, special);
-        if (plain > (size_t)(end - s))
-            plain = (size_t)(end - s);
-        atomicfile_write(f, s, plain);
-        s += plain;
-        if (s < end)
-            atomicfile_putc(f, *s++ == ';' ? ':' : ' ');
-    }
-}
-
-/* Where s ends in whitespace and a number ("worker 2", "x 1.5"): flamegraph.pl reads a stack
- * ending so as a differential profile's first count. The whitespace's offset, else len. */
-static size_t count_like_tail(const char *s, size_t len)
-{
-    size_t i = len, digits;
-
-    while (i > 0 && s[i - 1] >= '0' && s[i - 1] <= '9')
-        i--;
-    if (i > 0 && s[i - 1] == '.')
-        i--;
-    for (digits = 0; i > 0 && s[i - 1] >= '0' && s[i - 1] <= '9'; digits++)
-        i--;
-    if (i == len || (s[i] == '.' && !digits) || i == 0)
-        return len;
-    return (unsigned char)s[i - 1] <= ' ' ? i - 1 : len;
-}
-
-/* The innermost frame, its count-like tail kept apart by '_' instead of the whitespace. */
-static void put_innermost(struct atomicfile *f, const char *s)
-{
-    size_t len = strlen(s), k = count_like_tail(s, len);
-
-    put_text(f, s, k);
-    if (k < len) {
-        atomicfile_putc(f, '_');
-        put_text(f, s + k + 1, len - k - 1);
-    }
+    t->len = 0;
+    r = callpaths_fold(c, n, t);
+    if (r == 0)
+        r = callpaths_text_printf(t, " %" PRIu64 "\n", c->self_samples[n]);
+    return r;
 }
 
 int profile_write_collapsed(const struct profile *p, const char *path, struct error *err)
 {
     struct callpaths c;
+    struct callpaths_text line = {0};
     struct atomicfile *f = NULL;
-    uint32_t frames[CALLPATHS_MAX_FRAMES];
-    size_t n, k;
+    size_t n;
     int r;
 
     error_clear(err);
@@ -75,22 +44,100 @@ int profile_write_collapsed(const struct profile *p, const char *path, struct er
     for (n = 0; n < p->nnode; n++) {
         if (!c.self_samples[n])
             continue;
-        k = callpaths_frames(&c, (uint32_t)n, frames);
-        atomicfile_printf(f, "thread ");
-        put_text(f, p->str[c.thread[n]], strlen(p->str[c.thread[n]]));
-        while (k-- > 1) {
-            atomicfile_putc(f, ';');
-            put_text(f, c.label[frames[k]], strlen(c.label[frames[k]]));
-        }
-        atomicfile_putc(f, ';');
-        put_innermost(f, c.label[frames[0]]);
-        atomicfile_printf(f, " %" PRIu64 "\n", c.self_samples[n]);
+        r = line_of(&c, (uint32_t)n, &line);
+        if (r < 0)
+            goto out;
+        atomicfile_write(f, line.s, line.len);
     }
     r = atomicfile_commit(f);
     f = NULL;
 out:
     error_fill(err, r);
     atomicfile_abort(f);
+    free(line.s);
     callpaths_destroy(&c);
     return r;
+}
+
+struct by_weight {
+    const uint64_t *self;
+};
+
+/* Heaviest first; of equal weight, the earlier node. */
+static int cmp_weight(const void *a, const void *b, void *ctx)
+{
+    const uint64_t *self = ((const struct by_weight *)ctx)->self;
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+    if (self[x] != self[y])
+        return self[x] > self[y] ? -1 : 1;
+    return (x > y) - (x < y);
+}
+
+int profile_collapsed_text(const struct profile *p, size_t max_stacks, size_t max_bytes,
+                           struct profile_folded *ret, struct error *err)
+{
+    struct callpaths c;
+    struct callpaths_text line = {0}, text = {0};
+    struct profile_folded out = {0};
+    uint32_t *order = NULL;
+    bool *keep = NULL;
+    size_t n, i, bytes = 0;
+    int r;
+
+    error_clear(err);
+    r = callpaths_init(&c, p);
+    if (r < 0)
+        return error_fill(err, r);
+    order = malloc((p->nnode ? p->nnode : 1) * sizeof(*order));
+    keep = calloc(p->nnode ? p->nnode : 1, sizeof(*keep));
+    r = -ENOMEM;
+    if (!order || !keep)
+        goto out;
+    for (n = 0; n < p->nnode; n++)
+        if (c.self_samples[n]) {
+            order[out.stacks++] = (uint32_t)n;
+            out.samples += c.self_samples[n];
+        }
+    /* The heaviest stacks while they fit, room left for the line of the others. */
+    qsort_r(order, out.stacks, sizeof(*order), cmp_weight,
+            &(struct by_weight){.self = c.self_samples});
+    for (i = 0; i < out.stacks && out.kept < max_stacks; i++) {
+        r = line_of(&c, order[i], &line);
+        if (r < 0)
+            goto out;
+        if (bytes + line.len + NOT_KEPT_ROOM > max_bytes)
+            break;
+        bytes += line.len;
+        keep[order[i]] = true;
+        out.kept++;
+        out.kept_samples += c.self_samples[order[i]];
+    }
+    /* In the order the collapsed file has them: the same text when nothing was left out. */
+    r = callpaths_text_add(&text, "", 0);
+    for (n = 0; n < p->nnode && r == 0; n++)
+        if (keep[n] && (r = line_of(&c, (uint32_t)n, &line)) == 0)
+            r = callpaths_text_add(&text, line.s, line.len);
+    if (r == 0 && out.kept < out.stacks)
+        r = callpaths_text_printf(&text, NOT_KEPT " %" PRIu64 "\n", out.samples - out.kept_samples);
+    if (r < 0)
+        goto out;
+    out.text = text.s;
+    out.len = text.len;
+    text.s = NULL;
+    *ret = out;
+out:
+    error_fill(err, r);
+    free(text.s);
+    free(line.s);
+    free(order);
+    free(keep);
+    callpaths_destroy(&c);
+    return r;
+}
+
+void profile_folded_destroy(struct profile_folded *f)
+{
+    free(f->text);
+    memset(f, 0, sizeof(*f));
 }

@@ -71,4 +71,19 @@ int profile_write_pprof(const struct profile *p, const char *path, uint64_t star
 int profile_write_speedscope(const struct profile *p, const char *path, const char *title,
                              struct error *err);
 
+/* The collapsed stacks as text in memory, to keep with a run and compare a later run with
+ * (formats/diffgraph.h): the lines profile_write_collapsed writes, in its order, at most
+ * max_stacks of them in at most max_bytes. Past either limit the heaviest stacks are kept and
+ * one last line "[stacks not kept] N" holds the samples of the others, so that the counts still
+ * add up to the profile's samples. */
+struct profile_folded {
+    char *text; /* NUL-terminated */
+    size_t len;
+    size_t stacks, kept; /* distinct stacks, and those with a line of their own */
+    uint64_t samples, kept_samples;
+};
+int profile_collapsed_text(const struct profile *p, size_t max_stacks, size_t max_bytes,
+                           struct profile_folded *ret, struct error *err);
+void profile_folded_destroy(struct profile_folded *f);
+
 #endif

@@ -228,7 +228,8 @@ def test_retention_knows_the_new_names(workdir):
     profiles = os.path.join(work, "profiles")
     os.makedirs(profiles)
     old = int((time.time() - 40 * 86400) * 1e6)
-    ours = [f"profile.{old}.collapsed", f"profile.{old}.pb.gz", f"profile.{old}.speedscope.json"]
+    ours = [f"profile.{old}.collapsed", f"profile.{old}.pb.gz", f"profile.{old}.speedscope.json",
+            f"flamegraph.{old}.diff.svg", f"profile.{old}.diff.folded"]
     foreign = [f"profile.{old}.pb.gz.bak", f"profile.x{old}.collapsed", "speedscope.json"]
     for name in ours + foreign:
         with open(os.path.join(profiles, name), "w") as f:
