@@ -140,6 +140,23 @@ static int migrate(struct store *s)
     return sqlite3_exec(s->db, "PRAGMA user_version = 2", NULL, NULL, NULL);
 }
 
+/* The end of a statement that changes rows, its step's rc in hand, under s->lock: 0 with the
+ * rows changed in *ret_count (when asked); st finalized and the lock released either way. */
+static int changed_rows(struct store *s, sqlite3_stmt *st, int rc, unsigned *ret_count)
+{
+    int r = 0;
+
+    if (rc == SQLITE_DONE) {
+        if (ret_count)
+            *ret_count = (unsigned)sqlite3_changes(s->db);
+    } else {
+        r = fail(s, rc);
+    }
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
 int store_interrupt_running(struct store *s, int64_t finished_us, unsigned *ret_count)
 {
     char stamp[CLOCK_ISO_MAX];
@@ -156,15 +173,8 @@ int store_interrupt_running(struct store *s, int64_t finished_us, unsigned *ret_
     if (rc == SQLITE_OK) {
         sqlite3_bind_text(st, 1, stamp, -1, SQLITE_TRANSIENT);
         rc = sqlite3_step(st);
-        if (rc == SQLITE_DONE)
-            rc = SQLITE_OK;
     }
-    if (rc == SQLITE_OK && ret_count)
-        *ret_count = (unsigned)sqlite3_changes(s->db);
-    sqlite3_finalize(st);
-    rc = rc == SQLITE_OK ? 0 : fail(s, rc);
-    pthread_mutex_unlock(&s->lock);
-    return rc;
+    return changed_rows(s, st, rc, ret_count);
 }
 
 /* Opens path as s->db with its statements; SQLite's code on failure (s->errmsg may say more). */
@@ -514,7 +524,7 @@ static int exec_stamp(struct store *s, const char *sql, const char *a, const cha
                       unsigned *ret_count)
 {
     sqlite3_stmt *st = NULL;
-    int rc, r;
+    int rc;
 
     pthread_mutex_lock(&s->lock);
     rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
@@ -524,16 +534,7 @@ static int exec_stamp(struct store *s, const char *sql, const char *a, const cha
             bind_text(st, 2, b);
         rc = sqlite3_step(st);
     }
-    if (rc == SQLITE_DONE) {
-        if (ret_count)
-            *ret_count = (unsigned)sqlite3_changes(s->db);
-        r = 0;
-    } else {
-        r = fail(s, rc);
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&s->lock);
-    return r;
+    return changed_rows(s, st, rc, ret_count);
 }
 
 int store_expire(struct store *s, int64_t before_us, unsigned *ret_count)
@@ -672,7 +673,7 @@ out:
 int store_stacks_trim(struct store *s, uint64_t max_bytes, unsigned *ret_count)
 {
     sqlite3_stmt *st = NULL;
-    int rc, r;
+    int rc;
 
     pthread_mutex_lock(&s->lock);
     rc = sqlite3_prepare_v2(s->db,
@@ -684,14 +685,5 @@ int store_stacks_trim(struct store *s, uint64_t max_bytes, unsigned *ret_count)
         sqlite3_bind_int64(st, 1, max_bytes > INT64_MAX ? INT64_MAX : (sqlite3_int64)max_bytes);
         rc = sqlite3_step(st);
     }
-    if (rc == SQLITE_DONE) {
-        if (ret_count)
-            *ret_count = (unsigned)sqlite3_changes(s->db);
-        r = 0;
-    } else {
-        r = fail(s, rc);
-    }
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&s->lock);
-    return r;
+    return changed_rows(s, st, rc, ret_count);
 }
