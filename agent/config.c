@@ -13,7 +13,16 @@
 #define CONFIG_LINE_MAX 8192
 #define CONFIG_LINES_MAX 10000
 
-enum key_type { KEY_STR, KEY_INT, KEY_LONG, KEY_BOOL, KEY_LEVEL, KEY_VERSION, KEY_BROKERS };
+enum key_type {
+    KEY_STR,
+    KEY_INT,
+    KEY_LONG,
+    KEY_BOOL,
+    KEY_LEVEL,
+    KEY_VERSION,
+    KEY_BROKERS,
+    KEY_RECORDER_MODE
+};
 
 struct key {
     const char *name;
@@ -66,6 +75,7 @@ static const struct key keys[] = {
     {"recorder_frequency", INT(recorder_frequency, 1, 999)},
     {"recorder_minutes", INT(recorder_minutes, 1, 1440)},
     {"recorder_max_mb", INT(recorder_max_mb, 1, 4096)},
+    {"recorder_mode", KEY_RECORDER_MODE, offsetof(struct config, recorder_mode), 0, 0, 0},
     {"stall_seconds", INT(stall_seconds, 0, 3600)},
     {"stall_thread", STR(stall_thread)},
 };
@@ -107,6 +117,7 @@ const char *const config_keys[] = {
     "recorder_frequency",
     "recorder_minutes",
     "recorder_max_mb",
+    "recorder_mode",
     "stall_seconds",
     "stall_thread",
     NULL,
@@ -169,6 +180,7 @@ void config_defaults(struct config *c)
     c->recorder_frequency = 19;
     c->recorder_minutes = 10;
     c->recorder_max_mb = 16;
+    c->recorder_mode = CONFIG_RECORDER_CPU;
     snprintf(c->stall_thread, sizeof(c->stall_thread), "MainThread");
 }
 
@@ -332,6 +344,16 @@ int config_set(struct config *c, const char *key, const char *value, char *err, 
             }
         snprintf(err, errlen, "%s: must be debug, info, warning or error", key);
         return -EINVAL;
+    case KEY_RECORDER_MODE:
+        if (strcmp(value, "cpu") == 0)
+            c->recorder_mode = CONFIG_RECORDER_CPU;
+        else if (strcmp(value, "wall") == 0)
+            c->recorder_mode = CONFIG_RECORDER_WALL;
+        else {
+            snprintf(err, errlen, "%s: must be cpu or wall", key);
+            return -EINVAL;
+        }
+        return 0;
     case KEY_VERSION:
         if (strcmp(value, "5") == 0)
             c->mqtt_version = 5;

@@ -16,6 +16,8 @@
 #define CONFIG_MAX_BROKERS 8
 
 enum config_log_level { CONFIG_LOG_DEBUG, CONFIG_LOG_INFO, CONFIG_LOG_WARNING, CONFIG_LOG_ERROR };
+/* What the flight recorder keeps: on-CPU samples, or those and the time threads are blocked. */
+enum config_recorder_mode { CONFIG_RECORDER_CPU, CONFIG_RECORDER_WALL };
 
 /* One broker of the failover list. */
 struct config_broker {
@@ -64,6 +66,7 @@ struct config {
     int recorder_frequency; /* Hz */
     int recorder_minutes;   /* what the ring keeps */
     int recorder_max_mb;    /* and at most this much memory */
+    int recorder_mode;      /* enum config_recorder_mode */
     /* The stall watch (stall.c): a thread not back in its wait for stall_seconds (0: off). */
     int stall_seconds;
     char stall_thread[16]; /* MainThread, all, or a thread name (15 characters at most) */

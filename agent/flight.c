@@ -28,6 +28,7 @@ static struct {
     struct recorder *rec;
     char spec[TARGET_SPEC_MAX];
     unsigned freq;
+    enum recorder_mode mode;
     struct target cur; /* the process recorded now, when has_cur */
     bool has_cur;
     char note[RUN_ERROR_MAX]; /* why it records nothing now; "" when it records */
@@ -90,7 +91,8 @@ static void record_one(const struct target *t)
     fl.has_cur = true;
     set_note_locked("");
     pthread_mutex_unlock(&fl.lock);
-    log_info("recorder: recording %s (pid %d) at %u Hz", fl.spec, (int)t->pid, fl.freq);
+    log_info("recorder: recording %s (pid %d) at %u Hz, %s", fl.spec, (int)t->pid, fl.freq,
+             fl.mode == RECORDER_WALL ? "on and off the CPU" : "on the CPU");
     r = recorder_run(fl.rec, t->pid, s, fl.freq, &fl.cancel, &res, &e);
     stacks_free(s);
     pthread_mutex_lock(&fl.lock);
@@ -159,19 +161,29 @@ int flight_stop(void)
 
 int flight_start(struct run_host *host, const char *spec, char *err, size_t errlen)
 {
+    return flight_start_mode(host, spec, 0, err, errlen);
+}
+
+int flight_start_mode(struct run_host *host, const char *spec, enum recorder_mode mode, char *err,
+                      size_t errlen)
+{
     const struct config *c = host->config;
-    struct recorder_limits l = {(unsigned)c->recorder_minutes, (size_t)c->recorder_max_mb << 20};
+    struct recorder_limits l = {(unsigned)c->recorder_minutes, (size_t)c->recorder_max_mb << 20,
+                                mode};
     struct error e;
     int r;
 
     pthread_mutex_lock(&fl.lock);
     bool same = fl.on && strcmp(fl.spec, spec) == 0;
-    bool other = fl.on && !same;
+    bool remode = same && mode && fl.mode != mode;
+    bool other = fl.on && (!same || remode);
     pthread_mutex_unlock(&fl.lock);
-    if (same)
+    if (same && !remode)
         return 0;
     if (other)
         flight_stop();
+    if (!l.mode)
+        l.mode = c->recorder_mode == CONFIG_RECORDER_WALL ? RECORDER_WALL : RECORDER_CPU;
     pthread_mutex_lock(&fl.lock);
     r = recorder_new(&l, &fl.rec, &e);
     if (r < 0) {
@@ -181,6 +193,7 @@ int flight_start(struct run_host *host, const char *spec, char *err, size_t errl
     }
     snprintf(fl.spec, sizeof(fl.spec), "%s", spec);
     fl.freq = (unsigned)c->recorder_frequency;
+    fl.mode = l.mode;
     fl.stop = false;
     fl.has_cur = false;
     fl.note[0] = '\0';
@@ -193,9 +206,27 @@ int flight_start(struct run_host *host, const char *spec, char *err, size_t errl
         goto out;
     }
     fl.on = true;
+    r = remode;
 out:
     pthread_mutex_unlock(&fl.lock);
     return r;
+}
+
+const char *flight_mode_name(enum recorder_mode mode)
+{
+    return mode == RECORDER_WALL ? "wall" : mode == RECORDER_OFF ? "off" : "cpu";
+}
+
+int flight_mode_parse(const char *name, enum recorder_mode *ret)
+{
+    static const enum recorder_mode modes[] = {RECORDER_CPU, RECORDER_OFF, RECORDER_WALL};
+
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+        if (name && strcmp(name, flight_mode_name(modes[i])) == 0) {
+            *ret = modes[i];
+            return 0;
+        }
+    return -EINVAL;
 }
 
 static uint64_t mono_ns(void)
@@ -216,11 +247,14 @@ void flight_describe(struct json_object *o)
         json_object_object_add(d, "target", json_object_new_string(fl.spec));
         json_object_object_add(d, "pid", fl.has_cur ? json_object_new_int(fl.cur.pid) : NULL);
         json_object_object_add(d, "frequency", json_object_new_int((int)fl.freq));
+        json_object_object_add(d, "mode", json_object_new_string(flight_mode_name(fl.mode)));
         json_object_object_add(
             d, "seconds",
             run_json_decimal(st.covered_from_ns ? (double)(now - st.covered_from_ns) / 1e9 : 0, 1));
         json_object_object_add(d, "mb", run_json_decimal((double)st.bytes / (1 << 20), 2));
         json_object_object_add(d, "samples", json_object_new_int64((int64_t)st.samples));
+        if (fl.mode == RECORDER_WALL)
+            json_object_object_add(d, "stretches", json_object_new_int64((int64_t)st.stretches));
         json_object_object_add(d, "stacks", json_object_new_int64((int64_t)st.stacks));
         json_object_object_add(d, "error", fl.note[0] ? json_object_new_string(fl.note) : NULL);
     }
@@ -231,6 +265,14 @@ void flight_describe(struct json_object *o)
 int flight_profile(const char *spec, const struct target *t, int64_t from_us, int64_t to_us,
                    pid_t tid, struct profile **ret, struct flight_window *w, char *err,
                    size_t errlen)
+{
+    /* 0: what the ring records, known under the lock. */
+    return flight_profile_mode(spec, t, from_us, to_us, tid, 0, ret, w, err, errlen);
+}
+
+int flight_profile_mode(const char *spec, const struct target *t, int64_t from_us, int64_t to_us,
+                        pid_t tid, enum recorder_mode mode, struct profile **ret,
+                        struct flight_window *w, char *err, size_t errlen)
 {
     uint64_t now = mono_ns();
     int64_t real = clock_realtime_us();
@@ -248,6 +290,17 @@ int flight_profile(const char *spec, const struct target *t, int64_t from_us, in
         !(t && fl.has_cur && fl.cur.pid == t->pid && fl.cur.starttime == t->starttime)) {
         r = -ESRCH;
         snprintf(err, errlen, "the recorder records %s, not %s", fl.spec, spec);
+        goto out;
+    }
+    if (!mode)
+        mode = fl.mode;
+    if (mode & ~fl.mode) {
+        r = -EOPNOTSUPP;
+        snprintf(err, errlen,
+                 "mode %s: the recorder records time on the CPU only (recorder_mode = cpu); "
+                 "recorder_mode = wall, or the recorder action with {\"mode\": \"wall\"}, "
+                 "records blocked time too",
+                 flight_mode_name(mode));
         goto out;
     }
     if (to_us > real)
@@ -268,9 +321,11 @@ int flight_profile(const char *spec, const struct target *t, int64_t from_us, in
     w->from_us = from_us < to_us ? from_us : to_us;
     w->to_us = to_us;
     w->frequency = fl.freq;
-    r = recorder_profile(fl.rec, from_ns, to_ns, tid, ret, &e);
+    w->mode = mode;
+    r = recorder_profile(fl.rec, from_ns, to_ns, tid, mode, ret, w->states_ns, &e);
     if (r < 0)
-        snprintf(err, errlen, "cannot build the profile: %s", strerror(-r));
+        snprintf(err, errlen, "cannot build the profile: %s",
+                 e.reason[0] ? e.reason : strerror(-r));
 out:
     pthread_mutex_unlock(&fl.lock);
     return r;

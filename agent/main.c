@@ -64,10 +64,10 @@ static const char usage_head[] =
     "files beyond the byte cap, are deleted at start and hourly (0: keep); schema_dir,\n"
     "log_level, python_exec (on: actions such as lru_stats run a shipped script inside\n"
     "a Python target at a safe point; off: outside only), python_timeout (10 s to reach\n"
-    "that safe point); recorder (off), recorder_frequency (19 Hz), recorder_minutes (10)\n"
-    "and recorder_max_mb (16): the flight recorder; stall_seconds (0: off) and\n"
-    "stall_thread (MainThread, all or a thread name): the stall watch. An unknown key\n"
-    "is an error naming the key and line.\n"
+    "that safe point); recorder (off), recorder_frequency (19 Hz), recorder_minutes (10),\n"
+    "recorder_max_mb (16) and recorder_mode (cpu; wall: blocked time too): the flight\n"
+    "recorder; stall_seconds (0: off) and stall_thread (MainThread, all or a thread\n"
+    "name): the stall watch. An unknown key is an error naming the key and line.\n"
     "\n"
     "Actions (payload: a JSON object; every action also takes request_id and target):\n";
 

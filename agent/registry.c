@@ -93,9 +93,10 @@ static struct registry_action actions[] = {
      .admit = action_start_admit,
      .release = action_start_release},
     {.name = "recorder",
-     .help = "{\"enabled\": true|false}: the flight recorder, the target\n"
-             "sampled all the time at recorder_frequency, the last\n"
-             "recorder_minutes kept for start {\"last\": S} (state: P/N/state)",
+     .help = "{\"enabled\": true|false, \"mode\": \"cpu\"|\"wall\"}: the flight\n"
+             "recorder, the target sampled all the time at recorder_frequency,\n"
+             "the last recorder_minutes kept for start {\"last\": S}; wall also\n"
+             "keeps where threads blocked, for \"mode\": \"off\" (state: P/N/state)",
      .toggle = &(const struct registry_switch){.id = "recorder",
                                                .title = "Flight recorder",
                                                .state = "value_json.recorder.enabled"},

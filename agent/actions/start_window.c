@@ -1,7 +1,8 @@
 /* `start` over a window the flight recorder already holds, instead of a new run: "last": S
- * seconds up to now, or "from" (and "to", else now) as ISO 8601 times. It answers at once, with
- * the files a live `start` writes, from samples taken before the command came. Not the ring
- * (flight.c, engine/cpu/recorder.c), nor the writers (start.c). */
+ * seconds up to now, or "from" (and "to", else now) as ISO 8601 times, of the time on the CPU,
+ * off it, or both ("mode", as a live `start`; off and wall need recorder_mode = wall). It
+ * answers at once, with the files a live `start` writes, from samples taken before the command
+ * came. Not the ring (flight.c, engine/cpu/recorder.c), nor the writers (start.c). */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -105,6 +106,21 @@ static int time_param(struct run *run, const char *key, int64_t *ret)
     return 1;
 }
 
+/* What the window's time went to, as a live wall-clock start says it: samples of its rate. */
+static void add_states(struct run *run, const struct flight_window *w)
+{
+    static const char *const names[CPUPROF_NSTATES] = {
+        [CPUPROF_RUNNING] = "running", [CPUPROF_SYSCALL] = "syscall", [CPUPROF_GIL] = "gil"};
+    struct json_object *st = json_object_new_object();
+
+    for (int i = 0; i < CPUPROF_NSTATES; i++)
+        json_object_object_add(
+            st, names[i],
+            json_object_new_int64(
+                (int64_t)((w->states_ns[i] * w->frequency + 500000000u) / 1000000000u)));
+    json_object_object_add(run->summary, "states", st);
+}
+
 static void add_time(struct run *run, const char *key, int64_t us)
 {
     char stamp[CLOCK_ISO_MAX];
@@ -120,9 +136,13 @@ int action_start_window(struct run *run)
     struct profile *prof = NULL;
     struct flight_window w;
     struct json_object *v;
+    enum recorder_mode mode = RECORDER_CPU;
     char err[RUN_ERROR_MAX], stamp[CLOCK_ISO_MAX];
     int r;
 
+    if (json_object_object_get_ex(run->params, "mode", &v) &&
+        flight_mode_parse(json_object_get_string(v), &mode) < 0)
+        return run_fail(run, "mode: cpu, off or wall");
     if (json_object_object_get_ex(run->params, "last", &v)) {
         double last = json_object_get_double(v);
 
@@ -146,7 +166,8 @@ int action_start_window(struct run *run)
         if (to <= from)
             return run_fail(run, "to must be after from");
     }
-    r = flight_profile(run->target_spec, &run->target, from, to, 0, &prof, &w, err, sizeof(err));
+    r = flight_profile_mode(run->target_spec, &run->target, from, to, 0, mode, &prof, &w, err,
+                            sizeof(err));
     if (r < 0)
         return run_fail(run, "%s", err);
     double seconds = (double)(w.to_us - w.from_us) / US;
@@ -162,11 +183,14 @@ int action_start_window(struct run *run)
     json_object_object_add(run->summary, "seconds", run_json_decimal(seconds, 3));
     json_object_object_add(run->summary, "frequency", json_object_new_int((int)w.frequency));
     json_object_object_add(run->summary, "method", json_object_new_string("recorder"));
-    json_object_object_add(run->summary, "mode", json_object_new_string("cpu"));
+    json_object_object_add(run->summary, "mode", json_object_new_string(flight_mode_name(mode)));
+    if (mode != RECORDER_CPU)
+        add_states(run, &w);
     add_time(run, "from", w.from_us);
     add_time(run, "to", w.to_us);
     if (profile_samples(prof) == 0)
-        r = run_fail(run, "no samples: the target used no CPU time in user space in that window");
+        r = run_fail(run, "no samples: the target used no CPU time in user space in that window%s",
+                     mode == RECORDER_CPU ? "" : ", nor was any thread off the CPU");
     else
         r = action_start_write(run, prof, seconds);
     profile_free(prof);

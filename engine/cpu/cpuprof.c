@@ -234,8 +234,11 @@ static int sample_stack(struct run *r, const struct sampler_sample *smp,
     size_t n = 0;
     int truncated = 0, e = 0;
     /* The unwinder's own CPU time, not the wall clock: on a loaded machine the thread may wait
-     * for a CPU in the middle, which is not what unwinding costs. */
-    uint64_t t0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+     * for a CPU in the middle, which is not what unwinding costs. Not for the flight recorder,
+     * which does not report it: the two system calls were a third of the agent's time on a
+     * wall-clock recording of threads that block a thousand times a second. */
+    bool timed = !r->o->sink;
+    uint64_t t0 = timed ? clock_ns(CLOCK_THREAD_CPUTIME_ID) : 0;
 
     memset(out, 0, sizeof(*out));
     if (stacks_unwind_regs(r->s, smp->regs, smp->stack_addr, smp->stack, smp->stack_len, r->frames,
@@ -243,7 +246,8 @@ static int sample_stack(struct run *r, const struct sampler_sample *smp,
         n = 0; /* a malformed sample still took time: [unknown] */
         truncated = 1;
     }
-    r->unwind_ns += clock_ns(CLOCK_THREAD_CPUTIME_ID) - t0;
+    if (timed)
+        r->unwind_ns += clock_ns(CLOCK_THREAD_CPUTIME_ID) - t0;
     r->samples++;
     r->truncated += truncated != 0;
     out->frames = r->frames;
@@ -293,14 +297,52 @@ static int add_stretch(void *ctx, pid_t tid, const struct stacks_frame *frames, 
     return profile_add(r->prof, name_of(r, tid), frames, n, truncated, weight_ns);
 }
 
+/* The flight recorder's off-CPU stretches (offcpu_sink): the stack as one opens, the time as
+ * it closes. */
+static int stretch_opened(void *ctx, pid_t tid, uint64_t t, enum cpuprof_state st,
+                          const struct stacks_frame *frames, size_t n, int truncated)
+{
+    struct run *r = ctx;
+    struct cpuprof_sample s = {
+        .time_ns = t,
+        .tid = tid,
+        .thread = name_of(r, tid),
+        .frames = frames,
+        .n = n,
+        .truncated = truncated,
+        .off_cpu = true,
+        .state = st,
+    };
+    return r->o->sink(&s, r->o->userdata);
+}
+
+static int stretch_closed(void *ctx, pid_t tid, uint64_t t)
+{
+    struct run *r = ctx;
+    return r->o->sink_back(tid, t, r->o->userdata);
+}
+
+/* Where the run's stretches go: the profile, or (offcpu_follow) the flight recorder's sink. */
+static struct offcpu_sink stretch_sink(struct run *r)
+{
+    return (struct offcpu_sink){r->o->sink ? NULL : add_stretch, r};
+}
+
 /* An on-CPU sample into the profile, or to the flight recorder's sink. */
 static int add_sample(struct run *r, const struct sampler_sample *smp, const struct stack *st)
 {
     const char *thread = name_of(r, smp->tid);
 
     if (r->o->sink) {
-        struct cpuprof_sample s = {smp->time_ns, smp->tid,      thread,        st->frames,
-                                   st->n,        st->truncated, smp->period_ns};
+        struct cpuprof_sample s = {
+            .time_ns = smp->time_ns,
+            .tid = smp->tid,
+            .thread = thread,
+            .frames = st->frames,
+            .n = st->n,
+            .truncated = st->truncated,
+            .weight_ns = smp->period_ns,
+        };
         return r->o->sink(&s, r->o->userdata);
     }
     return profile_add(r->prof, thread, st->frames, st->n, st->truncated, smp->period_ns);
@@ -446,8 +488,8 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
     if (!(o->seconds > 0) || o->seconds > CPUPROF_MAX_SECONDS)
         return error_set(err, -EINVAL, "a profile lasts more than 0 and at most %d seconds",
                          (int)CPUPROF_MAX_SECONDS);
-    if (o->sink && o->wall)
-        return error_set(err, -EINVAL, "a wall-clock profile cannot be recorded");
+    if (o->sink && o->wall && !o->sink_back)
+        return error_set(err, -EINVAL, "a wall-clock recording needs to know when stretches end");
     r = calloc(1, sizeof(*r));
     if (!r)
         return error_set(err, -ENOMEM, NULL);
@@ -476,6 +518,8 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
         e = offcpu_new(pid, lo, hi, &r->off);
         if (e < 0)
             goto out;
+        if (o->sink)
+            offcpu_follow(r->off, &(struct offcpu_follower){stretch_opened, stretch_closed, r});
         cb = &wall;
         r->off_only = o->off_only;
     }
@@ -544,7 +588,7 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
         uint64_t horizon = now_ns() - HORIZON_SLACK_NS;
         e = sampler_poll(smp, ms > POLL_MAX_MS ? POLL_MAX_MS : (int)ms, cb, r);
         if (r->off && (e == 0 || e == -ESRCH)) {
-            struct offcpu_sink sink = {add_stretch, r};
+            struct offcpu_sink sink = stretch_sink(r);
             int e2 = r->off_failed ? -ENOMEM : offcpu_settle(r->off, horizon, &sink);
             if (e2 < 0) {
                 e = e2;
@@ -568,7 +612,7 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
     }
     if (r->off) {
         uint64_t end = now_ns();
-        struct offcpu_sink sink = {add_stretch, r};
+        struct offcpu_sink sink = stretch_sink(r);
         e = offcpu_end_all(r->off, end < start + duration ? end : start + duration, &sink);
         if (e < 0)
             goto out;

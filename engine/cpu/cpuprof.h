@@ -30,8 +30,10 @@ enum cpuprof_state {
     CPUPROF_NSTATES
 };
 
-/* One on-CPU sample as the flight recorder takes it (cpuprof_options.sink): its stack, merged
- * with its Python frames where the target is CPython; everything lent for the call only. */
+/* One sample as the flight recorder takes it (cpuprof_options.sink): its stack, merged with its
+ * Python frames where the target is CPython; everything lent for the call only. On a CPU, or
+ * (wall) a thread leaving it: a stretch off the CPU that opens at time_ns and lasts until
+ * cpuprof_options.sink_back says the thread is back. */
 struct cpuprof_sample {
     uint64_t time_ns; /* CLOCK_MONOTONIC */
     pid_t tid;
@@ -39,7 +41,9 @@ struct cpuprof_sample {
     const struct stacks_frame *frames; /* innermost first */
     size_t n;
     int truncated;
-    uint64_t weight_ns;
+    uint64_t weight_ns;       /* the sampling period; 0 off the CPU */
+    bool off_cpu;             /* the stack the thread left the CPU with */
+    enum cpuprof_state state; /* off the CPU: why (CPUPROF_RUNNING: preempted) */
 };
 
 struct cpuprof_options {
@@ -55,8 +59,11 @@ struct cpuprof_options {
     bool force_ptrace;  /* tests: use the fallback sampler */
     atomic_int *cancel; /* set: stop early, keep what was sampled */
     /* The flight recorder: every sample goes here as it is unwound, not into the result's
-     * profile (left empty). A negative return ends the run with it. Not with wall. */
+     * profile (left empty); with wall, each stretch off the CPU too, as it opens (in each
+     * thread's time order, about a poll after it did), and sink_back as it ends (every one
+     * that opened, the last at the run's end). A negative return ends the run with it. */
     int (*sink)(const struct cpuprof_sample *s, void *userdata);
+    int (*sink_back)(pid_t tid, uint64_t time_ns, void *userdata);
     /* Never stop the target: perf_event or nothing (-EPERM, err says why), and on a CPython
      * target whose frames the kernel cannot copy, native frames only (python_fallback says
      * why) rather than ptrace snapshots. */
@@ -70,7 +77,7 @@ struct cpuprof_result {
     struct sampler_stats stats;
     uint64_t truncated; /* samples whose stack was not followed to its root */
     double elapsed;
-    double unwind_us_per_sample; /* mean unwind cost, in the agent thread's CPU time */
+    double unwind_us_per_sample; /* mean unwind cost, in the agent thread's CPU time (0: sink) */
     bool cancelled;
     char python[32];         /* "3.11.2" when Python frames were attributed, else "" */
     uint64_t python_samples; /* samples attributed to Python functions */

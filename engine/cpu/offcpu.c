@@ -42,7 +42,8 @@ struct offcpu {
     size_t nq, qcap;
     struct event *open; /* one per thread off the CPU, by tid in no order */
     size_t nopen, opencap;
-    uint64_t from, until; /* the run's window: stretches are cut to it */
+    uint64_t from, until;          /* the run's window: stretches are cut to it */
+    struct offcpu_follower follow; /* opened NULL: none */
     struct insn_slot insn[INSN_CACHE];
 };
 
@@ -190,10 +191,13 @@ static int close_open(struct offcpu *o, struct event *op, uint64_t t,
 {
     struct event ev = *op;
     uint64_t from = ev.t > o->from ? ev.t : o->from, until = t < o->until ? t : o->until;
+    int r = 0;
+
     *op = o->open[--o->nopen];
-    int r = until > from
-                ? sink->add(sink->ctx, ev.tid, ev.frames, ev.n, ev.truncated, ev.st, until - from)
-                : 0;
+    if (sink->add && until > from)
+        r = sink->add(sink->ctx, ev.tid, ev.frames, ev.n, ev.truncated, ev.st, until - from);
+    if (o->follow.closed && r == 0)
+        r = o->follow.closed(o->follow.ctx, ev.tid, until > from ? until : from);
     free(ev.frames);
     return r;
 }
@@ -206,6 +210,12 @@ static int apply(struct offcpu *o, struct event *ev, const struct offcpu_sink *s
     struct event *op = open_of(o, ev->tid);
     if (!ev->away)
         return op && ev->t > op->t ? close_open(o, op, ev->t, sink) : 0;
+    if (o->follow.opened) {
+        int r = o->follow.opened(o->follow.ctx, ev->tid, ev->t > o->from ? ev->t : o->from, ev->st,
+                                 ev->frames, ev->n, ev->truncated);
+        if (r < 0)
+            return r;
+    }
     if (op) {
         free(op->frames);
         *op = *ev;
@@ -242,6 +252,11 @@ int offcpu_settle(struct offcpu *o, uint64_t horizon, const struct offcpu_sink *
     }
     o->nq = keep;
     return r;
+}
+
+void offcpu_follow(struct offcpu *o, const struct offcpu_follower *f)
+{
+    o->follow = *f;
 }
 
 void offcpu_start(struct offcpu *o, uint64_t t)

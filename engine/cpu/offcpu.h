@@ -37,12 +37,25 @@ void offcpu_start(struct offcpu *o, uint64_t t);
 enum cpuprof_state offcpu_state(struct offcpu *o, const uint64_t regs[SAMPLER_NREGS]);
 /* The state of a thread blocked in sc. */
 enum cpuprof_state offcpu_syscall_state(const struct offcpu *o, const struct offcpu_syscall *sc);
-/* Where a closed stretch goes: its stack, state, and weight (ns off the CPU). */
+/* Where a closed stretch goes: its stack, state, and weight (ns off the CPU). add may be NULL
+ * (offcpu_follow's caller). */
 struct offcpu_sink {
     int (*add)(void *ctx, pid_t tid, const struct stacks_frame *frames, size_t n, int truncated,
                enum cpuprof_state st, uint64_t weight_ns);
     void *ctx;
 };
+/* The flight recorder's view, which shows stretches still open: each as it opens (its stack),
+ * then as it closes, in each thread's time order, at the settle that takes them; times cut to
+ * the run's window. An opened while one is open replaces it (lost unweighed, as offcpu_settle
+ * says). */
+struct offcpu_follower {
+    int (*opened)(void *ctx, pid_t tid, uint64_t t, enum cpuprof_state st,
+                  const struct stacks_frame *frames, size_t n, int truncated);
+    int (*closed)(void *ctx, pid_t tid, uint64_t t);
+    void *ctx;
+};
+/* From now on stretches go to f too (copied). */
+void offcpu_follow(struct offcpu *o, const struct offcpu_follower *f);
 /* Thread tid left the CPU at t with frames (copied) in state st. Queued: the rings of
  * different CPUs are read one after the other, so a thread's switches come out of order;
  * offcpu_settle puts them back in order. */

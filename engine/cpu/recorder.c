@@ -1,16 +1,24 @@
 /* The flight recorder (see recorder.h). Three tables intern what samples point to: names and
  * paths (string ids), frames (function, file, line, module, offset, as string ids) and stacks
  * (arrays of frame ids), so a sample is 24 bytes and a stack seen a thousand times is stored
- * once. Samples live in fixed chunks in arrival order: the oldest go first and memory comes
- * back a chunk at a time. A stack no sample uses any more is counted dead; when the dead are a
- * large part of the tables, the tables are rebuilt from the live samples (compaction), the only
- * way frames and names ever leave them. One mutex guards everything: the recording thread adds
- * at 19 samples a second per busy thread, readers build a profile now and then. */
+ * once. A stretch off the CPU is a sample too, stamped with its end and weighing its length,
+ * once it has ended; until then it is one of the open ones, one per thread blocked now, kept
+ * apart. A thread that blocks in the same place again and again (a loop's sleep or wait, a
+ * thousand times a second) would fill the ring with them: stretches that end within one
+ * sampling period (a bucket of 1/freq) in the same place share a sample, which weighs them all
+ * and ends with the last; a window's edge then cuts such a sample up to a period off, the
+ * precision of the on-CPU samples beside it. Samples live in fixed chunks in arrival order: the
+ * oldest go first and memory comes back a chunk at a time. A stack no sample uses any more is
+ * counted dead; when the dead are a large part of the tables, the tables are rebuilt from the live
+ * samples (compaction), the only way frames and names ever leave them. One mutex guards everything:
+ * the recording thread adds at 19 samples a second per busy thread, readers build a profile now and
+ * then. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "cpu/offcpu.h"
 #include "cpu/recorder.h"
 
 #define CHUNK_SAMPLES 1024
@@ -22,10 +30,29 @@
 #define FRAME_SCANNED 2u
 #define NS_PER_US 1000u
 
+/* The longest piece of a stretch one sample holds: a longer one is kept as several. */
+#define PIECE_NS ((uint64_t)UINT32_MAX * NS_PER_US)
+/* How far back in the newest chunk a thread's last stretch is looked for, to take the next. */
+#define MERGE_LOOKBACK 64
+
 struct rsample {
-    uint64_t time_ns;
+    uint64_t time_ns; /* when taken; a stretch: when it ended */
     pid_t tid;
-    uint32_t stack, name, weight_us;
+    uint32_t stack;
+    uint32_t name : 24; /* ids are below IDS_MAX */
+    uint32_t off : 1;   /* a stretch off the CPU, of weight_us */
+    uint32_t state : 7; /* a stretch's enum cpuprof_state */
+    uint32_t weight_us;
+};
+
+_Static_assert(sizeof(struct rsample) == 24, "a sample is 24 bytes");
+_Static_assert(IDS_MAX <= 1u << 24 && CPUPROF_NSTATES <= 1 << 7, "ids and states fit");
+
+/* A thread off the CPU now: since when, and where it blocked (a reference on the stack). */
+struct ropen {
+    uint64_t since_ns;
+    pid_t tid;
+    uint32_t stack, name, state;
 };
 
 struct chunk {
@@ -72,11 +99,15 @@ struct recorder {
     pthread_mutex_t lock;
     uint64_t window_ns;
     size_t max_bytes;
+    enum recorder_mode mode;
     struct tables t;
     struct chunk *head, *tail; /* oldest, newest */
     struct chunk *spare;       /* one emptied chunk kept for the next */
     size_t nchunks;
-    uint64_t nsamples, covered_from_ns, dropped, lost;
+    uint64_t nsamples, nstretches, covered_from_ns, dropped, lost;
+    uint64_t bucket_ns; /* stretches ending within one bucket share a sample; 0: none */
+    struct ropen *open; /* by tid in no order, searched linearly as offcpu.c does */
+    size_t nopen, cap_open;
     bool recording;
 };
 
@@ -333,7 +364,8 @@ static void tables_destroy(struct tables *t)
 
 static size_t used_bytes(const struct recorder *r)
 {
-    return (r->nchunks + (r->spare != NULL)) * sizeof(struct chunk) + r->t.bytes;
+    return (r->nchunks + (r->spare != NULL)) * sizeof(struct chunk) + r->t.bytes +
+           r->cap_open * sizeof(*r->open);
 }
 
 /* Stack id `id` of old, interned in nt: *ret. */
@@ -380,6 +412,14 @@ static int compact(struct recorder *r)
         if (e == 0 && nmap[s->name] == UINT32_MAX)
             e = str_intern(&nt, r->t.str[s->name], &nmap[s->name]);
     }
+    for (size_t i = 0; i < r->nopen && e == 0; i++) {
+        const struct ropen *op = &r->open[i];
+
+        if (smap[op->stack] == UINT32_MAX)
+            e = restack(&r->t, &nt, op->stack, &smap[op->stack]);
+        if (e == 0 && nmap[op->name] == UINT32_MAX)
+            e = str_intern(&nt, r->t.str[op->name], &nmap[op->name]);
+    }
     if (e < 0)
         goto out;
     EACH_SAMPLE(r, c, s)
@@ -387,6 +427,11 @@ static int compact(struct recorder *r)
         s->stack = smap[s->stack];
         s->name = nmap[s->name];
         ref(&nt, s->stack);
+    }
+    for (size_t i = 0; i < r->nopen; i++) {
+        r->open[i].stack = smap[r->open[i].stack];
+        r->open[i].name = nmap[r->open[i].name];
+        ref(&nt, r->open[i].stack);
     }
     tables_destroy(&r->t);
     r->t = nt;
@@ -418,6 +463,7 @@ static int push(struct recorder *r, const struct rsample *s)
     }
     c->s[c->end++] = *s;
     r->nsamples++;
+    r->nstretches += s->off;
     ref(&r->t, s->stack);
     return 0;
 }
@@ -432,6 +478,7 @@ static void drop_oldest(struct recorder *r)
     if (s->time_ns > r->covered_from_ns)
         r->covered_from_ns = s->time_ns;
     r->nsamples--;
+    r->nstretches -= s->off;
     r->dropped++;
     if (c->begin < c->end)
         return;
@@ -481,6 +528,8 @@ int recorder_new(const struct recorder_limits *l, struct recorder **ret, struct 
     if (l->max_bytes < RECORDER_MIN_BYTES || l->max_bytes > RECORDER_MAX_BYTES)
         return error_set(err, -EINVAL, "the recorder's memory cap is %u KiB to %llu MiB",
                          RECORDER_MIN_BYTES >> 10, RECORDER_MAX_BYTES >> 20);
+    if (l->mode != RECORDER_CPU && l->mode != RECORDER_WALL)
+        return error_set(err, -EINVAL, "the recorder records CPU time, or wall-clock time");
     r = calloc(1, sizeof(*r));
     if (!r || tables_init(&r->t) < 0) {
         free(r);
@@ -489,6 +538,7 @@ int recorder_new(const struct recorder_limits *l, struct recorder **ret, struct 
     pthread_mutex_init(&r->lock, NULL);
     r->window_ns = (uint64_t)l->minutes * 60 * 1000000000ull;
     r->max_bytes = l->max_bytes;
+    r->mode = l->mode;
     *ret = r;
     return 0;
 }
@@ -504,9 +554,110 @@ void recorder_free(struct recorder *r)
         free(c);
     }
     free(r->spare);
+    free(r->open);
     tables_destroy(&r->t);
     pthread_mutex_destroy(&r->lock);
     free(r);
+}
+
+static struct ropen *open_of(struct recorder *r, pid_t tid)
+{
+    for (size_t i = 0; i < r->nopen; i++)
+        if (r->open[i].tid == tid)
+            return &r->open[i];
+    return NULL;
+}
+
+/* Thread tid left the CPU at t in stack; one open before is lost unweighed (offcpu.h). */
+static int open_stretch(struct recorder *r, pid_t tid, uint64_t t, uint32_t stack, uint32_t name,
+                        enum cpuprof_state state)
+{
+    struct ropen *op = open_of(r, tid);
+
+    if (op) {
+        unref(&r->t, op->stack);
+    } else {
+        size_t bytes = 0; /* used_bytes counts cap_open */
+
+        if (r->nopen == OFFCPU_THREADS_MAX)
+            return -ENOBUFS;
+        if (grow(&r->open, &r->cap_open, sizeof(*r->open), r->nopen + 1, &bytes) < 0)
+            return -ENOMEM;
+        op = &r->open[r->nopen++];
+    }
+    *op = (struct ropen){t, tid, stack, name, state};
+    ref(&r->t, stack);
+    return 0;
+}
+
+/* Whether [since, t), op's stretch, went into the sample of an earlier one: among the newest
+ * chunk's last few samples, one of the thread's stretches that ended in the same bucket and
+ * blocked in the same place (a preemption elsewhere between does not stop it). A thread's
+ * stretches come in order: that one ended before since. */
+static bool merged(struct recorder *r, const struct ropen *op, uint64_t since, uint64_t t)
+{
+    struct chunk *c = r->tail;
+    uint64_t bucket = r->bucket_ns ? t / r->bucket_ns : 0;
+
+    if (!c || !r->bucket_ns)
+        return false;
+    size_t stop = c->end - c->begin > MERGE_LOOKBACK ? c->end - MERGE_LOOKBACK : c->begin;
+    for (size_t i = c->end; i-- > stop;) {
+        struct rsample *s = &c->s[i];
+        uint64_t w = s->weight_us + (t - since) / NS_PER_US;
+
+        /* On-CPU samples go in as they are read, ahead of the stretches' settling: no order. */
+        if (s->tid != op->tid || !s->off)
+            continue;
+        if (s->time_ns / r->bucket_ns != bucket || s->time_ns > since)
+            return false; /* and its stretches before it are older still */
+        if (s->stack != op->stack || s->name != op->name || s->state != op->state || w > UINT32_MAX)
+            continue;
+        s->weight_us = (uint32_t)w;
+        s->time_ns = t;
+        return true;
+    }
+    return false;
+}
+
+/* The open stretch op ends at t: into the ring in pieces of at most PIECE_NS, none older than
+ * the window (the ring would drop it at once), or into the sample of the thread's last one
+ * (merged); and forgotten. */
+static int close_stretch(struct recorder *r, struct ropen *op, uint64_t t)
+{
+    uint64_t since = op->since_ns, oldest = t > r->window_ns ? t - r->window_ns : 0;
+    int e = 0;
+
+    if (since < oldest)
+        since = oldest;
+    if (since < t && merged(r, op, since, t))
+        since = t;
+    while (since < t && e == 0) {
+        uint64_t end = t - since > PIECE_NS ? since + PIECE_NS : t;
+        struct rsample s = {
+            .time_ns = end,
+            .tid = op->tid,
+            .stack = op->stack,
+            .name = op->name,
+            .off = 1,
+            .state = op->state,
+            .weight_us = (uint32_t)((end - since) / NS_PER_US),
+        };
+
+        e = push(r, &s);
+        since = end;
+    }
+    unref(&r->t, op->stack);
+    *op = r->open[--r->nopen];
+    return e;
+}
+
+/* The stretches a run left open (it ended on an error): forgotten unweighed. */
+static void forget_open(struct recorder *r)
+{
+    for (size_t i = 0; i < r->nopen; i++)
+        unref(&r->t, r->open[i].stack);
+    r->nopen = 0;
 }
 
 static int on_sample(const struct cpuprof_sample *s, void *userdata)
@@ -534,9 +685,16 @@ static int on_sample(const struct cpuprof_sample *s, void *userdata)
         e = stack_intern(&r->t, ids, (uint32_t)n, s->truncated || n < s->n, &stack);
     if (e == 0)
         e = str_intern(&r->t, s->thread, &name);
-    if (e == 0) {
-        struct rsample rs = {s->time_ns, s->tid, stack, name,
-                             weight_us > UINT32_MAX ? UINT32_MAX : (uint32_t)weight_us};
+    if (e == 0 && s->off_cpu) {
+        e = open_stretch(r, s->tid, s->time_ns, stack, name, s->state);
+    } else if (e == 0) {
+        struct rsample rs = {
+            .time_ns = s->time_ns,
+            .tid = s->tid,
+            .stack = stack,
+            .name = name,
+            .weight_us = weight_us > UINT32_MAX ? UINT32_MAX : (uint32_t)weight_us,
+        };
         e = push(r, &rs);
     }
     if (e < 0)
@@ -544,6 +702,21 @@ static int on_sample(const struct cpuprof_sample *s, void *userdata)
     evict(r, s->time_ns);
     pthread_mutex_unlock(&r->lock);
     return 0; /* a sample not kept never ends the recording */
+}
+
+/* Thread tid's stretch, if one is open, ends at t: kept as samples (sink_back). */
+static int on_back(pid_t tid, uint64_t t, void *userdata)
+{
+    struct recorder *r = userdata;
+    struct ropen *op;
+
+    pthread_mutex_lock(&r->lock);
+    op = open_of(r, tid);
+    if (op && close_stretch(r, op, t) < 0)
+        r->lost++;
+    evict(r, t);
+    pthread_mutex_unlock(&r->lock);
+    return 0;
 }
 
 static uint64_t now_ns(void)
@@ -571,8 +744,10 @@ int recorder_run(struct recorder *r, pid_t pid, struct stacks *s, unsigned freq,
     struct cpuprof_options o = {
         .seconds = CPUPROF_MAX_SECONDS,
         .frequency = freq,
+        .wall = r->mode == RECORDER_WALL,
         .cancel = cancel,
         .sink = on_sample,
+        .sink_back = on_back,
         .no_ptrace = true,
         .progress = on_tick,
         .userdata = r,
@@ -583,10 +758,12 @@ int recorder_run(struct recorder *r, pid_t pid, struct stacks *s, unsigned freq,
     if (!r->covered_from_ns)
         r->covered_from_ns = now_ns();
     r->recording = true;
+    r->bucket_ns = freq ? 1000000000u / freq : 0;
     pthread_mutex_unlock(&r->lock);
     e = cpuprof_run(pid, s, &o, ret, err);
     pthread_mutex_lock(&r->lock);
     r->recording = false;
+    forget_open(r);
     pthread_mutex_unlock(&r->lock);
     if (e == 0) {
         profile_free(ret->profile);
@@ -595,47 +772,98 @@ int recorder_run(struct recorder *r, pid_t pid, struct stacks *s, unsigned freq,
     return e;
 }
 
-int recorder_profile(struct recorder *r, uint64_t from_ns, uint64_t to_ns, pid_t tid,
-                     struct profile **ret, struct error *err)
+/* How much of [a, b) lies in [from, to). */
+static uint64_t overlap(uint64_t a, uint64_t b, uint64_t from, uint64_t to)
 {
-    struct stacks_frame *frames = malloc(STACKS_MAX_FRAMES * sizeof(*frames));
+    if (a < from)
+        a = from;
+    if (b > to)
+        b = to;
+    return b > a ? b - a : 0;
+}
+
+/* Stack id's frames into frames, names lent by the tables. */
+static void fill(const struct tables *t, uint32_t id, struct stacks_frame *frames)
+{
+    const struct rstack *st = &t->stack[id];
+
+    for (uint32_t i = 0; i < st->n; i++) {
+        const struct rframe *f = &t->frame[st->frames[i]];
+
+        frames[i] = (struct stacks_frame){
+            .ip = f->ip,
+            .module = t->str[f->module],
+            .offset = f->offset,
+            .func = t->str[f->func],
+            .file = t->str[f->file],
+            .line = f->line,
+            .func_line = f->func_line,
+            .python = f->flags & FRAME_PYTHON,
+            .scanned = f->flags & FRAME_SCANNED,
+        };
+    }
+}
+
+/* One sample (or stretch) of weight_ns into p; frames holds stack `*filled` already. */
+static int add(struct profile *p, const struct tables *t, uint32_t stack, uint32_t name,
+               struct stacks_frame *frames, uint32_t *filled, uint64_t weight_ns)
+{
+    if (*filled != stack) {
+        fill(t, stack, frames);
+        *filled = stack;
+    }
+    return profile_add(p, t->str[name], frames, t->stack[stack].n, t->stack[stack].truncated,
+                       weight_ns);
+}
+
+int recorder_profile(struct recorder *r, uint64_t from_ns, uint64_t to_ns, pid_t tid,
+                     enum recorder_mode mode, struct profile **ret,
+                     uint64_t states_ns[CPUPROF_NSTATES], struct error *err)
+{
+    struct stacks_frame *frames = NULL;
     struct profile *p = NULL;
     uint32_t filled = UINT32_MAX; /* the stack frames holds */
-    int e = frames ? profile_new(&p) : -ENOMEM;
+    uint64_t states[CPUPROF_NSTATES] = {0}, now = now_ns();
+    int e;
 
     error_clear(err);
+    if ((mode & ~r->mode) || !mode)
+        return error_set(err, -EOPNOTSUPP, "the recorder records %s only",
+                         r->mode == RECORDER_CPU ? "time on a CPU" : "time on and off a CPU");
+    frames = malloc(STACKS_MAX_FRAMES * sizeof(*frames));
+    e = frames ? profile_new(&p) : -ENOMEM;
     if (e < 0)
         goto out;
     pthread_mutex_lock(&r->lock);
     EACH_SAMPLE(r, c, s)
     {
-        const struct tables *t = &r->t;
-        const struct rstack *st = &t->stack[s->stack];
+        uint64_t w;
 
-        if (s->time_ns < from_ns || s->time_ns >= to_ns || (tid > 0 && s->tid != tid))
+        if (tid > 0 && s->tid != tid)
             continue;
-        if (filled != s->stack) {
-            for (uint32_t i = 0; i < st->n; i++) {
-                const struct rframe *f = &t->frame[st->frames[i]];
-
-                frames[i] = (struct stacks_frame){
-                    .ip = f->ip,
-                    .module = t->str[f->module],
-                    .offset = f->offset,
-                    .func = t->str[f->func],
-                    .file = t->str[f->file],
-                    .line = f->line,
-                    .func_line = f->func_line,
-                    .python = f->flags & FRAME_PYTHON,
-                    .scanned = f->flags & FRAME_SCANNED,
-                };
-            }
-            filled = s->stack;
-        }
-        e = profile_add(p, t->str[s->name], frames, st->n, st->truncated,
-                        (uint64_t)s->weight_us * NS_PER_US);
+        if (!s->off && (mode & RECORDER_CPU) && s->time_ns >= from_ns && s->time_ns < to_ns)
+            w = (uint64_t)s->weight_us * NS_PER_US;
+        else if (s->off && (mode & RECORDER_OFF))
+            w = overlap(s->time_ns - (uint64_t)s->weight_us * NS_PER_US, s->time_ns, from_ns,
+                        to_ns);
+        else
+            continue;
+        if (!w)
+            continue;
+        states[s->off ? s->state : CPUPROF_RUNNING] += w;
+        e = add(p, &r->t, s->stack, s->name, frames, &filled, w);
         if (e < 0)
             break;
+    }
+    /* Stretches not over yet: blocked as far as the ring knows, up to now. */
+    for (size_t i = 0; i < r->nopen && e == 0 && (mode & RECORDER_OFF); i++) {
+        const struct ropen *op = &r->open[i];
+        uint64_t w = overlap(op->since_ns, now, from_ns, to_ns);
+
+        if ((tid > 0 && op->tid != tid) || !w)
+            continue;
+        states[op->state] += w;
+        e = add(p, &r->t, op->stack, op->name, frames, &filled, w);
     }
     pthread_mutex_unlock(&r->lock);
 out:
@@ -644,6 +872,8 @@ out:
         profile_free(p);
         return error_set(err, e, NULL);
     }
+    if (states_ns)
+        memcpy(states_ns, states, sizeof(states));
     *ret = p;
     return 0;
 }
@@ -656,6 +886,7 @@ void recorder_get_stats(struct recorder *r, uint64_t now_ns, struct recorder_sta
         .covered_from_ns = r->covered_from_ns,
         .bytes = used_bytes(r),
         .samples = r->nsamples,
+        .stretches = r->nstretches,
         .stacks = r->t.nstack,
         .dropped = r->dropped,
         .lost = r->lost,

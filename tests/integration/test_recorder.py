@@ -1,8 +1,11 @@
 """The flight recorder end to end: `recorder = on` samples the target all the time, `start`
 with "last" or "from"/"to" answers with the usual files for that window at once (a workload in
 phase_a, then phase_b), the ring says how much it covers and in how much memory, recording goes
-on across a restart of the target (a comm: spec found again), and the `recorder` action turns it
-off and on."""
+on across a restart of the target (a comm: spec found again; while it is gone, its last seconds
+are still asked for by its spec), and the `recorder` action turns it
+off and on. With recorder_mode = wall it also keeps the time threads spend blocked, by where they
+blocked: `start {"last": S, "mode": "off"}` splits a sleeper's time as it sleeps (sleep_split: 75%
+in sleep_long, 25% in sleep_short), and a ring of on-CPU samples refuses off and wall."""
 import datetime
 import os
 import subprocess
@@ -11,7 +14,7 @@ import time
 import pytest
 
 from conftest import agent_session, running_workload
-from test_profile import pstats_shares
+from test_profile import cumulative_shares, pstats_shares
 
 FREQ = 99  # more samples than the default 19 Hz: shares hold on a busy test machine
 
@@ -111,6 +114,12 @@ def test_bad_windows_are_refused(rec):
         assert result["status"] == "error" and words in result["error"], (payload, result)
     result, _ = rec.command("start", {"last": 0})
     assert result["status"] == "error" and "last" in result["error"]
+    # This ring has on-CPU samples only: no blocked time to give.
+    for mode in ("off", "wall"):
+        result, _ = rec.command("start", {"last": 2, "mode": mode})
+        assert result["status"] == "error", result
+        assert f"mode {mode}: the recorder records time on the CPU only" in result["error"]
+        assert "recorder_mode = wall" in result["error"], result
     # A window older than the ring reaches: cut, with a warning.
     result, _ = rec.command("start", {"last": 600})
     assert result["status"] == "ok", result
@@ -151,6 +160,51 @@ def test_the_recorder_action_turns_it_off_and_on(rec):
         assert result["summary"]["target"] == "comm:phases"
         st = state(rec, lambda st: st["recorder"].get("pid") == again.pid)["recorder"]
         assert st["seconds"] < 30  # a new ring
+
+
+def test_the_recorder_action_chooses_the_mode(rec):
+    result, _ = rec.command("recorder", {"enabled": True, "mode": "wall"})
+    assert result["status"] == "ok" and result["summary"]["mode"] == "wall", result
+    assert any("started over in wall mode" in w for w in result["warnings"]), result
+    # Left out: the mode it records already, the ring kept.
+    result, _ = rec.command("recorder", {"enabled": True})
+    assert result["status"] == "ok" and result["summary"]["mode"] == "wall", result
+    assert not result.get("warnings"), result
+    assert state(rec, lambda st: True)["recorder"]["mode"] == "wall"
+    result, _ = rec.command("recorder", {"enabled": True, "mode": "off"})
+    assert result["status"] == "error" and "mode" in result["error"], result
+    result, _ = rec.command("recorder", {"enabled": True, "mode": "cpu"})
+    assert result["status"] == "ok" and result["summary"]["mode"] == "cpu", result
+
+
+def test_wall_mode_keeps_where_threads_block(workdir):
+    # sleep_split: one thread asleep 30 ms in sleep_long, then 10 ms in sleep_short, over and
+    # over: off-CPU time 75% / 25%.
+    with running_workload("sleep_split") as sleeper, \
+            agent_session(workdir, "recwall", "comm:sleep_split",
+                          "recorder = on\nrecorder_mode = wall\nrecorder_frequency = 19\n") as s:
+        st = state(s, lambda st: st["recorder"].get("pid") == sleeper.pid)["recorder"]
+        assert st["mode"] == "wall"
+        time.sleep(6)
+        result, _ = s.command("start", {"last": 5, "mode": "off"})
+        assert result["status"] == "ok", result
+        summary = result["summary"]
+        assert summary["mode"] == "off" and summary["method"] == "recorder", summary
+        assert 4.5 <= summary["seconds"] <= 5.5
+        # Asleep all but a sliver of the 5 s, counted as samples of the rate would.
+        states = summary["states"]
+        assert states["gil"] == 0 and states["syscall"] >= 0.9 * 5 * 19, states
+        cum = cumulative_shares(result["files"][0])
+        assert abs(cum.get("sleep_long", 0) - 0.75) <= 0.03, cum
+        assert abs(cum.get("sleep_short", 0) - 0.25) <= 0.03, cum
+
+        # Wall: the same, and the little time on the CPU.
+        result, _ = s.command("start", {"last": 5, "mode": "wall"})
+        assert result["status"] == "ok" and result["summary"]["mode"] == "wall", result
+        cum = cumulative_shares(result["files"][0])
+        assert abs(cum.get("sleep_long", 0) - 0.75) <= 0.03, cum
+        st = state(s, lambda st: True)["recorder"]
+        assert st["stretches"] > 0 and st["samples"] >= st["stretches"], st
 
 
 def test_off_by_default_and_a_target_not_yet_running(workdir):

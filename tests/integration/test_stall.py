@@ -2,7 +2,8 @@
 epoll_wait) blocks in read() or spins for 5 s; the agent, with stall_seconds = 2, announces it
 within stall_seconds + 1 s on P/N/event (retained) with the blocking function, dumps the
 threads on P/N/log, and when it ends says how long it lasted and keeps the recorder's profile of
-the stall as a run the `runs` action lists."""
+the stall as a run the `runs` action lists: with the recorder in wall mode, a stall blocked in
+read() has a profile too, of where it blocked."""
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import time
 import pytest
 
 from conftest import TIMEOUT, Client, agent_session, running_workload
-from test_profile import pstats_shares
+from test_profile import cumulative_shares, pstats_shares
 
 STALL_S = 2
 
@@ -120,3 +121,22 @@ def test_a_loop_that_keeps_coming_back_is_no_stall(watch, loop):
     time.sleep(STALL_S + 2)
     watch.client.drain()
     assert not [m for m in watch.client.seen[start:] if m.topic == f"{watch.prefix}/event"]
+
+
+def test_a_blocked_stall_has_a_profile_in_wall_mode(watch, loop):
+    result, _ = watch.command("recorder", {"enabled": True, "mode": "wall"})
+    assert result["status"] == "ok" and result["summary"]["mode"] == "wall", result
+    time.sleep(1)
+    try:
+        _, begun, _, ended = stall(watch, loop, "r")
+        assert begun["in"] == "read_config_slowly", begun
+        run = check_run(watch, ended)
+        assert len(run["files"]) == 3 and all(os.path.exists(f) for f in run["files"]), run
+        # The loop's thread blocked in read() in read_config_slowly the whole stall, and the
+        # helper that ends it slept as long: each about half of the stall's wall-clock time.
+        cum = cumulative_shares(run["files"][0])
+        assert cum.get("read_config_slowly", 0) >= 0.4, cum
+        assert cum.get("late_writer", 0) >= 0.4, cum
+    finally:
+        result, _ = watch.command("recorder", {"enabled": True, "mode": "cpu"})
+        assert result["status"] == "ok", result
