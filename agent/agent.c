@@ -413,13 +413,28 @@ static void run_finish(struct run *run)
     run_free(run);
 }
 
+/* `start` over a window answers from the recorder's samples, taken before the command came: a
+ * target that has gone since (crashed, stopped, its pidfile removed) still has its last minutes
+ * there, and those are what one asks for after a crash. */
+static bool window_of_gone_target(const struct run *run, const struct error *e)
+{
+    return (e->code == -ESRCH || e->code == -ENOENT) && strcmp(run->action_name, "start") == 0 &&
+           action_start_is_window(run);
+}
+
 static int resolve_target(struct run *run)
 {
     const char *spec = run->target_spec;
-    char what[TARGET_SPEC_MAX + 8];
+    char what[TARGET_SPEC_MAX + 8], words[RUN_ERROR_MAX];
     struct error e;
 
     if (target_resolve(PROCFS_ROOT, spec, &run->target, &e) < 0) {
+        if (window_of_gone_target(run, &e)) {
+            run_warn(run, "target %s: %s; the profile is the recorder's, of before it went", spec,
+                     run_target_error(&e, words, sizeof(words)));
+            memset(&run->target, 0, sizeof(run->target));
+            return 0;
+        }
         snprintf(what, sizeof(what), "target %s", spec);
         return run_engine_fail_error(run, what, &e);
     }

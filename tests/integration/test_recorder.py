@@ -131,6 +131,12 @@ def test_recording_goes_on_across_a_restart(rec, phases, workdir):
     # The module's workload goes; a new one of the same name comes.
     phases.kill()
     phases.wait()
+    # Gone (crashed, say): its last seconds are still in the ring, and still asked for by spec.
+    result, _ = rec.command("start", {"last": 3})
+    assert result["status"] == "ok", result
+    assert any("target comm:phases:" in w and "the recorder's, of before it went" in w
+               for w in result.get("warnings", [])), result
+    assert pstats_shares(result["files"][0])["funcs"].get("phase_b", 0) > 0.5
     with running_workload("phases", stdin=subprocess.PIPE) as again:
         st = state(rec, lambda st: st["recorder"].get("pid") == again.pid)["recorder"]
         assert st["seconds"] >= covered  # the ring was kept
