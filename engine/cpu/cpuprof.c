@@ -504,6 +504,8 @@ int cpuprof_run(pid_t pid, struct stacks *s, const struct cpuprof_options *o,
     e = profile_new(&r->prof);
     if (e < 0)
         goto out;
+    if (o->wall)
+        profile_set_timed(r->prof);
     /* Not CPython, or a version we cannot read: native frames only, and for the latter the
      * reason goes out with the result. */
     e = pyframes_attach(pid, pyversion, sizeof(pyversion), &r->py, &pyerr);

@@ -834,6 +834,8 @@ int recorder_profile(struct recorder *r, uint64_t from_ns, uint64_t to_ns, pid_t
     e = frames ? profile_new(&p) : -ENOMEM;
     if (e < 0)
         goto out;
+    if (mode != RECORDER_CPU)
+        profile_set_timed(p);
     pthread_mutex_lock(&r->lock);
     EACH_SAMPLE(r, c, s)
     {

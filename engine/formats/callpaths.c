@@ -21,6 +21,8 @@ static void self_costs(struct callpaths *c)
         c->self_samples[p->node[n].parent] -= p->node[n].samples;
         c->self_ns[p->node[n].parent] -= p->node[n].ns;
     }
+    for (n = 0; n < p->nnode; n++)
+        c->self_count[n] = p->timed ? c->self_ns[n] / 1000 : c->self_samples[n];
 }
 
 static char *base_label(const struct profile *p, uint32_t f)
@@ -94,9 +96,10 @@ int callpaths_init(struct callpaths *c, const struct profile *p)
     c->p = p;
     c->self_samples = calloc(nn, sizeof(*c->self_samples));
     c->self_ns = calloc(nn, sizeof(*c->self_ns));
+    c->self_count = calloc(nn, sizeof(*c->self_count));
     c->thread = calloc(nn, sizeof(*c->thread));
     c->label = calloc(nf, sizeof(*c->label));
-    if (!c->self_samples || !c->self_ns || !c->thread || !c->label)
+    if (!c->self_samples || !c->self_ns || !c->self_count || !c->thread || !c->label)
         goto out;
     self_costs(c);
     for (n = 0; n < p->nnode; n++) {
@@ -122,6 +125,7 @@ void callpaths_destroy(struct callpaths *c)
     free(c->label);
     free(c->self_samples);
     free(c->self_ns);
+    free(c->self_count);
     free(c->thread);
     memset(c, 0, sizeof(*c));
 }

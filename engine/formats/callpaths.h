@@ -18,6 +18,7 @@ struct callpaths {
     const struct profile *p;
     uint64_t *self_samples; /* per node: samples that end there (its own minus its children's) */
     uint64_t *self_ns;      /* per node: the time of those samples */
+    uint64_t *self_count;   /* per node: what collapsed stacks count (profile_node_count) */
     uint32_t *thread;       /* per node: the string id of its thread's name */
     char **label;           /* per function: its label, NULL for a function on no path */
 };

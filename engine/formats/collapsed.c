@@ -1,8 +1,8 @@
 /* The profile as Brendan Gregg's collapsed stacks, the input of flamegraph.pl, inferno and
  * speedscope: one line per call tree path with samples ending there, "thread NAME;outermost;...;
- * innermost COUNT", COUNT in samples; as a file, or as text in memory that a run keeps for a
- * later comparison (diffgraph.c). Not a flame graph itself (flamegraph.c draws one); the lines
- * are callpaths_fold's. */
+ * innermost COUNT", COUNT in samples (in microseconds for a timed profile: profile_set_timed); as a
+ * file, or as text in memory that a run keeps for a later comparison (diffgraph.c). Not a flame
+ * graph itself (flamegraph.c draws one); the lines are callpaths_fold's. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
@@ -22,7 +22,7 @@ static int line_of(const struct callpaths *c, uint32_t n, struct callpaths_text 
     t->len = 0;
     r = callpaths_fold(c, n, t);
     if (r == 0)
-        r = callpaths_text_printf(t, " %" PRIu64 "\n", c->self_samples[n]);
+        r = callpaths_text_printf(t, " %" PRIu64 "\n", c->self_count[n]);
     return r;
 }
 
@@ -42,7 +42,7 @@ int profile_write_collapsed(const struct profile *p, const char *path, struct er
     if (r < 0)
         goto out;
     for (n = 0; n < p->nnode; n++) {
-        if (!c.self_samples[n])
+        if (!c.self_count[n])
             continue;
         r = line_of(&c, (uint32_t)n, &line);
         if (r < 0)
@@ -95,13 +95,13 @@ int profile_collapsed_text(const struct profile *p, size_t max_stacks, size_t ma
     if (!order || !keep)
         goto out;
     for (n = 0; n < p->nnode; n++)
-        if (c.self_samples[n]) {
+        if (c.self_count[n]) {
             order[out.stacks++] = (uint32_t)n;
-            out.samples += c.self_samples[n];
+            out.samples += c.self_count[n];
         }
     /* The heaviest stacks while they fit, room left for the line of the others. */
     qsort_r(order, out.stacks, sizeof(*order), cmp_weight,
-            &(struct by_weight){.self = c.self_samples});
+            &(struct by_weight){.self = c.self_count});
     for (i = 0; i < out.stacks && out.kept < max_stacks; i++) {
         r = line_of(&c, order[i], &line);
         if (r < 0)
@@ -111,7 +111,7 @@ int profile_collapsed_text(const struct profile *p, size_t max_stacks, size_t ma
         bytes += line.len;
         keep[order[i]] = true;
         out.kept++;
-        out.kept_samples += c.self_samples[order[i]];
+        out.kept_samples += c.self_count[order[i]];
     }
     /* In the order the collapsed file has them: the same text when nothing was left out. */
     r = callpaths_text_add(&text, "", 0);

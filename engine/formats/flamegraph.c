@@ -1,6 +1,7 @@
 /* The profile's call tree as one self-contained interactive flame graph SVG: "all" at the bottom,
- * a root per thread name above it, callers below callees, widths proportional to samples. A
- * frame's label is its function; hovering it tells the function's module and file:line too.
+ * a root per thread name above it, callers below callees, widths proportional to samples (to
+ * time in a timed profile: profile_set_timed). A frame's label is its function; hovering it
+ * tells the function's module and file:line too.
  * Zoom, search and hover details are a small script embedded in the file; nothing is fetched.
  * Frames narrower than a tenth of a pixel are left out (and so are absent when zoomed in). */
 #include <errno.h>
@@ -43,7 +44,7 @@ static uint32_t node_parent(const void *ctx, uint32_t n)
 
 static uint64_t node_width(const void *ctx, uint32_t n)
 {
-    return ((const struct profile *)ctx)->node[n].samples;
+    return profile_node_count(ctx, n);
 }
 
 /* Siblings by name, as flame graphs order them. */
@@ -111,10 +112,14 @@ static void put_frame(struct flamesvg *s, const struct profile *p, uint32_t n, u
     flamesvg_frame_begin(s, label);
     if (n && nd->depth > 1)
         flamesvg_whereabouts(s, p, nd->id);
-    atomicfile_printf(s->f, " (%" PRIu64 " samples, %.2f%%)", nd->samples,
-                      100.0 * (double)nd->samples / (double)p->node[0].samples);
+    if (p->timed)
+        atomicfile_printf(s->f, " (%.3f ms, %.2f%%)", (double)nd->ns / 1e6,
+                          100.0 * (double)nd->ns / (double)p->node[0].ns);
+    else
+        atomicfile_printf(s->f, " (%" PRIu64 " samples, %.2f%%)", nd->samples,
+                          100.0 * (double)nd->samples / (double)p->node[0].samples);
     flamesvg_frame_end(s, label, nd->depth, FLAMESVG_PAD_X + (double)x * scale,
-                       (double)nd->samples * scale, rgb);
+                       (double)profile_node_count(p, n) * scale, rgb);
 }
 
 int profile_write_flamegraph(const struct profile *p, const char *path, const char *title,
@@ -126,7 +131,8 @@ int profile_write_flamegraph(const struct profile *p, const char *path, const ch
     struct flamesvg s = {0};
     uint64_t *x = NULL;
     uint32_t depth = 0;
-    double scale = flamesvg_scale(p->node[0].samples);
+    uint64_t whole = profile_node_count(p, 0);
+    double scale = flamesvg_scale(whole);
     size_t i, threads = 0;
     char subtitle[160];
     int r;
@@ -141,14 +147,17 @@ int profile_write_flamegraph(const struct profile *p, const char *path, const ch
         threads += p->node[i].depth == 1;
     }
     snprintf(subtitle, sizeof(subtitle),
-             "%" PRIu64 " samples, %zu thread names, %.3f s sampled; click a frame to zoom",
+             p->timed ? "%" PRIu64 " samples and stretches off the CPU, %zu thread names, %.3f s "
+                        "of threads' time, widths by time; click a frame to zoom"
+                      : "%" PRIu64 " samples, %zu thread names, %.3f s sampled; click a frame to "
+                        "zoom",
              p->samples, threads, (double)p->total_ns / 1e9);
     r = flamesvg_open(&s, path, depth, 0, background, title ? title : "CPU profile", subtitle);
     if (r < 0)
         goto out;
     flamesvg_frames(&s);
     for (i = 0; i < p->nnode; i++)
-        if (p->node[0].samples && (double)p->node[i].samples * scale >= FLAMESVG_MIN_FRAME_W)
+        if (whole && (double)profile_node_count(p, (uint32_t)i) * scale >= FLAMESVG_MIN_FRAME_W)
             put_frame(&s, p, (uint32_t)i, x[i], scale);
     r = flamesvg_commit(&s);
 out:

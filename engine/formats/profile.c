@@ -584,6 +584,11 @@ uint64_t profile_samples(const struct profile *p)
     return p->samples;
 }
 
+void profile_set_timed(struct profile *p)
+{
+    p->timed = true;
+}
+
 uint64_t profile_truncated(const struct profile *p)
 {
     return p->truncated;

@@ -32,6 +32,10 @@ void profile_free(struct profile *p);
 int profile_add(struct profile *p, const char *thread, const struct stacks_frame *frames, size_t n,
                 int truncated, uint64_t weight_ns);
 uint64_t profile_samples(const struct profile *p);
+/* Its samples weigh unequal times (off-CPU stretches, as wall and off modes add them): the
+ * writers that count samples (flame graph widths, collapsed stacks) count microseconds instead,
+ * or a blocked second would weigh what a blocked millisecond does. */
+void profile_set_timed(struct profile *p);
 uint64_t profile_truncated(const struct profile *p);
 /* Samples that lost detail to the profile's limits (distinct functions, call tree nodes, edges,
  * strings): they still count in the totals, but some of their frames went to "[dropped]" or
@@ -60,8 +64,8 @@ int profile_write_callgrind(const struct profile *p, const char *path, const cha
 int profile_write_flamegraph(const struct profile *p, const char *path, const char *title,
                              struct error *err);
 /* Whole stacks, one per call tree path with samples ending there (formats/callpaths.h):
- * - collapsed: "thread NAME;outermost;...;innermost SAMPLES" lines. Read by flamegraph.pl,
- *   inferno, speedscope.
+ * - collapsed: "thread NAME;outermost;...;innermost SAMPLES" lines (microseconds in a timed
+ *   profile). Read by flamegraph.pl, inferno, speedscope.
  * - pprof: gzipped profile.proto, values [samples count, cpu nanoseconds], a "thread" label;
  *   start_ns (Unix time) and duration_ns go into its header. Read by `go tool pprof`, Pyroscope.
  * - speedscope: speedscope's JSON file format, a "sampled" profile per thread name in ns. */

@@ -97,7 +97,15 @@ struct profile {
     uint32_t f_unknown, f_dropped; /* the functions named so */
     uint32_t f_truncated;          /* caller of truncated stacks' roots, no samples */
     uint64_t samples, truncated, dropped, total_ns, stamp;
+    bool timed; /* profile_set_timed */
 };
+
+/* What the writers that count (flame graph widths, collapsed stacks) count for node n: its
+ * samples, or in a timed profile its microseconds. */
+static inline uint64_t profile_node_count(const struct profile *p, uint32_t n)
+{
+    return p->timed ? p->node[n].ns / 1000 : p->node[n].samples;
+}
 
 /* Names that make each function's key unique for a reader that keys functions by (location,
  * name) or, with by_line, (location, first line, name); location is the source file, else the

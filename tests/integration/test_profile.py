@@ -222,16 +222,43 @@ def test_wall_mode_is_refused_without_perf_event(workdir, split):
 def test_off_mode_weighs_where_threads_block(workdir):
     # sleep_split: one thread asleep 30 ms in sleep_long, then 10 ms in sleep_short, over and
     # over: off-CPU time 75% / 25%, whatever the sampling rate.
+    # Every file weighs the stretches by their time, not one per stretch: the flame graph's widths
+    # and the collapsed stacks' counts too (as many stretches of each: a count would say 50/50).
     with running_workload("sleep_split") as sleeper:
-        p, result = run_start(workdir, {"seconds": 3, "frequency": 49, "mode": "off"},
+        p, result = run_start(workdir, {"seconds": 3, "frequency": 49, "mode": "off",
+                                        "formats": ["pstats", "flamegraph", "collapsed"]},
                               f"pid:{sleeper.pid}")
     assert p.returncode == 0 and result["status"] == "ok", result
     s = result["summary"]
     assert s["mode"] == "off" and s["method"] == "perf_event", s
     assert s["states"]["syscall"] > 0 and s["states"]["gil"] == 0, s["states"]
-    cum = cumulative_shares(result["files"][0])
-    assert abs(cum.get("sleep_long", 0) - 0.75) <= 0.03, cum
-    assert abs(cum.get("sleep_short", 0) - 0.25) <= 0.03, cum
+    pstats_file, svg, collapsed = result["files"]
+    for name, shares in [("pstats", cumulative_shares(pstats_file)),
+                         ("flamegraph", flamegraph_shares(svg)),
+                         ("collapsed", collapsed_shares(collapsed))]:
+        assert abs(shares.get("sleep_long", 0) - 0.75) <= 0.03, (name, shares)
+        assert abs(shares.get("sleep_short", 0) - 0.25) <= 0.03, (name, shares)
+
+
+def flamegraph_shares(path):
+    """{function: its widest frame's share}, from the hover titles of the SVG."""
+    out = {}
+    for title in re.findall(r"<title>([^<]*)</title>", open(path).read()):
+        m = re.match(r"(\S+) .*\(([\d.]+) (?:samples|ms), ([\d.]+)%\)$", title)
+        if m:
+            out[m[1]] = max(out.get(m[1], 0), float(m[3]) / 100)
+    return out
+
+
+def collapsed_shares(path):
+    """{function: share of the counts of the stacks it is on}, as flamegraph.pl adds them."""
+    total, on = 0, {}
+    for line in open(path):
+        stack, count = line.rsplit(" ", 1)
+        total += int(count)
+        for f in set(stack.split(";")):
+            on[f] = on.get(f, 0) + int(count)
+    return {f: n / total for f, n in on.items()}
 
 
 def callgrind_names(path):
