@@ -20,9 +20,9 @@
 #include <cmocka.h>
 #include <json-c/json.h>
 #include "cpu/cpuprof.h"
+#include "profileutil.h"
 #include "testutil.h"
 
-#define TOP_MAX 32
 #define IDS_MAX 65536
 
 /* cpu_split with up to two arguments, once it is ready. */
@@ -53,19 +53,6 @@ static void on_progress(const struct cpuprof_progress *p, void *userdata)
     l->last_samples = p->samples;
     if (l->calls == l->cancel_at)
         atomic_store(&l->cancel, 1);
-}
-
-static double self_share(const struct profile *p, const char *func)
-{
-    struct profile_top top[TOP_MAX];
-    size_t n;
-    uint64_t total = profile_samples(p);
-    assert_int_equal(profile_top(p, TOP_MAX, top, &n), 0);
-    assert_true(total > 0);
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(top[i].func, func) == 0)
-            return (double)top[i].self_samples / (double)total;
-    return 0;
 }
 
 /* A callgrind name: "(id) name" defines id, "(id)" refers to it, a bare name is itself. */
@@ -153,7 +140,7 @@ static void test_split(void **state)
     res = runs[0];
     const struct profile *p = res.profile;
     uint64_t n = profile_samples(p);
-    double a = self_share(p, "work_a"), b = self_share(p, "work_b");
+    double a = profileutil_self_share(p, "work_a"), b = profileutil_self_share(p, "work_b");
     print_message("%s at %u Hz: %llu samples in %.2f s, work_a %.1f%%, work_b %.1f%%, "
                   "truncated %llu, unwind %.1f us/sample%s%s\n",
                   res.stats.method, res.stats.frequency, (unsigned long long)n, res.elapsed,
@@ -198,7 +185,7 @@ static void test_split_ptrace(void **state)
     run_split(true, &res, 1, &log, 2.0, "--threads", "1");
     const struct profile *p = res.profile;
     uint64_t n = profile_samples(p);
-    double a = self_share(p, "work_a"), b = self_share(p, "work_b");
+    double a = profileutil_self_share(p, "work_a"), b = profileutil_self_share(p, "work_b");
     print_message("forced %s at %u Hz: %llu samples, work_a %.1f%%, work_b %.1f%%, "
                   "truncated %llu, unwind %.1f us/sample\n",
                   res.stats.method, res.stats.frequency, (unsigned long long)n, 100 * a, 100 * b,
@@ -224,7 +211,7 @@ static void test_target_exits(void **state)
     assert_true(res.elapsed < 5.0); /* ended by the exit, not the clock */
     assert_false(res.cancelled);
     assert_true(profile_samples(res.profile) > 0);
-    assert_true(self_share(res.profile, "work_a") > 0.5);
+    assert_true(profileutil_self_share(res.profile, "work_a") > 0.5);
     profile_free(res.profile);
 }
 
@@ -264,15 +251,19 @@ static void test_bad_runs(void **state)
 }
 
 /* The cumulative share of func (all of its rows: Python functions of several lines). */
+/* The time under func over all the profile's time: in wall mode a stretch off the CPU is one
+ * sample weighing its length, so time, not samples, is what the threads spent there. */
 static double total_share(const struct profile *p, const char *func)
 {
-    struct profile_top top[TOP_MAX];
+    struct profile_top top[PROFILEUTIL_TOP_MAX];
     size_t n;
-    uint64_t total = profile_samples(p), t = 0;
-    assert_int_equal(profile_top(p, TOP_MAX, top, &n), 0);
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(top[i].func, func) == 0 && top[i].total_samples > t)
-            t = top[i].total_samples;
+    uint64_t total = 0, t = 0;
+    assert_int_equal(profile_top(p, PROFILEUTIL_TOP_MAX, top, &n), 0);
+    for (size_t i = 0; i < n; i++) {
+        total += top[i].self_ns;
+        if (strcmp(top[i].func, func) == 0 && top[i].total_ns > t)
+            t = top[i].total_ns;
+    }
     return total ? (double)t / (double)total : 0;
 }
 

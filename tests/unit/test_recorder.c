@@ -20,9 +20,8 @@
 #include <cmocka.h>
 #include "cpu/recorder.h"
 #include "formats/profile_priv.h"
+#include "profileutil.h"
 #include "testutil.h"
-
-#define TOP_MAX 32
 
 static uint64_t mono_ns(void)
 {
@@ -80,20 +79,6 @@ static void record_join(struct recording *g, bool cancel)
     assert_int_equal(pthread_join(g->thread, NULL), 0);
     assert_int_equal(g->r, 0);
     assert_null(g->res.profile);
-}
-
-static double self_share(const struct profile *p, const char *func)
-{
-    struct profile_top top[TOP_MAX];
-    size_t n;
-    uint64_t total = profile_samples(p);
-
-    assert_int_equal(profile_top(p, TOP_MAX, top, &n), 0);
-    assert_true(total > 0);
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(top[i].func, func) == 0)
-            return (double)top[i].self_samples / (double)total;
-    return 0;
 }
 
 /* The time under func (in it or what it called) over all the profile's time, and that time
@@ -155,8 +140,8 @@ static void test_windows(void **state)
 
     /* Two threads at 499 Hz for about 2 s each side, on a machine that may be busy. */
     assert_true(profile_samples(a) > 20 && profile_samples(b) > 20);
-    assert_true(self_share(a, "phase_a") > 0.9);
-    assert_true(self_share(b, "phase_b") > 0.9);
+    assert_true(profileutil_self_share(a, "phase_a") > 0.9);
+    assert_true(profileutil_self_share(b, "phase_b") > 0.9);
     assert_true(profile_samples(main_only) > 5);
     assert_true(profile_samples(main_only) < profile_samples(b));
     assert_true(profile_samples(a) + profile_samples(b) <= st.samples + 2000);
@@ -194,7 +179,7 @@ static void test_target_restarts(void **state)
     assert_int_equal(second.dropped, 0);
     assert_int_equal(recorder_profile(rec, 0, UINT64_MAX, 0, RECORDER_CPU, &p, NULL, NULL), 0);
     assert_int_equal(profile_samples(p), second.samples);
-    assert_true(self_share(p, "work_a") > 0.6);
+    assert_true(profileutil_self_share(p, "work_a") > 0.6);
     profile_free(p);
     recorder_free(rec);
 }
@@ -223,7 +208,7 @@ static void test_byte_cap(void **state)
     assert_true(st.covered_from_ns > t0);
     assert_int_equal(recorder_profile(rec, 0, UINT64_MAX, 0, RECORDER_CPU, &p, NULL, NULL), 0);
     assert_int_equal(profile_samples(p), st.samples);
-    assert_true(self_share(p, "work_a") > 0.6);
+    assert_true(profileutil_self_share(p, "work_a") > 0.6);
     profile_free(p);
     recorder_free(rec);
 }
