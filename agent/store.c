@@ -157,6 +157,14 @@ static int changed_rows(struct store *s, sqlite3_stmt *st, int rc, unsigned *ret
     return r;
 }
 
+/* A lookup's step: 0 on its row, -ENOENT when there is none, else the store's error. */
+static int row_found(struct store *s, int rc)
+{
+    if (rc == SQLITE_ROW)
+        return 0;
+    return rc == SQLITE_DONE ? -ENOENT : fail(s, rc);
+}
+
 int store_interrupt_running(struct store *s, int64_t finished_us, unsigned *ret_count)
 {
     char stamp[CLOCK_ISO_MAX];
@@ -455,14 +463,9 @@ int store_setting_get(struct store *s, const char *name, char *value, size_t len
     }
     sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
     rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
-        r = -ENOENT;
+    r = row_found(s, rc);
+    if (r < 0)
         goto out;
-    }
-    if (rc != SQLITE_ROW) {
-        r = fail(s, rc);
-        goto out;
-    }
     text = sqlite3_column_text(st, 0);
     if (!text || (size_t)sqlite3_column_bytes(st, 0) >= len) {
         r = -EMSGSIZE;
@@ -639,14 +642,9 @@ int store_stacks_get(struct store *s, int64_t run_id, size_t max_len, char **ret
         sqlite3_bind_int64(st, 1, run_id);
         rc = sqlite3_step(st);
     }
-    if (rc == SQLITE_DONE) {
-        r = -ENOENT;
+    r = row_found(s, rc);
+    if (r < 0)
         goto out;
-    }
-    if (rc != SQLITE_ROW) {
-        r = fail(s, rc);
-        goto out;
-    }
     mode = sqlite3_column_text(st, 0);
     snprintf(info.mode, sizeof(info.mode), "%s", mode ? (const char *)mode : "");
     info.samples = (uint64_t)sqlite3_column_int64(st, 1);
