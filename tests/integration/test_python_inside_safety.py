@@ -116,6 +116,13 @@ def test_heap_beyond_the_bounds(workdir, version):
                                     ("memory", {"seconds": 1, "tracemalloc": False})):
                 result, _ = s.command(action, payload, timeout=30)
                 assert result["status"] == "ok", result
+                # A target still busy in C after the grow (its collector, on a loaded machine)
+                # reaches no safe point within the second: withdrawn, answered from outside,
+                # which is right too; the bounds are those of a script that runs.
+                if any("reached no safe point" in w for w in result.get("warnings", ())):
+                    check_unharmed(t)
+                    result, _ = s.command(action, payload, timeout=30)
+                    assert result["status"] == "ok", result
                 assert any("stopped" in w and "time limit" in w
                            for w in result.get("warnings", ())), (action, result.get("warnings"))
                 held = result["summary"].get("python_heap", result["summary"])["held_ms"]
