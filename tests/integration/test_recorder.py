@@ -204,11 +204,13 @@ def test_wall_mode_keeps_where_threads_block(workdir):
         assert abs(cum.get("sleep_long", 0) - 0.75) <= 0.03, cum
         assert abs(cum.get("sleep_short", 0) - 0.25) <= 0.03, cum
 
-        # Wall: the same, and the little time on the CPU.
+        # Wall: the same, and the little time on the CPU. On a loaded machine that little grows
+        # (woken, the thread waits for a CPU, and its work takes longer), so 6 points here; the
+        # off-CPU split above is the 3.
         result, _ = s.command("start", {"last": 5, "mode": "wall"})
         assert result["status"] == "ok" and result["summary"]["mode"] == "wall", result
         cum = cumulative_shares(result["files"][0])
-        assert abs(cum.get("sleep_long", 0) - 0.75) <= 0.03, cum
+        assert abs(cum.get("sleep_long", 0) - 0.75) <= 0.06, cum
         st = state(s, lambda st: True)["recorder"]
         assert st["stretches"] > 0 and st["samples"] >= st["stretches"], st
 
