@@ -567,6 +567,7 @@ int store_stacks_put(struct store *s, int64_t run_id, const char *text,
     uLongf zlen = compressBound((uLong)info->len);
     unsigned char *z = NULL;
     sqlite3_stmt *st = NULL;
+    unsigned n = 0;
     int rc, r;
 
     /* uLong is 32 bits on some ABIs: a text it cannot count is refused, not cut. */
@@ -596,14 +597,10 @@ int store_stacks_put(struct store *s, int64_t run_id, const char *text,
         sqlite3_bind_blob(st, 7, z, (int)zlen, SQLITE_STATIC);
         rc = sqlite3_step(st);
     }
-    if (rc == SQLITE_DONE)
-        r = sqlite3_changes(s->db) ? 0 : -ENOENT;
-    else
-        r = fail(s, rc);
-    sqlite3_finalize(st);
-    pthread_mutex_unlock(&s->lock);
+    r = changed_rows(s, st, rc, &n);
     free(z);
-    return r;
+    /* No row inserted: the run it belongs to is gone. */
+    return r == 0 && n == 0 ? -ENOENT : r;
 }
 
 /* The stored blob of n bytes into the text of len bytes in *ret (malloc'd). */
