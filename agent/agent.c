@@ -24,6 +24,12 @@
  * with a clear error rather than validated. */
 #define PAYLOAD_MAX_DEPTH 32
 
+/* json-c spends about 1 KB on every object it builds (a hash table of 16 slots) and 50 bytes on
+ * every number, so 16 MiB of `[{"k":1},...]` became 900 MB of heap before the schema could say
+ * no. The largest command the schemas allow has a few dozen values; a payload with more is
+ * refused before json-c sees it. */
+#define PAYLOAD_MAX_VALUES 4096
+
 /* Opens the run store. A damaged file is moved aside for a new one (the runs it held are lost
  * to `runs`, not to the user, who keeps the file); a file another process keeps locked leaves the
  * agent without a store, since a profiler that answers is worth more than its history. */
@@ -143,6 +149,33 @@ static bool utf8_valid(const char *s, size_t n)
         i += len;
     }
     return true;
+}
+
+/* Counts, outside strings, the values of the JSON text p (one per container opened and one more
+ * per comma: a valid text has that many, give or take one) and how deep its containers nest, so
+ * that a payload json-c would spend too much on is refused before json-c sees it. An invalid
+ * text is refused by json-c after. */
+static void json_shape(const char *p, size_t len, size_t *values, int *depth)
+{
+    int d = 0;
+
+    *values = 0;
+    *depth = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] == '"') {
+            for (i++; i < len && p[i] != '"'; i++)
+                if (p[i] == '\\')
+                    i++;
+        } else if (p[i] == '{' || p[i] == '[') {
+            ++*values;
+            if (++d > *depth)
+                *depth = d;
+        } else if (p[i] == '}' || p[i] == ']') {
+            d--;
+        } else if (p[i] == ',') {
+            ++*values;
+        }
+    }
 }
 
 static size_t utf8_chars(const char *s, size_t len)
@@ -597,7 +630,8 @@ static int prepare(struct run *run, const void *payload, size_t len)
     struct json_tokener *tok;
     char err[SCHEMA_ERR_MAX];
     enum json_tokener_error jerr;
-    int r;
+    size_t values;
+    int depth, r;
 
     if (len > (size_t)a->host.config->max_payload_bytes) {
         scan_request_id(run, payload, len);
@@ -607,6 +641,16 @@ static int prepare(struct run *run, const void *payload, size_t len)
     if (!utf8_valid(payload, len)) {
         scan_request_id(run, payload, len);
         return run_fail(run, "payload is not valid JSON: it is not valid UTF-8");
+    }
+    json_shape(payload, len, &values, &depth);
+    if (depth > PAYLOAD_MAX_DEPTH) {
+        scan_request_id(run, payload, len);
+        return run_fail(run, "payload is nested more than %d levels deep", PAYLOAD_MAX_DEPTH);
+    }
+    if (values > PAYLOAD_MAX_VALUES) {
+        scan_request_id(run, payload, len);
+        return run_fail(run, "payload holds more than %d JSON values; no command needs so many",
+                        PAYLOAD_MAX_VALUES);
     }
     if (len == 0) {
         obj = json_object_new_object();

@@ -70,6 +70,16 @@ def test_200_levels_of_nesting_are_answered(session):
     assert "nested" in result["error"]
 
 
+def test_too_many_values_are_refused_before_parsing(session):
+    # 5,000 small objects in 40 KB: json-c would build each one's hash table first.
+    body = json.dumps({"request_id": "many", "pad": [{"k": 1}] * 5000})
+    result, _ = session.command("lru_stats", raw=body, rid="many")
+    assert result["error"] == "payload holds more than 4096 JSON values; no command needs so many"
+    # A comma inside a string is not a value.
+    result, _ = session.command("lru_stats", {"target": "comm:" + "," * 250})
+    assert "JSON values" not in result.get("error", ""), result
+
+
 def test_memory_payload_is_validated_before_anything_runs(session):
     result, _ = session.command("memory", {"seconds": 0})
     assert result["error"] == "seconds: must be greater than 0"
