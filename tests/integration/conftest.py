@@ -238,6 +238,16 @@ def running_workload(name, *args, stdin=None):
         proc.wait()
 
 
+def sleep_split_share(proc):
+    """sleep_split's own measure of its sleep so far: the share spent in sleep_long (0.75 on an
+    idle machine; a loaded one stretches the short sleeps relatively more)."""
+    proc.send_signal(signal.SIGUSR1)
+    line = proc.stdout.readline().split()
+    assert line and line[0] == "split", f"sleep_split said {line}"
+    long_ns, short_ns = int(line[1]), int(line[2])
+    return long_ns / (long_ns + short_ns)
+
+
 @contextlib.contextmanager
 def unprivileged_session(node, target):
     """An agent run as user nobody with no capabilities (AS_NOBODY; the caller checks it runs as
