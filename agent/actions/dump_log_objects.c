@@ -24,6 +24,7 @@ int action_dump_log_objects(struct run *run)
     if (json_object_object_get_ex(run->params, "max_objects", &v))
         max_objects = (unsigned)json_object_get_int(v);
     if (objects_type_parse(name, &type) < 0) {
+        size_t warned = run->warnings ? json_object_array_length(run->warnings) : 0;
         int r = watch_python_dump(run, name, max_objects);
 
         if (r != 0)
@@ -31,6 +32,13 @@ int action_dump_log_objects(struct run *run)
         for (int t = 0; t < OBJECTS_NTYPES; t++)
             snprintf(known + strlen(known), sizeof(known) - strlen(known), "%s%s", t ? ", " : "",
                      objects_type_name(t));
+        /* A Python target whose interpreter did not answer (its warning says why): the name is
+         * not unknown, only out of the outside view's reach. */
+        if (run->warnings && json_object_array_length(run->warnings) > warned)
+            return run_fail(run,
+                            "type: %s can only be listed from inside the target, which did not "
+                            "answer (see warnings); from outside: %s",
+                            name, known);
         return run_fail(run, "type: unknown type '%s'; known types: %s", name, known);
     }
     snprintf(prefix, sizeof(prefix), "%s object in memory: ", objects_type_name(type));

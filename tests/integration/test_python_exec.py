@@ -190,6 +190,13 @@ def test_remote_debugging_disabled(workdir):
             assert any("remote debugging is disabled in the target" in w
                        for w in result["warnings"]), result
             assert any(r.startswith("Cache stats for schemas:") for r in logs)
+            # A Python type has no outside view: the error says why, not "unknown type".
+            result, _ = s.command("dump_log_objects", {"type": "dict"})
+            assert result["error"] == (
+                "type: dict can only be listed from inside the target, which did not answer "
+                "(see warnings); from outside: pipe, socket, eventfd, timerfd, epoll, signalfd, "
+                "inotify, file, other, thread, mapping"), result
+            assert any("remote debugging is disabled" in w for w in result["warnings"]), result
         assert t.alive() and not t.leftovers()
     finally:
         t.stop()

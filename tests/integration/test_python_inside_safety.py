@@ -118,11 +118,16 @@ def test_heap_beyond_the_bounds(workdir, version):
                                     # tracing's allocations set off can take longer than 1 s.
                                     ("memory", {"seconds": 1, "tracemalloc": False})):
                 result, _ = s.command(action, payload, timeout=30)
-                assert result["status"] == "ok", result
                 warnings = result.get("warnings", ())
                 stopped = any("stopped" in w and "time limit" in w for w in warnings)
                 withdrawn = any("reached no safe point" in w for w in warnings)
                 assert stopped or withdrawn, (action, warnings)
+                if withdrawn and action == "dump_log_objects":
+                    # A Python type has no outside view: an error that says so.
+                    assert result["error"].startswith(
+                        "type: dict can only be listed from inside the target"), result
+                else:
+                    assert result["status"] == "ok", result
                 ran_inside += stopped
                 held = result["summary"].get("python_heap", result["summary"]).get("held_ms", 0)
                 assert held < 1000, (action, result["summary"])
