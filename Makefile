@@ -154,10 +154,15 @@ PYTEST      := $(PYTHON) -m pytest -q -n $(PYTEST_JOBS) --dist loadgroup
 # runs memprof_release under ASan), whose tests wait out its grace period; and the 8.5 million
 # object heap, whose test times the target, not the agent. Failover and 3.1.1 sessions run under
 # ASan in test_fleet and test_bridge; the fallback to 3.1.1 when a broker closes on MQTT 5 only
-# on the plain build.
+# on the plain build. Python targets in a PID namespace (the same reader, pids translated) and
+# the Python profiles whose shares are held to 5 points against the program's own clock: under
+# ASan the agent is several times slower at 999 Hz, and once gave 76/24 for 70/30; the plain
+# pass holds the shares, and the reader runs under ASan in every other Python test.
 SAN_BUILD  ?= build-san
 SAN_SKIP   := $(addprefix --ignore=tests/integration/,test_cluster.py test_formats.py \
-                  test_diffgraph.py test_memory_release.py) -k 'not test_heap_beyond_the_bounds'
+                  test_diffgraph.py test_memory_release.py) \
+              -k 'not test_heap_beyond_the_bounds and not pidns and not of_one_moment and \
+                  not test_wall_profile_counts_waiting'
 sanitize-check:
 	$(MAKE) SANITIZER=address,undefined BUILD=$(SAN_BUILD) all unit-check
 	BUILD=$(SAN_BUILD) $(PYTEST) tests/integration $(SAN_SKIP)
