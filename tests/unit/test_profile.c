@@ -698,9 +698,9 @@ static void figures(int worst)
                   "tree nodes\n  pstats %.3f s %lld B, callgrind %.3f s %lld B, flamegraph %.3f s "
                   "%lld B\n",
                   worst ? "random stacks" : "call-graph stacks", FIGURE_SAMPLES, t1 - t0,
-                  (t1 - t0) * 1e6 / FIGURE_SAMPLES, p->nfunc,
-                  p->nnode, t2 - t1, (long long)st[0].st_size, t3 - t2, (long long)st[1].st_size,
-                  t4 - t3, (long long)st[2].st_size);
+                  (t1 - t0) * 1e6 / FIGURE_SAMPLES, p->nfunc, p->nnode, t2 - t1,
+                  (long long)st[0].st_size, t3 - t2, (long long)st[1].st_size, t4 - t3,
+                  (long long)st[2].st_size);
     python("import sys, pstats\n"
            "s = pstats.Stats(sys.argv[1])\n"
            "assert abs(s.total_tt - 20000 * 0.005025125) < 1e-6, s.total_tt\n",
