@@ -30,6 +30,9 @@ from conftest import BUILD, agent_session  # noqa: E402
 from procstat import cpu_seconds, rss_mib  # noqa: E402
 
 RUN_S = float(os.environ.get("RUN_SECONDS", "15"))
+# LONG_SECONDS=600: instead of the above, one long recording (the issue's ten minutes) of
+# cpu_split's 4 busy threads at 19 Hz, the agent's CPU and memory and the ring printed each minute.
+LONG_S = float(os.environ.get("LONG_SECONDS", "0"))
 REPEAT = int(os.environ.get("REPEAT", "2"))
 SPLIT = os.path.join(BUILD, "workloads", "cpu_split")
 SWITCHY = os.path.join(BUILD, "workloads", "switchy")
@@ -139,8 +142,39 @@ def compare(s, work, title, cmd, perf_args):
               f"round {more:+.2f}%  (runs: {', '.join(str(r[0]) for r in perfed)})")
 
 
+def long_run(work):
+    """The recorder on cpu_split for LONG_S with the defaults (19 Hz, 10 minutes, 16 MiB): per
+    minute the agent's CPU over that minute, its resident memory and the ring's cover."""
+    with agent_session(work, "benchlong", "comm:cpu_split", "recorder = on\n") as s:
+        target = subprocess.Popen([SPLIT, "--threads", "3", "--exit-after", str(LONG_S)],
+                                  stdout=subprocess.PIPE, text=True)
+        assert target.stdout.readline().strip() == "ready"
+        pid, cpus, rss = s.agent.proc.pid, [], []
+        print(f"recorder at 19 Hz on cpu_split's 4 busy threads for {LONG_S:.0f} s "
+              f"(recorder_max_mb 16, recorder_minutes 10)")
+        for minute in range(int(LONG_S // 60)):
+            c0, t0 = cpu_seconds(pid), time.monotonic()
+            time.sleep(60)
+            cpus.append((cpu_seconds(pid) - c0) / (time.monotonic() - t0))
+            rss.append(rss_mib(pid))
+            rec = ring(s)
+            print(f"  minute {minute + 1}: agent {cpus[-1] * 100:.2f}% of a core, "
+                  f"{rss[-1]:.1f} MiB resident; ring {rec['seconds']:.0f} s covered, "
+                  f"{rec['samples']} samples, {rec['stacks']} stacks, {rec['mb']:.2f} MiB",
+                  flush=True)
+        target.wait()
+        print(f"agent over the run: median {statistics.median(cpus) * 100:.2f}% of a core a "
+              f"minute, max {max(cpus) * 100:.2f}%; resident at most {max(rss):.1f} MiB")
+
+
 def main():
     work = tempfile.mkdtemp(prefix="bench-recorder-")
+    if LONG_S:
+        try:
+            long_run(work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     try:
         with agent_session(work, "bench", "comm:cpu_split",
                            "recorder_minutes = 5\nrecorder_frequency = 19\n") as s:
