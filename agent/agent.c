@@ -20,8 +20,8 @@
 #include "store.h"
 #include "watch.h"
 
-/* json-c's own limit is 32; the schemas are flat, so anything deeper is rejected at parse time
- * with a clear error rather than validated. */
+/* The schemas are flat, so anything deeper is refused before parsing, with a clear error rather
+ * than validated. */
 #define PAYLOAD_MAX_DEPTH 32
 
 /* json-c spends about 1 KB on every object it builds (a hash table of 16 slots) and 50 bytes on
@@ -655,7 +655,8 @@ static int prepare(struct run *run, const void *payload, size_t len)
     if (len == 0) {
         obj = json_object_new_object();
     } else {
-        tok = json_tokener_new_ex(PAYLOAD_MAX_DEPTH);
+        /* json-c refuses a text as deep as its limit; json_shape has refused deeper ones. */
+        tok = json_tokener_new_ex(PAYLOAD_MAX_DEPTH + 1);
         if (!tok)
             return run_fail(run, "out of memory");
         json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
@@ -676,9 +677,6 @@ static int prepare(struct run *run, const void *payload, size_t len)
         if (jerr != json_tokener_success || !obj) {
             json_object_put(obj);
             scan_request_id(run, payload, len);
-            if (jerr == json_tokener_error_depth)
-                return run_fail(run, "payload is nested more than %d levels deep",
-                                PAYLOAD_MAX_DEPTH);
             if (jerr == json_tokener_continue)
                 return run_fail(run, "payload is not valid JSON: it ends too early");
             return run_fail(run, "payload is not valid JSON: %s", json_tokener_error_desc(jerr));

@@ -70,6 +70,15 @@ def test_200_levels_of_nesting_are_answered(session):
     assert "nested" in result["error"]
 
 
+def test_32_levels_parse_and_33_do_not(session):
+    for depth, error in ((32, "unknown field 'a'"),
+                         (33, "payload is nested more than 32 levels deep")):
+        rid = f"depth-{depth}"
+        body = f'{{"request_id": "{rid}", "a": ' + "[" * (depth - 1) + "1" + "]" * (depth - 1) + "}"
+        result, _ = session.command("lru_stats", raw=body, rid=rid)
+        assert result["error"] == error, (depth, result)
+
+
 def test_too_many_values_are_refused_before_parsing(session):
     # 5,000 small objects in 40 KB: json-c would build each one's hash table first.
     body = json.dumps({"request_id": "many", "pad": [{"k": 1}] * 5000})
