@@ -240,7 +240,8 @@ int offcpu_settle(struct offcpu *o, uint64_t horizon, const struct offcpu_sink *
     size_t keep = 0;
     int r = 0;
 
-    qsort(o->q, o->nq, sizeof(*o->q), by_tid_time);
+    if (o->nq > 1)
+        qsort(o->q, o->nq, sizeof(*o->q), by_tid_time);
     for (size_t i = 0; i < o->nq; i++) {
         if (o->q[i].t > horizon) {
             o->q[keep++] = o->q[i];

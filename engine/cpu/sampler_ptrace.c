@@ -72,7 +72,8 @@ static int maps_read(struct sampler *s, struct ptr *t, bool *ret_changed)
         h = fnv(h, &maps[i].inode, sizeof(maps[i].inode));
         h = fnv(h, maps[i].path, strlen(maps[i].path));
     }
-    qsort(rg, n, sizeof(*rg), range_cmp);
+    if (n > 1)
+        qsort(rg, n, sizeof(*rg), range_cmp);
     *ret_changed = t->maps_read_ns != 0 && h != t->maps_hash;
     free(t->ranges);
     t->ranges = rg;

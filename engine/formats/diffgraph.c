@@ -390,7 +390,8 @@ size_t diffgraph_top(const struct diffgraph *d, enum diffgraph_change how,
             r[count++] = (struct ranked){(uint32_t)i,
                                          share(d, l->total[DIFFGRAPH_BEFORE], DIFFGRAPH_BEFORE), d};
     }
-    qsort(r, count, sizeof(*r), cmp_ranked);
+    if (count > 1)
+        qsort(r, count, sizeof(*r), cmp_ranked);
     for (i = 0; i < count && i < n; i++) {
         const struct dg_label *l = &d->label[r[i].label];
         const struct profile *p = d->p;

@@ -96,7 +96,8 @@ static void label_lengths(struct label *l, size_t n)
 {
     size_t i, j, k, prev = 0, next, need, want;
 
-    qsort(l, n, sizeof(*l), cmp_label);
+    if (n > 1)
+        qsort(l, n, sizeof(*l), cmp_label);
     for (i = 0; i < n; i = j) {
         for (j = i + 1; j < n && same_frames(&l[j - 1], &l[j]); j++)
             ;

@@ -286,7 +286,8 @@ static int find_allocator(struct memprobe *p, struct error *err)
         if (!dup)
             cand[ncand++] = m;
     }
-    qsort(cand, ncand, sizeof(*cand), by_start_desc);
+    if (ncand > 1)
+        qsort(cand, ncand, sizeof(*cand), by_start_desc);
     /* The executable first, whatever its address. */
     for (size_t k = 0; have_exe && k < ncand; k++) {
         if (cand[k]->inode == exe.st_ino &&

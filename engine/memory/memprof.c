@@ -1195,7 +1195,8 @@ int memprof_sites(struct memprof *m, const struct memprof_site **ret, size_t *re
                                   .live_bytes = s->live_bytes,
                                   .live_blocks = (uint64_t)(s->live_blocks + 0.5)};
     }
-    qsort(m->out_sites, m->nout_sites, sizeof(*m->out_sites), by_live_bytes);
+    if (m->nout_sites > 1)
+        qsort(m->out_sites, m->nout_sites, sizeof(*m->out_sites), by_live_bytes);
     *ret = m->out_sites;
     *ret_n = m->nout_sites;
     return 0;

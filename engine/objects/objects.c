@@ -641,7 +641,8 @@ static int dump_pipes(const char *root, pid_t pid, const struct fdent *ents, siz
         m++;
     }
     memcpy(by_ino, ends, m * sizeof(*ends));
-    qsort(by_ino, m, sizeof(*by_ino), cmp_pipe_ino);
+    if (m > 1)
+        qsort(by_ino, m, sizeof(*by_ino), cmp_pipe_ino);
     for (size_t i = 0; i < m; i++) {
         struct pipe_end key = {.fd = -1, .ino = ends[i].ino};
         size_t lo = 0, hi = m, peers = 0;
@@ -937,7 +938,8 @@ static int epoll_watches(const char *info, struct watch **ret, size_t *ret_n)
         free(w);
         return -EBADMSG;
     }
-    qsort(w, m, sizeof(*w), cmp_watch);
+    if (m > 1)
+        qsort(w, m, sizeof(*w), cmp_watch);
     *ret = w;
     *ret_n = m;
     return 0;

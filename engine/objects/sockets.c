@@ -573,7 +573,8 @@ int sockets_dump(const char *root, pid_t pid, int (*emit)(const char *line, void
     }
     r = 0;
     /* One entry per inode: dup'ed fds share theirs. */
-    qsort(lk.v, nwanted, sizeof(*lk.v), cmp_found);
+    if (nwanted > 1)
+        qsort(lk.v, nwanted, sizeof(*lk.v), cmp_found);
     for (size_t i = 0; i < nwanted; i++)
         if (lk.n == 0 || lk.v[lk.n - 1].inode != lk.v[i].inode)
             lk.v[lk.n++] = lk.v[i];

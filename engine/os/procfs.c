@@ -210,7 +210,10 @@ static int list_ids(const char *path, int min, size_t max, int **ret_ids, size_t
         }
         ids[n++] = id;
     }
-    qsort(ids, n, sizeof(*ids), cmp_int);
+    /* The task list of a process on its way out can be empty, and then there is no array:
+     * qsort(NULL, 0) is undefined (UBSan stopped the agent on it). */
+    if (n > 1)
+        qsort(ids, n, sizeof(*ids), cmp_int);
     *ret_ids = ids;
     *ret_n = n;
     ids = NULL;

@@ -199,7 +199,8 @@ static int rebuild(struct modules *m, const struct procfs_map *maps, size_t n)
         if (mod->end < p->end)
             mod->end = p->end;
     }
-    qsort(mods, nnew, sizeof(*mods), cmp_mod);
+    if (nnew > 1)
+        qsort(mods, nnew, sizeof(*mods), cmp_mod);
     for (size_t i = 1; i < nnew; i++)
         if (mods[i - 1].end > mods[i].start)
             mods[i - 1].end = mods[i].start;

@@ -80,6 +80,17 @@ static void away(struct offcpu *o, pid_t tid, uint64_t t, const char *func, enum
     memset(name, 'x', sizeof(name) - 1);
 }
 
+/* Settled before anything happened (a recorder in wall mode on an idle target): nothing handed
+ * out, and no sort of an array that does not exist yet. */
+static void test_settle_nothing(void **state)
+{
+    struct rig *r = *state;
+
+    assert_int_equal(offcpu_settle(r->o, 1000, &r->sink), 0);
+    assert_int_equal(offcpu_end_all(r->o, 2000, &r->sink), 0);
+    assert_int_equal(r->g.n, 0);
+}
+
 static void test_out_of_order(void **state)
 {
     struct rig *r = *state;
@@ -202,6 +213,7 @@ static void test_read_syscall(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_settle_nothing, rig_up, rig_down),
         cmocka_unit_test_setup_teardown(test_out_of_order, rig_up, rig_down),
         cmocka_unit_test_setup_teardown(test_lost_switch_back, rig_up, rig_down),
         cmocka_unit_test(test_read_syscall),

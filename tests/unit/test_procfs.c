@@ -179,6 +179,36 @@ static void test_fixture_lists(void **state)
     assert_int_equal(procfs_list_pids(FIX "/nonexistent", &ids, &n), -ENOENT);
 }
 
+/* A process on its way out: its task and fd directories are there and empty. The lists are empty
+ * too, without an array (the sanitizers' build once stopped on the sort of none). */
+static void test_empty_lists(void **state)
+{
+    static const char *const dirs[] = {"", "/task", "/fd"};
+    char root[] = "/tmp/procfs-test-XXXXXX", path[PATH_MAX];
+    pid_t *ids = (pid_t *)&ids;
+    int *fds = (int *)&fds;
+    size_t n = 1;
+
+    (void)state;
+    assert_non_null(mkdtemp(root));
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "%s/500%s", root, dirs[i]);
+        assert_int_equal(mkdir(path, 0700), 0);
+    }
+    assert_int_equal(procfs_list_tasks(root, 500, &ids, &n), 0);
+    assert_int_equal(n, 0);
+    free(ids);
+    n = 1;
+    assert_int_equal(procfs_list_fds(root, 500, &fds, &n), 0);
+    assert_int_equal(n, 0);
+    free(fds);
+    for (size_t i = 3; i-- > 0;) {
+        snprintf(path, sizeof(path), "%s/500%s", root, dirs[i]);
+        rmdir(path);
+    }
+    rmdir(root);
+}
+
 static void test_fixture_links(void **state)
 {
     char buf[PATH_MAX];
@@ -443,12 +473,19 @@ static void test_live_argv0(void **state)
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fixture_comm),  cmocka_unit_test(test_fixture_stat),
-        cmocka_unit_test(test_fixture_maps),  cmocka_unit_test(test_fixture_lists),
-        cmocka_unit_test(test_fixture_links), cmocka_unit_test(test_fixture_tgid_argv0),
-        cmocka_unit_test(test_live_tasks),    cmocka_unit_test(test_live_starttime_and_gone),
-        cmocka_unit_test(test_live_maps),     cmocka_unit_test(test_live_fds),
-        cmocka_unit_test(test_live_argv0),    cmocka_unit_test(test_fixture_heap_rss),
+        cmocka_unit_test(test_fixture_comm),
+        cmocka_unit_test(test_fixture_stat),
+        cmocka_unit_test(test_fixture_maps),
+        cmocka_unit_test(test_fixture_lists),
+        cmocka_unit_test(test_empty_lists),
+        cmocka_unit_test(test_fixture_links),
+        cmocka_unit_test(test_fixture_tgid_argv0),
+        cmocka_unit_test(test_live_tasks),
+        cmocka_unit_test(test_live_starttime_and_gone),
+        cmocka_unit_test(test_live_maps),
+        cmocka_unit_test(test_live_fds),
+        cmocka_unit_test(test_live_argv0),
+        cmocka_unit_test(test_fixture_heap_rss),
         cmocka_unit_test(test_live_heap_rss),
     };
 
