@@ -34,14 +34,15 @@ static struct {
     char note[RUN_ERROR_MAX]; /* why it records nothing now; "" when it records */
 } fl = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
-/* Says why it records nothing, once per reason; "" when it records again. Called locked. */
-static void set_note_locked(const char *text)
+/* Keeps why it records nothing; "" when it records again. Called locked. True when the reason
+ * is new: the caller says it, once the lock is released (a warning goes out over MQTT, and the
+ * network thread takes this lock to describe the recorder). */
+static bool set_note_locked(const char *text)
 {
     if (strcmp(fl.note, text) == 0)
-        return;
+        return false;
     snprintf(fl.note, sizeof(fl.note), "%s", text);
-    if (*text)
-        log_warning("recorder: %s", text);
+    return true;
 }
 
 static void set_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -54,8 +55,10 @@ static void set_note(const char *fmt, ...)
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
     pthread_mutex_lock(&fl.lock);
-    set_note_locked(text);
+    bool said = set_note_locked(text);
     pthread_mutex_unlock(&fl.lock);
+    if (said)
+        log_warning("recorder: %s", text);
 }
 
 /* Waits up to seconds or until a stop. False when stopping. */
