@@ -110,6 +110,13 @@ class Agent:
         self.stderr.close()
         return rc
 
+    def describe(self, lines=40):
+        """Whether the agent still runs, and its log's last lines: what a failed wait needs."""
+        rc = self.proc.poll() if self.proc else "stopped"
+        life = "the agent runs" if rc is None else f"the agent exited ({rc})"
+        tail = "".join(self.log_text().splitlines(keepends=True)[-lines:])
+        return f"{life}; its log ends:\n{tail}"
+
     def log_text(self):
         with open(self.stderr_path, errors="replace") as f:
             return f.read()
@@ -128,6 +135,9 @@ class Client:
             self.client.tls_set(ca_certs=tls[0], certfile=tls[1], keyfile=tls[2])
         self.messages = queue.Queue()
         self.client.on_message = lambda c, u, m: self.messages.put(m)
+        self.disconnects = []  # (monotonic time, reason): a wait that saw nothing names them
+        self.client.on_disconnect = lambda c, u, rc, *a: self.disconnects.append(
+            (round(time.monotonic(), 1), str(rc)))
         self.client.connect("127.0.0.1", port)
         # Without this, Nagle's algorithm and delayed ACKs add ~40 ms to each publish here.
         self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -199,13 +209,25 @@ class Session:
         start = len(self.client.seen)
         topic = f"{self.prefix}/{action}" if node else f"profiler/{action}"
         self.client.publish(topic, body)
-        msg = self.client.wait_for(
-            lambda m: m.topic == f"{self.prefix}/result" and
-            json.loads(m.payload).get("request_id") == rid, timeout)
+        try:
+            msg = self.client.wait_for(
+                lambda m: m.topic == f"{self.prefix}/result" and
+                json.loads(m.payload).get("request_id") == rid, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no result for {action} in {timeout} s; {self.describe()}")
         idx = self.client.seen.index(msg)
         logs = [m.payload.decode() for m in self.client.seen[start:idx]
                 if m.topic == f"{self.prefix}/log"]
         return json.loads(msg.payload), logs
+
+    def describe(self):
+        """What a wait that saw nothing needs to know: which of the three is gone."""
+        broker = ("the broker runs" if self.broker.proc and self.broker.proc.poll() is None
+                  else "the broker is not running")
+        client = ("the test's client is connected" if self.client.client.is_connected()
+                  else "the test's client is NOT connected")
+        client += f" (disconnects: {self.client.disconnects}, now {time.monotonic():.1f})"
+        return f"{broker}; {client}; {self.agent.describe()}"
 
     def next_result(self, timeout=TIMEOUT):
         start = len(self.client.seen)
