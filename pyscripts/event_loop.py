@@ -32,23 +32,45 @@ def safe_repr(obj, limits):
     return text
 
 
+def json_size(obj, dumps):
+    """len(json.dumps(obj)), counted without encoding the common cases (a dict of printable ASCII
+    strings and ints): a json.dumps per item cost as much as the reprs themselves, and held the
+    target's loop 2 ms longer for 1,000 timers. Anything else is measured by dumps itself."""
+    kind = type(obj)
+    if kind is str:
+        if obj.isascii() and obj.isprintable():
+            return len(obj) + 2 + obj.count('"') + obj.count("\\")
+    elif kind is int:
+        return len(int.__repr__(obj))
+    elif kind is bool:
+        return 4 if obj else 5
+    elif obj is None:
+        return 4
+    elif kind is dict and all(type(k) is str for k in obj):  # "{k: v, k: v}"
+        return max(2, sum(json_size(k, dumps) + 2 + json_size(v, dumps) + 2
+                          for k, v in obj.items()))
+    elif kind is list:
+        return max(2, sum(json_size(v, dumps) + 2 for v in obj))
+    return len(dumps(obj))
+
+
 class Answer:
     """What the script gives back, bounded: items are taken while the JSON stays under max_bytes
     and max_items, and the time under budget_s; the first limit hit is said in "stopped"."""
 
     def __init__(self, limits, started):
         import json
+        import time
 
         self.limits, self.started, self.dumps = limits, started, json.dumps
+        self.clock = time.perf_counter
         self.size, self.count, self.stopped = 0, 0, None
 
     def full(self):
-        import time
-
         if self.stopped is None:
             if self.count >= self.limits["max_items"]:
                 self.stopped = "stopped at %d items (the item limit)" % self.count
-            elif time.perf_counter() - self.started > self.limits["budget_s"]:
+            elif self.clock() - self.started > self.limits["budget_s"]:
                 self.stopped = "stopped after %d items (the time limit, %.1f s)" % (
                     self.count, self.limits["budget_s"])
         return self.stopped is not None
@@ -57,7 +79,7 @@ class Answer:
         """item (JSON-able) counted in; False, and nothing taken, once a limit is reached."""
         if self.full():
             return False
-        size = len(self.dumps(item)) + 2
+        size = json_size(item, self.dumps) + 2
         if self.size + size > self.limits["max_bytes"]:
             self.stopped = "stopped after %d items (the answer limit, %d bytes)" % (
                 self.count, self.limits["max_bytes"])

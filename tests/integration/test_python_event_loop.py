@@ -225,3 +225,18 @@ def test_python_target_without_a_loop(workdir):
         assert not t.leftovers()
     finally:
         t.stop()
+
+
+def test_answer_sizes_are_what_json_writes():
+    """event_loop.py counts each item's JSON size against its answer limit without encoding it
+    (json.dumps per item held the loop 2 ms more for 1,000 timers); the count must be exact."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "pyscripts", "event_loop.py")
+    scope = {}
+    with open(path) as f:
+        exec(compile(f.read(), path, "exec"), scope)
+    size = scope["json_size"]
+    for value in ["", "plain", 'quote " and \\ back', "tab\there", "\x00\x1f\x7f", "é€😀",
+                  "</script>", 0, -12345678901234567890, True, False, None, 1.5, float("nan"),
+                  [], {}, [1, "a", None], {"k": "v", "n": [True, {"x": ""}]}, {1: "int key"},
+                  {"loop": 0, "kind": "timer", "repr": "<TimerHandle when=1.5 f() at x.py:3>"}]:
+        assert size(value, json.dumps) == len(json.dumps(value)), value
