@@ -6,7 +6,8 @@ Debian's /usr/bin/python3 (3.11). For each action answered from inside, medians 
 the round trip through MQTT (publish to result) and how long the script held the target's
 interpreter (the summary's held_ms); beside it, the same work run by the program itself on its
 loop's thread (what Home Assistant's Profiler costs in-process), and held / in-process, which
-the issue wants at 1.5 or less. memory's in-process anchor is a census by type with
+the issue wants at 1.5 or less; and the Profiler as written, which also hands each line it makes
+to logging (_LOGGER.critical, to a QueueHandler as on Home Assistant's loop), and held / that. memory's in-process anchor is a census by type with
 sys.getsizeof (guppy's hpy().heap() is not packaged in Debian); its round trip holds its
 1 s of allocation recording."""
 import os
@@ -45,9 +46,9 @@ def started(python):
     return Loop(f"/usr/bin/{python}", root, "py_big.py")
 
 
-def in_process(t, what):
-    """ms py_big.py took to run what itself."""
-    t.proc.stdin.write(f"t {what}\n")
+def in_process(t, what, logged=False):
+    """ms py_big.py took to run what itself (and to log its lines, when logged)."""
+    t.proc.stdin.write(f"{'l' if logged else 't'} {what}\n")
     t.proc.stdin.flush()
     words = t.proc.stdout.readline().split()
     assert words[:2] == ["took", what], words
@@ -60,10 +61,10 @@ def inside(summary, key):
 
 
 def measure(s, t, action, payload, what):
-    """(median round trip ms, median held ms and wait ms or None, median in-process ms, the last
-    result), over the runs before the first that failed (its error printed), or None if the
-    first did."""
-    trips, helds, waits, own = [], [], [], []
+    """(median round trip ms, median held ms and wait ms or None, median in-process ms bare and
+    logged, the last result), over the runs before the first that failed (its error printed),
+    or None if the first did."""
+    trips, helds, waits, own, logged = [], [], [], [], []
     result = None
     for _ in range(RUNS):
         t0 = time.monotonic()
@@ -76,17 +77,20 @@ def measure(s, t, action, payload, what):
             helds.append(inside(result["summary"], "held_ms"))
             waits.append(inside(result["summary"], "wait_ms"))
         own.append(in_process(t, what))
+        logged.append(in_process(t, what, logged=True))
     if not trips:
         return None
     med = statistics.median
     return (med(trips), med(helds) if helds else None, med(waits) if waits else None, med(own),
-            result)
+            med(logged), result)
 
 
-def row(action, trip, held_ms, wait_ms, own):
-    ratio = f"{held_ms / own:8.2f}" if held_ms is not None and own > 0 else "       -"
+def row(action, trip, held_ms, wait_ms, own, logged):
+    def ratio(anchor):
+        return f"{held_ms / anchor:8.2f}" if held_ms is not None and anchor > 0 else "       -"
     held_txt = f"{held_ms:9.1f} {wait_ms:9.1f}" if held_ms is not None else "  outside" + " " * 10
-    print(f"{action:26} {trip:11.1f} {held_txt} {own:11.1f} {ratio}")
+    print(f"{action:26} {trip:11.1f} {held_txt} {own:11.1f} {ratio(own)} {logged:9.1f} "
+          f"{ratio(logged)}")
 
 
 def bench(label, python):
@@ -99,19 +103,20 @@ def bench(label, python):
             print(f"\n{label} ({t.view()['version']}): 200 tasks, 1,000 timers, 500,000 objects; "
                   f"medians of {RUNS}")
             print(f"{'action':26} {'round trip':>11} {'held ms':>9} {'wait ms':>9} "
-                  f"{'in-process':>11} {'held/in-process':>8}")
+                  f"{'in-process':>11} {'held/':>8} {'Profiler':>9} {'held/':>8}")
             for action, payload, what in ACTIONS:
                 got = measure(s, t, action, payload, what)
                 if got is None:
                     continue
-                trip, held_ms, wait_ms, own, result = got
+                trip, held_ms, wait_ms, own, logged, result = got
                 if action == "dump_log_objects" and "method" not in result["summary"]:
                     print(f"{action:26} skipped: not answered from inside yet "
                           f"({result.get('warnings')})")
                     continue
-                row(action, trip, held_ms, wait_ms, own)
+                row(action, trip, held_ms, wait_ms, own, logged)
             print("(round trip: publish to result; held, wait: the summary's held_ms, wait_ms; "
-                  "in-process: the program's own run of the same work; ms)")
+                  "in-process: the program's own run of the same work; Profiler: that and "
+                  "_LOGGER.critical of each line, as the Profiler runs it; ms)")
     finally:
         t.stop()
         shutil.rmtree(work, ignore_errors=True)

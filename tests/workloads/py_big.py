@@ -13,13 +13,19 @@ the loop's thread, between two callbacks:
              (log_current_tasks), debug (set_asyncio_debug, to the state it has), dict
              (dump_log_objects of dict, 1,000 reprs), heap (a census of the heap by type with
              sys.getsizeof, as far as the gc reaches: what memory's Python heap counts);
+  "l WHAT"   the same, and each line it makes logged as the Profiler logs it (_LOGGER.critical)
+             through a QueueHandler, as Home Assistant's loop hands its records to a thread
+             (which then formats and writes them; not timed); prints "took WHAT MS".
 EOF ends it."""
 import asyncio
 import functools
 import gc
 import io
 import json
+import logging
+import logging.handlers
 import os
+import queue
 import reprlib
 import sys
 import threading
@@ -28,6 +34,10 @@ import time
 TASKS, TIMERS, OBJECTS = 200, 1000, 500_000
 REPRS = 1000  # dump_log_objects' max_objects default
 kept = []
+RECORDS = queue.SimpleQueue()  # emptied after each "l": nothing writes them
+LOG = logging.getLogger("py_big.profiler")
+LOG.propagate = False
+LOG.addHandler(logging.handlers.QueueHandler(RECORDS))
 
 
 class Item:
@@ -77,33 +87,37 @@ def safe_repr(obj):
 
 def lru(loop):
     wrapper = functools._lru_cache_wrapper
-    for obj in [o for o in gc.get_objects() if isinstance(o, wrapper)]:
-        f"Cache stats for lru_cache {obj.__wrapped__} at {obj.cache_info()}"
+    return [f"Cache stats for lru_cache {obj.__wrapped__} at {obj.cache_info()}"
+            for obj in [o for o in gc.get_objects() if isinstance(o, wrapper)]]
 
 
 def scheduled(loop):
     saved = reprlib.aRepr.maxstring, reprlib.aRepr.maxother
     reprlib.aRepr.maxstring = reprlib.aRepr.maxother = 300
     try:
-        [safe_repr(h) for q in (loop._scheduled, loop._ready) for h in q if not h.cancelled()]
+        return ["Scheduled: " + safe_repr(h) for q in (loop._scheduled, loop._ready) for h in q
+                if not h.cancelled()]
     finally:
         reprlib.aRepr.maxstring, reprlib.aRepr.maxother = saved
 
 
 def tasks(loop):
+    lines = []
     for t in asyncio.all_tasks(loop):
         buf = io.StringIO()
         t.print_stack(limit=32, file=buf)
-        safe_repr(t)
+        lines.append("Task: " + safe_repr(t) + "\n" + buf.getvalue())
+    return lines
 
 
 def debug(loop):
     loop.set_debug(loop.get_debug())
+    return []
 
 
 def dicts(loop):
     found = [o for o in gc.get_objects() if type(o).__name__ == "dict"]
-    [safe_repr(o) for o in found[:REPRS]]
+    return ["dict object in memory: " + safe_repr(o) for o in found[:REPRS]]
 
 
 def heap(loop):
@@ -113,6 +127,7 @@ def heap(loop):
             row = kinds.setdefault(type(o).__name__, [0, 0])
             row[0] += 1
             row[1] += sys.getsizeof(o)
+    return []
 
 
 WORK = {"lru": lru, "scheduled": scheduled, "tasks": tasks, "debug": debug, "dict": dicts,
@@ -137,10 +152,16 @@ def handle(loop, stop, line):
     elif cmd == "grow":
         grow(int(arg))
         print("grown", len(kept), flush=True)
-    elif cmd == "t":
+    elif cmd in ("t", "l"):
         t0 = time.perf_counter()
-        WORK[arg](loop)
-        print("took", arg, (time.perf_counter() - t0) * 1000, flush=True)
+        lines = WORK[arg](loop)
+        if cmd == "l":
+            for line in lines:
+                LOG.critical("%s", line)
+        took = (time.perf_counter() - t0) * 1000
+        while not RECORDS.empty():
+            RECORDS.get()
+        print("took", arg, took, flush=True)
 
 
 def later(*args):
