@@ -129,7 +129,9 @@ def test_target_exiting_mid_run_gives_a_partial_profile(workdir):
         p, result = run_start(workdir, {"seconds": 5, "frequency": 499}, f"pid:{short.pid}")
     assert p.returncode == 0 and result["status"] == "ok", result
     assert any("exited" in w for w in result["warnings"])
-    assert 0.5 < result["summary"]["seconds"] < 5
+    # It ends when the target does (a second after it started), not at the 5 s asked: how much
+    # of that second it covers depends on how soon the agent started, 0.49 s under ASan once.
+    assert 0 < result["summary"]["seconds"] < 3
     assert result["summary"]["samples"] > 0 and len(result["files"]) == 3
     assert "progress: " in p.stderr
 
