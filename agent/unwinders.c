@@ -145,6 +145,7 @@ struct stacks *unwinders_stacks(struct unwinder *u)
 
 void unwinders_put(struct unwinder *u)
 {
+    struct target self = {.pid = u->pid, .starttime = u->starttime};
     struct stacks *spare = NULL;
 
     pthread_mutex_lock(&lock);
@@ -154,7 +155,7 @@ void unwinders_put(struct unwinder *u)
     for (int i = 0; i < UNWINDERS_MAX && !spare; i++) {
         struct unwinder *c = &table[i];
 
-        if (c != u && !c->lent && c->stacks && c->pid == u->pid && c->starttime == u->starttime) {
+        if (c != u && !c->lent && same_target(c, &self)) {
             spare = u->stacks;
             u->stacks = NULL;
         }
